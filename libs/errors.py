@@ -1,0 +1,105 @@
+"""Every error Settle raises, sorted by what the caller does next.
+
+::
+
+    SettleError
+    ├── PermanentError            the message can never succeed: dead-letter it with the reason
+    │   ├── InvalidEventError     bytes that are not JSON / not CloudEvents / fail the schema
+    │   ├── IdempotencyConflictError   same event id (or key) seen before with a different payload
+    │   ├── InvalidAmountError    an amount that is not a plain decimal string
+    │   ├── UnknownCurrencyError  not an ISO 4217 currency with a minor unit
+    │   ├── CurrencyMismatchError amounts of different currencies combined
+    │   └── DomainRuleError       the event breaks a billing rule (quarantined with its reason)
+    ├── RetryableError            may pass if tried again (deadlock, serialization failure):
+    │                             bounded retries with jitter, then dead letter
+    ├── InfrastructureError       a dependency is down: do not ack, back off, retry without limit
+    │   ├── DatabaseUnavailableError
+    │   └── BrokerUnavailableError
+    ├── LedgerError               the ledger refused an entry
+    │   ├── UnbalancedEntryError  debits ≠ credits for a currency (a bug: permanent)
+    │   ├── LedgerFloorError      an account would go below its floor
+    │   └── UnknownAccountError
+    └── ConfigurationError        the operator must act: a missing tool, setting or service
+        └── MissingDependencyError
+
+The mapping from these classes to acknowledgements lives in exactly one place:
+:func:`libs.messaging.consume.classify`.
+"""
+
+from __future__ import annotations
+
+
+class SettleError(Exception):
+    """Root of Settle's errors. ``reason`` is what a human reads in the dead-letter table."""
+
+    @property
+    def reason(self) -> str:
+        return f"{type(self).__name__}: {self}"
+
+
+class PermanentError(SettleError):
+    """Retrying cannot help; the message goes to the dead letters."""
+
+
+class InvalidEventError(PermanentError):
+    """The bytes are not a valid event of the topic (not JSON, not CloudEvents, schema failure)."""
+
+
+class IdempotencyConflictError(PermanentError):
+    """The same idempotency key arrived with a different payload fingerprint."""
+
+
+class InvalidAmountError(PermanentError, ValueError):
+    """An amount that is not a plain decimal string within bounds."""
+
+
+class UnknownCurrencyError(PermanentError, ValueError):
+    """A code that is not an ISO 4217 currency with a minor unit."""
+
+
+class CurrencyMismatchError(PermanentError):
+    """Two amounts of different currencies were combined."""
+
+
+class DomainRuleError(PermanentError):
+    """The event contradicts a billing rule; it is quarantined with its reason and has no effect."""
+
+
+class RetryableError(SettleError):
+    """A fault that may pass (serialization failure, deadlock, lock timeout)."""
+
+
+class InfrastructureError(SettleError):
+    """A dependency is unavailable; the message is not at fault and is not acknowledged."""
+
+
+class DatabaseUnavailableError(InfrastructureError):
+    pass
+
+
+class BrokerUnavailableError(InfrastructureError):
+    pass
+
+
+class LedgerError(SettleError):
+    """The ledger refused an entry."""
+
+
+class UnbalancedEntryError(LedgerError, PermanentError):
+    """Debits and credits of an entry differ for some currency."""
+
+
+class LedgerFloorError(LedgerError, PermanentError):
+    """Posting would take an account below its floor (e.g. a wallet below zero)."""
+
+
+class UnknownAccountError(LedgerError, PermanentError):
+    pass
+
+
+class ConfigurationError(SettleError):
+    """Something the operator must install, start or set."""
+
+
+class MissingDependencyError(ConfigurationError):
+    pass

@@ -1,0 +1,48 @@
+"""Every limit Settle enforces, in one place (TIGER_STYLE: put a limit on everything).
+
+Units are last in the names. Settings may lower some of these at run time; none may raise them.
+"""
+
+from __future__ import annotations
+
+# --- messages ---------------------------------------------------------------------------------
+MAX_EVENT_BYTES = 64 * 1024
+"""Largest serialized CloudEvent accepted on any topic; larger is dead-lettered unread."""
+MAX_ID_CHARS = 128
+"""Longest id (event id, allocation id, contract id ...) accepted in any event."""
+MAX_TEXT_CHARS = 256
+MAX_SLA_TIERS = 16
+MAX_METER_NAME_CHARS = 32
+MAX_SEGMENTS_PER_HOUR = 64
+"""Billable segments carried by one hourly usage record (more means pathological flapping)."""
+MAX_GPU_COUNT = 4096
+
+# --- consumption ------------------------------------------------------------------------------
+CONSUME_BATCH_MAX = 1000
+"""Messages handled in one database transaction."""
+CONSUME_BATCH_TIMEOUT_MS = 50
+TRANSIENT_RETRY_ATTEMPTS = 5
+"""In-process attempts for a RetryableError before the message is dead-lettered."""
+TRANSIENT_RETRY_MAX_WAIT_S = 2.0
+INFRA_BACKOFF_MAX_S = 30.0
+"""Longest pause between attempts while a dependency (database) is down."""
+CONSUMER_START_ATTEMPTS = 8
+"""Bounded retries of a consumer's start (the mock broker's group-join race, see LOCAL_STACK.md)."""
+
+# --- outbox and relay ---------------------------------------------------------------------------
+RELAY_BATCH_MAX = 2000
+"""Outbox rows one relay claims per round."""
+RELAY_IDLE_WAIT_S = 1.0
+"""Longest a relay sleeps without a NOTIFY before it looks again (covers missed notifications)."""
+OUTBOX_RETENTION_S = 7 * 24 * 3600
+"""Sent outbox rows are pruned after this age."""
+INBOX_RETENTION_S = 35 * 24 * 3600
+"""Dedup rows of high-volume topics (usage samples) are pruned after this age; see README."""
+
+# --- operations -------------------------------------------------------------------------------
+DLQ_LIST_MAX = 1000
+REDRIVE_MAX = 10_000
+PUBLISH_FILE_MAX_LINES = 5_000_000
+REPLAY_MAX_EVENTS = 10_000_000
+CLOSE_CHUNK_CONTRACTS = 500
+"""Contracts closed per transaction at a period end, so a first-of-month close never blocks others."""

@@ -1,0 +1,68 @@
+"""Process settings, all from ``SETTLE_*`` environment variables (pydantic-settings).
+
+The README's configuration table is checked against :data:`Settings.model_fields` by a test, and
+compose.yaml's worker environments against the same names.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from platformdirs import user_state_dir
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_state_dir() -> Path:
+    return Path(user_state_dir("settle", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every knob of a Settle process. Unset means "let the local stack decide"."""
+
+    model_config = SettingsConfigDict(env_prefix="SETTLE_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL DSN. Unset: 127.0.0.1:5432 when it answers, else embedded PostgreSQL.",
+    )
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        description="Comma-separated Kafka bootstrap servers. Unset: the local mock-cluster broker.",
+    )
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Where the local stack keeps its state file, broker log and embedded PostgreSQL data.",
+    )
+    topic_prefix: str = Field(
+        default="",
+        description="Prefix of every physical topic name (isolates test runs on a shared real Kafka).",
+    )
+    metrics_port: int = Field(
+        default=9400,
+        description="Port of /metrics, /healthz and /readyz for `settle run`; 0 picks a free port.",
+    )
+    log_level: str = Field(default="INFO", description="Structured-log level: DEBUG, INFO, WARNING, ERROR.")
+    log_format: str = Field(default="json", description="`json` (production) or `console` (humans).")
+    consume_batch_max: int = Field(default=500, ge=1, le=1000, description="Messages per transaction.")
+    relay_batch_max: int = Field(default=1000, ge=1, le=2000, description="Outbox rows per relay round.")
+    relay_workers: int = Field(default=1, ge=1, le=16, description="Relay tasks per `settle run` process.")
+    outbox_retention_s: int = Field(
+        default=7 * 24 * 3600, ge=0, description="Sent outbox rows older than this are pruned."
+    )
+    db_pool_max: int = Field(default=10, ge=2, le=100, description="Connections per process.")
+    clock_interval_s: int = Field(
+        default=3600, ge=1, description="`settle clock run`: seconds between published ticks."
+    )
+    documents_dir: Path | None = Field(
+        default=None, description="Where invoice and statement documents are written (default: state dir)."
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1000, description="Kafka consumer-group session timeout (short in tests)."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

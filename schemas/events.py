@@ -1,0 +1,325 @@
+"""Events Settle's services emit to each other and to downstream subscribers.
+
+We own these, so they are strict (``extra="forbid"``) and frozen. A breaking change is a new topic
+version and an upcaster, never an edit in place.
+
+Exact amounts travel as ``*_x3600`` decimal strings: the exact amount times 3600, which is always a
+terminating decimal for usage (R4: ``gpu_seconds × price``). The exact amount is ``x3600 / 3600``;
+consumers divide once per line, as R4 asks. Document amounts (invoices, statements) are decimal
+strings with exactly the currency's minor digits (``"153.40"``, JPY ``"1500"``).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs import limits
+from schemas.types import Currency, DecimalStr, Id, Text, UtcTime
+
+
+class EventModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Segment(EventModel):
+    """A half-open billable interval ``[start_at, end_at)`` inside one hour."""
+
+    start_at: UtcTime
+    end_at: UtcTime
+
+
+# --- usage.metered.v1 (key: contract_id) -----------------------------------------------------------
+
+
+class UsageMetered(EventModel):
+    """One allocation-hour of one meter at revision ``revision`` (type ``usage.metered``).
+
+    Carries the full state at this revision and the signed delta against the previous revision of
+    the same (allocation, meter, hour); revision 1 is the original and its delta equals its state.
+    A correction (R3) is a later revision: never an edit of an emitted record.
+
+    For ``meter == "gpu_seconds"``: ``*_gpu_seconds`` are gpu_count × seconds inside the contract
+    term; outage seconds inside a maintenance window count as maintenance (R7), so
+    provisioned = billable + maintenance + outage. ``billable_segments`` are the billable seconds
+    (without the GPU factor) so that rating can split the hour at a price change (R4).
+    For add-on meters: ``quantity``/``delta_quantity`` (e.g. egress GB); the GPU fields are zero.
+    """
+
+    usage_id: Id
+    allocation_id: Id
+    contract_id: Id
+    renter_id: Id
+    supplier_id: Id
+    gpu_model: Text
+    meter: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    hour_start: UtcTime
+    revision: int = Field(ge=1)
+    gpu_count: int = Field(ge=0, le=limits.MAX_GPU_COUNT)
+    provisioned_gpu_seconds: int = Field(ge=0)
+    billable_gpu_seconds: int = Field(ge=0)
+    maintenance_gpu_seconds: int = Field(ge=0)
+    outage_gpu_seconds: int = Field(ge=0)
+    billable_segments: list[Segment] = Field(max_length=limits.MAX_SEGMENTS_PER_HOUR)
+    delta_provisioned_gpu_seconds: int
+    delta_billable_gpu_seconds: int
+    delta_maintenance_gpu_seconds: int
+    delta_outage_gpu_seconds: int
+    quantity: DecimalStr = Decimal(0)
+    delta_quantity: DecimalStr = Decimal(0)
+
+
+class Watermark(EventModel):
+    """Type ``usage.watermark`` / ``charges.watermark``: everything on this partition for hours ending
+    at or before ``through`` has been emitted before this record. Sent to every partition."""
+
+    through: UtcTime
+    partition: int = Field(ge=0)
+    source: Literal["metering", "rating"]
+
+
+# --- charges.rated.v1 (key: contract_id) -----------------------------------------------------------
+
+
+class ChargeRated(EventModel):
+    """Type ``charge.rated``: the priced delta of one usage revision (R4, R13).
+
+    ``charge_x3600`` (renter) and ``earning_x3600`` (supplier) are exact; platform take for this
+    allocation-hour = (charge_x3600 − earning_x3600) / 3600. Corrections are signed deltas.
+    ``period_start``/``period_end`` name the contract billing period the hour belongs to (R1).
+    """
+
+    charge_id: Id
+    usage_id: Id
+    allocation_id: Id
+    contract_id: Id
+    renter_id: Id
+    supplier_id: Id
+    meter: str
+    hour_start: UtcTime
+    revision: int = Field(ge=1)
+    currency: Currency
+    billing_mode: Literal["prepaid", "postpaid"]
+    period_start: UtcTime
+    period_end: UtcTime
+    delta_provisioned_gpu_seconds: int
+    delta_billable_gpu_seconds: int
+    delta_maintenance_gpu_seconds: int
+    delta_outage_gpu_seconds: int
+    delta_quantity: DecimalStr
+    charge_x3600: DecimalStr
+    earning_x3600: DecimalStr
+    price_versions: list[int] = Field(max_length=64)
+    """Contract version numbers whose prices were in force over this hour (audit trail)."""
+
+
+class WalletDrawn(EventModel):
+    """Type ``wallet.drawn``: prepaid wallet money applied to a period's usage (R8).
+
+    ``reason`` is ``charge`` (drawn as usage was rated), ``topup_settlement`` (a top-up settled the
+    period's overage) or ``correction`` (a negative usage correction returned money to the wallet,
+    negative amount). Invoicing sums ``drawn_x3600`` per period and rounds once (R10).
+    """
+
+    draw_id: Id
+    contract_id: Id
+    renter_id: Id
+    currency: Currency
+    period_start: UtcTime
+    period_end: UtcTime
+    drawn_x3600: DecimalStr
+    reason: Literal["charge", "topup_settlement", "correction"]
+    at: UtcTime
+
+
+# --- billing.alerts.v1 (key: contract_id) ------------------------------------------------------------
+
+
+class WalletLowBalance(EventModel):
+    """Type ``wallet.low_balance``: the balance crossed below 20 % of the last top-up (R8)."""
+
+    contract_id: Id
+    renter_id: Id
+    currency: Currency
+    balance: DecimalStr
+    threshold: DecimalStr
+    at: UtcTime
+
+
+class WalletExhausted(EventModel):
+    """Type ``wallet.exhausted``: the balance reached zero; overage accrues from here (R8)."""
+
+    contract_id: Id
+    renter_id: Id
+    currency: Currency
+    overage: DecimalStr
+    at: UtcTime
+
+
+class CreditLimitExceeded(EventModel):
+    """Type ``credit.limit_exceeded``: exposure crossed the credit limit (R9). No charge is dropped."""
+
+    contract_id: Id
+    renter_id: Id
+    currency: Currency
+    credit_limit: DecimalStr
+    exposure: DecimalStr
+    at: UtcTime
+
+
+# --- platform.commands.v1 (key: contract_id) -----------------------------------------------------------
+
+
+class SuspendRequested(EventModel):
+    """Type ``platform.suspend_requested``: a request for the platform to act; Settle bills on."""
+
+    contract_id: Id
+    renter_id: Id
+    reason: Literal["wallet_exhausted", "credit_limit_exceeded"]
+    at: UtcTime
+
+
+class ResumeRequested(EventModel):
+    """Type ``platform.resume_requested``: the reason for a suspension is gone (wallet topped up)."""
+
+    contract_id: Id
+    renter_id: Id
+    reason: Literal["wallet_topped_up"]
+    at: UtcTime
+
+
+# --- metering.anomaly.v1 (key: allocation_id) ----------------------------------------------------------
+
+
+class MeteringAnomaly(EventModel):
+    """Types ``metering.allocation_stale``, ``metering.window_open_too_long``,
+    ``metering.event_quarantined``, ``metering.event_held``: billing goes on, a human looks."""
+
+    anomaly_id: Id
+    allocation_id: Id
+    kind: Literal["allocation_stale", "window_open_too_long", "event_quarantined", "event_held"]
+    reason: Text
+    event_ids: list[Id] = Field(max_length=16)
+    at: UtcTime
+
+
+# --- invoices.finalized.v1 / credit_notes.issued.v1 / statements.finalized.v1 -------------------------
+
+
+class InvoiceLines(EventModel):
+    usage: DecimalStr
+    commitment_true_up: DecimalStr
+    adjustments: DecimalStr
+    sla_credit: DecimalStr
+
+
+class AdjustmentLine(EventModel):
+    """A late correction of an already finalized period (R3), rounded once per period (R6)."""
+
+    period_start: UtcTime
+    period_end: UtcTime
+    kind: Literal["usage", "sla_credit"]
+    amount: DecimalStr
+
+
+class InvoiceFinalized(EventModel):
+    """Type ``invoice.finalized``. Amounts: decimal strings with the currency's minor digits."""
+
+    invoice_id: Id
+    number: str = Field(pattern=r"^INV-[0-9]{4}-[0-9]{6}$")
+    contract_id: Id
+    renter_id: Id
+    currency: Currency
+    billing_mode: Literal["prepaid", "postpaid"]
+    period_start: UtcTime
+    period_end: UtcTime
+    issued_at: UtcTime
+    due_at: UtcTime
+    lines: InvoiceLines
+    adjustment_lines: list[AdjustmentLine] = Field(max_length=256)
+    subtotal: DecimalStr
+    tax_rate: DecimalStr
+    tax: DecimalStr
+    total: DecimalStr
+    prepaid_applied: DecimalStr
+    credit_applied: DecimalStr
+    amount_due: DecimalStr
+    credit_carried_forward: DecimalStr
+    uptime: DecimalStr | None
+    sla_credit_percent: DecimalStr
+
+
+class CreditNoteIssued(EventModel):
+    """Type ``credit_note.issued``: a correction of a finalized invoice when no later invoice of the
+    contract can carry it (the contract has ended). Number series ``CN-YYYY-NNNNNN``."""
+
+    credit_note_id: Id
+    number: str = Field(pattern=r"^CN-[0-9]{4}-[0-9]{6}$")
+    contract_id: Id
+    renter_id: Id
+    currency: Currency
+    invoice_number: str
+    adjustment_lines: list[AdjustmentLine] = Field(max_length=256)
+    subtotal: DecimalStr
+    tax: DecimalStr
+    total: DecimalStr
+    issued_at: UtcTime
+
+
+class StatementFinalized(EventModel):
+    """Type ``statement.finalized``: a supplier's earnings statement for a calendar month (R12)."""
+
+    statement_id: Id
+    number: str = Field(pattern=r"^STM-[0-9]{4}-[0-9]{6}$")
+    supplier_id: Id
+    currency: Currency
+    month: str = Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+    earnings: dict[str, DecimalStr]
+    earnings_total: DecimalStr
+    sla_chargebacks: DecimalStr
+    carried: DecimalStr
+    net: DecimalStr
+    issued_at: UtcTime
+
+
+# --- journal.requests.v1 / journal.posted.v1 (key: transfer_id) ----------------------------------------
+
+
+class TransferRequested(EventModel):
+    """Type ``journal.transfer_requested``: an operator's manual transfer between two ledger accounts.
+
+    Like a Formance posting (source → destination): ``from_account`` is credited and ``to_account``
+    debited by ``amount`` (major units, at most the currency's minor digits). Accounts are created on
+    first use with the given types; ``from_floor`` puts a floor on the source's normal-side balance,
+    and a transfer that would cross it is refused (``journal.transfer_refused``), never half-posted.
+    """
+
+    transfer_id: Id
+    from_account: Id
+    to_account: Id
+    amount: DecimalStr
+    currency: Currency
+    memo: str = Field(default="", max_length=limits.MAX_TEXT_CHARS)
+    from_type: Literal["asset", "liability", "equity", "revenue", "expense"] = "asset"
+    to_type: Literal["asset", "liability", "equity", "revenue", "expense"] = "asset"
+    from_floor: DecimalStr | None = None
+
+
+class TransferPosted(EventModel):
+    """Type ``journal.transfer_posted``: the entry is in the ledger."""
+
+    transfer_id: Id
+    entry_id: Id
+    from_account: Id
+    to_account: Id
+    amount: DecimalStr
+    currency: Currency
+
+
+class TransferRefused(EventModel):
+    """Type ``journal.transfer_refused``: the ledger refused it (a floor would be crossed)."""
+
+    transfer_id: Id
+    reason: Text

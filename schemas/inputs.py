@@ -1,0 +1,204 @@
+"""The platform's input contract (BILLING_RULES.md, "Input contract"), as strict pydantic models.
+
+These are what the platform publishes; we validate them strictly (decimals as strings, positive GPU
+counts, bounded ids, UTC times) but tolerate unknown fields so the platform can add fields without
+breaking us (STYLE rule 8). Documented extensions (README, "Extensions to the billing rules") are
+optional fields with defaults: ``payment_terms_days``, ``meter_prices``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from libs import limits
+from schemas.types import (
+    Currency,
+    DecimalStr,
+    Id,
+    NonNegativeDecimalStr,
+    PositiveDecimalStr,
+    Text,
+    UtcTime,
+)
+
+
+class InputModel(BaseModel):
+    """Frozen, tolerant of unknown fields (we consume this contract, we do not own it)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+# --- infra.lifecycle.v1 (key: allocation_id) -----------------------------------------------------
+
+def _six_places(value: Decimal) -> Decimal:
+    if value.as_tuple().exponent < -6:  # type: ignore[operator]
+        raise ValueError("at most 6 decimal places")
+    return value
+
+
+GpuCount = Annotated[int, Field(gt=0, le=limits.MAX_GPU_COUNT, strict=True)]
+
+
+class AllocationProvisioned(InputModel):
+    allocation_id: Id
+    contract_id: Id
+    renter_id: Id
+    supplier_id: Id
+    server_id: Id
+    gpu_model: Text
+    gpu_count: GpuCount
+
+
+class AllocationDecommissioned(InputModel):
+    allocation_id: Id
+
+
+class MaintenanceWindowEvent(InputModel):
+    """``gpu.maintenance.started`` and ``gpu.maintenance.ended``."""
+
+    allocation_id: Id
+    window_id: Id
+
+
+class OutageEvent(InputModel):
+    """``gpu.outage.started`` and ``gpu.outage.ended``."""
+
+    allocation_id: Id
+    incident_id: Id
+
+
+# --- contracts.v1 (key: contract_id) -----------------------------------------------------------------
+
+class SlaTier(InputModel):
+    """``credit_percent`` of the period's usage charges when uptime is below ``below_uptime``."""
+
+    below_uptime: DecimalStr
+    credit_percent: DecimalStr
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SlaTier:
+        if not (Decimal(0) < self.below_uptime <= Decimal(1)):
+            raise ValueError("below_uptime is a fraction in (0, 1], e.g. \"0.999\"")
+        if not (Decimal(0) <= self.credit_percent <= Decimal(100)):
+            raise ValueError("credit_percent is a percentage in [0, 100], e.g. \"10\"")
+        return self
+
+
+SlaTiers = Annotated[list[SlaTier], Field(max_length=limits.MAX_SLA_TIERS)]
+MeterName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+MeterPrices = Annotated[dict[MeterName, Annotated[NonNegativeDecimalStr, AfterValidator(_six_places)]],
+                        Field(max_length=32)]
+
+
+def _check_tax_rate(value: Decimal | None) -> None:
+    if value is not None and not (Decimal(0) <= value <= Decimal(1)):
+        raise ValueError("tax_rate is a fraction in [0, 1], e.g. \"0.20\" for 20 %")
+
+
+class ContractCreated(InputModel):
+    contract_id: Id
+    renter_id: Id
+    currency: Currency
+    billing_mode: Literal["prepaid", "postpaid"]
+    price_per_gpu_hour: NonNegativeDecimalStr
+    supplier_rate_per_gpu_hour: NonNegativeDecimalStr
+    commitment_per_period: NonNegativeDecimalStr
+    credit_limit: NonNegativeDecimalStr | None = None
+    sla_tiers: SlaTiers = Field(default_factory=list)
+    tax_rate: NonNegativeDecimalStr
+    starts_at: UtcTime
+    ends_at: UtcTime | None = None
+    billing_anchor_day: Annotated[int, Field(ge=1, le=28, strict=True)]
+    # Extensions (README): net days for the due date; prices of metered add-ons per unit.
+    payment_terms_days: Annotated[int, Field(ge=0, le=365, strict=True)] = 30
+    meter_prices: MeterPrices = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ContractCreated:
+        _check_tax_rate(self.tax_rate)
+        if self.ends_at is not None and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        if self.billing_mode == "prepaid" and self.credit_limit is not None:
+            raise ValueError("credit_limit applies to postpaid contracts only")
+        return self
+
+
+class ContractAmended(InputModel):
+    """Any subset of the priced fields, in force from ``effective_at`` (R4, R5)."""
+
+    contract_id: Id
+    effective_at: UtcTime
+    price_per_gpu_hour: NonNegativeDecimalStr | None = None
+    supplier_rate_per_gpu_hour: NonNegativeDecimalStr | None = None
+    commitment_per_period: NonNegativeDecimalStr | None = None
+    credit_limit: NonNegativeDecimalStr | None = None
+    sla_tiers: SlaTiers | None = None
+    tax_rate: NonNegativeDecimalStr | None = None
+    meter_prices: MeterPrices | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ContractAmended:
+        _check_tax_rate(self.tax_rate)
+        priced = ("price_per_gpu_hour", "supplier_rate_per_gpu_hour", "commitment_per_period",
+                  "credit_limit", "sla_tiers", "tax_rate", "meter_prices")
+        changed = {name for name in priced if getattr(self, name) is not None}
+        changed |= {"credit_limit"} & self.model_fields_set  # an explicit null credit_limit removes the limit
+        if not changed:
+            raise ValueError("an amendment must change at least one priced field")
+        return self
+
+
+class ContractTerminated(InputModel):
+    contract_id: Id
+    effective_at: UtcTime
+
+
+# --- wallets.v1 (key: contract_id) ------------------------------------------------------------------
+
+
+class WalletToppedUp(InputModel):
+    contract_id: Id
+    amount: PositiveDecimalStr
+    currency: Currency
+    payment_ref: Id
+
+
+# --- usage.samples.v1 (key: allocation_id) — telemetry, the high-volume path ------------------------
+
+
+class UsageSampleRecorded(InputModel):
+    """One telemetry reading; the envelope ``time`` says when it was measured, ``id`` deduplicates.
+
+    ``quantity`` has at most 6 decimal places (and meter prices too), so a priced quantity stays an
+    exact decimal of at most 12 places."""
+
+    allocation_id: Id
+    meter: MeterName
+    quantity: Annotated[NonNegativeDecimalStr, AfterValidator(_six_places)]
+
+
+# --- clock.ticks.v1 (key: "clock") ---------------------------------------------------------------------
+
+
+class ClockTicked(InputModel):
+    """Time advances to ``at``: every hour and billing period that ends at or before it is closed."""
+
+    at: UtcTime
+
+
+__all__ = [
+    "AllocationDecommissioned",
+    "AllocationProvisioned",
+    "ClockTicked",
+    "ContractAmended",
+    "ContractCreated",
+    "ContractTerminated",
+    "MaintenanceWindowEvent",
+    "OutageEvent",
+    "SlaTier",
+    "UsageSampleRecorded",
+    "WalletToppedUp",
+]

@@ -1,0 +1,222 @@
+"""The topic registry: every topic Settle reads or writes, with its key, partition count and types.
+
+Topic names are versioned; a breaking change of any event type is a new ``.vN``. Dead-letter
+topics are derived (``<name>.dlq``). Topics whose consumers align partitions (usage.metered →
+charges.rated) must have the same partition count: a watermark sent to partition *p* of one is
+forwarded to partition *p* of the other, and both are keyed by ``contract_id`` (see README,
+"Time and watermarks").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pydantic import BaseModel
+
+from schemas import events, inputs
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    key: str
+    """What the message key is (the entity whose order matters)."""
+    partitions: int
+    description: str
+    types: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    producer: str = "settle"
+    """Who writes it: ``platform`` (input contract), ``operator`` or a Settle service."""
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.name}.dlq"
+
+    def model_for(self, event_type: str) -> type[BaseModel] | None:
+        return self.types.get(event_type)
+
+
+PIPELINE_PARTITIONS = 6
+
+INFRA_LIFECYCLE = Topic(
+    "infra.lifecycle.v1",
+    key="allocation_id",
+    partitions=6,
+    producer="platform",
+    description="Allocation lifecycle: provisioned, decommissioned, maintenance and outage windows.",
+    types=MappingProxyType({
+        "gpu.allocation.provisioned": inputs.AllocationProvisioned,
+        "gpu.allocation.decommissioned": inputs.AllocationDecommissioned,
+        "gpu.maintenance.started": inputs.MaintenanceWindowEvent,
+        "gpu.maintenance.ended": inputs.MaintenanceWindowEvent,
+        "gpu.outage.started": inputs.OutageEvent,
+        "gpu.outage.ended": inputs.OutageEvent,
+    }),
+)
+CONTRACTS = Topic(
+    "contracts.v1",
+    key="contract_id",
+    partitions=6,
+    producer="platform",
+    description="Contract created, amended (effective-dated priced fields) and terminated.",
+    types=MappingProxyType({
+        "contract.created": inputs.ContractCreated,
+        "contract.amended": inputs.ContractAmended,
+        "contract.terminated": inputs.ContractTerminated,
+    }),
+)
+WALLETS = Topic(
+    "wallets.v1",
+    key="contract_id",
+    partitions=6,
+    producer="platform",
+    description="Prepaid wallet top-ups.",
+    types=MappingProxyType({"wallet.topped_up": inputs.WalletToppedUp}),
+)
+USAGE_SAMPLES = Topic(
+    "usage.samples.v1",
+    key="allocation_id",
+    partitions=6,
+    producer="platform",
+    description="Telemetry samples (heartbeats, egress GB, energy kWh): the high-volume path.",
+    types=MappingProxyType({"usage.sample.recorded": inputs.UsageSampleRecorded}),
+)
+CLOCK_TICKS = Topic(
+    "clock.ticks.v1",
+    key="clock",
+    partitions=1,
+    producer="settle clock",
+    description="Time advances: every hour and period ending at or before the tick closes.",
+    types=MappingProxyType({"clock.ticked": inputs.ClockTicked}),
+)
+USAGE_METERED = Topic(
+    "usage.metered.v1",
+    key="contract_id",
+    partitions=PIPELINE_PARTITIONS,
+    producer="metering",
+    description="GPU-seconds (and add-on meters) per allocation per UTC hour, with corrections.",
+    types=MappingProxyType({"usage.metered": events.UsageMetered, "usage.watermark": events.Watermark}),
+)
+METERING_ANOMALY = Topic(
+    "metering.anomaly.v1",
+    key="allocation_id",
+    partitions=3,
+    producer="metering",
+    description="Stale allocations, windows open too long, quarantined or held events.",
+    types=MappingProxyType({
+        "metering.allocation_stale": events.MeteringAnomaly,
+        "metering.window_open_too_long": events.MeteringAnomaly,
+        "metering.event_quarantined": events.MeteringAnomaly,
+        "metering.event_held": events.MeteringAnomaly,
+    }),
+)
+CHARGES_RATED = Topic(
+    "charges.rated.v1",
+    key="contract_id",
+    partitions=PIPELINE_PARTITIONS,
+    producer="rating",
+    description="Exact charges and supplier earnings per allocation-hour, prepaid drawdowns, watermarks.",
+    types=MappingProxyType({
+        "charge.rated": events.ChargeRated,
+        "wallet.drawn": events.WalletDrawn,
+        "charges.watermark": events.Watermark,
+    }),
+)
+BILLING_ALERTS = Topic(
+    "billing.alerts.v1",
+    key="contract_id",
+    partitions=3,
+    producer="rating",
+    description="Wallet low-balance and exhausted, credit limit exceeded.",
+    types=MappingProxyType({
+        "wallet.low_balance": events.WalletLowBalance,
+        "wallet.exhausted": events.WalletExhausted,
+        "credit.limit_exceeded": events.CreditLimitExceeded,
+    }),
+)
+PLATFORM_COMMANDS = Topic(
+    "platform.commands.v1",
+    key="contract_id",
+    partitions=3,
+    producer="rating",
+    description="Requests for the platform to act (suspend, resume).",
+    types=MappingProxyType({
+        "platform.suspend_requested": events.SuspendRequested,
+        "platform.resume_requested": events.ResumeRequested,
+    }),
+)
+INVOICES_FINALIZED = Topic(
+    "invoices.finalized.v1",
+    key="contract_id",
+    partitions=3,
+    producer="invoicing",
+    description="Finalized renter invoices (immutable, gapless numbers).",
+    types=MappingProxyType({"invoice.finalized": events.InvoiceFinalized}),
+)
+CREDIT_NOTES_ISSUED = Topic(
+    "credit_notes.issued.v1",
+    key="contract_id",
+    partitions=3,
+    producer="invoicing",
+    description="Credit notes correcting finalized invoices.",
+    types=MappingProxyType({"credit_note.issued": events.CreditNoteIssued}),
+)
+STATEMENTS_FINALIZED = Topic(
+    "statements.finalized.v1",
+    key="supplier_id",
+    partitions=3,
+    producer="invoicing",
+    description="Supplier earnings statements per currency per calendar month.",
+    types=MappingProxyType({"statement.finalized": events.StatementFinalized}),
+)
+JOURNAL_REQUESTS = Topic(
+    "journal.requests.v1",
+    key="transfer_id",
+    partitions=6,
+    producer="operator",
+    description="Manual ledger transfers requested by finance operators (also the kernel benchmark).",
+    types=MappingProxyType({"journal.transfer_requested": events.TransferRequested}),
+)
+JOURNAL_POSTED = Topic(
+    "journal.posted.v1",
+    key="transfer_id",
+    partitions=6,
+    producer="journal",
+    description="Manual transfers posted to (or refused by) the ledger.",
+    types=MappingProxyType({
+        "journal.transfer_posted": events.TransferPosted,
+        "journal.transfer_refused": events.TransferRefused,
+    }),
+)
+
+REGISTRY: tuple[Topic, ...] = (
+    INFRA_LIFECYCLE,
+    CONTRACTS,
+    WALLETS,
+    USAGE_SAMPLES,
+    CLOCK_TICKS,
+    USAGE_METERED,
+    METERING_ANOMALY,
+    CHARGES_RATED,
+    BILLING_ALERTS,
+    PLATFORM_COMMANDS,
+    INVOICES_FINALIZED,
+    CREDIT_NOTES_ISSUED,
+    STATEMENTS_FINALIZED,
+    JOURNAL_REQUESTS,
+    JOURNAL_POSTED,
+)
+BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})
+DLQ_PARTITIONS = 1
+
+
+def all_physical(prefix: str = "") -> dict[str, int]:
+    """Every topic to create (data topics and their dead-letter topics) → partition count."""
+    created = {prefix + t.name: t.partitions for t in REGISTRY}
+    created.update({prefix + t.dlq: DLQ_PARTITIONS for t in REGISTRY})
+    return created
+
+
+assert USAGE_METERED.partitions == CHARGES_RATED.partitions, "watermarks forward partition p to p"
+assert len(BY_NAME) == len(REGISTRY), "topic names are unique"
