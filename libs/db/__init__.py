@@ -1,0 +1,1 @@
+"""Database access: the asyncpg pool, transactions, error mapping and migrations (plain SQL)."""

@@ -1,0 +1,101 @@
+"""The asyncpg pool and the one place PostgreSQL errors become Settle errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from libs.errors import (
+    DatabaseUnavailableError,
+    LedgerFloorError,
+    RetryableError,
+    SettleError,
+    UnbalancedEntryError,
+)
+
+Connection = asyncpg.Connection
+Pool = asyncpg.Pool
+
+# SQLSTATEs that mean "try again": serialization failure, deadlock, lock not available, query canceled
+# by lock_timeout/statement_timeout.
+_RETRYABLE_STATES = {"40001", "40P01", "55P03", "57014"}
+# Raised by the ledger's own triggers (see migrations): we pick SQLSTATEs in the user range.
+_LEDGER_UNBALANCED = "SL001"
+_LEDGER_IMMUTABLE = "SL002"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 10.0) -> asyncpg.Pool:
+    """Open a pool; a database that does not answer raises DatabaseUnavailableError with the DSN's host."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            timeout=timeout_s,
+            command_timeout=120,
+            server_settings={"application_name": "settle", "lock_timeout": "30s"},
+        )
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailableError(f"cannot connect to PostgreSQL ({_redact(dsn)}): {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """Acquire a connection and run one transaction; errors are mapped by :func:`map_db_error`."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+    except SettleError:
+        raise
+    except BaseException as exc:
+        mapped = map_db_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def map_db_error(exc: BaseException) -> SettleError | None:
+    """PostgreSQL/driver exception → Settle error class (by what the caller does next), else None."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", None) or ""
+        if state in _RETRYABLE_STATES:
+            return RetryableError(f"{type(exc).__name__} ({state}): {exc}")
+        if state == _LEDGER_UNBALANCED:
+            return UnbalancedEntryError(str(exc))
+        if state == "23514" and "floor" in str(exc):
+            return LedgerFloorError(f"an account would go below its floor: {getattr(exc, 'detail', '') or exc}")
+        if isinstance(exc, asyncpg.exceptions.ConnectionFailureError | asyncpg.exceptions.CannotConnectNowError):
+            return DatabaseUnavailableError(str(exc))
+        if state.startswith("08") or state.startswith("57P"):
+            return DatabaseUnavailableError(f"{type(exc).__name__} ({state}): {exc}")
+        return None
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError):
+        return DatabaseUnavailableError(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, ConnectionError | OSError | asyncio.TimeoutError):
+        return DatabaseUnavailableError(f"{type(exc).__name__}: {exc}")
+    return None
+
+
+def _redact(dsn: str) -> str:
+    if "@" not in dsn:
+        return dsn
+    scheme, _, rest = dsn.partition("://")
+    _, _, host = rest.rpartition("@")
+    return f"{scheme}://***@{host}"
+
+
+async def fetch_value(pool: asyncpg.Pool, sql: str, *args: Any) -> Any:
+    async with pool.acquire() as conn:
+        return await conn.fetchval(sql, *args)

@@ -1,0 +1,31 @@
+"""The double-entry ledger: accounts, immutable journal entries, postings in exact integer units.
+
+Public API::
+
+    AccountSpec, Posting, Entry, debit, credit, build_entry   (postings — pure)
+    ensure_accounts, post, reverse, balances, verify           (store — asyncpg)
+
+Amounts are integers at the asset's scale (``libs.money.ledger_scale``: USD/8, JPY/6), debit
+positive and credit negative. An entry balances per currency when built (asserted here) and when
+written (refused by the database otherwise). See ``libs/db/migrations/0002_ledger.sql``.
+"""
+
+from libs.ledger.postings import AccountSpec, Entry, Posting, asset_of, build_entry, credit, debit
+from libs.ledger.store import AccountBalance, VerifyReport, balances, ensure_accounts, post, reverse, verify
+
+__all__ = [
+    "AccountBalance",
+    "AccountSpec",
+    "Entry",
+    "Posting",
+    "VerifyReport",
+    "asset_of",
+    "balances",
+    "build_entry",
+    "credit",
+    "debit",
+    "ensure_accounts",
+    "post",
+    "reverse",
+    "verify",
+]

@@ -1,0 +1,1 @@
+"""Metrics (Prometheus), structured logs (structlog, JSON) and health endpoints of every worker."""

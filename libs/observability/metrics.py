@@ -1,0 +1,40 @@
+"""Every Prometheus metric Settle exports, declared once (names are part of the dashboards' contract)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES = Counter(
+    "settle_messages_total", "Messages handled by a consumer, by outcome", ["consumer", "outcome"]
+)
+DEDUP_HITS = Counter("settle_dedup_hits_total", "Redelivered events skipped by the inbox", ["consumer"])
+HANDLER_SECONDS = Histogram(
+    "settle_batch_handler_seconds",
+    "Time to handle one consumed batch (decode, claim, handler, commit)",
+    ["consumer"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BATCH_SIZE = Histogram(
+    "settle_batch_size", "Records per consumed batch", ["consumer"], buckets=(1, 10, 50, 100, 250, 500, 1000)
+)
+CONSUMER_LAG = Gauge(
+    "settle_consumer_lag_messages", "High watermark minus position", ["consumer", "topic", "partition"]
+)
+INFRA_FAILURES = Counter(
+    "settle_infrastructure_failures_total", "Batches not acknowledged because a dependency was down", ["consumer"]
+)
+OUTBOX_PUBLISHED = Counter("settle_outbox_published_total", "Outbox rows published by relays", ["topic"])
+OUTBOX_BACKLOG = Gauge("settle_outbox_backlog_rows", "Outbox rows not yet published")
+OUTBOX_OLDEST_AGE = Gauge("settle_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row")
+OUTBOX_PRUNED = Counter("settle_outbox_pruned_total", "Sent outbox rows deleted after retention")
+RELAY_ROUND_SECONDS = Histogram(
+    "settle_relay_round_seconds", "Time of one relay round (claim, publish, mark sent)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DEAD_LETTERS_OPEN = Gauge("settle_dead_letters_open", "Dead letters not redriven", ["consumer"])
+LEDGER_ENTRIES = Counter("settle_ledger_entries_total", "Journal entries posted", ["kind"])
+DOMAIN_EVENTS = Counter(
+    "settle_domain_events_total",
+    "Business events (invoices finalized, wallet exhausted, quarantined lifecycle events ...)",
+    ["service", "event"],
+)

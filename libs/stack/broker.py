@@ -1,0 +1,173 @@
+"""The local Kafka-protocol broker: librdkafka's mock cluster, run as a long-lived process.
+
+::
+
+    python -m libs.stack.broker --state-file PATH [--brokers 3] [--topic-prefix P]
+                                [--topic NAME=PARTITIONS ...] [--detach] [--exit-with-parent]
+
+The mock cluster ships inside the confluent-kafka wheel (``confluent_kafka.libs/librdkafka*.so*``)
+and is driven through ctypes. It speaks the real protocol over TCP on random 127.0.0.1 ports; its
+topics and offsets live in this process's memory only (see /work/shared/LOCAL_STACK.md for what it
+does not honour). At start it creates every topic of the registry (``schemas.topics.all_physical``)
+with its exact partition count, because the mock refuses CreateTopics and would auto-create
+4-partition topics. When it is ready it writes a :class:`~libs.stack.state.BrokerState` to the
+state file (atomically); it removes that file when SIGTERM, SIGINT or SIGHUP stops it.
+
+Exit status: 0 after a clean stop, 1 when the cluster could not start, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from libs.errors import MissingDependencyError
+from libs.stack.mock_cluster import DEFAULT_BROKERS, MAX_BROKERS, MAX_PARTITIONS, MockCluster
+from libs.stack.state import BrokerState, remove_state_file, write_broker_state
+
+MAX_TOPICS = 10_000
+PARENT_POLL_S = 1.0
+"""With --exit-with-parent: how often the broker checks that its parent is alive."""
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def wait_for_stop(exit_with_parent: bool) -> int:
+    """Block until SIGTERM/SIGINT (which the caller has blocked) or, optionally, the parent's death.
+
+    Returns the signal number, or 0 when the parent went away.
+    """
+    parent_pid = os.getppid()
+    while True:
+        if exit_with_parent:
+            info = signal.sigtimedwait(STOP_SIGNALS, PARENT_POLL_S)
+            if info is not None:
+                return info.si_signo
+            if os.getppid() != parent_pid:
+                return 0
+        else:
+            return signal.sigwait(STOP_SIGNALS)
+
+
+def run_broker(
+    state_file: Path, *, brokers: int, topics: Mapping[str, int], exit_with_parent: bool = False
+) -> int:
+    """Start the cluster, create ``topics``, publish the state file, serve until stopped."""
+    # Blocked before librdkafka starts its threads, so they inherit the mask and the stop signals
+    # reach sigwait in this thread instead of killing the process without cleanup.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        cluster = MockCluster(brokers)
+    except (MissingDependencyError, RuntimeError, OSError) as exc:
+        print(f"settle broker: cannot start the mock cluster: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        for name, partitions in topics.items():
+            cluster.create_topic(name, partitions)
+        state = BrokerState(
+            pid=os.getpid(),
+            bootstrap_servers=cluster.bootstrap_servers,
+            started_at=datetime.now(UTC),
+            topics=dict(topics),
+        )
+        write_broker_state(state_file, state)
+    except (RuntimeError, OSError) as exc:
+        print(f"settle broker: cannot start: {exc}", file=sys.stderr, flush=True)
+        cluster.close()
+        return 1
+    print(
+        f"settle broker: librdkafka {cluster.version} mock cluster pid={state.pid} "
+        f"bootstrap={state.bootstrap_servers} topics={len(topics)} ready",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        signo = wait_for_stop(exit_with_parent)
+    finally:
+        # Remove the claim first: from here on no client should be sent to these ports.
+        remove_state_file(state_file, pid=state.pid)
+        cluster.close()
+    reason = signal.Signals(signo).name if signo else "parent exited"
+    print(f"settle broker: pid={state.pid} stopped ({reason})", file=sys.stderr, flush=True)
+    return 0
+
+
+def parse_topic(text: str) -> tuple[str, int]:
+    name, sep, partitions = text.rpartition("=")
+    if not sep or not name or not partitions.isdigit() or not 1 <= int(partitions) <= MAX_PARTITIONS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PARTITIONS (1..{MAX_PARTITIONS})")
+    return name, int(partitions)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m libs.stack.broker", description="Run librdkafka's mock cluster as the local broker."
+    )
+    parser.add_argument("--state-file", type=Path, required=True, help="where to write the JSON state")
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=DEFAULT_BROKERS,
+        choices=range(1, MAX_BROKERS + 1),
+        metavar=f"1..{MAX_BROKERS}",
+        help="mock brokers in the cluster (default 3)",
+    )
+    parser.add_argument("--topic-prefix", default="", help="prefix of every registry topic name")
+    parser.add_argument(
+        "--topic",
+        type=parse_topic,
+        action="append",
+        default=[],
+        metavar="NAME=PARTITIONS",
+        help="create exactly these topics instead of the registry (repeatable; no prefix is applied)",
+    )
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="fork into the background: the launching process is not the broker's parent",
+    )
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="stop when the launching process dies (test brokers)"
+    )
+    return parser
+
+
+def resolve_topics(prefix: str, explicit: Sequence[tuple[str, int]]) -> dict[str, int]:
+    if explicit:
+        return dict(explicit)
+    from schemas.topics import all_physical  # the registry pulls in pydantic models: only when needed
+
+    return all_physical(prefix)
+
+
+def detach() -> None:
+    """Double fork: the launcher waits for the first child, the broker is reparented to init.
+
+    So a long-lived launcher (a worker, a test session) never accumulates the broker as a zombie,
+    and the broker survives the launcher. Called before any thread exists.
+    """
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    topics = resolve_topics(args.topic_prefix, args.topic)
+    if len(topics) > MAX_TOPICS:
+        print(f"settle broker: {len(topics)} topics, at most {MAX_TOPICS}", file=sys.stderr)
+        return 2
+    state_file: Path = args.state_file.expanduser().resolve()
+    if args.detach:
+        detach()
+    return run_broker(state_file, brokers=args.brokers, topics=topics, exit_with_parent=args.exit_with_parent)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The one stack fixture every integration test uses (same rules as `settle stack`).
+
+* PostgreSQL: ``SETTLE_DATABASE_URL`` when set; else a Docker engine → testcontainers; else the server
+  at 127.0.0.1:5432 when it answers; else embedded PostgreSQL. Each test gets a FRESH database cloned
+  from a template migrated once per session.
+* Kafka: ``SETTLE_KAFKA_BOOTSTRAP_SERVERS`` when set (each test then uses its own topic prefix, topics
+  created through the admin API); else a Docker engine → testcontainers Kafka; else a FRESH local
+  mock-cluster broker process per test (real Kafka protocol over TCP; started in ~0.2 s).
+
+No test replaces the TCP path with an in-memory broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from libs.db.migrate import migrate
+from libs.db.pool import create_pool
+from libs.settings import Settings
+
+
+@dataclass(frozen=True)
+class Servers:
+    admin_dsn: str
+    """DSN of a database we may CREATE DATABASE from (the server's maintenance database)."""
+    kafka: str | None
+    """Bootstrap servers of a shared real Kafka (env or container); None → a mock broker per test."""
+
+
+def _with_database(dsn: str, database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    from libs.stack import containers
+
+    env_db = os.environ.get("SETTLE_DATABASE_URL")
+    env_kafka = os.environ.get("SETTLE_KAFKA_BOOTSTRAP_SERVERS")
+    if (not env_db or not env_kafka) and containers.docker_available():
+        with containers.start_containers() as stack:
+            yield Servers(env_db or stack.database.url, env_kafka or stack.broker.bootstrap_servers)
+        return
+    if env_db:
+        yield Servers(env_db, env_kafka)
+        return
+    from libs.stack import resolve_database
+
+    settings = Settings(state_dir=Path(os.environ.get("SETTLE_STATE_DIR") or tmp_path_factory.mktemp("state")))
+    target = asyncio.run(resolve_database(settings))
+    yield Servers(target.url, env_kafka)
+
+
+@pytest.fixture(scope="session")
+def template_db(servers: Servers) -> Iterator[str]:
+    """A database migrated once per session; each test clones it (CREATE DATABASE ... TEMPLATE)."""
+    name = f"settle_tmpl_{os.getpid()}"
+
+    async def setup() -> None:
+        admin = await asyncpg.connect(servers.admin_dsn)
+        try:
+            await admin.execute(f'drop database if exists "{name}"')
+            await admin.execute(f'create database "{name}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(_with_database(servers.admin_dsn, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    async def teardown() -> None:
+        admin = await asyncpg.connect(servers.admin_dsn)
+        try:
+            await admin.execute(f'drop database if exists "{name}" with (force)')
+        finally:
+            await admin.close()
+
+    asyncio.run(setup())
+    yield name
+    asyncio.run(teardown())
+
+
+@dataclass
+class Stack:
+    database_url: str
+    bootstrap_servers: str
+    settings: Settings
+    pool: asyncpg.Pool
+
+
+@pytest.fixture
+async def stack(servers: Servers, template_db: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    from libs.messaging.broker import create_topics
+    from libs.stack import start_mock_broker
+
+    database = f"settle_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(servers.admin_dsn)
+    try:
+        await admin.execute(f'create database "{database}" template "{template_db}"')
+    finally:
+        await admin.close()
+    url = _with_database(servers.admin_dsn, database)
+    broker = None
+    prefix = ""
+    if servers.kafka is None:
+        broker = start_mock_broker(state_dir=tmp_path / "broker")
+        bootstrap = broker.bootstrap_servers
+    else:
+        bootstrap = servers.kafka
+        prefix = f"t{uuid.uuid4().hex[:8]}."
+        await create_topics(bootstrap, prefix)
+    settings = Settings(
+        database_url=url,
+        kafka_bootstrap_servers=bootstrap,
+        state_dir=tmp_path / "state",
+        topic_prefix=prefix,
+        session_timeout_ms=6000,
+        metrics_port=0,
+        documents_dir=tmp_path / "documents",
+    )
+    pool = await create_pool(url, max_size=12)
+    try:
+        yield Stack(url, bootstrap, settings, pool)
+    finally:
+        await pool.close()
+        if broker is not None:
+            broker.stop()
+        admin = await asyncpg.connect(servers.admin_dsn)
+        try:
+            await admin.execute(f'drop database if exists "{database}" with (force)')
+        finally:
+            await admin.close()
