@@ -13,8 +13,8 @@ MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 256
 MAX_SLA_TIERS = 16
 MAX_METER_NAME_CHARS = 32
-MAX_SEGMENTS_PER_HOUR = 64
-"""Billable segments carried by one hourly usage record (more means pathological flapping)."""
+MAX_SEGMENTS_PER_HOUR = 512
+"""Billable segments carried by one hourly usage record (more is pathological flapping: ~30 KB)."""
 MAX_GPU_COUNT = 4096
 
 # --- consumption ------------------------------------------------------------------------------
@@ -46,3 +46,9 @@ PUBLISH_FILE_MAX_LINES = 5_000_000
 REPLAY_MAX_EVENTS = 10_000_000
 CLOSE_CHUNK_CONTRACTS = 500
 """Contracts closed per transaction at a period end, so a first-of-month close never blocks others."""
+
+# --- metering policy ---------------------------------------------------------------------------
+STALE_ALLOCATION_AFTER_S = 30 * 24 * 3600
+"""An allocation open with no lifecycle event for this long raises `metering.allocation_stale`."""
+WINDOW_OPEN_LIMIT_S = 72 * 3600
+"""A maintenance or outage window open this long raises `metering.window_open_too_long`."""

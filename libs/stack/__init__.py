@@ -5,7 +5,8 @@ Nothing to install beyond the Python dependencies and nothing to configure: a wo
 and ``SETTLE_DATABASE_URL`` and otherwise use (starting when needed) librdkafka's mock cluster
 and the server at 127.0.0.1:5432 or an embedded PostgreSQL. Their state lives in
 ``Settings.state_dir`` (see :mod:`libs.stack.state`). Tests start a private broker per test with
-:func:`start_mock_broker`; machines with Docker can use :func:`libs.stack.containers.start_containers`.
+:func:`start_mock_broker`; machines with Docker can use :func:`start_containers` (real Kafka and
+PostgreSQL through testcontainers).
 
 Missing pieces raise :class:`libs.errors.MissingDependencyError` with one sentence saying what to
 install or set.
@@ -13,6 +14,7 @@ install or set.
 
 from __future__ import annotations
 
+from libs.stack.containers import ContainerStack, docker_available, start_containers
 from libs.stack.control import stack_down, stack_status, stack_up
 from libs.stack.database import (
     embedded_database,
@@ -28,10 +30,12 @@ from libs.stack.targets import BrokerKind, BrokerTarget, DatabaseKind, DatabaseT
 __all__ = [
     "BrokerKind",
     "BrokerTarget",
+    "ContainerStack",
     "DatabaseKind",
     "DatabaseTarget",
     "MockBrokerProcess",
     "StackStatus",
+    "docker_available",
     "embedded_database",
     "ensure_broker",
     "local_database_url",
@@ -40,6 +44,7 @@ __all__ = [
     "stack_down",
     "stack_status",
     "stack_up",
+    "start_containers",
     "start_embedded_database",
     "start_mock_broker",
     "stop_embedded_database",

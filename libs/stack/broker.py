@@ -22,6 +22,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,20 +38,27 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def wait_for_stop(exit_with_parent: bool) -> int:
-    """Block until SIGTERM/SIGINT (which the caller has blocked) or, optionally, the parent's death.
+    """Block until SIGTERM/SIGINT/SIGHUP or, with ``exit_with_parent``, the parent's death.
 
-    Returns the signal number, or 0 when the parent went away.
+    The caller blocked the signals before librdkafka started its threads (which therefore never
+    take them); here they are handled in this thread only. Portable where ``sigtimedwait`` is not
+    (macOS). Returns the signal number, or 0 when the parent went away.
     """
+    received: list[int] = []
+    stopped = threading.Event()
+
+    def on_signal(signo: int, frame: object) -> None:
+        received.append(signo)
+        stopped.set()
+
+    for signo in STOP_SIGNALS:
+        signal.signal(signo, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     parent_pid = os.getppid()
-    while True:
-        if exit_with_parent:
-            info = signal.sigtimedwait(STOP_SIGNALS, PARENT_POLL_S)
-            if info is not None:
-                return info.si_signo
-            if os.getppid() != parent_pid:
-                return 0
-        else:
-            return signal.sigwait(STOP_SIGNALS)
+    while not stopped.wait(PARENT_POLL_S):
+        if exit_with_parent and os.getppid() != parent_pid:
+            return 0
+    return received[0]
 
 
 def run_broker(
@@ -58,7 +66,7 @@ def run_broker(
 ) -> int:
     """Start the cluster, create ``topics``, publish the state file, serve until stopped."""
     # Blocked before librdkafka starts its threads, so they inherit the mask and the stop signals
-    # reach sigwait in this thread instead of killing the process without cleanup.
+    # reach this thread (see wait_for_stop) instead of killing the process without cleanup.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         cluster = MockCluster(brokers)

@@ -8,8 +8,10 @@ presence of a ``docker`` binary: a client without an engine is common).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from libs.errors import BrokerUnavailableError, MissingDependencyError
@@ -19,6 +21,7 @@ POSTGRES_IMAGE = "postgres:16-alpine"
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 """Confluent Platform 7.6 = Apache Kafka 3.6; KRaft needs 7.0 or later."""
 DOCKER_PING_TIMEOUT_S = 3
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 KAFKA_START_TIMEOUT_S = 120
 TOPIC_CREATE_TIMEOUT_S = 30.0
 REPLICATION_FACTOR = 1
@@ -33,8 +36,22 @@ class ContainerStack:
     broker: BrokerTarget
 
 
+def _default_socket_missing() -> bool:
+    """True when the engine would be the default Unix socket and that socket does not exist.
+
+    Checked first because docker-py leaks the socket of a failed Unix connection (a
+    ResourceWarning at garbage collection), and "no socket file" is the usual no-engine case.
+    """
+    host = os.environ.get("DOCKER_HOST", "")
+    if host and not host.startswith("unix://"):
+        return False  # tcp:// or ssh://: only a ping can tell
+    return not Path(host.removeprefix("unix://") or DEFAULT_DOCKER_SOCKET).exists()
+
+
 def docker_available() -> bool:
     """True when a Docker engine answers a ping (False without the ``docker`` package too)."""
+    if _default_socket_missing():
+        return False
     try:
         import docker
     except ImportError:

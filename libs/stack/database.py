@@ -197,14 +197,45 @@ async def stop_embedded_database(state_dir: Path) -> int | None:
     return pid
 
 
+APP_DATABASE = "settle"
+"""On a server the stack finds or starts, Settle keeps its tables in its own database, not ``postgres``."""
+
+
+def with_database(url: str, database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+async def ensure_app_database(server_url: str) -> str:
+    """Create the ``settle`` database on a server if it is missing; returns its DSN."""
+    import asyncpg
+
+    connection = await asyncpg.connect(server_url, timeout=10)
+    try:
+        exists = await connection.fetchval("select 1 from pg_database where datname = $1", APP_DATABASE)
+        if not exists:
+            try:
+                await connection.execute(f'create database "{APP_DATABASE}"')
+            except asyncpg.exceptions.DuplicateDatabaseError:
+                pass  # another process created it first
+    finally:
+        await connection.close()
+    return with_database(server_url, APP_DATABASE)
+
+
 async def resolve_database(settings: Settings) -> DatabaseTarget:
-    """The PostgreSQL this process should use; may start the embedded server (see the module docstring)."""
+    """The PostgreSQL this process should use; may start the embedded server (see the module docstring).
+
+    On the local or embedded server, Settle uses (and creates) the database ``settle``."""
     if settings.database_url:
         return DatabaseTarget(settings.database_url, "env", None)
     local_url = local_database_url()
     if await probe_database(local_url, LOCAL_PROBE_TIMEOUT_S):
-        return DatabaseTarget(local_url, "local", None)
-    return await start_embedded_database(settings.state_dir)
+        return DatabaseTarget(await ensure_app_database(local_url), "local", None)
+    embedded = await start_embedded_database(settings.state_dir)
+    return DatabaseTarget(await ensure_app_database(embedded.url), "embedded", embedded.pid)
 
 
 async def current_database(settings: Settings) -> DatabaseTarget | None:
@@ -213,5 +244,8 @@ async def current_database(settings: Settings) -> DatabaseTarget | None:
         return DatabaseTarget(settings.database_url, "env", None)
     local_url = local_database_url()
     if await probe_database(local_url, LOCAL_PROBE_TIMEOUT_S):
-        return DatabaseTarget(local_url, "local", None)
-    return embedded_database(settings.state_dir)
+        return DatabaseTarget(with_database(local_url, APP_DATABASE), "local", None)
+    embedded = embedded_database(settings.state_dir)
+    if embedded is None:
+        return None
+    return DatabaseTarget(with_database(embedded.url, APP_DATABASE), "embedded", embedded.pid)

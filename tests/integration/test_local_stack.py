@@ -29,6 +29,7 @@ from libs.stack import (
     resolve_database,
     stack_down,
     stack_status,
+    stack_up,
     start_mock_broker,
 )
 from libs.stack.state import BROKER_STATE_NAME, pid_alive, probe_tcp, split_address
@@ -179,6 +180,26 @@ async def test_the_shared_broker_is_reused_and_stack_down_stops_it(tmp_path: Pat
         await stack_down(settings)
 
 
+async def test_stack_up_reports_what_runs_and_stack_down_leaves_the_local_server_alone(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path / "state")
+    try:
+        status = await stack_up(settings)
+        assert status.broker is not None
+        assert status.broker.kind == "mock"
+        assert status.database is not None
+        assert status.database.kind == "local"
+        assert status.embedded_database is None
+        assert status.broker_log == settings.state_dir / "broker.log"
+        assert await stack_status(settings) == status
+    finally:
+        await stack_down(settings)
+    after = await stack_status(settings)
+    assert after.broker is None
+    assert after.database == status.database, "the server Settle did not start still runs"
+
+
 async def test_a_killed_shared_broker_is_replaced(tmp_path: Path) -> None:
     import os
     import signal
@@ -202,7 +223,7 @@ async def test_a_killed_shared_broker_is_replaced(tmp_path: Path) -> None:
 async def test_resolve_database_finds_the_local_server(tmp_path: Path) -> None:
     target = await resolve_database(_settings(tmp_path / "state"))
     assert target.kind == "local"
-    assert target.url == "postgresql://postgres@127.0.0.1:5432/postgres"
+    assert target.url == "postgresql://postgres@127.0.0.1:5432/settle"
     connection = await asyncpg.connect(target.url)
     try:
         assert await connection.fetchval("select 1") == 1

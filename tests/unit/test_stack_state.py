@@ -482,3 +482,25 @@ def test_a_password_is_hidden_in_the_display_url() -> None:
     assert "s3cret" not in target.display_url
     socket_url = "postgresql://postgres@/postgres?host=/x"
     assert DatabaseTarget(socket_url, "embedded").display_url == socket_url
+
+
+def test_a_private_broker_refuses_a_state_dir_of_a_running_broker(
+    tmp_path: Path, fake_broker_process: subprocess.Popen[bytes]
+) -> None:
+    state.write_broker_state(tmp_path / BROKER_STATE_NAME, _state(fake_broker_process.pid, "127.0.0.1:1"))
+    with pytest.raises(ConfigurationError, match="its own state directory"):
+        launcher.start_mock_broker({"t": 1}, state_dir=tmp_path)
+    assert state.read_broker_state(tmp_path / BROKER_STATE_NAME) is not None, "its file stays"
+
+
+def test_without_a_docker_engine_containers_are_a_missing_dependency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from libs.stack import containers
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
+    assert containers.docker_available() is False
+    with pytest.raises(MissingDependencyError) as caught, containers.start_containers():
+        pass
+    _assert_one_sentence(str(caught.value))
+    assert "Docker" in str(caught.value)
