@@ -361,3 +361,7 @@ def print_verify(report: Any) -> None:
     console.print("[green]ledger verified: every entry balances, balances match postings, trial balance is zero[/]"
                   if report.ok else "[bold red]ledger verification FAILED[/]")
 
+
+
+if __name__ == "__main__":
+    main()
