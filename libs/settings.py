@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="Structured-log level: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field(default="json", description="`json` (production) or `console` (humans).")
     consume_batch_max: int = Field(default=500, ge=1, le=1000, description="Messages per transaction.")
+    consume_linger_ms: int = Field(
+        default=25, ge=0, le=1000,
+        description="A batch smaller than a quarter of the maximum waits this long for more messages.",
+    )
+    fetch_min_bytes: int = Field(
+        default=64 * 1024, ge=1, description="Consumer fetch linger: bytes the broker waits for before answering."
+    )
+    fetch_max_wait_ms: int = Field(
+        default=25, ge=0, le=1000, description="Consumer fetch linger: longest the broker waits for fetch_min_bytes."
+    )
     relay_batch_max: int = Field(default=1000, ge=1, le=2000, description="Outbox rows per relay round.")
     relay_workers: int = Field(default=1, ge=1, le=16, description="Relay tasks per `settle run` process.")
     outbox_retention_s: int = Field(

@@ -104,7 +104,8 @@ def decode_data(raw: RawEnvelope, model: type[D]) -> Envelope[D]:
         data = model.model_validate(raw.data)
     except ValidationError as exc:
         raise InvalidEventError(f"{raw.type} data fails its schema: " + _summarize(exc)) from None
-    return Envelope[D](
+    # Every part is validated already (RawEnvelope, the data model): construct without re-validating.
+    return Envelope[D].model_construct(
         id=raw.id,
         source=raw.source,
         type=raw.type,

@@ -13,6 +13,7 @@ _WORKERS: dict[str, str] = {
     "metering": "services.metering.main",
     "rating": "services.rating.main",
     "invoicing": "services.invoicing.main",
+    "clock": "services.clock.main",
 }
 RELAY = "relay"
 """``settle run relay`` runs relays only (no consumers); every other worker also runs one relay."""

@@ -18,6 +18,9 @@ async def ensure_accounts(conn: asyncpg.Connection, specs: Iterable[AccountSpec]
     unique = {s.code: s for s in specs}
     if not unique:
         return
+    existing = await conn.fetchval("select count(*) from ledger.accounts where code = any($1)", list(unique))
+    if existing == len(unique):
+        return  # the common case, and a read takes no locks
     rows = sorted(unique.values(), key=lambda s: s.code)
     await conn.execute(
         """

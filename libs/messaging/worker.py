@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,21 +62,54 @@ class WorkerState:
     processed: int = 0
 
 
-def _make_handler(consumer: Consumer, state: WorkerState) -> Callable[[KafkaMessage], Awaitable[None]]:
+async def _top_up(kafka_consumer: Any, records: list[Any], max_records: int, linger_s: float) -> list[Any]:
+    """A small batch waits up to ``linger_s`` for more records from the same consumer, so a steady
+    stream is handled in batches that amortize the commit (the broker-side fetch linger is not
+    honoured by every broker). Safe: faststream's loop for this subscriber is awaiting us."""
+    if not hasattr(kafka_consumer, "getmany") or len(records) >= max_records // 4 or linger_s <= 0:
+        return records
+    deadline = time.monotonic() + linger_s
+    while len(records) < max_records // 2:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            break
+        more = await kafka_consumer.getmany(timeout_ms=remaining_ms, max_records=max_records - len(records))
+        for partition_records in more.values():
+            records.extend(partition_records)
+    return records
+
+
+def _rewind(kafka_consumer: Any, records: Sequence[Any]) -> None:
+    """Seek every partition of a batch back to its earliest record: nothing is skipped on a retry."""
+    from aiokafka import TopicPartition
+
+    earliest: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        earliest[key] = min(r.offset, earliest.get(key, r.offset))
+    for (topic, partition), offset in earliest.items():
+        with contextlib.suppress(Exception):  # a partition revoked meanwhile is redelivered to its new owner
+            kafka_consumer.seek(TopicPartition(topic, partition), offset)
+
+
+def _make_handler(consumer: Consumer, state: WorkerState, max_records: int, linger_s: float
+                  ) -> Callable[[KafkaMessage], Awaitable[None]]:
     backoff = {"s": 0.2}
 
     async def handle(msg: KafkaMessage) -> None:
         raw = msg.raw_message
-        records: Sequence[Any] = raw if isinstance(raw, tuple | list) else (raw,)
+        records: list[Any] = list(raw) if isinstance(raw, tuple | list) else [raw]
         if not records:
             return
+        kafka_consumer = getattr(msg, "consumer", None)
+        records = await _top_up(kafka_consumer, records, max_records, linger_s)
         metrics.BATCH_SIZE.labels(consumer.sub.consumer).observe(len(records))
         try:
             await consumer.process(records)
         except InfrastructureError as exc:
             metrics.INFRA_FAILURES.labels(consumer.sub.consumer).inc()
             log.warning("dependency down; batch not acknowledged", consumer=consumer.sub.consumer, error=str(exc)[:300])
-            await msg.nack()
+            _rewind(kafka_consumer, records)
             await asyncio.sleep(backoff["s"] * (0.5 + random.random()))
             backoff["s"] = min(backoff["s"] * 2, limits.INFRA_BACKOFF_MAX_S)
             return
@@ -85,17 +119,16 @@ def _make_handler(consumer: Consumer, state: WorkerState) -> Callable[[KafkaMess
         except KafkaError as exc:  # a rebalance took the partitions: the new owner redelivers, the inbox dedups
             log.info("offset commit failed after a rebalance", consumer=consumer.sub.consumer, error=repr(exc))
         state.processed += len(records)
-        _record_lag(consumer.sub.consumer, records)
+        _record_lag(kafka_consumer, consumer.sub.consumer, records)
 
     return handle
 
 
-def _record_lag(consumer: str, records: Sequence[Any]) -> None:
+def _record_lag(kafka_consumer: Any, consumer: str, records: Sequence[Any]) -> None:
     last: dict[tuple[str, int], int] = {}
     for r in records:
         last[(r.topic, r.partition)] = max(r.offset, last.get((r.topic, r.partition), -1))
-    kafka_consumer = getattr(records[0], "consumer", None)
-    if kafka_consumer is None:
+    if not hasattr(kafka_consumer, "highwater"):
         return
     from aiokafka import TopicPartition
 
@@ -130,7 +163,12 @@ def build_broker(
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=max(100, settings.session_timeout_ms // 4),
                 max_poll_interval_ms=300_000,
-            )(_make_handler(consumer, state))
+                # Linger: the broker answers a fetch when this many bytes are there or the wait is
+                # over, so a steady stream is handled in batches that amortize the commit.
+                fetch_min_bytes=settings.fetch_min_bytes,
+                fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            )(_make_handler(consumer, state, min(sub.batch_max, settings.consume_batch_max),
+                            settings.consume_linger_ms / 1000))
     return broker
 
 

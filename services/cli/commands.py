@@ -21,6 +21,7 @@ from libs.settings import get_settings
 from schemas import topics
 from schemas.envelope import encode
 from schemas.events import TransferRequested
+from services.cli import bench  # noqa: F401  (registers `settle bench`)
 from services.cli.main import app, print_verify
 from services.cli.runtime import console, database, resolve, run_async
 
@@ -86,6 +87,41 @@ async def smoke(transfers: Annotated[int, typer.Option(help="Transfers to push t
     for letter in letters[-3:]:
         console.print(f"dead letter {letter['id']}: {letter['reason']}")
     print_verify(report)
+
+
+clock_app = typer.Typer(help="Time: the fleet's only clock is clock.ticks.v1.", no_args_is_help=True)
+app.add_typer(clock_app, name="clock")
+
+
+@clock_app.command("tick")
+@run_async
+async def clock_tick(at: Annotated[str, typer.Option(help="RFC 3339 UTC instant, e.g. 2026-12-01T00:00:00Z")]) -> None:
+    """Publish one tick: every hour and billing period ending at or before AT closes."""
+    from libs.times import parse_utc
+    from services.clock.domain import tick_bytes
+
+    try:
+        when = parse_utc(at)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    settings = get_settings()
+    targets = await resolve(settings)
+    assert targets.bootstrap_servers is not None
+    producer = await start_producer(targets.bootstrap_servers, client_id="settle-clock")
+    try:
+        await (await producer.send(settings.topic_prefix + topics.CLOCK_TICKS.name, value=tick_bytes(when),
+                                   key=b"clock", partition=0))
+    finally:
+        await stop_client(producer)
+    console.print(f"tick published: {at}")
+
+
+@clock_app.command("run")
+def clock_run() -> None:
+    """Run the clock worker: a tick at every SETTLE_CLOCK_INTERVAL_S boundary (wall clock)."""
+    from services.cli.main import run
+
+    run(["clock"], relays=1)
 
 
 @app.command("demo")

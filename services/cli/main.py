@@ -149,7 +149,7 @@ def topics_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
 @run_async
 async def run(
     names: Annotated[list[str], typer.Argument(help="Workers to run, or `all`.")],
-    relays: Annotated[int, typer.Option(help="Relay tasks in this process.")] = 1,
+    relays: Annotated[int, typer.Option(help="Relay tasks in this process (0: consumers only).")] = 1,
 ) -> None:
     """Run workers until SIGTERM/SIGINT. Serves /metrics, /healthz and /readyz on SETTLE_METRICS_PORT."""
     from libs.messaging.worker import run_worker
@@ -173,7 +173,7 @@ async def run(
             await apply_migrations(conn)
         await run_worker(
             services, settings, pool=pool, bootstrap_servers=targets.bootstrap_servers, stop=stop,
-            relays=max(relays, 1) if (relay_only or services) else 0, health_port=settings.metrics_port,
+            relays=max(relays, 1) if relay_only else relays, health_port=settings.metrics_port,
         )
     finally:
         await pool.close()
