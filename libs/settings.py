@@ -57,7 +57,6 @@ class Settings(BaseSettings):
         default=25, ge=0, le=1000, description="Consumer fetch linger: longest the broker waits for fetch_min_bytes."
     )
     relay_batch_max: int = Field(default=1000, ge=1, le=2000, description="Outbox rows per relay round.")
-    relay_workers: int = Field(default=1, ge=1, le=16, description="Relay tasks per `settle run` process.")
     outbox_retention_s: int = Field(
         default=7 * 24 * 3600, ge=0, description="Sent outbox rows older than this are pruned."
     )
