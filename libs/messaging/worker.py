@@ -45,6 +45,7 @@ class Runtime:
 
 
 BackgroundTask = Callable[[Runtime], Awaitable[None]]
+PendingWork = Callable[[asyncpg.Connection], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class Service:
     subscriptions: tuple[Subscription, ...] = ()
     tasks: tuple[BackgroundTask, ...] = ()
     description: str = ""
+    pending: PendingWork | None = None
+    """Work the service has accepted but not finished (e.g. periods to close): 0 when idle."""
 
 
 @dataclass

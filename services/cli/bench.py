@@ -325,3 +325,204 @@ async def bench_kernel(
     if tps8 is not None:
         table.add_row("pgbench TPC-B tps (8 clients)", f"{tps8:,.0f}")
     console.print(table)
+
+
+# --- metering ------------------------------------------------------------------------------------------------------
+BENCH_T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def _bench_contract(contract_id: str) -> bytes:
+    from schemas.inputs import ContractCreated
+
+    data = ContractCreated(
+        contract_id=contract_id, renter_id="bench-renter", currency="USD", billing_mode="postpaid",
+        price_per_gpu_hour="2.00", supplier_rate_per_gpu_hour="1.50", commitment_per_period="0", tax_rate="0",
+        starts_at=BENCH_T0, billing_anchor_day=1, meter_prices={"egress_gb": "0.05"},
+    )
+    return encode(event_id=f"{contract_id}-created", source="/bench", type="contract.created", time=BENCH_T0, data=data)
+
+
+def _bench_allocation(allocation_id: str, contract_id: str) -> bytes:
+    from schemas.inputs import AllocationProvisioned
+
+    data = AllocationProvisioned(allocation_id=allocation_id, contract_id=contract_id, renter_id="bench-renter",
+                                 supplier_id="bench-dc", server_id=f"srv-{allocation_id}", gpu_model="H100", gpu_count=8)
+    return encode(event_id=f"{allocation_id}-prov", source="/bench", type="gpu.allocation.provisioned", time=BENCH_T0,
+                  data=data)
+
+
+def _sample(run: str, i: int, allocation_id: str, at: datetime, quantity: str = "0.5") -> tuple[bytes, bytes]:
+    from schemas.inputs import UsageSampleRecorded
+
+    data = UsageSampleRecorded(allocation_id=allocation_id, meter="egress_gb", quantity=quantity)
+    return allocation_id.encode(), encode(event_id=f"{run}-s{i}", source="/bench", type="usage.sample.recorded",
+                                          time=at, data=data)
+
+
+async def _publish_raw(bootstrap_servers: str, prefix: str, topic_name: str, partitions: int,
+                       items: Sequence[tuple[bytes, bytes]], rate_per_s: float | None = None) -> None:
+    producer = await start_producer(bootstrap_servers, client_id="bench-publisher")
+    try:
+        futures = []
+        began = time.perf_counter()
+        for n, (key, value) in enumerate(items):
+            futures.append(await producer.send(prefix + topic_name, value=value, key=key,
+                                               partition=partition_for(key, partitions)))
+            if rate_per_s is not None:
+                delay = began + (n + 1) / rate_per_s - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if len(futures) >= 5000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await stop_client(producer)
+
+
+def _publish_samples_process(bootstrap_servers: str, prefix: str, run: str, start: int, count: int,
+                             allocations: int, hour_offset: int, rate_per_s: float | None) -> None:
+    items = [_sample(run, i, f"bench-a{i % allocations}", BENCH_T0 + timedelta(hours=hour_offset, seconds=i % 3600))
+             for i in range(start, start + count)]
+    asyncio.run(_publish_raw(bootstrap_servers, prefix, topics.USAGE_SAMPLES.name, topics.USAGE_SAMPLES.partitions,
+                             items, rate_per_s))
+
+
+async def _setup_allocations(stack: BenchStack, allocations: int) -> None:
+    await _publish_raw(stack.bootstrap_servers, stack.settings.topic_prefix, topics.CONTRACTS.name,
+                       topics.CONTRACTS.partitions, [(b"bench-c", _bench_contract("bench-c"))])
+    await _publish_raw(stack.bootstrap_servers, stack.settings.topic_prefix, topics.INFRA_LIFECYCLE.name,
+                       topics.INFRA_LIFECYCLE.partitions,
+                       [(f"bench-a{i}".encode(), _bench_allocation(f"bench-a{i}", "bench-c")) for i in range(allocations)])
+
+
+@bench_app.command("metering")
+@run_async
+async def bench_metering(
+    samples: Annotated[int, typer.Option(help="Samples in the throughput phase (mind the mock's retention).")] = 80_000,
+    allocations: Annotated[int, typer.Option(help="Allocations the samples spread over.")] = 200,
+    consumers: Annotated[int, typer.Option(help="metering processes (partitions split).")] = 2,
+    rate: Annotated[int, typer.Option(help="Background samples/s during the latency phase.")] = 5_000,
+    probes: Annotated[int, typer.Option(help="Late samples whose latency to a rated charge is measured.")] = 300,
+) -> None:
+    """Telemetry samples/s end to end (publish → hourly aggregates committed, exactly once: 5 % of the
+    samples are sent twice and the committed totals are checked), then p50/p99 from a late sample to
+    its rated charge (metering → rating → relay) under a steady background load."""
+    from decimal import Decimal
+
+    async with bench_stack("metering", consume_batch_max=1000) as stack:
+        run = uuid.uuid4().hex[:6]
+        fleet = [["metering", "--relays", "1"]] * consumers
+        with processes(stack, *fleet):
+            await _setup_allocations(stack, allocations)
+            await _wait_count(stack, "select count(*) from metering.allocations where contract_id is not null", allocations)
+            await asyncio.sleep(3)  # group settle
+            duplicates = samples // 20
+            console.print(f"publishing {samples} samples (+{duplicates} redelivered copies) …")
+            publisher = _spawn(_publish_samples_process, stack.bootstrap_servers, stack.settings.topic_prefix, run, 0,
+                               samples, allocations, 0, None)
+            dup_publisher = _spawn(_publish_samples_process, stack.bootstrap_servers, stack.settings.topic_prefix, run, 0,
+                                   duplicates, allocations, 0, None)
+            began = await _wait_count(stack, "select count(*) from settle.inbox where consumer = 'metering-samples'", 1)
+            finished = await _wait_count(stack, "select count(*) from settle.inbox where consumer = 'metering-samples'",
+                                         samples, timeout_s=600)
+            publisher.join(60)
+            dup_publisher.join(60)
+            await asyncio.sleep(1)
+            total = await stack.pool.fetchval("select coalesce(sum(quantity), 0) from metering.samples")
+        exact = total == Decimal("0.5") * samples
+        throughput = samples / (finished - began)
+        console.print(f"throughput: {throughput:,.0f} samples/s; committed total exact once: {exact}")
+
+    async with bench_stack("metering", consume_batch_max=1000) as stack:
+        run = uuid.uuid4().hex[:6]
+        fleet = [["metering", "--relays", "1"], ["rating", "--relays", "1"]]
+        with processes(stack, *fleet):
+            await _setup_allocations(stack, allocations)
+            await _wait_count(stack, "select count(*) from metering.allocations where contract_id is not null", allocations)
+            from services.clock.domain import tick_bytes
+
+            closed = BENCH_T0 + timedelta(hours=2)
+            await _publish_raw(stack.bootstrap_servers, stack.settings.topic_prefix, topics.CLOCK_TICKS.name, 1,
+                               [(b"clock", tick_bytes(closed))])
+            await _wait_count(stack, "select count(*) from rating.watermarks", 1, timeout_s=120)
+            await asyncio.sleep(2)
+            background = _spawn(_publish_samples_process, stack.bootstrap_servers, stack.settings.topic_prefix, run, 0,
+                                rate * 20, allocations, 3, float(rate))
+            await asyncio.sleep(5)  # measure in the steady state
+            probe_items = [_sample(run, 10_000_000 + i, f"bench-a{i % allocations}",
+                                   BENCH_T0 + timedelta(hours=i // allocations % 2, minutes=30), "1")
+                           for i in range(probes)]
+            await _publish_raw(stack.bootstrap_servers, stack.settings.topic_prefix, topics.USAGE_SAMPLES.name,
+                               topics.USAGE_SAMPLES.partitions, probe_items, rate_per_s=30.0)
+            await _wait_count(stack, "select count(*) from settle.outbox where topic = 'charges.rated.v1' and sent_at is not null",
+                              probes, timeout_s=120)
+            background.join(60)
+        sent = {}
+        for event_key, ts in (await read_probe_times(stack, topics.USAGE_SAMPLES, run)).items():
+            sent[event_key] = ts
+        charged = await read_charge_times(stack)
+        latencies = [charged[k] - sent[k] for k in sent if k in charged]
+    table = Table("measure", "value")
+    table.add_row("samples/s end to end (committed)", f"{throughput:,.0f}")
+    table.add_row("exactly once (5 % redelivered, totals exact)", "yes" if exact else "NO")
+    if latencies:
+        table.add_row(f"late sample → rated charge p50 at {rate}/s (ms)", f"{statistics.median(latencies):.0f}")
+        table.add_row(f"late sample → rated charge p99 at {rate}/s (ms)", f"{percentile(latencies, 0.99):.0f}")
+    table.add_row("latency samples", str(len(latencies)))
+    console.print(table)
+
+
+async def _wait_count(stack: BenchStack, sql: str, count: int, timeout_s: float = 120) -> float:
+    began = time.perf_counter()
+    while time.perf_counter() - began < timeout_s:
+        if int(await stack.pool.fetchval(sql)) >= count:
+            return time.perf_counter()
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{sql!r} did not reach {count} within {timeout_s} s")
+
+
+async def read_probe_times(stack: BenchStack, topic: topics.Topic, run: str) -> dict[tuple[str, str], int]:
+    """(allocation, hour) → first publish timestamp of its late probe sample."""
+    out: dict[tuple[str, str], int] = {}
+    name = stack.settings.topic_prefix + topic.name
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(stack.bootstrap_servers), enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(name, p) for p in range(topic.partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                for r in records:
+                    event = orjson.loads(r.value)
+                    if event["id"].startswith(f"{run}-s1000"):
+                        out.setdefault((event["data"]["allocation_id"], event["time"][:13]), r.timestamp)
+        return out
+    finally:
+        await stop_client(consumer)
+
+
+async def read_charge_times(stack: BenchStack) -> dict[tuple[str, str], int]:
+    """(allocation, hour) → relay timestamp of the first egress charge (only late probes produce them)."""
+    out: dict[tuple[str, str], int] = {}
+    name = stack.settings.topic_prefix + topics.CHARGES_RATED.name
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(stack.bootstrap_servers), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(name, p) for p in range(topics.CHARGES_RATED.partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    event = orjson.loads(r.value)
+                    data = event["data"]
+                    if event["type"] == "charge.rated" and data["meter"] == "egress_gb":
+                        out.setdefault((data["allocation_id"], data["hour_start"][:13]), r.timestamp)
+        return out
+    finally:
+        await stop_client(consumer)

@@ -3,7 +3,21 @@
 from libs.messaging.consume import Subscription
 from libs.messaging.worker import Service
 from schemas import topics
+import asyncpg
+
 from services.metering.handlers import on_lifecycle_events, on_samples, run_closer
+
+
+async def pending(conn: asyncpg.Connection) -> int:
+    """Allocations behind the clock, plus one while the watermark for the target is unsent."""
+    row = await conn.fetchrow("select target, watermark_sent from metering.clock where id = 1")
+    if row is None or row["target"] is None:
+        return 0
+    from services.metering.store import count_behind
+
+    behind = await count_behind(conn, row["target"])
+    return behind + (0 if row["watermark_sent"] is not None and row["watermark_sent"] >= row["target"] else 1)
+
 
 SERVICE = Service(
     name="metering",
@@ -14,5 +28,6 @@ SERVICE = Service(
                      batch_max=1000, producer="metering"),
     ),
     tasks=(run_closer,),
+    pending=pending,
     description="Lifecycle events and telemetry → GPU-seconds per allocation per UTC hour (usage.metered.v1)",
 )

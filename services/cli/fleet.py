@@ -1,0 +1,100 @@
+"""Run `settle run …` worker processes (as production does) for the demo and the benchmarks, and
+tell when the fleet is idle (nothing left to consume, publish or close)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import asyncpg
+
+from libs.messaging.broker import committed_offsets, end_offsets
+from libs.messaging.worker import Service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker_env(database_url: str, bootstrap_servers: str, topic_prefix: str = "", **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "SETTLE_DATABASE_URL": database_url,
+        "SETTLE_KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "SETTLE_TOPIC_PREFIX": topic_prefix,
+        "SETTLE_METRICS_PORT": "0",
+        "SETTLE_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    })
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def worker_processes(env: Mapping[str, str], commands: Sequence[Sequence[str]], log_dir: Path | None = None
+                     ) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start one `settle run <args>` process per command; SIGTERM (then SIGKILL) them on exit."""
+    started = []
+    for command in commands:
+        log = subprocess.DEVNULL
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            log = (log_dir / f"{'-'.join(command[:1])}.log").open("ab")  # type: ignore[assignment]
+        started.append(subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", *command], env=dict(env),
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in started:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+async def consumer_lag(bootstrap_servers: str, services: Sequence[Service], topic_prefix: str = "") -> int:
+    """Messages not yet consumed (committed) by the services' consumer groups."""
+    total = 0
+    for service in services:
+        for sub in service.subscriptions:
+            names = {topic_prefix + t.name: t.partitions for t in sub.topics}
+            ends = await end_offsets(bootstrap_servers, names)
+            committed = await committed_offsets(bootstrap_servers, sub.consumer)
+            total += sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
+    return total
+
+
+async def pending_work(pool: asyncpg.Pool, services: Sequence[Service]) -> int:
+    async with pool.acquire() as conn:
+        backlog = int(await conn.fetchval("select count(*) from settle.outbox where sent_at is null"))
+        for service in services:
+            if service.pending is not None:
+                backlog += await service.pending(conn)
+    return backlog
+
+
+async def wait_idle(pool: asyncpg.Pool, bootstrap_servers: str, services: Sequence[Service], *,
+                    topic_prefix: str = "", timeout_s: float = 600, alive: Sequence[subprocess.Popen[bytes]] = ()
+                    ) -> None:
+    """Until every group has consumed everything, the outbox is empty and no service has work
+    pending — twice in a row, so work that one step hands to the next is not missed."""
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the fleet was not idle within {timeout_s:.0f} s")
+        for process in alive:
+            if process.poll() is not None:
+                raise RuntimeError(f"worker {process.args[-3:]} exited with status {process.returncode}")
+        busy = await pending_work(pool, services) + await consumer_lag(bootstrap_servers, services, topic_prefix)
+        quiet = quiet + 1 if busy == 0 else 0
+        await asyncio.sleep(0.3)
