@@ -96,25 +96,8 @@ async def bench_stack(name: str, **overrides: Any) -> AsyncIterator[BenchStack]:
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-@contextlib.asynccontextmanager
-async def worker(stack: BenchStack, services: Sequence[Service], relays: int = 1) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    task = asyncio.create_task(run_worker(services, stack.settings, pool=stack.pool,
-                                          bootstrap_servers=stack.bootstrap_servers, stop=stop, relays=relays,
-                                          ready=ready))
-    await asyncio.wait([task, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
-
-
-async def read_timestamps(stack: BenchStack, topic: topics.Topic, field: str) -> dict[str, int]:
-    """``data[field]`` → Kafka record timestamp (ms) of every record of a topic (first occurrence)."""
+async def scan_topic(stack: BenchStack, topic: topics.Topic) -> list[Any]:
+    """Every record of a topic (all partitions, from the beginning), without a consumer group."""
     name = stack.settings.topic_prefix + topic.name
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(stack.bootstrap_servers), enable_auto_commit=False,
                                 max_partition_fetch_bytes=8 * 1024 * 1024)
@@ -124,14 +107,21 @@ async def read_timestamps(stack: BenchStack, topic: topics.Topic, field: str) ->
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
-        out: dict[str, int] = {}
+        out: list[Any] = []
         while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
             for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
-                for r in records:
-                    out.setdefault(orjson.loads(r.value)["data"][field], r.timestamp)
+                out.extend(records)
         return out
     finally:
         await stop_client(consumer)
+
+
+async def read_timestamps(stack: BenchStack, topic: topics.Topic, field: str) -> dict[str, int]:
+    """``data[field]`` → Kafka record timestamp (ms) of every record of a topic (first occurrence)."""
+    out: dict[str, int] = {}
+    for r in await scan_topic(stack, topic):
+        out.setdefault(orjson.loads(r.value)["data"][field], r.timestamp)
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -230,41 +220,14 @@ async def _wait_sent(stack: BenchStack, count: int, timeout_s: float) -> float:
     raise TimeoutError(f"only {sent} of {count} events relayed within {timeout_s} s")
 
 
-def _worker_env(stack: BenchStack, **extra: str) -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    env.update({
-        "SETTLE_DATABASE_URL": stack.database_url,
-        "SETTLE_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
-        "SETTLE_TOPIC_PREFIX": stack.settings.topic_prefix,
-        "SETTLE_METRICS_PORT": "0",
-        "SETTLE_LOG_LEVEL": "WARNING",
-        "SETTLE_CONSUME_BATCH_MAX": str(stack.settings.consume_batch_max),
-        "SETTLE_RELAY_BATCH_MAX": str(stack.settings.relay_batch_max),
-    })
-    env.update(extra)
-    return env
-
-
-@contextlib.contextmanager
 def processes(stack: BenchStack, *commands: Sequence[str]) -> Any:
-    """Run `settle run …` worker processes (as production does) for the block."""
-    import signal
-    import sys
+    """`settle run …` worker processes against the bench stack, as production runs them."""
+    from services.cli.fleet import worker_env, worker_processes
 
-    started = [subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", *command], env=_worker_env(stack),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for command in commands]
-    try:
-        yield started
-    finally:
-        for process in started:
-            process.send_signal(signal.SIGTERM)
-        for process in started:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    env = worker_env(stack.database_url, stack.bootstrap_servers, stack.settings.topic_prefix,
+                     SETTLE_CONSUME_BATCH_MAX=str(stack.settings.consume_batch_max),
+                     SETTLE_RELAY_BATCH_MAX=str(stack.settings.relay_batch_max))
+    return worker_processes(env, commands)
 
 
 @bench_app.command("kernel")
@@ -485,44 +448,19 @@ async def _wait_count(stack: BenchStack, sql: str, count: int, timeout_s: float 
 async def read_probe_times(stack: BenchStack, topic: topics.Topic, run: str) -> dict[tuple[str, str], int]:
     """(allocation, hour) → first publish timestamp of its late probe sample."""
     out: dict[tuple[str, str], int] = {}
-    name = stack.settings.topic_prefix + topic.name
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(stack.bootstrap_servers), enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(name, p) for p in range(topic.partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
-                for r in records:
-                    event = orjson.loads(r.value)
-                    if event["id"].startswith(f"{run}-s1000"):
-                        out.setdefault((event["data"]["allocation_id"], event["time"][:13]), r.timestamp)
-        return out
-    finally:
-        await stop_client(consumer)
+    for r in await scan_topic(stack, topic):
+        event = orjson.loads(r.value)
+        if event["id"].startswith(f"{run}-s1000"):
+            out.setdefault((event["data"]["allocation_id"], event["time"][:13]), r.timestamp)
+    return out
 
 
 async def read_charge_times(stack: BenchStack) -> dict[tuple[str, str], int]:
     """(allocation, hour) → relay timestamp of the first egress charge (only late probes produce them)."""
     out: dict[tuple[str, str], int] = {}
-    name = stack.settings.topic_prefix + topics.CHARGES_RATED.name
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(stack.bootstrap_servers), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(name, p) for p in range(topics.CHARGES_RATED.partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for r in records:
-                    event = orjson.loads(r.value)
-                    data = event["data"]
-                    if event["type"] == "charge.rated" and data["meter"] == "egress_gb":
-                        out.setdefault((data["allocation_id"], data["hour_start"][:13]), r.timestamp)
-        return out
-    finally:
-        await stop_client(consumer)
+    for r in await scan_topic(stack, topics.CHARGES_RATED):
+        event = orjson.loads(r.value)
+        data = event["data"]
+        if event["type"] == "charge.rated" and data["meter"] == "egress_gb":
+            out.setdefault((data["allocation_id"], data["hour_start"][:13]), r.timestamp)
+    return out
