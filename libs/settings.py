@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         default=25, ge=0, le=1000,
         description="A batch smaller than a quarter of the maximum waits this long for more messages.",
     )
+    kafka_leader_sync_delay_ms: int = Field(
+        default=500, ge=0, le=10_000,
+        description="A consumer-group leader waits this long before SyncGroup (the mock broker needs it; 0 on Kafka).",
+    )
     fetch_min_bytes: int = Field(
         default=64 * 1024, ge=1, description="Consumer fetch linger: bytes the broker waits for before answering."
     )

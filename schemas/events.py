@@ -220,7 +220,7 @@ class AdjustmentLine(EventModel):
 
     period_start: UtcTime
     period_end: UtcTime
-    kind: Literal["usage", "sla_credit"]
+    kind: Literal["usage", "commitment_true_up", "sla_credit"]
     amount: DecimalStr
 
 

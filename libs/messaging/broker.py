@@ -140,3 +140,33 @@ async def committed_offsets(bootstrap_servers: str, group_id: str) -> dict[Topic
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
     finally:
         await stop_client(admin)
+
+
+_leader_delay_s = 0.0
+
+
+def set_leader_sync_delay(delay_ms: int) -> None:
+    """Make a consumer-group leader wait before its SyncGroup (every consumer of this process).
+
+    librdkafka's mock cluster marks a group stable as soon as the leader's SyncGroup (which carries
+    every member's assignment) arrives, and answers a follower's SyncGroup that comes later with
+    INVALID_REQUEST — so a second member can never join. A leader that syncs last avoids the race.
+    A real Kafka holds followers until the leader syncs, so there the delay only lengthens each
+    rebalance by that much (set ``SETTLE_KAFKA_LEADER_SYNC_DELAY_MS=0``).
+    """
+    global _leader_delay_s
+    from aiokafka.consumer import group_coordinator
+
+    _leader_delay_s = max(0.0, delay_ms / 1000)
+    rebalance = group_coordinator.CoordinatorGroupRebalance
+    if getattr(rebalance._on_join_leader, "_settle_delayed", False):
+        return
+    original = rebalance._on_join_leader
+
+    async def _on_join_leader(self: object, response: object) -> object:
+        if _leader_delay_s:
+            await asyncio.sleep(_leader_delay_s)
+        return await original(self, response)
+
+    _on_join_leader._settle_delayed = True  # type: ignore[attr-defined]
+    rebalance._on_join_leader = _on_join_leader  # type: ignore[method-assign]

@@ -169,9 +169,13 @@ class Relay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_first(self._wake, stop), timeout=wait_s)
         finally:
-            with contextlib.suppress(Exception):
-                await listener.remove_listener("settle_outbox", self._notified)
-            await self.pool.release(listener)
+            # A cancellation may land while we clean up: the connection must go back to the pool
+            # whatever happens, or closing the pool waits for it forever.
+            try:
+                with contextlib.suppress(Exception):
+                    await listener.remove_listener("settle_outbox", self._notified)
+            finally:
+                await asyncio.shield(self.pool.release(listener))
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -24,7 +24,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from libs import limits
 from libs.errors import InfrastructureError
-from libs.messaging.broker import bootstrap_list, start_producer, stop_client
+from libs.messaging.broker import bootstrap_list, set_leader_sync_delay, start_producer, stop_client
 from libs.messaging.consume import Consumer, Subscription
 from libs.messaging.relay import Relay
 from libs.observability import metrics
@@ -226,6 +226,7 @@ async def run_worker(
             state.relays.append(relay)
             tasks.append(asyncio.create_task(relay.run(stop), name=f"relay-{i}"))
         if any(s.subscriptions for s in services):
+            set_leader_sync_delay(settings.kafka_leader_sync_delay_ms)
             broker = await start_broker_with_retry(lambda: build_broker(services, pool, settings, bootstrap_servers, state))
             state.consumers_started = True
         for service in services:

@@ -22,6 +22,7 @@ from schemas import topics
 from schemas.envelope import encode
 from schemas.events import TransferRequested
 from services.cli import bench  # noqa: F401  (registers `settle bench`)
+from services.cli import documents  # noqa: F401  (registers `settle invoices` and `settle statements`)
 from services.cli.main import app, print_verify
 from services.cli.runtime import console, database, resolve, run_async
 
@@ -125,9 +126,33 @@ def clock_run() -> None:
 
 
 @app.command("demo")
-def demo() -> None:
-    """The demo (currently the kernel's smoke run; the billing demo replaces it)."""
-    smoke(transfers=1000)
+@run_async
+async def demo(
+    seed: Annotated[int, typer.Option(help="Seed of the generated marketplace.")] = 7,
+    contracts: Annotated[int, typer.Option(help="Contracts in the marketplace.")] = 30,
+    out: Annotated[str | None, typer.Option(help="Folder for the documents (default: state dir).")] = None,
+) -> None:
+    """Bill a generated two-month GPU marketplace with the whole fleet on the local stack."""
+    from pathlib import Path
+
+    from libs.db.migrate import migrate
+    from services.demo.run import run_demo
+
+    settings = get_settings()
+    targets = await resolve(settings)
+    assert targets.bootstrap_servers is not None
+    console.print(f"PostgreSQL: {targets.database_kind} · broker: {targets.broker_kind} "
+                  f"({'development broker: in memory, not durable' if targets.broker_kind == 'mock' else 'Kafka'})")
+    pool = await create_pool(targets.database_url, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+    finally:
+        await pool.close()
+    ok = await run_demo(settings, targets.database_url, targets.bootstrap_servers, seed=seed, contracts=contracts,
+                        out=Path(out) if out else None, console=console)
+    if not ok:
+        raise typer.Exit(1)
 
 
 __all__ = ["app", "create_pool"]

@@ -68,7 +68,9 @@ __all__ = [
     "to_event",
 ]
 
-AdjustmentKind = Literal["usage", "sla_credit"]
+AdjustmentKind = Literal["usage", "commitment_true_up", "sla_credit"]
+"""``commitment_true_up`` lines exist only when the shell asks for the re-evaluation
+(:attr:`LateCorrection.true_up_billed_minor`); see :func:`_assemble_adjustments`."""
 
 MAX_ADJUSTMENT_LINES = 256
 """Adjustment lines one document carries (the ``invoices.finalized.v1`` schema's bound)."""
@@ -150,6 +152,10 @@ class LateCorrection:
     drawn_delta_x3600: Decimal = Decimal(0)
     """Prepaid only: Σ ``drawn_x3600`` of wallet draws for this period made since its document
     (money the wallet paid, or returned when negative, for the late charges)."""
+    true_up_billed_minor: int | None = None
+    """Commitment true-up already on documents for this period (≥ 0): its invoice line + earlier
+    ``commitment_true_up`` adjustments. ``None``: the true-up is not re-evaluated (R5 is then
+    applied only at the period's own close, as before this field existed)."""
 
     @property
     def after(self) -> PeriodTotals:
@@ -489,8 +495,10 @@ def _chargeback_parts(
 def _assemble_adjustments(
     terms: ContractTerms, corrections: tuple[LateCorrection, ...], month: str
 ) -> tuple[tuple[AdjustmentDraft, ...], tuple[ChargebackPart, ...]]:
-    """R3: per corrected period a ``usage`` line (the late usage delta, rounded once) and, when the
-    re-evaluated SLA credit differs from what was credited, an ``sla_credit`` line."""
+    """R3: per corrected period a ``usage`` line (the late usage delta, rounded once); when asked
+    (``true_up_billed_minor`` given), a ``commitment_true_up`` line when the R5 true-up of the
+    corrected usage differs from what was billed; and, when the re-evaluated SLA credit differs
+    from what was credited, an ``sla_credit`` line. Lines of one period follow R10's order."""
     currency = terms.currency
     seen: set[datetime] = set()
     lines: list[AdjustmentDraft] = []
@@ -515,6 +523,28 @@ def _assemble_adjustments(
             lines.append(
                 AdjustmentDraft(c.period_start, c.period_end, "usage", _rounded(usage_delta, currency))
             )
+
+        if c.true_up_billed_minor is not None:
+            # R5 re-evaluated on the corrected usage: the true-up the period should carry, minus
+            # what documents already billed for it (the exact part keeps the rounding honest).
+            if c.true_up_billed_minor < 0:
+                raise DomainRuleError(
+                    f"{what}: true_up_billed_minor must be >= 0, got {c.true_up_billed_minor}"
+                )
+            prorated = prorate_commitment(terms, c.period_start, c.period_end)
+            after_usage = c.after.usage_exact
+            true_up = _rounded(prorated - after_usage if after_usage < prorated else Fraction(0), currency)
+            true_up_change_minor = true_up.amount_minor - c.true_up_billed_minor
+            if true_up_change_minor != 0:
+                exact = true_up.exact - minor_to_exact(c.true_up_billed_minor, currency)
+                lines.append(
+                    AdjustmentDraft(
+                        c.period_start,
+                        c.period_end,
+                        "commitment_true_up",
+                        RoundedAmount(exact, true_up_change_minor),
+                    )
+                )
 
         fields = terms.fields_at(rates_instant(terms, c.period_end))
         sla = evaluate_sla(fields, c.after, currency)

@@ -11,6 +11,10 @@ One statement per supplier per currency per calendar month (UTC):
 * ``carried`` = the previous month's net in the same currency when it was negative, else 0;
 * ``net`` = earnings_total + sla_chargebacks + carried. A negative net carries to the next month.
 
+Extension (like R3 for invoices): earnings of hours of a month whose statement is already final
+(late corrections) land on the next statement, on the allocation's line
+(:attr:`AllocationEarnings.late_earning_x3600`), still one exact sum rounded once.
+
 A contract's rounded SLA credit is split across its allocations by :func:`split_chargeback`
 (largest remainder); a chargeback lands on the month of the contract period's last second
 (:func:`chargeback_month`). A month with only a carried balance still gets a statement
@@ -164,6 +168,15 @@ class AllocationEarnings:
     """Exact Σ ``earning_x3600`` of the allocation's charges for hours in the month."""
     billable_gpu_seconds: int
     """Σ ``delta_billable_gpu_seconds`` of the same charges: decides whether the line exists."""
+    late_earning_x3600: Decimal = Decimal(0)
+    """Signed Σ ``earning_x3600`` of the allocation's charges for hours of EARLIER months that were
+    rated after those months' statements (late corrections, extension of R12 like R3 for
+    invoices): they land on this month's line of the allocation, which then exists even without
+    billable seconds this month. The line is still one exact sum rounded once (R6)."""
+
+    @property
+    def has_line(self) -> bool:
+        return self.billable_gpu_seconds != 0 or self.late_earning_x3600 != 0
 
 
 @dataclass(frozen=True)
@@ -226,7 +239,7 @@ def carried_from(previous_net_minor: int | None) -> int:
 
 def statement_due(inputs: StatementInputs) -> bool:
     """Whether the month gets a statement: an earnings line, a chargeback part or a carried balance."""
-    has_line = any(e.billable_gpu_seconds != 0 for e in inputs.earnings)
+    has_line = any(e.has_line for e in inputs.earnings)
     return has_line or bool(inputs.chargebacks) or carried_from(inputs.previous_net_minor) != 0
 
 
@@ -239,7 +252,7 @@ def _check_statement_inputs(inputs: StatementInputs) -> None:
         if e.allocation_id in seen:
             raise DomainRuleError(f"allocation {e.allocation_id} appears twice in the month's earnings")
         seen.add(e.allocation_id)
-        if not e.earning_x3600.is_finite():
+        if not e.earning_x3600.is_finite() or not e.late_earning_x3600.is_finite():
             raise DomainRuleError(f"allocation {e.allocation_id}: earning_x3600 is not finite")
         if e.billable_gpu_seconds < 0:
             raise DomainRuleError(f"allocation {e.allocation_id}: negative billable seconds in the month")
@@ -265,9 +278,9 @@ def assemble_statement(inputs: StatementInputs) -> StatementDraft:
     _check_statement_inputs(inputs)
     lines: list[StatementLine] = []
     for e in sorted(inputs.earnings, key=lambda e: e.allocation_id):
-        if e.billable_gpu_seconds == 0:
+        if not e.has_line:
             continue  # R12: only allocations that delivered billable seconds that month
-        exact = Fraction(e.earning_x3600) / 3600  # divided once per line (R4)
+        exact = Fraction(e.earning_x3600 + e.late_earning_x3600) / 3600  # divided once per line (R4)
         lines.append(StatementLine(e.allocation_id, exact, round_minor(exact, inputs.currency)))
     earnings_total = sum(line.amount_minor for line in lines)
     chargebacks = sum(part.amount_minor for part in inputs.chargebacks)

@@ -201,7 +201,7 @@ def _format_month(month: str) -> str:
 
 
 def _adjustment_label(line: AdjustmentLine) -> str:
-    kind = "usage" if line.kind == "usage" else "SLA credit"
+    kind = {"usage": "usage", "commitment_true_up": "commitment true-up", "sla_credit": "SLA credit"}[line.kind]
     return f"Adjustment for {_format_period(line.period_start, line.period_end)} ({kind})"
 
 
