@@ -31,6 +31,7 @@ from libs.errors import InvalidAmountError, UnknownCurrencyError
 __all__ = [
     "LEDGER_EXTRA_DIGITS",
     "Exact",
+    "check_decimal",
     "currency_exponent",
     "format_minor",
     "format_ledger",
@@ -78,12 +79,10 @@ def ledger_scale(currency: str) -> int:
     return currency_exponent(currency) + LEDGER_EXTRA_DIGITS
 
 
-def parse_decimal(text: str, *, field: str = "amount", max_places: int = 12) -> Exact:
-    """Parse a decimal string (never a float) into an exact amount.
+def check_decimal(text: str, *, field: str = "amount", max_places: int = 12) -> None:
+    """Raise InvalidAmountError unless ``text`` is a plain decimal string (see :func:`parse_decimal`).
 
-    Accepts ``"12"``, ``"-0.5"``, ``"2.350"``; refuses exponents, spaces, NaN, infinities, more than
-    ``max_places`` decimal places and more than 18 integer digits.
-    """
+    The cheap half of parsing, for validators that keep a ``Decimal`` and need no ``Fraction``."""
     if not isinstance(text, str):
         raise InvalidAmountError(f"{field} must be a decimal string, got {type(text).__name__}")
     if not _DECIMAL_RE.fullmatch(text):  # fullmatch: ``$`` alone would let a trailing newline through
@@ -91,6 +90,15 @@ def parse_decimal(text: str, *, field: str = "amount", max_places: int = 12) -> 
     places = len(text.partition(".")[2])
     if places > max_places:
         raise InvalidAmountError(f"{field} {text!r} has {places} decimal places; at most {max_places}")
+
+
+def parse_decimal(text: str, *, field: str = "amount", max_places: int = 12) -> Exact:
+    """Parse a decimal string (never a float) into an exact amount.
+
+    Accepts ``"12"``, ``"-0.5"``, ``"2.350"``; refuses exponents, spaces, NaN, infinities, more than
+    ``max_places`` decimal places and more than 18 integer digits.
+    """
+    check_decimal(text, field=field, max_places=max_places)
     return Fraction(Decimal(text))
 
 

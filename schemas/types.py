@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, Wi
 
 from libs import limits
 from libs.errors import UnknownCurrencyError
-from libs.money import currency_exponent, parse_decimal
+from libs.money import check_decimal, currency_exponent
 from libs.times import RFC3339_UTC_PATTERN, format_utc, parse_utc
 
 # JSON Schema patterns say what the validators below accept, so that the generated schemas refuse
@@ -32,11 +32,11 @@ def _decimal_from_str(value: Any) -> Decimal:
     if isinstance(value, Decimal):
         # Built in Python (an event we emit): hold it to the wire's rules, so that what we emit
         # our consumers can read (no NaN, no 1E+30, at most 12 places).
-        parse_decimal(format(value, "f"))
+        check_decimal(format(value, "f"))
         return value
     if not isinstance(value, str):
         raise ValueError("decimals are JSON strings, e.g. \"2.35\" (numbers are refused: no floats)")
-    parse_decimal(value)  # raises with a readable message
+    check_decimal(value)  # raises with a readable message
     return Decimal(value)
 
 
