@@ -132,15 +132,25 @@ async def end_offsets(bootstrap_servers: str, topics: Mapping[str, int]) -> dict
         await stop_client(consumer)
 
 
-async def committed_offsets(bootstrap_servers: str, group_id: str) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap_servers))
-    await admin.start()
+async def committed_offsets(bootstrap_servers: str, group_id: str, topics: Mapping[str, int]
+                            ) -> dict[TopicPartition, int]:
+    """Offsets a consumer group committed on the given topics (name → partition count); partitions
+    without a commit are left out. Asks for the partitions explicitly (an OffsetFetch for "all
+    topics" is not answered by every broker, the mock among them)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(bootstrap_servers), group_id=group_id,
+                                enable_auto_commit=False)
+    await consumer.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(group_id)
-        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        found: dict[TopicPartition, int] = {}
+        for topic, partitions in topics.items():
+            for p in range(partitions):
+                tp = TopicPartition(topic, p)
+                offset = await consumer.committed(tp)
+                if offset is not None and offset >= 0:
+                    found[tp] = offset
+        return found
     finally:
-        await stop_client(admin)
-
+        await stop_client(consumer)
 
 _leader_delay_s = 0.0
 

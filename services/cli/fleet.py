@@ -68,7 +68,7 @@ async def consumer_lag(bootstrap_servers: str, services: Sequence[Service], topi
         for sub in service.subscriptions:
             names = {topic_prefix + t.name: t.partitions for t in sub.topics}
             ends = await end_offsets(bootstrap_servers, names)
-            committed = await committed_offsets(bootstrap_servers, sub.consumer)
+            committed = await committed_offsets(bootstrap_servers, sub.consumer, names)
             total += sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
     return total
 

@@ -18,7 +18,8 @@ from libs.db.pool import create_pool
 from libs.errors import ConfigurationError, InfrastructureError, SettleError
 from libs.settings import Settings, get_settings
 
-console = Console()
+# Piped output (CI logs, `settle demo | tee`) keeps wide tables readable instead of 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -136,7 +136,9 @@ async def reconcile_hours(conn: asyncpg.Connection, emitter: Emitter, row: store
 async def raise_anomalies(conn: asyncpg.Connection, emitter: Emitter, allocation_id: str, state: AllocationState,
                           at: datetime, *, through: datetime | None, last_event_at: datetime | None,
                           cause: Envelope[Any] | None) -> None:
-    found = list(find_fact_anomalies(state))
+    """Quarantines are raised as they happen; a held end (its start not here yet) only when it is
+    still held as its hour closes — out-of-order delivery that sorts itself out is not news."""
+    found = [a for a in find_fact_anomalies(state) if through is not None or a.kind != "event_held"]
     if through is not None:
         found += find_anomalies(state, last_event_at, through, STALE_AFTER, WINDOW_OPEN_LIMIT)
     if not found:

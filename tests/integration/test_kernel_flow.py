@@ -53,6 +53,8 @@ async def test_each_event_has_its_effect_once_and_bad_input_is_dead_lettered(sta
     async with running(stack, [JOURNAL]):
         await wait_until(lambda: _posted(stack, 200), what="200 posted events relayed")
         await wait_until(lambda: _dead(stack, 5), what="5 dead letters")
+        # Offsets are committed after the database commit: nothing is left to redeliver.
+        await wait_until(lambda: _no_lag(stack), what="consumer group caught up (offsets committed)")
 
     assert await count(stack, "select count(*) from ledger.entries where kind = 'journal.transfer'") == 200
     async with stack.pool.acquire() as conn:
@@ -76,6 +78,12 @@ async def test_each_event_has_its_effect_once_and_bad_input_is_dead_lettered(sta
     dlq = await read_topic(stack, topics.Topic(topics.JOURNAL_REQUESTS.dlq, "key", 1, ""))
     assert len(dlq) == 5
     assert all(dict(r.headers).get("settle-dlq-reason") for r in dlq)
+
+
+async def _no_lag(stack: Stack) -> bool:
+    from services.cli.fleet import consumer_lag
+
+    return await consumer_lag(stack.bootstrap_servers, [JOURNAL], stack.settings.topic_prefix) == 0
 
 
 async def _posted(stack: Stack, n: int) -> bool:
