@@ -464,3 +464,90 @@ async def read_charge_times(stack: BenchStack) -> dict[tuple[str, str], int]:
         if event["type"] == "charge.rated" and data["meter"] == "egress_gb":
             out.setdefault((data["allocation_id"], data["hour_start"][:13]), r.timestamp)
     return out
+
+
+# --- period close --------------------------------------------------------------------------------------------------
+def _close_inputs_process(bootstrap_servers: str, prefix: str, start: int, count: int, rate_per_s: float) -> None:
+    """Contracts and one December charge each, published at a steady rate (the mock's retention)."""
+    from decimal import Decimal
+
+    from schemas.events import ChargeRated
+
+    contracts: list[tuple[bytes, bytes]] = []
+    charges: list[tuple[bytes, bytes]] = []
+    hour = BENCH_T0 + timedelta(days=3, hours=10)
+    for i in range(start, start + count):
+        contract_id = f"close-c{i:06d}"
+        contracts.append((contract_id.encode(), _bench_contract(contract_id)))
+        charge = ChargeRated(
+            charge_id=f"close-ch{i}", usage_id=f"close-u{i}", allocation_id=f"close-a{i}", contract_id=contract_id,
+            renter_id="bench-renter", supplier_id=f"close-dc{i % 50}", meter="gpu_seconds", hour_start=hour,
+            revision=1, currency="USD", billing_mode="postpaid", period_start=BENCH_T0,
+            period_end=datetime(2027, 1, 1, tzinfo=UTC), delta_provisioned_gpu_seconds=28_800,
+            delta_billable_gpu_seconds=28_800, delta_maintenance_gpu_seconds=0, delta_outage_gpu_seconds=0,
+            delta_quantity=Decimal(0), charge_x3600=Decimal(28_800 * 2), earning_x3600=Decimal(28_800 * 3 // 2),
+            price_versions=[1],
+        )
+        value = encode(event_id=f"close-ch{i}", source="/bench", type="charge.rated", time=hour + timedelta(hours=1),
+                       data=charge)
+        charges.append((contract_id.encode(), value))
+    asyncio.run(_publish_raw(bootstrap_servers, prefix, topics.CONTRACTS.name, topics.CONTRACTS.partitions, contracts,
+                             rate_per_s))
+    asyncio.run(_publish_raw(bootstrap_servers, prefix, topics.CHARGES_RATED.name, topics.CHARGES_RATED.partitions,
+                             charges, rate_per_s))
+
+
+@bench_app.command("close")
+@run_async
+async def bench_close(
+    contracts: Annotated[int, typer.Option(help="Contracts whose December period closes at once.")] = 100_000,
+    rate: Annotated[int, typer.Option(help="Input events/s while loading (stay under the consumer's pace).")] = 4_000,
+    workers: Annotated[int, typer.Option(help="invoicing processes (consumers + closers).")] = 2,
+) -> None:
+    """Month-end close: CONTRACTS contracts (each with a December charge) are loaded through Kafka,
+    then one watermark per partition closes every December period at once. Measures the time from the
+    watermark to the last invoice finalized (numbers, documents, ledger entries, outbox rows) and to the
+    last invoice published, and checks the consumer kept consuming meanwhile."""
+    from schemas.events import Watermark
+
+    async with bench_stack("close") as stack:
+        fleet = [["invoicing", "--relays", "1"]] * workers
+        with processes(stack, *fleet):
+            console.print(f"loading {contracts} contracts and {contracts} charges at {rate}/s …")
+            loader = _spawn(_close_inputs_process, stack.bootstrap_servers, stack.settings.topic_prefix, 0, contracts,
+                            float(rate))
+            await _wait_count(stack, "select count(*) from invoicing.charges", contracts, timeout_s=2 * contracts / rate + 300)
+            loader.join(60)
+            await _wait_count(stack, "select count(*) from invoicing.contract_state", contracts, timeout_s=300)
+            through = datetime(2027, 1, 1, tzinfo=UTC)
+            marks = [(f"watermark-{p}".encode(), encode(
+                event_id=f"close-wm-{p}", source="/bench", type="charges.watermark", time=through,
+                data=Watermark(through=through, partition=p, source="rating"))) for p in range(topics.CHARGES_RATED.partitions)]
+            producer = await start_producer(stack.bootstrap_servers, client_id="bench-close")
+            try:
+                began = time.perf_counter()
+                for p, (key, value) in enumerate(marks):
+                    await (await producer.send(stack.settings.topic_prefix + topics.CHARGES_RATED.name, value=value,
+                                               key=key, partition=p))
+            finally:
+                await stop_client(producer)
+            finalized = await _wait_count(stack, "select count(*) from invoicing.invoices", contracts, timeout_s=1800)
+            published = await _wait_count(stack, "select count(*) from settle.outbox where topic = 'invoices.finalized.v1' "
+                                                 "and sent_at is not null", contracts, timeout_s=1800)
+            statements = await stack.pool.fetchval("select count(*) from invoicing.statements")
+            verified = (await verify_pool(stack)).ok
+    table = Table("measure", "value")
+    table.add_row("contracts closed", f"{contracts:,}")
+    table.add_row("watermark → last invoice finalized (s)", f"{finalized - began:.1f}")
+    table.add_row("watermark → last invoice published (s)", f"{published - began:.1f}")
+    table.add_row("invoices/s", f"{contracts / (finalized - began):,.0f}")
+    table.add_row("supplier statements", str(statements))
+    table.add_row("ledger verified", "yes" if verified else "NO")
+    console.print(table)
+
+
+async def verify_pool(stack: BenchStack) -> Any:
+    from libs.ledger import verify
+
+    async with stack.pool.acquire() as conn:
+        return await verify(conn)

@@ -1,13 +1,42 @@
 """Wiring of the invoicing worker: the consumer records, the background closer closes."""
 
+import asyncpg
+
 from libs.messaging.worker import Service
+from services.invoicing import store
 from services.invoicing.closer import run_closer
 from services.invoicing.handlers import SUBSCRIPTION
+from services.invoicing.statements import month_bounds
+
+
+async def pending(conn: asyncpg.Connection) -> int:
+    """Closes the closer still owes: due contract periods, late charges to place, and (as one unit)
+    a month whose statements could close now. 0 when idle; quarantined work is not pending."""
+    marks = await store.current_watermarks(conn)
+    due = await conn.fetchval(
+        f"""select count(*) from {store.SCHEMA}.contract_state s
+              join unnest($1::int[], $2::timestamptz[]) as w(partition, through) on w.partition = s.partition
+             where s.next_close_at <= w.through and s.blocked_reason is null""",
+        list(marks), list(marks.values()),
+    )
+    late = await conn.fetchval(
+        f"""select count(*) from {store.SCHEMA}.late_work l join {store.SCHEMA}.contract_state s using (contract_id)
+             where s.blocked_reason is null"""
+    )
+    month = await store.earliest_pending_month(conn)
+    statements = 0
+    if month is not None and marks and len(marks) == store.PARTITIONS:
+        _, boundary = month_bounds(month)
+        blocked = await conn.fetchval(f"select count(*) from {store.SCHEMA}.statements_blocked where month = $1", month)
+        if min(marks.values()) >= boundary and not blocked:
+            statements = 1
+    return int(due) + int(late) + statements
 
 SERVICE = Service(
     name="invoicing",
     subscriptions=(SUBSCRIPTION,),
     tasks=(run_closer,),
+    pending=pending,
     description="Period close per contract (invoices, credit notes) and supplier statements per month "
     "(charges.rated.v1 + contracts.v1 → invoices.finalized.v1, credit_notes.issued.v1, "
     "statements.finalized.v1)",
