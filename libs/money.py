@@ -33,17 +33,17 @@ __all__ = [
     "Exact",
     "check_decimal",
     "currency_exponent",
-    "format_minor",
+    "exact_to_decimal_str",
     "format_ledger",
+    "format_minor",
     "ledger_scale",
     "ledger_to_exact",
     "minor_to_exact",
     "minor_to_ledger",
     "parse_decimal",
+    "round_half_even",
     "round_ledger",
     "round_minor",
-    "round_half_even",
-    "exact_to_decimal_str",
 ]
 
 Exact = Fraction
@@ -159,5 +159,6 @@ def exact_to_decimal_str(amount: Exact, places: int = 12) -> str:
     # Exact integer rounding: a Decimal division would round at 28 digits first (double rounding,
     # InvalidOperation for large amounts) and str() of a Decimal may use exponent notation.
     return _format_scaled(round_half_even(Fraction(amount) * 10**places), places)
+
 
 assert _LEDGER_FACTOR == 10**LEDGER_EXTRA_DIGITS

@@ -47,11 +47,15 @@ class Settings(BaseSettings):
     log_format: str = Field(default="json", description="`json` (production) or `console` (humans).")
     consume_batch_max: int = Field(default=500, ge=1, le=1000, description="Messages per transaction.")
     consume_linger_ms: int = Field(
-        default=25, ge=0, le=1000,
+        default=25,
+        ge=0,
+        le=1000,
         description="A batch smaller than a quarter of the maximum waits this long for more messages.",
     )
     kafka_leader_sync_delay_ms: int = Field(
-        default=500, ge=0, le=10_000,
+        default=500,
+        ge=0,
+        le=10_000,
         description="A consumer-group leader waits this long before SyncGroup (the mock broker needs it; 0 on Kafka).",
     )
     fetch_min_bytes: int = Field(

@@ -10,9 +10,7 @@ HOUR = timedelta(hours=1)
 _RFC3339_RE = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
-RFC3339_UTC_PATTERN = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-]00:00)$"
-)
+RFC3339_UTC_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-]00:00)$"
 """What :func:`parse_utc` accepts, as a regular expression (for JSON Schema ``pattern``)."""
 
 
@@ -23,7 +21,7 @@ def parse_utc(text: str) -> datetime:
     that are not RFC 3339 (week dates, basic format, no seconds).
     """
     if not isinstance(text, str) or not _RFC3339_RE.fullmatch(text):
-        raise ValueError(f"{text!r} is not an RFC 3339 timestamp (e.g. \"2026-12-01T00:00:00Z\")")
+        raise ValueError(f'{text!r} is not an RFC 3339 timestamp (e.g. "2026-12-01T00:00:00Z")')
     value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if value.tzinfo is None or value.utcoffset() != timedelta(0):
         raise ValueError(f"{text!r} is not in UTC")

@@ -212,8 +212,7 @@ def asyncapi_document() -> dict[str, Any]:
             "address": topic.name,
             "title": topic.name,
             "description": (
-                f"{topic.description} Key: {topic.key}. Written by: {topic.producer}. "
-                f"Dead letters: {topic.dlq}."
+                f"{topic.description} Key: {topic.key}. Written by: {topic.producer}. Dead letters: {topic.dlq}."
             ),
             "messages": {
                 event_type: {"$ref": f"#/components/messages/{_message_id(topic, event_type)}"}
@@ -239,9 +238,7 @@ def asyncapi_document() -> dict[str, Any]:
                 if action == "receive"
                 else f"Settle ({topic.producer}) publishes {topic.name}."
             ),
-            "messages": [
-                {"$ref": f"#/channels/{topic.name}/messages/{event_type}"} for event_type in topic.types
-            ],
+            "messages": [{"$ref": f"#/channels/{topic.name}/messages/{event_type}"} for event_type in topic.types],
         }
         for event_type in topic.types:
             messages[_message_id(topic, event_type)] = _asyncapi_message(topic, event_type)
@@ -268,9 +265,7 @@ def render_json(document: Any) -> bytes:
 
 
 def render_yaml(document: Any) -> bytes:
-    text: str = yaml.safe_dump(
-        document, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
-    )
+    text: str = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100)
     return (f"# {GENERATED_NOTE}\n" + text).encode("utf-8")
 
 

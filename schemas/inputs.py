@@ -33,6 +33,7 @@ class InputModel(BaseModel):
 
 # --- infra.lifecycle.v1 (key: allocation_id) -----------------------------------------------------
 
+
 def _six_places(value: Decimal) -> Decimal:
     if value.as_tuple().exponent < -6:  # type: ignore[operator]
         raise ValueError("at most 6 decimal places")
@@ -72,6 +73,7 @@ class OutageEvent(InputModel):
 
 # --- contracts.v1 (key: contract_id) -----------------------------------------------------------------
 
+
 class SlaTier(InputModel):
     """``credit_percent`` of the period's usage charges when uptime is below ``below_uptime``."""
 
@@ -81,21 +83,22 @@ class SlaTier(InputModel):
     @model_validator(mode="after")
     def _bounds(self) -> SlaTier:
         if not (Decimal(0) < self.below_uptime <= Decimal(1)):
-            raise ValueError("below_uptime is a fraction in (0, 1], e.g. \"0.999\"")
+            raise ValueError('below_uptime is a fraction in (0, 1], e.g. "0.999"')
         if not (Decimal(0) <= self.credit_percent <= Decimal(100)):
-            raise ValueError("credit_percent is a percentage in [0, 100], e.g. \"10\"")
+            raise ValueError('credit_percent is a percentage in [0, 100], e.g. "10"')
         return self
 
 
 SlaTiers = Annotated[list[SlaTier], Field(max_length=limits.MAX_SLA_TIERS)]
 MeterName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-MeterPrices = Annotated[dict[MeterName, Annotated[NonNegativeDecimalStr, AfterValidator(_six_places)]],
-                        Field(max_length=32)]
+MeterPrices = Annotated[
+    dict[MeterName, Annotated[NonNegativeDecimalStr, AfterValidator(_six_places)]], Field(max_length=32)
+]
 
 
 def _check_tax_rate(value: Decimal | None) -> None:
     if value is not None and not (Decimal(0) <= value <= Decimal(1)):
-        raise ValueError("tax_rate is a fraction in [0, 1], e.g. \"0.20\" for 20 %")
+        raise ValueError('tax_rate is a fraction in [0, 1], e.g. "0.20" for 20 %')
 
 
 class ContractCreated(InputModel):
@@ -142,8 +145,15 @@ class ContractAmended(InputModel):
     @model_validator(mode="after")
     def _check(self) -> ContractAmended:
         _check_tax_rate(self.tax_rate)
-        priced = ("price_per_gpu_hour", "supplier_rate_per_gpu_hour", "commitment_per_period",
-                  "credit_limit", "sla_tiers", "tax_rate", "meter_prices")
+        priced = (
+            "price_per_gpu_hour",
+            "supplier_rate_per_gpu_hour",
+            "commitment_per_period",
+            "credit_limit",
+            "sla_tiers",
+            "tax_rate",
+            "meter_prices",
+        )
         changed = {name for name in priced if getattr(self, name) is not None}
         changed |= {"credit_limit"} & self.model_fields_set  # an explicit null credit_limit removes the limit
         if not changed:

@@ -45,14 +45,16 @@ INFRA_LIFECYCLE = Topic(
     partitions=6,
     producer="platform",
     description="Allocation lifecycle: provisioned, decommissioned, maintenance and outage windows.",
-    types=MappingProxyType({
-        "gpu.allocation.provisioned": inputs.AllocationProvisioned,
-        "gpu.allocation.decommissioned": inputs.AllocationDecommissioned,
-        "gpu.maintenance.started": inputs.MaintenanceWindowEvent,
-        "gpu.maintenance.ended": inputs.MaintenanceWindowEvent,
-        "gpu.outage.started": inputs.OutageEvent,
-        "gpu.outage.ended": inputs.OutageEvent,
-    }),
+    types=MappingProxyType(
+        {
+            "gpu.allocation.provisioned": inputs.AllocationProvisioned,
+            "gpu.allocation.decommissioned": inputs.AllocationDecommissioned,
+            "gpu.maintenance.started": inputs.MaintenanceWindowEvent,
+            "gpu.maintenance.ended": inputs.MaintenanceWindowEvent,
+            "gpu.outage.started": inputs.OutageEvent,
+            "gpu.outage.ended": inputs.OutageEvent,
+        }
+    ),
 )
 CONTRACTS = Topic(
     "contracts.v1",
@@ -60,11 +62,13 @@ CONTRACTS = Topic(
     partitions=6,
     producer="platform",
     description="Contract created, amended (effective-dated priced fields) and terminated.",
-    types=MappingProxyType({
-        "contract.created": inputs.ContractCreated,
-        "contract.amended": inputs.ContractAmended,
-        "contract.terminated": inputs.ContractTerminated,
-    }),
+    types=MappingProxyType(
+        {
+            "contract.created": inputs.ContractCreated,
+            "contract.amended": inputs.ContractAmended,
+            "contract.terminated": inputs.ContractTerminated,
+        }
+    ),
 )
 WALLETS = Topic(
     "wallets.v1",
@@ -104,12 +108,14 @@ METERING_ANOMALY = Topic(
     partitions=3,
     producer="metering",
     description="Stale allocations, windows open too long, quarantined or held events.",
-    types=MappingProxyType({
-        "metering.allocation_stale": events.MeteringAnomaly,
-        "metering.window_open_too_long": events.MeteringAnomaly,
-        "metering.event_quarantined": events.MeteringAnomaly,
-        "metering.event_held": events.MeteringAnomaly,
-    }),
+    types=MappingProxyType(
+        {
+            "metering.allocation_stale": events.MeteringAnomaly,
+            "metering.window_open_too_long": events.MeteringAnomaly,
+            "metering.event_quarantined": events.MeteringAnomaly,
+            "metering.event_held": events.MeteringAnomaly,
+        }
+    ),
 )
 CHARGES_RATED = Topic(
     "charges.rated.v1",
@@ -117,11 +123,13 @@ CHARGES_RATED = Topic(
     partitions=PIPELINE_PARTITIONS,
     producer="rating",
     description="Exact charges and supplier earnings per allocation-hour, prepaid drawdowns, watermarks.",
-    types=MappingProxyType({
-        "charge.rated": events.ChargeRated,
-        "wallet.drawn": events.WalletDrawn,
-        "charges.watermark": events.Watermark,
-    }),
+    types=MappingProxyType(
+        {
+            "charge.rated": events.ChargeRated,
+            "wallet.drawn": events.WalletDrawn,
+            "charges.watermark": events.Watermark,
+        }
+    ),
 )
 BILLING_ALERTS = Topic(
     "billing.alerts.v1",
@@ -129,11 +137,13 @@ BILLING_ALERTS = Topic(
     partitions=3,
     producer="rating",
     description="Wallet low-balance and exhausted, credit limit exceeded.",
-    types=MappingProxyType({
-        "wallet.low_balance": events.WalletLowBalance,
-        "wallet.exhausted": events.WalletExhausted,
-        "credit.limit_exceeded": events.CreditLimitExceeded,
-    }),
+    types=MappingProxyType(
+        {
+            "wallet.low_balance": events.WalletLowBalance,
+            "wallet.exhausted": events.WalletExhausted,
+            "credit.limit_exceeded": events.CreditLimitExceeded,
+        }
+    ),
 )
 PLATFORM_COMMANDS = Topic(
     "platform.commands.v1",
@@ -141,10 +151,12 @@ PLATFORM_COMMANDS = Topic(
     partitions=3,
     producer="rating",
     description="Requests for the platform to act (suspend, resume).",
-    types=MappingProxyType({
-        "platform.suspend_requested": events.SuspendRequested,
-        "platform.resume_requested": events.ResumeRequested,
-    }),
+    types=MappingProxyType(
+        {
+            "platform.suspend_requested": events.SuspendRequested,
+            "platform.resume_requested": events.ResumeRequested,
+        }
+    ),
 )
 INVOICES_FINALIZED = Topic(
     "invoices.finalized.v1",
@@ -184,10 +196,12 @@ JOURNAL_POSTED = Topic(
     partitions=6,
     producer="journal",
     description="Manual transfers posted to (or refused by) the ledger.",
-    types=MappingProxyType({
-        "journal.transfer_posted": events.TransferPosted,
-        "journal.transfer_refused": events.TransferRefused,
-    }),
+    types=MappingProxyType(
+        {
+            "journal.transfer_posted": events.TransferPosted,
+            "journal.transfer_refused": events.TransferRefused,
+        }
+    ),
 )
 
 REGISTRY: tuple[Topic, ...] = (

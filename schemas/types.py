@@ -35,7 +35,7 @@ def _decimal_from_str(value: Any) -> Decimal:
         check_decimal(format(value, "f"))
         return value
     if not isinstance(value, str):
-        raise ValueError("decimals are JSON strings, e.g. \"2.35\" (numbers are refused: no floats)")
+        raise ValueError('decimals are JSON strings, e.g. "2.35" (numbers are refused: no floats)')
     check_decimal(value)  # raises with a readable message
     return Decimal(value)
 
@@ -47,7 +47,7 @@ def _utc_from_str(value: Any) -> datetime:
         # Normalized to UTC: hour and period arithmetic (floor_hour) is done on the fields.
         return value.astimezone(UTC).replace(microsecond=0)
     if not isinstance(value, str):
-        raise ValueError("times are RFC 3339 strings in UTC, e.g. \"2026-12-01T00:00:00Z\"")
+        raise ValueError('times are RFC 3339 strings in UTC, e.g. "2026-12-01T00:00:00Z"')
     return parse_utc(value).replace(microsecond=0)
 
 

@@ -21,7 +21,12 @@ from tests.conftest import Stack
 
 
 def event_bytes(
-    type: str, data: BaseModel | dict[str, Any], *, id: str, time: datetime, source: str = "/test",
+    type: str,
+    data: BaseModel | dict[str, Any],
+    *,
+    id: str,
+    time: datetime,
+    source: str = "/test",
     correlationid: str | None = None,
 ) -> bytes:
     return encode(event_id=id, source=source, type=type, time=time, data=data, correlationid=correlationid)
@@ -37,8 +42,9 @@ async def publish(stack: Stack, items: Sequence[tuple[Topic | str, str | None, b
             partitions = topic.partitions if isinstance(topic, Topic) else None
             key_bytes = key.encode() if key is not None else None
             partition = partition_for(key_bytes, partitions) if key_bytes and partitions else None
-            futures.append(await producer.send(stack.settings.topic_prefix + name, value=value, key=key_bytes,
-                                               partition=partition))
+            futures.append(
+                await producer.send(stack.settings.topic_prefix + name, value=value, key=key_bytes, partition=partition)
+            )
         await asyncio.gather(*futures)
     finally:
         await stop_client(producer)
@@ -53,8 +59,14 @@ async def running(stack: Stack, services: Sequence[Service], *, relays: int = 1)
 
     async def main() -> None:
         await run_worker(
-            services, stack.settings, pool=stack.pool, bootstrap_servers=stack.bootstrap_servers,
-            stop=stop, relays=relays, ready=ready, state=state,
+            services,
+            stack.settings,
+            pool=stack.pool,
+            bootstrap_servers=stack.bootstrap_servers,
+            stop=stop,
+            relays=relays,
+            ready=ready,
+            state=state,
         )
 
     task = asyncio.create_task(main())

@@ -45,7 +45,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeou
             command_timeout=120,
             server_settings={"application_name": "settle", "lock_timeout": "30s"},
         )
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL ({_redact(dsn)}): {exc}") from exc
     assert pool is not None
     return pool

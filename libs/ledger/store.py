@@ -141,8 +141,14 @@ async def balances(
     )
     return [
         AccountBalance(
-            r["code"], r["currency"], r["asset"], r["type"], r["owner"], r["normal_balance"],
-            int(r["balance"]), None if r["floor"] is None else int(r["floor"]),
+            r["code"],
+            r["currency"],
+            r["asset"],
+            r["type"],
+            r["owner"],
+            r["normal_balance"],
+            int(r["balance"]),
+            None if r["floor"] is None else int(r["floor"]),
         )
         for r in rows
     ]

@@ -46,8 +46,9 @@ async def start_producer(bootstrap_servers: str, *, client_id: str = "settle") -
     return producer
 
 
-async def stop_client(client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient | None,
-                      timeout_s: float = 10.0) -> None:
+async def stop_client(
+    client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient | None, timeout_s: float = 10.0
+) -> None:
     """Stop a client without hanging (a vanished mock broker can make stop() wait forever)."""
     if client is None:
         return
@@ -91,7 +92,9 @@ async def create_topics(bootstrap_servers: str, prefix: str = "", replication_fa
             [NewTopic(name, num_partitions=n, replication_factor=replication_factor) for name, n in wanted.items()]
         )
         for topic, code, *_ in getattr(response, "topic_errors", ()):
-            results[topic] = "created" if code == 0 else "exists" if code == TopicAlreadyExistsError.errno else f"error {code}"
+            results[topic] = (
+                "created" if code == 0 else "exists" if code == TopicAlreadyExistsError.errno else f"error {code}"
+            )
     except IncompatibleBrokerVersion:
         results = {}
     except KafkaConnectionError as exc:
@@ -113,9 +116,7 @@ async def check_topics(bootstrap_servers: str, prefix: str = "", expected: Mappi
     found = await topic_partitions(bootstrap_servers, list(wanted))
     missing = sorted(set(wanted) - set(found))
     if missing:
-        raise ConfigurationError(
-            f"{len(missing)} topics are missing (e.g. {missing[0]}): run `settle topics create`"
-        )
+        raise ConfigurationError(f"{len(missing)} topics are missing (e.g. {missing[0]}): run `settle topics create`")
     wrong = {n: (found[n], wanted[n]) for n in wanted if found[n] != wanted[n]}
     if wrong:
         name, (have, want) = next(iter(wrong.items()))
@@ -132,13 +133,15 @@ async def end_offsets(bootstrap_servers: str, topics: Mapping[str, int]) -> dict
         await stop_client(consumer)
 
 
-async def committed_offsets(bootstrap_servers: str, group_id: str, topics: Mapping[str, int]
-                            ) -> dict[TopicPartition, int]:
+async def committed_offsets(
+    bootstrap_servers: str, group_id: str, topics: Mapping[str, int]
+) -> dict[TopicPartition, int]:
     """Offsets a consumer group committed on the given topics (name → partition count); partitions
     without a commit are left out. Asks for the partitions explicitly (an OffsetFetch for "all
     topics" is not answered by every broker, the mock among them)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(bootstrap_servers), group_id=group_id,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_list(bootstrap_servers), group_id=group_id, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         found: dict[TopicPartition, int] = {}
@@ -151,6 +154,7 @@ async def committed_offsets(bootstrap_servers: str, group_id: str, topics: Mappi
         return found
     finally:
         await stop_client(consumer)
+
 
 _leader_delay_s = 0.0
 
@@ -179,4 +183,4 @@ def set_leader_sync_delay(delay_ms: int) -> None:
         return await original(self, response)
 
     _on_join_leader._settle_delayed = True  # type: ignore[attr-defined]
-    rebalance._on_join_leader = _on_join_leader  # type: ignore[method-assign]
+    rebalance._on_join_leader = _on_join_leader

@@ -75,8 +75,17 @@ class Tx:
         self.emitter = Emitter(producer)
         self._entries: list[Entry] = []
 
-    def emit(self, topic: Topic, *, key: str, type: str, data: BaseModel, time: datetime,
-             cause: Envelope[Any] | None, **kwargs: Any) -> str:
+    def emit(
+        self,
+        topic: Topic,
+        *,
+        key: str,
+        type: str,
+        data: BaseModel,
+        time: datetime,
+        cause: Envelope[Any] | None,
+        **kwargs: Any,
+    ) -> str:
         return self.emitter.emit(topic, key=key, type=type, data=data, time=time, cause=cause, **kwargs)
 
     def post(self, *entries: Entry | None) -> None:
@@ -148,7 +157,7 @@ class Consumer:
     # --- decoding ------------------------------------------------------------------------------------
     def _decode(self, record: RecordLike) -> _Decoded | DeadLetter:
         topic = self._by_physical.get(record.topic)
-        logical = record.topic[len(self.prefix):] if record.topic.startswith(self.prefix) else record.topic
+        logical = record.topic[len(self.prefix) :] if record.topic.startswith(self.prefix) else record.topic
         if topic is None:
             error = InvalidEventError(f"topic {record.topic} is not subscribed by {self.sub.consumer}")
             return dead_letter_of(record, topic=logical, consumer=self.sub.consumer, error=error)
@@ -164,7 +173,11 @@ class Consumer:
         except InvalidEventError as error:
             event_id = raw.id if raw_type is not None else None
             return dead_letter_of(
-                record, topic=topic.name, consumer=self.sub.consumer, error=error, event_id=event_id,
+                record,
+                topic=topic.name,
+                consumer=self.sub.consumer,
+                error=error,
+                event_id=event_id,
                 event_type=raw_type,
             )
         return _Decoded(record, topic, envelope)
@@ -248,8 +261,12 @@ class Consumer:
                 exc_info=not isinstance(error, SettleError),
             )
             letter = dead_letter_of(
-                item.record, topic=item.topic.name, consumer=self.sub.consumer, error=_reasoned(error),
-                event_id=item.envelope.id, event_type=item.envelope.type,
+                item.record,
+                topic=item.topic.name,
+                consumer=self.sub.consumer,
+                error=_reasoned(error),
+                event_id=item.envelope.id,
+                event_type=item.envelope.type,
             )
             await self._write_letters([letter], result)
 
@@ -310,8 +327,12 @@ class Consumer:
             )
             conflicts.append(
                 dead_letter_of(
-                    item.record, topic=item.topic.name, consumer=self.sub.consumer, error=error,
-                    event_id=item.envelope.id, event_type=item.envelope.type,
+                    item.record,
+                    topic=item.topic.name,
+                    consumer=self.sub.consumer,
+                    error=error,
+                    event_id=item.envelope.id,
+                    event_type=item.envelope.type,
                 )
             )
         # Keep the batch in offset order for the handler (claim order is by first appearance).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
@@ -51,7 +50,12 @@ class DeadLetter:
 
 
 def dead_letter_of(
-    record: RecordLike, *, topic: str, consumer: str, error: BaseException, event_id: str | None = None,
+    record: RecordLike,
+    *,
+    topic: str,
+    consumer: str,
+    error: BaseException,
+    event_id: str | None = None,
     event_type: str | None = None,
 ) -> DeadLetter:
     reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
@@ -83,7 +87,8 @@ async def record_dead_letters(conn: asyncpg.Connection, letters: Sequence[DeadLe
             (consumer, topic, partition, "offset", key, value, headers, event_id, event_type, error_class, reason)
         select c, t, p, o, k, v, h::jsonb, e, y, x, r
           from unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bytea[], $6::bytea[],
-                      $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) as u(c, t, p, o, k, v, h, e, y, x, r)
+                      $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+            as u(c, t, p, o, k, v, h, e, y, x, r)
         on conflict (consumer, topic, partition, "offset") do nothing
         returning consumer, topic, partition, "offset"
         """,
@@ -126,7 +131,10 @@ async def record_dead_letters(conn: asyncpg.Connection, letters: Sequence[DeadLe
 
 
 async def list_dead_letters(
-    conn: asyncpg.Connection, *, consumer: str | None = None, include_redriven: bool = False,
+    conn: asyncpg.Connection,
+    *,
+    consumer: str | None = None,
+    include_redriven: bool = False,
     limit: int = limits.DLQ_LIST_MAX,
 ) -> list[dict[str, Any]]:
     rows = await conn.fetch(
@@ -148,7 +156,10 @@ async def get_dead_letter(conn: asyncpg.Connection, letter_id: int) -> dict[str,
 
 
 async def redrive(
-    conn: asyncpg.Connection, *, ids: Sequence[int] | None = None, consumer: str | None = None,
+    conn: asyncpg.Connection,
+    *,
+    ids: Sequence[int] | None = None,
+    consumer: str | None = None,
     limit: int = limits.REDRIVE_MAX,
 ) -> list[int]:
     """Republish dead letters to their original topic (via the outbox) and mark them redriven.
@@ -179,8 +190,10 @@ async def redrive(
                 key=key,
                 value=r["value"] or b"",
                 event_id=r["event_id"] or derive_id("redrive", r["id"]),
-                headers=tuple((h[0], h[1]) for h in r["headers"] if not h[0].startswith("settle-dlq-"))
-                + (("settle-redrive-of", str(r["id"])),),
+                headers=(
+                    *((h[0], h[1]) for h in r["headers"] if not h[0].startswith("settle-dlq-")),
+                    ("settle-redrive-of", str(r["id"])),
+                ),
             )
         )
     await write_outbox(conn, outgoing)

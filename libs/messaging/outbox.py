@@ -81,9 +81,7 @@ class Emitter:
         key_bytes = key.encode()
         target = partition if partition is not None else partition_for(key_bytes, topic.partitions)
         assert 0 <= target < topic.partitions
-        self.messages.append(
-            OutboxMessage(topic.name, target, key_bytes, value, event_id, not_before=not_before)
-        )
+        self.messages.append(OutboxMessage(topic.name, target, key_bytes, value, event_id, not_before=not_before))
         return event_id
 
     def drain(self) -> list[OutboxMessage]:

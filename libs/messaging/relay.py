@@ -124,7 +124,7 @@ class Relay:
                    select count(*) from gone""",
                 float(self.retention_s),
             )
-            total += deleted
+            total += int(deleted)
             if deleted < 10000:
                 break
         if total:

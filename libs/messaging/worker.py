@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ class Runtime:
     stop: asyncio.Event
 
 
-BackgroundTask = Callable[[Runtime], Awaitable[None]]
+BackgroundTask = Callable[[Runtime], Coroutine[Any, Any, None]]
 PendingWork = Callable[[asyncpg.Connection], Awaitable[int]]
 
 
@@ -95,8 +95,9 @@ def _rewind(kafka_consumer: Any, records: Sequence[Any]) -> None:
             kafka_consumer.seek(TopicPartition(topic, partition), offset)
 
 
-def _make_handler(consumer: Consumer, state: WorkerState, max_records: int, linger_s: float
-                  ) -> Callable[[KafkaMessage], Awaitable[None]]:
+def _make_handler(
+    consumer: Consumer, state: WorkerState, max_records: int, linger_s: float
+) -> Callable[[KafkaMessage], Awaitable[None]]:
     backoff = {"s": 0.2}
 
     async def handle(msg: KafkaMessage) -> None:
@@ -170,8 +171,11 @@ def build_broker(
                 # over, so a steady stream is handled in batches that amortize the commit.
                 fetch_min_bytes=settings.fetch_min_bytes,
                 fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            )(_make_handler(consumer, state, min(sub.batch_max, settings.consume_batch_max),
-                            settings.consume_linger_ms / 1000))
+            )(
+                _make_handler(
+                    consumer, state, min(sub.batch_max, settings.consume_batch_max), settings.consume_linger_ms / 1000
+                )
+            )
     return broker
 
 
@@ -220,18 +224,24 @@ async def run_worker(
             producer = await start_producer(bootstrap_servers, client_id=f"settle-relay-{i}")
             producers.append(producer)
             relay = Relay(
-                pool, producer, topic_prefix=settings.topic_prefix, batch_max=settings.relay_batch_max,
-                retention_s=settings.outbox_retention_s, name=f"relay-{i}",
+                pool,
+                producer,
+                topic_prefix=settings.topic_prefix,
+                batch_max=settings.relay_batch_max,
+                retention_s=settings.outbox_retention_s,
+                name=f"relay-{i}",
             )
             state.relays.append(relay)
             tasks.append(asyncio.create_task(relay.run(stop), name=f"relay-{i}"))
         if any(s.subscriptions for s in services):
             set_leader_sync_delay(settings.kafka_leader_sync_delay_ms)
-            broker = await start_broker_with_retry(lambda: build_broker(services, pool, settings, bootstrap_servers, state))
+            broker = await start_broker_with_retry(
+                lambda: build_broker(services, pool, settings, bootstrap_servers, state)
+            )
             state.consumers_started = True
         for service in services:
-            for task in service.tasks:
-                tasks.append(asyncio.create_task(task(runtime), name=f"{service.name}-task"))
+            for job in service.tasks:
+                tasks.append(asyncio.create_task(job(runtime), name=f"{service.name}-task"))
         if health_port is not None:
             health = HealthServer(_readiness(pool, state), port=health_port)
             await health.start()
@@ -240,9 +250,10 @@ async def run_worker(
         log.info("worker running", services=[s.name for s in services], relays=relays)
         stop_wait = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stop_wait and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        for finished in done:
+            error = finished.exception() if finished is not stop_wait else None
+            if error is not None:
+                raise error
         stop_wait.cancel()
     finally:
         stop.set()

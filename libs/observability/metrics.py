@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-MESSAGES = Counter(
-    "settle_messages_total", "Messages handled by a consumer, by outcome", ["consumer", "outcome"]
-)
+MESSAGES = Counter("settle_messages_total", "Messages handled by a consumer, by outcome", ["consumer", "outcome"])
 DEDUP_HITS = Counter("settle_dedup_hits_total", "Redelivered events skipped by the inbox", ["consumer"])
 HANDLER_SECONDS = Histogram(
     "settle_batch_handler_seconds",
@@ -28,7 +26,8 @@ OUTBOX_BACKLOG = Gauge("settle_outbox_backlog_rows", "Outbox rows not yet publis
 OUTBOX_OLDEST_AGE = Gauge("settle_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row")
 OUTBOX_PRUNED = Counter("settle_outbox_pruned_total", "Sent outbox rows deleted after retention")
 RELAY_ROUND_SECONDS = Histogram(
-    "settle_relay_round_seconds", "Time of one relay round (claim, publish, mark sent)",
+    "settle_relay_round_seconds",
+    "Time of one relay round (claim, publish, mark sent)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 DEAD_LETTERS_OPEN = Gauge("settle_dead_letters_open", "Dead letters not redriven", ["consumer"])

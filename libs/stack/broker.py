@@ -61,9 +61,7 @@ def wait_for_stop(exit_with_parent: bool) -> int:
     return received[0]
 
 
-def run_broker(
-    state_file: Path, *, brokers: int, topics: Mapping[str, int], exit_with_parent: bool = False
-) -> int:
+def run_broker(state_file: Path, *, brokers: int, topics: Mapping[str, int], exit_with_parent: bool = False) -> int:
     """Start the cluster, create ``topics``, publish the state file, serve until stopped."""
     # Blocked before librdkafka starts its threads, so they inherit the mask and the stop signals
     # reach this thread (see wait_for_stop) instead of killing the process without cleanup.

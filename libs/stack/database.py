@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import signal
 import subprocess
 import warnings
@@ -49,10 +50,7 @@ INSTALL_HINT = "run `make install`, or set SETTLE_DATABASE_URL to a PostgreSQL s
 
 def local_database_url() -> str:
     """DSN of the conventional local server (trust auth, no password)."""
-    return (
-        f"postgresql://{LOCAL_POSTGRES_USER}@{LOCAL_POSTGRES_HOST}:{LOCAL_POSTGRES_PORT}/"
-        f"{LOCAL_POSTGRES_DATABASE}"
-    )
+    return f"postgresql://{LOCAL_POSTGRES_USER}@{LOCAL_POSTGRES_HOST}:{LOCAL_POSTGRES_PORT}/{LOCAL_POSTGRES_DATABASE}"
 
 
 async def probe_database(url: str, timeout_s: float = LOCAL_PROBE_TIMEOUT_S) -> bool:
@@ -216,10 +214,8 @@ async def ensure_app_database(server_url: str) -> str:
     try:
         exists = await connection.fetchval("select 1 from pg_database where datname = $1", APP_DATABASE)
         if not exists:
-            try:
+            with contextlib.suppress(asyncpg.exceptions.DuplicateDatabaseError):  # another process was first
                 await connection.execute(f'create database "{APP_DATABASE}"')
-            except asyncpg.exceptions.DuplicateDatabaseError:
-                pass  # another process created it first
     finally:
         await connection.close()
     return with_database(server_url, APP_DATABASE)

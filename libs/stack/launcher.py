@@ -108,9 +108,7 @@ def _not_ready_error(what: str, log_path: Path) -> BrokerUnavailableError:
 class MockBrokerProcess:
     """A mock broker owned by this process (see :func:`start_mock_broker`). Use as a context manager."""
 
-    def __init__(
-        self, process: subprocess.Popen[bytes], state: BrokerState, state_file: Path, log_path: Path
-    ) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], state: BrokerState, state_file: Path, log_path: Path) -> None:
         assert process.pid == state.pid, (process.pid, state.pid)
         self._process = process
         self.state = state
@@ -150,9 +148,7 @@ class MockBrokerProcess:
                 try:
                     self._process.wait(STOP_STAGES[-1][1])
                 except subprocess.TimeoutExpired:
-                    raise BrokerUnavailableError(
-                        f"the mock broker (pid {self.pid}) survived SIGKILL"
-                    ) from None
+                    raise BrokerUnavailableError(f"the mock broker (pid {self.pid}) survived SIGKILL") from None
         remove_state_file(self.state_file, pid=self.pid)  # the broker removes it, unless it was killed
         return self._process.returncode
 

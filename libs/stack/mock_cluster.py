@@ -112,9 +112,7 @@ class MockCluster:
         errstr = ctypes.create_string_buffer(_ERRSTR_BYTES)
         conf = self._lib.rd_kafka_conf_new()
         if (
-            self._lib.rd_kafka_conf_set(
-                conf, b"log_level", str(LOG_LEVEL_WARNING).encode(), errstr, _ERRSTR_BYTES
-            )
+            self._lib.rd_kafka_conf_set(conf, b"log_level", str(LOG_LEVEL_WARNING).encode(), errstr, _ERRSTR_BYTES)
             != _RD_KAFKA_CONF_OK
         ):
             self._lib.rd_kafka_conf_destroy(conf)
@@ -130,9 +128,7 @@ class MockCluster:
         self.brokers = brokers
         lib, mc = self._lib, self._mc
         controller_id = CONTROLLER_ID
-        self._check(
-            "set controller id", self._run_op(lambda: lib.rd_kafka_mock_set_controller_id(mc, controller_id))
-        )
+        self._check("set controller id", self._run_op(lambda: lib.rd_kafka_mock_set_controller_id(mc, controller_id)))
         delay_ms = INITIAL_REBALANCE_DELAY_MS
         self._check(
             "set initial rebalance delay",

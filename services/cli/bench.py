@@ -31,7 +31,6 @@ from libs.db.migrate import migrate
 from libs.db.pool import create_pool
 from libs.messaging.broker import bootstrap_list, create_topics, start_producer, stop_client
 from libs.messaging.partitioner import partition_for
-from libs.messaging.worker import Service, run_worker
 from libs.settings import Settings, get_settings
 from schemas import topics
 from schemas.envelope import encode
@@ -82,8 +81,14 @@ async def bench_stack(name: str, **overrides: Any) -> AsyncIterator[BenchStack]:
     else:
         broker = start_mock_broker(state_dir=state_dir / "broker")
         bootstrap = broker.bootstrap_servers
-    settings = Settings(database_url=url, kafka_bootstrap_servers=bootstrap, state_dir=state_dir, topic_prefix=prefix,
-                        metrics_port=0, **overrides)
+    settings = Settings(
+        database_url=url,
+        kafka_bootstrap_servers=bootstrap,
+        state_dir=state_dir,
+        topic_prefix=prefix,
+        metrics_port=0,
+        **overrides,
+    )
     pool = await create_pool(url, max_size=settings.db_pool_max)
     try:
         async with pool.acquire() as conn:
@@ -99,8 +104,11 @@ async def bench_stack(name: str, **overrides: Any) -> AsyncIterator[BenchStack]:
 async def scan_topic(stack: BenchStack, topic: topics.Topic) -> list[Any]:
     """Every record of a topic (all partitions, from the beginning), without a consumer group."""
     name = stack.settings.topic_prefix + topic.name
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(stack.bootstrap_servers), enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_list(stack.bootstrap_servers),
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
     await consumer.start()
     try:
         parts = [TopicPartition(name, p) for p in range(topic.partitions)]
@@ -134,8 +142,12 @@ def pgbench_tps(database_url: str, clients: int, seconds: int = 10) -> float | N
     if shutil.which("pgbench") is None:
         return None
     subprocess.run(["pgbench", "-i", "-q", "-s", "1", database_url], check=True, capture_output=True)
-    done = subprocess.run(["pgbench", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), database_url],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        ["pgbench", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), database_url],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     for line in done.stdout.splitlines():
         if line.startswith("tps ="):
             return float(line.split()[2])
@@ -146,15 +158,33 @@ def pgbench_tps(database_url: str, clients: int, seconds: int = 10) -> float | N
 def _transfer_bytes(i: int, run: str, accounts: int) -> tuple[bytes, bytes]:
     from schemas.events import TransferRequested
 
-    data = TransferRequested(transfer_id=f"{run}-{i}", from_account=f"bench:src:{i % accounts}",
-                             to_account=f"bench:dst:{i % accounts}", amount="0.01", currency="USD", memo="bench")
+    data = TransferRequested(
+        transfer_id=f"{run}-{i}",
+        from_account=f"bench:src:{i % accounts}",
+        to_account=f"bench:dst:{i % accounts}",
+        amount="0.01",
+        currency="USD",
+        memo="bench",
+    )
     start = datetime(2026, 12, 1, tzinfo=UTC)
-    return data.transfer_id.encode(), encode(event_id=f"{run}-{i}", source="/settle/bench", type="journal.transfer_requested",
-                                             time=start + timedelta(milliseconds=i), data=data)
+    return data.transfer_id.encode(), encode(
+        event_id=f"{run}-{i}",
+        source="/settle/bench",
+        type="journal.transfer_requested",
+        time=start + timedelta(milliseconds=i),
+        data=data,
+    )
 
 
-async def _publish_transfers(bootstrap_servers: str, prefix: str, run: str, start: int, count: int, accounts: int,
-                             rate_per_s: float | None = None) -> None:
+async def _publish_transfers(
+    bootstrap_servers: str,
+    prefix: str,
+    run: str,
+    start: int,
+    count: int,
+    accounts: int,
+    rate_per_s: float | None = None,
+) -> None:
     producer = await start_producer(bootstrap_servers, client_id="bench-publisher")
     name = prefix + topics.JOURNAL_REQUESTS.name
     try:
@@ -162,8 +192,11 @@ async def _publish_transfers(bootstrap_servers: str, prefix: str, run: str, star
         began = time.perf_counter()
         for i in range(start, start + count):
             key, value = _transfer_bytes(i, run, accounts)
-            futures.append(await producer.send(name, value=value, key=key,
-                                               partition=partition_for(key, topics.JOURNAL_REQUESTS.partitions)))
+            futures.append(
+                await producer.send(
+                    name, value=value, key=key, partition=partition_for(key, topics.JOURNAL_REQUESTS.partitions)
+                )
+            )
             if rate_per_s is not None:
                 due = began + (i - start + 1) / rate_per_s
                 delay = due - time.perf_counter()
@@ -213,7 +246,8 @@ async def _wait_sent(stack: BenchStack, count: int, timeout_s: float) -> float:
     began = time.perf_counter()
     while time.perf_counter() - began < timeout_s:
         sent = await stack.pool.fetchval(
-            "select count(*) from settle.outbox where topic = 'journal.posted.v1' and sent_at is not null")
+            "select count(*) from settle.outbox where topic = 'journal.posted.v1' and sent_at is not null"
+        )
         if sent >= count:
             return time.perf_counter()
         await asyncio.sleep(0.05)
@@ -224,16 +258,25 @@ def processes(stack: BenchStack, *commands: Sequence[str]) -> Any:
     """`settle run …` worker processes against the bench stack, as production runs them."""
     from services.cli.fleet import worker_env, worker_processes
 
-    env = worker_env(stack.database_url, stack.bootstrap_servers, stack.settings.topic_prefix,
-                     SETTLE_CONSUME_BATCH_MAX=str(stack.settings.consume_batch_max),
-                     SETTLE_RELAY_BATCH_MAX=str(stack.settings.relay_batch_max))
+    env = worker_env(
+        stack.database_url,
+        stack.bootstrap_servers,
+        stack.settings.topic_prefix,
+        SETTLE_CONSUME_BATCH_MAX=str(stack.settings.consume_batch_max),
+        SETTLE_RELAY_BATCH_MAX=str(stack.settings.relay_batch_max),
+    )
     return worker_processes(env, commands)
 
 
 @bench_app.command("kernel")
 @run_async
 async def bench_kernel(
-    events: Annotated[int, typer.Option(help="Events for the throughput phase (the mock broker keeps ~5 MiB per partition: stay under ~60,000).")] = 50_000,
+    events: Annotated[
+        int,
+        typer.Option(
+            help="Events for the throughput phase (the mock broker keeps ~5 MiB per partition: stay under ~60,000)."
+        ),
+    ] = 50_000,
     rate: Annotated[int, typer.Option(help="Events/s offered in the latency phase.")] = 5_000,
     duration: Annotated[int, typer.Option(help="Seconds of the latency phase.")] = 10,
     accounts: Annotated[int, typer.Option(help="Distinct account pairs the transfers use.")] = 1000,
@@ -244,7 +287,6 @@ async def bench_kernel(
 ) -> None:
     """consume → ledger → outbox → relay → topic: events/s with batching, and p50/p99 publish → relayed
     output latency at a fixed offered rate. Durable commits (synchronous_commit as the server has it)."""
-    from services.journal.main import SERVICE as JOURNAL
 
     async with bench_stack("kernel", consume_batch_max=batch, relay_batch_max=2000) as stack:
         sync = await stack.pool.fetchval("show synchronous_commit")
@@ -253,8 +295,16 @@ async def bench_kernel(
         with processes(stack, *fleet):
             base = await warm_up(stack, run, accounts)
             console.print(f"{consumers} consumer process(es) settled; publishing {events} transfer requests …")
-            publisher = _spawn(_publish_in_process, stack.bootstrap_servers, stack.settings.topic_prefix, run, 0,
-                               events, accounts, None)
+            publisher = _spawn(
+                _publish_in_process,
+                stack.bootstrap_servers,
+                stack.settings.topic_prefix,
+                run,
+                0,
+                events,
+                accounts,
+                None,
+            )
             began = await _wait_started(stack, base)
             finished = await _wait_sent(stack, base + events, timeout_s=max(120, events / 500))
             publisher.join(30)
@@ -266,8 +316,16 @@ async def bench_kernel(
             base += events
             base += await warm_up(stack, run + "l", accounts, already=base)
             # The offered load comes from another process, as it would in production.
-            publisher = _spawn(_publish_in_process, stack.bootstrap_servers, stack.settings.topic_prefix, run,
-                               events, latency_events, accounts, float(rate))
+            publisher = _spawn(
+                _publish_in_process,
+                stack.bootstrap_servers,
+                stack.settings.topic_prefix,
+                run,
+                events,
+                latency_events,
+                accounts,
+                float(rate),
+            )
             await _wait_sent(stack, base + latency_events, timeout_s=duration + 120)
             publisher.join(30)
         inputs = await read_timestamps(stack, topics.JOURNAL_REQUESTS, "transfer_id")
@@ -298,9 +356,17 @@ def _bench_contract(contract_id: str) -> bytes:
     from schemas.inputs import ContractCreated
 
     data = ContractCreated(
-        contract_id=contract_id, renter_id="bench-renter", currency="USD", billing_mode="postpaid",
-        price_per_gpu_hour="2.00", supplier_rate_per_gpu_hour="1.50", commitment_per_period="0", tax_rate="0",
-        starts_at=BENCH_T0, billing_anchor_day=1, meter_prices={"egress_gb": "0.05"},
+        contract_id=contract_id,
+        renter_id="bench-renter",
+        currency="USD",
+        billing_mode="postpaid",
+        price_per_gpu_hour="2.00",
+        supplier_rate_per_gpu_hour="1.50",
+        commitment_per_period="0",
+        tax_rate="0",
+        starts_at=BENCH_T0,
+        billing_anchor_day=1,
+        meter_prices={"egress_gb": "0.05"},
     )
     return encode(event_id=f"{contract_id}-created", source="/bench", type="contract.created", time=BENCH_T0, data=data)
 
@@ -308,29 +374,45 @@ def _bench_contract(contract_id: str) -> bytes:
 def _bench_allocation(allocation_id: str, contract_id: str) -> bytes:
     from schemas.inputs import AllocationProvisioned
 
-    data = AllocationProvisioned(allocation_id=allocation_id, contract_id=contract_id, renter_id="bench-renter",
-                                 supplier_id="bench-dc", server_id=f"srv-{allocation_id}", gpu_model="H100", gpu_count=8)
-    return encode(event_id=f"{allocation_id}-prov", source="/bench", type="gpu.allocation.provisioned", time=BENCH_T0,
-                  data=data)
+    data = AllocationProvisioned(
+        allocation_id=allocation_id,
+        contract_id=contract_id,
+        renter_id="bench-renter",
+        supplier_id="bench-dc",
+        server_id=f"srv-{allocation_id}",
+        gpu_model="H100",
+        gpu_count=8,
+    )
+    return encode(
+        event_id=f"{allocation_id}-prov", source="/bench", type="gpu.allocation.provisioned", time=BENCH_T0, data=data
+    )
 
 
 def _sample(run: str, i: int, allocation_id: str, at: datetime, quantity: str = "0.5") -> tuple[bytes, bytes]:
     from schemas.inputs import UsageSampleRecorded
 
     data = UsageSampleRecorded(allocation_id=allocation_id, meter="egress_gb", quantity=quantity)
-    return allocation_id.encode(), encode(event_id=f"{run}-s{i}", source="/bench", type="usage.sample.recorded",
-                                          time=at, data=data)
+    return allocation_id.encode(), encode(
+        event_id=f"{run}-s{i}", source="/bench", type="usage.sample.recorded", time=at, data=data
+    )
 
 
-async def _publish_raw(bootstrap_servers: str, prefix: str, topic_name: str, partitions: int,
-                       items: Sequence[tuple[bytes, bytes]], rate_per_s: float | None = None) -> None:
+async def _publish_raw(
+    bootstrap_servers: str,
+    prefix: str,
+    topic_name: str,
+    partitions: int,
+    items: Sequence[tuple[bytes, bytes]],
+    rate_per_s: float | None = None,
+) -> None:
     producer = await start_producer(bootstrap_servers, client_id="bench-publisher")
     try:
         futures = []
         began = time.perf_counter()
         for n, (key, value) in enumerate(items):
-            futures.append(await producer.send(prefix + topic_name, value=value, key=key,
-                                               partition=partition_for(key, partitions)))
+            futures.append(
+                await producer.send(prefix + topic_name, value=value, key=key, partition=partition_for(key, partitions))
+            )
             if rate_per_s is not None:
                 delay = began + (n + 1) / rate_per_s - time.perf_counter()
                 if delay > 0:
@@ -343,20 +425,42 @@ async def _publish_raw(bootstrap_servers: str, prefix: str, topic_name: str, par
         await stop_client(producer)
 
 
-def _publish_samples_process(bootstrap_servers: str, prefix: str, run: str, start: int, count: int,
-                             allocations: int, hour_offset: int, rate_per_s: float | None) -> None:
-    items = [_sample(run, i, f"bench-a{i % allocations}", BENCH_T0 + timedelta(hours=hour_offset, seconds=i % 3600))
-             for i in range(start, start + count)]
-    asyncio.run(_publish_raw(bootstrap_servers, prefix, topics.USAGE_SAMPLES.name, topics.USAGE_SAMPLES.partitions,
-                             items, rate_per_s))
+def _publish_samples_process(
+    bootstrap_servers: str,
+    prefix: str,
+    run: str,
+    start: int,
+    count: int,
+    allocations: int,
+    hour_offset: int,
+    rate_per_s: float | None,
+) -> None:
+    items = [
+        _sample(run, i, f"bench-a{i % allocations}", BENCH_T0 + timedelta(hours=hour_offset, seconds=i % 3600))
+        for i in range(start, start + count)
+    ]
+    asyncio.run(
+        _publish_raw(
+            bootstrap_servers, prefix, topics.USAGE_SAMPLES.name, topics.USAGE_SAMPLES.partitions, items, rate_per_s
+        )
+    )
 
 
 async def _setup_allocations(stack: BenchStack, allocations: int) -> None:
-    await _publish_raw(stack.bootstrap_servers, stack.settings.topic_prefix, topics.CONTRACTS.name,
-                       topics.CONTRACTS.partitions, [(b"bench-c", _bench_contract("bench-c"))])
-    await _publish_raw(stack.bootstrap_servers, stack.settings.topic_prefix, topics.INFRA_LIFECYCLE.name,
-                       topics.INFRA_LIFECYCLE.partitions,
-                       [(f"bench-a{i}".encode(), _bench_allocation(f"bench-a{i}", "bench-c")) for i in range(allocations)])
+    await _publish_raw(
+        stack.bootstrap_servers,
+        stack.settings.topic_prefix,
+        topics.CONTRACTS.name,
+        topics.CONTRACTS.partitions,
+        [(b"bench-c", _bench_contract("bench-c"))],
+    )
+    await _publish_raw(
+        stack.bootstrap_servers,
+        stack.settings.topic_prefix,
+        topics.INFRA_LIFECYCLE.name,
+        topics.INFRA_LIFECYCLE.partitions,
+        [(f"bench-a{i}".encode(), _bench_allocation(f"bench-a{i}", "bench-c")) for i in range(allocations)],
+    )
 
 
 @bench_app.command("metering")
@@ -378,17 +482,38 @@ async def bench_metering(
         fleet = [["metering", "--relays", "1"]] * consumers
         with processes(stack, *fleet):
             await _setup_allocations(stack, allocations)
-            await _wait_count(stack, "select count(*) from metering.allocations where contract_id is not null", allocations)
+            await _wait_count(
+                stack, "select count(*) from metering.allocations where contract_id is not null", allocations
+            )
             await asyncio.sleep(3)  # group settle
             duplicates = samples // 20
             console.print(f"publishing {samples} samples (+{duplicates} redelivered copies) …")
-            publisher = _spawn(_publish_samples_process, stack.bootstrap_servers, stack.settings.topic_prefix, run, 0,
-                               samples, allocations, 0, None)
-            dup_publisher = _spawn(_publish_samples_process, stack.bootstrap_servers, stack.settings.topic_prefix, run, 0,
-                                   duplicates, allocations, 0, None)
+            publisher = _spawn(
+                _publish_samples_process,
+                stack.bootstrap_servers,
+                stack.settings.topic_prefix,
+                run,
+                0,
+                samples,
+                allocations,
+                0,
+                None,
+            )
+            dup_publisher = _spawn(
+                _publish_samples_process,
+                stack.bootstrap_servers,
+                stack.settings.topic_prefix,
+                run,
+                0,
+                duplicates,
+                allocations,
+                0,
+                None,
+            )
             began = await _wait_count(stack, "select count(*) from settle.inbox where consumer = 'metering-samples'", 1)
-            finished = await _wait_count(stack, "select count(*) from settle.inbox where consumer = 'metering-samples'",
-                                         samples, timeout_s=600)
+            finished = await _wait_count(
+                stack, "select count(*) from settle.inbox where consumer = 'metering-samples'", samples, timeout_s=600
+            )
             publisher.join(60)
             dup_publisher.join(60)
             await asyncio.sleep(1)
@@ -402,24 +527,57 @@ async def bench_metering(
         fleet = [["metering", "--relays", "1"], ["rating", "--relays", "1"]]
         with processes(stack, *fleet):
             await _setup_allocations(stack, allocations)
-            await _wait_count(stack, "select count(*) from metering.allocations where contract_id is not null", allocations)
+            await _wait_count(
+                stack, "select count(*) from metering.allocations where contract_id is not null", allocations
+            )
             from services.clock.domain import tick_bytes
 
             closed = BENCH_T0 + timedelta(hours=2)
-            await _publish_raw(stack.bootstrap_servers, stack.settings.topic_prefix, topics.CLOCK_TICKS.name, 1,
-                               [(b"clock", tick_bytes(closed))])
+            await _publish_raw(
+                stack.bootstrap_servers,
+                stack.settings.topic_prefix,
+                topics.CLOCK_TICKS.name,
+                1,
+                [(b"clock", tick_bytes(closed))],
+            )
             await _wait_count(stack, "select count(*) from rating.watermarks", 1, timeout_s=120)
             await asyncio.sleep(2)
-            background = _spawn(_publish_samples_process, stack.bootstrap_servers, stack.settings.topic_prefix, run, 0,
-                                rate * 20, allocations, 3, float(rate))
+            background = _spawn(
+                _publish_samples_process,
+                stack.bootstrap_servers,
+                stack.settings.topic_prefix,
+                run,
+                0,
+                rate * 20,
+                allocations,
+                3,
+                float(rate),
+            )
             await asyncio.sleep(5)  # measure in the steady state
-            probe_items = [_sample(run, 10_000_000 + i, f"bench-a{i % allocations}",
-                                   BENCH_T0 + timedelta(hours=i // allocations % 2, minutes=30), "1")
-                           for i in range(probes)]
-            await _publish_raw(stack.bootstrap_servers, stack.settings.topic_prefix, topics.USAGE_SAMPLES.name,
-                               topics.USAGE_SAMPLES.partitions, probe_items, rate_per_s=30.0)
-            await _wait_count(stack, "select count(*) from settle.outbox where topic = 'charges.rated.v1' and sent_at is not null",
-                              probes, timeout_s=120)
+            probe_items = [
+                _sample(
+                    run,
+                    10_000_000 + i,
+                    f"bench-a{i % allocations}",
+                    BENCH_T0 + timedelta(hours=i // allocations % 2, minutes=30),
+                    "1",
+                )
+                for i in range(probes)
+            ]
+            await _publish_raw(
+                stack.bootstrap_servers,
+                stack.settings.topic_prefix,
+                topics.USAGE_SAMPLES.name,
+                topics.USAGE_SAMPLES.partitions,
+                probe_items,
+                rate_per_s=30.0,
+            )
+            await _wait_count(
+                stack,
+                "select count(*) from settle.outbox where topic = 'charges.rated.v1' and sent_at is not null",
+                probes,
+                timeout_s=120,
+            )
             background.join(60)
         sent = {}
         for event_key, ts in (await read_probe_times(stack, topics.USAGE_SAMPLES, run)).items():
@@ -480,21 +638,42 @@ def _close_inputs_process(bootstrap_servers: str, prefix: str, start: int, count
         contract_id = f"close-c{i:06d}"
         contracts.append((contract_id.encode(), _bench_contract(contract_id)))
         charge = ChargeRated(
-            charge_id=f"close-ch{i}", usage_id=f"close-u{i}", allocation_id=f"close-a{i}", contract_id=contract_id,
-            renter_id="bench-renter", supplier_id=f"close-dc{i % 50}", meter="gpu_seconds", hour_start=hour,
-            revision=1, currency="USD", billing_mode="postpaid", period_start=BENCH_T0,
-            period_end=datetime(2027, 1, 1, tzinfo=UTC), delta_provisioned_gpu_seconds=28_800,
-            delta_billable_gpu_seconds=28_800, delta_maintenance_gpu_seconds=0, delta_outage_gpu_seconds=0,
-            delta_quantity=Decimal(0), charge_x3600=Decimal(28_800 * 2), earning_x3600=Decimal(28_800 * 3 // 2),
+            charge_id=f"close-ch{i}",
+            usage_id=f"close-u{i}",
+            allocation_id=f"close-a{i}",
+            contract_id=contract_id,
+            renter_id="bench-renter",
+            supplier_id=f"close-dc{i % 50}",
+            meter="gpu_seconds",
+            hour_start=hour,
+            revision=1,
+            currency="USD",
+            billing_mode="postpaid",
+            period_start=BENCH_T0,
+            period_end=datetime(2027, 1, 1, tzinfo=UTC),
+            delta_provisioned_gpu_seconds=28_800,
+            delta_billable_gpu_seconds=28_800,
+            delta_maintenance_gpu_seconds=0,
+            delta_outage_gpu_seconds=0,
+            delta_quantity=Decimal(0),
+            charge_x3600=Decimal(28_800 * 2),
+            earning_x3600=Decimal(28_800 * 3 // 2),
             price_versions=[1],
         )
-        value = encode(event_id=f"close-ch{i}", source="/bench", type="charge.rated", time=hour + timedelta(hours=1),
-                       data=charge)
+        value = encode(
+            event_id=f"close-ch{i}", source="/bench", type="charge.rated", time=hour + timedelta(hours=1), data=charge
+        )
         charges.append((contract_id.encode(), value))
-    asyncio.run(_publish_raw(bootstrap_servers, prefix, topics.CONTRACTS.name, topics.CONTRACTS.partitions, contracts,
-                             rate_per_s))
-    asyncio.run(_publish_raw(bootstrap_servers, prefix, topics.CHARGES_RATED.name, topics.CHARGES_RATED.partitions,
-                             charges, rate_per_s))
+    asyncio.run(
+        _publish_raw(
+            bootstrap_servers, prefix, topics.CONTRACTS.name, topics.CONTRACTS.partitions, contracts, rate_per_s
+        )
+    )
+    asyncio.run(
+        _publish_raw(
+            bootstrap_servers, prefix, topics.CHARGES_RATED.name, topics.CHARGES_RATED.partitions, charges, rate_per_s
+        )
+    )
 
 
 @bench_app.command("close")
@@ -514,26 +693,46 @@ async def bench_close(
         fleet = [["invoicing", "--relays", "1"]] * workers
         with processes(stack, *fleet):
             console.print(f"loading {contracts} contracts and {contracts} charges at {rate}/s …")
-            loader = _spawn(_close_inputs_process, stack.bootstrap_servers, stack.settings.topic_prefix, 0, contracts,
-                            float(rate))
-            await _wait_count(stack, "select count(*) from invoicing.charges", contracts, timeout_s=2 * contracts / rate + 300)
+            loader = _spawn(
+                _close_inputs_process, stack.bootstrap_servers, stack.settings.topic_prefix, 0, contracts, float(rate)
+            )
+            await _wait_count(
+                stack, "select count(*) from invoicing.charges", contracts, timeout_s=2 * contracts / rate + 300
+            )
             loader.join(60)
             await _wait_count(stack, "select count(*) from invoicing.contract_state", contracts, timeout_s=300)
             through = datetime(2027, 1, 1, tzinfo=UTC)
-            marks = [(f"watermark-{p}".encode(), encode(
-                event_id=f"close-wm-{p}", source="/bench", type="charges.watermark", time=through,
-                data=Watermark(through=through, partition=p, source="rating"))) for p in range(topics.CHARGES_RATED.partitions)]
+            marks = [
+                (
+                    f"watermark-{p}".encode(),
+                    encode(
+                        event_id=f"close-wm-{p}",
+                        source="/bench",
+                        type="charges.watermark",
+                        time=through,
+                        data=Watermark(through=through, partition=p, source="rating"),
+                    ),
+                )
+                for p in range(topics.CHARGES_RATED.partitions)
+            ]
             producer = await start_producer(stack.bootstrap_servers, client_id="bench-close")
             try:
                 began = time.perf_counter()
                 for p, (key, value) in enumerate(marks):
-                    await (await producer.send(stack.settings.topic_prefix + topics.CHARGES_RATED.name, value=value,
-                                               key=key, partition=p))
+                    await (
+                        await producer.send(
+                            stack.settings.topic_prefix + topics.CHARGES_RATED.name, value=value, key=key, partition=p
+                        )
+                    )
             finally:
                 await stop_client(producer)
             finalized = await _wait_count(stack, "select count(*) from invoicing.invoices", contracts, timeout_s=1800)
-            published = await _wait_count(stack, "select count(*) from settle.outbox where topic = 'invoices.finalized.v1' "
-                                                 "and sent_at is not null", contracts, timeout_s=1800)
+            published = await _wait_count(
+                stack,
+                "select count(*) from settle.outbox where topic = 'invoices.finalized.v1' and sent_at is not null",
+                contracts,
+                timeout_s=1800,
+            )
             statements = await stack.pool.fetchval("select count(*) from invoicing.statements")
             verified = (await verify_pool(stack)).ok
     table = Table("measure", "value")

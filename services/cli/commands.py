@@ -21,8 +21,10 @@ from libs.settings import get_settings
 from schemas import topics
 from schemas.envelope import encode
 from schemas.events import TransferRequested
-from services.cli import bench  # noqa: F401  (registers `settle bench`)
-from services.cli import documents  # noqa: F401  (registers `settle invoices` and `settle statements`)
+from services.cli import (
+    bench,  # noqa: F401  (registers `settle bench`)
+    documents,  # noqa: F401  (registers `settle invoices` and `settle statements`)
+)
 from services.cli.main import app, print_verify
 from services.cli.runtime import console, database, resolve, run_async
 
@@ -45,31 +47,50 @@ async def smoke(transfers: Annotated[int, typer.Option(help="Transfers to push t
             futures = []
             for n in range(transfers):
                 data = TransferRequested(
-                    transfer_id=f"smoke-{run_id}-{n}", from_account="smoke:bank", to_account="smoke:fees",
-                    amount="0.01", currency="USD", memo="smoke",
+                    transfer_id=f"smoke-{run_id}-{n}",
+                    from_account="smoke:bank",
+                    to_account="smoke:fees",
+                    amount="0.01",
+                    currency="USD",
+                    memo="smoke",
                 )
-                value = encode(event_id=f"smoke-{run_id}-{n}", source="/settle/smoke", type="journal.transfer_requested",
-                               time=start + timedelta(seconds=n), data=data)
+                value = encode(
+                    event_id=f"smoke-{run_id}-{n}",
+                    source="/settle/smoke",
+                    type="journal.transfer_requested",
+                    time=start + timedelta(seconds=n),
+                    data=data,
+                )
                 key = data.transfer_id.encode()
                 for _ in range(2 if n % 10 == 0 else 1):  # every tenth is delivered twice
-                    futures.append(await producer.send(
-                        settings.topic_prefix + topics.JOURNAL_REQUESTS.name, value=value, key=key,
-                        partition=partition_for(key, topics.JOURNAL_REQUESTS.partitions)))
-            futures.append(await producer.send(settings.topic_prefix + topics.JOURNAL_REQUESTS.name,
-                                               value=b"{not json", key=b"bad"))
+                    futures.append(
+                        await producer.send(
+                            settings.topic_prefix + topics.JOURNAL_REQUESTS.name,
+                            value=value,
+                            key=key,
+                            partition=partition_for(key, topics.JOURNAL_REQUESTS.partitions),
+                        )
+                    )
+            futures.append(
+                await producer.send(
+                    settings.topic_prefix + topics.JOURNAL_REQUESTS.name, value=b"{not json", key=b"bad"
+                )
+            )
             await asyncio.gather(*futures)
         finally:
             await stop_client(producer)
         from services.journal.main import SERVICE as JOURNAL
 
         stop = asyncio.Event()
-        worker = asyncio.create_task(run_worker([JOURNAL], settings, pool=pool, bootstrap_servers=targets.bootstrap_servers,
-                                                stop=stop, relays=1))
+        worker = asyncio.create_task(
+            run_worker([JOURNAL], settings, pool=pool, bootstrap_servers=targets.bootstrap_servers, stop=stop, relays=1)
+        )
         started = time.perf_counter()
         try:
             while time.perf_counter() - started < 120:
                 done = await pool.fetchval(
-                    "select count(*) from settle.outbox where topic = 'journal.posted.v1' and event_id like '%' and sent_at is not null")
+                    "select count(*) from settle.outbox where topic = 'journal.posted.v1' and sent_at is not null"
+                )
                 letters = await pool.fetchval("select count(*) from settle.dead_letters where consumer = 'journal'")
                 if done >= transfers and letters >= 1:
                     break
@@ -110,8 +131,11 @@ async def clock_tick(at: Annotated[str, typer.Option(help="RFC 3339 UTC instant,
     assert targets.bootstrap_servers is not None
     producer = await start_producer(targets.bootstrap_servers, client_id="settle-clock")
     try:
-        await (await producer.send(settings.topic_prefix + topics.CLOCK_TICKS.name, value=tick_bytes(when),
-                                   key=b"clock", partition=0))
+        await (
+            await producer.send(
+                settings.topic_prefix + topics.CLOCK_TICKS.name, value=tick_bytes(when), key=b"clock", partition=0
+            )
+        )
     finally:
         await stop_client(producer)
     console.print(f"tick published: {at}")
@@ -141,16 +165,25 @@ async def demo(
     settings = get_settings()
     targets = await resolve(settings)
     assert targets.bootstrap_servers is not None
-    console.print(f"PostgreSQL: {targets.database_kind} · broker: {targets.broker_kind} "
-                  f"({'development broker: in memory, not durable' if targets.broker_kind == 'mock' else 'Kafka'})")
+    console.print(
+        f"PostgreSQL: {targets.database_kind} · broker: {targets.broker_kind} "
+        f"({'development broker: in memory, not durable' if targets.broker_kind == 'mock' else 'Kafka'})"
+    )
     pool = await create_pool(targets.database_url, max_size=2)
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
     finally:
         await pool.close()
-    ok = await run_demo(settings, targets.database_url, targets.bootstrap_servers, seed=seed, contracts=contracts,
-                        out=Path(out) if out else None, console=console)
+    ok = await run_demo(
+        settings,
+        targets.database_url,
+        targets.bootstrap_servers,
+        seed=seed,
+        contracts=contracts,
+        out=Path(out) if out else None,
+        console=console,
+    )
     if not ok:
         raise typer.Exit(1)
 

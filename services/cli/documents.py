@@ -141,9 +141,7 @@ async def export_documents(conn: asyncpg.Connection, folder: Path) -> list[Path]
     written: list[Path] = []
     folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (a CLI command: nothing else runs on this loop)
     groups: list[
-        tuple[
-            type[InvoiceFinalized] | type[CreditNoteIssued] | type[StatementFinalized], list[dict[str, Any]]
-        ]
+        tuple[type[InvoiceFinalized] | type[CreditNoteIssued] | type[StatementFinalized], list[dict[str, Any]]]
     ] = [
         (InvoiceFinalized, await store.list_invoice_documents(conn)),
         (CreditNoteIssued, await store.list_credit_note_documents(conn)),
@@ -248,9 +246,7 @@ async def statements_list(
         for line in to_json_lines(docs):
             print(line)
         return
-    table = Table(
-        "number", "supplier", "month", "earnings", "chargebacks", "carried", "net", title="statements"
-    )
+    table = Table("number", "supplier", "month", "earnings", "chargebacks", "carried", "net", title="statements")
     for d in docs:
         table.add_row(
             d["number"],

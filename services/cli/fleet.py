@@ -23,21 +23,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def worker_env(database_url: str, bootstrap_servers: str, topic_prefix: str = "", **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "SETTLE_DATABASE_URL": database_url,
-        "SETTLE_KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
-        "SETTLE_TOPIC_PREFIX": topic_prefix,
-        "SETTLE_METRICS_PORT": "0",
-        "SETTLE_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    })
+    env.update(
+        {
+            "SETTLE_DATABASE_URL": database_url,
+            "SETTLE_KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+            "SETTLE_TOPIC_PREFIX": topic_prefix,
+            "SETTLE_METRICS_PORT": "0",
+            "SETTLE_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        }
+    )
     env.update(extra)
     return env
 
 
 @contextlib.contextmanager
-def worker_processes(env: Mapping[str, str], commands: Sequence[Sequence[str]], log_dir: Path | None = None
-                     ) -> Iterator[list[subprocess.Popen[bytes]]]:
+def worker_processes(
+    env: Mapping[str, str], commands: Sequence[Sequence[str]], log_dir: Path | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start one `settle run <args>` process per command; SIGTERM (then SIGKILL) them on exit."""
     started = []
     for command in commands:
@@ -45,8 +48,15 @@ def worker_processes(env: Mapping[str, str], commands: Sequence[Sequence[str]], 
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             log = (log_dir / f"{'-'.join(command[:1])}.log").open("ab")  # type: ignore[assignment]
-        started.append(subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", *command], env=dict(env),
-                                        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+        started.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", "run", *command],
+                env=dict(env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        )
     try:
         yield started
     finally:
@@ -82,9 +92,15 @@ async def pending_work(pool: asyncpg.Pool, services: Sequence[Service]) -> int:
     return backlog
 
 
-async def wait_idle(pool: asyncpg.Pool, bootstrap_servers: str, services: Sequence[Service], *,
-                    topic_prefix: str = "", timeout_s: float = 600, alive: Sequence[subprocess.Popen[bytes]] = ()
-                    ) -> None:
+async def wait_idle(
+    pool: asyncpg.Pool,
+    bootstrap_servers: str,
+    services: Sequence[Service],
+    *,
+    topic_prefix: str = "",
+    timeout_s: float = 600,
+    alive: Sequence[subprocess.Popen[bytes]] = (),
+) -> None:
     """Until every group has consumed everything, the outbox is empty and no service has work
     pending — twice in a row, so work that one step hands to the next is not missed."""
     deadline = time.monotonic() + timeout_s
@@ -94,7 +110,7 @@ async def wait_idle(pool: asyncpg.Pool, bootstrap_servers: str, services: Sequen
             raise TimeoutError(f"the fleet was not idle within {timeout_s:.0f} s")
         for process in alive:
             if process.poll() is not None:
-                raise RuntimeError(f"worker {process.args[-3:]} exited with status {process.returncode}")
+                raise RuntimeError(f"worker {process.args!r} exited with status {process.returncode}")
         busy = await pending_work(pool, services) + await consumer_lag(bootstrap_servers, services, topic_prefix)
         quiet = quiet + 1 if busy == 0 else 0
         await asyncio.sleep(0.3)

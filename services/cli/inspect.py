@@ -25,8 +25,9 @@ async def collect_status(settings: Settings, targets: Targets) -> dict[str, Any]
     ends = await end_offsets(targets.bootstrap_servers, partitions)
     consumers = []
     for group, topic_names in sorted(groups.items()):
-        committed = await committed_offsets(targets.bootstrap_servers, group,
-                                            {t: n for t, n in partitions.items() if t in topic_names})
+        committed = await committed_offsets(
+            targets.bootstrap_servers, group, {t: n for t, n in partitions.items() if t in topic_names}
+        )
         lag: dict[str, int] = {}
         for tp, end in ends.items():
             if tp.topic in topic_names:

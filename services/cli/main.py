@@ -33,8 +33,9 @@ from schemas.topics import BY_NAME
 from services import catalog
 from services.cli.runtime import console, database, resolve, run_async
 
-app = typer.Typer(help="Settle: billing and settlement for GPU marketplaces.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Settle: billing and settlement for GPU marketplaces.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 stack_app = typer.Typer(help="The local development stack (PostgreSQL + Kafka-protocol broker).", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics of the registry.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: list, show, redrive.", no_args_is_help=True)
@@ -51,7 +52,7 @@ def main() -> None:
     app()
 
 
-# --- stack ------------------------------------------------------------------------------------------------
+# --- stack --------------------------------------------------------------------------------------------------
 @stack_app.command("up")
 @run_async
 async def stack_up() -> None:
@@ -87,17 +88,27 @@ def _print_stack(status: Any) -> None:
     table = Table("part", "kind", "address", "pid")
     broker = status.broker
     database_ = status.database
-    table.add_row("broker", broker.kind if broker else "-", broker.bootstrap_servers if broker else "not running",
-                  str(broker.pid or "") if broker else "")
-    table.add_row("postgresql", database_.kind if database_ else "-",
-                  database_.display_url if database_ else "not running", str(database_.pid or "") if database_ else "")
+    table.add_row(
+        "broker",
+        broker.kind if broker else "-",
+        broker.bootstrap_servers if broker else "not running",
+        str(broker.pid or "") if broker else "",
+    )
+    table.add_row(
+        "postgresql",
+        database_.kind if database_ else "-",
+        database_.display_url if database_ else "not running",
+        str(database_.pid or "") if database_ else "",
+    )
     console.print(table)
     if broker is not None and broker.kind == "mock":
-        console.print("[yellow]development broker:[/] librdkafka's mock cluster — in memory, not durable. "
-                      "Production means a real Kafka (SETTLE_KAFKA_BOOTSTRAP_SERVERS).")
+        console.print(
+            "[yellow]development broker:[/] librdkafka's mock cluster — in memory, not durable. "
+            "Production means a real Kafka (SETTLE_KAFKA_BOOTSTRAP_SERVERS)."
+        )
 
 
-# --- migrations and topics ---------------------------------------------------------------------------------
+# --- migrations and topics ----------------------------------------------------------------------------------
 @app.command()
 @run_async
 async def migrate() -> None:
@@ -129,22 +140,28 @@ def topics_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     """The topic registry: name, key, partitions, producer, event types."""
     from schemas.topics import REGISTRY
 
-    rows = [
-        {"name": t.name, "key": t.key, "partitions": t.partitions, "producer": t.producer,
-         "types": sorted(t.types), "dlq": t.dlq}
-        for t in REGISTRY
-    ]
     if as_json:
-        for row in rows:
-            print(json.dumps(row))
+        for t in REGISTRY:
+            print(
+                json.dumps(
+                    {
+                        "name": t.name,
+                        "key": t.key,
+                        "partitions": t.partitions,
+                        "producer": t.producer,
+                        "types": sorted(t.types),
+                        "dlq": t.dlq,
+                    }
+                )
+            )
         return
     table = Table("topic", "key", "partitions", "producer", "event types")
-    for row in rows:
-        table.add_row(row["name"], row["key"], str(row["partitions"]), row["producer"], ", ".join(row["types"]))
+    for t in REGISTRY:
+        table.add_row(t.name, t.key, str(t.partitions), t.producer, ", ".join(sorted(t.types)))
     console.print(table)
 
 
-# --- run ------------------------------------------------------------------------------------------------------
+# --- run ----------------------------------------------------------------------------------------------------
 @app.command()
 @run_async
 async def run(
@@ -172,14 +189,19 @@ async def run(
         async with pool.acquire() as conn:
             await apply_migrations(conn)
         await run_worker(
-            services, settings, pool=pool, bootstrap_servers=targets.bootstrap_servers, stop=stop,
-            relays=max(relays, 1) if relay_only else relays, health_port=settings.metrics_port,
+            services,
+            settings,
+            pool=pool,
+            bootstrap_servers=targets.bootstrap_servers,
+            stop=stop,
+            relays=max(relays, 1) if relay_only else relays,
+            health_port=settings.metrics_port,
         )
     finally:
         await pool.close()
 
 
-# --- publish ---------------------------------------------------------------------------------------------------
+# --- publish ------------------------------------------------------------------------------------------------
 @app.command()
 @run_async
 async def publish(file: Annotated[Path, typer.Argument(help="JSON lines; `-` reads standard input.")]) -> None:
@@ -190,7 +212,8 @@ async def publish(file: Annotated[Path, typer.Argument(help="JSON lines; `-` rea
     producer = await start_producer(targets.bootstrap_servers, client_id="settle-publish")
     sent = 0
     try:
-        stream = open(0, "rb", closefd=False) if str(file) == "-" else file.open("rb")  # noqa: SIM115
+        # A local file read line by line while the producer sends: blocking reads are fine in a CLI.
+        stream = open(0, "rb", closefd=False) if str(file) == "-" else file.open("rb")  # noqa: SIM115, ASYNC230
         with stream:
             futures = []
             for number, line in enumerate(stream, 1):
@@ -204,8 +227,9 @@ async def publish(file: Annotated[Path, typer.Argument(help="JSON lines; `-` rea
                 partition = None
                 if registered is not None and key_bytes is not None and not topic.endswith(".dlq"):
                     partition = partition_for(key_bytes, registered.partitions)
-                futures.append(await producer.send(settings.topic_prefix + topic, value=value, key=key_bytes,
-                                                   partition=partition))
+                futures.append(
+                    await producer.send(settings.topic_prefix + topic, value=value, key=key_bytes, partition=partition)
+                )
                 sent += 1
                 if len(futures) >= 10_000:
                     await asyncio.gather(*futures)
@@ -231,7 +255,7 @@ def parse_publish_line(line: bytes, number: int) -> tuple[str, str | None, bytes
     return topic, key if key is None else str(key), value
 
 
-# --- status ------------------------------------------------------------------------------------------------------
+# --- status -------------------------------------------------------------------------------------------------
 @app.command()
 @run_async
 async def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -250,15 +274,16 @@ async def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
             table.add_row(group["group"], topic, str(lag))
     console.print(table)
     outbox = report["outbox"]
-    console.print(f"outbox: {outbox['backlog']} unpublished, oldest {outbox['oldest_age_s']:.1f} s, "
-                  f"{outbox['delayed']} delayed")
+    console.print(
+        f"outbox: {outbox['backlog']} unpublished, oldest {outbox['oldest_age_s']:.1f} s, {outbox['delayed']} delayed"
+    )
     letters = Table("consumer", "topic", "open dead letters", "total")
     for row in report["dead_letters"]:
         letters.add_row(row["consumer"], row["topic"], str(row["open"]), str(row["total"]))
     console.print(letters)
 
 
-# --- dead letters ---------------------------------------------------------------------------------------------------
+# --- dead letters -------------------------------------------------------------------------------------------
 @dlq_app.command("list")
 @run_async
 async def dlq_list(
@@ -275,8 +300,14 @@ async def dlq_list(
         return
     table = Table("id", "consumer", "where", "event", "error", "reason")
     for r in rows:
-        table.add_row(str(r["id"]), r["consumer"], f"{r['topic']}/{r['partition']}/{r['offset']}",
-                      f"{r['event_type'] or '-'} {r['event_id'] or ''}", r["error_class"], r["reason"])
+        table.add_row(
+            str(r["id"]),
+            r["consumer"],
+            f"{r['topic']}/{r['partition']}/{r['offset']}",
+            f"{r['event_type'] or '-'} {r['event_id'] or ''}",
+            r["error_class"],
+            r["reason"],
+        )
     console.print(table)
 
 
@@ -309,7 +340,7 @@ async def dlq_redrive(
     console.print(f"redriven {len(done)} dead letter(s): {', '.join(map(str, done))}")
 
 
-# --- ledger -------------------------------------------------------------------------------------------------------------
+# --- ledger -------------------------------------------------------------------------------------------------
 @ledger_app.command("balances")
 @run_async
 async def ledger_balances_cmd(
@@ -322,8 +353,18 @@ async def ledger_balances_cmd(
         rows = await ledger_balances(conn, owner=owner, prefix=prefix)
     if as_json:
         for b in rows:
-            print(json.dumps({"account": b.code, "type": b.type, "owner": b.owner, "currency": b.currency,
-                              "balance": format_ledger(b.normal_units, b.currency), "asset": b.asset}))
+            print(
+                json.dumps(
+                    {
+                        "account": b.code,
+                        "type": b.type,
+                        "owner": b.owner,
+                        "currency": b.currency,
+                        "balance": format_ledger(b.normal_units, b.currency),
+                        "asset": b.asset,
+                    }
+                )
+            )
         return
     table = Table("account", "type", "owner", "currency", "balance")
     for b in rows:
@@ -353,14 +394,19 @@ def print_verify(report: Any) -> None:
         table.add_row(asset, str(total))
     console.print(table)
     console.print(f"{report.entries} entries, {report.postings} postings, {report.accounts} accounts")
-    for label, items in (("unbalanced entries", report.unbalanced_entries),
-                         ("balance mismatches", report.balance_mismatches),
-                         ("floor breaches", report.floor_breaches), ("entries without postings", report.empty_entries)):
+    for label, items in (
+        ("unbalanced entries", report.unbalanced_entries),
+        ("balance mismatches", report.balance_mismatches),
+        ("floor breaches", report.floor_breaches),
+        ("entries without postings", report.empty_entries),
+    ):
         if items:
             console.print(f"[red]{label}:[/] {items[:10]}")
-    console.print("[green]ledger verified: every entry balances, balances match postings, trial balance is zero[/]"
-                  if report.ok else "[bold red]ledger verification FAILED[/]")
-
+    console.print(
+        "[green]ledger verified: every entry balances, balances match postings, trial balance is zero[/]"
+        if report.ok
+        else "[bold red]ledger verification FAILED[/]"
+    )
 
 
 if __name__ == "__main__":

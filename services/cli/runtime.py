@@ -65,8 +65,9 @@ async def resolve(settings: Settings | None = None, *, broker: bool = True) -> T
 
 
 @asynccontextmanager
-async def database(settings: Settings | None = None, *, migrated: bool = True,
-                   max_size: int | None = None) -> AsyncIterator[asyncpg.Pool]:
+async def database(
+    settings: Settings | None = None, *, migrated: bool = True, max_size: int | None = None
+) -> AsyncIterator[asyncpg.Pool]:
     settings = settings or get_settings()
     targets = await resolve(settings, broker=False)
     pool = await create_pool(targets.database_url, max_size=max_size or settings.db_pool_max)

@@ -24,5 +24,6 @@ def last_boundary(now: datetime, interval_s: int) -> datetime:
 
 
 def tick_bytes(at: datetime) -> bytes:
-    return encode(event_id=tick_id(at), source=SOURCE, type="clock.ticked", time=at, data=ClockTicked(at=at),
-                  subject="clock")
+    return encode(
+        event_id=tick_id(at), source=SOURCE, type="clock.ticked", time=at, data=ClockTicked(at=at), subject="clock"
+    )

@@ -26,7 +26,9 @@ async def run_clock(rt: Runtime) -> None:
             async with rt.pool.acquire() as conn, conn.transaction():
                 seen = await conn.fetchval("select 1 from settle.outbox where event_id = $1", tick_id(at))
                 if not seen:
-                    await write_outbox(conn, [OutboxMessage(topics.CLOCK_TICKS.name, 0, b"clock", tick_bytes(at), tick_id(at))])
+                    await write_outbox(
+                        conn, [OutboxMessage(topics.CLOCK_TICKS.name, 0, b"clock", tick_bytes(at), tick_id(at))]
+                    )
                     log.info("tick", at=format_utc(at))
         except OSError as exc:  # the database is down: try again shortly
             log.warning("tick not written", error=repr(exc))
@@ -35,5 +37,8 @@ async def run_clock(rt: Runtime) -> None:
             await asyncio.wait_for(rt.stop.wait(), min(wait_s, 60.0))
 
 
-SERVICE = Service(name="clock", tasks=(run_clock,),
-                  description="Publishes clock.ticks.v1 at every interval boundary (hourly by default)")
+SERVICE = Service(
+    name="clock",
+    tasks=(run_clock,),
+    description="Publishes clock.ticks.v1 at every interval boundary (hourly by default)",
+)

@@ -86,9 +86,7 @@ def terms_from_created(event_id: str, data: ContractCreated) -> ContractTerms:
 
 def _check_same_contract(terms: ContractTerms, contract_id: str) -> None:
     if contract_id != terms.contract_id:
-        raise DomainRuleError(
-            f"event for contract {contract_id!r} applied to the terms of {terms.contract_id!r}"
-        )
+        raise DomainRuleError(f"event for contract {contract_id!r} applied to the terms of {terms.contract_id!r}")
 
 
 def amend_terms(terms: ContractTerms, event_id: str, data: ContractAmended) -> ContractTerms:

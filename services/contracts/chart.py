@@ -39,34 +39,66 @@ PLATFORM = "platform"
 
 # --- renter side --------------------------------------------------------------------------------------
 def unbilled_receivable(renter_id: str, currency: str) -> AccountSpec:
-    return AccountSpec(_code(renter(renter_id), "unbilled_receivable", currency), currency, "asset",
-                       renter(renter_id), description="usage rated, not yet invoiced")
+    return AccountSpec(
+        _code(renter(renter_id), "unbilled_receivable", currency),
+        currency,
+        "asset",
+        renter(renter_id),
+        description="usage rated, not yet invoiced",
+    )
 
 
 def receivable(renter_id: str, currency: str) -> AccountSpec:
-    return AccountSpec(_code(renter(renter_id), "receivable", currency), currency, "asset", renter(renter_id),
-                       description="invoiced, not yet paid")
+    return AccountSpec(
+        _code(renter(renter_id), "receivable", currency),
+        currency,
+        "asset",
+        renter(renter_id),
+        description="invoiced, not yet paid",
+    )
 
 
 def credit_balance(renter_id: str, currency: str) -> AccountSpec:
-    return AccountSpec(_code(renter(renter_id), "credit_balance", currency), currency, "liability",
-                       renter(renter_id), floor_units=0, description="credit carried to the next invoice (R10)")
+    return AccountSpec(
+        _code(renter(renter_id), "credit_balance", currency),
+        currency,
+        "liability",
+        renter(renter_id),
+        floor_units=0,
+        description="credit carried to the next invoice (R10)",
+    )
 
 
 def wallet(renter_id: str, contract_id: str, currency: str) -> AccountSpec:
-    return AccountSpec(f"{renter(renter_id)}:wallet:{contract_id}:{currency}", currency, "liability",
-                       renter(renter_id), floor_units=0, description="prepaid wallet (R8): never below zero")
+    return AccountSpec(
+        f"{renter(renter_id)}:wallet:{contract_id}:{currency}",
+        currency,
+        "liability",
+        renter(renter_id),
+        floor_units=0,
+        description="prepaid wallet (R8): never below zero",
+    )
 
 
 def prepaid_applied(renter_id: str, contract_id: str, currency: str) -> AccountSpec:
-    return AccountSpec(f"{renter(renter_id)}:prepaid_applied:{contract_id}:{currency}", currency, "liability",
-                       renter(renter_id), description="drawn from the wallet, awaiting the invoice")
+    return AccountSpec(
+        f"{renter(renter_id)}:prepaid_applied:{contract_id}:{currency}",
+        currency,
+        "liability",
+        renter(renter_id),
+        description="drawn from the wallet, awaiting the invoice",
+    )
 
 
 # --- platform side ------------------------------------------------------------------------------------------
 def unbilled_revenue(currency: str) -> AccountSpec:
-    return AccountSpec(_code(PLATFORM, "unbilled_revenue", currency), currency, "liability", PLATFORM,
-                       description="rated usage awaiting its invoice")
+    return AccountSpec(
+        _code(PLATFORM, "unbilled_revenue", currency),
+        currency,
+        "liability",
+        PLATFORM,
+        description="rated usage awaiting its invoice",
+    )
 
 
 def revenue_usage(currency: str) -> AccountSpec:
@@ -74,13 +106,24 @@ def revenue_usage(currency: str) -> AccountSpec:
 
 
 def revenue_commitment(currency: str) -> AccountSpec:
-    return AccountSpec(_code(PLATFORM, "revenue_commitment", currency), currency, "revenue", PLATFORM,
-                       description="commitment true-ups (R5)")
+    return AccountSpec(
+        _code(PLATFORM, "revenue_commitment", currency),
+        currency,
+        "revenue",
+        PLATFORM,
+        description="commitment true-ups (R5)",
+    )
 
 
 def sla_contra_revenue(currency: str) -> AccountSpec:
-    return AccountSpec(_code(PLATFORM, "sla_contra_revenue", currency), currency, "revenue", PLATFORM,
-                       normal_balance="debit", description="SLA credits given to renters (R7)")
+    return AccountSpec(
+        _code(PLATFORM, "sla_contra_revenue", currency),
+        currency,
+        "revenue",
+        PLATFORM,
+        normal_balance="debit",
+        description="SLA credits given to renters (R7)",
+    )
 
 
 def tax_payable(currency: str) -> AccountSpec:
@@ -88,31 +131,62 @@ def tax_payable(currency: str) -> AccountSpec:
 
 
 def rounding(currency: str) -> AccountSpec:
-    return AccountSpec(_code(PLATFORM, "rounding", currency), currency, "expense", PLATFORM,
-                       description="exact minus rounded amounts (R6): debit = given away, credit = gained")
+    return AccountSpec(
+        _code(PLATFORM, "rounding", currency),
+        currency,
+        "expense",
+        PLATFORM,
+        description="exact minus rounded amounts (R6): debit = given away, credit = gained",
+    )
 
 
 def cost_of_revenue(currency: str) -> AccountSpec:
-    return AccountSpec(_code(PLATFORM, "cost_of_revenue", currency), currency, "expense", PLATFORM,
-                       description="supplier earnings accrued (R13)")
+    return AccountSpec(
+        _code(PLATFORM, "cost_of_revenue", currency),
+        currency,
+        "expense",
+        PLATFORM,
+        description="supplier earnings accrued (R13)",
+    )
 
 
 def sla_recovery(currency: str) -> AccountSpec:
-    return AccountSpec(_code(PLATFORM, "sla_recovery", currency), currency, "expense", PLATFORM,
-                       normal_balance="credit", description="SLA credits charged back to suppliers (R7, R12)")
+    return AccountSpec(
+        _code(PLATFORM, "sla_recovery", currency),
+        currency,
+        "expense",
+        PLATFORM,
+        normal_balance="credit",
+        description="SLA credits charged back to suppliers (R7, R12)",
+    )
 
 
 def cash_clearing(currency: str) -> AccountSpec:
-    return AccountSpec(_code(PLATFORM, "cash_clearing", currency), currency, "asset", PLATFORM,
-                       description="money received, awaiting reconciliation")
+    return AccountSpec(
+        _code(PLATFORM, "cash_clearing", currency),
+        currency,
+        "asset",
+        PLATFORM,
+        description="money received, awaiting reconciliation",
+    )
 
 
 # --- supplier side ---------------------------------------------------------------------------------------------
 def payable_accrued(supplier_id: str, currency: str) -> AccountSpec:
-    return AccountSpec(_code(supplier(supplier_id), "payable_accrued", currency), currency, "liability",
-                       supplier(supplier_id), description="earnings accrued, not yet on a statement")
+    return AccountSpec(
+        _code(supplier(supplier_id), "payable_accrued", currency),
+        currency,
+        "liability",
+        supplier(supplier_id),
+        description="earnings accrued, not yet on a statement",
+    )
 
 
 def payable(supplier_id: str, currency: str) -> AccountSpec:
-    return AccountSpec(_code(supplier(supplier_id), "payable", currency), currency, "liability",
-                       supplier(supplier_id), description="net of finalized statements, awaiting payout")
+    return AccountSpec(
+        _code(supplier(supplier_id), "payable", currency),
+        currency,
+        "liability",
+        supplier(supplier_id),
+        description="net of finalized statements, awaiting payout",
+    )

@@ -52,5 +52,5 @@ def periods_overlapping(
 
 
 def last_second(period_end: datetime) -> datetime:
-    """"At the period's end" means at the last second inside the period (R1)."""
+    """ "At the period's end" means at the last second inside the period (R1)."""
     return period_end - timedelta(seconds=1)

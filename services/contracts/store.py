@@ -75,7 +75,9 @@ def _changes_json(c: FieldChanges) -> dict[str, Any]:
         "commitment_per_period": _dec(c.commitment_per_period),
         "credit_limit": _dec(c.credit_limit),
         "credit_limit_set": c.credit_limit_set,
-        "sla_tiers": None if c.sla_tiers is None else [[_dec(t.below_uptime), _dec(t.credit_percent)] for t in c.sla_tiers],
+        "sla_tiers": None
+        if c.sla_tiers is None
+        else [[_dec(t.below_uptime), _dec(t.credit_percent)] for t in c.sla_tiers],
         "tax_rate": _dec(c.tax_rate),
         "meter_prices": None if c.meter_prices is None else {k: _dec(v) for k, v in sorted(c.meter_prices.items())},
     }
@@ -93,8 +95,12 @@ def terms_to_json(terms: ContractTerms) -> dict[str, Any]:
         "payment_terms_days": terms.payment_terms_days,
         "base": _fields_json(terms.base),
         "amendments": [
-            {"version": v.version, "effective_at": format_utc(v.effective_at), "event_id": v.event_id,
-             "changes": _changes_json(v.changes)}
+            {
+                "version": v.version,
+                "effective_at": format_utc(v.effective_at),
+                "event_id": v.event_id,
+                "changes": _changes_json(v.changes),
+            }
             for v in terms.amendments
         ],
         "terminated_at": None if terms.terminated_at is None else format_utc(terms.terminated_at),
@@ -142,8 +148,9 @@ def terms_from_json(doc: dict[str, Any]) -> ContractTerms:
                     credit_limit_set=a["changes"]["credit_limit_set"],
                     sla_tiers=None if a["changes"]["sla_tiers"] is None else _tiers(a["changes"]["sla_tiers"]),
                     tax_rate=_d(a["changes"]["tax_rate"]),
-                    meter_prices=None if a["changes"]["meter_prices"] is None else MappingProxyType(
-                        {k: Decimal(v) for k, v in a["changes"]["meter_prices"].items()}),
+                    meter_prices=None
+                    if a["changes"]["meter_prices"] is None
+                    else MappingProxyType({k: Decimal(v) for k, v in a["changes"]["meter_prices"].items()}),
                 ),
             )
             for a in doc["amendments"]
@@ -153,8 +160,9 @@ def terms_from_json(doc: dict[str, Any]) -> ContractTerms:
 
 
 # --- the store -------------------------------------------------------------------------------------------------
-async def load_terms(conn: asyncpg.Connection, schema: str, contract_id: str, *, for_update: bool = False
-                     ) -> ContractTerms | None:
+async def load_terms(
+    conn: asyncpg.Connection, schema: str, contract_id: str, *, for_update: bool = False
+) -> ContractTerms | None:
     row = await conn.fetchrow(
         f"select terms from {schema}.contracts where contract_id = $1" + (" for update" if for_update else ""),
         contract_id,
@@ -163,8 +171,9 @@ async def load_terms(conn: asyncpg.Connection, schema: str, contract_id: str, *,
 
 
 async def load_many(conn: asyncpg.Connection, schema: str, contract_ids: list[str]) -> dict[str, ContractTerms]:
-    rows = await conn.fetch(f"select contract_id, terms from {schema}.contracts where contract_id = any($1)",
-                            contract_ids)
+    rows = await conn.fetch(
+        f"select contract_id, terms from {schema}.contracts where contract_id = any($1)", contract_ids
+    )
     return {r["contract_id"]: terms_from_json(r["terms"]) for r in rows}
 
 
@@ -173,8 +182,12 @@ async def save_terms(conn: asyncpg.Connection, schema: str, terms: ContractTerms
         f"""insert into {schema}.contracts (contract_id, renter_id, currency, billing_mode, partition, terms)
             values ($1, $2, $3, $4, $5, $6)
             on conflict (contract_id) do update set terms = excluded.terms, updated_at = now()""",
-        terms.contract_id, terms.renter_id, terms.currency, terms.billing_mode,
-        contract_partition(terms.contract_id), terms_to_json(terms),
+        terms.contract_id,
+        terms.renter_id,
+        terms.currency,
+        terms.billing_mode,
+        contract_partition(terms.contract_id),
+        terms_to_json(terms),
     )
 
 
@@ -217,7 +230,11 @@ async def apply_contract_event(conn: asyncpg.Connection, schema: str, event: Env
         await conn.execute(
             f"""insert into {schema}.contract_events_held (event_id, contract_id, type, time, data)
                 values ($1, $2, $3, $4, $5) on conflict do nothing""",
-            event.id, contract_id, event.type, event.time, data.model_dump(mode="json"),
+            event.id,
+            contract_id,
+            event.type,
+            event.time,
+            data.model_dump(mode="json"),
         )
         return ContractChange(contract_id, before, None, event)
     released: list[Envelope[Any]] = []
@@ -229,8 +246,13 @@ async def apply_contract_event(conn: asyncpg.Connection, schema: str, event: Env
         ):
             model = CONTRACTS.model_for(row["type"])
             assert model is not None
-            held = Envelope[Any](id=row["event_id"], source="/held", type=row["type"], time=row["time"],
-                                 data=model.model_validate(row["data"]))
+            held = Envelope[Any](
+                id=row["event_id"],
+                source="/held",
+                type=row["type"],
+                time=row["time"],
+                data=model.model_validate(row["data"]),
+            )
             released.append(held)
         released.sort(key=lambda e: (e.time, e.id))
         for held in released:
@@ -240,4 +262,3 @@ async def apply_contract_event(conn: asyncpg.Connection, schema: str, event: Env
     if after != before:
         await save_terms(conn, schema, after)
     return ContractChange(contract_id, before, after, event, tuple(released))
-

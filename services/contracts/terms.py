@@ -10,6 +10,7 @@ yields the same answer as in-order arrival.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -136,7 +137,7 @@ class ContractTerms:
     def constant_pieces(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime, PricedFields, int]]:
         """``[start, end)`` cut at every change point: (piece start, piece end, fields, version)."""
         cuts = [start, *self.change_points(start, end), end]
-        return [(a, b, self.fields_at(a), self.version_at(a)) for a, b in zip(cuts, cuts[1:], strict=False) if a < b]
+        return [(a, b, self.fields_at(a), self.version_at(a)) for a, b in itertools.pairwise(cuts) if a < b]
 
     # --- evolution (pure; the store persists the result) ------------------------------------------------
     def with_amendment(self, version: TermsVersion) -> ContractTerms:

@@ -22,11 +22,8 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from libs.db.pool import create_pool
-from libs.ledger import verify
-from libs.messaging import deadletters
 from libs.messaging.broker import check_topics, start_producer, stop_client
 from libs.messaging.partitioner import partition_for
 from libs.settings import Settings
@@ -60,8 +57,16 @@ async def _publish(producer: Any, prefix: str, deliveries: list[Delivery], progr
     await asyncio.gather(*futures)
 
 
-async def run_demo(settings: Settings, database_url: str, bootstrap_servers: str, *, seed: int, contracts: int,
-                   out: Path | None, console: Console) -> bool:
+async def run_demo(
+    settings: Settings,
+    database_url: str,
+    bootstrap_servers: str,
+    *,
+    seed: int,
+    contracts: int,
+    out: Path | None,
+    console: Console,
+) -> bool:
     await check_topics(bootstrap_servers, settings.topic_prefix)
     pool = await create_pool(database_url, max_size=4)
     try:
@@ -70,15 +75,29 @@ async def run_demo(settings: Settings, database_url: str, bootstrap_servers: str
         folder = out or (settings.documents_dir or settings.state_dir / "documents") / f"demo-{scenario.tag}"
         first_letter = int(await pool.fetchval("select coalesce(max(id), 0) from settle.dead_letters"))
         services = [catalog.load(name) for name in FLEET]
-        console.print(f"[bold]Settle demo[/] · seed {seed} · {len(scenario.contracts)} contracts · "
-                      f"{len(scenario.suppliers)} suppliers · {len(scenario.deliveries)} input messages · "
-                      f"{scenario.start:%B %Y} and {month_after(scenario.start):%B %Y}")
-        env = worker_env(database_url, bootstrap_servers, settings.topic_prefix,
-                         SETTLE_SESSION_TIMEOUT_MS="6000", SETTLE_STATE_DIR=str(settings.state_dir))
+        console.print(
+            f"[bold]Settle demo[/] · seed {seed} · {len(scenario.contracts)} contracts · "
+            f"{len(scenario.suppliers)} suppliers · {len(scenario.deliveries)} input messages · "
+            f"{scenario.start:%B %Y} and {month_after(scenario.start):%B %Y}"
+        )
+        env = worker_env(
+            database_url,
+            bootstrap_servers,
+            settings.topic_prefix,
+            SETTLE_SESSION_TIMEOUT_MS="6000",
+            SETTLE_STATE_DIR=str(settings.state_dir),
+        )
         began = time.perf_counter()
-        with worker_processes(env, [[name, "--relays", "1"] for name in FLEET], log_dir=folder / "logs") as procs, \
-                Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                         TimeElapsedColumn(), console=console) as progress:
+        with (
+            worker_processes(env, [[name, "--relays", "1"] for name in FLEET], log_dir=folder / "logs") as procs,
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress,
+        ):
             producer = await start_producer(bootstrap_servers, client_id="settle-demo")
             try:
                 publishing = progress.add_task("publishing events", total=len(scenario.initial))
@@ -86,14 +105,22 @@ async def run_demo(settings: Settings, database_url: str, bootstrap_servers: str
                 await wait_idle(pool, bootstrap_servers, services, topic_prefix=settings.topic_prefix, alive=procs)
                 clock = progress.add_task("ticking the clock", total=len(scenario.ticks))
                 for tick in scenario.ticks:
-                    await (await producer.send(settings.topic_prefix + topics.CLOCK_TICKS.name, value=tick_bytes(tick),
-                                               key=b"clock", partition=0))
+                    await (
+                        await producer.send(
+                            settings.topic_prefix + topics.CLOCK_TICKS.name,
+                            value=tick_bytes(tick),
+                            key=b"clock",
+                            partition=0,
+                        )
+                    )
                     progress.update(clock, description=f"clock at {format_utc(tick)}")
                     await wait_idle(pool, bootstrap_servers, services, topic_prefix=settings.topic_prefix, alive=procs)
                     if tick == scenario.late_after_tick and scenario.late:
                         late = progress.add_task("late events", total=len(scenario.late))
                         await _publish(producer, settings.topic_prefix, scenario.late, progress, late)
-                        await wait_idle(pool, bootstrap_servers, services, topic_prefix=settings.topic_prefix, alive=procs)
+                        await wait_idle(
+                            pool, bootstrap_servers, services, topic_prefix=settings.topic_prefix, alive=procs
+                        )
                     progress.advance(clock)
             finally:
                 await stop_client(producer)
@@ -118,4 +145,4 @@ def read_alerts(records: list[Any], tag: str) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["run_demo", "Path"]
+__all__ = ["Path", "run_demo"]

@@ -92,9 +92,12 @@ class _Builder:
         self.counter += 1
         return f"{self.tag}-{kind}-{self.counter:04d}"
 
-    def event(self, topic: str, key: str | None, type_: str, data: dict[str, Any], at: datetime,
-              note: str = "") -> Delivery:
-        event_id = derive_id("demo-event", self.tag, topic, type_, orjson.dumps(data, option=orjson.OPT_SORT_KEYS), _fmt(at))
+    def event(
+        self, topic: str, key: str | None, type_: str, data: dict[str, Any], at: datetime, note: str = ""
+    ) -> Delivery:
+        event_id = derive_id(
+            "demo-event", self.tag, topic, type_, orjson.dumps(data, option=orjson.OPT_SORT_KEYS), _fmt(at)
+        )
         return Delivery(topic, key, encode(event_id=event_id, source=PLATFORM, type=type_, time=at, data=data), note)
 
 
@@ -136,12 +139,20 @@ def generate(seed: int = 7, start: datetime | None = None, contracts: int = 30) 
             credit_limit = str((price * 24 * 15).quantize(Decimal(quantum)))  # crossed within weeks
         ends_at = end - timedelta(days=3) if n % 9 == 4 else None
         data: dict[str, Any] = {
-            "contract_id": contract_id, "renter_id": renter_id, "currency": currency,
-            "billing_mode": "prepaid" if prepaid else "postpaid", "price_per_gpu_hour": str(price),
-            "supplier_rate_per_gpu_hour": str(rate), "commitment_per_period": commitment,
-            "credit_limit": credit_limit, "sla_tiers": SLA_TIERS, "tax_rate": tax_rate,
-            "starts_at": _fmt(starts_at), "ends_at": _fmt(ends_at) if ends_at else None,
-            "billing_anchor_day": anchor, "payment_terms_days": 30 if n % 2 else 14,
+            "contract_id": contract_id,
+            "renter_id": renter_id,
+            "currency": currency,
+            "billing_mode": "prepaid" if prepaid else "postpaid",
+            "price_per_gpu_hour": str(price),
+            "supplier_rate_per_gpu_hour": str(rate),
+            "commitment_per_period": commitment,
+            "credit_limit": credit_limit,
+            "sla_tiers": SLA_TIERS,
+            "tax_rate": tax_rate,
+            "starts_at": _fmt(starts_at),
+            "ends_at": _fmt(ends_at) if ends_at else None,
+            "billing_anchor_day": anchor,
+            "payment_terms_days": 30 if n % 2 else 14,
             "meter_prices": {"egress_gb": "0.05" if currency != "JPY" else "7"},
         }
         scenario.contracts.append(data)
@@ -149,27 +160,72 @@ def generate(seed: int = 7, start: datetime | None = None, contracts: int = 30) 
         if n % 8 == 2:  # a price rise at 14:30 in the middle of a period (R4 splits that hour)
             effective = start + timedelta(days=17, hours=14, minutes=30)
             new_price = str((price * Decimal("1.10")).quantize(Decimal(quantum)))
-            others.append(b.event("contracts.v1", contract_id, "contract.amended",
-                                  {"contract_id": contract_id, "effective_at": _fmt(effective),
-                                   "price_per_gpu_hour": new_price}, effective - timedelta(days=3)))
+            others.append(
+                b.event(
+                    "contracts.v1",
+                    contract_id,
+                    "contract.amended",
+                    {"contract_id": contract_id, "effective_at": _fmt(effective), "price_per_gpu_hour": new_price},
+                    effective - timedelta(days=3),
+                )
+            )
         if n % 6 == 0 and commitment != "0":  # a bigger commitment from the second month (R5)
             effective = middle + timedelta(days=10)
-            others.append(b.event("contracts.v1", contract_id, "contract.amended",
-                                  {"contract_id": contract_id, "effective_at": _fmt(effective),
-                                   "commitment_per_period": str((Decimal(commitment) * 2))}, effective))
+            others.append(
+                b.event(
+                    "contracts.v1",
+                    contract_id,
+                    "contract.amended",
+                    {
+                        "contract_id": contract_id,
+                        "effective_at": _fmt(effective),
+                        "commitment_per_period": str(Decimal(commitment) * 2),
+                    },
+                    effective,
+                )
+            )
         if n == 10:  # an early termination in the second month
             effective = middle + timedelta(days=12, hours=6)
-            others.append(b.event("contracts.v1", contract_id, "contract.terminated",
-                                  {"contract_id": contract_id, "effective_at": _fmt(effective)}, effective))
+            others.append(
+                b.event(
+                    "contracts.v1",
+                    contract_id,
+                    "contract.terminated",
+                    {"contract_id": contract_id, "effective_at": _fmt(effective)},
+                    effective,
+                )
+            )
         if prepaid:
             first = (price * 24 * rng.choice([4, 8, 12])).quantize(Decimal(quantum))
-            others.append(b.event("wallets.v1", contract_id, "wallet.topped_up",
-                                  {"contract_id": contract_id, "amount": str(first), "currency": currency,
-                                   "payment_ref": b.id("pay")}, starts_at))
+            others.append(
+                b.event(
+                    "wallets.v1",
+                    contract_id,
+                    "wallet.topped_up",
+                    {
+                        "contract_id": contract_id,
+                        "amount": str(first),
+                        "currency": currency,
+                        "payment_ref": b.id("pay"),
+                    },
+                    starts_at,
+                )
+            )
             top_up_at = start + timedelta(days=rng.choice([20, 26, 40]), hours=9)
-            others.append(b.event("wallets.v1", contract_id, "wallet.topped_up",
-                                  {"contract_id": contract_id, "amount": str(first * 3), "currency": currency,
-                                   "payment_ref": b.id("pay")}, top_up_at))
+            others.append(
+                b.event(
+                    "wallets.v1",
+                    contract_id,
+                    "wallet.topped_up",
+                    {
+                        "contract_id": contract_id,
+                        "amount": str(first * 3),
+                        "currency": currency,
+                        "payment_ref": b.id("pay"),
+                    },
+                    top_up_at,
+                )
+            )
 
         for _ in range(1 + (n % 3 == 0) + (n % 5 == 0)):
             allocation_id = b.id("alloc")
@@ -178,59 +234,145 @@ def generate(seed: int = 7, start: datetime | None = None, contracts: int = 30) 
             provisioned = starts_at + timedelta(hours=rng.randrange(0, 72), minutes=rng.choice([0, 0, 17, 45]))
             lifetime = timedelta(days=rng.randrange(6, 45), hours=rng.randrange(0, 24), minutes=rng.choice([0, 30]))
             decommissioned: datetime | None = provisioned + lifetime
-            if decommissioned >= end - timedelta(hours=2) or rng.random() < 0.2:
+            if provisioned + lifetime >= end - timedelta(hours=2) or rng.random() < 0.2:
                 decommissioned = None  # still running when the demo ends
             events: list[Delivery] = []
-            events.append(b.event("infra.lifecycle.v1", allocation_id, "gpu.allocation.provisioned", {
-                "allocation_id": allocation_id, "contract_id": contract_id, "renter_id": renter_id,
-                "supplier_id": supplier, "server_id": b.id("srv"), "gpu_model": model, "gpu_count": gpus,
-            }, provisioned))
+            events.append(
+                b.event(
+                    "infra.lifecycle.v1",
+                    allocation_id,
+                    "gpu.allocation.provisioned",
+                    {
+                        "allocation_id": allocation_id,
+                        "contract_id": contract_id,
+                        "renter_id": renter_id,
+                        "supplier_id": supplier,
+                        "server_id": b.id("srv"),
+                        "gpu_model": model,
+                        "gpu_count": gpus,
+                    },
+                    provisioned,
+                )
+            )
             horizon = decommissioned or end
             for _ in range(rng.randrange(0, 3)):  # scheduled maintenance
-                w_start = provisioned + timedelta(hours=rng.randrange(6, max(7, int((horizon - provisioned).total_seconds() // 3600) - 6)))
+                w_start = provisioned + timedelta(
+                    hours=rng.randrange(6, max(7, int((horizon - provisioned).total_seconds() // 3600) - 6))
+                )
                 w_end = w_start + timedelta(hours=rng.choice([1, 2, 4]), minutes=rng.choice([0, 30]))
                 window = b.id("mw")
-                events.append(b.event("infra.lifecycle.v1", allocation_id, "gpu.maintenance.started",
-                                      {"allocation_id": allocation_id, "window_id": window}, w_start))
-                events.append(b.event("infra.lifecycle.v1", allocation_id, "gpu.maintenance.ended",
-                                      {"allocation_id": allocation_id, "window_id": window}, w_end))
+                events.append(
+                    b.event(
+                        "infra.lifecycle.v1",
+                        allocation_id,
+                        "gpu.maintenance.started",
+                        {"allocation_id": allocation_id, "window_id": window},
+                        w_start,
+                    )
+                )
+                events.append(
+                    b.event(
+                        "infra.lifecycle.v1",
+                        allocation_id,
+                        "gpu.maintenance.ended",
+                        {"allocation_id": allocation_id, "window_id": window},
+                        w_end,
+                    )
+                )
                 if rng.random() < 0.3:  # an outage inside the maintenance window counts once (as maintenance)
                     incident = b.id("inc")
-                    events.append(b.event("infra.lifecycle.v1", allocation_id, "gpu.outage.started",
-                                          {"allocation_id": allocation_id, "incident_id": incident}, w_start + timedelta(minutes=10)))
-                    events.append(b.event("infra.lifecycle.v1", allocation_id, "gpu.outage.ended",
-                                          {"allocation_id": allocation_id, "incident_id": incident}, w_start + timedelta(minutes=40)))
+                    events.append(
+                        b.event(
+                            "infra.lifecycle.v1",
+                            allocation_id,
+                            "gpu.outage.started",
+                            {"allocation_id": allocation_id, "incident_id": incident},
+                            w_start + timedelta(minutes=10),
+                        )
+                    )
+                    events.append(
+                        b.event(
+                            "infra.lifecycle.v1",
+                            allocation_id,
+                            "gpu.outage.ended",
+                            {"allocation_id": allocation_id, "incident_id": incident},
+                            w_start + timedelta(minutes=40),
+                        )
+                    )
             if rng.random() < 0.45:  # unscheduled outages earn SLA credits
-                o_start = provisioned + timedelta(hours=rng.randrange(3, max(4, int((horizon - provisioned).total_seconds() // 3600) - 3)),
-                                                  minutes=rng.randrange(0, 60))
+                o_start = provisioned + timedelta(
+                    hours=rng.randrange(3, max(4, int((horizon - provisioned).total_seconds() // 3600) - 3)),
+                    minutes=rng.randrange(0, 60),
+                )
                 o_end = o_start + timedelta(minutes=rng.choice([7, 25, 50, 95, 240, 700]))
                 incident = b.id("inc")
-                events.append(b.event("infra.lifecycle.v1", allocation_id, "gpu.outage.started",
-                                      {"allocation_id": allocation_id, "incident_id": incident}, o_start))
-                events.append(b.event("infra.lifecycle.v1", allocation_id, "gpu.outage.ended",
-                                      {"allocation_id": allocation_id, "incident_id": incident}, o_end))
+                events.append(
+                    b.event(
+                        "infra.lifecycle.v1",
+                        allocation_id,
+                        "gpu.outage.started",
+                        {"allocation_id": allocation_id, "incident_id": incident},
+                        o_start,
+                    )
+                )
+                events.append(
+                    b.event(
+                        "infra.lifecycle.v1",
+                        allocation_id,
+                        "gpu.outage.ended",
+                        {"allocation_id": allocation_id, "incident_id": incident},
+                        o_end,
+                    )
+                )
             if decommissioned is not None:
-                events.append(b.event("infra.lifecycle.v1", allocation_id, "gpu.allocation.decommissioned",
-                                      {"allocation_id": allocation_id}, decommissioned))
+                events.append(
+                    b.event(
+                        "infra.lifecycle.v1",
+                        allocation_id,
+                        "gpu.allocation.decommissioned",
+                        {"allocation_id": allocation_id},
+                        decommissioned,
+                    )
+                )
             if n % 4 == 0 and len(late_outage) == 0 and decommissioned is None:
                 # A late outage in the first month, reported after its invoice is final (R3).
                 o_start = max(provisioned, start) + timedelta(days=3, hours=5)
                 if o_start < middle - timedelta(days=1):
                     incident = b.id("inc")
                     late_outage += [
-                        b.event("infra.lifecycle.v1", allocation_id, "gpu.outage.started",
-                                {"allocation_id": allocation_id, "incident_id": incident}, o_start, note="late outage"),
-                        b.event("infra.lifecycle.v1", allocation_id, "gpu.outage.ended",
-                                {"allocation_id": allocation_id, "incident_id": incident}, o_start + timedelta(hours=3),
-                                note="late outage"),
+                        b.event(
+                            "infra.lifecycle.v1",
+                            allocation_id,
+                            "gpu.outage.started",
+                            {"allocation_id": allocation_id, "incident_id": incident},
+                            o_start,
+                            note="late outage",
+                        ),
+                        b.event(
+                            "infra.lifecycle.v1",
+                            allocation_id,
+                            "gpu.outage.ended",
+                            {"allocation_id": allocation_id, "incident_id": incident},
+                            o_start + timedelta(hours=3),
+                            note="late outage",
+                        ),
                     ]
             if n % 3 == 1:  # egress telemetry: a sample every 15 minutes for a day
                 day = provisioned + timedelta(hours=2)
                 for k in range(96):
-                    events.append(b.event("usage.samples.v1", allocation_id, "usage.sample.recorded",
-                                          {"allocation_id": allocation_id, "meter": "egress_gb",
-                                           "quantity": f"{rng.randrange(1, 40)}.{rng.randrange(0, 100):02d}"},
-                                          day + timedelta(minutes=15 * k)))
+                    events.append(
+                        b.event(
+                            "usage.samples.v1",
+                            allocation_id,
+                            "usage.sample.recorded",
+                            {
+                                "allocation_id": allocation_id,
+                                "meter": "egress_gb",
+                                "quantity": f"{rng.randrange(1, 40)}.{rng.randrange(0, 100):02d}",
+                            },
+                            day + timedelta(minutes=15 * k),
+                        )
+                    )
             if n % 7 == 5 and len(events) >= 2:  # out of order: the decommission (if any) before the provisioning
                 events = [events[-1], *events[:-1]]
             lifecycle[allocation_id] = events
@@ -239,10 +381,22 @@ def generate(seed: int = 7, start: datetime | None = None, contracts: int = 30) 
     first_alloc = next(iter(lifecycle))
     bad_window = b.id("mw")
     lifecycle[first_alloc] += [
-        b.event("infra.lifecycle.v1", first_alloc, "gpu.maintenance.ended",
-                {"allocation_id": first_alloc, "window_id": bad_window}, start + timedelta(days=6, hours=2), "contradiction"),
-        b.event("infra.lifecycle.v1", first_alloc, "gpu.maintenance.started",
-                {"allocation_id": first_alloc, "window_id": bad_window}, start + timedelta(days=6, hours=5), "contradiction"),
+        b.event(
+            "infra.lifecycle.v1",
+            first_alloc,
+            "gpu.maintenance.ended",
+            {"allocation_id": first_alloc, "window_id": bad_window},
+            start + timedelta(days=6, hours=2),
+            "contradiction",
+        ),
+        b.event(
+            "infra.lifecycle.v1",
+            first_alloc,
+            "gpu.maintenance.started",
+            {"allocation_id": first_alloc, "window_id": bad_window},
+            start + timedelta(days=6, hours=5),
+            "contradiction",
+        ),
     ]
 
     ordered: list[Delivery] = [d for d in others if d.topic == "contracts.v1"]
@@ -252,16 +406,53 @@ def generate(seed: int = 7, start: datetime | None = None, contracts: int = 30) 
     duplicates = [Delivery(d.topic, d.key, d.value, "duplicate") for d in rng.sample(ordered, k=len(ordered) // 25)]
     malformed = [
         Delivery("infra.lifecycle.v1", "junk-1", b"<xml>not json</xml>", "malformed"),
-        Delivery("contracts.v1", f"{tag}-ct-bad", b.event("contracts.v1", f"{tag}-ct-bad", "contract.created",
-                 {**scenario.contracts[0], "contract_id": f"{tag}-ct-bad", "currency": "XYZ"}, start).value, "malformed"),
-        Delivery("infra.lifecycle.v1", f"{tag}-alloc-bad", b.event("infra.lifecycle.v1", f"{tag}-alloc-bad",
-                 "gpu.allocation.provisioned", {"allocation_id": f"{tag}-alloc-bad", "contract_id": f"{tag}-ct-001",
-                 "renter_id": "r", "supplier_id": suppliers[0], "server_id": "s", "gpu_model": "H100", "gpu_count": 0},
-                 start).value, "malformed"),
-        Delivery("wallets.v1", f"{tag}-ct-002", b.event("wallets.v1", f"{tag}-ct-002", "wallet.topped_up",
-                 {"contract_id": f"{tag}-ct-002", "amount": 100, "currency": "USD", "payment_ref": "p"}, start).value,
-                 "malformed"),
-        Delivery("usage.samples.v1", "x", orjson.dumps({"specversion": "1.0", "type": "usage.sample.recorded"}), "malformed"),
+        Delivery(
+            "contracts.v1",
+            f"{tag}-ct-bad",
+            b.event(
+                "contracts.v1",
+                f"{tag}-ct-bad",
+                "contract.created",
+                {**scenario.contracts[0], "contract_id": f"{tag}-ct-bad", "currency": "XYZ"},
+                start,
+            ).value,
+            "malformed",
+        ),
+        Delivery(
+            "infra.lifecycle.v1",
+            f"{tag}-alloc-bad",
+            b.event(
+                "infra.lifecycle.v1",
+                f"{tag}-alloc-bad",
+                "gpu.allocation.provisioned",
+                {
+                    "allocation_id": f"{tag}-alloc-bad",
+                    "contract_id": f"{tag}-ct-001",
+                    "renter_id": "r",
+                    "supplier_id": suppliers[0],
+                    "server_id": "s",
+                    "gpu_model": "H100",
+                    "gpu_count": 0,
+                },
+                start,
+            ).value,
+            "malformed",
+        ),
+        Delivery(
+            "wallets.v1",
+            f"{tag}-ct-002",
+            b.event(
+                "wallets.v1",
+                f"{tag}-ct-002",
+                "wallet.topped_up",
+                {"contract_id": f"{tag}-ct-002", "amount": 100, "currency": "USD", "payment_ref": "p"},
+                start,
+            ).value,
+            "malformed",
+        ),
+        Delivery(
+            "usage.samples.v1", "x", orjson.dumps({"specversion": "1.0", "type": "usage.sample.recorded"}), "malformed"
+        ),
     ]
     scenario.initial = ordered + duplicates + malformed
     # The clock: every 4 days, plus both month ends and every period end of anchor day 15.

@@ -396,9 +396,7 @@ async def plan_contract(
             found = await store.open_corrections(conn, cid, periods_ending_by=period_start)
             corrections = await _corrections(conn, terms, found)
             await store.assign_corrections(conn, found, invoice_id)
-            issued_at = await store.finalization_instant(
-                conn, state.partition, period_end, state.arrived_through
-            )
+            issued_at = await store.finalization_instant(conn, state.partition, period_end, state.arrived_through)
             assert issued_at is not None, "a watermark reached the period's end, so one is recorded"
             totals = domain.PeriodTotals(
                 usage_x3600=sum((s.charge_x3600 for s in sums), Decimal(0)),
@@ -467,8 +465,7 @@ async def finalize_plans(conn: asyncpg.Connection, plans: Sequence[ContractPlan]
             chargebacks += [_chargeback_row(inv.invoice_id, c) for c in inv.draft.chargebacks]
         if plan.credit_note is not None:
             chargebacks += [
-                _chargeback_row(plan.credit_note.credit_note_id, c)
-                for c in plan.credit_note.draft.chargebacks
+                _chargeback_row(plan.credit_note.credit_note_id, c) for c in plan.credit_note.draft.chargebacks
             ]
     # Lock order: supplier_pending rows, then number series, then ledger accounts.
     await store.mark_supplier_pending(conn, {(c.supplier_id, c.currency, c.month) for c in chargebacks})

@@ -408,9 +408,7 @@ def needs_credit_note(terms: ContractTerms, last_invoiced_period_end: datetime |
 
 def _check_period(terms: ContractTerms, start: datetime, end: datetime) -> None:
     if period_containing(terms.billing_anchor_day, start) != (start, end):
-        raise DomainRuleError(
-            f"[{start}, {end}) is not a billing period of contract {terms.contract_id} (R1)"
-        )
+        raise DomainRuleError(f"[{start}, {end}) is not a billing period of contract {terms.contract_id} (R1)")
     term_end = terms.term_end
     if end <= terms.starts_at or (term_end is not None and start >= term_end):
         raise DomainRuleError(f"period [{start}, {end}) does not overlap the term of {terms.contract_id}")
@@ -520,17 +518,13 @@ def _assemble_adjustments(
 
         usage_delta = c.delta.usage_exact
         if usage_delta != 0:
-            lines.append(
-                AdjustmentDraft(c.period_start, c.period_end, "usage", _rounded(usage_delta, currency))
-            )
+            lines.append(AdjustmentDraft(c.period_start, c.period_end, "usage", _rounded(usage_delta, currency)))
 
         if c.true_up_billed_minor is not None:
             # R5 re-evaluated on the corrected usage: the true-up the period should carry, minus
             # what documents already billed for it (the exact part keeps the rounding honest).
             if c.true_up_billed_minor < 0:
-                raise DomainRuleError(
-                    f"{what}: true_up_billed_minor must be >= 0, got {c.true_up_billed_minor}"
-                )
+                raise DomainRuleError(f"{what}: true_up_billed_minor must be >= 0, got {c.true_up_billed_minor}")
             prorated = prorate_commitment(terms, c.period_start, c.period_end)
             after_usage = c.after.usage_exact
             true_up = _rounded(prorated - after_usage if after_usage < prorated else Fraction(0), currency)
@@ -552,9 +546,7 @@ def _assemble_adjustments(
         if sla_change_minor != 0:
             exact = sla.credit.exact - minor_to_exact(c.credited_minor, currency)
             lines.append(
-                AdjustmentDraft(
-                    c.period_start, c.period_end, "sla_credit", RoundedAmount(exact, sla_change_minor)
-                )
+                AdjustmentDraft(c.period_start, c.period_end, "sla_credit", RoundedAmount(exact, sla_change_minor))
             )
         chargebacks += _chargeback_parts(
             terms,
@@ -566,9 +558,7 @@ def _assemble_adjustments(
             month,
         )
     if len(lines) > MAX_ADJUSTMENT_LINES:
-        raise DomainRuleError(
-            f"{len(lines)} adjustment lines; one document carries at most {MAX_ADJUSTMENT_LINES}"
-        )
+        raise DomainRuleError(f"{len(lines)} adjustment lines; one document carries at most {MAX_ADJUSTMENT_LINES}")
     return tuple(lines), tuple(chargebacks)
 
 
@@ -596,9 +586,7 @@ def assemble_invoice(inputs: InvoiceInputs) -> InvoiceDraft:
         raise DomainRuleError(f"credit carried in must be >= 0, got {inputs.credit_carried_in_minor}")
     for c in inputs.corrections:
         if c.period_end > inputs.period_start:
-            raise DomainRuleError(
-                f"correction of [{c.period_start}, {c.period_end}) is not of an earlier period"
-            )
+            raise DomainRuleError(f"correction of [{c.period_start}, {c.period_end}) is not of an earlier period")
     _outage_shares(inputs.allocation_outages, inputs.totals.outage_gpu_seconds, "period")
 
     # R5: commitment true-up, exact difference rounded once; usage before any credit.
@@ -632,9 +620,7 @@ def assemble_invoice(inputs: InvoiceInputs) -> InvoiceDraft:
 
     # R10: prepaid applied = the draws of the period (and of the late charges on this invoice),
     # summed exactly and rounded once; the wallet never pays tax, true-up or credits.
-    prepaid = _rounded(
-        _sum_drawn([inputs.drawn_x3600, *(c.drawn_delta_x3600 for c in inputs.corrections)]), currency
-    )
+    prepaid = _rounded(_sum_drawn([inputs.drawn_x3600, *(c.drawn_delta_x3600 for c in inputs.corrections)]), currency)
     due = total - prepaid.amount_minor - inputs.credit_carried_in_minor
     amount_due, carried_forward = (due, 0) if due >= 0 else (0, -due)
 

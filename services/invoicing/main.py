@@ -17,7 +17,8 @@ async def pending(conn: asyncpg.Connection) -> int:
         f"""select count(*) from {store.SCHEMA}.contract_state s
               join unnest($1::int[], $2::timestamptz[]) as w(partition, through) on w.partition = s.partition
              where s.next_close_at <= w.through and s.blocked_reason is null""",
-        list(marks), list(marks.values()),
+        list(marks),
+        list(marks.values()),
     )
     late = await conn.fetchval(
         f"""select count(*) from {store.SCHEMA}.late_work l join {store.SCHEMA}.contract_state s using (contract_id)
@@ -31,6 +32,7 @@ async def pending(conn: asyncpg.Connection) -> int:
         if min(marks.values()) >= boundary and not blocked:
             statements = 1
     return int(due) + int(late) + statements
+
 
 SERVICE = Service(
     name="invoicing",

@@ -112,9 +112,7 @@ def split_chargeback(credit_minor: int, shares: Mapping[str, int]) -> dict[str, 
     if credit_minor == 0:
         return {allocation_id: 0 for allocation_id in shares}
     if total == 0:
-        raise DomainRuleError(
-            f"an SLA credit of {credit_minor} minor units has no outage seconds to split over"
-        )
+        raise DomainRuleError(f"an SLA credit of {credit_minor} minor units has no outage seconds to split over")
 
     # Integer arithmetic: part = floor(credit x share / total), remainder kept as a numerator over
     # ``total`` so that comparisons between remainders are exact.
@@ -262,9 +260,7 @@ def _check_statement_inputs(inputs: StatementInputs) -> None:
         if part.currency != inputs.currency:
             raise CurrencyMismatchError(f"chargeback in {part.currency} on a {inputs.currency} statement")
         if part.supplier_id != inputs.supplier_id:
-            raise DomainRuleError(
-                f"chargeback of supplier {part.supplier_id} on {inputs.supplier_id}'s statement"
-            )
+            raise DomainRuleError(f"chargeback of supplier {part.supplier_id} on {inputs.supplier_id}'s statement")
         if part.month != inputs.month:
             raise DomainRuleError(f"chargeback landing on {part.month} given for {inputs.month}")
 
@@ -304,9 +300,7 @@ def assemble_statement(inputs: StatementInputs) -> StatementDraft:
 
 def rounding_difference(draft: StatementDraft) -> Exact:
     """Σ (exact - rounded) of the earnings lines, in major units: what goes to the rounding account."""
-    return sum(
-        (line.exact - minor_to_exact(line.amount_minor, draft.currency) for line in draft.lines), Fraction(0)
-    )
+    return sum((line.exact - minor_to_exact(line.amount_minor, draft.currency) for line in draft.lines), Fraction(0))
 
 
 def to_event(draft: StatementDraft, number: str, statement_id: str) -> StatementFinalized:

@@ -464,9 +464,7 @@ class OpenCorrections:
         return not self.charge_ids and not self.draw_ids
 
 
-async def open_corrections(
-    conn: asyncpg.Connection, contract_id: str, periods_ending_by: datetime
-) -> OpenCorrections:
+async def open_corrections(conn: asyncpg.Connection, contract_id: str, periods_ending_by: datetime) -> OpenCorrections:
     charge_rows = await conn.fetch(
         f"""select charge_id, period_start, period_end, allocation_id, supplier_id, charge_x3600,
                    accrued_units,
@@ -786,9 +784,7 @@ async def insert_chargebacks(conn: asyncpg.Connection, rows: Sequence[Chargeback
 
 async def lock_statement_progress(conn: asyncpg.Connection) -> tuple[bool, str | None]:
     """(locked, next month). Not locked when another worker is closing statements right now."""
-    row = await conn.fetchrow(
-        f"select next_month from {SCHEMA}.statement_progress where id for update skip locked"
-    )
+    row = await conn.fetchrow(f"select next_month from {SCHEMA}.statement_progress where id for update skip locked")
     if row is None:
         return False, None
     return True, row["next_month"]
@@ -805,11 +801,7 @@ async def earliest_pending_month(conn: asyncpg.Connection) -> str | None:
 
 async def unclosed_contracts(conn: asyncpg.Connection, boundary: datetime) -> int:
     """Known contracts with a period ending at or before ``boundary`` that is not invoiced yet."""
-    return int(
-        await conn.fetchval(
-            f"select count(*) from {SCHEMA}.contract_state where next_close_at <= $1", boundary
-        )
-    )
+    return int(await conn.fetchval(f"select count(*) from {SCHEMA}.contract_state where next_close_at <= $1", boundary))
 
 
 async def statement_issue_instant(conn: asyncpg.Connection, boundary: datetime) -> datetime | None:
@@ -852,9 +844,7 @@ async def statement_pairs(
     return [(r["supplier_id"], r["currency"]) for r in rows]
 
 
-async def block_statement(
-    conn: asyncpg.Connection, supplier_id: str, currency: str, month: str, reason: str
-) -> None:
+async def block_statement(conn: asyncpg.Connection, supplier_id: str, currency: str, month: str, reason: str) -> None:
     """Set a (supplier, currency) aside for ``month``: its items wait for the next month's close."""
     await conn.execute(
         f"""insert into {SCHEMA}.statements_blocked (supplier_id, currency, month, reason)
@@ -975,9 +965,7 @@ async def take_chargebacks(
     return found
 
 
-async def previous_nets(
-    conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], int]:
+async def previous_nets(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
     rows = await conn.fetch(
         f"""select b.supplier_id, b.currency, b.last_net_minor from {SCHEMA}.supplier_balances b
               join unnest($1::text[], $2::text[]) as k(supplier_id, currency)

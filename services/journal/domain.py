@@ -31,25 +31,30 @@ class TransferPlan:
     amount_units: int
 
 
-def plan_transfer(request: TransferRequested, *, event_id: str, occurred_at: datetime,
-                  correlation_id: str | None) -> TransferPlan:
+def plan_transfer(
+    request: TransferRequested, *, event_id: str, occurred_at: datetime, correlation_id: str | None
+) -> TransferPlan:
     units = minor_to_ledger(amount_minor_of(request.amount, request.currency), request.currency)
     if request.from_account == request.to_account:
         raise InvalidAmountError("a transfer needs two different accounts")
     floor = None
     if request.from_floor is not None:
-        floor = 0 if request.from_floor == 0 else minor_to_ledger(
-            amount_minor_of(request.from_floor, request.currency), request.currency
+        floor = (
+            0
+            if request.from_floor == 0
+            else minor_to_ledger(amount_minor_of(request.from_floor, request.currency), request.currency)
         )
-    source = AccountSpec(request.from_account, request.currency, request.from_type, owner="operator",
-                         floor_units=floor)
+    source = AccountSpec(request.from_account, request.currency, request.from_type, owner="operator", floor_units=floor)
     target = AccountSpec(request.to_account, request.currency, request.to_type, owner="operator")
     entry = build_entry(
         id=derive_id("entry", "journal", request.transfer_id),
         cause_id=event_id,
         kind="journal.transfer",
         occurred_at=occurred_at,
-        postings=[credit(request.from_account, units, request.currency), debit(request.to_account, units, request.currency)],
+        postings=[
+            credit(request.from_account, units, request.currency),
+            debit(request.to_account, units, request.currency),
+        ],
         correlation_id=correlation_id,
         description=request.memo,
     )

@@ -18,12 +18,18 @@ async def on_transfer_requested(tx: Tx, events: Sequence[Envelope[Any]]) -> None
     plans = []
     for event in events:
         request: TransferRequested = event.data
-        plans.append((event, request, plan_transfer(request, event_id=event.id, occurred_at=event.time,
-                                                    correlation_id=event.correlationid)))
+        plans.append(
+            (
+                event,
+                request,
+                plan_transfer(request, event_id=event.id, occurred_at=event.time, correlation_id=event.correlationid),
+            )
+        )
     await ensure_accounts(tx.conn, [spec for _, _, plan in plans for spec in plan.accounts])
     codes = sorted({spec.code for _, _, plan in plans for spec in plan.accounts})
     rows = await tx.conn.fetch(
-        "select code, balance, normal_balance, floor from ledger.accounts where code = any($1) order by code for update",
+        """select code, balance, normal_balance, floor from ledger.accounts
+            where code = any($1) order by code for update""",
         codes,
     )
     running = {r["code"]: int(r["balance"]) for r in rows}
@@ -32,8 +38,12 @@ async def on_transfer_requested(tx: Tx, events: Sequence[Envelope[Any]]) -> None
         normal, floor = meta[request.from_account]
         if not allows(running[request.from_account], normal, floor, plan.amount_units):
             tx.emit(
-                topics.JOURNAL_POSTED, key=request.transfer_id, type="journal.transfer_refused", time=event.time,
-                cause=event, data=TransferRefused(
+                topics.JOURNAL_POSTED,
+                key=request.transfer_id,
+                type="journal.transfer_refused",
+                time=event.time,
+                cause=event,
+                data=TransferRefused(
                     transfer_id=request.transfer_id,
                     reason=f"{request.from_account} would go below its floor",
                 ),
@@ -43,10 +53,18 @@ async def on_transfer_requested(tx: Tx, events: Sequence[Envelope[Any]]) -> None
         running[request.to_account] += plan.amount_units
         tx.post(plan.entry)
         tx.emit(
-            topics.JOURNAL_POSTED, key=request.transfer_id, type="journal.transfer_posted", time=event.time,
-            cause=event, data=TransferPosted(
-                transfer_id=request.transfer_id, entry_id=plan.entry.id, from_account=request.from_account,
-                to_account=request.to_account, amount=request.amount, currency=request.currency,
+            topics.JOURNAL_POSTED,
+            key=request.transfer_id,
+            type="journal.transfer_posted",
+            time=event.time,
+            cause=event,
+            data=TransferPosted(
+                transfer_id=request.transfer_id,
+                entry_id=plan.entry.id,
+                from_account=request.from_account,
+                to_account=request.to_account,
+                amount=request.amount,
+                currency=request.currency,
             ),
         )
 

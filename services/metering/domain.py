@@ -194,10 +194,7 @@ class LifecycleFact:
 
 
 LifecycleData = (
-    inputs.AllocationProvisioned
-    | inputs.AllocationDecommissioned
-    | inputs.MaintenanceWindowEvent
-    | inputs.OutageEvent
+    inputs.AllocationProvisioned | inputs.AllocationDecommissioned | inputs.MaintenanceWindowEvent | inputs.OutageEvent
 )
 
 
@@ -586,9 +583,7 @@ class HourUsage:
         segment_s = sum(seconds_between(start, end) for start, end in self.billable_segments)
         assert self.billable_gpu_seconds == self.gpu_count * segment_s, "segments carry the billable seconds"
         assert all(a < b for a, b in self.billable_segments)
-        assert all(prev[1] < nxt[0] for prev, nxt in pairwise(self.billable_segments)), (
-            "segments are merged and sorted"
-        )
+        assert all(prev[1] < nxt[0] for prev, nxt in pairwise(self.billable_segments)), "segments are merged and sorted"
 
 
 def _spans_by_hour(spans: Iterable[Span]) -> dict[int, list[Span]]:
@@ -688,9 +683,7 @@ def _label_at(pieces: Sequence[_Piece], starts: Sequence[int], at_s: int) -> _La
     return None
 
 
-def affected_range(
-    old_state: AllocationState, new_state: AllocationState
-) -> tuple[datetime, datetime | None] | None:
+def affected_range(old_state: AllocationState, new_state: AllocationState) -> tuple[datetime, datetime | None] | None:
     """Hours whose usage can differ between two states: ``(hours_from, hours_to)`` or None.
 
     ``hours_from`` and ``hours_to`` are hour starts (``hours_to`` exclusive, None = no end), ready
@@ -823,9 +816,7 @@ def find_fact_anomalies(state: AllocationState) -> list[Anomaly]:
 
     Keys are the event ids involved, so re-evaluating the same facts yields the same anomaly ids.
     """
-    anomalies = [
-        _anomaly("event_quarantined", q.reason, q.event_ids, ",".join(q.event_ids)) for q in state.quarantined
-    ]
+    anomalies = [_anomaly("event_quarantined", q.reason, q.event_ids, ",".join(q.event_ids)) for q in state.quarantined]
     anomalies.extend(
         _anomaly(
             "event_held",

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -57,19 +58,31 @@ STALE_AFTER = timedelta(seconds=limits.STALE_ALLOCATION_AFTER_S)
 WINDOW_OPEN_LIMIT = timedelta(seconds=limits.WINDOW_OPEN_LIMIT_S)
 
 
-# --- building usage records -------------------------------------------------------------------------------------------
+# --- building usage records ---------------------------------------------------------------------------------
 def _zero(gpu_count: int) -> HourUsage:
     return HourUsage(gpu_count, 0, 0, 0, 0, ())
 
 
-def usage_record(provision: ProvisionData, allocation_id: str, hour: datetime, revision: int,
-                 current: HourUsage, previous: HourUsage | None) -> UsageMetered:
+def usage_record(
+    provision: ProvisionData,
+    allocation_id: str,
+    hour: datetime,
+    revision: int,
+    current: HourUsage,
+    previous: HourUsage | None,
+) -> UsageMetered:
     before = previous or _zero(current.gpu_count)
     return UsageMetered(
         usage_id=derive_id("usage", allocation_id, GPU_SECONDS, format_utc(hour), revision),
-        allocation_id=allocation_id, contract_id=provision.contract_id, renter_id=provision.renter_id,
-        supplier_id=provision.supplier_id, gpu_model=provision.gpu_model, meter=GPU_SECONDS, hour_start=hour,
-        revision=revision, gpu_count=current.gpu_count,
+        allocation_id=allocation_id,
+        contract_id=provision.contract_id,
+        renter_id=provision.renter_id,
+        supplier_id=provision.supplier_id,
+        gpu_model=provision.gpu_model,
+        meter=GPU_SECONDS,
+        hour_start=hour,
+        revision=revision,
+        gpu_count=current.gpu_count,
         provisioned_gpu_seconds=current.provisioned_gpu_seconds,
         billable_gpu_seconds=current.billable_gpu_seconds,
         maintenance_gpu_seconds=current.maintenance_gpu_seconds,
@@ -82,30 +95,67 @@ def usage_record(provision: ProvisionData, allocation_id: str, hour: datetime, r
     )
 
 
-def sample_record(provision: ProvisionData, allocation_id: str, meter: str, hour: datetime, revision: int,
-                  quantity: Decimal, previous: Decimal | None) -> UsageMetered:
+def sample_record(
+    provision: ProvisionData,
+    allocation_id: str,
+    meter: str,
+    hour: datetime,
+    revision: int,
+    quantity: Decimal,
+    previous: Decimal | None,
+) -> UsageMetered:
     return UsageMetered(
         usage_id=derive_id("usage", allocation_id, meter, format_utc(hour), revision),
-        allocation_id=allocation_id, contract_id=provision.contract_id, renter_id=provision.renter_id,
-        supplier_id=provision.supplier_id, gpu_model=provision.gpu_model, meter=meter, hour_start=hour,
-        revision=revision, gpu_count=0, provisioned_gpu_seconds=0, billable_gpu_seconds=0,
-        maintenance_gpu_seconds=0, outage_gpu_seconds=0, billable_segments=[],
-        delta_provisioned_gpu_seconds=0, delta_billable_gpu_seconds=0, delta_maintenance_gpu_seconds=0,
-        delta_outage_gpu_seconds=0, quantity=quantity, delta_quantity=quantity - (previous or Decimal(0)),
+        allocation_id=allocation_id,
+        contract_id=provision.contract_id,
+        renter_id=provision.renter_id,
+        supplier_id=provision.supplier_id,
+        gpu_model=provision.gpu_model,
+        meter=meter,
+        hour_start=hour,
+        revision=revision,
+        gpu_count=0,
+        provisioned_gpu_seconds=0,
+        billable_gpu_seconds=0,
+        maintenance_gpu_seconds=0,
+        outage_gpu_seconds=0,
+        billable_segments=[],
+        delta_provisioned_gpu_seconds=0,
+        delta_billable_gpu_seconds=0,
+        delta_maintenance_gpu_seconds=0,
+        delta_outage_gpu_seconds=0,
+        quantity=quantity,
+        delta_quantity=quantity - (previous or Decimal(0)),
     )
 
 
-def _emit_usage(emitter: Emitter, record: UsageMetered, cause: Envelope[Any] | None,
-                correlation_id: str | None = None) -> None:
-    emitter.emit(topics.USAGE_METERED, key=record.contract_id, type="usage.metered", data=record,
-                 time=record.hour_start + HOUR, cause=cause, event_id=record.usage_id,
-                 correlation_id=correlation_id)
+def _emit_usage(
+    emitter: Emitter, record: UsageMetered, cause: Envelope[Any] | None, correlation_id: str | None = None
+) -> None:
+    emitter.emit(
+        topics.USAGE_METERED,
+        key=record.contract_id,
+        type="usage.metered",
+        data=record,
+        time=record.hour_start + HOUR,
+        cause=cause,
+        event_id=record.usage_id,
+        correlation_id=correlation_id,
+    )
 
 
-async def reconcile_hours(conn: asyncpg.Connection, emitter: Emitter, row: store.AllocationRow,
-                          state: AllocationState, terms: ContractTerms, start: datetime | None,
-                          end: datetime | None, through: datetime, cause: Envelope[Any] | None,
-                          correlation_id: str | None = None) -> int:
+async def reconcile_hours(
+    conn: asyncpg.Connection,
+    emitter: Emitter,
+    row: store.AllocationRow,
+    state: AllocationState,
+    terms: ContractTerms,
+    start: datetime | None,
+    end: datetime | None,
+    through: datetime,
+    cause: Envelope[Any] | None,
+    correlation_id: str | None = None,
+) -> int:
     """Make the emitted hours in ``[start, end)`` (ending at or before ``through``) match ``state``:
     emit revision 1 for new hours and a correction for changed ones. Returns records emitted."""
     provision = state.provision
@@ -125,17 +175,29 @@ async def reconcile_hours(conn: asyncpg.Connection, emitter: Emitter, row: store
         if previous is None and now.provisioned_gpu_seconds == 0:
             continue
         revision = previous[0] + 1 if previous else 1
-        _emit_usage(emitter, usage_record(provision, row.allocation_id, hour, revision, now,
-                                          previous[1] if previous else None), cause, correlation_id)
+        _emit_usage(
+            emitter,
+            usage_record(provision, row.allocation_id, hour, revision, now, previous[1] if previous else None),
+            cause,
+            correlation_id,
+        )
         changes.append((hour, revision, now))
     await store.save_hours(conn, row.allocation_id, GPU_SECONDS, changes)
     return len(changes)
 
 
-# --- anomalies ----------------------------------------------------------------------------------------------------
-async def raise_anomalies(conn: asyncpg.Connection, emitter: Emitter, allocation_id: str, state: AllocationState,
-                          at: datetime, *, through: datetime | None, last_event_at: datetime | None,
-                          cause: Envelope[Any] | None) -> None:
+# --- anomalies ----------------------------------------------------------------------------------------------
+async def raise_anomalies(
+    conn: asyncpg.Connection,
+    emitter: Emitter,
+    allocation_id: str,
+    state: AllocationState,
+    at: datetime,
+    *,
+    through: datetime | None,
+    last_event_at: datetime | None,
+    cause: Envelope[Any] | None,
+) -> None:
     """Quarantines are raised as they happen; a held end (its start not here yet) only when it is
     still held as its hour closes — out-of-order delivery that sorts itself out is not news."""
     found = [a for a in find_fact_anomalies(state) if through is not None or a.kind != "event_held"]
@@ -143,28 +205,43 @@ async def raise_anomalies(conn: asyncpg.Connection, emitter: Emitter, allocation
         found += find_anomalies(state, last_event_at, through, STALE_AFTER, WINDOW_OPEN_LIMIT)
     if not found:
         return
-    rows = [(anomaly_id(allocation_id, a.kind, a.key), allocation_id, a.kind, a.reason, list(a.event_ids), at)
-            for a in found]
+    rows = [
+        (anomaly_id(allocation_id, a.kind, a.key), allocation_id, a.kind, a.reason, list(a.event_ids), at)
+        for a in found
+    ]
     new = await store.record_anomalies(conn, rows)
     for (aid, _, kind, reason, event_ids, when), anomaly in zip(rows, found, strict=True):
         if aid not in new:
             continue
         metrics.DOMAIN_EVENTS.labels("metering", kind).inc()
-        emitter.emit(topics.METERING_ANOMALY, key=allocation_id, type=f"metering.{anomaly.kind}", time=when,
-                     cause=cause, event_id=aid, data=MeteringAnomaly(
-                         anomaly_id=aid, allocation_id=allocation_id, kind=anomaly.kind, reason=reason,
-                         event_ids=event_ids[:16], at=when))
+        emitter.emit(
+            topics.METERING_ANOMALY,
+            key=allocation_id,
+            type=f"metering.{anomaly.kind}",
+            time=when,
+            cause=cause,
+            event_id=aid,
+            data=MeteringAnomaly(
+                anomaly_id=aid,
+                allocation_id=allocation_id,
+                kind=anomaly.kind,
+                reason=reason,
+                event_ids=event_ids[:16],
+                at=when,
+            ),
+        )
 
 
-# --- the metering consumer: lifecycle, contracts, ticks ---------------------------------------------------------------
+# --- the metering consumer: lifecycle, contracts, ticks -----------------------------------------------------
 def _provision_of(state: AllocationState) -> ProvisionData | None:
     return state.provision
 
 
 def _idle(state: AllocationState, closed_through: datetime | None) -> bool:
     """Nothing more to emit for the future: decommissioned at or before what is already emitted."""
-    return (state.decommissioned_at is not None and closed_through is not None
-            and state.decommissioned_at <= closed_through)
+    return (
+        state.decommissioned_at is not None and closed_through is not None and state.decommissioned_at <= closed_through
+    )
 
 
 async def on_lifecycle_events(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
@@ -185,15 +262,17 @@ async def on_lifecycle_events(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             await store.save_allocation(tx.conn, row)
 
 
-async def _terms(conn: asyncpg.Connection, contract_id: str, cache: dict[str, ContractTerms | None]
-                 ) -> ContractTerms | None:
+async def _terms(
+    conn: asyncpg.Connection, contract_id: str, cache: dict[str, ContractTerms | None]
+) -> ContractTerms | None:
     if contract_id not in cache:
         cache[contract_id] = await contracts.load_terms(conn, SCHEMA, contract_id)
     return cache[contract_id]
 
 
-async def _on_lifecycle(tx: Tx, event: Envelope[Any], row: store.AllocationRow,
-                        terms_cache: dict[str, ContractTerms | None]) -> None:
+async def _on_lifecycle(
+    tx: Tx, event: Envelope[Any], row: store.AllocationRow, terms_cache: dict[str, ContractTerms | None]
+) -> None:
     old_state = evaluate_allocation(row.facts)
     fact = fact_from_event(event.type, event.id, event.time, event.data, row.next_seq)
     row.facts.append(fact)
@@ -202,8 +281,9 @@ async def _on_lifecycle(tx: Tx, event: Envelope[Any], row: store.AllocationRow,
     row.changed = True
     state = evaluate_allocation(row.facts)
     row.provision = state.provision
-    await raise_anomalies(tx.conn, tx.emitter, row.allocation_id, state, event.time, through=None,
-                          last_event_at=None, cause=event)
+    await raise_anomalies(
+        tx.conn, tx.emitter, row.allocation_id, state, event.time, through=None, last_event_at=None, cause=event
+    )
     if state.provision is None:
         return
     terms = await _terms(tx.conn, state.provision.contract_id, terms_cache)
@@ -234,7 +314,7 @@ async def _on_contract(tx: Tx, event: Envelope[Any]) -> None:
         await reconcile_hours(tx.conn, tx.emitter, row, state, after, start - HOUR, None, row.closed_through, event)
 
 
-# --- the samples consumer -------------------------------------------------------------------------------------------------
+# --- the samples consumer -----------------------------------------------------------------------------------
 async def on_samples(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     totals: dict[tuple[str, str, datetime], Decimal] = defaultdict(Decimal)
     cause: dict[tuple[str, str, datetime], Envelope[Any]] = {}
@@ -257,14 +337,15 @@ async def on_samples(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
         marked = []
         for r in records:
             revision = r["revision"] + 1
-            record = sample_record(provision, allocation_id, r["meter"], r["hour_start"], revision, r["quantity"],
-                                   r["emitted_quantity"])
+            record = sample_record(
+                provision, allocation_id, r["meter"], r["hour_start"], revision, r["quantity"], r["emitted_quantity"]
+            )
             _emit_usage(tx.emitter, record, cause[(allocation_id, r["meter"], r["hour_start"])])
             marked.append((r["meter"], r["hour_start"], r["quantity"], revision))
         await store.mark_samples_emitted(tx.conn, allocation_id, marked)
 
 
-# --- the closer ------------------------------------------------------------------------------------------------------------
+# --- the closer ---------------------------------------------------------------------------------------------
 async def close_chunk(conn: asyncpg.Connection, target: datetime, limit: int) -> int:
     """Emit closed hours of up to ``limit`` allocations behind ``target``; returns how many were handled."""
     rows = await store.claim_behind(conn, target, limit)
@@ -283,13 +364,21 @@ async def close_chunk(conn: asyncpg.Connection, target: datetime, limit: int) ->
             marked = []
             for r in await store.pending_samples(conn, row.allocation_id, target):
                 revision = r["revision"] + 1
-                record = sample_record(provision, row.allocation_id, r["meter"], r["hour_start"], revision,
-                                       r["quantity"], r["emitted_quantity"])
+                record = sample_record(
+                    provision,
+                    row.allocation_id,
+                    r["meter"],
+                    r["hour_start"],
+                    revision,
+                    r["quantity"],
+                    r["emitted_quantity"],
+                )
                 _emit_usage(emitter, record, None, correlation)
                 marked.append((r["meter"], r["hour_start"], r["quantity"], revision))
             await store.mark_samples_emitted(conn, row.allocation_id, marked)
-        await raise_anomalies(conn, emitter, row.allocation_id, state, target, through=target,
-                              last_event_at=row.last_event_at, cause=None)
+        await raise_anomalies(
+            conn, emitter, row.allocation_id, state, target, through=target, last_event_at=row.last_event_at, cause=None
+        )
         row.closed_through = target
         row.provision = provision
         row.idle = _idle(state, target)
@@ -308,8 +397,13 @@ async def send_watermark_if_done(conn: asyncpg.Connection) -> datetime | None:
     emitter = Emitter("metering")
     for partition in range(topics.USAGE_METERED.partitions):
         emitter.emit(
-            topics.USAGE_METERED, key=f"watermark-{partition}", type="usage.watermark", time=target, cause=None,
-            partition=partition, event_id=derive_id("watermark", "metering", format_utc(target), partition),
+            topics.USAGE_METERED,
+            key=f"watermark-{partition}",
+            type="usage.watermark",
+            time=target,
+            cause=None,
+            partition=partition,
+            event_id=derive_id("watermark", "metering", format_utc(target), partition),
             correlation_id=f"tick:{format_utc(target)}",
             data=Watermark(through=target, partition=partition, source="metering"),
         )
@@ -339,7 +433,5 @@ async def run_closer(rt: Runtime) -> None:
             log.warning("metering closer failed; retrying", error=repr(exc)[:300])
             idle_s = 1.0
         if idle_s:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rt.stop.wait(), idle_s)
-            except TimeoutError:
-                pass

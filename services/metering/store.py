@@ -14,22 +14,38 @@ from libs.times import format_utc, parse_utc
 from services.metering.domain import HourUsage, LifecycleFact, ProvisionData
 
 
-# --- JSON codecs ------------------------------------------------------------------------------------------
+# --- JSON codecs --------------------------------------------------------------------------------------------
 def fact_to_json(fact: LifecycleFact) -> dict[str, Any]:
     provision = None
     if fact.provision is not None:
         p = fact.provision
-        provision = {"contract_id": p.contract_id, "renter_id": p.renter_id, "supplier_id": p.supplier_id,
-                     "server_id": p.server_id, "gpu_model": p.gpu_model, "gpu_count": p.gpu_count}
-    return {"event_id": fact.event_id, "kind": fact.kind, "at": format_utc(fact.at), "window_id": fact.window_id,
-            "provision": provision, "arrival_seq": fact.arrival_seq}
+        provision = {
+            "contract_id": p.contract_id,
+            "renter_id": p.renter_id,
+            "supplier_id": p.supplier_id,
+            "server_id": p.server_id,
+            "gpu_model": p.gpu_model,
+            "gpu_count": p.gpu_count,
+        }
+    return {
+        "event_id": fact.event_id,
+        "kind": fact.kind,
+        "at": format_utc(fact.at),
+        "window_id": fact.window_id,
+        "provision": provision,
+        "arrival_seq": fact.arrival_seq,
+    }
 
 
 def fact_from_json(doc: dict[str, Any]) -> LifecycleFact:
     p = doc["provision"]
     return LifecycleFact(
-        event_id=doc["event_id"], kind=doc["kind"], at=parse_utc(doc["at"]), window_id=doc["window_id"],
-        provision=None if p is None else ProvisionData(**p), arrival_seq=doc["arrival_seq"],
+        event_id=doc["event_id"],
+        kind=doc["kind"],
+        at=parse_utc(doc["at"]),
+        window_id=doc["window_id"],
+        provision=None if p is None else ProvisionData(**p),
+        arrival_seq=doc["arrival_seq"],
     )
 
 
@@ -55,7 +71,7 @@ def hour_from_json(doc: dict[str, Any]) -> HourUsage:
     )
 
 
-# --- allocations -------------------------------------------------------------------------------------------
+# --- allocations --------------------------------------------------------------------------------------------
 @dataclass
 class AllocationRow:
     allocation_id: str
@@ -71,12 +87,14 @@ class AllocationRow:
 
 def _row(r: asyncpg.Record) -> AllocationRow:
     facts = [fact_from_json(f) for f in r["facts"]]
-    return AllocationRow(r["allocation_id"], facts, r["next_seq"], r["contract_id"], r["closed_through"], r["idle"],
-                         r["last_event_at"])
+    return AllocationRow(
+        r["allocation_id"], facts, r["next_seq"], r["contract_id"], r["closed_through"], r["idle"], r["last_event_at"]
+    )
 
 
-async def lock_allocations(conn: asyncpg.Connection, allocation_ids: Sequence[str], *, create: bool = True,
-                           share: bool = False) -> dict[str, AllocationRow]:
+async def lock_allocations(
+    conn: asyncpg.Connection, allocation_ids: Sequence[str], *, create: bool = True, share: bool = False
+) -> dict[str, AllocationRow]:
     """Lock allocation rows in id order (creating missing ones); the one lock order of metering."""
     ids = sorted(set(allocation_ids))
     if create:
@@ -96,20 +114,30 @@ async def save_allocation(conn: asyncpg.Connection, row: AllocationRow) -> None:
     p = row.provision
     await conn.execute(
         """update metering.allocations
-              set facts = $2, next_seq = $3, contract_id = coalesce($4, contract_id), renter_id = coalesce($5, renter_id),
+              set facts = $2, next_seq = $3, contract_id = coalesce($4, contract_id),
+                  renter_id = coalesce($5, renter_id),
                   supplier_id = coalesce($6, supplier_id), gpu_model = coalesce($7, gpu_model),
                   gpu_count = coalesce($8, gpu_count), closed_through = $9, idle = $10, last_event_at = $11,
                   updated_at = now()
             where allocation_id = $1""",
-        row.allocation_id, [fact_to_json(f) for f in row.facts], row.next_seq,
-        p.contract_id if p else None, p.renter_id if p else None, p.supplier_id if p else None,
-        p.gpu_model if p else None, p.gpu_count if p else None, row.closed_through, row.idle, row.last_event_at,
+        row.allocation_id,
+        [fact_to_json(f) for f in row.facts],
+        row.next_seq,
+        p.contract_id if p else None,
+        p.renter_id if p else None,
+        p.supplier_id if p else None,
+        p.gpu_model if p else None,
+        p.gpu_count if p else None,
+        row.closed_through,
+        row.idle,
+        row.last_event_at,
     )
 
 
 async def allocations_of_contract(conn: asyncpg.Connection, contract_id: str) -> list[str]:
-    rows = await conn.fetch("select allocation_id from metering.allocations where contract_id = $1 order by 1",
-                            contract_id)
+    rows = await conn.fetch(
+        "select allocation_id from metering.allocations where contract_id = $1 order by 1", contract_id
+    )
     return [r["allocation_id"] for r in rows]
 
 
@@ -124,33 +152,41 @@ async def claim_behind(conn: asyncpg.Connection, target: datetime, limit: int) -
             order by a.allocation_id
             limit $2
               for update of a skip locked""",
-        target, limit,
+        target,
+        limit,
     )
     return [_row(r) for r in rows]
 
 
 async def count_behind(conn: asyncpg.Connection, target: datetime) -> int:
-    return int(await conn.fetchval(
-        """select count(*) from metering.allocations a join metering.contracts c on c.contract_id = a.contract_id
+    return int(
+        await conn.fetchval(
+            """select count(*) from metering.allocations a join metering.contracts c on c.contract_id = a.contract_id
             where not a.idle and (a.closed_through is null or a.closed_through < $1)""",
-        target,
-    ))
+            target,
+        )
+    )
 
 
-# --- emitted hours ---------------------------------------------------------------------------------------------
-async def emitted_hours(conn: asyncpg.Connection, allocation_id: str, meter: str, start: datetime | None,
-                        end: datetime | None) -> dict[datetime, tuple[int, HourUsage]]:
+# --- emitted hours ------------------------------------------------------------------------------------------
+async def emitted_hours(
+    conn: asyncpg.Connection, allocation_id: str, meter: str, start: datetime | None, end: datetime | None
+) -> dict[datetime, tuple[int, HourUsage]]:
     rows = await conn.fetch(
         """select hour_start, revision, usage from metering.hours
             where allocation_id = $1 and meter = $2
               and ($3::timestamptz is null or hour_start >= $3) and ($4::timestamptz is null or hour_start < $4)""",
-        allocation_id, meter, start, end,
+        allocation_id,
+        meter,
+        start,
+        end,
     )
     return {r["hour_start"]: (r["revision"], hour_from_json(r["usage"])) for r in rows}
 
 
-async def save_hours(conn: asyncpg.Connection, allocation_id: str, meter: str,
-                     hours: Sequence[tuple[datetime, int, HourUsage]]) -> None:
+async def save_hours(
+    conn: asyncpg.Connection, allocation_id: str, meter: str, hours: Sequence[tuple[datetime, int, HourUsage]]
+) -> None:
     if not hours:
         return
     await conn.execute(
@@ -158,7 +194,10 @@ async def save_hours(conn: asyncpg.Connection, allocation_id: str, meter: str,
            select $1, $2, h, r, u::jsonb from unnest($3::timestamptz[], $4::int[], $5::text[]) as x(h, r, u)
            on conflict (allocation_id, meter, hour_start)
            do update set revision = excluded.revision, usage = excluded.usage""",
-        allocation_id, meter, [h for h, _, _ in hours], [r for _, r, _ in hours],
+        allocation_id,
+        meter,
+        [h for h, _, _ in hours],
+        [r for _, r, _ in hours],
         [_dumps(hour_to_json(u)) for _, _, u in hours],
     )
 
@@ -169,51 +208,65 @@ def _dumps(doc: dict[str, Any]) -> str:
     return orjson.dumps(doc).decode()
 
 
-# --- samples ---------------------------------------------------------------------------------------------------------
-async def add_samples(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, datetime, Decimal]]
-                      ) -> list[asyncpg.Record]:
+# --- samples ------------------------------------------------------------------------------------------------
+async def add_samples(
+    conn: asyncpg.Connection, rows: Sequence[tuple[str, str, datetime, Decimal]]
+) -> list[asyncpg.Record]:
     """Add aggregated quantities; returns the rows whose hour was already emitted (late samples)."""
     if not rows:
         return []
-    return list(await conn.fetch(
-        """insert into metering.samples (allocation_id, meter, hour_start, quantity)
+    return list(
+        await conn.fetch(
+            """insert into metering.samples (allocation_id, meter, hour_start, quantity)
            select * from unnest($1::text[], $2::text[], $3::timestamptz[], $4::numeric[])
            on conflict (allocation_id, meter, hour_start)
            do update set quantity = metering.samples.quantity + excluded.quantity
            returning allocation_id, meter, hour_start, quantity, emitted_quantity, revision""",
-        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-    ))
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+        )
+    )
 
 
 async def pending_samples(conn: asyncpg.Connection, allocation_id: str, before: datetime) -> list[asyncpg.Record]:
     """Sample aggregates of closed hours (ending at or before ``before``) not yet emitted as they are."""
-    return list(await conn.fetch(
-        """select meter, hour_start, quantity, emitted_quantity, revision from metering.samples
+    return list(
+        await conn.fetch(
+            """select meter, hour_start, quantity, emitted_quantity, revision from metering.samples
             where allocation_id = $1 and hour_start + interval '1 hour' <= $2
               and emitted_quantity is distinct from quantity
             order by hour_start, meter""",
-        allocation_id, before,
-    ))
+            allocation_id,
+            before,
+        )
+    )
 
 
-async def mark_samples_emitted(conn: asyncpg.Connection, allocation_id: str,
-                               emitted: Sequence[tuple[str, datetime, Decimal, int]]) -> None:
+async def mark_samples_emitted(
+    conn: asyncpg.Connection, allocation_id: str, emitted: Sequence[tuple[str, datetime, Decimal, int]]
+) -> None:
     if not emitted:
         return
     await conn.execute(
         """update metering.samples s set emitted_quantity = x.q, revision = x.r
              from unnest($2::text[], $3::timestamptz[], $4::numeric[], $5::int[]) as x(m, h, q, r)
             where s.allocation_id = $1 and s.meter = x.m and s.hour_start = x.h""",
-        allocation_id, [e[0] for e in emitted], [e[1] for e in emitted], [e[2] for e in emitted],
+        allocation_id,
+        [e[0] for e in emitted],
+        [e[1] for e in emitted],
+        [e[2] for e in emitted],
         [e[3] for e in emitted],
     )
 
 
-# --- clock and anomalies -----------------------------------------------------------------------------------------------
+# --- clock and anomalies ------------------------------------------------------------------------------------
 async def advance_target(conn: asyncpg.Connection, at: datetime) -> datetime | None:
-    return await conn.fetchval(
+    target: datetime | None = await conn.fetchval(
         """update metering.clock set target = greatest(coalesce(target, $1), $1) where id = 1 returning target""", at
     )
+    return target
 
 
 async def clock(conn: asyncpg.Connection, *, for_update: bool = False) -> tuple[datetime | None, datetime | None]:
@@ -224,8 +277,9 @@ async def clock(conn: asyncpg.Connection, *, for_update: bool = False) -> tuple[
     return row["target"], row["watermark_sent"]
 
 
-async def record_anomalies(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, list[str], datetime]]
-                           ) -> set[str]:
+async def record_anomalies(
+    conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, list[str], datetime]]
+) -> set[str]:
     """Insert anomalies; returns the ids that are new (to emit exactly once)."""
     if not rows:
         return set()
@@ -235,7 +289,11 @@ async def record_anomalies(conn: asyncpg.Connection, rows: Sequence[tuple[str, s
              from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
                as x(i, a, k, r, e, t)
            on conflict do nothing returning anomaly_id""",
-        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-        [chr(31).join(r[4]) for r in rows], [r[5] for r in rows],
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        [chr(31).join(r[4]) for r in rows],
+        [r[5] for r in rows],
     )
     return {r["anomaly_id"] for r in inserted}

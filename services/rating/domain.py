@@ -627,9 +627,7 @@ def apply_charge(
     else:
         reduction = -amount
         if reduction > usage:
-            raise DomainRuleError(
-                f"correction {amount} exceeds the usage charges {usage} of period {period_start}"
-            )
+            raise DomainRuleError(f"correction {amount} exceeds the usage charges {usage} of period {period_start}")
         from_overage = min(reduction, overage)
         returned = reduction - from_overage
         if returned > 0:
@@ -698,9 +696,7 @@ def apply_topup(
 WalletOpKind = Literal["topup", "charge"]
 
 
-def wallet_order_key(
-    period_start: datetime, at: datetime, kind: WalletOpKind
-) -> tuple[datetime, datetime, int]:
+def wallet_order_key(period_start: datetime, at: datetime, kind: WalletOpKind) -> tuple[datetime, datetime, int]:
     """Sort key of wallet operations for event-time processing (R8).
 
     ``at``: a top-up's time; for a charge of hour ``h``, ``h + 1h`` (its usage is complete).

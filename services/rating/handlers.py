@@ -123,9 +123,7 @@ class _Batch:
 
     async def terms_of(self, contract_id: str) -> ContractTerms | None:
         if contract_id not in self.terms:
-            self.terms[contract_id] = await contracts_store.load_terms(
-                self.tx.conn, store.SCHEMA, contract_id
-            )
+            self.terms[contract_id] = await contracts_store.load_terms(self.tx.conn, store.SCHEMA, contract_id)
         return self.terms[contract_id]
 
     def use(self, *specs: AccountSpec) -> tuple[str, ...]:
@@ -328,9 +326,7 @@ async def _book_charge(
             kind="rating.charge",
             occurred_at=at,
             correlation_id=cause.correlationid,
-            description=(
-                f"{hour.allocation_id} {hour.meter} {format_utc(hour.hour_start)} revision {hour.revision}"
-            ),
+            description=(f"{hour.allocation_id} {hour.meter} {format_utc(hour.hour_start)} revision {hour.revision}"),
             postings=[
                 debit(receivable, charge_units, currency),
                 credit(revenue, charge_units, currency),
@@ -511,9 +507,7 @@ async def _run_wallet(batch: _Batch, contract_id: str, through: datetime, cause:
     for op in ops:
         signals: tuple[WalletSignal, ...]
         if op.charge is not None:
-            state, signals = apply_charge(
-                state, op.period_start, exact_from_x3600(op.charge.charge_x3600), op.at
-            )
+            state, signals = apply_charge(state, op.period_start, exact_from_x3600(op.charge.charge_x3600), op.at)
         else:
             assert op.topup is not None
             amount = Fraction(op.topup.amount)
@@ -625,9 +619,7 @@ def _emit_wallet_signal(
             time=signal.at,
             cause=cause,
             event_id=derive_id("platform.resume_requested", op_id, n),
-            data=ResumeRequested(
-                contract_id=contract_id, renter_id=renter_id, reason="wallet_topped_up", at=signal.at
-            ),
+            data=ResumeRequested(contract_id=contract_id, renter_id=renter_id, reason="wallet_topped_up", at=signal.at),
         )
     else:  # pragma: no cover - WalletSignal is a closed union
         raise AssertionError(f"unknown wallet signal {signal!r}")
@@ -649,10 +641,7 @@ async def _on_topup(batch: _Batch, event: Envelope[Any]) -> None:
 
 def _topup_problem(terms: ContractTerms, currency: str) -> str | None:
     if terms.billing_mode != "prepaid":
-        return (
-            f"top-up for {terms.billing_mode} contract {terms.contract_id}: "
-            "only prepaid contracts have a wallet"
-        )
+        return f"top-up for {terms.billing_mode} contract {terms.contract_id}: only prepaid contracts have a wallet"
     if currency != terms.currency:
         return f"top-up in {currency} for contract {terms.contract_id} billed in {terms.currency}"
     return None
@@ -676,9 +665,7 @@ async def _receive_topup(
     units = round_ledger(in_wallet + Fraction(amount), currency) - round_ledger(in_wallet, currency)
     await store.insert_topup(conn, event_id, terms.contract_id, amount, currency, at, "received")
     await store.set_topup_status(conn, event_id, "received")
-    cash, wallet = batch.use(
-        chart.cash_clearing(currency), chart.wallet(terms.renter_id, terms.contract_id, currency)
-    )
+    cash, wallet = batch.use(chart.cash_clearing(currency), chart.wallet(terms.renter_id, terms.contract_id, currency))
     batch.tx.post(
         build_entry(
             id=derive_id("entry", "rating.wallet_topup", event_id),
@@ -760,9 +747,7 @@ async def _track_exposure(
         time=at,
         cause=cause,
         event_id=derive_id("platform.suspend_requested", "credit", trigger_id),
-        data=SuspendRequested(
-            contract_id=contract_id, renter_id=renter_id, reason="credit_limit_exceeded", at=at
-        ),
+        data=SuspendRequested(contract_id=contract_id, renter_id=renter_id, reason="credit_limit_exceeded", at=at),
     )
 
 

@@ -34,9 +34,7 @@ _CONTRACT_LOCK = "rating.contract:"
 
 
 # --- locks ---------------------------------------------------------------------------------------------
-async def lock_batch(
-    conn: asyncpg.Connection, partitions: Sequence[int], contract_ids: Sequence[str]
-) -> None:
+async def lock_batch(conn: asyncpg.Connection, partitions: Sequence[int], contract_ids: Sequence[str]) -> None:
     """Take the batch's locks: partitions (sorted), then contracts (sorted); held until commit.
 
     Single-bigint advisory locks: a key space apart from the relay's two-int lane locks.
@@ -48,9 +46,7 @@ async def lock_batch(
         return
     # One round trip: a function scan over an array yields its elements in array order, with no
     # sort or join in between, so the locks are taken in the order of ``keys``.
-    await conn.execute(
-        "select count(pg_advisory_xact_lock(hashtextextended(k, 0))) from unnest($1::text[]) as k", keys
-    )
+    await conn.execute("select count(pg_advisory_xact_lock(hashtextextended(k, 0))) from unnest($1::text[]) as k", keys)
 
 
 async def prepaid_contracts(conn: asyncpg.Connection, partitions: Sequence[int]) -> list[str]:
@@ -126,9 +122,7 @@ async def load_priced(
     return None if row is None else _priced_hour(row)
 
 
-async def priced_hours_ending_after(
-    conn: asyncpg.Connection, contract_id: str, since: datetime
-) -> list[PricedHour]:
+async def priced_hours_ending_after(conn: asyncpg.Connection, contract_id: str, since: datetime) -> list[PricedHour]:
     """Stored hours of a contract with ``hour_start + 1h > since``, in (hour, allocation, meter) order."""
     rows = await conn.fetch(
         """select * from rating.priced_hours
@@ -216,9 +210,7 @@ class PendingCharge:
     charge_x3600: Decimal
 
 
-async def wallet_charges_due(
-    conn: asyncpg.Connection, contract_id: str, through: datetime
-) -> list[PendingCharge]:
+async def wallet_charges_due(conn: asyncpg.Connection, contract_id: str, through: datetime) -> list[PendingCharge]:
     """Charges of a contract not yet applied to its wallet whose hour ended at or before ``through``."""
     rows = await conn.fetch(
         """select seq, charge_id, period_start, at, charge_x3600 from rating.charges
@@ -226,16 +218,12 @@ async def wallet_charges_due(
         contract_id,
         through,
     )
-    return [
-        PendingCharge(r["seq"], r["charge_id"], r["period_start"], r["at"], r["charge_x3600"]) for r in rows
-    ]
+    return [PendingCharge(r["seq"], r["charge_id"], r["period_start"], r["at"], r["charge_x3600"]) for r in rows]
 
 
 async def mark_charges_applied(conn: asyncpg.Connection, seqs: Sequence[int]) -> None:
     if seqs:
-        await conn.execute(
-            "update rating.charges set wallet_applied = true where seq = any($1::bigint[])", list(seqs)
-        )
+        await conn.execute("update rating.charges set wallet_applied = true where seq = any($1::bigint[])", list(seqs))
 
 
 # --- usage held for unknown contracts ------------------------------------------------------------------
@@ -263,9 +251,7 @@ async def hold_usage(conn: asyncpg.Connection, event: Envelope[Any], partition: 
 
 async def take_held_usage(conn: asyncpg.Connection, contract_id: str) -> list[Envelope[Any]]:
     """Remove and return the usage held for a contract, in arrival order."""
-    rows = await conn.fetch(
-        "delete from rating.usage_held where contract_id = $1 returning seq, envelope", contract_id
-    )
+    rows = await conn.fetch("delete from rating.usage_held where contract_id = $1 returning seq, envelope", contract_id)
     released = []
     for row in sorted(rows, key=lambda r: r["seq"]):
         doc = row["envelope"]
@@ -314,9 +300,7 @@ async def save_received(conn: asyncpg.Connection, partition: int, through: datet
 
 
 async def save_forwarded(conn: asyncpg.Connection, partition: int, through: datetime) -> None:
-    await conn.execute(
-        "update rating.watermarks set forwarded_through = $2 where partition = $1", partition, through
-    )
+    await conn.execute("update rating.watermarks set forwarded_through = $2 where partition = $1", partition, through)
 
 
 # --- wallets -------------------------------------------------------------------------------------------
@@ -417,9 +401,7 @@ async def held_topups(conn: asyncpg.Connection, contract_id: str) -> list[TopUp]
     return [_topup(r) for r in rows]
 
 
-async def set_topup_status(
-    conn: asyncpg.Connection, event_id: str, status: str, reason: str | None = None
-) -> None:
+async def set_topup_status(conn: asyncpg.Connection, event_id: str, status: str, reason: str | None = None) -> None:
     await conn.execute(
         "update rating.wallet_topups set status = $2, reason = $3 where event_id = $1",
         event_id,
@@ -537,7 +519,5 @@ async def mark_invoiced(conn: asyncpg.Connection, contract_id: str, period_start
 
 async def wallet_balance(conn: asyncpg.Connection, contract_id: str) -> Fraction:
     """The R8 state's exact balance (0 for a wallet never run)."""
-    value = await conn.fetchval(
-        "select balance_x3600 from rating.wallets where contract_id = $1", contract_id
-    )
+    value = await conn.fetchval("select balance_x3600 from rating.wallets where contract_id = $1", contract_id)
     return Fraction(0) if value is None else exact_from_x3600(value)

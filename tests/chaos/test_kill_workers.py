@@ -33,25 +33,32 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _env(stack: Stack) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "SETTLE_DATABASE_URL": stack.database_url,
-        "SETTLE_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
-        "SETTLE_TOPIC_PREFIX": stack.settings.topic_prefix,
-        "SETTLE_STATE_DIR": str(stack.settings.state_dir),
-        "SETTLE_METRICS_PORT": "0",
-        "SETTLE_SESSION_TIMEOUT_MS": "3000",
-        "SETTLE_CONSUME_BATCH_MAX": "100",
-        "SETTLE_RELAY_BATCH_MAX": "100",
-        "SETTLE_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "SETTLE_DATABASE_URL": stack.database_url,
+            "SETTLE_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
+            "SETTLE_TOPIC_PREFIX": stack.settings.topic_prefix,
+            "SETTLE_STATE_DIR": str(stack.settings.state_dir),
+            "SETTLE_METRICS_PORT": "0",
+            "SETTLE_SESSION_TIMEOUT_MS": "3000",
+            "SETTLE_CONSUME_BATCH_MAX": "100",
+            "SETTLE_RELAY_BATCH_MAX": "100",
+            "SETTLE_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     return env
 
 
 def _start(stack: Stack, *names: str, log: Path) -> subprocess.Popen[bytes]:
     handle = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", *names], env=_env(stack),
-                            stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "run", *names],
+        env=_env(stack),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
@@ -62,20 +69,30 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 def _transfers(n: int) -> list[tuple[topics.Topic, str, bytes]]:
     out = []
     for i in range(n):
-        data = TransferRequested(transfer_id=f"tr-{i}", from_account="chaos:bank", to_account="chaos:fees",
-                                 amount="0.01", currency="USD")
-        out.append((topics.JOURNAL_REQUESTS, f"tr-{i}",
-                    event_bytes("journal.transfer_requested", data, id=f"ev-{i}", time=T0 + timedelta(seconds=i))))
+        data = TransferRequested(
+            transfer_id=f"tr-{i}", from_account="chaos:bank", to_account="chaos:fees", amount="0.01", currency="USD"
+        )
+        out.append(
+            (
+                topics.JOURNAL_REQUESTS,
+                f"tr-{i}",
+                event_bytes("journal.transfer_requested", data, id=f"ev-{i}", time=T0 + timedelta(seconds=i)),
+            )
+        )
     return out
 
 
 async def _sent(stack: Stack) -> int:
-    return int(await stack.pool.fetchval(
-        "select count(*) from settle.outbox where topic = 'journal.posted.v1' and sent_at is not null"))
+    return int(
+        await stack.pool.fetchval(
+            "select count(*) from settle.outbox where topic = 'journal.posted.v1' and sent_at is not null"
+        )
+    )
 
 
-async def _kill_while_working(stack: Stack, process: subprocess.Popen[bytes], progress_sql: str, done: int,
-                              rng: random.Random) -> bool:
+async def _kill_while_working(
+    stack: Stack, process: subprocess.Popen[bytes], progress_sql: str, done: int, rng: random.Random
+) -> bool:
     """Wait until the process makes progress, then SIGKILL it a random moment later (mid-work)."""
     start = int(await stack.pool.fetchval(progress_sql))
     for _ in range(300):
@@ -162,12 +179,16 @@ async def test_relay_killed_at_random_points_loses_nothing(stack: Stack, tmp_pat
         process.wait(30)
     published = [orjson.loads(r.value)["id"] for r in await read_topic(stack, topics.JOURNAL_POSTED)]
     copies = Counter(published)
-    expected = {r["event_id"] for r in await stack.pool.fetch(
-        "select event_id from settle.outbox where topic = 'journal.posted.v1'")}
+    expected = {
+        r["event_id"]
+        for r in await stack.pool.fetch("select event_id from settle.outbox where topic = 'journal.posted.v1'")
+    }
     assert set(copies) == expected and len(expected) == n  # every committed row published
     # Per partition, the first publication of each event keeps outbox order (lanes are ordered).
-    order = {r["event_id"]: r["id"] for r in await stack.pool.fetch(
-        "select event_id, id from settle.outbox where topic = 'journal.posted.v1'")}
+    order = {
+        r["event_id"]: r["id"]
+        for r in await stack.pool.fetch("select event_id, id from settle.outbox where topic = 'journal.posted.v1'")
+    }
     by_partition: dict[int, list[int]] = {}
     seen: set[str] = set()
     for record in sorted(await read_topic(stack, topics.JOURNAL_POSTED), key=lambda r: (r.partition, r.offset)):
@@ -180,5 +201,4 @@ async def test_relay_killed_at_random_points_loses_nothing(stack: Stack, tmp_pat
 
 
 async def _queued(stack: Stack, n: int) -> bool:
-    return int(await stack.pool.fetchval(
-        "select count(*) from settle.outbox where topic = 'journal.posted.v1'")) >= n
+    return int(await stack.pool.fetchval("select count(*) from settle.outbox where topic = 'journal.posted.v1'")) >= n

@@ -23,10 +23,16 @@ async def test_two_workers_in_one_group_split_the_partitions_and_each_event_land
     n = 3000
     items = []
     for i in range(n):
-        data = TransferRequested(transfer_id=f"g-{i}", from_account="grp:a", to_account="grp:b", amount="1.00",
-                                 currency="EUR")
-        items.append((topics.JOURNAL_REQUESTS, f"g-{i}", event_bytes("journal.transfer_requested", data, id=f"g-{i}",
-                                                                      time=T0 + timedelta(seconds=i))))
+        data = TransferRequested(
+            transfer_id=f"g-{i}", from_account="grp:a", to_account="grp:b", amount="1.00", currency="EUR"
+        )
+        items.append(
+            (
+                topics.JOURNAL_REQUESTS,
+                f"g-{i}",
+                event_bytes("journal.transfer_requested", data, id=f"g-{i}", time=T0 + timedelta(seconds=i)),
+            )
+        )
     async with running(stack, [JOURNAL]) as first, running(stack, [JOURNAL], relays=0) as second:
         await asyncio.sleep(8)  # both members joined and synced (a rebalance takes ~session timeout)
         await publish(stack, items)

@@ -190,9 +190,7 @@ class Story:
             billing_mode=c.billing_mode,
             period_start=period[0],
             period_end=period[1],
-            delta_provisioned_gpu_seconds=billable + maintenance + outage
-            if provisioned is None
-            else provisioned,
+            delta_provisioned_gpu_seconds=billable + maintenance + outage if provisioned is None else provisioned,
             delta_billable_gpu_seconds=billable,
             delta_maintenance_gpu_seconds=maintenance,
             delta_outage_gpu_seconds=outage,
@@ -254,9 +252,7 @@ class Story:
             reason="charge",
             at=at,
         )
-        self._keyed(
-            topics.CHARGES_RATED, contract_id, event_bytes("wallet.drawn", data, id=self._id("ev"), time=at)
-        )
+        self._keyed(topics.CHARGES_RATED, contract_id, event_bytes("wallet.drawn", data, id=self._id("ev"), time=at))
         self._accrue(
             data.draw_id,
             [
@@ -470,26 +466,16 @@ async def test_watermark_closes_every_period_with_documents_events_and_a_sound_l
     # Ledger: the accruals moved out of unbilled into receivable/revenue/tax; payables stated.
     assert await balance_units(stack, chart.unbilled_receivable("rnt-a", "USD").code) == 0
     assert await balance_units(stack, chart.unbilled_revenue("USD").code) == 0
-    assert await balance_units(stack, chart.receivable("rnt-a", "USD").code) == usd(
-        int((usage_line + tax) * 100)
-    )
+    assert await balance_units(stack, chart.receivable("rnt-a", "USD").code) == usd(int((usage_line + tax) * 100))
     assert await balance_units(stack, chart.tax_payable("USD").code) == -usd(int(tax * 100))
     assert await balance_units(stack, chart.payable_accrued("sup-1", "USD").code) == 0
     assert await balance_units(stack, chart.payable_accrued("sup-2", "USD").code) == 0
     # Rounding (R6): invoiced − accrued on the renter side (credit = gained), shown − accrued earnings
     # on the supplier side; accruals are per charge at 10^-8 USD, half to even (Python's round()).
-    accrued_charges = 10 * round(Fraction(8 * 3600 * 2, 3600) * 10**8) + round(
-        Fraction(1234 * 2, 3600) * 10**8
-    )
-    accrued_earnings = 10 * round(Fraction(8 * 3600 * 3, 7200) * 10**8) + round(
-        Fraction(1234 * 3, 7200) * 10**8
-    )
-    shown_earnings = Fraction(Decimal(s1["earnings"]["alloc-1"])) + Fraction(
-        Decimal(s2["earnings"]["alloc-2"])
-    )
-    expected_rounding = -(int(usage_line * 10**8) - accrued_charges) + (
-        int(shown_earnings * 10**8) - accrued_earnings
-    )
+    accrued_charges = 10 * round(Fraction(8 * 3600 * 2, 3600) * 10**8) + round(Fraction(1234 * 2, 3600) * 10**8)
+    accrued_earnings = 10 * round(Fraction(8 * 3600 * 3, 7200) * 10**8) + round(Fraction(1234 * 3, 7200) * 10**8)
+    shown_earnings = Fraction(Decimal(s1["earnings"]["alloc-1"])) + Fraction(Decimal(s2["earnings"]["alloc-2"]))
+    expected_rounding = -(int(usage_line * 10**8) - accrued_charges) + (int(shown_earnings * 10**8) - accrued_earnings)
     assert await balance_units(stack, chart.rounding("USD").code) == expected_rounding
     assert expected_rounding == -(444_444 + 416_667)  # 160.69 for 160.6855556; 0.51 for 0.5141667
     await assert_ledger_sound(stack)
@@ -551,15 +537,11 @@ async def test_a_close_that_dies_before_commit_leaves_nothing_and_the_next_run_c
             "second watermarks consumed",
         )
         await asyncio.sleep(0.5)
-    numbers = [
-        r["number"] for r in await stack.pool.fetch("select number from invoicing.invoices order by number")
-    ]
+    numbers = [r["number"] for r in await stack.pool.fetch("select number from invoicing.invoices order by number")]
     assert numbers == [f"INV-2026-{n:06d}" for n in range(1, 13)]
     assert await count(stack, "select count(*) from invoicing.statements") == 1
     assert await count(stack, "select count(*) from ledger.entries where kind = 'invoice.finalized'") == 12
-    assert (
-        await count(stack, "select count(*) from settle.outbox where topic = 'invoices.finalized.v1'") == 12
-    )
+    assert await count(stack, "select count(*) from settle.outbox where topic = 'invoices.finalized.v1'") == 12
     await assert_ledger_sound(stack)
 
 
@@ -580,9 +562,7 @@ async def test_racing_closers_number_the_same_periods_without_gap_or_duplicate(
     contracts = [f"ctr-{n:03d}" for n in range(60)]
     for n, contract_id in enumerate(contracts):
         story.contract(contract_id, renter=f"rnt-{n % 7}")
-        story.charge(
-            contract_id, f"alloc-{n}", f"sup-{n % 3}", datetime(2026, 1, 9, tzinfo=UTC), billable=3600 + n
-        )
+        story.charge(contract_id, f"alloc-{n}", f"sup-{n % 3}", datetime(2026, 1, 9, tzinfo=UTC), billable=3600 + n)
     story.watermark(JAN[1])
     story.watermark(FEB[1])  # two periods per contract
     done = asyncio.Event()
@@ -656,15 +636,11 @@ async def test_late_charge_after_the_last_invoice_is_a_credit_note(stack: Stack)
     async with running(stack, [INVOICING], relays=0):
         await wait_invoices(stack, 1)
         # A correction for January arrives after the term's last invoice: no later invoice exists.
-        story.charge(
-            "ctr-1", "alloc-1", "sup-1", datetime(2026, 1, 3, tzinfo=UTC), billable=-1801, revision=2
-        )
+        story.charge("ctr-1", "alloc-1", "sup-1", datetime(2026, 1, 3, tzinfo=UTC), billable=-1801, revision=2)
         story.watermark(datetime(2026, 2, 2, tzinfo=UTC))
         await story.publish(stack)
         await wait_for_count(stack, "select count(*) from invoicing.credit_notes", 1, "a credit note")
-    [note] = [
-        dict(r["document"]) for r in await stack.pool.fetch("select document from invoicing.credit_notes")
-    ]
+    [note] = [dict(r["document"]) for r in await stack.pool.fetch("select document from invoicing.credit_notes")]
     delta = Fraction(-1801 * 2, 3600)
     line = half_even(delta, 2)
     tax = half_even(Fraction(line) * Fraction("0.2"), 2)  # a credit note gives tax back (signed)

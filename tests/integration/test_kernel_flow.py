@@ -23,11 +23,24 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 
 
-def transfer(n: int, amount: str = "1.00", *, src: str = "ops:cash", dst: str = "ops:fees", floor: str | None = None,
-             event_id: str | None = None) -> tuple[topics.Topic, str, bytes]:
+def transfer(
+    n: int,
+    amount: str = "1.00",
+    *,
+    src: str = "ops:cash",
+    dst: str = "ops:fees",
+    floor: str | None = None,
+    event_id: str | None = None,
+) -> tuple[topics.Topic, str, bytes]:
     data = TransferRequested(
-        transfer_id=f"tr-{n}", from_account=src, to_account=dst, amount=amount, currency="USD",
-        memo=f"transfer {n}", from_type="asset", to_type="asset",
+        transfer_id=f"tr-{n}",
+        from_account=src,
+        to_account=dst,
+        amount=amount,
+        currency="USD",
+        memo=f"transfer {n}",
+        from_type="asset",
+        to_type="asset",
         from_floor=floor,
     )
     value = event_bytes("journal.transfer_requested", data, id=event_id or f"ev-{n}", time=T0 + timedelta(seconds=n))
@@ -46,7 +59,11 @@ async def test_each_event_has_its_effect_once_and_bad_input_is_dead_lettered(sta
         (topics.JOURNAL_REQUESTS, "x1", b"{not json"),
         (topics.JOURNAL_REQUESTS, "x2", orjson.dumps({"hello": "world"})),
         (topics.JOURNAL_REQUESTS, "x3", event_bytes("journal.nonsense", {"a": 1}, id="bad-type", time=T0)),
-        (topics.JOURNAL_REQUESTS, "x4", event_bytes("journal.transfer_requested", {"transfer_id": "t"}, id="bad-data", time=T0)),
+        (
+            topics.JOURNAL_REQUESTS,
+            "x4",
+            event_bytes("journal.transfer_requested", {"transfer_id": "t"}, id="bad-data", time=T0),
+        ),
     ]
     await publish(stack, good[:100] + malformed + duplicates + [conflict] + good[100:])
 
@@ -87,7 +104,12 @@ async def _no_lag(stack: Stack) -> bool:
 
 
 async def _posted(stack: Stack, n: int) -> bool:
-    return await count(stack, "select count(*) from settle.outbox where topic = 'journal.posted.v1' and sent_at is not null") >= n
+    return (
+        await count(
+            stack, "select count(*) from settle.outbox where topic = 'journal.posted.v1' and sent_at is not null"
+        )
+        >= n
+    )
 
 
 async def _dead(stack: Stack, n: int) -> bool:
@@ -117,7 +139,12 @@ async def test_floor_refusals_are_business_outcomes_not_losses(stack: Stack) -> 
 
 
 async def _count_events(stack: Stack, n: int) -> bool:
-    return await count(stack, "select count(*) from settle.outbox where topic = 'journal.posted.v1' and sent_at is not null") >= n
+    return (
+        await count(
+            stack, "select count(*) from settle.outbox where topic = 'journal.posted.v1' and sent_at is not null"
+        )
+        >= n
+    )
 
 
 async def test_redrive_republishes_a_dead_letter_to_its_topic(stack: Stack) -> None:

@@ -28,35 +28,40 @@ def _entry(n: int, postings: list[Posting], kind: str = "test") -> Entry:
 async def test_fifty_concurrent_debits_never_cross_the_floor(stack: Stack) -> None:
     """50 debits of 3 units race from 50 connections at a wallet holding 100: exactly 33 land."""
     async with stack.pool.acquire() as conn:
-        await ensure_accounts(conn, [
-            AccountSpec("wallet", "USD", "liability", "renter:r1", floor_units=0),
-            AccountSpec("cash", "USD", "asset", "platform"),
-            AccountSpec("spend", "USD", "revenue", "platform"),
-        ])
+        await ensure_accounts(
+            conn,
+            [
+                AccountSpec("wallet", "USD", "liability", "renter:r1", floor_units=0),
+                AccountSpec("cash", "USD", "asset", "platform"),
+                AccountSpec("spend", "USD", "revenue", "platform"),
+            ],
+        )
         async with conn.transaction():
             await post(conn, [_entry(0, [debit("cash", 100, "USD"), credit("wallet", 100, "USD")], "topup")])
 
     start = asyncio.Event()
 
-    async def one_debit(n: int) -> bool:
+    async def one_debit(n: int) -> BaseException | None:
+        """None when the debit landed, else how the database refused it."""
         conn = await asyncpg.connect(stack.database_url)
         try:
             await start.wait()
             try:
                 async with conn.transaction():
                     await post(conn, [_entry(n, [debit("wallet", 3, "USD"), credit("spend", 3, "USD")], "draw")])
-                return True
             except asyncpg.PostgresError as exc:
-                mapped = map_db_error(exc)
-                assert isinstance(mapped, LedgerFloorError), f"unexpected refusal: {exc!r}"
-                return False
+                return map_db_error(exc) or exc
+            return None
         finally:
             await conn.close()
 
     tasks = [asyncio.create_task(one_debit(n)) for n in range(1, 51)]
     await asyncio.sleep(0.5)  # let every connection open before they race
     start.set()
-    landed = sum(await asyncio.gather(*tasks))
+    outcomes = await asyncio.gather(*tasks)
+    refusals = [o for o in outcomes if o is not None]
+    assert all(isinstance(r, LedgerFloorError) for r in refusals), refusals  # only the floor refuses, no deadlock
+    landed = len(outcomes) - len(refusals)
 
     async with stack.pool.acquire() as conn:
         wallet = next(b for b in await balances(conn) if b.code == "wallet")
@@ -70,11 +75,14 @@ async def test_fifty_concurrent_debits_never_cross_the_floor(stack: Stack) -> No
 async def test_database_refuses_an_unbalanced_entry(stack: Stack) -> None:
     async with stack.pool.acquire() as conn:
         await ensure_accounts(conn, [AccountSpec("a", "USD", "asset", "p"), AccountSpec("b", "USD", "revenue", "p")])
-        with pytest.raises(asyncpg.PostgresError) as caught:
+        with pytest.raises(asyncpg.PostgresError) as caught:  # noqa: PT012 (the entry and its postings, one transaction)
             async with conn.transaction():
-                await conn.execute("insert into ledger.entries (id, cause_id, kind, occurred_at) values ('x','c','k',now())")
                 await conn.execute(
-                    "insert into ledger.postings (entry_id, seq, account, asset, amount) values ('x',0,'a','USD/8',5),('x',1,'b','USD/8',-4)"
+                    "insert into ledger.entries (id, cause_id, kind, occurred_at) values ('x','c','k',now())"
+                )
+                await conn.execute(
+                    "insert into ledger.postings (entry_id, seq, account, asset, amount)"
+                    " values ('x', 0, 'a', 'USD/8', 5), ('x', 1, 'b', 'USD/8', -4)"
                 )
         assert isinstance(map_db_error(caught.value), UnbalancedEntryError)
         assert await conn.fetchval("select count(*) from ledger.entries") == 0
@@ -101,7 +109,7 @@ async def test_journal_rows_cannot_be_updated_deleted_or_truncated(stack: Stack)
             "update ledger.accounts set balance = 0",
             "delete from ledger.accounts",
         ):
-            with pytest.raises(asyncpg.PostgresError, match="append-only|only through postings"):
+            with pytest.raises(asyncpg.PostgresError, match=r"append-only|only through postings"):
                 await conn.execute(sql)
         # Balanced postings cannot be smuggled into an existing entry by a later transaction either.
         with pytest.raises(asyncpg.PostgresError, match="transaction that creates it"):
@@ -132,12 +140,19 @@ async def test_verify_reports_a_tampered_balance(stack: Stack) -> None:
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     transfers=st.lists(
-        st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["a", "b", "c"]), st.integers(1, 10**12),
-                  st.sampled_from(["USD", "JPY", "EUR"])),
-        min_size=1, max_size=40,
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.integers(1, 10**12),
+            st.sampled_from(["USD", "JPY", "EUR"]),
+        ),
+        min_size=1,
+        max_size=40,
     )
 )
-async def test_trial_balance_is_zero_after_any_postings(stack: Stack, transfers: list[tuple[str, str, int, str]]) -> None:
+async def test_trial_balance_is_zero_after_any_postings(
+    stack: Stack, transfers: list[tuple[str, str, int, str]]
+) -> None:
     batch = f"h{next(_EXAMPLES)}"
     async with stack.pool.acquire() as conn:
         specs = [AccountSpec(f"{name}-{cur}", cur, "asset", "p") for name in "abc" for cur in ("USD", "JPY", "EUR")]
@@ -153,3 +168,20 @@ async def test_trial_balance_is_zero_after_any_postings(stack: Stack, transfers:
         report = await verify(conn)
     assert report.ok, report
     assert set(report.trial_balance.values()) <= {0}
+
+
+async def test_postings_to_unknown_accounts_or_entries_are_refused(stack: Stack) -> None:
+    """The statement trigger checks existence in one pass (no row-by-row foreign keys)."""
+    async with stack.pool.acquire() as conn:
+        await ensure_accounts(conn, [AccountSpec("a", "USD", "asset", "p")])
+        with pytest.raises(asyncpg.PostgresError, match="unknown account nowhere"):
+            async with conn.transaction():
+                await post(conn, [_entry(1, [debit("a", 5, "USD"), credit("nowhere", 5, "USD")])])
+        with pytest.raises(asyncpg.PostgresError, match="unknown journal entry ghost"):
+            await conn.execute(
+                "insert into ledger.postings values ('ghost', 0, 'a', 'USD/8', 1), ('ghost', 1, 'a', 'USD/8', -1)"
+            )
+        with pytest.raises(asyncpg.PostgresError, match="another asset"):
+            async with conn.transaction():
+                await post(conn, [_entry(2, [Posting("a", "EUR", 5), Posting("a", "EUR", -5)])])
+        assert (await verify(conn)).ok

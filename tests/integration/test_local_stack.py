@@ -72,9 +72,7 @@ async def test_keyed_messages_round_trip_through_a_consumer_group(broker: MockBr
     topic = USAGE_METERED.name
     sent: dict[str, list[int]] = defaultdict(list)
     partition_of: dict[str, int] = {}
-    producer = AIOKafkaProducer(
-        bootstrap_servers=broker.bootstrap_servers, enable_idempotence=True, acks="all"
-    )
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, enable_idempotence=True, acks="all")
     await producer.start()
     try:
         futures = []

@@ -106,9 +106,7 @@ def contract_terminated(contract_id: str, effective_at: datetime, *, event_id: s
     )
 
 
-def topped_up(
-    contract_id: str, amount: str, made_at: datetime, *, currency: str = "USD", event_id: str
-) -> Item:
+def topped_up(contract_id: str, amount: str, made_at: datetime, *, currency: str = "USD", event_id: str) -> Item:
     data = {
         "contract_id": contract_id,
         "amount": amount,
@@ -199,9 +197,7 @@ def invoice_finalized(
         period_end=period_end,
         issued_at=period_end,
         due_at=period_end + 30 * 24 * HOUR,
-        lines=InvoiceLines(
-            usage=amount_due, commitment_true_up="0.00", adjustments="0.00", sla_credit="0.00"
-        ),
+        lines=InvoiceLines(usage=amount_due, commitment_true_up="0.00", adjustments="0.00", sla_credit="0.00"),
         adjustment_lines=[],
         subtotal=amount_due,
         tax_rate="0",
@@ -232,9 +228,7 @@ async def publish_watermark(stack: Stack, through: datetime, partitions: Iterabl
     try:
         name = stack.settings.topic_prefix + topics.USAGE_METERED.name
         for p in parts:
-            await (
-                await producer.send(name, value=watermark_bytes(through, p), key=b"watermark", partition=p)
-            )
+            await (await producer.send(name, value=watermark_bytes(through, p), key=b"watermark", partition=p))
     finally:
         await stop_client(producer)
 
@@ -309,9 +303,7 @@ async def assert_ledger_ok(stack: Stack) -> None:
     async with stack.pool.acquire() as conn:
         report = await verify(conn)
     assert report.ok, report
-    assert not await stack.pool.fetchval("select count(*) from settle.dead_letters"), (
-        "nothing is dead-lettered"
-    )
+    assert not await stack.pool.fetchval("select count(*) from settle.dead_letters"), "nothing is dead-lettered"
 
 
 def exact_x3600(value: str) -> Fraction:
@@ -352,13 +344,9 @@ async def test_usage_is_rated_exactly_with_corrections_add_ons_and_both_ledger_s
     cid = "c-usd-1"
     h0 = Hour(cid, "alloc-a", T0 + 10 * HOUR, gpu_count=8)  # a full hour: 8 × 3600 GPU-seconds
     h1 = Hour(cid, "alloc-a", T0 + 11 * HOUR, gpu_count=8, segments=((0, 1234), (2000, 3600)))
-    h1_rev2 = Hour(
-        cid, "alloc-a", T0 + 11 * HOUR, gpu_count=8, segments=((0, 1234),), revision=2
-    )  # correction
+    h1_rev2 = Hour(cid, "alloc-a", T0 + 11 * HOUR, gpu_count=8, segments=((0, 1234),), revision=2)  # correction
     h2 = Hour(cid, "alloc-b", T0 + 10 * HOUR, gpu_count=3, segments=((17, 3599),), supplier_id="supplier-2")
-    egress = Hour(
-        cid, "alloc-a", T0 + 10 * HOUR, gpu_count=0, segments=(), meter="egress_gb", quantity="12.5"
-    )
+    egress = Hour(cid, "alloc-a", T0 + 10 * HOUR, gpu_count=0, segments=(), meter="egress_gb", quantity="12.5")
     items = [
         contract_created(cid, starts_at=T0, price="2.35", rate="1.70", meter_prices={"egress_gb": "0.08"}),
         usage(h0),
@@ -460,9 +448,7 @@ async def test_top_ups_before_their_contract_wait_and_invoices_move_exposure(sta
     assert units[wallet] == 40 * 10**8  # 50 − the 10.00 hour drawn at the watermark
     assert units[f"renter:renter-1:prepaid_applied:{prepaid}:USD"] == 10 * 10**8
     drawn = [o for o in await outputs(stack, topics.CHARGES_RATED) if o.type == "wallet.drawn"]
-    assert [(d.data["reason"], exact_x3600(d.data["drawn_x3600"])) for d in drawn] == [
-        ("charge", Fraction(10))
-    ]
+    assert [(d.data["reason"], exact_x3600(d.data["drawn_x3600"])) for d in drawn] == [("charge", Fraction(10))]
 
     # R9: the December charge is invoiced (amount due 12.00), January's is still uninvoiced.
     row = await stack.pool.fetchrow(
@@ -482,9 +468,7 @@ async def test_one_wallet_under_concurrent_transactions_never_overdraws(stack: S
 
     def envelope(item: Item | bytes, topic: topics.Topic | None = None) -> Envelope[Any]:
         value = item if isinstance(item, bytes) else item[2]
-        chosen = (
-            topic if topic is not None else (item[0] if not isinstance(item, bytes) else topics.USAGE_METERED)
-        )
+        chosen = topic if topic is not None else (item[0] if not isinstance(item, bytes) else topics.USAGE_METERED)
         raw = decode_raw(value)
         model = chosen.model_for(raw.type)
         assert model is not None
@@ -501,14 +485,10 @@ async def test_one_wallet_under_concurrent_transactions_never_overdraws(stack: S
     top_ups = [topped_up(cid, "20.00", T0 + n * 37 * 60 * SECOND, event_id=f"race-top-{n}") for n in range(8)]
     marks = [watermark_bytes(T0 + n * HOUR, partition) for n in range(1, 14)]
     # Round 1: usage and top-ups of one wallet, each its own transaction, all at once.
-    first: list[list[Envelope[Any]]] = [[envelope(usage(h))] for h in hours[:40]] + [
-        [envelope(t)] for t in top_ups
-    ]
+    first: list[list[Envelope[Any]]] = [[envelope(usage(h))] for h in hours[:40]] + [[envelope(t)] for t in top_ups]
     # Round 2: watermarks (each runs the wallet over everything due) racing with more usage, with
     # redeliveries of usage already rated, and with each other.
-    second: list[list[Envelope[Any]]] = [[envelope(m)] for m in marks] + [
-        [envelope(usage(h))] for h in hours[40:]
-    ]
+    second: list[list[Envelope[Any]]] = [[envelope(m)] for m in marks] + [[envelope(usage(h))] for h in hours[40:]]
     second += [[envelope(usage(hours[n])), envelope(marks[n % len(marks)])] for n in range(0, 60, 7)]
     # Round 0: contracts created while their first usage arrives (held, then rated; never lost in between).
     newcomers = [f"c-new-{n}" for n in range(40)]
@@ -551,9 +531,7 @@ async def test_one_wallet_under_concurrent_transactions_never_overdraws(stack: S
     )
     assert floor == 0
     # What the wallet said it drew (wallet.drawn in the outbox) is the same amount.
-    rows = await stack.pool.fetch(
-        "select value from settle.outbox where topic = $1", topics.CHARGES_RATED.name
-    )
+    rows = await stack.pool.fetch("select value from settle.outbox where topic = $1", topics.CHARGES_RATED.name)
     drawn_events = [orjson.loads(bytes(r["value"])) for r in rows]
     drawn_total = sum(
         (exact_x3600(d["data"]["drawn_x3600"]) for d in drawn_events if d["type"] == "wallet.drawn"),
@@ -569,10 +547,7 @@ async def test_two_rating_consumers_share_the_partitions_and_wallets_still_hold(
     contracts = [f"c-duo-{n}" for n in range(6)]
     price = Fraction("3.10")
     hours = [
-        Hour(c, f"alloc-{c}-{a}", T0 + h * HOUR, gpu_count=2 + a)
-        for c in contracts
-        for a in range(2)
-        for h in range(6)
+        Hour(c, f"alloc-{c}-{a}", T0 + h * HOUR, gpu_count=2 + a) for c in contracts for a in range(2) for h in range(6)
     ]
     # Half of the wallets run dry (3 × 9.00 < 93.00 of usage), half keep money (3 × 40.00).
     top_up = {c: "9.00" if n % 2 == 0 else "40.00" for n, c in enumerate(contracts)}
@@ -581,10 +556,7 @@ async def test_two_rating_consumers_share_the_partitions_and_wallets_still_hold(
         for c in contracts
         for n in range(3)
     ]
-    created = [
-        contract_created(c, billing_mode="prepaid", starts_at=T0, price="3.10", rate="2.00")
-        for c in contracts
-    ]
+    created = [contract_created(c, billing_mode="prepaid", starts_at=T0, price="3.10", rate="2.00") for c in contracts]
     async with running(stack, [SERVICE]) as first, running(stack, [SERVICE]) as second:
         await publish(stack, created + top_ups[::2] + [usage(h) for h in hours[::2]])
         await publish_watermark(stack, T0 + 3 * HOUR)

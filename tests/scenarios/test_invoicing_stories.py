@@ -78,9 +78,7 @@ async def test_commitment_is_prorated_over_a_mid_period_start_and_trued_up(stack
     assert feb["lines"]["commitment_true_up"] == "310.00"
     assert (feb["tax"], feb["total"]) == ("31.00", "341.00")
     # Ledger: the true-ups are commitment revenue, at the exact amount; rounding takes the rest (R6).
-    assert await balance_units(stack, chart.revenue_commitment("USD").code) == -(
-        units(true_up) + units(Fraction(310))
-    )
+    assert await balance_units(stack, chart.revenue_commitment("USD").code) == -(units(true_up) + units(Fraction(310)))
     assert await balance_units(stack, chart.receivable("rnt-c", "USD").code) == units(
         Fraction(subtotal + tax) + Fraction(341)
     )
@@ -96,9 +94,7 @@ async def test_sla_tier_boundary_hit_exactly_gives_the_next_tier_and_charges_sup
     """Uptime is exactly 0.99: the 0.99 tier does not apply (uptime is not below it); the tier with the
     smallest threshold still above it (0.999, 5 %) does. The credit is charged back by outage share."""
     story = Story()
-    story.contract(
-        "ctr-sla", renter="rnt-s", price="2.35", rate="1.5", tiers=[("0.99", "10"), ("0.999", "5")]
-    )
+    story.contract("ctr-sla", renter="rnt-s", price="2.35", rate="1.5", tiers=[("0.99", "10"), ("0.999", "5")])
     hour = datetime(2026, 1, 10, tzinfo=UTC)
     for n in range(10):  # alloc-1 (sup-A): 10 GPUs, 480 outage GPU-seconds per hour
         story.charge("ctr-sla", "alloc-1", "sup-A", hour + timedelta(hours=n), billable=35_520, outage=480)
@@ -163,11 +159,7 @@ async def test_jpy_invoice_rounds_to_whole_yen_half_to_even(stack: Stack) -> Non
     assert (inv["tax"], inv["total"], inv["amount_due"]) == (str(tax), str(line + tax), str(line + tax))
     assert all("." not in inv[k] for k in ("subtotal", "tax", "total", "prepaid_applied", "amount_due"))
     statement = await statement_of(stack, "sup-1", "2026-01")
-    assert (
-        statement["earnings"]
-        == {"alloc-1": shown(Fraction(5_555 * 180, HOUR_S), "JPY")}
-        == {"alloc-1": "278"}
-    )
+    assert statement["earnings"] == {"alloc-1": shown(Fraction(5_555 * 180, HOUR_S), "JPY")} == {"alloc-1": "278"}
     # JPY ledger units are micro-yen (JPY/6).
     assert await balance_units(stack, chart.receivable("rnt-j", "JPY").code) == int(line + tax) * 10**6
     await assert_ledger_sound(stack)
@@ -207,11 +199,7 @@ async def test_prepaid_draws_are_applied_and_a_negative_amount_due_is_carried_to
     applied = half_even(Fraction(Decimal("40.005") + Decimal("59.995")), 2)
     assert (jan["lines"]["usage"], jan["lines"]["sla_credit"]) == ("100.00", str(credit))
     assert (jan["total"], jan["prepaid_applied"]) == (str(total), str(applied)) == ("99.00", "100.00")
-    assert (
-        (jan["amount_due"], jan["credit_carried_forward"])
-        == ("0.00", str(applied - total))
-        == ("0.00", "1.00")
-    )
+    assert (jan["amount_due"], jan["credit_carried_forward"]) == ("0.00", str(applied - total)) == ("0.00", "1.00")
 
     feb_total = Decimal("20.00") + half_even(Fraction(20) * Fraction("0.1"), 2)
     assert (feb["total"], feb["prepaid_applied"], feb["credit_applied"]) == (str(feb_total), "0.00", "1.00")
@@ -303,9 +291,7 @@ async def test_a_late_charge_re_evaluates_the_commitment_true_up_of_its_period(s
     await story.publish(stack)
     async with running(stack, [INVOICING], relays=0):
         await wait_invoices(stack, 1)
-        story.charge(
-            "ctr-1", "alloc-1", "sup-1", datetime(2026, 1, 8, tzinfo=UTC), billable=18_001
-        )  # 10.0005..
+        story.charge("ctr-1", "alloc-1", "sup-1", datetime(2026, 1, 8, tzinfo=UTC), billable=18_001)  # 10.0005..
         story.watermark(MAR[0])
         await story.publish(stack)
         await wait_invoices(stack, 2)

@@ -27,27 +27,52 @@ def at(hour: int, minute: int = 0, second: int = 0) -> datetime:
     return DAY + timedelta(hours=hour, minutes=minute, seconds=second)
 
 
-def contract(contract_id: str = "c-1", *, starts_at: datetime = DAY, ends_at: datetime | None = None) -> tuple[Any, ...]:
+def contract(
+    contract_id: str = "c-1", *, starts_at: datetime = DAY, ends_at: datetime | None = None
+) -> tuple[Any, ...]:
     data = {
-        "contract_id": contract_id, "renter_id": "r-1", "currency": "USD", "billing_mode": "postpaid",
-        "price_per_gpu_hour": "2.00", "supplier_rate_per_gpu_hour": "1.50", "commitment_per_period": "0",
-        "credit_limit": None, "sla_tiers": [], "tax_rate": "0", "starts_at": starts_at.isoformat(),
-        "ends_at": ends_at.isoformat() if ends_at else None, "billing_anchor_day": 1,
+        "contract_id": contract_id,
+        "renter_id": "r-1",
+        "currency": "USD",
+        "billing_mode": "postpaid",
+        "price_per_gpu_hour": "2.00",
+        "supplier_rate_per_gpu_hour": "1.50",
+        "commitment_per_period": "0",
+        "credit_limit": None,
+        "sla_tiers": [],
+        "tax_rate": "0",
+        "starts_at": starts_at.isoformat(),
+        "ends_at": ends_at.isoformat() if ends_at else None,
+        "billing_anchor_day": 1,
     }
-    return (topics.CONTRACTS, contract_id, event_bytes("contract.created", data, id=f"{contract_id}-created", time=starts_at))
+    return (
+        topics.CONTRACTS,
+        contract_id,
+        event_bytes("contract.created", data, id=f"{contract_id}-created", time=starts_at),
+    )
 
 
 def lifecycle(type_: str, when: datetime, allocation_id: str = "a-1", **extra: Any) -> tuple[Any, ...]:
     data: dict[str, Any] = {"allocation_id": allocation_id, **extra}
     if type_ == "gpu.allocation.provisioned":
-        data = {"allocation_id": allocation_id, "contract_id": extra.get("contract_id", "c-1"), "renter_id": "r-1",
-                "supplier_id": "s-1", "server_id": "srv-1", "gpu_model": "H100", "gpu_count": extra.get("gpu_count", 8)}
+        data = {
+            "allocation_id": allocation_id,
+            "contract_id": extra.get("contract_id", "c-1"),
+            "renter_id": "r-1",
+            "supplier_id": "s-1",
+            "server_id": "srv-1",
+            "gpu_model": "H100",
+            "gpu_count": extra.get("gpu_count", 8),
+        }
     return (topics.INFRA_LIFECYCLE, allocation_id, event_bytes(type_, data, id=f"lc-{next(_ids)}", time=when))
 
 
 def tick(when: datetime) -> tuple[Any, ...]:
-    return (topics.CLOCK_TICKS, "clock", event_bytes("clock.ticked", {"at": when.isoformat()}, id=f"tick-{when.isoformat()}",
-                                                     time=when))
+    return (
+        topics.CLOCK_TICKS,
+        "clock",
+        event_bytes("clock.ticked", {"at": when.isoformat()}, id=f"tick-{when.isoformat()}", time=when),
+    )
 
 
 async def usage_records(stack: Stack) -> list[dict[str, Any]]:
@@ -75,42 +100,59 @@ def hours(records: list[dict[str, Any]], meter: str = "gpu_seconds") -> dict[tup
 
 async def test_an_allocation_decommissioned_before_its_provisioning_arrives_bills_its_hours(stack: Stack) -> None:
     """An 8-GPU allocation's decommission (12:00) arrives before its provisioning (10:00)."""
-    await publish(stack, [contract(), lifecycle("gpu.allocation.decommissioned", at(12, 30)),
-                          lifecycle("gpu.allocation.provisioned", at(10, 15), gpu_count=8), tick(at(14))])
+    await publish(
+        stack,
+        [
+            contract(),
+            lifecycle("gpu.allocation.decommissioned", at(12, 30)),
+            lifecycle("gpu.allocation.provisioned", at(10, 15), gpu_count=8),
+            tick(at(14)),
+        ],
+    )
     async with running(stack, [METERING]):
         await wait_until(lambda: watermarks_through(stack, at(14)), what="watermark at 14:00")
     got = hours(await usage_records(stack))
     # 10:15-11:00 = 2700 s, 11:00-12:00 = 3600 s, 12:00-12:30 = 1800 s; × 8 GPUs
     assert {h: d["billable_gpu_seconds"] for (_, h), d in got.items()} == {
-        "2026-12-01T10:00:00Z": 8 * 2700, "2026-12-01T11:00:00Z": 8 * 3600, "2026-12-01T12:00:00Z": 8 * 1800,
+        "2026-12-01T10:00:00Z": 8 * 2700,
+        "2026-12-01T11:00:00Z": 8 * 3600,
+        "2026-12-01T12:00:00Z": 8 * 1800,
     }
     # Every partition of usage.metered.v1 got the watermark, after the usage records.
     records = await read_topic(stack, topics.USAGE_METERED)
     marks = [r for r in records if orjson.loads(r.value)["type"] == "usage.watermark"]
     assert sorted(r.partition for r in marks) == list(range(topics.USAGE_METERED.partitions))
     usage_partition = next(r.partition for r in records if orjson.loads(r.value)["type"] == "usage.metered")
-    in_partition = [orjson.loads(r.value)["type"] for r in sorted(records, key=lambda r: r.offset)
-                    if r.partition == usage_partition]
+    in_partition = [
+        orjson.loads(r.value)["type"] for r in sorted(records, key=lambda r: r.offset) if r.partition == usage_partition
+    ]
     assert in_partition[-1] == "usage.watermark"
 
 
 async def test_an_outage_inside_a_maintenance_window_counts_once(stack: Stack) -> None:
-    await publish(stack, [
-        contract(),
-        lifecycle("gpu.allocation.provisioned", at(9), gpu_count=4),
-        lifecycle("gpu.maintenance.started", at(10), window_id="m-1"),
-        lifecycle("gpu.outage.started", at(10, 15), incident_id="o-1"),
-        lifecycle("gpu.outage.ended", at(11, 30), incident_id="o-1"),
-        lifecycle("gpu.maintenance.ended", at(11), window_id="m-1"),
-        tick(at(12)),
-    ])
+    await publish(
+        stack,
+        [
+            contract(),
+            lifecycle("gpu.allocation.provisioned", at(9), gpu_count=4),
+            lifecycle("gpu.maintenance.started", at(10), window_id="m-1"),
+            lifecycle("gpu.outage.started", at(10, 15), incident_id="o-1"),
+            lifecycle("gpu.outage.ended", at(11, 30), incident_id="o-1"),
+            lifecycle("gpu.maintenance.ended", at(11), window_id="m-1"),
+            tick(at(12)),
+        ],
+    )
     async with running(stack, [METERING]):
         await wait_until(lambda: watermarks_through(stack, at(12)), what="watermark at 12:00")
     got = hours(await usage_records(stack))
     h10, h11 = got[("a-1", "2026-12-01T10:00:00Z")], got[("a-1", "2026-12-01T11:00:00Z")]
     assert (h10["maintenance_gpu_seconds"], h10["outage_gpu_seconds"], h10["billable_gpu_seconds"]) == (4 * 3600, 0, 0)
     # 11:00-11:30 outage (maintenance over), 11:30-12:00 billable
-    assert (h11["maintenance_gpu_seconds"], h11["outage_gpu_seconds"], h11["billable_gpu_seconds"]) == (0, 4 * 1800, 4 * 1800)
+    assert (h11["maintenance_gpu_seconds"], h11["outage_gpu_seconds"], h11["billable_gpu_seconds"]) == (
+        0,
+        4 * 1800,
+        4 * 1800,
+    )
     assert h11["billable_segments"] == [{"start_at": "2026-12-01T11:30:00Z", "end_at": "2026-12-01T12:00:00Z"}]
 
 
@@ -118,12 +160,21 @@ async def test_a_late_outage_produces_a_correction_not_an_edit(stack: Stack) -> 
     await publish(stack, [contract(), lifecycle("gpu.allocation.provisioned", at(9), gpu_count=2), tick(at(12))])
     async with running(stack, [METERING]):
         await wait_until(lambda: watermarks_through(stack, at(12)), what="first watermark")
-        await publish(stack, [lifecycle("gpu.outage.started", at(10, 30), incident_id="o-9"),
-                              lifecycle("gpu.outage.ended", at(11, 15), incident_id="o-9")])
-        await wait_until(lambda: _count(stack, "select count(*) from metering.hours where revision > 1", 2),
-                         what="corrections of 10:00 and 11:00")
-        await wait_until(lambda: _count(stack, "select count(*) from settle.outbox where sent_at is null", 0, exact=True),
-                         what="outbox drained")
+        await publish(
+            stack,
+            [
+                lifecycle("gpu.outage.started", at(10, 30), incident_id="o-9"),
+                lifecycle("gpu.outage.ended", at(11, 15), incident_id="o-9"),
+            ],
+        )
+        await wait_until(
+            lambda: _count(stack, "select count(*) from metering.hours where revision > 1", 2),
+            what="corrections of 10:00 and 11:00",
+        )
+        await wait_until(
+            lambda: _count(stack, "select count(*) from settle.outbox where sent_at is null", 0, exact=True),
+            what="outbox drained",
+        )
     records = [r["data"] for r in await usage_records(stack) if r["type"] == "usage.metered"]
     by_hour: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
@@ -131,7 +182,10 @@ async def test_a_late_outage_produces_a_correction_not_an_edit(stack: Stack) -> 
     first, second = sorted(by_hour["2026-12-01T10:00:00Z"], key=lambda r: r["revision"])
     assert (first["revision"], first["billable_gpu_seconds"]) == (1, 2 * 3600)  # the original is untouched
     assert (second["revision"], second["delta_billable_gpu_seconds"], second["delta_outage_gpu_seconds"]) == (
-        2, -2 * 1800, 2 * 1800)
+        2,
+        -2 * 1800,
+        2 * 1800,
+    )
     # Each late event corrects what it changes: the open outage first takes all of 11:00, its end
     # gives 11:15-12:00 back. The deltas add up to the final state; nothing is edited in place.
     eleven = sorted(by_hour["2026-12-01T11:00:00Z"], key=lambda r: r["revision"])
@@ -148,33 +202,52 @@ async def _count(stack: Stack, sql: str, n: int, *, exact: bool = False) -> bool
 
 
 async def test_lifecycle_for_an_unknown_contract_is_held_until_it_arrives(stack: Stack) -> None:
-    await publish(stack, [lifecycle("gpu.allocation.provisioned", at(8), contract_id="c-late", gpu_count=1), tick(at(10))])
+    await publish(
+        stack, [lifecycle("gpu.allocation.provisioned", at(8), contract_id="c-late", gpu_count=1), tick(at(10))]
+    )
     async with running(stack, [METERING]):
         await wait_until(lambda: watermarks_through(stack, at(10)), what="watermark (nothing to wait for)")
         assert hours(await usage_records(stack)) == {}
         await publish(stack, [contract("c-late")])
         await wait_until(lambda: _count(stack, "select count(*) from metering.hours", 2), what="held hours emitted")
-        await wait_until(lambda: _count(stack, "select count(*) from settle.outbox where sent_at is null", 0, exact=True),
-                         what="outbox drained")
+        await wait_until(
+            lambda: _count(stack, "select count(*) from settle.outbox where sent_at is null", 0, exact=True),
+            what="outbox drained",
+        )
     got = hours(await usage_records(stack))
     assert {h: d["billable_gpu_seconds"] for (_, h), d in got.items()} == {
-        "2026-12-01T08:00:00Z": 3600, "2026-12-01T09:00:00Z": 3600}
+        "2026-12-01T08:00:00Z": 3600,
+        "2026-12-01T09:00:00Z": 3600,
+    }
 
 
 async def test_a_window_that_ends_before_it_starts_is_quarantined_with_both_events(stack: Stack) -> None:
-    await publish(stack, [
-        contract(), lifecycle("gpu.allocation.provisioned", at(8), gpu_count=1),
-        lifecycle("gpu.maintenance.ended", at(9), window_id="m-x"),
-        lifecycle("gpu.maintenance.started", at(9, 30), window_id="m-x"),
-        tick(at(11)),
-    ])
+    await publish(
+        stack,
+        [
+            contract(),
+            lifecycle("gpu.allocation.provisioned", at(8), gpu_count=1),
+            lifecycle("gpu.maintenance.ended", at(9), window_id="m-x"),
+            lifecycle("gpu.maintenance.started", at(9, 30), window_id="m-x"),
+            tick(at(11)),
+        ],
+    )
     async with running(stack, [METERING]):
         await wait_until(lambda: watermarks_through(stack, at(11)), what="watermark")
-        await wait_until(lambda: _count(stack, "select count(*) from settle.outbox where topic = 'metering.anomaly.v1' "
-                                               "and sent_at is not null", 1), what="anomaly published")
+        await wait_until(
+            lambda: _count(
+                stack,
+                "select count(*) from settle.outbox where topic = 'metering.anomaly.v1' and sent_at is not null",
+                1,
+            ),
+            what="anomaly published",
+        )
     got = hours(await usage_records(stack))
     assert {h: d["billable_gpu_seconds"] for (_, h), d in got.items()} == {
-        "2026-12-01T08:00:00Z": 3600, "2026-12-01T09:00:00Z": 3600, "2026-12-01T10:00:00Z": 3600}
+        "2026-12-01T08:00:00Z": 3600,
+        "2026-12-01T09:00:00Z": 3600,
+        "2026-12-01T10:00:00Z": 3600,
+    }
     anomalies = [orjson.loads(r.value)["data"] for r in await read_topic(stack, topics.METERING_ANOMALY)]
     quarantined = [a for a in anomalies if a["kind"] == "event_quarantined"]
     assert len(quarantined) == 1 and len(quarantined[0]["event_ids"]) == 2
@@ -185,17 +258,28 @@ async def test_a_termination_after_hours_were_emitted_corrects_them_to_zero(stac
     await publish(stack, [contract(), lifecycle("gpu.allocation.provisioned", at(8), gpu_count=1), tick(at(12))])
     async with running(stack, [METERING]):
         await wait_until(lambda: watermarks_through(stack, at(12)), what="watermark")
-        terminated = event_bytes("contract.terminated", {"contract_id": "c-1", "effective_at": at(10, 30).isoformat()},
-                                 id="c-1-terminated", time=at(12, 5))
+        terminated = event_bytes(
+            "contract.terminated",
+            {"contract_id": "c-1", "effective_at": at(10, 30).isoformat()},
+            id="c-1-terminated",
+            time=at(12, 5),
+        )
         await publish(stack, [(topics.CONTRACTS, "c-1", terminated)])
-        await wait_until(lambda: _count(stack, "select count(*) from metering.hours where revision = 2", 2),
-                         what="corrections for 10:00 and 11:00")
-        await wait_until(lambda: _count(stack, "select count(*) from settle.outbox where sent_at is null", 0, exact=True),
-                         what="outbox drained")
+        await wait_until(
+            lambda: _count(stack, "select count(*) from metering.hours where revision = 2", 2),
+            what="corrections for 10:00 and 11:00",
+        )
+        await wait_until(
+            lambda: _count(stack, "select count(*) from settle.outbox where sent_at is null", 0, exact=True),
+            what="outbox drained",
+        )
     got = hours(await usage_records(stack))
     assert {h: d["billable_gpu_seconds"] for (_, h), d in got.items()} == {
-        "2026-12-01T08:00:00Z": 3600, "2026-12-01T09:00:00Z": 3600, "2026-12-01T10:00:00Z": 1800,
-        "2026-12-01T11:00:00Z": 0}
+        "2026-12-01T08:00:00Z": 3600,
+        "2026-12-01T09:00:00Z": 3600,
+        "2026-12-01T10:00:00Z": 1800,
+        "2026-12-01T11:00:00Z": 0,
+    }
 
 
 async def test_telemetry_samples_are_deduplicated_and_aggregated_per_hour(stack: Stack) -> None:
@@ -203,25 +287,42 @@ async def test_telemetry_samples_are_deduplicated_and_aggregated_per_hour(stack:
     for n in range(600):
         when = at(8) + timedelta(seconds=12 * n)  # 08:00 .. 09:59:48
         data = {"allocation_id": "a-1", "meter": "egress_gb", "quantity": "0.25"}
-        samples.append((topics.USAGE_SAMPLES, "a-1", event_bytes("usage.sample.recorded", data, id=f"s-{n}", time=when)))
+        samples.append(
+            (topics.USAGE_SAMPLES, "a-1", event_bytes("usage.sample.recorded", data, id=f"s-{n}", time=when))
+        )
     duplicates = samples[:100]
-    await publish(stack, [contract(), lifecycle("gpu.allocation.provisioned", at(8), gpu_count=1),
-                          *samples, *duplicates])
+    await publish(
+        stack, [contract(), lifecycle("gpu.allocation.provisioned", at(8), gpu_count=1), *samples, *duplicates]
+    )
     async with running(stack, [METERING]):
         # Ticks and samples are different topics (no order between them): tick once the samples are in,
         # or the stragglers of a closed hour arrive as corrections (also correct, but another story).
-        await wait_until(lambda: _count(stack, "select count(*) from settle.inbox where consumer = 'metering-samples'",
-                                        600), what="samples consumed")
+        await wait_until(
+            lambda: _count(stack, "select count(*) from settle.inbox where consumer = 'metering-samples'", 600),
+            what="samples consumed",
+        )
         await publish(stack, [tick(at(10))])
         await wait_until(lambda: watermarks_through(stack, at(10)), what="watermark")
-        late = event_bytes("usage.sample.recorded", {"allocation_id": "a-1", "meter": "egress_gb", "quantity": "1.5"},
-                           id="s-late", time=at(9, 59, 59))
+        late = event_bytes(
+            "usage.sample.recorded",
+            {"allocation_id": "a-1", "meter": "egress_gb", "quantity": "1.5"},
+            id="s-late",
+            time=at(9, 59, 59),
+        )
         await publish(stack, [(topics.USAGE_SAMPLES, "a-1", late)])
-        await wait_until(lambda: _count(stack, "select count(*) from metering.samples where revision = 2", 1),
-                         what="late sample correction")
-        await wait_until(lambda: _count(stack, "select count(*) from settle.outbox where sent_at is null", 0, exact=True),
-                         what="outbox drained")
-    records = [r["data"] for r in await usage_records(stack) if r["type"] == "usage.metered" and r["data"]["meter"] == "egress_gb"]
+        await wait_until(
+            lambda: _count(stack, "select count(*) from metering.samples where revision = 2", 1),
+            what="late sample correction",
+        )
+        await wait_until(
+            lambda: _count(stack, "select count(*) from settle.outbox where sent_at is null", 0, exact=True),
+            what="outbox drained",
+        )
+    records = [
+        r["data"]
+        for r in await usage_records(stack)
+        if r["type"] == "usage.metered" and r["data"]["meter"] == "egress_gb"
+    ]
     by_key = {(r["hour_start"], r["revision"]): r for r in records}
     assert by_key[("2026-12-01T08:00:00Z", 1)]["quantity"] == "75.00"  # 300 samples × 0.25
     assert by_key[("2026-12-01T09:00:00Z", 1)]["quantity"] == "75.00"

@@ -139,18 +139,14 @@ async def test_an_amendment_arriving_after_the_hour_was_rated_produces_a_correct
     new = [(DEC_1, "2.00"), (change_at, "3.00")]
     originals = {o.data["hour_start"]: o for o in rated[:3]}
     for h in hours:
-        assert charge(originals[h.isoformat().replace("+00:00", "Z")]) == per_second_charge(
-            8, full_hour(h), old
-        )
+        assert charge(originals[h.isoformat().replace("+00:00", "Z")]) == per_second_charge(8, full_hour(h), old)
     repriced = [o for o in rated if o.data["charge_id"] != derive_id("charge", o.data["usage_id"])]
     by_cause = {(o.data["hour_start"], o.data["charge_id"]): o for o in repriced}
     assert len(repriced) == 3  # hour 14 and 15 for the amendment, hour 15 for the termination
 
     def correction(hour: datetime, event_id: str) -> Out:
         usage_id = Hour(cid, f"alloc-{hours.index(hour)}", hour, gpu_count=8).usage_id
-        return by_cause[
-            (hour.isoformat().replace("+00:00", "Z"), derive_id("charge", usage_id, "reprice", event_id))
-        ]
+        return by_cause[(hour.isoformat().replace("+00:00", "Z"), derive_id("charge", usage_id, "reprice", event_id))]
 
     # The amendment: hour 14 gains half an hour at +1.00 × 8 GPUs, hour 15 a full hour at +1.00 × 8.
     for h in hours[1:]:
@@ -159,9 +155,7 @@ async def test_an_amendment_arriving_after_the_hour_was_rated_produces_a_correct
     assert charge(correction(hours[1], "amend-late")) == 4
     # The termination: hour 15 keeps only 15:00–15:15 at 3.00.
     clipped = per_second_charge(8, [(hours[2], end_at)], new)
-    assert charge(correction(hours[2], "terminated")) == clipped - per_second_charge(
-        8, full_hour(hours[2]), new
-    )
+    assert charge(correction(hours[2], "terminated")) == clipped - per_second_charge(8, full_hour(hours[2]), new)
     # The ledger holds each hour at its final exact amount, rounded once.
     final = [
         per_second_charge(8, full_hour(hours[0]), new),
@@ -236,17 +230,11 @@ async def test_renter_charge_minus_supplier_earning_is_platform_revenue_for_ever
 async def test_a_jpy_contract_is_priced_in_yen(stack: Stack) -> None:
     """JPY has no minor unit (ISO 4217): 3 GPUs for 1234 s at ¥1500 (supplier ¥1100) per GPU-hour."""
     cid = "c-jpy"
-    hour = Hour(
-        cid, "alloc-jp", DEC_1 + 3 * HOUR, gpu_count=3, segments=((100, 1334),), renter_id="renter-jp"
-    )
+    hour = Hour(cid, "alloc-jp", DEC_1 + 3 * HOUR, gpu_count=3, segments=((100, 1334),), renter_id="renter-jp")
     async with running(stack, [SERVICE]):
         await publish(
             stack,
-            [
-                contract_created(
-                    cid, renter_id="renter-jp", currency="JPY", starts_at=DEC_1, price="1500", rate="1100"
-                )
-            ],
+            [contract_created(cid, renter_id="renter-jp", currency="JPY", starts_at=DEC_1, price="1500", rate="1100")],
         )
         await wait_until(lambda: handled(stack, 1), what="contract")
         await publish(stack, [usage(hour)])
@@ -325,9 +313,7 @@ async def test_a_prepaid_wallet_exhausted_mid_period_then_topped_up_settles_the_
     ]
     assert (alerts[0][1]["balance"], alerts[0][1]["threshold"]) == ("5", "7")
     assert alerts[1][1]["overage"] == "5"
-    commands = [
-        (o.type, o.data["reason"], o.data["at"]) for o in await outputs(stack, topics.PLATFORM_COMMANDS)
-    ]
+    commands = [(o.type, o.data["reason"], o.data["at"]) for o in await outputs(stack, topics.PLATFORM_COMMANDS)]
     assert commands == [
         ("platform.suspend_requested", "wallet_exhausted", "2026-12-01T04:00:00Z"),
         ("platform.resume_requested", "wallet_topped_up", "2026-12-01T04:30:00Z"),
@@ -338,9 +324,7 @@ async def test_a_prepaid_wallet_exhausted_mid_period_then_topped_up_settles_the_
     assert units[f"renter:renter-1:wallet:{cid}:USD"] == 0
     assert units[f"renter:renter-1:prepaid_applied:{cid}:USD"] == ledger_units(Fraction(55), "USD")
     assert units["renter:renter-1:unbilled_receivable:USD"] == ledger_units(usage_total, "USD")  # all rated
-    overage = await stack.pool.fetchval(
-        "select overage_x3600 from rating.wallet_periods where contract_id = $1", cid
-    )
+    overage = await stack.pool.fetchval("select overage_x3600 from rating.wallet_periods where contract_id = $1", cid)
     assert exact_x3600(str(overage)) == usage_total - top_ups
     await assert_ledger_ok(stack)
 
@@ -357,9 +341,7 @@ async def test_a_postpaid_contract_crosses_its_credit_limit_and_every_charge_is_
     cid = "c-credit"
     hours = [Hour(cid, "alloc-k", DEC_1 + h * HOUR, gpu_count=2) for h in range(4)]
     async with running(stack, [SERVICE]):
-        await publish(
-            stack, [contract_created(cid, starts_at=DEC_1, price="5.00", rate="3.00", credit_limit="25")]
-        )
+        await publish(stack, [contract_created(cid, starts_at=DEC_1, price="5.00", rate="3.00", credit_limit="25")])
         await wait_until(lambda: handled(stack, 1), what="contract")
         await publish(stack, [usage(h) for h in hours])
         await wait_sent(stack, topics.CHARGES_RATED, 4, "charge.rated")
@@ -372,9 +354,7 @@ async def test_a_postpaid_contract_crosses_its_credit_limit_and_every_charge_is_
         ("credit.limit_exceeded", "25", "30", "2026-12-01T03:00:00Z")
     ]
     commands = await outputs(stack, topics.PLATFORM_COMMANDS)
-    assert [(c.type, c.data["reason"]) for c in commands] == [
-        ("platform.suspend_requested", "credit_limit_exceeded")
-    ]
+    assert [(c.type, c.data["reason"]) for c in commands] == [("platform.suspend_requested", "credit_limit_exceeded")]
     units = await account_units(stack)
     assert units["renter:renter-1:unbilled_receivable:USD"] == ledger_units(Fraction(40), "USD")
     await assert_ledger_ok(stack)

@@ -93,9 +93,9 @@ def test_a_period_runs_from_the_anchor_day_to_the_same_day_next_month(
     assert period_containing(anchor_day, at(instant)) == (at(expected[0]), at(expected[1]))
 
 
-instants = st.datetimes(
-    min_value=datetime(2020, 1, 1), max_value=datetime(2035, 12, 31), timezones=st.just(UTC)
-).map(lambda d: d.replace(microsecond=0))
+instants = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2035, 12, 31), timezones=st.just(UTC)).map(
+    lambda d: d.replace(microsecond=0)
+)
 
 
 @given(anchor_day=st.integers(1, 28), instant=instants)
@@ -135,9 +135,7 @@ def test_every_period_overlapping_the_term_is_listed_first_one_on_or_before_the_
 
 
 def test_a_term_ending_mid_period_still_gets_that_whole_period() -> None:
-    periods = periods_overlapping(
-        15, at("2026-03-10T12:00:00"), at("2026-04-02T00:00:00"), at("2026-06-01T00:00:00")
-    )
+    periods = periods_overlapping(15, at("2026-03-10T12:00:00"), at("2026-04-02T00:00:00"), at("2026-06-01T00:00:00"))
     assert periods == [
         (at("2026-02-15T00:00:00"), at("2026-03-15T00:00:00")),
         (at("2026-03-15T00:00:00"), at("2026-04-15T00:00:00")),
@@ -165,9 +163,7 @@ def test_terms_from_created_carry_every_priced_field() -> None:
     assert fields.supplier_rate_per_gpu_hour == Decimal("1.40")
     assert fields.credit_limit == Decimal("5000")
     assert fields.tax_rate == Decimal("0.20")
-    assert [(t.below_uptime, t.credit_percent) for t in fields.sla_tiers] == [
-        (Decimal("0.999"), Decimal("10"))
-    ]
+    assert [(t.below_uptime, t.credit_percent) for t in fields.sla_tiers] == [(Decimal("0.999"), Decimal("10"))]
     assert dict(fields.meter_prices) == {"egress_gb": Decimal("0.08")}
     assert terms.version_at(at("2030-01-01T00:00:00")) == 1
     assert terms.next_version == 2
@@ -283,9 +279,7 @@ def test_meter_prices_and_sla_tiers_are_replaced_as_a_whole() -> None:
     )
     fields = terms.fields_at(at("2026-04-01T00:00:00"))
     assert dict(fields.meter_prices) == {"storage_gb_hours": Decimal("0.01")}
-    assert [(t.below_uptime, t.credit_percent) for t in fields.sla_tiers] == [
-        (Decimal("0.99"), Decimal("25"))
-    ]
+    assert [(t.below_uptime, t.credit_percent) for t in fields.sla_tiers] == [(Decimal("0.99"), Decimal("25"))]
 
 
 def test_a_duplicate_amendment_changes_nothing() -> None:
@@ -350,9 +344,7 @@ def test_termination_after_the_end_of_term_changes_nothing() -> None:
 
 
 @given(offsets_days=st.lists(st.integers(1, 400), min_size=1, max_size=5), data=st.data())
-def test_terminations_in_any_order_end_the_term_at_the_earliest(
-    offsets_days: list[int], data: st.DataObject
-) -> None:
+def test_terminations_in_any_order_end_the_term_at_the_earliest(offsets_days: list[int], data: st.DataObject) -> None:
     terms = terms_from_created("e-1", created(ends_at="2026-12-01T00:00:00Z"))
     starts_at = terms.starts_at
     for days in data.draw(st.permutations(offsets_days)):
@@ -361,9 +353,7 @@ def test_terminations_in_any_order_end_the_term_at_the_earliest(
         assert before is not None
         assert terms.term_end is not None
         assert terms.term_end <= before  # only ever shortens
-    assert terms.term_end == min(
-        [at("2026-12-01T00:00:00"), *(starts_at + timedelta(days=d) for d in offsets_days)]
-    )
+    assert terms.term_end == min([at("2026-12-01T00:00:00"), *(starts_at + timedelta(days=d) for d in offsets_days)])
 
 
 def test_termination_before_the_start_leaves_an_empty_term() -> None:

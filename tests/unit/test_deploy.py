@@ -46,7 +46,7 @@ def test_compose_environment_uses_only_documented_settings() -> None:
     readme = (ROOT / "README.md").read_text()
     known = {_env_name(f) for f in Settings.model_fields}
     for name, service in _compose()["services"].items():
-        for key in (service.get("environment") or {}):
+        for key in service.get("environment") or {}:
             if key.startswith("SETTLE_"):
                 assert key in known, f"{name} sets {key}, which Settings does not read"
                 assert f"`{key}`" in readme, f"{key} (used by compose service {name}) is not documented in README"
@@ -67,7 +67,9 @@ def test_every_worker_has_a_kubernetes_deployment() -> None:
         spec = deployments[f"settle-{worker}"]["spec"]["template"]["spec"]["containers"][0]
         assert spec["args"][:2] == ["run", worker]
         assert spec["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert any(d["kind"] == "Job" and d["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"] for d in docs)
+    assert any(
+        d["kind"] == "Job" and d["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"] for d in docs
+    )
 
 
 def test_alert_rules_only_use_exported_metrics() -> None:

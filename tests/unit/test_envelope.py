@@ -121,9 +121,7 @@ def test_encode_writes_decimals_and_times_of_models_as_strings() -> None:
             "billing_anchor_day": 1,
         }
     )
-    data = json.loads(encode(event_id="e", source="/s", type="contract.created", time=AT, data=created))[
-        "data"
-    ]
+    data = json.loads(encode(event_id="e", source="/s", type="contract.created", time=AT, data=created))["data"]
     assert data["price_per_gpu_hour"] == "2.350"  # the string as given: no float, places kept
     assert data["starts_at"] == "2026-12-01T00:00:00Z"
     assert (
@@ -326,9 +324,7 @@ def test_fingerprint_changes_with_what_makes_the_event(change: dict[str, Any]) -
 
 
 def test_fingerprint_distinguishes_number_from_string() -> None:
-    assert fingerprint(raw_bytes(a_body(data={"amount": "1"}))) != fingerprint(
-        raw_bytes(a_body(data={"amount": 1}))
-    )
+    assert fingerprint(raw_bytes(a_body(data={"amount": "1"}))) != fingerprint(raw_bytes(a_body(data={"amount": 1})))
 
 
 # --- CloudEvents conformance (official SDK) ------------------------------------------------------------

@@ -188,9 +188,7 @@ def test_commitment_prorated_over_a_mid_period_start() -> None:
 
 def test_commitment_amendment_splits_the_period_on_the_hour() -> None:
     split_at = at("2026-01-21T08:00:00Z")
-    terms = make_terms(
-        commitment="300", amendments=((split_at, FieldChanges(commitment_per_period=Decimal("600"))),)
-    )
+    terms = make_terms(commitment="300", amendments=((split_at, FieldChanges(commitment_per_period=Decimal("600"))),))
     draft = close(terms, usage="3.30")
 
     prorated = hourly_commitment(JAN, [(JAN[0], "300"), (split_at, "600")], JAN[0])
@@ -202,9 +200,7 @@ def test_commitment_amendment_splits_the_period_on_the_hour() -> None:
 
 def test_commitment_amendment_splits_the_period_by_the_second() -> None:
     split_at = at("2026-01-21T08:00:30Z")
-    terms = make_terms(
-        commitment="300", amendments=((split_at, FieldChanges(commitment_per_period=Decimal("600"))),)
-    )
+    terms = make_terms(commitment="300", amendments=((split_at, FieldChanges(commitment_per_period=Decimal("600"))),))
     draft = close(terms)
 
     before_s = 20 * 86400 + 8 * 3600 + 30
@@ -264,9 +260,7 @@ def test_sla_uptime_on_the_event_is_truncated_not_rounded() -> None:
     assert event.uptime == Decimal("0.999999999999")  # 0.99999999999996.. truncated
     assert event.sla_credit_percent == 0
 
-    exact_099 = to_event(
-        close(terms, usage="1000", provisioned=360_000, outage=3_600), "INV-2026-000002", "i"
-    )
+    exact_099 = to_event(close(terms, usage="1000", provisioned=360_000, outage=3_600), "INV-2026-000002", "i")
     assert exact_099.uptime == Decimal("0.99")
     assert exact_099.sla_credit_percent == Decimal("5")
     assert exact_099.lines.sla_credit == Decimal("-50.00")
@@ -506,9 +500,7 @@ def test_late_outage_re_evaluates_the_sla_credit_of_its_period_twice() -> None:
         ("sla_credit", -1980),
     ]
     # 19.80 split 2:1 -> 13.20 / 6.60, landing on the month of January's last second
-    assert [
-        (c.allocation_id, c.supplier_id, c.amount_minor, c.month, c.period_start) for c in jan.chargebacks
-    ] == [
+    assert [(c.allocation_id, c.supplier_id, c.amount_minor, c.month, c.period_start) for c in jan.chargebacks] == [
         ("a1", "sup-A", -1320, "2026-01", DEC[0]),
         ("a2", "sup-B", -660, "2026-01", DEC[0]),
     ]
@@ -540,9 +532,7 @@ def test_late_outage_re_evaluates_the_sla_credit_of_its_period_twice() -> None:
 
 def test_a_correction_of_a_later_period_is_refused() -> None:
     terms = make_terms()
-    late = LateCorrection(
-        FEB[0], FEB[1], PeriodTotals(x3600("1"), 0, 0, 0), PeriodTotals(Decimal(0), 0, 0, 0), 0
-    )
+    late = LateCorrection(FEB[0], FEB[1], PeriodTotals(x3600("1"), 0, 0, 0), PeriodTotals(Decimal(0), 0, 0, 0), 0)
     with pytest.raises(DomainRuleError):
         close(terms, JAN, corrections=(late,))
 
@@ -570,9 +560,7 @@ def test_needs_credit_note_only_after_the_last_period_of_an_ended_term_is_invoic
     assert needs_credit_note(ended, JAN[1])
     assert not needs_credit_note(ended, DEC[1])
     assert not needs_credit_note(ended, None)
-    assert not needs_credit_note(
-        make_terms(starts_at=DEC[0]), JAN[1]
-    )  # open-ended: the next invoice carries it
+    assert not needs_credit_note(make_terms(starts_at=DEC[0]), JAN[1])  # open-ended: the next invoice carries it
     on_boundary = make_terms(starts_at=DEC[0], ends_at=JAN[1])
     assert needs_credit_note(on_boundary, JAN[1])
 
@@ -585,12 +573,8 @@ def test_credit_note_taxes_each_corrected_period_at_its_own_rate() -> None:
         amendments=((at("2026-01-15T00:00:00Z"), FieldChanges(tax_rate=Decimal("0.20"))),),
     )
     corrections = (
-        LateCorrection(
-            JAN[0], JAN[1], PeriodTotals(x3600("-30"), 0, 0, 0), PeriodTotals(x3600("100"), 0, 0, 0), 0
-        ),
-        LateCorrection(
-            DEC[0], DEC[1], PeriodTotals(x3600("-10.005"), 0, 0, 0), PeriodTotals(x3600("100"), 0, 0, 0), 0
-        ),
+        LateCorrection(JAN[0], JAN[1], PeriodTotals(x3600("-30"), 0, 0, 0), PeriodTotals(x3600("100"), 0, 0, 0), 0),
+        LateCorrection(DEC[0], DEC[1], PeriodTotals(x3600("-10.005"), 0, 0, 0), PeriodTotals(x3600("100"), 0, 0, 0), 0),
     )
     issued_at = at("2026-02-03T10:00:00Z")
     draft = assemble_credit_note(CreditNoteInputs(terms, corrections, issued_at))
@@ -610,9 +594,7 @@ def test_credit_note_taxes_each_corrected_period_at_its_own_rate() -> None:
 
 def test_an_empty_credit_note_is_not_issued() -> None:
     terms = make_terms(starts_at=DEC[0], ends_at=JAN[1])
-    nothing = LateCorrection(
-        JAN[0], JAN[1], PeriodTotals(Decimal(0), 0, 0, 0), PeriodTotals(x3600("1"), 0, 0, 0), 0
-    )
+    nothing = LateCorrection(JAN[0], JAN[1], PeriodTotals(Decimal(0), 0, 0, 0), PeriodTotals(x3600("1"), 0, 0, 0), 0)
     draft = assemble_credit_note(CreditNoteInputs(terms, (nothing,), at("2026-02-03T00:00:00Z")))
     assert draft.is_empty
     with pytest.raises(DomainRuleError):
@@ -657,9 +639,7 @@ def invoice_cases(draw: st.DrawFn) -> tuple[ContractTerms, InvoiceInputs]:
         before_cents = draw(st.integers(0, 10**10))
         before = Decimal(before_cents).scaleb(-2)
         delta = Decimal(draw(st.integers(-before_cents, 10**10))).scaleb(-2)
-        corrections = (
-            LateCorrection(DEC[0], DEC[1], PeriodTotals(delta, 0, 0, 0), PeriodTotals(before, 0, 0, 0), 0),
-        )
+        corrections = (LateCorrection(DEC[0], DEC[1], PeriodTotals(delta, 0, 0, 0), PeriodTotals(before, 0, 0, 0), 0),)
     inputs = InvoiceInputs(
         terms=terms,
         period_start=JAN[0],

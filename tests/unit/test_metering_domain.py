@@ -313,9 +313,7 @@ def test_hours_are_bucketed_across_a_day_and_year_boundary() -> None:
     assert sorted(hours) == [new_year - timedelta(hours=1), new_year]
     assert split_minutes(hours[new_year - timedelta(hours=1)]) == (20, 0, 10)
     assert split_minutes(hours[new_year]) == (35, 0, 10)
-    assert hours[new_year].billable_segments == (
-        (new_year + timedelta(minutes=10), new_year + timedelta(minutes=45)),
-    )
+    assert hours[new_year].billable_segments == ((new_year + timedelta(minutes=10), new_year + timedelta(minutes=45)),)
 
 
 def test_no_provisioning_means_no_usage() -> None:
@@ -369,10 +367,7 @@ def test_a_moved_segment_with_the_same_totals_is_still_a_correction() -> None:
 def test_affected_range_is_none_when_nothing_changed_and_bounded_by_a_late_closed_outage() -> None:
     base = arrive(provisioned("p", at("00:00")), decommissioned("d", at("20:00")))
     old = evaluate_allocation(base)
-    assert (
-        affected_range(old, evaluate_allocation([*base, dataclasses.replace(base[0], event_id="p-again")]))
-        is None
-    )
+    assert affected_range(old, evaluate_allocation([*base, dataclasses.replace(base[0], event_id="p-again")])) is None
     new = evaluate_allocation(arrive(*base, outage("inc", "os", at("10:50"), "oe", at("12:10"))))
     assert affected_range(old, new) == (at("10:00"), at("13:00"))
 
@@ -407,12 +402,8 @@ def test_a_silent_open_allocation_and_a_long_open_window_are_reported() -> None:
         for a in find_anomalies(state, None, at("07:00"), timedelta(hours=3), timedelta(hours=4))
     }, "the same anomaly keeps its id on later ticks, so it is emitted once"
 
-    decommissioned_state = evaluate_allocation(
-        arrive(provisioned("p", at("00:00")), decommissioned("d", at("01:00")))
-    )
-    assert (
-        find_anomalies(decommissioned_state, None, at("23:00"), timedelta(hours=1), timedelta(hours=1)) == []
-    )
+    decommissioned_state = evaluate_allocation(arrive(provisioned("p", at("00:00")), decommissioned("d", at("01:00"))))
+    assert find_anomalies(decommissioned_state, None, at("23:00"), timedelta(hours=1), timedelta(hours=1)) == []
 
 
 # --- events and samples ------------------------------------------------------------------------------------
@@ -430,9 +421,7 @@ def test_facts_come_from_lifecycle_events() -> None:
             "gpu_count": 8,
         }
     )
-    fact = fact_from_event(
-        "gpu.allocation.provisioned", "e-1", at("10:00") + timedelta(microseconds=7), data, 3
-    )
+    fact = fact_from_event("gpu.allocation.provisioned", "e-1", at("10:00") + timedelta(microseconds=7), data, 3)
     assert fact == LifecycleFact(
         "e-1", "provisioned", at("10:00"), None, ProvisionData("c-1", "r-1", "s-1", "srv-1", "H100", 8), 3
     )
@@ -587,9 +576,7 @@ def brute_force(
     return expected
 
 
-def usage_of(
-    story: Story, state: AllocationState, through_min: int | None = None
-) -> dict[datetime, HourUsage]:
+def usage_of(story: Story, state: AllocationState, through_min: int | None = None) -> dict[datetime, HourUsage]:
     term_end = None if story.term_end_min is None else minute(story.term_end_min)
     through = minute(story.through_min if through_min is None else through_min)
     return usage_by_hour(state, minute(story.term_start_min), term_end, through)
@@ -597,9 +584,7 @@ def usage_of(
 
 @settings(max_examples=250, deadline=None)
 @given(data=st.data(), story=stories())
-def test_usage_matches_a_per_minute_count_whatever_the_arrival_order(
-    data: st.DataObject, story: Story
-) -> None:
+def test_usage_matches_a_per_minute_count_whatever_the_arrival_order(data: st.DataObject, story: Story) -> None:
     facts = data.draw(with_resends(facts_of(story)))
     first = evaluate_allocation(data.draw(shuffled(facts)))
     second = evaluate_allocation(data.draw(shuffled(facts)))
@@ -620,18 +605,13 @@ def test_usage_matches_a_per_minute_count_whatever_the_arrival_order(
     }
     assert got == brute_force(story)
     for u in actual.values():
-        assert (
-            u.provisioned_gpu_seconds
-            == u.billable_gpu_seconds + u.maintenance_gpu_seconds + u.outage_gpu_seconds
-        )
+        assert u.provisioned_gpu_seconds == u.billable_gpu_seconds + u.maintenance_gpu_seconds + u.outage_gpu_seconds
         assert u.gpu_count == story.gpu_count
 
 
 @settings(max_examples=100, deadline=None)
 @given(data=st.data(), story=stories())
-def test_closed_hours_do_not_change_as_time_advances_and_hour_ranges_slice(
-    data: st.DataObject, story: Story
-) -> None:
+def test_closed_hours_do_not_change_as_time_advances_and_hour_ranges_slice(data: st.DataObject, story: Story) -> None:
     state = evaluate_allocation(data.draw(arrivals(facts_of(story))))
     now = usage_of(story, state)
     later = usage_of(story, state, through_min=story.through_min + data.draw(st.integers(0, 600)))

@@ -161,9 +161,7 @@ def test_round_minor_of_per_second_charges_matches_brute_force(
         (Fraction(3601 * 1000, 3600), "JPY", 1000),
     ],
 )
-def test_round_minor_examples_with_denominator_3600(
-    charge: Fraction, currency: str, expected_minor: int
-) -> None:
+def test_round_minor_examples_with_denominator_3600(charge: Fraction, currency: str, expected_minor: int) -> None:
     assert round_minor(charge, currency) == expected_minor
 
 
@@ -276,9 +274,7 @@ def test_format_minor_round_trips_through_parse_decimal(amount_minor: int, curre
     text = format_minor(amount_minor, currency)
     exponent = ISO_EXPONENTS[currency]
     assert len(text.partition(".")[2]) == exponent  # exactly the currency's places
-    assert (
-        parse_decimal(text) == Fraction(amount_minor, 10**exponent) == minor_to_exact(amount_minor, currency)
-    )
+    assert parse_decimal(text) == Fraction(amount_minor, 10**exponent) == minor_to_exact(amount_minor, currency)
     assert round_minor(minor_to_exact(amount_minor, currency), currency) == amount_minor
 
 

@@ -79,9 +79,7 @@ def contract(**overrides: Any) -> ContractTerms:
 
 
 def amend(terms: ContractTerms, effective_at: datetime, **fields: str) -> ContractTerms:
-    event = ContractAmended.model_validate(
-        {"contract_id": terms.contract_id, "effective_at": effective_at, **fields}
-    )
+    event = ContractAmended.model_validate({"contract_id": terms.contract_id, "effective_at": effective_at, **fields})
     return amend_terms(terms, f"e-amend-{terms.next_version}", event)
 
 
@@ -155,9 +153,7 @@ def test_a_full_hour_of_8_gpus_costs_8_gpu_hours() -> None:
 
 
 def test_a_price_amendment_at_14_30_splits_that_hour() -> None:
-    terms = amend(
-        contract(), at("2026-03-02T14:30:00"), price_per_gpu_hour="3.00", supplier_rate_per_gpu_hour="2.00"
-    )
+    terms = amend(contract(), at("2026-03-02T14:30:00"), price_per_gpu_hour="3.00", supplier_rate_per_gpu_hour="2.00")
     priced = price_usage(gpu_usage(at("2026-03-02T14:00:00"), 8, (0, 3600)), terms)
     # 8 GPUs, half an hour at 2.00 and half an hour at 3.00: 8 × 0.5 × 2 + 8 × 0.5 × 3 = 8 + 12.
     assert exact(priced.charge_x3600) == Fraction(20)
@@ -198,9 +194,7 @@ def test_x3600_amounts_travel_as_plain_decimal_strings() -> None:
     free = contract(price_per_gpu_hour="0.000000000000", supplier_rate_per_gpu_hour="0.000000")
     priced = price_usage(gpu_usage(at("2026-03-02T10:00:00"), 8, (0, 3600)), free)
     assert str(priced.charge_x3600) == "0"
-    priced = price_usage(
-        gpu_usage(at("2026-03-02T10:00:00"), 8, (0, 3600)), contract(price_per_gpu_hour="2.50")
-    )
+    priced = price_usage(gpu_usage(at("2026-03-02T10:00:00"), 8, (0, 3600)), contract(price_per_gpu_hour="2.50"))
     assert parse_decimal(str(priced.charge_x3600)) == 8 * 3600 * Fraction("2.50")
 
 
@@ -229,15 +223,11 @@ def test_pricing_equals_the_per_second_sum_of_the_price_in_force(
 ) -> None:
     hour = usage.hour_start
     starts_at = hour + term_offsets[0] * SECOND
-    terms = contract(
-        starts_at=starts_at, price_per_gpu_hour=str(base[0]), supplier_rate_per_gpu_hour=str(base[1])
-    )
+    terms = contract(starts_at=starts_at, price_per_gpu_hour=str(base[0]), supplier_rate_per_gpu_hour=str(base[1]))
     schedule = []
     for offset_s, price, rate in amendments:
         effective_at = hour + offset_s * SECOND
-        terms = amend(
-            terms, effective_at, price_per_gpu_hour=str(price), supplier_rate_per_gpu_hour=str(rate)
-        )
+        terms = amend(terms, effective_at, price_per_gpu_hour=str(price), supplier_rate_per_gpu_hour=str(rate))
         schedule.append((effective_at, price, rate))
     term_end = None
     if term_offsets[1] is not None:
@@ -650,9 +640,7 @@ def test_credit_fires_exactly_on_each_upward_crossing(limit: Decimal, steps: lis
 
 
 def test_exposure_is_unpaid_invoices_plus_uninvoiced_charges() -> None:
-    uninvoiced = exact(
-        price_usage(gpu_usage(at("2026-03-02T14:00:00"), 8, (0, 3600)), contract()).charge_x3600
-    )
+    uninvoiced = exact(price_usage(gpu_usage(at("2026-03-02T14:00:00"), 8, (0, 3600)), contract()).charge_x3600)
     assert credit_exposure(Fraction("153.40"), uninvoiced) == Fraction("153.40") + 16
 
 
@@ -666,9 +654,7 @@ def test_the_platform_keeps_the_difference_between_charge_and_earning() -> None:
     rated = rate_revision(None, gpu_usage(at("2026-03-02T14:00:00"), 2, (0, 1800)), terms)
     assert platform_take(rated.charge_x3600, rated.earning_x3600) == 2 * Fraction(1, 2) * Fraction("0.90")
     correction = rate_revision(rated.priced, gpu_usage(at("2026-03-02T14:00:00"), 2, (0, 900)), terms)
-    assert platform_take(correction.charge_x3600, correction.earning_x3600) == -2 * Fraction(1, 4) * Fraction(
-        "0.90"
-    )
+    assert platform_take(correction.charge_x3600, correction.earning_x3600) == -2 * Fraction(1, 4) * Fraction("0.90")
 
 
 def test_priced_is_a_plain_value() -> None:

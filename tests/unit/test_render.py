@@ -137,9 +137,7 @@ def make_invoice(
     )
 
 
-def make_statement(
-    earnings: dict[str, int], chargebacks: int, carried: int, currency: str
-) -> StatementFinalized:
+def make_statement(earnings: dict[str, int], chargebacks: int, carried: int, currency: str) -> StatementFinalized:
     total = sum(earnings.values())
     return StatementFinalized(
         statement_id="stm-1",
@@ -157,8 +155,10 @@ def make_statement(
 
 
 def make_credit_note() -> CreditNoteIssued:
-    lines = [Adj(at(2026, 10, 1), at(2026, 11, 1), "usage", -1250), Adj(at(2026, 10, 1), at(2026, 11, 1),
-                                                                        "sla_credit", -310)]
+    lines = [
+        Adj(at(2026, 10, 1), at(2026, 11, 1), "usage", -1250),
+        Adj(at(2026, 10, 1), at(2026, 11, 1), "sla_credit", -310),
+    ]
     subtotal = sum(a.minor for a in lines)
     tax = round(Fraction(subtotal) * Fraction("0.10"))
     return CreditNoteIssued(
@@ -206,10 +206,20 @@ def test_invoice_pdf_shows_every_line_in_r10_order_with_exact_amounts() -> None:
         Adj(at(2026, 9, 1), at(2026, 10, 1), "usage", -520),
         Adj(at(2026, 10, 1), at(2026, 11, 1), "sla_credit", 75),
     )
-    invoice = make_invoice(usage=15340, true_up=0, adjustments=adjustments, sla_credit=-1534, tax_rate="0.20",
-                           prepaid=10000, credit_in=250, uptime="0.985", sla_percent="10")
-    parties = Parties(platform_address=("1 Market Street", "San Francisco, CA"),
-                      renter_names={"renter-1": "Acme AI Labs"})
+    invoice = make_invoice(
+        usage=15340,
+        true_up=0,
+        adjustments=adjustments,
+        sla_credit=-1534,
+        tax_rate="0.20",
+        prepaid=10000,
+        credit_in=250,
+        uptime="0.985",
+        sla_percent="10",
+    )
+    parties = Parties(
+        platform_address=("1 Market Street", "San Francisco, CA"), renter_names={"renter-1": "Acme AI Labs"}
+    )
     html = render_invoice_html(invoice, parties)
     text = text_of(render_invoice_pdf(invoice, parties), html)
     # Exactly these rows, in R10 order (the text check below could skip a duplicated label).
@@ -226,48 +236,86 @@ def test_invoice_pdf_shows_every_line_in_r10_order_with_exact_amounts() -> None:
     tax = round(Fraction(subtotal) * Fraction(1, 5))
     due = subtotal + tax - 10000 - 250
     assert (subtotal, tax, due) == (13361, 2672, 5783)  # the test's own arithmetic, checked by hand
-    assert_in_order(text, [
-        "Settle GPU Marketplace", "1 Market Street", "Invoice", "INV-2026-000153", "Acme AI Labs", "renter-1",
-        "Issue date", "2026-12-01", "Due date", "2026-12-31",
-        "Billing period", "2026-11-01 – 2026-11-30",  # half-open [Nov 1, Dec 1): last day Nov 30
-        "Contract", "contract-9", "Billing mode", "Prepaid",
-        "Usage", shown(15340, "USD"),
-        "Commitment true-up", shown(0, "USD"),
-        "Adjustment for 2026-09-01 – 2026-09-30 (usage)", shown(-520, "USD"),
-        "Adjustment for 2026-10-01 – 2026-10-31 (SLA credit)", shown(75, "USD"),
-        "SLA credit", "Uptime 98.5%", "10% of usage credited", shown(-1534, "USD"),
-        "Subtotal", shown(subtotal, "USD"),
-        "Tax (20%)", shown(tax, "USD"),
-        "Total", shown(subtotal + tax, "USD"),
-        "Prepaid applied", shown(-10000, "USD"),
-        "Credit applied", shown(-250, "USD"),
-        "Amount due", shown(due, "USD"),
-        "Credit carried forward", shown(0, "USD"),
-        "Payment terms: net 30 days",
-    ])
+    assert_in_order(
+        text,
+        [
+            "Settle GPU Marketplace",
+            "1 Market Street",
+            "Invoice",
+            "INV-2026-000153",
+            "Acme AI Labs",
+            "renter-1",
+            "Issue date",
+            "2026-12-01",
+            "Due date",
+            "2026-12-31",
+            "Billing period",
+            "2026-11-01 – 2026-11-30",  # half-open [Nov 1, Dec 1): last day Nov 30
+            "Contract",
+            "contract-9",
+            "Billing mode",
+            "Prepaid",
+            "Usage",
+            shown(15340, "USD"),
+            "Commitment true-up",
+            shown(0, "USD"),
+            "Adjustment for 2026-09-01 – 2026-09-30 (usage)",
+            shown(-520, "USD"),
+            "Adjustment for 2026-10-01 – 2026-10-31 (SLA credit)",
+            shown(75, "USD"),
+            "SLA credit",
+            "Uptime 98.5%",
+            "10% of usage credited",
+            shown(-1534, "USD"),
+            "Subtotal",
+            shown(subtotal, "USD"),
+            "Tax (20%)",
+            shown(tax, "USD"),
+            "Total",
+            shown(subtotal + tax, "USD"),
+            "Prepaid applied",
+            shown(-10000, "USD"),
+            "Credit applied",
+            shown(-250, "USD"),
+            "Amount due",
+            shown(due, "USD"),
+            "Credit carried forward",
+            shown(0, "USD"),
+            "Payment terms: net 30 days",
+        ],
+    )
     for expected in ("USD 153.40", "USD 133.61", "USD 57.83"):
         assert expected in text
     assert "Page 1 of 1" in text
 
 
 def test_jpy_invoice_shows_no_decimals_and_every_zero_line_but_no_adjustment_rows() -> None:
-    invoice = make_invoice(currency="JPY", usage=1500, true_up=1234500, tax_rate="0.10",
-                           number="INV-2026-000154")
+    invoice = make_invoice(currency="JPY", usage=1500, true_up=1234500, tax_rate="0.10", number="INV-2026-000154")
     view = build_view(invoice)
     assert [row.label for row in view.rows] == ["Usage", "Commitment true-up", "SLA credit"]
     text = text_of(render_invoice_pdf(invoice), render_invoice_html(invoice))
     subtotal = 1500 + 1234500
-    assert_in_order(text, [
-        "Usage", "JPY 1,500", "Commitment true-up", "JPY 1,234,500", "SLA credit", "JPY 0",
-        "Tax (10%)", shown(subtotal // 10, "JPY"), "Total", shown(subtotal * 11 // 10, "JPY"),
-    ])
+    assert_in_order(
+        text,
+        [
+            "Usage",
+            "JPY 1,500",
+            "Commitment true-up",
+            "JPY 1,234,500",
+            "SLA credit",
+            "JPY 0",
+            "Tax (10%)",
+            shown(subtotal // 10, "JPY"),
+            "Total",
+            shown(subtotal * 11 // 10, "JPY"),
+        ],
+    )
     assert "Adjustment for" not in text
     assert not re.search(r"JPY -?[0-9,]+\.[0-9]", text), "JPY has no minor digits"
 
 
 def test_tax_rate_and_uptime_are_shown_exactly() -> None:
-    invoice = make_invoice(usage=100000, sla_credit=-2500, tax_rate="0.0825", uptime="0.9899999",
-                           sla_percent="2.5")
+    invoice = make_invoice(usage=100000, sla_credit=-2500, tax_rate="0.0825", uptime="0.9899999", sla_percent="2.5")
     html = render_invoice_html(invoice)
     assert "Tax (8.25%)" in html
     # 98.99999 % is truncated, never rounded up to a threshold it did not reach.
@@ -309,18 +357,33 @@ def test_an_invoice_that_does_not_add_up_is_refused_and_writes_nothing(tmp_path:
 
 
 def test_statement_with_negative_net_is_carried_to_next_month() -> None:
-    statement = make_statement({"alloc-b": 1500, "alloc-a": 2000000}, chargebacks=-3500000, carried=-1000,
-                               currency="JPY")
+    statement = make_statement(
+        {"alloc-b": 1500, "alloc-a": 2000000}, chargebacks=-3500000, carried=-1000, currency="JPY"
+    )
     net = 1500 + 2000000 - 3500000 - 1000
     assert net == -1499500
     text = text_of(render_statement_pdf(statement), render_statement_html(statement))
-    assert_in_order(text, [
-        "Earnings statement", "STM-2026-000007", "supplier-7", "November 2026",
-        "Allocation alloc-a", "JPY 2,000,000", "Allocation alloc-b", "JPY 1,500",
-        "Earnings total", "JPY 2,001,500", "SLA chargebacks", "JPY -3,500,000",
-        "Carried from previous month", "JPY -1,000",
-        "Net (carried to next month)", shown(net, "JPY"),
-    ])
+    assert_in_order(
+        text,
+        [
+            "Earnings statement",
+            "STM-2026-000007",
+            "supplier-7",
+            "November 2026",
+            "Allocation alloc-a",
+            "JPY 2,000,000",
+            "Allocation alloc-b",
+            "JPY 1,500",
+            "Earnings total",
+            "JPY 2,001,500",
+            "SLA chargebacks",
+            "JPY -3,500,000",
+            "Carried from previous month",
+            "JPY -1,000",
+            "Net (carried to next month)",
+            shown(net, "JPY"),
+        ],
+    )
     assert "Nothing is paid out for November 2026" in text
     assert "Net payable" not in text
 
@@ -341,12 +404,25 @@ def test_credit_note_pdf_names_the_invoice_it_corrects_and_is_written_with_its_j
     subtotal = -1250 - 310
     tax = round(Fraction(subtotal, 10))
     text = text_of(paths[1].read_bytes(), render_credit_note_html(note))
-    assert_in_order(text, [
-        "Credit note", "CN-2027-000004", "Corrects invoice", "INV-2026-000153",
-        "Adjustment for 2026-10-01 – 2026-10-31 (usage)", "USD -12.50",
-        "Adjustment for 2026-10-01 – 2026-10-31 (SLA credit)", "USD -3.10",
-        "Subtotal", shown(subtotal, "USD"), "Tax", shown(tax, "USD"), "Total", shown(subtotal + tax, "USD"),
-    ])
+    assert_in_order(
+        text,
+        [
+            "Credit note",
+            "CN-2027-000004",
+            "Corrects invoice",
+            "INV-2026-000153",
+            "Adjustment for 2026-10-01 – 2026-10-31 (usage)",
+            "USD -12.50",
+            "Adjustment for 2026-10-01 – 2026-10-31 (SLA credit)",
+            "USD -3.10",
+            "Subtotal",
+            shown(subtotal, "USD"),
+            "Tax",
+            shown(tax, "USD"),
+            "Total",
+            shown(subtotal + tax, "USD"),
+        ],
+    )
     assert not list((tmp_path / "docs").glob(".*")), "no temporary files are left behind"
 
 
@@ -356,8 +432,13 @@ def test_credit_note_pdf_names_the_invoice_it_corrects_and_is_written_with_its_j
 @pytest.mark.parametrize(
     "model",
     [
-        make_invoice(usage=15340, adjustments=(Adj(at(2026, 10, 1), at(2026, 11, 1), "usage", 99),),
-                     sla_credit=-10, uptime="0.99", sla_percent="5"),
+        make_invoice(
+            usage=15340,
+            adjustments=(Adj(at(2026, 10, 1), at(2026, 11, 1), "usage", 99),),
+            sla_credit=-10,
+            uptime="0.99",
+            sla_percent="5",
+        ),
         make_invoice(currency="JPY", usage=1500, number="INV-2026-000155"),
         make_statement({"a": 1, "b": 2}, chargebacks=0, carried=-5, currency="KWD"),
         make_credit_note(),

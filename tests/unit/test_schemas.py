@@ -49,9 +49,7 @@ AT = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
 def test_committed_artifacts_match_the_registry() -> None:
     problems = schema_generation.check()
-    assert problems == [], "schema artifacts drifted; run `python -m schemas.generate`:\n" + "\n".join(
-        problems
-    )
+    assert problems == [], "schema artifacts drifted; run `python -m schemas.generate`:\n" + "\n".join(problems)
 
 
 def test_generation_is_deterministic_and_canonical() -> None:
@@ -272,9 +270,7 @@ def test_input_contract_type_is_registered_with_its_key(topic_name: str, event_t
     # What the spec lets be null is accepted as an explicit null.
     _, example, _ = EXAMPLES.get(event_type, (None, None, None))
     if example is not None:
-        model.model_validate(
-            example(**dict.fromkeys(NULLABLE.get(event_type, set()) - {"price_per_gpu_hour"}))
-        )
+        model.model_validate(example(**dict.fromkeys(NULLABLE.get(event_type, set()) - {"price_per_gpu_hour"})))
 
 
 def test_input_models_are_tolerant_and_owned_events_strict() -> None:
@@ -330,9 +326,7 @@ def amended(**changes: Any) -> dict[str, Any]:
 
 
 def topped_up(**changes: Any) -> dict[str, Any]:
-    return _apply(
-        {"contract_id": "contract-1", "amount": "100.00", "currency": "USD", "payment_ref": "pay-1"}, changes
-    )
+    return _apply({"contract_id": "contract-1", "amount": "100.00", "currency": "USD", "payment_ref": "pay-1"}, changes)
 
 
 _DROP: Any = object()
@@ -635,9 +629,7 @@ def test_generated_json_schemas_are_valid_draft_2020_12() -> None:
 
 @needs_jsonschema
 @pytest.mark.parametrize(("event_type", "field", "value", "accepted"), FIELD_CASES)
-def test_json_schema_agrees_with_model_on_field(
-    event_type: str, field: str, value: Any, accepted: bool
-) -> None:
+def test_json_schema_agrees_with_model_on_field(event_type: str, field: str, value: Any, accepted: bool) -> None:
     _, example, topic_name = EXAMPLES[event_type]
     assert _schema_accepts(topic_name, event_type, example(**{field: value})) is accepted
 

@@ -379,9 +379,7 @@ async def test_the_state_dir_is_created_with_its_parents(
     assert state_dir.is_dir()
 
 
-async def test_the_environment_wins_and_touches_no_state(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_environment_wins_and_touches_no_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_launch(*args: object) -> None:
         raise AssertionError("nothing may start")
 
@@ -447,9 +445,7 @@ def test_missing_confluent_kafka_is_one_clear_sentence(monkeypatch: pytest.Monke
     assert "SETTLE_KAFKA_BOOTSTRAP_SERVERS" in message
 
 
-def test_start_mock_broker_checks_the_library_before_spawning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_start_mock_broker_checks_the_library_before_spawning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def missing() -> Path:
         raise MissingDependencyError("confluent-kafka is not installed: run `make install`.")
 

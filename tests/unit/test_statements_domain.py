@@ -112,13 +112,9 @@ def test_split_chargeback_refuses_what_cannot_be_split() -> None:
 @settings(max_examples=400, deadline=None)
 @given(
     st.integers(0, 10**9),
-    st.dictionaries(
-        st.text("abc0123", min_size=1, max_size=4), st.integers(0, 10**7), min_size=1, max_size=8
-    ),
+    st.dictionaries(st.text("abc0123", min_size=1, max_size=4), st.integers(0, 10**7), min_size=1, max_size=8),
 )
-def test_property_split_sums_exactly_and_stays_within_one_unit(
-    credit_minor: int, shares: dict[str, int]
-) -> None:
+def test_property_split_sums_exactly_and_stays_within_one_unit(credit_minor: int, shares: dict[str, int]) -> None:
     total = sum(shares.values())
     if total == 0:
         if credit_minor:
@@ -139,9 +135,7 @@ def test_property_split_sums_exactly_and_stays_within_one_unit(
     plain = [a for a in shares if parts[a] <= exact[a]]
     for winner in bumped:
         for loser in plain:
-            assert remainder[winner] > remainder[loser] or (
-                remainder[winner] == remainder[loser] and winner < loser
-            )
+            assert remainder[winner] > remainder[loser] or (remainder[winner] == remainder[loser] and winner < loser)
 
 
 # --- statements ------------------------------------------------------------------------------------------
@@ -207,9 +201,7 @@ def test_negative_net_is_carried_month_after_month_until_earnings_cover_it() -> 
     assert (feb.lines, feb.earnings_total_minor, feb.carried_minor, feb.net_minor) == ((), 0, -500, -500)
     assert to_event(feb, "STM-2026-000002", "stm-2").model_dump(mode="json")["carried"] == "-5.00"
 
-    mar = assemble_statement(
-        inputs(month="2026-03", earnings=(earning("a1", "7"),), previous_net_minor=feb.net_minor)
-    )
+    mar = assemble_statement(inputs(month="2026-03", earnings=(earning("a1", "7"),), previous_net_minor=feb.net_minor))
     assert (mar.carried_minor, mar.net_minor, mar.payable_minor) == (-500, 200, 200)
 
     apr_inputs = inputs(month="2026-04", previous_net_minor=mar.net_minor)
@@ -219,9 +211,7 @@ def test_negative_net_is_carried_month_after_month_until_earnings_cover_it() -> 
 
 def test_jpy_statement_has_no_decimals() -> None:
     draft = assemble_statement(
-        inputs(
-            currency="JPY", earnings=(earning("a1", "1234.5"), earning("a2", "1235.5")), previous_net_minor=-9
-        )
+        inputs(currency="JPY", earnings=(earning("a1", "1234.5"), earning("a2", "1235.5")), previous_net_minor=-9)
     )
     expected = [int(Decimal(v).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)) for v in ("1234.5", "1235.5")]
     assert [line.amount_minor for line in draft.lines] == expected == [1234, 1236]

@@ -53,9 +53,7 @@ with warnings.catch_warnings():
     # and subsets fonts with fontTools: correct PDFs, ~2.5x slower, render time stamped into the
     # embedded fonts. That is a deployment choice, reported by ``harfbuzz_subset_available()``, not
     # an error; the filter is this narrow so every other warning still surfaces.
-    warnings.filterwarnings(
-        "ignore", message="HarfBuzz-Subset will be required", category=DeprecationWarning
-    )
+    warnings.filterwarnings("ignore", message="HarfBuzz-Subset will be required", category=DeprecationWarning)
     import weasyprint
     from weasyprint.text import ffi as weasyprint_ffi
     from weasyprint.text.fonts import FontConfiguration
@@ -90,8 +88,18 @@ STYLESHEET_NAME = "documents.css"
 PLATFORM_NAME_DEFAULT = "Settle GPU Marketplace"
 
 _MONTH_NAMES = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 )  # fixed English names: calendar.month_name follows the process locale
 _FILE_STEM_RE = re.compile(r"^[A-Z]{2,3}-[0-9]{4}-[0-9]{6}$")
 _UPTIME_PERCENT_PLACES = Decimal("0.001")
@@ -232,19 +240,30 @@ def check_document(model: Document) -> None:
         adjustments_sum = sum((line.amount for line in model.adjustment_lines), Decimal(0))
         _require(
             not model.adjustment_lines or adjustments_sum == lines.adjustments,
-            doc, f"adjustment lines sum to {adjustments_sum}, the adjustments line is {lines.adjustments}",
+            doc,
+            f"adjustment lines sum to {adjustments_sum}, the adjustments line is {lines.adjustments}",
         )
         lines_sum = lines.usage + lines.commitment_true_up + lines.adjustments + lines.sla_credit
         _require(lines_sum == model.subtotal, doc, f"lines sum to {lines_sum}, subtotal {model.subtotal}")
-        _require(model.subtotal + model.tax == model.total, doc,
-                 f"subtotal {model.subtotal} + tax {model.tax} != total {model.total}")
-        _require(model.amount_due >= 0 and model.credit_carried_forward >= 0, doc,
-                 "amount due and carried credit are never negative (R10)")
-        _require(not (model.amount_due and model.credit_carried_forward), doc,
-                 "an invoice either has an amount due or carries credit forward, not both (R10)")
+        _require(
+            model.subtotal + model.tax == model.total,
+            doc,
+            f"subtotal {model.subtotal} + tax {model.tax} != total {model.total}",
+        )
+        _require(
+            model.amount_due >= 0 and model.credit_carried_forward >= 0,
+            doc,
+            "amount due and carried credit are never negative (R10)",
+        )
+        _require(
+            not (model.amount_due and model.credit_carried_forward),
+            doc,
+            "an invoice either has an amount due or carries credit forward, not both (R10)",
+        )
         remaining = model.total - model.prepaid_applied - model.credit_applied
         _require(
-            model.amount_due - model.credit_carried_forward == remaining, doc,
+            model.amount_due - model.credit_carried_forward == remaining,
+            doc,
             f"total − prepaid − credit = {remaining}, but amount due {model.amount_due} and carried "
             f"credit {model.credit_carried_forward} (R10)",
         )
@@ -254,18 +273,25 @@ def check_document(model: Document) -> None:
             _minor_units(line.amount, model.currency)
         lines_sum = sum((line.amount for line in model.adjustment_lines), Decimal(0))
         _require(lines_sum == model.subtotal, doc, f"lines sum to {lines_sum}, subtotal {model.subtotal}")
-        _require(model.subtotal + model.tax == model.total, doc,
-                 f"subtotal {model.subtotal} + tax {model.tax} != total {model.total}")
+        _require(
+            model.subtotal + model.tax == model.total,
+            doc,
+            f"subtotal {model.subtotal} + tax {model.tax} != total {model.total}",
+        )
     else:
         doc = f"statement {model.number}"
         for value in model.earnings.values():
             _minor_units(value, model.currency)
         earnings_sum = sum(model.earnings.values(), Decimal(0))
-        _require(earnings_sum == model.earnings_total, doc,
-                 f"earnings lines sum to {earnings_sum}, earnings total {model.earnings_total}")
+        _require(
+            earnings_sum == model.earnings_total,
+            doc,
+            f"earnings lines sum to {earnings_sum}, earnings total {model.earnings_total}",
+        )
         expected_net = model.earnings_total + model.sla_chargebacks + model.carried
-        _require(expected_net == model.net, doc, f"earnings + chargebacks + carried = {expected_net}, "
-                 f"net {model.net} (R12)")
+        _require(
+            expected_net == model.net, doc, f"earnings + chargebacks + carried = {expected_net}, net {model.net} (R12)"
+        )
 
 
 # --- view: what the templates print, all strings --------------------------------------------------------
@@ -314,8 +340,11 @@ def _invoice_view(invoice: InvoiceFinalized, parties: Parties) -> DocumentView:
     # checks that a true-up is zero); adjustment rows exist only when there are adjustment lines.
     rows: list[ViewRow] = [
         ViewRow("Usage", money(lines.usage), f"GPU usage, {period}"),
-        ViewRow("Commitment true-up", money(lines.commitment_true_up),
-                "Minimum spend for the period, less usage" if lines.commitment_true_up else ""),
+        ViewRow(
+            "Commitment true-up",
+            money(lines.commitment_true_up),
+            "Minimum spend for the period, less usage" if lines.commitment_true_up else "",
+        ),
     ]
     if invoice.adjustment_lines:
         ordered = sorted(invoice.adjustment_lines, key=lambda a: (a.period_start, a.kind == "sla_credit"))
@@ -325,8 +354,7 @@ def _invoice_view(invoice: InvoiceFinalized, parties: Parties) -> DocumentView:
         rows.append(ViewRow("Adjustments", money(lines.adjustments)))
     sla_detail = ""
     if lines.sla_credit and invoice.uptime is not None:
-        sla_detail = (f"Uptime {_format_uptime(invoice.uptime)}: "
-                      f"{_plain(invoice.sla_credit_percent)}% of usage credited")
+        sla_detail = f"Uptime {_format_uptime(invoice.uptime)}: {_plain(invoice.sla_credit_percent)}% of usage credited"
     rows.append(ViewRow("SLA credit", money(lines.sla_credit), sla_detail))
 
     tax_label = f"Tax ({format_percent(invoice.tax_rate)})"
@@ -335,13 +363,23 @@ def _invoice_view(invoice: InvoiceFinalized, parties: Parties) -> DocumentView:
         ViewRow("Subtotal", money(invoice.subtotal), style="subtotal"),
         ViewRow(tax_label, money(invoice.tax)),
         ViewRow("Total", money(invoice.total), style="total"),
-        ViewRow("Prepaid applied", money(-invoice.prepaid_applied),
-                "Drawn from the prepaid wallet" if invoice.prepaid_applied else ""),
-        ViewRow("Credit applied", money(-invoice.credit_applied),
-                "Carried from the previous invoice" if invoice.credit_applied else ""),
+        ViewRow(
+            "Prepaid applied",
+            money(-invoice.prepaid_applied),
+            "Drawn from the prepaid wallet" if invoice.prepaid_applied else "",
+        ),
+        ViewRow(
+            "Credit applied",
+            money(-invoice.credit_applied),
+            "Carried from the previous invoice" if invoice.credit_applied else "",
+        ),
         ViewRow("Amount due", money(invoice.amount_due), style="due"),
-        ViewRow("Credit carried forward", money(invoice.credit_carried_forward),
-                "To the next invoice of this contract", style="info"),
+        ViewRow(
+            "Credit carried forward",
+            money(invoice.credit_carried_forward),
+            "To the next invoice of this contract",
+            style="info",
+        ),
     )
 
     issued = invoice.issued_at.date()
@@ -356,11 +394,14 @@ def _invoice_view(invoice: InvoiceFinalized, parties: Parties) -> DocumentView:
     else:
         notes.append(f"Payment terms: net {terms_days} days. Nothing is due on this invoice.")
     if invoice.credit_carried_forward:
-        notes.append(f"A credit of {money(invoice.credit_carried_forward)} is carried to the next "
-                     "invoice of this contract.")
+        notes.append(
+            f"A credit of {money(invoice.credit_carried_forward)} is carried to the next invoice of this contract."
+        )
     if invoice.billing_mode == "prepaid":
-        notes.append("Usage is drawn from the prepaid wallet as it is rated; the commitment true-up, "
-                     "tax and any usage beyond the wallet balance are invoiced here.")
+        notes.append(
+            "Usage is drawn from the prepaid wallet as it is rated; the commitment true-up, "
+            "tax and any usage beyond the wallet balance are invoiced here."
+        )
 
     return DocumentView(
         kind="invoice",
@@ -445,12 +486,16 @@ def _statement_view(statement: StatementFinalized, parties: Parties) -> Document
     month = _format_month(statement.month)
     if statement.net < 0:
         net_row = ViewRow("Net (carried to next month)", money(statement.net), style="due")
-        outcome = (f"The net is negative: {money(statement.net)} is carried to next month and set "
-                   f"against next month's earnings. Nothing is paid out for {month}.")
+        outcome = (
+            f"The net is negative: {money(statement.net)} is carried to next month and set "
+            f"against next month's earnings. Nothing is paid out for {month}."
+        )
     else:
         net_row = ViewRow("Net payable", money(statement.net), style="due")
-        outcome = (f"{money(statement.net)} is payable for {month}, paid out on your payout schedule "
-                   "(payouts below your minimum wait for the next period).")
+        outcome = (
+            f"{money(statement.net)} is payable for {month}, paid out on your payout schedule "
+            "(payouts below your minimum wait for the next period)."
+        )
     return DocumentView(
         kind="statement",
         title="Earnings statement",
@@ -533,8 +578,7 @@ class DocumentRenderer:
 
     def pdf(self, model: Document, parties: Parties | None = None) -> bytes:
         """The document as A4 PDF bytes."""
-        html = weasyprint.HTML(string=self.html(model, parties, embed_css=False),
-                               url_fetcher=self._url_fetcher)
+        html = weasyprint.HTML(string=self.html(model, parties, embed_css=False), url_fetcher=self._url_fetcher)
         pdf_bytes = html.write_pdf(stylesheets=[self._stylesheet], font_config=self._font_config)
         assert isinstance(pdf_bytes, bytes)
         assert pdf_bytes.startswith(b"%PDF-")

@@ -1,0 +1,23 @@
+"""Strict tooling is part of the suite (STYLE.md rule 10): ruff and mypy --strict stay clean."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_ruff_finds_nothing() -> None:
+    done = _run("ruff", "check", "libs", "services", "schemas", "tests")
+    assert done.returncode == 0, done.stdout[-4000:]
+
+
+def test_mypy_strict_finds_nothing() -> None:
+    done = _run("mypy", "libs", "schemas", "services")
+    assert done.returncode == 0, done.stdout[-4000:]
