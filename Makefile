@@ -11,6 +11,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@# Optional: HarfBuzz's subsetter makes PDF rendering ~3x faster (root + apt only; never fatal).
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && ! dpkg -s libharfbuzz-subset0 >/dev/null 2>&1; then \
+	  (apt-get install -y -qq libharfbuzz-subset0 >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libharfbuzz-subset0 >/dev/null 2>&1)) || \
+	  echo "note: libharfbuzz-subset0 not installed; PDFs render slower"; fi
 	@touch $(STAMP)
 
 install: $(STAMP)
