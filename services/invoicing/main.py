@@ -24,13 +24,15 @@ async def pending(conn: asyncpg.Connection) -> int:
         f"""select count(*) from {store.SCHEMA}.late_work l join {store.SCHEMA}.contract_state s using (contract_id)
              where s.blocked_reason is null"""
     )
-    month = await store.earliest_pending_month(conn)
+    # The month the statement closer works on: where it left off, else the first with earnings. It has
+    # work while that month may close (every partition's watermark is past it); a late row for a month
+    # already stated waits for the next statement and is not pending work.
+    locked_month = await conn.fetchval(f"select next_month from {store.SCHEMA}.statement_progress where id")
+    month = locked_month or await store.earliest_pending_month(conn)
     statements = 0
-    if month is not None and marks and len(marks) == store.PARTITIONS:
+    if month is not None and len(marks) == store.PARTITIONS:
         _, boundary = month_bounds(month)
-        blocked = await conn.fetchval(f"select count(*) from {store.SCHEMA}.statements_blocked where month = $1", month)
-        if min(marks.values()) >= boundary and not blocked:
-            statements = 1
+        statements = int(min(marks.values()) >= boundary)
     return int(due) + int(late) + statements
 
 
