@@ -627,45 +627,53 @@ async def read_charge_times(stack: BenchStack) -> dict[tuple[str, str], int]:
 
 
 # --- period close --------------------------------------------------------------------------------------------------
-def _close_inputs_process(bootstrap_servers: str, prefix: str, start: int, count: int, rate_per_s: float) -> None:
-    """Contracts and one December charge each, published at a steady rate (the mock's retention)."""
+def _bench_charge(
+    i: int, tag: str, hour: datetime, gpu_seconds: int, period: tuple[datetime, datetime]
+) -> tuple[bytes, bytes]:
+    """A `charge.rated` of contract i for one hour at 2.00/GPU-hour (earning 1.50), as rating emits it."""
     from decimal import Decimal
 
     from schemas.events import ChargeRated
 
-    contracts: list[tuple[bytes, bytes]] = []
-    charges: list[tuple[bytes, bytes]] = []
+    contract_id = f"close-c{i:06d}"
+    charge = ChargeRated(
+        charge_id=f"close-{tag}{i}",
+        usage_id=f"close-{tag}u{i}",
+        allocation_id=f"close-a{i}",
+        contract_id=contract_id,
+        renter_id="bench-renter",
+        supplier_id=f"close-dc{i % 50}",
+        meter="gpu_seconds",
+        hour_start=hour,
+        revision=1,
+        currency="USD",
+        billing_mode="postpaid",
+        period_start=period[0],
+        period_end=period[1],
+        delta_provisioned_gpu_seconds=gpu_seconds,
+        delta_billable_gpu_seconds=gpu_seconds,
+        delta_maintenance_gpu_seconds=0,
+        delta_outage_gpu_seconds=0,
+        delta_quantity=Decimal(0),
+        charge_x3600=Decimal(gpu_seconds * 2),
+        earning_x3600=Decimal(gpu_seconds * 3 // 2),
+        price_versions=[1],
+    )
+    value = encode(
+        event_id=f"close-{tag}{i}", source="/bench", type="charge.rated", time=hour + timedelta(hours=1), data=charge
+    )
+    return contract_id.encode(), value
+
+
+DECEMBER = (BENCH_T0, datetime(2027, 1, 1, tzinfo=UTC))
+JANUARY = (datetime(2027, 1, 1, tzinfo=UTC), datetime(2027, 2, 1, tzinfo=UTC))
+
+
+def _close_inputs_process(bootstrap_servers: str, prefix: str, start: int, count: int, rate_per_s: float) -> None:
+    """Contracts and one December charge each, published at a steady rate (the mock's retention)."""
     hour = BENCH_T0 + timedelta(days=3, hours=10)
-    for i in range(start, start + count):
-        contract_id = f"close-c{i:06d}"
-        contracts.append((contract_id.encode(), _bench_contract(contract_id)))
-        charge = ChargeRated(
-            charge_id=f"close-ch{i}",
-            usage_id=f"close-u{i}",
-            allocation_id=f"close-a{i}",
-            contract_id=contract_id,
-            renter_id="bench-renter",
-            supplier_id=f"close-dc{i % 50}",
-            meter="gpu_seconds",
-            hour_start=hour,
-            revision=1,
-            currency="USD",
-            billing_mode="postpaid",
-            period_start=BENCH_T0,
-            period_end=datetime(2027, 1, 1, tzinfo=UTC),
-            delta_provisioned_gpu_seconds=28_800,
-            delta_billable_gpu_seconds=28_800,
-            delta_maintenance_gpu_seconds=0,
-            delta_outage_gpu_seconds=0,
-            delta_quantity=Decimal(0),
-            charge_x3600=Decimal(28_800 * 2),
-            earning_x3600=Decimal(28_800 * 3 // 2),
-            price_versions=[1],
-        )
-        value = encode(
-            event_id=f"close-ch{i}", source="/bench", type="charge.rated", time=hour + timedelta(hours=1), data=charge
-        )
-        charges.append((contract_id.encode(), value))
+    contracts = [(f"close-c{i:06d}".encode(), _bench_contract(f"close-c{i:06d}")) for i in range(start, start + count)]
+    charges = [_bench_charge(i, "ch", hour, 28_800, DECEMBER) for i in range(start, start + count)]
     asyncio.run(
         _publish_raw(
             bootstrap_servers, prefix, topics.CONTRACTS.name, topics.CONTRACTS.partitions, contracts, rate_per_s
@@ -769,37 +777,7 @@ async def bench_close(
 
 def _probe_charge(i: int) -> tuple[bytes, bytes]:
     """A January charge of contract i (recorded by the consumer; closed at the next month end)."""
-    from decimal import Decimal
-
-    from schemas.events import ChargeRated
-
-    contract_id = f"close-c{i:06d}"
-    hour = datetime(2027, 1, 2, 10, tzinfo=UTC)
-    charge = ChargeRated(
-        charge_id=f"close-probe{i}",
-        usage_id=f"close-pu{i}",
-        allocation_id=f"close-a{i}",
-        contract_id=contract_id,
-        renter_id="bench-renter",
-        supplier_id=f"close-dc{i % 50}",
-        meter="gpu_seconds",
-        hour_start=hour,
-        revision=1,
-        currency="USD",
-        billing_mode="postpaid",
-        period_start=datetime(2027, 1, 1, tzinfo=UTC),
-        period_end=datetime(2027, 2, 1, tzinfo=UTC),
-        delta_provisioned_gpu_seconds=3600,
-        delta_billable_gpu_seconds=3600,
-        delta_maintenance_gpu_seconds=0,
-        delta_outage_gpu_seconds=0,
-        delta_quantity=Decimal(0),
-        charge_x3600=Decimal(7200),
-        earning_x3600=Decimal(5400),
-        price_versions=[1],
-    )
-    value = encode(event_id=f"close-probe{i}", source="/bench", type="charge.rated", time=hour, data=charge)
-    return contract_id.encode(), value
+    return _bench_charge(i, "probe", datetime(2027, 1, 2, 10, tzinfo=UTC), 3600, JANUARY)
 
 
 async def verify_pool(stack: BenchStack) -> Any:
