@@ -25,6 +25,7 @@ import pytest
 from libs.db.migrate import migrate
 from libs.db.pool import create_pool
 from libs.settings import Settings
+from libs.stack.database import with_database
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,6 @@ class Servers:
     """DSN of a database we may CREATE DATABASE from (the server's maintenance database)."""
     kafka: str | None
     """Bootstrap servers of a shared real Kafka (env or container); None → a mock broker per test."""
-
-
-def _with_database(dsn: str, database: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +68,7 @@ def template_db(servers: Servers) -> Iterator[str]:
             await admin.execute(f'create database "{name}"')
         finally:
             await admin.close()
-        conn = await asyncpg.connect(_with_database(servers.admin_dsn, name))
+        conn = await asyncpg.connect(with_database(servers.admin_dsn, name))
         try:
             await migrate(conn)
         finally:
@@ -111,7 +105,7 @@ async def stack(servers: Servers, template_db: str, tmp_path: Path) -> AsyncIter
         await admin.execute(f'create database "{database}" template "{template_db}"')
     finally:
         await admin.close()
-    url = _with_database(servers.admin_dsn, database)
+    url = with_database(servers.admin_dsn, database)
     broker = None
     prefix = ""
     if servers.kafka is None:

@@ -94,26 +94,8 @@ async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout_s: float =
 
 async def read_topic(stack: Stack, topic: Topic, *, timeout_s: float = 30) -> list[Any]:
     """Every record currently in a topic (all partitions, from the beginning), without a consumer group."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from libs.messaging.broker import read_all
 
-    from libs.messaging.broker import bootstrap_list
-
-    name = stack.settings.topic_prefix + topic.name
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(stack.bootstrap_servers), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(name, p) for p in range(topic.partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not read {name} to its end within {timeout_s} s")
-            batch = await consumer.getmany(timeout_ms=200)
-            for recs in batch.values():
-                records.extend(recs)
-        return records
-    finally:
-        await stop_client(consumer)
+    return await read_all(
+        stack.bootstrap_servers, stack.settings.topic_prefix + topic.name, topic.partitions, timeout_s=timeout_s
+    )

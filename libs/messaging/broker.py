@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -184,3 +185,30 @@ def set_leader_sync_delay(delay_ms: int) -> None:
 
     _on_join_leader._settle_delayed = True  # type: ignore[attr-defined]
     rebalance._on_join_leader = _on_join_leader
+
+
+async def read_all(bootstrap_servers: str, topic: str, partitions: int, *, timeout_s: float = 60) -> list[Any]:
+    """Every record currently in a topic (all partitions, from the beginning), without a consumer group.
+
+    For operators' reports, tests and benchmarks — not a consumption path (nothing is committed)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_list(bootstrap_servers),
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        records: list[Any] = []
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerUnavailableError(f"could not read {topic} to its end within {timeout_s} s")
+            for batch in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await stop_client(consumer)

@@ -24,14 +24,14 @@ from typing import Annotated, Any
 import asyncpg
 import orjson
 import typer
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.table import Table
 
 from libs.db.migrate import migrate
 from libs.db.pool import create_pool
-from libs.messaging.broker import bootstrap_list, create_topics, start_producer, stop_client
+from libs.messaging.broker import create_topics, read_all, start_producer, stop_client
 from libs.messaging.partitioner import partition_for
 from libs.settings import Settings, get_settings
+from libs.stack.database import with_database
 from schemas import topics
 from schemas.envelope import encode
 from services.cli.main import app
@@ -49,13 +49,6 @@ class BenchStack:
     database_url: str
 
 
-def _with_database(dsn: str, database: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
 @contextlib.asynccontextmanager
 async def bench_stack(name: str, **overrides: Any) -> AsyncIterator[BenchStack]:
     """A fresh database and a private broker for one benchmark run."""
@@ -70,7 +63,7 @@ async def bench_stack(name: str, **overrides: Any) -> AsyncIterator[BenchStack]:
         await admin.execute(f'create database "{database}"')
     finally:
         await admin.close()
-    url = _with_database(targets.database_url, database)
+    url = with_database(targets.database_url, database)
     state_dir = Path(tempfile.mkdtemp(prefix="settle-bench-"))
     broker = None
     prefix = ""
@@ -103,25 +96,9 @@ async def bench_stack(name: str, **overrides: Any) -> AsyncIterator[BenchStack]:
 
 async def scan_topic(stack: BenchStack, topic: topics.Topic) -> list[Any]:
     """Every record of a topic (all partitions, from the beginning), without a consumer group."""
-    name = stack.settings.topic_prefix + topic.name
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_list(stack.bootstrap_servers),
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
+    return await read_all(
+        stack.bootstrap_servers, stack.settings.topic_prefix + topic.name, topic.partitions, timeout_s=300
     )
-    await consumer.start()
-    try:
-        parts = [TopicPartition(name, p) for p in range(topic.partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        out: list[Any] = []
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
-                out.extend(records)
-        return out
-    finally:
-        await stop_client(consumer)
 
 
 async def read_timestamps(stack: BenchStack, topic: topics.Topic, field: str) -> dict[str, int]:

@@ -7,14 +7,13 @@ from typing import Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from libs.ledger import verify
 from libs.messaging import deadletters
-from libs.messaging.broker import bootstrap_list, stop_client
+from libs.messaging.broker import read_all
 from libs.settings import Settings
 from schemas import topics
 from schemas.events import InvoiceFinalized, StatementFinalized
@@ -24,20 +23,7 @@ from services.invoicing import store as invoicing
 
 async def read_events(bootstrap_servers: str, prefix: str, topic: topics.Topic) -> list[dict[str, Any]]:
     """Every event currently on a topic (all partitions, from the beginning), decoded."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(bootstrap_servers), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(prefix + topic.name, p) for p in range(topic.partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        events: list[dict[str, Any]] = []
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                events.extend(orjson.loads(r.value) for r in records)
-        return events
-    finally:
-        await stop_client(consumer)
+    return [orjson.loads(r.value) for r in await read_all(bootstrap_servers, prefix + topic.name, topic.partitions)]
 
 
 def _short(text: str, tag: str) -> str:
