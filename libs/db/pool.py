@@ -24,6 +24,8 @@ Pool = asyncpg.Pool
 # SQLSTATEs that mean "try again": serialization failure, deadlock, lock not available, query canceled
 # by lock_timeout/statement_timeout.
 _RETRYABLE_STATES = {"40001", "40P01", "55P03", "57014"}
+# The server cannot serve us right now (too many connections, out of memory or disk): an outage.
+_UNAVAILABLE_STATES = {"53000", "53100", "53200", "53300"}
 # Raised by the ledger's own triggers (see migrations): we pick SQLSTATEs in the user range.
 _LEDGER_UNBALANCED = "SL001"
 _LEDGER_IMMUTABLE = "SL002"
@@ -52,10 +54,28 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeou
 
 
 @asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection. Failing to *get* one is always an outage, whatever the server said
+    (refused, too many connections, "database is not currently accepting connections" ...):
+    DatabaseUnavailableError, never a reason to dead-letter a message."""
+    try:
+        acquired = pool.acquire()
+        conn = await acquired.__aenter__()
+    except SettleError:
+        raise
+    except Exception as exc:
+        raise DatabaseUnavailableError(f"cannot get a database connection: {type(exc).__name__}: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        await acquired.__aexit__(None, None, None)
+
+
+@asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """Acquire a connection and run one transaction; errors are mapped by :func:`map_db_error`."""
     try:
-        async with pool.acquire() as conn, conn.transaction():
+        async with connection(pool) as conn, conn.transaction():
             yield conn
     except SettleError:
         raise
@@ -78,7 +98,7 @@ def map_db_error(exc: BaseException) -> SettleError | None:
             return LedgerFloorError(f"an account would go below its floor: {getattr(exc, 'detail', '') or exc}")
         if isinstance(exc, asyncpg.exceptions.ConnectionFailureError | asyncpg.exceptions.CannotConnectNowError):
             return DatabaseUnavailableError(str(exc))
-        if state.startswith("08") or state.startswith("57P"):
+        if state.startswith(("08", "57P")) or state in _UNAVAILABLE_STATES:
             return DatabaseUnavailableError(f"{type(exc).__name__} ({state}): {exc}")
         return None
     if isinstance(exc, asyncpg.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError):

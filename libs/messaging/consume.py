@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from libs import limits
-from libs.db.pool import map_db_error
+from libs.db.pool import connection, map_db_error
 from libs.errors import (
     IdempotencyConflictError,
     InfrastructureError,
@@ -212,7 +212,7 @@ class Consumer:
         return result
 
     async def _run_batch(self, decoded: list[_Decoded], letters: list[DeadLetter], result: BatchResult) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with connection(self.pool) as conn, conn.transaction():
             fresh, conflicts, duplicates = await self._claim(conn, decoded)
             letters = letters + conflicts
             result.duplicates += duplicates
@@ -226,7 +226,7 @@ class Consumer:
     async def _write_letters(self, letters: list[DeadLetter], result: BatchResult) -> None:
         if not letters:
             return
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with connection(self.pool) as conn, conn.transaction():
             result.dead_letters += await record_dead_letters(conn, letters)
 
     async def _run_single(self, item: _Decoded, result: BatchResult) -> None:

@@ -110,9 +110,16 @@ def _make_handler(
         metrics.BATCH_SIZE.labels(consumer.sub.consumer).observe(len(records))
         try:
             await consumer.process(records)
-        except InfrastructureError as exc:
+        except Exception as exc:
+            # consume() settles every message (processed, duplicate or dead letter) or raises: an outage,
+            # or something it could not even record. Never acknowledge then: rewind, back off, retry.
             metrics.INFRA_FAILURES.labels(consumer.sub.consumer).inc()
-            log.warning("dependency down; batch not acknowledged", consumer=consumer.sub.consumer, error=str(exc)[:300])
+            log.warning(
+                "batch not acknowledged; retrying",
+                consumer=consumer.sub.consumer,
+                error=str(exc)[:300],
+                exc_info=not isinstance(exc, InfrastructureError),
+            )
             _rewind(kafka_consumer, records)
             await asyncio.sleep(backoff["s"] * (0.5 + random.random()))
             backoff["s"] = min(backoff["s"] * 2, limits.INFRA_BACKOFF_MAX_S)
