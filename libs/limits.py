@@ -16,6 +16,9 @@ MAX_METER_NAME_CHARS = 32
 MAX_SEGMENTS_PER_HOUR = 512
 """Billable segments carried by one hourly usage record (more is pathological flapping: ~30 KB)."""
 MAX_GPU_COUNT = 4096
+MAX_BARRIER_TOPICS = 16
+"""Topics a clock tick's barrier names."""
+MAX_BARRIER_PARTITIONS = 1000
 
 # --- consumption ------------------------------------------------------------------------------
 CONSUME_BATCH_MAX = 1000
@@ -27,7 +30,19 @@ TRANSIENT_RETRY_MAX_WAIT_S = 2.0
 INFRA_BACKOFF_MAX_S = 30.0
 """Longest pause between attempts while a dependency (database) is down."""
 CONSUMER_START_ATTEMPTS = 8
-"""Bounded retries of a consumer's start (the mock broker's group-join race, see LOCAL_STACK.md)."""
+"""Bounded retries of a Kafka client's start while the broker comes up."""
+GROUP_MEMBERS_MAX = 64
+"""Workers of one consumer group (each holds a member lock; more cannot join)."""
+ASSIGNMENT_INTERVAL_S = 1.0
+"""How often a worker re-balances its partition slots against the live members of its group."""
+CONSUMER_POLL_MS = 200
+"""Longest a consumer waits for records before it looks at its leases, holds and gaps again."""
+CONSUMER_IDLE_POLL_MS = 20
+"""While idle, how long one poll listens before the partitions rest again."""
+CONSUMER_IDLE_BACKOFF_MAX_MS = 200
+"""Longest rest of an idle consumer between polls (the most a new record waits for it)."""
+GAP_REFILL_MAX = 1_000_000
+"""Records one gap may be refilled with from the producer's outbox; a bigger gap waits for an operator."""
 
 # --- outbox and relay ---------------------------------------------------------------------------
 RELAY_BATCH_MAX = 2000

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from platformdirs import user_state_dir
 from pydantic import Field
@@ -29,7 +30,16 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap_servers: str | None = Field(
         default=None,
-        description="Comma-separated Kafka bootstrap servers. Unset: the local mock-cluster broker.",
+        description="Comma-separated Kafka bootstrap servers. Unset: the local broker (SETTLE_LOCAL_BROKER).",
+    )
+    local_broker: Literal["noida", "mock"] = Field(
+        default="noida",
+        description="The local broker started when no bootstrap servers are set: noida (durable) or mock.",
+    )
+    local_broker_retention_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="retention.ms (in seconds) of the topics the local noida broker creates.",
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,
@@ -52,12 +62,6 @@ class Settings(BaseSettings):
         le=1000,
         description="A batch smaller than a quarter of the maximum waits this long for more messages.",
     )
-    kafka_leader_sync_delay_ms: int = Field(
-        default=500,
-        ge=0,
-        le=10_000,
-        description="A consumer-group leader waits this long before SyncGroup (the mock broker needs it; 0 on Kafka).",
-    )
     fetch_min_bytes: int = Field(
         default=64 * 1024, ge=1, description="Consumer fetch linger: bytes the broker waits for before answering."
     )
@@ -74,9 +78,6 @@ class Settings(BaseSettings):
     )
     documents_dir: Path | None = Field(
         default=None, description="Where invoice and statement documents are written (default: state dir)."
-    )
-    session_timeout_ms: int = Field(
-        default=10_000, ge=1000, description="Kafka consumer-group session timeout (short in tests)."
     )
 
 

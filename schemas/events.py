@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs import limits
-from schemas.types import Currency, DecimalStr, Id, Text, UtcTime
+from schemas.types import Barrier, Currency, DecimalStr, Id, Text, UtcTime
 
 
 class EventModel(BaseModel):
@@ -78,6 +78,9 @@ class Watermark(EventModel):
     through: UtcTime
     partition: int = Field(ge=0)
     source: Literal["metering", "rating"]
+    barrier: Barrier | None = None
+    """From the tick that closed ``through``: end offsets of the input topics a downstream consumer
+    must have read before it acts on this watermark (rating: contracts and wallets)."""
 
 
 # --- charges.rated.v1 (key: contract_id) -----------------------------------------------------------

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from libs import limits
 from schemas.types import (
+    Barrier,
     Currency,
     DecimalStr,
     Id,
@@ -194,9 +195,14 @@ class UsageSampleRecorded(InputModel):
 
 
 class ClockTicked(InputModel):
-    """Time advances to ``at``: every hour and billing period that ends at or before it is closed."""
+    """Time advances to ``at``: every hour and billing period that ends at or before it is closed.
+
+    ``barrier`` (Settle extension) holds the end offsets of the input topics when the tick was sent:
+    the close waits until everything published before the tick has been consumed, so what an invoice
+    contains is a function of the input log, not of how far behind a consumer happened to be."""
 
     at: UtcTime
+    barrier: Barrier | None = None
 
 
 __all__ = [

@@ -117,3 +117,12 @@ Currency = Annotated[
     AfterValidator(_iso_currency),
     WithJsonSchema({"type": "string", "enum": _money_currency_codes()}),
 ]
+
+Barrier = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=limits.MAX_ID_CHARS)],
+        Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=limits.MAX_BARRIER_PARTITIONS)],
+    ],
+    Field(max_length=limits.MAX_BARRIER_TOPICS),
+]
+"""Logical topic name → the end offset of each of its partitions (index = partition) at some instant."""

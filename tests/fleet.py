@@ -82,6 +82,15 @@ async def running(stack: Stack, services: Sequence[Service], *, relays: int = 1)
         await asyncio.wait_for(task, 60)
 
 
+async def members_share(*workers: WorkerState, timeout_s: float = 30) -> None:
+    """Until every worker of a consumer group leases some partitions (a group re-balances each second)."""
+
+    async def shared() -> bool:
+        return all(all(r.owned_slots > 0 for r in w.readers) for w in workers)
+
+    await wait_until(shared, timeout_s=timeout_s, what="every member of the group to lease partitions")
+
+
 async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 60, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while True:

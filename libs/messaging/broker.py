@@ -1,6 +1,6 @@
 """Kafka clients for Settle: producers for the relay and operators, topic setup and checks.
 
-Consumers are faststream subscribers (see :mod:`libs.messaging.worker`); every client goes over TCP
+Consumers are partition readers (see :mod:`libs.messaging.subscriber`); every client goes over TCP
 to a real Kafka or to the local mock-cluster broker — there is no in-memory broker anywhere.
 """
 
@@ -132,59 +132,6 @@ async def end_offsets(bootstrap_servers: str, topics: Mapping[str, int]) -> dict
         return dict(await consumer.end_offsets(parts)) if parts else {}
     finally:
         await stop_client(consumer)
-
-
-async def committed_offsets(
-    bootstrap_servers: str, group_id: str, topics: Mapping[str, int]
-) -> dict[TopicPartition, int]:
-    """Offsets a consumer group committed on the given topics (name → partition count); partitions
-    without a commit are left out. Asks for the partitions explicitly (an OffsetFetch for "all
-    topics" is not answered by every broker, the mock among them)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_list(bootstrap_servers), group_id=group_id, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        found: dict[TopicPartition, int] = {}
-        for topic, partitions in topics.items():
-            for p in range(partitions):
-                tp = TopicPartition(topic, p)
-                offset = await consumer.committed(tp)
-                if offset is not None and offset >= 0:
-                    found[tp] = offset
-        return found
-    finally:
-        await stop_client(consumer)
-
-
-_leader_delay_s = 0.0
-
-
-def set_leader_sync_delay(delay_ms: int) -> None:
-    """Make a consumer-group leader wait before its SyncGroup (every consumer of this process).
-
-    librdkafka's mock cluster marks a group stable as soon as the leader's SyncGroup (which carries
-    every member's assignment) arrives, and answers a follower's SyncGroup that comes later with
-    INVALID_REQUEST — so a second member can never join. A leader that syncs last avoids the race.
-    A real Kafka holds followers until the leader syncs, so there the delay only lengthens each
-    rebalance by that much (set ``SETTLE_KAFKA_LEADER_SYNC_DELAY_MS=0``).
-    """
-    global _leader_delay_s
-    from aiokafka.consumer import group_coordinator
-
-    _leader_delay_s = max(0.0, delay_ms / 1000)
-    rebalance = group_coordinator.CoordinatorGroupRebalance
-    if getattr(rebalance._on_join_leader, "_settle_delayed", False):
-        return
-    original = rebalance._on_join_leader
-
-    async def _on_join_leader(self: object, response: object) -> object:
-        if _leader_delay_s:
-            await asyncio.sleep(_leader_delay_s)
-        return await original(self, response)
-
-    _on_join_leader._settle_delayed = True  # type: ignore[attr-defined]
-    rebalance._on_join_leader = _on_join_leader
 
 
 async def read_all(bootstrap_servers: str, topic: str, partitions: int, *, timeout_s: float = 60) -> list[Any]:

@@ -7,7 +7,8 @@ For each batch of records (any mix of partitions, in poll order):
 2. in ONE transaction: claim the inbox for every decoded event (``(consumer, event id)`` unique,
    with a payload fingerprint), skip duplicates, dead-letter id conflicts (same id, other payload),
    run the handler on what is new (its state, ledger postings and outbox rows), commit;
-3. only then does the caller acknowledge the offsets (Kafka commit after the database commit).
+   and the consumer's new positions (``settle.consumer_positions``), fenced by the worker's partition
+   leases, in the same transaction — so what is committed and where to resume never disagree.
 
 If the batch transaction fails with anything but an infrastructure fault, it is rolled back and the
 records are handled one by one, each in its own transaction, with the same guarantees; the one that
@@ -25,7 +26,7 @@ fails is classified by :func:`classify`:
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -50,6 +51,7 @@ from libs.ledger import Entry
 from libs.ledger import post as post_entries
 from libs.messaging.deadletters import DeadLetter, RecordLike, dead_letter_of, record_dead_letters
 from libs.messaging.outbox import Emitter, write_outbox
+from libs.messaging.positions import advance_positions
 from libs.observability import metrics
 from schemas.envelope import Envelope, decode_data, decode_raw
 from schemas.topics import Topic
@@ -74,6 +76,12 @@ class Tx:
         self.conn = conn
         self.emitter = Emitter(producer)
         self._entries: list[Entry] = []
+        self.sources: dict[str, tuple[str, int, int]] = {}
+        """Event id → (logical topic, partition, offset) of the record it came from."""
+
+    def source_of(self, event: Envelope[Any]) -> tuple[str, int, int]:
+        """Where an event of this batch was read: (logical topic, partition, offset)."""
+        return self.sources[event.id]
 
     def emit(
         self,
@@ -99,6 +107,13 @@ class Tx:
 
 
 Handler = Callable[[Tx, Sequence[Envelope[Any]]], Awaitable[None]]
+Fence = Callable[[asyncpg.Connection, set[int]], Awaitable[None]]
+"""Checked inside a batch transaction with the partitions of its records; raises to refuse the commit."""
+Holds = Callable[[asyncpg.Connection], Awaitable[Mapping[tuple[str, int], int]]]
+"""(logical topic, partition) → the offset a consumer must not read past for now (a barrier)."""
+Waits = Callable[[str, bytes | None], Mapping[tuple[str, int], int] | None]
+"""For one raw record (logical topic, bytes): the positions this consumer must have reached in other
+partitions before the record may be handled, or None. A cheap look at the bytes, not a decode."""
 """A handler receives the new (non-duplicate) events of a batch, in order, and must be deterministic:
 given the same database state and events it does the same thing (replay relies on it)."""
 
@@ -113,6 +128,12 @@ class Subscription:
     batch_max: int = 500
     producer: str = ""
     """``source`` of emitted events (defaults to the consumer name)."""
+    holds: Holds | None = None
+    """Barriers: partitions are read up to (not including) these offsets until the service lifts them,
+    so work that must see exactly the log before a point (a period close) is a function of the log."""
+    waits: Waits | None = None
+    """Records that must wait until this consumer has read other partitions up to given offsets (a
+    watermark that carries its tick's barrier); the record and the rest of its partition wait."""
 
 
 @dataclass
@@ -153,6 +174,8 @@ class Consumer:
         self.prefix = topic_prefix
         self.producer = subscription.producer or subscription.consumer
         self._by_physical = {topic_prefix + t.name: t for t in subscription.topics}
+        self._next: dict[tuple[str, int], int] = {}
+        self._fence: Fence | None = None
 
     # --- decoding ------------------------------------------------------------------------------------
     def _decode(self, record: RecordLike) -> _Decoded | DeadLetter:
@@ -183,9 +206,14 @@ class Consumer:
         return _Decoded(record, topic, envelope)
 
     # --- the batch ------------------------------------------------------------------------------------
-    async def process(self, records: Sequence[RecordLike]) -> BatchResult:
-        """Handle records exactly once. Raises InfrastructureError (do not ack) and nothing else."""
+    async def process(self, records: Sequence[RecordLike], *, fence: Fence | None = None) -> BatchResult:
+        """Handle records exactly once and move the consumer's positions past them.
+
+        ``fence`` runs inside each transaction that moves positions (the worker's lease check).
+        Raises InfrastructureError (nothing committed for the rest of the batch) and nothing else."""
         started = time.perf_counter()
+        self._next = self._next_offsets(records)
+        self._fence = fence
         decoded: list[_Decoded] = []
         letters: list[DeadLetter] = []
         for record in records:
@@ -193,7 +221,7 @@ class Consumer:
             (letters if isinstance(item, DeadLetter) else decoded).append(item)  # type: ignore[arg-type]
         result = BatchResult()
         try:
-            await self._run_batch(decoded, letters, result)
+            await self._run_batch(decoded, letters, result, final=True)
         except InfrastructureError:
             raise
         except Exception as error:  # the batch as a whole failed: fall back to one message at a time
@@ -205,19 +233,47 @@ class Consumer:
             await self._write_letters(letters, result)
             for item in decoded:
                 await self._run_single(item, result)
+            await self._settle_positions()
         metrics.HANDLER_SECONDS.labels(self.sub.consumer).observe(time.perf_counter() - started)
         metrics.MESSAGES.labels(self.sub.consumer, "processed").inc(result.processed)
         metrics.MESSAGES.labels(self.sub.consumer, "duplicate").inc(result.duplicates)
         metrics.MESSAGES.labels(self.sub.consumer, "dead_letter").inc(result.dead_letters)
         return result
 
-    async def _run_batch(self, decoded: list[_Decoded], letters: list[DeadLetter], result: BatchResult) -> None:
+    def _next_offsets(self, records: Sequence[RecordLike]) -> dict[tuple[str, int], int]:
+        """Where the consumer resumes after these records: per (logical topic, partition), last offset + 1."""
+        nxt: dict[tuple[str, int], int] = {}
+        for r in records:
+            logical = r.topic[len(self.prefix) :] if self.prefix and r.topic.startswith(self.prefix) else r.topic
+            key = (logical, r.partition)
+            nxt[key] = max(nxt.get(key, 0), r.offset + 1)
+        return nxt
+
+    async def _commit_positions(self, conn: asyncpg.Connection) -> None:
+        if not self._next:
+            return
+        if self._fence is not None:
+            await self._fence(conn, {p for _, p in self._next})
+        await advance_positions(conn, self.sub.consumer, self._next)
+
+    async def _settle_positions(self) -> None:
+        """After a one-by-one fallback: every record is settled, so the positions move in one last step."""
+        if self._next:
+            async with connection(self.pool) as conn, conn.transaction():
+                await self._commit_positions(conn)
+
+    async def _run_batch(
+        self, decoded: list[_Decoded], letters: list[DeadLetter], result: BatchResult, *, final: bool = False
+    ) -> None:
         async with connection(self.pool) as conn, conn.transaction():
+            if final:
+                await self._commit_positions(conn)  # first: a lost lease refuses the batch before any work
             fresh, conflicts, duplicates = await self._claim(conn, decoded)
             letters = letters + conflicts
             result.duplicates += duplicates
             if fresh:
                 tx = Tx(conn, self.producer)
+                tx.sources = {d.envelope.id: (d.topic.name, d.record.partition, d.record.offset) for d in fresh}
                 await self.sub.handler(tx, [d.envelope for d in fresh])
                 await tx.flush()
             result.dead_letters += await record_dead_letters(conn, letters)

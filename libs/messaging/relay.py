@@ -7,7 +7,7 @@ One round, in one transaction:
 2. read up to ``batch_max`` due rows of those lanes in id order;
 3. send them with an idempotent producer (``acks=all``) to their precomputed partition and wait for
    every acknowledgement;
-4. mark them sent and commit.
+4. mark them sent, with the offset each landed at, and commit.
 
 A relay killed anywhere before step 4 commits leaves the rows unsent: they are published again by
 the next round (at least once; the event ids are unchanged, so consumers deduplicate). A relay
@@ -96,8 +96,15 @@ class Relay:
                         headers=headers,
                     )
                 )
-            await asyncio.gather(*futures)
-            await conn.execute("update settle.outbox set sent_at = now() where id = any($1)", [r["id"] for r in rows])
+            sent = await asyncio.gather(*futures)
+            # The offset each row landed at: a consumer that finds a gap in this lane (retention deleted
+            # records before it read them) refills it from these rows, exactly and in order.
+            await conn.execute(
+                """update settle.outbox o set sent_at = now(), published_offset = u.off
+                     from unnest($1::bigint[], $2::bigint[]) as u(id, off) where o.id = u.id""",
+                [r["id"] for r in rows],
+                [m.offset for m in sent],
+            )
         for row in rows:
             metrics.OUTBOX_PUBLISHED.labels(row["topic"]).inc()
         metrics.RELAY_ROUND_SECONDS.observe(time.perf_counter() - started)

@@ -21,6 +21,23 @@ CONSUMER_LAG = Gauge(
 INFRA_FAILURES = Counter(
     "settle_infrastructure_failures_total", "Batches not acknowledged because a dependency was down", ["consumer"]
 )
+CONSUMER_GAPS = Counter(
+    "settle_consumer_gap_total",
+    "Ranges of a partition the broker deleted before a consumer read them, by what happened next "
+    "(refilled from the producer's outbox, or stopped for an operator)",
+    ["consumer", "topic", "outcome"],
+)
+CONSUMER_GAPS_OPEN = Gauge(
+    "settle_consumer_gaps_open", "Partitions a consumer has stopped because of an unrecovered gap", ["consumer"]
+)
+CONSUMER_PARTITIONS_OWNED = Gauge(
+    "settle_consumer_partitions_owned", "Partition slots this process holds for a consumer group", ["consumer"]
+)
+CONSUMER_HELD_PARTITIONS = Gauge(
+    "settle_consumer_held_partitions",
+    "Partitions paused at a barrier (a clock tick's end offsets) until the close that needs them is done",
+    ["consumer"],
+)
 OUTBOX_PUBLISHED = Counter("settle_outbox_published_total", "Outbox rows published by relays", ["topic"])
 OUTBOX_BACKLOG = Gauge("settle_outbox_backlog_rows", "Outbox rows not yet published")
 OUTBOX_OLDEST_AGE = Gauge("settle_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row")

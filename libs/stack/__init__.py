@@ -2,10 +2,10 @@
 
 Nothing to install beyond the Python dependencies and nothing to configure: a worker calls
 :func:`ensure_broker` and :func:`resolve_database`, which honour ``SETTLE_KAFKA_BOOTSTRAP_SERVERS``
-and ``SETTLE_DATABASE_URL`` and otherwise use (starting when needed) librdkafka's mock cluster
-and the server at 127.0.0.1:5432 or an embedded PostgreSQL. Their state lives in
-``Settings.state_dir`` (see :mod:`libs.stack.state`). Tests start a private broker per test with
-:func:`start_mock_broker`; machines with Docker can use :func:`start_containers` (real Kafka and
+and ``SETTLE_DATABASE_URL`` and otherwise use (starting when needed) a local noida-db broker (or
+librdkafka's mock cluster) and the server at 127.0.0.1:5432 or an embedded PostgreSQL. Their state
+lives in ``Settings.state_dir`` (see :mod:`libs.stack.state`). Tests start a private broker per test
+with :func:`start_local_broker`; machines with Docker can use :func:`start_containers` (real Kafka and
 PostgreSQL through testcontainers).
 
 Missing pieces raise :class:`libs.errors.MissingDependencyError` with one sentence saying what to
@@ -24,7 +24,13 @@ from libs.stack.database import (
     start_embedded_database,
     stop_embedded_database,
 )
-from libs.stack.launcher import MockBrokerProcess, ensure_broker, start_mock_broker
+from libs.stack.launcher import (
+    LocalBrokerProcess,
+    MockBrokerProcess,
+    ensure_broker,
+    start_local_broker,
+    start_mock_broker,
+)
 from libs.stack.targets import BrokerKind, BrokerTarget, DatabaseKind, DatabaseTarget, StackStatus
 
 __all__ = [
@@ -33,6 +39,7 @@ __all__ = [
     "ContainerStack",
     "DatabaseKind",
     "DatabaseTarget",
+    "LocalBrokerProcess",
     "MockBrokerProcess",
     "StackStatus",
     "docker_available",
@@ -46,6 +53,7 @@ __all__ = [
     "stack_up",
     "start_containers",
     "start_embedded_database",
+    "start_local_broker",
     "start_mock_broker",
     "stop_embedded_database",
 ]

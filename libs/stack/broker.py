@@ -1,9 +1,15 @@
-"""The local Kafka-protocol broker: librdkafka's mock cluster, run as a long-lived process.
+"""The local Kafka-protocol broker, run as a long-lived process: noida-db (default) or librdkafka's mock.
 
 ::
 
-    python -m libs.stack.broker --state-file PATH [--brokers 3] [--topic-prefix P]
+    python -m libs.stack.broker --state-file PATH [--kind noida|mock] [--data-dir DIR]
+                                [--retention-ms MS] [--brokers 3] [--topic-prefix P]
                                 [--topic NAME=PARTITIONS ...] [--detach] [--exit-with-parent]
+
+``--kind noida`` (the default) supervises a noida-db child process (:mod:`libs.stack.noida`): a
+durable log in ``--data-dir`` with Kafka-like retention (``--retention-ms`` per topic). ``--kind mock``
+hosts librdkafka's mock cluster in this process (below): in memory, and it deletes the unconsumed head
+of a partition past ~5 MiB — kept as a second, independent implementation of the protocol.
 
 The mock cluster ships inside the confluent-kafka wheel (``confluent_kafka.libs/librdkafka*.so*``)
 and is driven through ctypes. It speaks the real protocol over TCP on random 127.0.0.1 ports; its
@@ -32,6 +38,8 @@ from libs.stack.mock_cluster import DEFAULT_BROKERS, MAX_BROKERS, MAX_PARTITIONS
 from libs.stack.state import BrokerState, remove_state_file, write_broker_state
 
 MAX_TOPICS = 10_000
+DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
+"""Kafka's default retention; the outbox keeps sent rows as long (SETTLE_OUTBOX_RETENTION_S)."""
 PARENT_POLL_S = 1.0
 """With --exit-with-parent: how often the broker checks that its parent is alive."""
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
@@ -102,6 +110,58 @@ def run_broker(state_file: Path, *, brokers: int, topics: Mapping[str, int], exi
     return 0
 
 
+def run_noida(
+    state_file: Path, *, topics: Mapping[str, int], data_dir: Path, retention_ms: int, exit_with_parent: bool
+) -> int:
+    """Start noida-db, create ``topics``, publish the state file, serve until stopped or until noida dies."""
+    from libs.stack.noida import start_and_create
+
+    stopped = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signo: int, frame: object) -> None:
+        received.append(signo)
+        stopped.set()
+
+    for signo in STOP_SIGNALS:
+        signal.signal(signo, on_signal)
+    try:
+        server = start_and_create(data_dir, topics, retention_ms)
+    except (MissingDependencyError, RuntimeError, OSError) as exc:
+        print(f"settle broker: cannot start noida-db: {exc}", file=sys.stderr, flush=True)
+        return 1
+    state = BrokerState(
+        kind="noida",
+        pid=os.getpid(),
+        bootstrap_servers=server.bootstrap_servers,
+        started_at=datetime.now(UTC),
+        topics=dict(topics),
+    )
+    write_broker_state(state_file, state)
+    print(
+        f"settle broker: noida-db pid={state.pid} bootstrap={state.bootstrap_servers} topics={len(topics)} "
+        f"data={data_dir} retention_ms={retention_ms} ready",
+        file=sys.stderr,
+        flush=True,
+    )
+    parent_pid = os.getppid()
+    reason = ""
+    try:
+        while not stopped.wait(PARENT_POLL_S):
+            if exit_with_parent and os.getppid() != parent_pid:
+                reason = "parent exited"
+                break
+            if not server.alive():
+                reason = "noida-db exited"
+                break
+    finally:
+        remove_state_file(state_file, pid=state.pid)
+        server.stop()
+    reason = reason or signal.Signals(received[0]).name
+    print(f"settle broker: pid={state.pid} stopped ({reason})", file=sys.stderr, flush=True)
+    return 0 if reason != "noida-db exited" else 1
+
+
 def parse_topic(text: str) -> tuple[str, int]:
     name, sep, partitions = text.rpartition("=")
     if not sep or not name or not partitions.isdigit() or not 1 <= int(partitions) <= MAX_PARTITIONS:
@@ -121,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=range(1, MAX_BROKERS + 1),
         metavar=f"1..{MAX_BROKERS}",
         help="mock brokers in the cluster (default 3)",
+    )
+    parser.add_argument("--kind", choices=("noida", "mock"), default="noida", help="which broker (default noida)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="noida: where the log lives")
+    parser.add_argument(
+        "--retention-ms", type=int, default=DEFAULT_RETENTION_MS, help="noida: retention.ms of created topics"
     )
     parser.add_argument("--topic-prefix", default="", help="prefix of every registry topic name")
     parser.add_argument(
@@ -172,6 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_file: Path = args.state_file.expanduser().resolve()
     if args.detach:
         detach()
+    if args.kind == "noida":
+        data_dir = (args.data_dir or state_file.parent / "kafka-data").expanduser().resolve()
+        return run_noida(
+            state_file,
+            topics=topics,
+            data_dir=data_dir,
+            retention_ms=args.retention_ms,
+            exit_with_parent=args.exit_with_parent,
+        )
     return run_broker(state_file, brokers=args.brokers, topics=topics, exit_with_parent=args.exit_with_parent)
 
 

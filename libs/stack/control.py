@@ -63,7 +63,7 @@ async def stack_status(settings: Settings) -> StackStatus:
         broker = BrokerTarget(settings.kafka_bootstrap_servers, "env", None)
     else:
         state = await find_running_broker(state_dir)
-        broker = None if state is None else BrokerTarget(state.bootstrap_servers, "mock", state.pid)
+        broker = None if state is None else BrokerTarget(state.bootstrap_servers, state.kind, state.pid)
     return StackStatus(
         state_dir=state_dir,
         broker=broker,

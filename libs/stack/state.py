@@ -45,7 +45,7 @@ class BrokerState(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    kind: Literal["mock"] = "mock"
+    kind: Literal["mock", "noida"] = "mock"
     pid: int = Field(gt=0)
     bootstrap_servers: str
     started_at: AwareDatetime
@@ -178,7 +178,7 @@ def process_cmdline(pid: int) -> tuple[str, ...] | None:
 
 
 def is_broker_process(pid: int) -> bool:
-    """True when ``pid`` is alive and is (as far as this platform can tell) a Settle mock broker."""
+    """True when ``pid`` is alive and is (as far as this platform can tell) a Settle local broker."""
     if not pid_alive(pid):
         return False
     cmdline = process_cmdline(pid)

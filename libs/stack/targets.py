@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-BrokerKind = Literal["env", "mock", "container"]
-"""``env``: SETTLE_KAFKA_BOOTSTRAP_SERVERS; ``mock``: the local mock-cluster process;
+BrokerKind = Literal["env", "noida", "mock", "container"]
+"""``env``: SETTLE_KAFKA_BOOTSTRAP_SERVERS; ``noida``: the local noida-db broker (default);
+``mock``: the local librdkafka mock-cluster process;
 ``container``: Docker."""
 DatabaseKind = Literal["env", "local", "embedded", "container"]
 """``env``: SETTLE_DATABASE_URL; ``local``: 127.0.0.1:5432; ``embedded``: our own server in the state dir."""
@@ -19,7 +20,7 @@ class BrokerTarget:
     """A Kafka-protocol broker to connect to.
 
     ``bootstrap_servers`` is a comma-separated ``host:port`` list. ``pid`` is the broker process
-    when Settle runs it on this machine (kind ``mock``), else None.
+    when Settle runs it on this machine (kind ``noida`` or ``mock``), else None.
     """
 
     bootstrap_servers: str

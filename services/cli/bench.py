@@ -51,8 +51,8 @@ class BenchStack:
 
 @contextlib.asynccontextmanager
 async def bench_stack(name: str, **overrides: Any) -> AsyncIterator[BenchStack]:
-    """A fresh database and a private broker for one benchmark run."""
-    from libs.stack import start_mock_broker
+    """A fresh database and a private broker (SETTLE_LOCAL_BROKER: noida-db by default) for one run."""
+    from libs.stack import start_local_broker
 
     base = get_settings()
     targets = await resolve(base, broker=False)
@@ -72,7 +72,7 @@ async def bench_stack(name: str, **overrides: Any) -> AsyncIterator[BenchStack]:
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         await create_topics(bootstrap, prefix)
     else:
-        broker = start_mock_broker(state_dir=state_dir / "broker")
+        broker = start_local_broker(state_dir=state_dir / "broker", kind=base.local_broker)
         bootstrap = broker.bootstrap_servers
     settings = Settings(
         database_url=url,

@@ -118,9 +118,10 @@ app.add_typer(clock_app, name="clock")
 @clock_app.command("tick")
 @run_async
 async def clock_tick(at: Annotated[str, typer.Option(help="RFC 3339 UTC instant, e.g. 2026-12-01T00:00:00Z")]) -> None:
-    """Publish one tick: every hour and billing period ending at or before AT closes."""
+    """Publish one tick: every hour and billing period ending at or before AT closes, once everything
+    published to the input topics before this tick has been consumed."""
     from libs.times import parse_utc
-    from services.clock.domain import tick_bytes
+    from services.clock.main import publish_tick
 
     try:
         when = parse_utc(at)
@@ -131,14 +132,10 @@ async def clock_tick(at: Annotated[str, typer.Option(help="RFC 3339 UTC instant,
     assert targets.bootstrap_servers is not None
     producer = await start_producer(targets.bootstrap_servers, client_id="settle-clock")
     try:
-        await (
-            await producer.send(
-                settings.topic_prefix + topics.CLOCK_TICKS.name, value=tick_bytes(when), key=b"clock", partition=0
-            )
-        )
+        await publish_tick(producer, targets.bootstrap_servers, settings.topic_prefix, when)
     finally:
         await stop_client(producer)
-    console.print(f"tick published: {at}")
+    console.print(f"tick published: {at} (with the input topics' end offsets as its barrier)")
 
 
 @clock_app.command("run")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import asyncpg
 
-from libs.messaging.broker import committed_offsets, end_offsets
+from libs.messaging.broker import end_offsets
+from libs.messaging.positions import group_lag
 from libs.messaging.worker import Service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,15 +72,17 @@ def worker_processes(
                 process.wait(5)
 
 
-async def consumer_lag(bootstrap_servers: str, services: Sequence[Service], topic_prefix: str = "") -> int:
-    """Messages not yet consumed (committed) by the services' consumer groups."""
+async def consumer_lag(
+    pool: asyncpg.Pool, bootstrap_servers: str, services: Sequence[Service], topic_prefix: str = ""
+) -> int:
+    """Messages the services' consumer groups have not handled yet (broker end − PostgreSQL position)."""
     total = 0
     for service in services:
         for sub in service.subscriptions:
-            names = {topic_prefix + t.name: t.partitions for t in sub.topics}
-            ends = await end_offsets(bootstrap_servers, names)
-            committed = await committed_offsets(bootstrap_servers, sub.consumer, names)
-            total += sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
+            ends = await end_offsets(bootstrap_servers, {topic_prefix + t.name: t.partitions for t in sub.topics})
+            logical = {(tp.topic[len(topic_prefix) :], tp.partition): end for tp, end in ends.items()}
+            async with pool.acquire() as conn:
+                total += sum((await group_lag(conn, sub.consumer, logical)).values())
     return total
 
 
@@ -111,6 +114,6 @@ async def wait_idle(
         for process in alive:
             if process.poll() is not None:
                 raise RuntimeError(f"worker {process.args!r} exited with status {process.returncode}")
-        busy = await pending_work(pool, services) + await consumer_lag(bootstrap_servers, services, topic_prefix)
+        busy = await pending_work(pool, services) + await consumer_lag(pool, bootstrap_servers, services, topic_prefix)
         quiet = quiet + 1 if busy == 0 else 0
         await asyncio.sleep(0.3)

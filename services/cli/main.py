@@ -47,7 +47,7 @@ app.add_typer(ledger_app, name="ledger")
 
 
 def main() -> None:
-    from services.cli import commands  # noqa: F401  (registers billing, clock, bench and demo commands)
+    from services.cli import commands, recovery  # noqa: F401  (register their command groups)
 
     app()
 
@@ -259,7 +259,7 @@ def parse_publish_line(line: bytes, number: int) -> tuple[str, str | None, bytes
 @app.command()
 @run_async
 async def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Lag per consumer group, outbox backlog and oldest age, dead-letter counts."""
+    """Lag per consumer group, outbox backlog and oldest age, dead-letter counts, stopped partitions (gaps)."""
     from services.cli.inspect import collect_status
 
     settings = get_settings()
@@ -281,6 +281,20 @@ async def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     for row in report["dead_letters"]:
         letters.add_row(row["consumer"], row["topic"], str(row["open"]), str(row["total"]))
     console.print(letters)
+    if report["gaps"]:
+        gaps = Table("gap", "consumer", "topic[partition]", "missing offsets", "reason", title="STOPPED PARTITIONS")
+        for gap in report["gaps"]:
+            gaps.add_row(
+                str(gap["id"]),
+                gap["consumer"],
+                f"{gap['topic']}[{gap['partition']}]",
+                f"{gap['missing_from']}..{gap['missing_to'] - 1}",
+                gap["reason"],
+            )
+        console.print(gaps)
+        console.print("see `settle gaps list` and the gap runbook in the README")
+    else:
+        console.print("gaps: none (every partition is readable from each group's position)")
 
 
 # --- dead letters -------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from libs.times import format_utc
 from schemas import topics
 from services import catalog
 from services.cli.fleet import wait_idle, worker_env, worker_processes
-from services.clock.domain import tick_bytes
+from services.clock.main import publish_tick
 from services.demo.scenario import Delivery, Scenario, generate, month_after
 
 FLEET = ("metering", "rating", "invoicing")
@@ -84,7 +84,6 @@ async def run_demo(
             database_url,
             bootstrap_servers,
             settings.topic_prefix,
-            SETTLE_SESSION_TIMEOUT_MS="6000",
             SETTLE_STATE_DIR=str(settings.state_dir),
         )
         began = time.perf_counter()
@@ -105,14 +104,7 @@ async def run_demo(
                 await wait_idle(pool, bootstrap_servers, services, topic_prefix=settings.topic_prefix, alive=procs)
                 clock = progress.add_task("ticking the clock", total=len(scenario.ticks))
                 for tick in scenario.ticks:
-                    await (
-                        await producer.send(
-                            settings.topic_prefix + topics.CLOCK_TICKS.name,
-                            value=tick_bytes(tick),
-                            key=b"clock",
-                            partition=0,
-                        )
-                    )
+                    await publish_tick(producer, bootstrap_servers, settings.topic_prefix, tick)
                     progress.update(clock, description=f"clock at {format_utc(tick)}")
                     await wait_idle(pool, bootstrap_servers, services, topic_prefix=settings.topic_prefix, alive=procs)
                     if tick == scenario.late_after_tick and scenario.late:

@@ -27,6 +27,7 @@ from libs.errors import DomainRuleError
 from libs.messaging.consume import Subscription, Tx
 from libs.money import round_ledger
 from schemas import topics
+from schemas.barrier import watermark_waits
 from schemas.envelope import Envelope
 from schemas.events import ChargeRated, WalletDrawn, Watermark
 from services.contracts.periods import period_containing
@@ -143,4 +144,6 @@ SUBSCRIPTION = Subscription(
     topics=(topics.CHARGES_RATED, topics.CONTRACTS),
     handler=on_batch,
     batch_max=1000,
+    # A period closes on a charges watermark only once contracts are read up to its tick's barrier.
+    waits=watermark_waits(topics.CHARGES_RATED, "charges.watermark", (topics.CONTRACTS,)),
 )

@@ -27,12 +27,15 @@ from libs import limits
 from libs.ids import derive_id
 from libs.messaging.consume import Tx
 from libs.messaging.outbox import Emitter, write_outbox
+from libs.messaging.positions import load_positions
 from libs.messaging.worker import Runtime
 from libs.observability import metrics
 from libs.times import HOUR, format_utc
 from schemas import topics
+from schemas.barrier import barrier_offsets
 from schemas.envelope import Envelope
 from schemas.events import MeteringAnomaly, Segment, UsageMetered, Watermark
+from schemas.topics import Topic
 from services.contracts import store as contracts
 from services.contracts.terms import ContractTerms
 from services.metering import store
@@ -254,6 +257,9 @@ async def on_lifecycle_events(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             terms_cache.clear()
         elif event.type == "clock.ticked":
             target = await store.advance_target(tx.conn, event.data.at)
+            if event.data.barrier is not None:
+                _, _, tick_offset = tx.source_of(event)
+                await store.raise_barrier(tx.conn, event.data.at, dict(event.data.barrier), tick_offset)
             log.info("clock tick", at=format_utc(event.data.at), target=format_utc(target) if target else None)
         else:
             await _on_lifecycle(tx, event, rows[event.data.allocation_id], terms_cache)
@@ -345,6 +351,51 @@ async def on_samples(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
         await store.mark_samples_emitted(tx.conn, allocation_id, marked)
 
 
+# --- the barrier: a close is a function of the input log ---------------------------------------------------
+CONSUMER = "metering"
+SAMPLES_CONSUMER = "metering-samples"
+LIFECYCLE_INPUTS = (topics.INFRA_LIFECYCLE, topics.CONTRACTS)
+"""Read by :data:`CONSUMER` (with the clock ticks)."""
+SAMPLE_INPUTS = (topics.USAGE_SAMPLES,)
+DOWNSTREAM_INPUTS = (topics.CONTRACTS, topics.WALLETS)
+"""Inputs rating must have read before it acts on a watermark: carried on the watermark."""
+
+
+def _offsets(barrier: dict[str, list[int]], inputs: Sequence[Topic]) -> dict[tuple[str, int], int]:
+    return {(t.name, p): o for t in inputs for p, o in enumerate(barrier.get(t.name, [])[: t.partitions])}
+
+
+async def lifecycle_holds(conn: asyncpg.Connection) -> dict[tuple[str, int], int]:
+    """While a close waits on a tick's barrier: read the lifecycle and contract partitions up to it,
+    and no tick after that one, until the close is done."""
+    pending = await store.pending_barrier(conn)
+    if pending is None:
+        return {}
+    barrier, tick_offset = pending
+    holds = _offsets(barrier, LIFECYCLE_INPUTS)
+    if tick_offset is not None:
+        holds[(topics.CLOCK_TICKS.name, 0)] = tick_offset + 1
+    return holds
+
+
+async def sample_holds(conn: asyncpg.Connection) -> dict[tuple[str, int], int]:
+    pending = await store.pending_barrier(conn)
+    return {} if pending is None else _offsets(pending[0], SAMPLE_INPUTS)
+
+
+async def barrier_reached(conn: asyncpg.Connection) -> bool:
+    """True when no close waits on a barrier, or metering has read every input partition up to it."""
+    pending = await store.pending_barrier(conn)
+    if pending is None:
+        return True
+    for consumer, inputs in ((CONSUMER, LIFECYCLE_INPUTS), (SAMPLES_CONSUMER, SAMPLE_INPUTS)):
+        needed = {k: o for k, o in _offsets(pending[0], inputs).items() if o > 0}
+        have = await load_positions(conn, consumer, needed)
+        if any(have.get(k, 0) < o for k, o in needed.items()):
+            return False
+    return True
+
+
 # --- the closer ---------------------------------------------------------------------------------------------
 async def close_chunk(conn: asyncpg.Connection, target: datetime, limit: int) -> int:
     """Emit closed hours of up to ``limit`` allocations behind ``target``; returns how many were handled."""
@@ -394,6 +445,8 @@ async def send_watermark_if_done(conn: asyncpg.Connection) -> datetime | None:
         return None
     if await store.count_behind(conn, target) > 0:
         return None
+    pending = await store.pending_barrier(conn)
+    downstream = barrier_offsets(pending[0] if pending is not None else None, DOWNSTREAM_INPUTS)
     emitter = Emitter("metering")
     for partition in range(topics.USAGE_METERED.partitions):
         emitter.emit(
@@ -405,7 +458,7 @@ async def send_watermark_if_done(conn: asyncpg.Connection) -> datetime | None:
             partition=partition,
             event_id=derive_id("watermark", "metering", format_utc(target), partition),
             correlation_id=f"tick:{format_utc(target)}",
-            data=Watermark(through=target, partition=partition, source="metering"),
+            data=Watermark(through=target, partition=partition, source="metering", barrier=downstream),
         )
     await write_outbox(conn, emitter.drain())
     await conn.execute("update metering.clock set watermark_sent = $1 where id = 1", target)
@@ -420,7 +473,9 @@ async def run_closer(rt: Runtime) -> None:
             async with rt.pool.acquire() as conn:
                 target, sent = await store.clock(conn)
                 handled = 0
-                if target is not None:
+                # The hours behind the target close only once everything published before the tick
+                # has been read (the tick's barrier): lag changes when a close runs, never what it holds.
+                if target is not None and await barrier_reached(conn):
                     async with conn.transaction():
                         handled = await close_chunk(conn, target, limits.CLOSE_CHUNK_CONTRACTS)
                     if handled == 0 and (sent is None or sent < target):

@@ -5,7 +5,15 @@ import asyncpg
 from libs.messaging.consume import Subscription
 from libs.messaging.worker import Service
 from schemas import topics
-from services.metering.handlers import on_lifecycle_events, on_samples, run_closer
+from services.metering.handlers import (
+    CONSUMER,
+    SAMPLES_CONSUMER,
+    lifecycle_holds,
+    on_lifecycle_events,
+    on_samples,
+    run_closer,
+    sample_holds,
+)
 
 
 async def pending(conn: asyncpg.Connection) -> int:
@@ -23,16 +31,18 @@ SERVICE = Service(
     name="metering",
     subscriptions=(
         Subscription(
-            consumer="metering",
+            consumer=CONSUMER,
             topics=(topics.INFRA_LIFECYCLE, topics.CONTRACTS, topics.CLOCK_TICKS),
             handler=on_lifecycle_events,
             batch_max=500,
+            holds=lifecycle_holds,
         ),
         Subscription(
-            consumer="metering-samples",
+            consumer=SAMPLES_CONSUMER,
             topics=(topics.USAGE_SAMPLES,),
             handler=on_samples,
             batch_max=1000,
+            holds=sample_holds,
             producer="metering",
         ),
     ),

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from itertools import zip_longest
 from typing import Any
 
 import asyncpg
@@ -267,6 +268,38 @@ async def advance_target(conn: asyncpg.Connection, at: datetime) -> datetime | N
         """update metering.clock set target = greatest(coalesce(target, $1), $1) where id = 1 returning target""", at
     )
     return target
+
+
+async def raise_barrier(
+    conn: asyncpg.Connection, at: datetime, barrier: dict[str, list[int]], tick_offset: int
+) -> None:
+    """Attach a tick's barrier to the pending close of ``at`` (element-wise maximum with what is there).
+
+    A tick older than the target, or for a target whose watermark is already sent, changes nothing."""
+    row = await conn.fetchrow("select target, watermark_sent, barrier, tick_offset from metering.clock where id = 1")
+    assert row is not None
+    if row["target"] != at or (row["watermark_sent"] is not None and row["watermark_sent"] >= at):
+        return
+    merged = {topic: list(offsets) for topic, offsets in (row["barrier"] or {}).items()}
+    for topic, offsets in barrier.items():
+        old = merged.get(topic, [])
+        merged[topic] = [max(a, b) for a, b in zip_longest(old, offsets, fillvalue=0)]
+    await conn.execute(
+        "update metering.clock set barrier = $1, tick_offset = greatest(tick_offset, $2) where id = 1",
+        merged,
+        tick_offset,
+    )
+
+
+async def pending_barrier(conn: asyncpg.Connection) -> tuple[dict[str, list[int]], int | None] | None:
+    """The barrier of the close still to do (and the tick's offset), or None when no close waits on one."""
+    row = await conn.fetchrow("select target, watermark_sent, barrier, tick_offset from metering.clock where id = 1")
+    assert row is not None
+    if row["target"] is None or row["barrier"] is None:
+        return None
+    if row["watermark_sent"] is not None and row["watermark_sent"] >= row["target"]:
+        return None
+    return row["barrier"], row["tick_offset"]
 
 
 async def clock(conn: asyncpg.Connection, *, for_update: bool = False) -> tuple[datetime | None, datetime | None]:

@@ -51,6 +51,7 @@ from libs.messaging.consume import Subscription, Tx
 from libs.money import Exact, exact_to_decimal_str, round_ledger
 from libs.times import HOUR, format_utc
 from schemas import topics
+from schemas.barrier import barrier_offsets, watermark_waits
 from schemas.envelope import Envelope
 from schemas.events import (
     ChargeRated,
@@ -431,7 +432,7 @@ async def _on_watermark(batch: _Batch, event: Envelope[Any]) -> None:
     row = await store.load_watermark(batch.tx.conn, partition)
     if row is not None and mark.through <= row.received_through:
         return  # watermarks only move forward
-    await store.save_received(batch.tx.conn, partition, mark.through)
+    await store.save_received(batch.tx.conn, partition, mark.through, barrier_offsets(mark.barrier, FORWARDED_BARRIER))
     await _forward_watermark(batch, partition, event)
 
 
@@ -454,7 +455,7 @@ async def _forward_watermark(batch: _Batch, partition: int, cause: Envelope[Any]
         cause=cause,
         event_id=derive_id("charges.watermark", partition, format_utc(through)),
         partition=partition,
-        data=Watermark(through=through, partition=partition, source="rating"),
+        data=Watermark(through=through, partition=partition, source="rating", barrier=row.received_barrier),
     )
     await store.save_forwarded(batch.tx.conn, partition, through)
 
@@ -780,8 +781,15 @@ async def _on_invoice(batch: _Batch, event: Envelope[Any]) -> None:
     )
 
 
+WATERMARK_WAITS_FOR = (topics.CONTRACTS, topics.WALLETS)
+"""A usage watermark is run only once these are read up to its tick's barrier (schemas.barrier)."""
+FORWARDED_BARRIER = (topics.CONTRACTS,)
+"""What invoicing must read before it closes on the forwarded watermark."""
+
+
 SUBSCRIPTION = Subscription(
     consumer=CONSUMER,
     topics=(topics.USAGE_METERED, topics.CONTRACTS, topics.WALLETS, topics.INVOICES_FINALIZED),
     handler=on_batch,
+    waits=watermark_waits(topics.USAGE_METERED, "usage.watermark", WATERMARK_WAITS_FOR),
 )

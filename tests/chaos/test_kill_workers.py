@@ -40,7 +40,6 @@ def _env(stack: Stack) -> dict[str, str]:
             "SETTLE_TOPIC_PREFIX": stack.settings.topic_prefix,
             "SETTLE_STATE_DIR": str(stack.settings.state_dir),
             "SETTLE_METRICS_PORT": "0",
-            "SETTLE_SESSION_TIMEOUT_MS": "3000",
             "SETTLE_CONSUME_BATCH_MAX": "100",
             "SETTLE_RELAY_BATCH_MAX": "100",
             "SETTLE_LOG_LEVEL": "WARNING",

@@ -1,9 +1,8 @@
-"""Scale-out: two workers of one consumer group share the partitions and every event has its effect
-once (the mock broker's group-join race is handled, see SETTLE_KAFKA_LEADER_SYNC_DELAY_MS)."""
+"""Scale-out: two workers of one consumer group share the partitions (leased through PostgreSQL, see
+libs.messaging.leases) and every event has its effect once."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +12,7 @@ from schemas import topics
 from schemas.events import TransferRequested
 from services.journal.main import SERVICE as JOURNAL
 from tests.conftest import Stack
-from tests.fleet import event_bytes, publish, running, wait_until
+from tests.fleet import event_bytes, members_share, publish, running, wait_until
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -34,7 +33,7 @@ async def test_two_workers_in_one_group_split_the_partitions_and_each_event_land
             )
         )
     async with running(stack, [JOURNAL]) as first, running(stack, [JOURNAL], relays=0) as second:
-        await asyncio.sleep(8)  # both members joined and synced (a rebalance takes ~session timeout)
+        await members_share(first, second)
         await publish(stack, items)
 
         async def done() -> bool:

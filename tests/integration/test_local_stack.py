@@ -94,7 +94,6 @@ async def test_keyed_messages_round_trip_through_a_consumer_group(broker: MockBr
         group_id=f"test-{uuid.uuid4()}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        session_timeout_ms=6000,
         heartbeat_interval_ms=500,
     )
     await consumer.start()
@@ -157,7 +156,7 @@ async def test_the_shared_broker_is_reused_and_stack_down_stops_it(tmp_path: Pat
     try:
         first, second = await asyncio.gather(ensure_broker(settings), ensure_broker(settings))
         assert first == second, "concurrent callers share one broker"
-        assert first.kind == "mock"
+        assert first.kind == settings.local_broker == "noida", "noida-db is the default local broker"
         assert first.pid is not None
         assert pid_alive(first.pid)
         again = await ensure_broker(settings)
@@ -185,7 +184,7 @@ async def test_stack_up_reports_what_runs_and_stack_down_leaves_the_local_server
     try:
         status = await stack_up(settings)
         assert status.broker is not None
-        assert status.broker.kind == "mock"
+        assert status.broker.kind == settings.local_broker
         assert status.database is not None
         assert status.database.kind == "local"
         assert status.embedded_database is None
@@ -212,8 +211,34 @@ async def test_a_killed_shared_broker_is_replaced(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         second = await ensure_broker(settings)
+        assert second.pid != first.pid, "a broker whose process died is replaced"
+    finally:
+        await stack_down(settings)
+
+
+async def test_the_default_broker_keeps_its_records_across_a_restart(tmp_path: Path) -> None:
+    """noida-db keeps its log in the state dir: a restarted local broker still has what it was given."""
+    from aiokafka import AIOKafkaProducer
+
+    from libs.messaging.broker import read_all, stop_client
+
+    settings = _settings(tmp_path / "state")
+    topic = "infra.lifecycle.v1"
+    try:
+        first = await ensure_broker(settings)
+        assert first.kind == "noida"
+        producer = AIOKafkaProducer(bootstrap_servers=first.bootstrap_servers, enable_idempotence=True, acks="all")
+        await producer.start()
+        try:
+            for i in range(50):
+                await (await producer.send(topic, value=f"kept-{i}".encode(), key=b"k", partition=2))
+        finally:
+            await stop_client(producer)
+        await stack_down(settings)
+        second = await ensure_broker(settings)
         assert second.pid != first.pid
-        assert second.bootstrap_servers != first.bootstrap_servers
+        records = [r for r in await read_all(second.bootstrap_servers, topic, 6) if r.partition == 2]
+        assert [r.value for r in records] == [f"kept-{i}".encode() for i in range(50)]
     finally:
         await stack_down(settings)
 

@@ -32,7 +32,7 @@ from services.contracts.store import contract_partition
 from services.rating.handlers import on_batch
 from services.rating.main import SERVICE
 from tests.conftest import Stack
-from tests.fleet import event_bytes, publish, read_topic, running, wait_until
+from tests.fleet import event_bytes, members_share, publish, read_topic, running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -214,21 +214,29 @@ def invoice_finalized(
     return topics.INVOICES_FINALIZED, contract_id, value
 
 
-def watermark_bytes(through: datetime, partition: int) -> bytes:
-    mark = Watermark(through=through, partition=partition, source="metering")
+def watermark_bytes(through: datetime, partition: int, barrier: dict[str, list[int]] | None = None) -> bytes:
+    mark = Watermark(through=through, partition=partition, source="metering", barrier=barrier)
     return event_bytes("usage.watermark", mark, id=f"wm-{partition}-{through.isoformat()}", time=through)
 
 
-async def publish_watermark(stack: Stack, through: datetime, partitions: Iterable[int] | None = None) -> None:
+async def publish_watermark(
+    stack: Stack, through: datetime, partitions: Iterable[int] | None = None, *, with_barrier: bool = False
+) -> None:
     """``usage.watermark(through, p)`` to partition p of usage.metered.v1 (every partition by default).
 
-    ``tests.fleet.publish`` picks the partition from the key; a watermark addresses its partition."""
+    ``tests.fleet.publish`` picks the partition from the key; a watermark addresses its partition.
+    ``with_barrier``: the watermark carries the input topics' end offsets now, as metering's do when
+    the tick had a barrier (rating then reads contracts and wallets up to them first)."""
+    from services.clock.main import input_barrier
+
     parts = range(topics.USAGE_METERED.partitions) if partitions is None else partitions
+    barrier = await input_barrier(stack.bootstrap_servers, stack.settings.topic_prefix) if with_barrier else None
     producer = await start_producer(stack.bootstrap_servers, client_id="test-watermarks")
     try:
         name = stack.settings.topic_prefix + topics.USAGE_METERED.name
         for p in parts:
-            await (await producer.send(name, value=watermark_bytes(through, p), key=b"watermark", partition=p))
+            value = watermark_bytes(through, p, barrier)
+            await (await producer.send(name, value=value, key=b"watermark", partition=p))
     finally:
         await stop_client(producer)
 
@@ -558,10 +566,13 @@ async def test_two_rating_consumers_share_the_partitions_and_wallets_still_hold(
     ]
     created = [contract_created(c, billing_mode="prepaid", starts_at=T0, price="3.10", rate="2.00") for c in contracts]
     async with running(stack, [SERVICE]) as first, running(stack, [SERVICE]) as second:
+        await members_share(first, second)
+        # The watermarks carry their barrier (as metering's do): whichever member handles a top-up, the
+        # member running the wallet at a watermark first reads wallets up to it.
         await publish(stack, created + top_ups[::2] + [usage(h) for h in hours[::2]])
-        await publish_watermark(stack, T0 + 3 * HOUR)
+        await publish_watermark(stack, T0 + 3 * HOUR, with_barrier=True)
         await publish(stack, top_ups[1::2] + [usage(h) for h in hours[1::2]])
-        await publish_watermark(stack, T0 + 8 * HOUR)
+        await publish_watermark(stack, T0 + 8 * HOUR, with_barrier=True)
         everything = len(created) + len(top_ups) + len(hours) + 2 * topics.USAGE_METERED.partitions
         await wait_until(lambda: handled(stack, everything), what="every event handled by the group")
         await wait_until(lambda: forwarded_through(stack, T0 + 8 * HOUR), what="08:00 forwarded everywhere")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.errors import ConfigurationError, MissingDependencyError
+from libs.errors import BrokerUnavailableError, ConfigurationError, MissingDependencyError
 from libs.settings import Settings
 from libs.stack import database, launcher, mock_cluster, state
 from libs.stack.state import BROKER_MARKER, BROKER_STATE_NAME, BrokerState
@@ -104,7 +104,8 @@ class FakeLaunch:
         self.result = result
         self.calls: list[tuple[Path, dict[str, int]]] = []
 
-    async def __call__(self, state_dir: Path, topics: Mapping[str, int]) -> BrokerState:
+    async def __call__(self, state_dir: Path, topics: Mapping[str, int], kind: str, retention_ms: int) -> BrokerState:
+        assert kind in ("noida", "mock") and retention_ms > 0
         self.calls.append((state_dir, dict(topics)))
         state.write_broker_state(state_dir / BROKER_STATE_NAME, self.result)
         return self.result
@@ -324,23 +325,27 @@ async def test_a_recycled_pid_starts_a_new_broker_and_is_never_signalled(
     assert bystander_process.poll() is None, "a process that is not our broker was signalled"
 
 
-async def test_a_live_but_unreachable_broker_is_stopped_before_the_restart(
+async def test_a_live_but_unreachable_broker_is_reported_and_never_stopped(
     tmp_path: Path,
     listener: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Issue 8: a command must never stop a broker it did not start (a busy broker that answered late
+    was replaced by an empty one, and the running fleet lost every topic)."""
     hung = _spawn_sleeper(f"--pretend-{BROKER_MARKER}")
     replacement = _spawn_sleeper(f"--pretend-{BROKER_MARKER}")
     try:
         state.write_broker_state(tmp_path / BROKER_STATE_NAME, _state(hung.pid, _closed_address()))
         launch = FakeLaunch(_state(replacement.pid, listener))
         monkeypatch.setattr(launcher, "_launch_detached", launch)
+        monkeypatch.setattr(launcher, "UNRESPONSIVE_WAIT_S", 0.5)
 
-        target = await launcher.ensure_broker(_settings(tmp_path))
+        with pytest.raises(BrokerUnavailableError, match="does not accept connections; it was left running"):
+            await launcher.ensure_broker(_settings(tmp_path))
 
-        assert hung.wait(5) != 0, "the unreachable broker was terminated"
-        assert len(launch.calls) == 1
-        assert target.pid == replacement.pid
+        assert hung.poll() is None, "the recorded broker is still running"
+        assert launch.calls == [], "no second broker was started beside it"
+        assert (tmp_path / BROKER_STATE_NAME).exists()
     finally:
         _reap(hung)
         _reap(replacement)
@@ -354,9 +359,9 @@ async def test_concurrent_callers_start_one_broker(
 ) -> None:
     launch = FakeLaunch(_state(fake_broker_process.pid, listener))
 
-    async def slow_launch(state_dir: Path, topics: Mapping[str, int]) -> BrokerState:
+    async def slow_launch(state_dir: Path, topics: Mapping[str, int], kind: str, retention_ms: int) -> BrokerState:
         await asyncio.sleep(0.1)  # the others arrive while this one holds the lock
-        return await launch(state_dir, topics)
+        return await launch(state_dir, topics, kind, retention_ms)
 
     monkeypatch.setattr(launcher, "_launch_detached", slow_launch)
     settings = _settings(tmp_path)
