@@ -3,7 +3,7 @@
 Three representations, each with one job:
 
 * **Exact amounts** are :class:`fractions.Fraction` in major units (dollars, euros, yen). Every
-  rule of BILLING_RULES.md that says "exact" computes in this type: nothing is ever lost to a
+  rule of docs/billing-rules.md that says "exact" computes in this type: nothing is ever lost to a
   division, and the ``/ 3600`` of R4 is done once per line.
 * **Minor units** are ``int`` (cents, yen): what documents show. An exact amount becomes minor
   units only through :func:`round_minor`, half to even (R6) — the one rounding point of documents.

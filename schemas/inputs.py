@@ -1,8 +1,8 @@
-"""The platform's input contract (BILLING_RULES.md, "Input contract"), as strict pydantic models.
+"""The platform's input contract (docs/billing-rules.md, "Input contract"), as strict pydantic models.
 
 These are what the platform publishes; we validate them strictly (decimals as strings, positive GPU
 counts, bounded ids, UTC times) but tolerate unknown fields so the platform can add fields without
-breaking us (STYLE rule 8). Documented extensions (README, "Extensions to the billing rules") are
+breaking us (STYLE rule 8). Settle's extensions of the contract (docs/billing-rules.md) are
 optional fields with defaults: ``payment_terms_days``, ``meter_prices``.
 """
 
@@ -116,7 +116,7 @@ class ContractCreated(InputModel):
     starts_at: UtcTime
     ends_at: UtcTime | None = None
     billing_anchor_day: Annotated[int, Field(ge=1, le=28, strict=True)]
-    # Extensions (README): net days for the due date; prices of metered add-ons per unit.
+    # Settle extensions (docs/billing-rules.md): net days for the due date; prices of metered add-ons per unit.
     payment_terms_days: Annotated[int, Field(ge=0, le=365, strict=True)] = 30
     meter_prices: MeterPrices = Field(default_factory=dict)
 

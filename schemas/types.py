@@ -3,7 +3,7 @@
 * ``DecimalStr`` — a decimal that must arrive as a JSON *string* (never a JSON number, so no float
   ever carries an amount), parsed to :class:`decimal.Decimal`, serialized back as a string.
 * ``UtcTime`` — RFC 3339, must be UTC; sub-second parts are floored to the second because billing
-  resolution is one second (README: "Extensions to the billing rules").
+  resolution is one second (docs/billing-rules.md, "Input contract").
 * ``Id`` — a non-empty identifier of bounded length, printable, no whitespace.
 """
 

@@ -4,7 +4,7 @@ Pure functions: the input event's ``data`` in, a new frozen ``ContractTerms`` ou
 persists the result. The pydantic input models are only read (attributes and ``model_fields_set``),
 so this module imports them for type checking only and stays inside the pure-domain import rules.
 
-Decisions (see the README's "Extensions to the billing rules"):
+Decisions (docs/billing-rules.md, the "Settle extensions" of the input contract, R4 and R9):
 
 * An amendment that sets ``credit_limit`` to ``null`` *removes* the limit from ``effective_at``; an
   amendment that does not mention ``credit_limit`` leaves it as it was. The two are told apart by

@@ -1,9 +1,12 @@
 """The projection of ``contracts.v1`` that metering, rating and invoicing each keep in their own schema.
 
-Table ``<schema>.contracts`` (created by each service's migration with :data:`PROJECTION_DDL`):
-the current :class:`ContractTerms` as JSON plus the partition its key maps to. Amendments or
-terminations that arrive before their contract are held in ``<schema>.contract_events_held`` and
-applied, in arrival order, when the contract arrives.
+Table ``<schema>.contracts``: the current :class:`ContractTerms` as JSON plus the partition its key
+maps to. Amendments or terminations that arrive before their contract are held in
+``<schema>.contract_events_held`` and applied, in arrival order, when the contract arrives.
+
+Both tables are created by each service's own migration (``libs/db/migrations/0010_metering.sql``,
+``0020_rating.sql``, ``0030_invoicing.sql``); migrations are checksummed and never edited, so the three
+copies stay copies, and ``tests/integration/test_contract_projection.py`` fails when they differ.
 """
 
 from __future__ import annotations
@@ -22,28 +25,6 @@ from schemas.inputs import ContractAmended, ContractCreated, ContractTerminated
 from schemas.topics import CONTRACTS, PIPELINE_PARTITIONS
 from services.contracts.build import amend_terms, terminate_terms, terms_from_created
 from services.contracts.terms import ContractTerms, FieldChanges, PricedFields, SlaTierTerms, TermsVersion
-
-PROJECTION_DDL = """
-create table {schema}.contracts (
-    contract_id text primary key,
-    renter_id   text        not null,
-    currency    text        not null,
-    billing_mode text       not null,
-    partition   int         not null,
-    terms       jsonb       not null,
-    updated_at  timestamptz not null default now()
-);
-create index on {schema}.contracts (partition);
-create table {schema}.contract_events_held (
-    event_id    text primary key,
-    contract_id text        not null,
-    type        text        not null,
-    time        timestamptz not null,
-    data        jsonb       not null,
-    held_at     timestamptz not null default now()
-);
-create index on {schema}.contract_events_held (contract_id);
-"""
 
 
 def contract_partition(contract_id: str) -> int:

@@ -13,17 +13,7 @@ async def pending(conn: asyncpg.Connection) -> int:
     """Closes the closer still owes: due contract periods, late charges to place, and (as one unit)
     a month whose statements could close now. 0 when idle; quarantined work is not pending."""
     marks = await store.current_watermarks(conn)
-    due = await conn.fetchval(
-        f"""select count(*) from {store.SCHEMA}.contract_state s
-              join unnest($1::int[], $2::timestamptz[]) as w(partition, through) on w.partition = s.partition
-             where s.next_close_at <= w.through and s.blocked_reason is null""",
-        list(marks),
-        list(marks.values()),
-    )
-    late = await conn.fetchval(
-        f"""select count(*) from {store.SCHEMA}.late_work l join {store.SCHEMA}.contract_state s using (contract_id)
-             where s.blocked_reason is null"""
-    )
+    closes = await store.count_pending_closes(conn, marks)
     # The month the statement closer works on: where it left off, else the first with earnings. It has
     # work while that month may close (every partition's watermark is past it); a late row for a month
     # already stated waits for the next statement and is not pending work.
@@ -33,7 +23,7 @@ async def pending(conn: asyncpg.Connection) -> int:
     if month is not None and len(marks) == store.PARTITIONS:
         _, boundary = month_bounds(month)
         statements = int(min(marks.values()) >= boundary)
-    return int(due) + int(late) + statements
+    return closes + statements
 
 
 SERVICE = Service(

@@ -271,6 +271,29 @@ def _state(row: asyncpg.Record) -> ContractState:
     )
 
 
+_DUE_CONTRACTS = f"""{SCHEMA}.contract_state s
+      join unnest($1::int[], $2::timestamptz[]) as w(partition, through) on w.partition = s.partition
+     where s.next_close_at <= w.through and s.blocked_reason is null"""
+"""The closer's pending work, part one: contracts (``s``) with a period ending at or before their
+partition's watermark (``$1`` partitions, ``$2`` their watermarks), quarantined ones excluded.
+:func:`pick_contracts` locks them and :func:`count_pending_closes` counts them — one predicate."""
+
+_LATE_CONTRACTS = f"""{SCHEMA}.contract_state s
+      join {SCHEMA}.late_work l on l.contract_id = s.contract_id
+     where s.blocked_reason is null"""
+"""The closer's pending work, part two: contracts (``s``) with late charges to place (a ``late_work``
+row), quarantined ones excluded. Shared by :func:`pick_contracts` and :func:`count_pending_closes`."""
+
+
+async def count_pending_closes(conn: asyncpg.Connection, watermarks: dict[int, datetime]) -> int:
+    """How many contract closes the closer owes: due periods plus contracts with late work (a contract
+    with both counts twice, as the closer handles the two in separate picks)."""
+    parts = sorted(watermarks)
+    due = await conn.fetchval(f"select count(*) from {_DUE_CONTRACTS}", parts, [watermarks[p] for p in parts])
+    late = await conn.fetchval(f"select count(*) from {_LATE_CONTRACTS}")
+    return int(due) + int(late)
+
+
 async def pick_contracts(
     conn: asyncpg.Connection, watermarks: dict[int, datetime], limit: int, only: Sequence[str] | None = None
 ) -> list[ContractState]:
@@ -278,9 +301,7 @@ async def pick_contracts(
     ending at or before their partition's watermark, or late charges to look at. Sorted by id."""
     parts = sorted(watermarks)
     due = await conn.fetch(
-        f"""select {_STATE_COLUMNS} from {SCHEMA}.contract_state s
-              join unnest($1::int[], $2::timestamptz[]) as w(partition, through) on w.partition = s.partition
-             where s.next_close_at <= w.through and s.blocked_reason is null
+        f"""select {_STATE_COLUMNS} from {_DUE_CONTRACTS}
                and ($4::text[] is null or s.contract_id = any($4))
              order by s.contract_id limit $3
                for update of s skip locked""",
@@ -292,9 +313,8 @@ async def pick_contracts(
     picked = [_state(r) for r in due]
     if len(picked) < limit:
         late = await conn.fetch(
-            f"""select {_STATE_COLUMNS} from {SCHEMA}.contract_state s
-                  join {SCHEMA}.late_work l on l.contract_id = s.contract_id
-                 where s.blocked_reason is null and not (s.contract_id = any($2::text[]))
+            f"""select {_STATE_COLUMNS} from {_LATE_CONTRACTS}
+                   and not (s.contract_id = any($2::text[]))
                    and ($3::text[] is null or s.contract_id = any($3))
                  order by s.contract_id limit $1
                    for update of s skip locked""",

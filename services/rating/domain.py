@@ -12,8 +12,8 @@ Units
 No I/O, no clock, no logging: time and ids come from the arguments; the shell (handlers, store)
 turns the returned values and signals into rows, ledger postings and events.
 
-Extensions to the billing rules made here (documented in the README)
------------------------------------------------------------------------
+Extensions to the billing rules made here (docs/billing-rules.md, "Settle extensions" of R4, R8)
+-----------------------------------------------------------------------------------------------
 * Add-on meters (``meter != "gpu_seconds"``): charge = ``quantity × meter_prices[meter]`` with the
   terms in force at the first in-term instant of the hour (``max(hour_start, starts_at)``); a meter
   without a price is charged 0; an hour wholly outside the term is charged 0; suppliers earn nothing

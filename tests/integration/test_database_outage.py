@@ -3,11 +3,11 @@ when the database is back every event has its effect exactly once (errors sorted
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from libs.ledger import verify
 from schemas import topics
@@ -50,12 +50,17 @@ async def test_a_database_outage_is_waited_out_not_dead_lettered(stack: Stack, s
                 "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
                 database,
             )
+            failed_before = _infra_failures()
             await publish(stack, _transfers(300, 300))
-            await asyncio.sleep(4)  # the worker meets the outage: rewinds, backs off, tries again
+            # The worker meets the outage: rewinds, backs off, tries again (and fails again).
+            await wait_until(
+                lambda: _failed_since(failed_before, 2), timeout_s=60, what="the worker to meet the outage twice"
+            )
             await admin.execute(f'alter database "{database}" allow_connections true')
 
             await wait_until(lambda: _handled(stack, 600), timeout_s=90, what="every event handled after the outage")
             assert state.processed >= 600
+            assert _infra_failures() >= failed_before + 2, "the outage was hit (batches rewound, not acknowledged)"
     finally:
         await admin.execute(f'alter database "{database}" allow_connections true')
         await admin.close()
@@ -73,3 +78,14 @@ async def _handled(stack: Stack, n: int) -> bool:
         return int(await stack.pool.fetchval("select count(*) from settle.inbox where consumer = 'journal'")) >= n
     except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
         return False  # the test's own connections are cut off during the outage too
+
+
+def _infra_failures() -> float:
+    """Batches the journal consumer could not settle because a dependency was down (this process's
+    workers: ``running`` runs them in-process), from the metric ``libs/messaging/worker.py`` counts."""
+    value = REGISTRY.get_sample_value("settle_infrastructure_failures_total", {"consumer": "journal"})
+    return 0.0 if value is None else value
+
+
+async def _failed_since(before: float, n: int) -> bool:
+    return _infra_failures() >= before + n

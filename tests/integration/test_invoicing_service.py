@@ -338,6 +338,38 @@ async def wait_statements(stack: Stack, n: int, timeout_s: float = 30) -> None:
     await wait_for_count(stack, "select count(*) from invoicing.statements", n, f"{n} statements", timeout_s)
 
 
+@dataclass
+class CloserRounds:
+    """Counts finished :meth:`Closer.step` rounds of every closer in this process (``running`` runs the
+    worker's closer in-process), so a test can wait for "the closer has looked" instead of sleeping."""
+
+    finished: int = 0
+
+    @classmethod
+    def install(cls, monkeypatch: pytest.MonkeyPatch) -> CloserRounds:
+        rounds = cls()
+        real_step = Closer.step
+
+        async def step(self: Closer) -> bool:
+            try:
+                return await real_step(self)
+            finally:
+                rounds.finished += 1
+
+        monkeypatch.setattr(Closer, "step", step)
+        return rounds
+
+    async def wait_for_a_fresh_round(self, what: str, timeout_s: float = 30) -> None:
+        """Until a round that STARTED after this call has finished: the one in flight now may have
+        read the state before the caller's change, the next one cannot have."""
+        seen = self.finished
+
+        async def fresh() -> bool:
+            return self.finished >= seen + 2
+
+        await wait_until(fresh, timeout_s=timeout_s, what=what)
+
+
 async def invoices_of(stack: Stack, contract_id: str) -> list[dict[str, Any]]:
     rows = await stack.pool.fetch(
         "select document from invoicing.invoices where contract_id = $1 order by period_start", contract_id
@@ -387,7 +419,10 @@ def usd(units_minor: int) -> int:
 # --- tests -------------------------------------------------------------------------------------------------
 
 
-async def test_watermark_closes_every_period_with_documents_events_and_a_sound_ledger(stack: Stack) -> None:
+async def test_watermark_closes_every_period_with_documents_events_and_a_sound_ledger(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds = CloserRounds.install(monkeypatch)
     story = Story()
     story.contract("ctr-a", renter="rnt-a", tax="0.1")
     story.contract("ctr-zero", renter="rnt-z")  # no usage at all: still an invoice (R1)
@@ -400,7 +435,7 @@ async def test_watermark_closes_every_period_with_documents_events_and_a_sound_l
 
     async with running(stack, [INVOICING], relays=0):
         await wait_for_count(stack, "select count(*) from invoicing.watermarks", 6, "first watermarks")
-        await asyncio.sleep(0.6)
+        await rounds.wait_for_a_fresh_round("a close round after the first watermarks")
         assert await count(stack, "select count(*) from invoicing.invoices") == 0
 
         story.watermark(JAN[1])
@@ -523,6 +558,7 @@ async def test_a_close_that_dies_before_commit_leaves_nothing_and_the_next_run_c
     assert await count(stack, "select count(*) from invoicing.charges where document_id is not null") == 0
 
     monkeypatch.setattr(closer_module, "finalize_plans", real_finalize)
+    rounds = CloserRounds.install(monkeypatch)
     async with running(stack, [INVOICING], relays=0):
         await wait_invoices(stack, 12)
         await wait_statements(stack, 1)
@@ -536,7 +572,7 @@ async def test_a_close_that_dies_before_commit_leaves_nothing_and_the_next_run_c
             12 * 2 + 12,
             "second watermarks consumed",
         )
-        await asyncio.sleep(0.5)
+        await rounds.wait_for_a_fresh_round("a close round after the repeated watermarks")
     numbers = [r["number"] for r in await stack.pool.fetch("select number from invoicing.invoices order by number")]
     assert numbers == [f"INV-2026-{n:06d}" for n in range(1, 13)]
     assert await count(stack, "select count(*) from invoicing.statements") == 1

@@ -40,10 +40,17 @@ async def test_fifty_concurrent_debits_never_cross_the_floor(stack: Stack) -> No
             await post(conn, [_entry(0, [debit("cash", 100, "USD"), credit("wallet", 100, "USD")], "topup")])
 
     start = asyncio.Event()
+    connected = asyncio.Event()
+    opened = 0
+    racers = 50
 
     async def one_debit(n: int) -> BaseException | None:
         """None when the debit landed, else how the database refused it."""
+        nonlocal opened
         conn = await asyncpg.connect(stack.database_url)
+        opened += 1
+        if opened == racers:
+            connected.set()
         try:
             await start.wait()
             try:
@@ -55,8 +62,8 @@ async def test_fifty_concurrent_debits_never_cross_the_floor(stack: Stack) -> No
         finally:
             await conn.close()
 
-    tasks = [asyncio.create_task(one_debit(n)) for n in range(1, 51)]
-    await asyncio.sleep(0.5)  # let every connection open before they race
+    tasks = [asyncio.create_task(one_debit(n)) for n in range(1, racers + 1)]
+    await asyncio.wait_for(connected.wait(), timeout=30)  # every connection open before they race
     start.set()
     outcomes = await asyncio.gather(*tasks)
     refusals = [o for o in outcomes if o is not None]

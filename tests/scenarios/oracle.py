@@ -1,12 +1,13 @@
 """An independent billing oracle for the end-to-end test: invoices and supplier statements computed
-from the raw bytes the platform published, straight from BILLING_RULES.md (R1-R8, R10, R12) and
-the documented extensions — never by calling Settle's service code.
+from the raw bytes the platform published, straight from docs/billing-rules.md (R1-R8, R10, R12)
+and its Settle extensions — never by calling Settle's code.
 
-What it may use: the input contract (``schemas.envelope.RawEnvelope`` for the CloudEvents envelope,
-``schemas.topics`` / ``schemas.inputs`` for each type's payload schema — schemas are the contract,
-not billing logic) and ``iso4217`` for currency exponents. Everything else — R2 allocation state,
-R1 periods, R4 pricing, R5 commitment, R6 rounding, R7 SLA, R8 wallet, R10 invoice arithmetic, R3
-adjustments, R12 statements — is written here again, from the rules.
+What it uses: the standard library (``json``, ``re``, ``calendar``, ``fractions``) and ``iso4217`` for
+currency exponents. Nothing from ``schemas`` or ``libs``: the CloudEvents envelope, every input
+type's payload, decimal strings and RFC 3339 times are read here again from the input contract (a
+bug in the product's parsing would otherwise hide in both the fleet and its check). Everything else —
+R2 allocation state, R1 periods, R4 pricing, R5 commitment, R6 rounding, R7 SLA, R8 wallet, R10
+invoice arithmetic, R3 adjustments, R12 statements — is written here again too.
 
 Units
 -----
@@ -28,8 +29,12 @@ allocation's line of the first month ending after ``late_after`` (extension in
 
 from __future__ import annotations
 
+import calendar
+import json
+import re
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -37,11 +42,6 @@ from itertools import pairwise
 from typing import Any, Protocol
 
 import iso4217
-import orjson
-from pydantic import BaseModel, ValidationError
-
-from schemas import inputs, topics
-from schemas.envelope import RawEnvelope
 
 INF = 2**62
 """Epoch seconds standing for "no end" (an open allocation or window, an open-ended term)."""
@@ -181,7 +181,288 @@ def month_span(key: str) -> Span:
     return epoch(datetime(year, month, 1, tzinfo=UTC)), epoch(datetime(next_year, next_month, 1, tzinfo=UTC))
 
 
-# --- decoding the deliveries ----------------------------------------------------------------------------
+# --- decoding the deliveries: the oracle's own reading of the input contract ------------------------------
+#
+# Written from docs/billing-rules.md ("Input contract" and the input limits) with the standard library
+# only: ``json`` for the bytes, a regular expression and ``Fraction`` for decimal strings, ``calendar``
+# for times. Nothing here calls ``schemas`` or ``libs``, so a parsing bug there cannot hide in both.
+
+MAX_EVENT_BYTES = 64 * 1024
+MAX_ID_CHARS = 128
+MAX_TEXT_CHARS = 256
+MAX_GPU_COUNT = 4096
+MAX_SLA_TIERS = 16
+MAX_METERS = 32
+
+_ID = re.compile(rf"[!-~]{{1,{MAX_ID_CHARS}}}")
+_DECIMAL = re.compile(r"-?[0-9]{1,18}(?:\.([0-9]+))?")
+_TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.[0-9]+)?(?:[Zz]|[+-]00:00)")
+_METER = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+class Refused(ValueError):
+    """A delivery the contract does not accept (the fleet must dead-letter it)."""
+
+
+Parser = Callable[[Any], Any]
+
+
+def parse_id(value: Any) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise Refused(f"not an id (1-{MAX_ID_CHARS} printable characters): {value!r}")
+    return value
+
+
+def parse_text(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TEXT_CHARS:
+        raise Refused(f"not a text of 1-{MAX_TEXT_CHARS} characters: {value!r}")
+    return value
+
+
+def parse_decimal(value: Any, *, places: int = 12, low: Fraction | None = None, low_open: bool = False) -> Fraction:
+    """A decimal string (never a JSON number) with at most ``places`` decimals, as an exact Fraction;
+    at least ``low`` (more than ``low`` when ``low_open``)."""
+    if not isinstance(value, str):
+        raise Refused(f"a decimal must be a JSON string, got {value!r}")
+    match = _DECIMAL.fullmatch(value)
+    if match is None or len(match.group(1) or "") > places:
+        raise Refused(f"not a decimal string with at most {places} places: {value!r}")
+    exact = Fraction(value)
+    if low is not None and (exact < low or (low_open and exact == low)):
+        raise Refused(f"{value!r} is out of range")
+    return exact
+
+
+def parse_amount(value: Any) -> Fraction:
+    """A non-negative decimal string."""
+    return parse_decimal(value, low=Fraction(0))
+
+
+def parse_time(value: Any) -> int:
+    """RFC 3339 in UTC (``Z`` or ``+00:00``) → epoch seconds, a fraction of a second floored."""
+    match = _TIME.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise Refused(f"not an RFC 3339 UTC time: {value!r}")
+    try:
+        moment = time.strptime(f"{match.group(1)} {match.group(2)}", "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        raise Refused(f"not a calendar time: {value!r}") from None
+    return calendar.timegm(moment)
+
+
+def parse_int(value: Any, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise Refused(f"not an integer in [{low}, {high}]: {value!r}")
+    return value
+
+
+def parse_currency(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Z]{3}", value):
+        raise Refused(f"not a currency code: {value!r}")
+    try:
+        exponent = iso4217.Currency(value).exponent
+    except ValueError:
+        raise Refused(f"not an ISO 4217 currency: {value!r}") from None
+    if exponent is None:
+        raise Refused(f"{value} has no minor unit (not money)")
+    return value
+
+
+def parse_choice(*allowed: str) -> Parser:
+    def parse(value: Any) -> str:
+        if value not in allowed:
+            raise Refused(f"{value!r} is not one of {allowed}")
+        return str(value)
+
+    return parse
+
+
+def parse_tax_rate(value: Any) -> Fraction:
+    rate = parse_amount(value)
+    if rate > 1:
+        raise Refused(f"tax_rate is a fraction in [0, 1]: {value!r}")
+    return rate
+
+
+def parse_sla_tiers(value: Any) -> tuple[tuple[Fraction, Fraction], ...]:
+    """(below_uptime in (0, 1], credit_percent in [0, 100]) per tier."""
+    if not isinstance(value, list) or len(value) > MAX_SLA_TIERS:
+        raise Refused(f"sla_tiers is a list of at most {MAX_SLA_TIERS} tiers")
+    tiers = []
+    for tier in value:
+        if not isinstance(tier, dict):
+            raise Refused(f"an SLA tier is an object: {tier!r}")
+        below = parse_decimal(tier.get("below_uptime"), low=Fraction(0), low_open=True)
+        percent = parse_amount(tier.get("credit_percent"))
+        if below > 1 or percent > 100:
+            raise Refused(f"SLA tier out of range: {tier!r}")
+        tiers.append((below, percent))
+    return tuple(tiers)
+
+
+def parse_meter(value: Any) -> str:
+    if not isinstance(value, str) or not _METER.fullmatch(value):
+        raise Refused(f"not a meter name: {value!r}")
+    return value
+
+
+def parse_meter_prices(value: Any) -> dict[str, Fraction]:
+    if not isinstance(value, dict) or len(value) > MAX_METERS:
+        raise Refused(f"meter_prices is an object of at most {MAX_METERS} meters")
+    return {parse_meter(k): parse_decimal(v, places=6, low=Fraction(0)) for k, v in value.items()}
+
+
+def optional(parse: Parser) -> Parser:
+    """``null`` allowed (kept as None)."""
+
+    def parse_or_none(value: Any) -> Any:
+        return None if value is None else parse(value)
+
+    return parse_or_none
+
+
+REQUIRED = object()
+"""Marks a field without a default."""
+
+Fields = dict[str, tuple[Parser, Any]]
+"""Field name → (parser, default or REQUIRED). A field absent from the JSON takes its default."""
+
+_PRICED_FIELDS: Fields = {
+    "price_per_gpu_hour": (optional(parse_amount), None),
+    "supplier_rate_per_gpu_hour": (optional(parse_amount), None),
+    "commitment_per_period": (optional(parse_amount), None),
+    "credit_limit": (optional(parse_amount), None),
+    "sla_tiers": (optional(parse_sla_tiers), None),
+    "tax_rate": (optional(parse_tax_rate), None),
+    "meter_prices": (optional(parse_meter_prices), None),
+}
+
+INPUT_TYPES: dict[str, dict[str, Fields]] = {
+    "infra.lifecycle.v1": {
+        "gpu.allocation.provisioned": {
+            "allocation_id": (parse_id, REQUIRED),
+            "contract_id": (parse_id, REQUIRED),
+            "renter_id": (parse_id, REQUIRED),
+            "supplier_id": (parse_id, REQUIRED),
+            "server_id": (parse_id, REQUIRED),
+            "gpu_model": (parse_text, REQUIRED),
+            "gpu_count": (lambda v: parse_int(v, 1, MAX_GPU_COUNT), REQUIRED),
+        },
+        "gpu.allocation.decommissioned": {"allocation_id": (parse_id, REQUIRED)},
+        "gpu.maintenance.started": {"allocation_id": (parse_id, REQUIRED), "window_id": (parse_id, REQUIRED)},
+        "gpu.maintenance.ended": {"allocation_id": (parse_id, REQUIRED), "window_id": (parse_id, REQUIRED)},
+        "gpu.outage.started": {"allocation_id": (parse_id, REQUIRED), "incident_id": (parse_id, REQUIRED)},
+        "gpu.outage.ended": {"allocation_id": (parse_id, REQUIRED), "incident_id": (parse_id, REQUIRED)},
+    },
+    "contracts.v1": {
+        "contract.created": {
+            "contract_id": (parse_id, REQUIRED),
+            "renter_id": (parse_id, REQUIRED),
+            "currency": (parse_currency, REQUIRED),
+            "billing_mode": (parse_choice("prepaid", "postpaid"), REQUIRED),
+            "price_per_gpu_hour": (parse_amount, REQUIRED),
+            "supplier_rate_per_gpu_hour": (parse_amount, REQUIRED),
+            "commitment_per_period": (parse_amount, REQUIRED),
+            "credit_limit": (optional(parse_amount), None),
+            "sla_tiers": (parse_sla_tiers, ()),
+            "tax_rate": (parse_tax_rate, REQUIRED),
+            "starts_at": (parse_time, REQUIRED),
+            "ends_at": (optional(parse_time), None),
+            "billing_anchor_day": (lambda v: parse_int(v, 1, 28), REQUIRED),
+            "payment_terms_days": (lambda v: parse_int(v, 0, 365), 30),
+            "meter_prices": (parse_meter_prices, {}),
+        },
+        "contract.amended": {
+            "contract_id": (parse_id, REQUIRED),
+            "effective_at": (parse_time, REQUIRED),
+            **_PRICED_FIELDS,
+        },
+        "contract.terminated": {"contract_id": (parse_id, REQUIRED), "effective_at": (parse_time, REQUIRED)},
+    },
+    "wallets.v1": {
+        "wallet.topped_up": {
+            "contract_id": (parse_id, REQUIRED),
+            "amount": (lambda v: parse_decimal(v, low=Fraction(0), low_open=True), REQUIRED),
+            "currency": (parse_currency, REQUIRED),
+            "payment_ref": (parse_id, REQUIRED),
+        }
+    },
+    "usage.samples.v1": {
+        "usage.sample.recorded": {
+            "allocation_id": (parse_id, REQUIRED),
+            "meter": (parse_meter, REQUIRED),
+            "quantity": (lambda v: parse_decimal(v, places=6, low=Fraction(0)), REQUIRED),
+        }
+    },
+}
+"""Topic → event type → the fields of its ``data`` (unknown fields are ignored: the contract is the
+platform's, and it may add fields)."""
+
+
+def parse_data(type_: str, fields: Fields, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` of an event of ``type_``: every known field parsed, absent ones defaulted, and the
+    rules that tie fields together checked."""
+    out: dict[str, Any] = {}
+    for name, (parse, default) in fields.items():
+        if name not in data:
+            if default is REQUIRED:
+                raise Refused(f"{type_}: {name} is missing")
+            out[name] = default
+            continue
+        try:
+            out[name] = parse(data[name])
+        except Refused as exc:
+            raise Refused(f"{type_}: {name}: {exc}") from None
+    if type_ == "contract.created":
+        if out["ends_at"] is not None and out["ends_at"] <= out["starts_at"]:
+            raise Refused("contract.created: ends_at must be after starts_at")
+        if out["billing_mode"] == "prepaid" and out["credit_limit"] is not None:
+            raise Refused("contract.created: a prepaid contract has no credit limit")
+    if type_ == "contract.amended":
+        changed = [n for n in _PRICED_FIELDS if out[n] is not None or (n == "credit_limit" and n in data)]
+        if not changed:
+            raise Refused("contract.amended: changes no priced field")
+    return out
+
+
+def parse_envelope(value: bytes) -> tuple[str, str, int, dict[str, Any]]:
+    """CloudEvents 1.0, structured JSON mode → (id, type, time in epoch seconds, data object)."""
+    if len(value) > MAX_EVENT_BYTES:
+        raise Refused(f"{len(value)} bytes; at most {MAX_EVENT_BYTES}")
+    try:
+        document = json.loads(value.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Refused("not JSON") from None
+    if not isinstance(document, dict):
+        raise Refused("not an object")
+    if document.get("specversion") != "1.0":
+        raise Refused("not a CloudEvents 1.0 envelope")
+    if document.get("datacontenttype", "application/json") != "application/json":
+        raise Refused("data is not application/json")
+    optional_attributes = {
+        "subject": MAX_TEXT_CHARS,
+        "dataschema": MAX_TEXT_CHARS,
+        "correlationid": MAX_ID_CHARS,
+        "causationid": MAX_ID_CHARS,
+    }
+    for name, limit in optional_attributes.items():
+        attribute = document.get(name)
+        if attribute is not None and (not isinstance(attribute, str) or len(attribute) > limit):
+            raise Refused(f"envelope: {name} is not a string of at most {limit} characters")
+    if "schemaversion" in document:
+        parse_int(document["schemaversion"], 1, 1000)
+    event_id = parse_id(document.get("id"))
+    parse_text(document.get("source"))
+    type_ = parse_text(document.get("type"))
+    at = parse_time(document.get("time"))
+    data = document.get("data")
+    if not isinstance(data, dict):
+        raise Refused("envelope: data is not an object")
+    return event_id, type_, at, data
+
+
+def _no_constant(name: str) -> Any:
+    raise Refused(f"{name} is not JSON")
 
 
 class DeliveryLike(Protocol):
@@ -202,8 +483,9 @@ class InputEvent:
     id: str
     type: str
     at: int
-    data: Any
-    """The validated payload model (``schemas.inputs``)."""
+    """Epoch seconds of the envelope's ``time``."""
+    data: dict[str, Any]
+    """The payload as :func:`parse_data` reads it: decimals as Fractions, times as epoch seconds."""
 
 
 @dataclass
@@ -215,39 +497,26 @@ class Decoded:
 
 
 def decode(deliveries: Iterable[DeliveryLike], into: Decoded | None = None) -> Decoded:
-    """Decode CloudEvents (orjson + the envelope schema), validate payloads, drop duplicate ids."""
+    """Read each delivery against the input contract, refuse what breaks it, drop duplicate ids."""
     out = into if into is not None else Decoded()
     seen = {e.id for e in out.accepted}
     seq = len(out.accepted) + len(out.rejected) + out.duplicates
     for delivery in deliveries:
         seq += 1
         try:
-            document = orjson.loads(delivery.value)
-        except orjson.JSONDecodeError:
-            out.rejected.append((delivery.topic, delivery.value, "not JSON"))
+            event_id, type_, at, raw = parse_envelope(delivery.value)
+            fields = INPUT_TYPES.get(delivery.topic, {}).get(type_)
+            if fields is None:
+                raise Refused(f"{type_} is not an event type of {delivery.topic}")
+            data = parse_data(type_, fields, raw)
+        except Refused as exc:
+            out.rejected.append((delivery.topic, delivery.value, str(exc)))
             continue
-        if not isinstance(document, dict):
-            out.rejected.append((delivery.topic, delivery.value, "not an object"))
-            continue
-        try:
-            raw = RawEnvelope.model_validate(document)
-        except ValidationError as exc:
-            out.rejected.append((delivery.topic, delivery.value, f"envelope: {exc.error_count()} errors"))
-            continue
-        model: type[BaseModel] | None = topics.BY_NAME[delivery.topic].model_for(raw.type)
-        if model is None:
-            out.rejected.append((delivery.topic, delivery.value, f"unknown type {raw.type}"))
-            continue
-        try:
-            data = model.model_validate(raw.data)
-        except ValidationError as exc:
-            out.rejected.append((delivery.topic, delivery.value, f"data: {exc.error_count()} errors"))
-            continue
-        if raw.id in seen:
+        if event_id in seen:
             out.duplicates += 1
             continue
-        seen.add(raw.id)
-        out.accepted.append(InputEvent(seq, delivery.topic, raw.id, raw.type, epoch(raw.time), data))
+        seen.add(event_id)
+        out.accepted.append(InputEvent(seq, delivery.topic, event_id, type_, at, data))
     return out
 
 
@@ -311,23 +580,10 @@ class Contract:
         return out
 
 
-def _sla_tiers(tiers: Iterable[inputs.SlaTier]) -> tuple[tuple[Fraction, Fraction], ...]:
-    return tuple((Fraction(t.below_uptime), Fraction(t.credit_percent)) for t in tiers)
-
-
-def _priced_changes(data: Any) -> dict[str, Any]:
-    changes: dict[str, Any] = {}
-    for name in PRICED:
-        value = getattr(data, name, None)
-        if value is None:
-            continue
-        if name == "sla_tiers":
-            changes[name] = _sla_tiers(value)
-        elif name == "meter_prices":
-            changes[name] = {k: Fraction(v) for k, v in value.items()}
-        else:
-            changes[name] = Fraction(value)
-    return changes
+def _priced_changes(data: dict[str, Any]) -> dict[str, Any]:
+    """The priced fields an amendment sets (an absent or null field changes nothing here; a null
+    ``credit_limit`` matters to rating only)."""
+    return {name: data[name] for name in PRICED if data.get(name) is not None}
 
 
 # --- allocations (R2) -----------------------------------------------------------------------------------
@@ -352,12 +608,12 @@ def _fold_allocations(events: Sequence[InputEvent]) -> dict[str, Allocation]:
     "the second"). Quarantined: a window that ends before it starts (both events), a decommission
     before the provisioning, a second provisioning with different data. An end without a start has no
     effect; a start without an end is open."""
-    provisions: dict[str, tuple[int, Any]] = {}
+    provisions: dict[str, tuple[int, dict[str, Any]]] = {}
     decommissions: dict[str, int] = {}
     starts: dict[tuple[str, str, str], int] = {}
     ends: dict[tuple[str, str, str], int] = {}
-    for event in sorted((e for e in events if e.topic == topics.INFRA_LIFECYCLE.name), key=lambda e: e.seq):
-        allocation_id = event.data.allocation_id
+    for event in sorted((e for e in events if e.topic == "infra.lifecycle.v1"), key=lambda e: e.seq):
+        allocation_id = event.data["allocation_id"]
         if event.type == "gpu.allocation.provisioned":
             if allocation_id not in provisions:
                 provisions[allocation_id] = (event.at, event.data)
@@ -366,7 +622,7 @@ def _fold_allocations(events: Sequence[InputEvent]) -> dict[str, Allocation]:
             decommissions.setdefault(allocation_id, event.at)
         else:
             kind = "maintenance" if event.type.startswith("gpu.maintenance") else "outage"
-            window = event.data.window_id if kind == "maintenance" else event.data.incident_id
+            window = event.data["window_id"] if kind == "maintenance" else event.data["incident_id"]
             key = (allocation_id, kind, window)
             (starts if event.type.endswith(".started") else ends).setdefault(key, event.at)
     out: dict[str, Allocation] = {}
@@ -384,9 +640,9 @@ def _fold_allocations(events: Sequence[InputEvent]) -> dict[str, Allocation]:
             windows[key[1]].append((start, end))
         out[allocation_id] = Allocation(
             allocation_id=allocation_id,
-            contract_id=data.contract_id,
-            supplier_id=data.supplier_id,
-            gpu_count=data.gpu_count,
+            contract_id=data["contract_id"],
+            supplier_id=data["supplier_id"],
+            gpu_count=data["gpu_count"],
             provisioned_at=provisioned_at,
             decommissioned_at=decommissioned_at,
             maintenance=union(windows["maintenance"]),
@@ -434,42 +690,33 @@ def build_market(events: Sequence[InputEvent]) -> Market:
     contracts: dict[str, Contract] = {}
     ordered = sorted(events, key=lambda e: e.seq)
     for event in ordered:
-        if event.type == "contract.created" and event.data.contract_id not in contracts:
+        if event.type == "contract.created" and event.data["contract_id"] not in contracts:
             d = event.data
-            base = {
-                "price_per_gpu_hour": Fraction(d.price_per_gpu_hour),
-                "supplier_rate_per_gpu_hour": Fraction(d.supplier_rate_per_gpu_hour),
-                "commitment_per_period": Fraction(d.commitment_per_period),
-                "sla_tiers": _sla_tiers(d.sla_tiers),
-                "tax_rate": Fraction(d.tax_rate),
-                "meter_prices": {k: Fraction(v) for k, v in d.meter_prices.items()},
-            }
-            contracts[d.contract_id] = Contract(
-                contract_id=d.contract_id,
-                renter_id=d.renter_id,
-                currency=d.currency,
-                prepaid=d.billing_mode == "prepaid",
-                anchor_day=d.billing_anchor_day,
-                payment_terms_days=d.payment_terms_days,
-                starts_at=epoch(d.starts_at),
-                ends_at=None if d.ends_at is None else epoch(d.ends_at),
-                base=base,
+            contracts[d["contract_id"]] = Contract(
+                contract_id=d["contract_id"],
+                renter_id=d["renter_id"],
+                currency=d["currency"],
+                prepaid=d["billing_mode"] == "prepaid",
+                anchor_day=d["billing_anchor_day"],
+                payment_terms_days=d["payment_terms_days"],
+                starts_at=d["starts_at"],
+                ends_at=d["ends_at"],
+                base={name: d[name] for name in PRICED},
             )
     topups: dict[str, list[tuple[int, Fraction]]] = defaultdict(list)
     samples: dict[tuple[str, str, int], Fraction] = defaultdict(Fraction)
     for event in ordered:
-        if event.type == "contract.amended" and event.data.contract_id in contracts:
-            contracts[event.data.contract_id].amendments.append(
-                (epoch(event.data.effective_at), event.seq, _priced_changes(event.data))
-            )
-        elif event.type == "contract.terminated" and event.data.contract_id in contracts:
-            contracts[event.data.contract_id].terminations.append(epoch(event.data.effective_at))
-        elif event.type == "wallet.topped_up" and event.data.contract_id in contracts:
-            assert event.data.currency == contracts[event.data.contract_id].currency
-            topups[event.data.contract_id].append((event.at, Fraction(event.data.amount)))
+        d = event.data
+        if event.type == "contract.amended" and d["contract_id"] in contracts:
+            contracts[d["contract_id"]].amendments.append((d["effective_at"], event.seq, _priced_changes(d)))
+        elif event.type == "contract.terminated" and d["contract_id"] in contracts:
+            contracts[d["contract_id"]].terminations.append(d["effective_at"])
+        elif event.type == "wallet.topped_up" and d["contract_id"] in contracts:
+            assert d["currency"] == contracts[d["contract_id"]].currency
+            topups[d["contract_id"]].append((event.at, d["amount"]))
         elif event.type == "usage.sample.recorded":
             hour = event.at - event.at % HOUR_S
-            samples[(event.data.allocation_id, event.data.meter, hour)] += Fraction(event.data.quantity)
+            samples[(d["allocation_id"], d["meter"], hour)] += d["quantity"]
     folded = _fold_allocations(ordered)
     allocations = {a: alloc for a, alloc in folded.items() if alloc.contract_id in contracts}
     return Market(contracts, allocations, dict(samples), dict(topups))

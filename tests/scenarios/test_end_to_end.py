@@ -4,7 +4,7 @@
 (duplicates, out-of-order lifecycle events, a contradiction, malformed messages), runs metering,
 rating and invoicing as `settle run` processes, ticks the clock through both months and publishes a
 late outage after the first month is invoiced. The expectations come from
-:mod:`tests.scenarios.oracle`, which reads the same published bytes and applies BILLING_RULES.md
+:mod:`tests.scenarios.oracle`, which reads the same published bytes and applies docs/billing-rules.md
 (R1-R8, R10, R12, R3 adjustments) itself — no service code computes an expected amount.
 
 Checked: every period the oracle expects has exactly one invoice (and there is no other); every

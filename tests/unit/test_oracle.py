@@ -1,8 +1,11 @@
 """Self-checks of the end-to-end test's oracle (``tests/scenarios/oracle.py``) on tiny cases computed
-by hand from BILLING_RULES.md, and of its interval arithmetic against a per-second brute force."""
+by hand from docs/billing-rules.md, of its own reading of the input contract, and of its interval
+arithmetic against a per-second brute force. Events are written here as plain JSON (not with the
+product's encoder), so the oracle's path from bytes to numbers shares nothing with the product's."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -11,7 +14,6 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.envelope import encode
 from tests.scenarios import oracle
 
 DEC = datetime(2026, 12, 1, tzinfo=UTC)
@@ -26,7 +28,16 @@ class Msg:
 
 
 def msg(topic: str, type_: str, data: dict[str, Any], at: datetime, id_: str) -> Msg:
-    return Msg(topic, encode(event_id=id_, source="/test", type=type_, time=at, data=data))
+    envelope = {
+        "specversion": "1.0",
+        "id": id_,
+        "source": "/test",
+        "type": type_,
+        "time": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    return Msg(topic, json.dumps(envelope).encode())
 
 
 def contract(
@@ -140,6 +151,55 @@ def test_periods_follow_the_anchor_day() -> None:
 def test_largest_remainder_gives_the_extra_units_to_the_smallest_ids_on_ties() -> None:
     assert oracle.split_largest_remainder(10, {"c": 1, "b": 1, "a": 1}) == {"a": 4, "b": 3, "c": 3}
     assert oracle.split_largest_remainder(10, {"a": 1, "b": 2, "z": 0}) == {"a": 3, "b": 7, "z": 0}
+
+
+# --- the input contract, read by the oracle itself ---------------------------------------------------------
+
+
+def test_the_oracle_refuses_what_the_input_contract_refuses() -> None:
+    good = contract("c-ok")
+    document = json.loads(good.value)
+
+    def variant(**data: Any) -> Msg:
+        return Msg("contracts.v1", json.dumps({**document, "data": {**document["data"], **data}}).encode())
+
+    refused = [
+        variant(currency="XYZ"),  # not ISO 4217
+        variant(price_per_gpu_hour=1.5),  # a JSON number, not a decimal string
+        variant(price_per_gpu_hour="1e3"),  # not a plain decimal
+        variant(tax_rate="0.1234567890123"),  # 13 places
+        variant(billing_anchor_day=29),
+        variant(starts_at="2026-12-01T00:00:00+01:00"),  # not UTC
+        variant(ends_at="2026-11-01T00:00:00Z"),  # before starts_at
+        variant(meter_prices={"egress_gb": "0.0000001"}),  # meter prices: at most 6 places
+        Msg("contracts.v1", json.dumps({**document, "specversion": "0.3"}).encode()),
+        Msg("contracts.v1", json.dumps({**document, "type": "contract.renamed"}).encode()),
+        Msg("wallets.v1", good.value),  # a type of another topic
+        provision(DEC, "c-ok", 0),  # no GPUs
+        msg(
+            "contracts.v1",
+            "contract.amended",
+            {"contract_id": "c-ok", "effective_at": "2026-12-02T00:00:00Z"},
+            DEC,
+            "a",
+        ),
+    ]
+    decoded = oracle.decode(refused)
+    assert decoded.accepted == [], [e.data for e in decoded.accepted]
+    assert len(decoded.rejected) == len(refused)
+    assert all(why for _, _, why in decoded.rejected)
+
+
+def test_the_oracle_floors_sub_second_times_and_reads_decimals_exactly() -> None:
+    event = contract("c-1", price="0.000000000001")
+    document = json.loads(event.value)
+    document["time"] = "2026-11-30T00:00:00.999Z"
+    document["data"]["starts_at"] = "2026-12-01T00:00:00.5+00:00"
+    [accepted] = oracle.decode([Msg("contracts.v1", json.dumps(document).encode())]).accepted
+    assert accepted.at == oracle.epoch(datetime(2026, 11, 30, tzinfo=UTC))
+    assert accepted.data["starts_at"] == oracle.epoch(DEC)
+    assert accepted.data["price_per_gpu_hour"] == Fraction(1, 10**12)
+    assert accepted.data["payment_terms_days"] == 30  # the extension's default
 
 
 # --- invoices computed by hand -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Schema artifacts (drift), the input contract of BILLING_RULES.md, and validation behaviour.
+"""Schema artifacts (drift), the input contract of docs/billing-rules.md, and validation behaviour.
 
 Validation is checked twice where the JSON Schema can say it: through the pydantic models (what
 Settle enforces) and through the generated JSON Schema files (what other producers can check
@@ -196,7 +196,7 @@ def test_asyncapi_references_all_resolve() -> None:
             assert (SCHEMAS_DIR / reference).is_file(), reference
 
 
-# --- the input contract (BILLING_RULES.md, "Input contract") -----------------------------------------------
+# --- the input contract (docs/billing-rules.md, "Input contract") ------------------------------------------
 # Transcribed from the spec: topic → (key, {type: documented data fields}).
 
 PRICED_FIELDS = {
