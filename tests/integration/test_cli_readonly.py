@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -28,8 +29,9 @@ from typer.testing import CliRunner
 
 import services.cli.commands  # noqa: F401  (registers every command on the app)
 from libs.db.migrate import MIGRATIONS_DIR, discover, migrate, pending_migrations, require_migrated
-from libs.errors import NotMigratedError
+from libs.errors import DatabaseUnavailableError, NotMigratedError
 from libs.settings import Settings, get_settings
+from libs.stack import database as stack_database
 from libs.stack import start_mock_broker
 from libs.stack.database import with_database
 from services.cli.main import app
@@ -367,4 +369,42 @@ async def test_read_only_sessions_refuse_writes(migrated_db: str, tmp_path: Path
         assert ctx.database.kind == "env"
         with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
             await ctx.pool.execute("delete from settle.schema_migrations")
+    assert_nothing_started(tmp_path / "state")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_no_database_running_starts_no_embedded_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(stack_database, "LOCAL_POSTGRES_PORT", _closed_port())  # "nothing at 127.0.0.1:5432"
+    state_dir = tmp_path / "state"
+    settings = Settings(database_url=None, state_dir=state_dir, kafka_bootstrap_servers=None)
+    with pytest.raises(DatabaseUnavailableError, match="no PostgreSQL is running") as caught:
+        async with read_only(settings):
+            pass
+    assert caught.value.hint == "settle stack up"
+    assert_nothing_started(state_dir)  # no pgdata: the embedded server was not initialised or started
+
+
+async def test_a_local_server_without_the_settle_database_says_migrate(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if not await stack_database.probe_database(stack_database.local_database_url()):
+        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
+    absent = f"settle_absent_{uuid.uuid4().hex[:12]}"
+    monkeypatch.setattr(stack_database, "APP_DATABASE", absent)
+    settings = Settings(database_url=None, state_dir=tmp_path / "state", kafka_bootstrap_servers=None)
+    with pytest.raises(NotMigratedError, match=r"PostgreSQL \(local\) has no Settle database yet") as caught:
+        async with read_only(settings):
+            pass
+    assert caught.value.hint == "settle migrate"
+    conn = await asyncpg.connect(stack_database.local_database_url())
+    try:
+        assert await conn.fetchval("select count(*) from pg_database where datname = $1", absent) == 0
+    finally:
+        await conn.close()
     assert_nothing_started(tmp_path / "state")
