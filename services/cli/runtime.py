@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from libs.db.migrate import migrate, require_migrated
-from libs.db.pool import create_pool
+from libs.db.pool import create_pool, map_db_error
 from libs.errors import (
     BrokerUnavailableError,
     ConfigurationError,
@@ -82,6 +82,13 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
             return asyncio.run(fn(*args, **kwargs))
         except SettleError as exc:
             report_error(exc, as_json=bool(kwargs.get("as_json")))
+            sys.exit(EXIT_NOT_READY)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The database went away mid-command: an outage is one line too. Anything else is a bug.
+            mapped = map_db_error(exc)
+            if not isinstance(mapped, InfrastructureError):
+                raise
+            report_error(mapped, as_json=bool(kwargs.get("as_json")))
             sys.exit(EXIT_NOT_READY)
         except KeyboardInterrupt:
             sys.exit(130)
