@@ -20,7 +20,10 @@
     │   ├── LedgerFloorError      an account would go below its floor
     │   └── UnknownAccountError
     └── ConfigurationError        the operator must act: a missing tool, setting or service
-        └── MissingDependencyError
+        ├── MissingDependencyError
+        └── NotMigratedError      the database lacks migrations (a read command never applies them)
+
+An error may carry a ``hint``: the command that fixes it (``settle migrate``), shown by the CLI.
 
 The mapping from these classes to acknowledgements lives in exactly one place:
 :func:`libs.messaging.consume.classify`.
@@ -30,7 +33,17 @@ from __future__ import annotations
 
 
 class SettleError(Exception):
-    """Root of Settle's errors. ``reason`` is what a human reads in the dead-letter table."""
+    """Root of Settle's errors. ``reason`` is what a human reads in the dead-letter table.
+
+    ``hint`` is the command an operator runs to fix it (e.g. ``settle migrate``), or None.
+    """
+
+    hint: str | None = None
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        if hint is not None:
+            self.hint = hint
 
     @property
     def reason(self) -> str:
@@ -103,3 +116,9 @@ class ConfigurationError(SettleError):
 
 class MissingDependencyError(ConfigurationError):
     pass
+
+
+class NotMigratedError(ConfigurationError):
+    """The database has pending migrations (or none applied); only ``settle migrate`` applies them."""
+
+    hint = "settle migrate"

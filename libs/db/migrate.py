@@ -3,6 +3,9 @@
 Files live in ``libs/db/migrations/NNNN_name.sql``; each is applied once, in order, inside its own
 transaction, under an advisory lock (concurrent migrators wait rather than race). The checksum of
 every applied file is recorded: editing an applied migration is refused (write a new one instead).
+
+Only :func:`migrate` writes. Read commands call :func:`require_migrated`, which only SELECTs: a
+database with pending migrations is reported (:class:`~libs.errors.NotMigratedError`), never fixed.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from pathlib import Path
 
 import asyncpg
 
-from libs.errors import ConfigurationError
+from libs.errors import ConfigurationError, NotMigratedError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x5E771E  # advisory lock id for migrations
+_SELECT_APPLIED = "select version, checksum from settle.schema_migrations"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,44 @@ def discover(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+def _check_unchanged(migration: Migration, applied_checksum: str) -> None:
+    if applied_checksum != migration.checksum:
+        raise ConfigurationError(
+            f"migration {migration.name} changed after it was applied "
+            f"(checksum {applied_checksum[:12]} → {migration.checksum[:12]}); add a new migration instead"
+        )
+
+
+async def pending_migrations(conn: asyncpg.Connection, folder: Path = MIGRATIONS_DIR) -> list[str]:
+    """Names of the migrations not yet applied, in order (all of them on an empty database).
+
+    Read-only: SELECTs only, takes no lock, creates nothing. Raises ConfigurationError when an
+    applied migration's file changed since (as :func:`migrate` would).
+    """
+    table = await conn.fetchval("select to_regclass('settle.schema_migrations')")
+    applied: dict[str, str] = {}
+    if table is not None:
+        applied = {r["version"]: r["checksum"] for r in await conn.fetch(_SELECT_APPLIED)}
+    pending: list[str] = []
+    for migration in discover(folder):
+        checksum = applied.get(migration.version)
+        if checksum is None:
+            pending.append(migration.name)
+        else:
+            _check_unchanged(migration, checksum)
+    return pending
+
+
+async def require_migrated(conn: asyncpg.Connection, folder: Path = MIGRATIONS_DIR) -> None:
+    """Raise NotMigratedError (hint ``settle migrate``) unless every migration is applied. Read-only."""
+    pending = await pending_migrations(conn, folder)
+    if pending:
+        total = len(discover(folder))
+        if len(pending) == total:
+            raise NotMigratedError(f"the database is not migrated ({total} migrations pending)")
+        raise NotMigratedError(f"the database lacks {len(pending)} of {total} migrations ({', '.join(pending)})")
+
+
 async def migrate(conn: asyncpg.Connection, folder: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations; returns the names applied. Idempotent."""
     await conn.execute("select pg_advisory_lock($1)", _LOCK_KEY)
@@ -59,16 +101,12 @@ async def migrate(conn: asyncpg.Connection, folder: Path = MIGRATIONS_DIR) -> li
                 applied_at timestamptz not null default now()
             )"""
         )
-        applied = {r["version"]: r for r in await conn.fetch("select * from settle.schema_migrations")}
+        applied = {r["version"]: r["checksum"] for r in await conn.fetch(_SELECT_APPLIED)}
         done: list[str] = []
         for migration in discover(folder):
-            row = applied.get(migration.version)
-            if row is not None:
-                if row["checksum"] != migration.checksum:
-                    raise ConfigurationError(
-                        f"migration {migration.name} changed after it was applied "
-                        f"(checksum {row['checksum'][:12]} → {migration.checksum[:12]}); add a new migration instead"
-                    )
+            checksum = applied.get(migration.version)
+            if checksum is not None:
+                _check_unchanged(migration, checksum)
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)

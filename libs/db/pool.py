@@ -35,8 +35,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 10.0) -> asyncpg.Pool:
-    """Open a pool; a database that does not answer raises DatabaseUnavailableError with the DSN's host."""
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 10.0, read_only: bool = False
+) -> asyncpg.Pool:
+    """Open a pool; a database that does not answer raises DatabaseUnavailableError with the DSN's host.
+
+    ``read_only``: every session starts with ``default_transaction_read_only`` on, so the server
+    itself refuses any write (read commands: a bug cannot change the books).
+    """
+    server_settings = {"application_name": "settle", "lock_timeout": "30s"}
+    if read_only:
+        server_settings["default_transaction_read_only"] = "on"
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -45,7 +54,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeou
             init=_init_connection,
             timeout=timeout_s,
             command_timeout=120,
-            server_settings={"application_name": "settle", "lock_timeout": "30s"},
+            server_settings=server_settings,
         )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL ({_redact(dsn)}): {exc}") from exc

@@ -20,7 +20,7 @@ from rich.table import Table
 from libs.errors import ConfigurationError
 from schemas.events import CreditNoteIssued, InvoiceFinalized, StatementFinalized
 from services.cli.main import app
-from services.cli.runtime import console, database, run_async
+from services.cli.runtime import console, read_only, run_async
 from services.invoicing import store
 
 invoices_app = typer.Typer(help="Finalized renter invoices and credit notes.", no_args_is_help=True)
@@ -185,7 +185,7 @@ async def invoices_list(
     as_json: JsonOption = False,
 ) -> None:
     """Finalized invoices (or credit notes); `--month` filters on the period start (notes: issue month)."""
-    async with database() as pool, pool.acquire() as conn:
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         if credit_notes:
             docs = await list_credit_notes(conn, contract=contract, renter=renter, month=month)
         else:
@@ -216,7 +216,7 @@ async def invoices_show(
     number: Annotated[str, typer.Argument(help="INV-YYYY-NNNNNN or CN-YYYY-NNNNNN.")],
 ) -> None:
     """One invoice or credit note in full, as JSON."""
-    async with database() as pool, pool.acquire() as conn:
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         print(await show_document(conn, number), end="")
 
 
@@ -227,7 +227,7 @@ async def invoices_pdf(
     out: Annotated[Path | None, typer.Option("--out", help="Where to write (default <number>.pdf).")] = None,
 ) -> None:
     """Write an invoice's (or credit note's) PDF."""
-    async with database() as pool, pool.acquire() as conn:
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         path = await write_pdf(conn, number, out)
     console.print(f"wrote {path}")
 
@@ -240,7 +240,7 @@ async def statements_list(
     as_json: JsonOption = False,
 ) -> None:
     """Finalized supplier statements."""
-    async with database() as pool, pool.acquire() as conn:
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         docs = await list_statements(conn, supplier=supplier, month=month)
     if as_json:
         for line in to_json_lines(docs):
@@ -264,7 +264,7 @@ async def statements_list(
 @run_async
 async def statements_show(number: Annotated[str, typer.Argument(help="STM-YYYY-NNNNNN.")]) -> None:
     """One statement in full, as JSON."""
-    async with database() as pool, pool.acquire() as conn:
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         print(await show_document(conn, number), end="")
 
 
@@ -275,6 +275,6 @@ async def statements_pdf(
     out: Annotated[Path | None, typer.Option("--out", help="Where to write (default <number>.pdf).")] = None,
 ) -> None:
     """Write a statement's PDF."""
-    async with database() as pool, pool.acquire() as conn:
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         path = await write_pdf(conn, number, out)
     console.print(f"wrote {path}")

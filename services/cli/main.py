@@ -1,8 +1,9 @@
 """``settle``: run the fleet, operate it, inspect what it did.
 
-Every command resolves PostgreSQL and Kafka by the local stack's rules (README, "Configuration"):
-``SETTLE_DATABASE_URL`` / ``SETTLE_KAFKA_BOOTSTRAP_SERVERS`` when set, else the local server and the
-local mock-cluster broker (started on demand).
+Commands that change things resolve PostgreSQL and Kafka by the local stack's rules (README,
+"Configuration"): ``SETTLE_DATABASE_URL`` / ``SETTLE_KAFKA_BOOTSTRAP_SERVERS`` when set, else the local
+server and the local mock-cluster broker (started on demand). Read commands use
+:func:`services.cli.runtime.read_only`: they start nothing and migrate nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.table import Table
 from libs import limits
 from libs.db.migrate import migrate as apply_migrations
 from libs.db.pool import create_pool
-from libs.errors import ConfigurationError, InvalidEventError
+from libs.errors import BrokerUnavailableError, ConfigurationError, InvalidEventError, SettleError
 from libs.ledger import balances as ledger_balances
 from libs.ledger import verify as ledger_verify
 from libs.messaging import deadletters
@@ -31,7 +32,16 @@ from libs.observability.logging import configure_logging
 from libs.settings import get_settings
 from schemas.topics import BY_NAME
 from services import catalog
-from services.cli.runtime import console, database, resolve, run_async
+from services.cli.runtime import (
+    EXIT_NOT_READY,
+    console,
+    database,
+    error_object,
+    read_only,
+    report_error,
+    resolve,
+    run_async,
+)
 
 app = typer.Typer(
     help="Settle: billing and settlement for GPU marketplaces.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -259,20 +269,39 @@ def parse_publish_line(line: bytes, number: int) -> tuple[str, str | None, bytes
 @app.command()
 @run_async
 async def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Lag per consumer group, outbox backlog and oldest age, dead-letter counts, stopped partitions (gaps)."""
-    from services.cli.inspect import collect_status
+    """Lag per consumer group, outbox backlog and oldest age, dead-letter counts, stopped partitions
+    (gaps). Starts nothing.
 
-    settings = get_settings()
-    targets = await resolve(settings)
-    report = await collect_status(settings, targets)
+    Without a running (or reachable) broker the database half is still reported, lag is unknown,
+    and the exit status is 2."""
+    from services.cli.inspect import collect_backlog, collect_lag
+
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
+        report: dict[str, Any] = await collect_backlog(conn)
+        broker_error: SettleError | None = None
+        try:
+            report["consumers"] = await collect_lag(ctx.settings, (await ctx.broker()).bootstrap_servers, conn)
+        except BrokerUnavailableError as exc:
+            broker_error, report["consumers"] = exc, None
     if as_json:
-        print(json.dumps(report, default=str))
-        return
-    table = Table("consumer group", "topic", "lag")
-    for group in report["consumers"]:
-        for topic, lag in sorted(group["lag"].items()):
-            table.add_row(group["group"], topic, str(lag))
-    console.print(table)
+        print(json.dumps((error_object(broker_error) if broker_error else {}) | report, default=str))
+    else:
+        _print_status(report)
+        if broker_error is not None:
+            report_error(broker_error, as_json=False)
+    if broker_error is not None:
+        raise typer.Exit(EXIT_NOT_READY)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    if report["consumers"] is None:
+        console.print("consumer lag: unknown (no broker)")
+    else:
+        table = Table("consumer group", "topic", "lag")
+        for group in report["consumers"]:
+            for topic, lag in sorted(group["lag"].items()):
+                table.add_row(group["group"], topic, str(lag))
+        console.print(table)
     outbox = report["outbox"]
     console.print(
         f"outbox: {outbox['backlog']} unpublished, oldest {outbox['oldest_age_s']:.1f} s, {outbox['delayed']} delayed"
@@ -306,7 +335,7 @@ async def dlq_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dead letters with their reasons (open ones unless --all)."""
-    async with database() as pool, pool.acquire() as conn:
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         rows = await deadletters.list_dead_letters(conn, consumer=consumer, include_redriven=include_redriven)
     if as_json:
         for row in rows:
@@ -329,7 +358,7 @@ async def dlq_list(
 @run_async
 async def dlq_show(letter_id: int) -> None:
     """One dead letter in full: reason, headers, original bytes."""
-    async with database() as pool, pool.acquire() as conn:
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         row = await deadletters.get_dead_letter(conn, letter_id)
     if row is None:
         raise ConfigurationError(f"no dead letter {letter_id}")
@@ -363,7 +392,7 @@ async def ledger_balances_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Account balances (on each account's normal side, in major units at ledger precision)."""
-    async with database() as pool, pool.acquire() as conn:
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         rows = await ledger_balances(conn, owner=owner, prefix=prefix)
     if as_json:
         for b in rows:
@@ -391,8 +420,8 @@ async def ledger_balances_cmd(
 async def ledger_verify_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Recompute every balance from postings, check every entry balances, print the trial balance.
 
-    Exits 1 on any break."""
-    async with database() as pool, pool.acquire() as conn:
+    Exits 1 on any break (2 when it cannot check: no database, not migrated)."""
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         report = await ledger_verify(conn)
     if as_json:
         print(json.dumps(report.__dict__ | {"ok": report.ok}, default=str))

@@ -18,7 +18,7 @@ from libs.messaging.gaps import resend_rows
 from libs.messaging.positions import Gap, list_gaps, skip_gap
 from schemas.topics import BY_NAME
 from services.cli.main import app
-from services.cli.runtime import console, database, run_async
+from services.cli.runtime import console, database, read_only, run_async
 
 gaps_app = typer.Typer(help="Partitions stopped because the broker deleted records a consumer had not read.")
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
@@ -49,7 +49,7 @@ async def gaps_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Open gaps (stopped partitions), newest first; with --all also the recovered ones."""
-    async with database() as pool, pool.acquire() as conn:
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
         gaps = await list_gaps(conn, include_resolved=include_resolved, limit=limits.DLQ_LIST_MAX)
     if as_json:
         for gap in gaps:

@@ -207,12 +207,10 @@ async def test_an_expired_range_of_an_input_topic_stops_that_partition_and_is_re
         assert _metric(metrics.CONSUMER_GAPS, "journal", topics.JOURNAL_REQUESTS.name, "stopped") > stopped_before
         assert any(worker.readers[0].gaps.values()), "/readyz reports the stopped partition"
 
-        from services.cli.inspect import collect_status
-        from services.cli.runtime import Targets
+        from services.cli.inspect import collect_backlog
 
-        report = await collect_status(
-            stack.settings, Targets(stack.database_url, "env", stack.bootstrap_servers, "env")
-        )
+        async with stack.pool.acquire() as conn:
+            report = await collect_backlog(conn)
         assert [(g["topic"], g["missing_from"]) for g in report["gaps"]] == [(topics.JOURNAL_REQUESTS.name, 5)]
 
         async with stack.pool.acquire() as conn:
