@@ -37,7 +37,14 @@ RELAY_IDLE_WAIT_S = 1.0
 OUTBOX_RETENTION_S = 7 * 24 * 3600
 """Sent outbox rows are pruned after this age."""
 INBOX_RETENTION_S = 35 * 24 * 3600
-"""Dedup rows of high-volume topics (usage samples) are pruned after this age; see README."""
+"""Inbox claims are pruned after this age (``libs.messaging.inbox``; README, "Inbox retention")."""
+INBOX_RETENTION_FLOOR_S = 14 * 24 * 3600
+"""The shortest inbox retention ever applied: a redelivery can come as long as Kafka keeps the event
+(7 days by default) plus as long as a relay may re-publish it (the outbox retention, 7 days)."""
+INBOX_PRUNE_BATCH_MAX = 10_000
+"""Inbox rows deleted per transaction by the pruner."""
+INBOX_PRUNE_INTERVAL_S = 3600.0
+"""Seconds between the pruner's rounds (it loops without pause while a round deletes a full batch)."""
 
 # --- operations -------------------------------------------------------------------------------
 DLQ_LIST_MAX = 1000

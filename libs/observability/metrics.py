@@ -37,3 +37,4 @@ DOMAIN_EVENTS = Counter(
     "Business events (invoices finalized, wallet exhausted, quarantined lifecycle events ...)",
     ["service", "event"],
 )
+INBOX_PRUNED = Counter("settle_inbox_pruned_total", "Inbox claims deleted after the inbox retention")
