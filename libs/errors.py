@@ -103,3 +103,8 @@ class ConfigurationError(SettleError):
 
 class MissingDependencyError(ConfigurationError):
     pass
+
+
+class OperatorRequestError(SettleError):
+    """An operator's request (``settle held``, ``settle invoices quarantine``) cannot be done as asked;
+    the reason says what is possible instead."""

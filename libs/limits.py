@@ -51,6 +51,10 @@ DLQ_LIST_MAX = 1000
 REDRIVE_MAX = 10_000
 PUBLISH_FILE_MAX_LINES = 5_000_000
 REPLAY_MAX_EVENTS = 10_000_000
+HELD_LIST_MAX = 1000
+"""Held items one `settle held list` shows per kind."""
+HELD_METRICS_INTERVAL_S = 60.0
+"""Seconds between refreshes of the held-data gauges."""
 CLOSE_CHUNK_CONTRACTS = 500
 """Contracts closed per transaction at a period end, so a first-of-month close never blocks others."""
 

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         description="Inbox claims (dedup of redeliveries) older than this are pruned; at least Kafka's "
         "retention plus the outbox retention.",
     )
+    held_alert_after_s: int = Field(
+        default=6 * 3600,
+        ge=60,
+        description="Held data older than this is an alert (settle_held_alert_after_seconds).",
+    )
     db_pool_max: int = Field(default=10, ge=2, le=100, description="Connections per process.")
     clock_interval_s: int = Field(
         default=3600, ge=1, description="`settle clock run`: seconds between published ticks."

@@ -6,6 +6,7 @@ from libs.messaging.consume import Subscription
 from libs.messaging.worker import Service
 from schemas import topics
 from services.metering.handlers import on_lifecycle_events, on_samples, run_closer
+from services.operations.held import metrics_task
 
 
 async def pending(conn: asyncpg.Connection) -> int:
@@ -36,7 +37,7 @@ SERVICE = Service(
             producer="metering",
         ),
     ),
-    tasks=(run_closer,),
+    tasks=(run_closer, metrics_task("metering")),
     pending=pending,
     description="Lifecycle events and telemetry → GPU-seconds per allocation per UTC hour (usage.metered.v1)",
 )
