@@ -47,7 +47,10 @@ app.add_typer(ledger_app, name="ledger")
 
 
 def main() -> None:
-    from services.cli import commands  # noqa: F401  (registers billing, clock, bench and demo commands)
+    from services.cli import (
+        commands,  # noqa: F401  (registers billing, clock, bench and demo commands)
+        operations,  # noqa: F401  (registers `settle held`, `invoices quarantine`, `audit`)
+    )
 
     app()
 

@@ -2,13 +2,17 @@
 invoice closes, the operator audit and the held-data gauges.
 
 Events go through the real consume() (inbox claims, offsets, dead letters) with records built here
-(``tests.feed``), against the test's own PostgreSQL database.
+(``tests.feed``), against the test's own PostgreSQL database; the CLI runs as a subprocess against the
+same database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -305,3 +309,56 @@ async def test_quarantined_closes_are_listed_and_retried_with_an_audit(stack: St
             "tax rate amended",
         )
         assert action["detail"]["blocked_reason"] == "R10: negative tax"
+
+
+# ====================================================================================================
+# The CLI
+# ====================================================================================================
+
+
+def settle(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SETTLE_DATABASE_URL": stack.database_url, "USER": "cli-operator"}
+    return subprocess.run(
+        [sys.executable, "-c", "from services.cli.main import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_cli_lists_drops_and_retries(stack: Stack) -> None:
+    feed = Feed(stack, RATING)
+    hour = Hour("c-cli", "a-cli", T0, gpu_count=1)
+    await feed.send(*usage(hour))
+    async with stack.pool.acquire() as conn:
+        await conn.execute(
+            """insert into invoicing.contract_state (contract_id, partition, blocked_reason)
+               values ('c-blocked', 2, 'bug: division by zero')"""
+        )
+    item = held.item_id("rating", "usage", f"usage-ev-{hour.usage_id}")
+
+    listed = await asyncio.to_thread(settle, stack, "held", "list", "--service", "rating", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (doc,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert doc["id"] == item and doc["status"] == "held" and doc["contract_id"] == "c-cli"
+    assert doc["event_time"] == "2026-03-02T11:00:00Z" and doc["received_at"]
+
+    refused = await asyncio.to_thread(settle, stack, "held", "release", "metering:allocation:x", "--reason", "r")
+    assert refused.returncode == 2 and "cannot be released" in refused.stderr
+    dropped = await asyncio.to_thread(settle, stack, "held", "drop", item, "--reason", "test contract")
+    assert dropped.returncode == 0, dropped.stderr
+    assert "dropped" in dropped.stdout and "dead letter" in dropped.stdout
+
+    blocked = await asyncio.to_thread(settle, stack, "invoices", "quarantine", "list", "--json")
+    assert blocked.returncode == 0, blocked.stderr
+    assert [json.loads(line)["contract_id"] for line in blocked.stdout.splitlines()] == ["c-blocked"]
+    retried = await asyncio.to_thread(settle, stack, "invoices", "quarantine", "retry", "c-blocked")
+    assert retried.returncode == 0, retried.stderr
+
+    audit = await asyncio.to_thread(settle, stack, "audit", "--json")
+    actions = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert [(a["action"], a["item_id"], a["actor"]) for a in actions] == [
+        ("retry", "invoicing:close:c-blocked", "cli-operator"),
+        ("drop", item, "cli-operator"),
+    ]
