@@ -11,25 +11,32 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
+from libs.db.migrate import MIGRATIONS_DIR, migrate
+from libs.db.pool import create_pool
 from libs.errors import OperatorRequestError
 from libs.messaging import deadletters
 from libs.messaging.consume import Subscription
 from libs.messaging.worker import Runtime
 from libs.observability import metrics
 from libs.settings import Settings
+from libs.stack.database import with_database
 from schemas import topics
 from services.contracts.store import contract_partition
 from services.metering.main import SERVICE as METERING
 from services.operations import held, quarantine
 from services.rating.handlers import SUBSCRIPTION as RATING
-from tests.conftest import Stack
+from tests.conftest import Servers, Stack
 from tests.feed import Feed
 from tests.fleet import event_bytes
 from tests.integration.test_rating_service import Hour, contract_created, usage, watermark_bytes
@@ -362,3 +369,67 @@ async def test_cli_lists_drops_and_retries(stack: Stack) -> None:
         ("retry", "invoicing:close:c-blocked", "cli-operator"),
         ("drop", item, "cli-operator"),
     ]
+
+
+# ====================================================================================================
+# Migration 0040 on a database with data
+# ====================================================================================================
+
+
+async def test_migration_backfills_held_events_from_stored_facts(servers: Servers, tmp_path: Path) -> None:
+    """Allocations stored before 0040: their held events (a decommission without a provisioning, a
+    window end without its start) land in metering.held_events; accepted ones do not."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if path.name < "0040":
+            shutil.copy(path, folder / path.name)
+    name = f"settle_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(servers.admin_dsn)
+    await admin.execute(f'create database "{name}"')
+    try:
+        pool = await create_pool(with_database(servers.admin_dsn, name), max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, folder)
+
+                def fact(event_id: str, kind: str, hour: int, window_id: str | None = None) -> dict[str, Any]:
+                    provision = None
+                    if kind == "provisioned":
+                        provision = {
+                            "contract_id": "c",
+                            "renter_id": "r",
+                            "supplier_id": "s",
+                            "server_id": "x",
+                            "gpu_model": "H100",
+                            "gpu_count": 1,
+                        }
+                    at = (T0 + hour * HOUR).isoformat().replace("+00:00", "Z")
+                    return {
+                        "event_id": event_id,
+                        "kind": kind,
+                        "at": at,
+                        "window_id": window_id,
+                        "provision": provision,
+                        "arrival_seq": hour,
+                    }
+
+                await conn.execute(
+                    """insert into metering.allocations (allocation_id, facts, contract_id)
+                       values ('a', $1, null), ('b', $2, 'c')""",
+                    [fact("dec", "decommissioned", 0)],
+                    [
+                        fact("prov", "provisioned", 0),
+                        fact("m-end", "maintenance_ended", 2, "w"),
+                        fact("o-start", "outage_started", 1, "i"),
+                        fact("o-end", "outage_ended", 3, "i"),
+                    ],
+                )
+                assert await migrate(conn) == ["0040_operations.sql"]
+                rows = await conn.fetch("select event_id, allocation_id, kind from metering.held_events order by 1")
+                assert [tuple(r) for r in rows] == [("dec", "a", "decommissioned"), ("m-end", "b", "maintenance_ended")]
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
