@@ -299,6 +299,8 @@ async def test_quarantined_closes_are_listed_and_retried_with_an_audit(stack: St
                values ('c-bad', 0, '2026-03-01Z', '2026-04-01Z', 'R10: negative tax'),
                       ('c-good', 1, '2026-03-01Z', '2026-04-01Z', null)"""
         )
+        counts = {c.kind: c.count for c in await held.count_held(conn, "invoicing")}
+        assert counts == {"quarantined_close": 1, "contract_event": 0}
         (row,) = await quarantine.list_quarantined(conn)
         assert row.contract_id == "c-bad" and row.reason == "R10: negative tax"
         assert row.as_json()["next_close_at"] == "2026-04-01T00:00:00Z"
@@ -309,6 +311,7 @@ async def test_quarantined_closes_are_listed_and_retried_with_an_audit(stack: St
         action_id = await quarantine.retry(conn, "c-bad", reason="tax rate amended", actor="ops")
     async with stack.pool.acquire() as conn:
         assert await quarantine.list_quarantined(conn) == []
+        assert {c.kind: c.count for c in await held.count_held(conn, "invoicing")}["quarantined_close"] == 0
         action = await conn.fetchrow("select * from settle.operator_actions where id = $1", action_id)
         assert (action["action"], action["item_id"], action["reason"]) == (
             "retry",
