@@ -6,11 +6,11 @@ audit row in ``settle.operator_actions``.
 from __future__ import annotations
 
 import json
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from services.cli.documents import invoices_app
 from services.cli.main import app
@@ -27,6 +27,12 @@ invoices_app.add_typer(quarantine_app, name="quarantine")
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 ActorOption = Annotated[str | None, typer.Option("--actor", help="Who acts (default: the login name).")]
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in the audit).")]
+
+
+def _waiting(seconds: float) -> str:
+    minutes = max(0, int(seconds)) // 60
+    days, rest = divmod(minutes, 24 * 60)
+    return f"{days}d {rest // 60}h" if days else f"{rest // 60}h {rest % 60:02d}m"
 
 
 def _when(value: object) -> str:
@@ -49,14 +55,25 @@ async def held_list(
         for item in items:
             print(json.dumps(item.as_json(), default=str))
         return
-    table = Table("id", "status", "event time", "received", "keys", "why")
+    # Never cut an id short (release and drop take it) nor a key: fold them instead.
+    table = Table(
+        Column("id", overflow="fold", min_width=min(64, max((len(i.id) for i in items), default=2))),
+        "status",
+        "event time (UTC)",
+        "received (UTC)",
+        "waiting",
+        Column("keys", overflow="fold"),
+        "why",
+    )
+    now = datetime.now(UTC)
     for item in items:
-        keys = ", ".join(f"{k}={v}" for k, v in item.keys.items() if v is not None and k != "event_id")
+        keys = "\n".join(f"{k}={v}" for k, v in item.keys.items() if v is not None and k != "event_id")
         table.add_row(
             item.id,
             item.status,
-            _when(item.event_time and item.event_time.strftime("%Y-%m-%dT%H:%M:%SZ")),
-            item.received_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            _when(item.event_time and item.event_time.strftime("%Y-%m-%d %H:%M:%S")),
+            item.received_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
+            _waiting((now - item.received_at).total_seconds()),
             keys,
             item.reason,
         )

@@ -28,10 +28,11 @@ forwarded at once when nothing else gates it. A dropped top-up is ``quarantined`
 dead-lettered; the money question is the operator's).
 
 **release** of rating usage means "stop waiting for it": if its contract is known by now, the contract's
-held usage is rated at once; otherwise the usage stays held (it is rated when the contract arrives, as
-late charges: corrections on the contract's invoices) but no longer gates the watermark, which is
-forwarded at once. Nothing else can be released: a held lifecycle or contract event has nothing to
-apply to until what it waits for arrives — drop it if that will never happen.
+held usage is rated at once; otherwise the usage stays held (it is rated when the contract arrives and
+lands on the contract's invoice for its period, or — if that period was invoiced meanwhile — as an
+adjustment on the next one, R3) but no longer gates the watermark, which is forwarded at once.
+Nothing else can be released: a held lifecycle or contract event has nothing to apply to until what
+it waits for arrives — drop it if that will never happen.
 """
 
 from __future__ import annotations
@@ -416,12 +417,31 @@ async def _drop_lifecycle_event(conn: asyncpg.Connection, event_id: str, reason:
     if allocation_id is None:
         raise OperatorRequestError(f"{held_id} is not held (see `settle held list`)")
     rows = await metering_store.lock_allocations(conn, [allocation_id], create=False)
-    row = rows[allocation_id]
-    state = evaluate_allocation(row.facts)
-    if event_id not in state.held:  # its start arrived meanwhile: not held any more
-        row.held = state.held
-        await metering_store.save_held(conn, [row])
-        raise OperatorRequestError(f"{held_id} is no longer held (what it waited for arrived)")
+    row = rows.get(allocation_id)
+    state = evaluate_allocation(row.facts if row is not None else [])
+    if row is None or event_id not in state.held:
+        # What it waited for arrived meanwhile (or the row was backfilled wrongly): nothing to drop or
+        # dead-letter; the listing is corrected and the request audited as such.
+        await conn.execute("delete from metering.held_events where event_id = $1", event_id)
+        if row is not None:
+            row.held = state.held
+            await metering_store.save_held(conn, [row])
+        action_id = await record_action(
+            conn,
+            actor=actor,
+            action="drop",
+            service="metering",
+            kind="lifecycle_event",
+            item_id=held_id,
+            reason=reason,
+            detail={"event_id": event_id, "allocation_id": allocation_id, "stale": True},
+        )
+        return ActionResult(
+            action_id,
+            held_id,
+            "drop",
+            "it was not held any more (what it waited for arrived): only the listing changed",
+        )
     dropped = [f for f in row.facts if f.event_id == event_id]
     row.facts = [f for f in row.facts if f.event_id != event_id]
     after = evaluate_allocation(row.facts)

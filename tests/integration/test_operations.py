@@ -247,6 +247,17 @@ async def test_metering_held_events_are_tracked_listed_and_dropped(stack: Stack)
         assert (letter["consumer"], letter["topic"]) == ("metering", topics.INFRA_LIFECYCLE.name)
         body = json.loads(bytes(letter["value"]))
         assert body["type"] == "gpu.outage.ended" and body["data"] == {"allocation_id": "a-3", "incident_id": "i-1"}
+    # A listed event that is not held (a stale row): the drop only corrects the listing, audited as such.
+    async with stack.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """insert into metering.held_events (event_id, allocation_id, kind, at, reason)
+               values ('ghost-end', 'a-none', 'maintenance_ended', $1, 'r')""",
+            T0,
+        )
+        stale = await held.drop(conn, "metering:lifecycle_event:ghost-end", reason="cleanup", actor="ops")
+        assert stale.dead_letter_id is None and "not held any more" in stale.outcome
+        detail = await conn.fetchval("select detail from settle.operator_actions where id = $1", stale.action_id)
+        assert detail["stale"] is True
     # The outage's start now opens a window that the dropped end no longer closes.
     await feed.send(
         topics.INFRA_LIFECYCLE,
