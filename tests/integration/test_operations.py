@@ -151,6 +151,36 @@ async def test_released_usage_stops_gating_and_is_rated_when_its_contract_arrive
         assert priced == 3600
 
 
+async def test_releasing_usage_of_a_contract_known_by_now_rates_it_at_once(stack: Stack) -> None:
+    """Usage is released automatically when its contract arrives; one left behind (here: put there by
+    hand) is rated by a release, and the partition's watermark moves on."""
+    feed = Feed(stack, RATING)
+    partition = contract_partition("c-known")
+    await feed.send(*contract_created("c-known", starts_at=T0 - 24 * HOUR))
+    await feed.send(topics.USAGE_METERED, "watermark", watermark_bytes(T0 + 3 * HOUR, partition), partition)
+    _, _, value = usage(Hour("c-known", "a-known", T0 + HOUR, gpu_count=3))
+    doc = json.loads(value)
+    envelope = {k: doc.get(k) for k in ("id", "source", "type", "time", "subject", "correlationid", "causationid")}
+    envelope |= {"schemaversion": doc.get("schemaversion", 1), "data": doc["data"]}
+    async with stack.pool.acquire() as conn:
+        await conn.execute(
+            "insert into rating.usage_held (event_id, contract_id, partition, envelope) values ($1, $2, $3, $4)",
+            doc["id"],
+            "c-known",
+            partition,
+            envelope,
+        )
+        await conn.execute("update rating.watermarks set forwarded_through = null where partition = $1", partition)
+    async with stack.pool.acquire() as conn, conn.transaction():
+        result = await held.release(conn, held.item_id("rating", "usage", doc["id"]), reason="stuck", actor="ops")
+    assert "rated now" in result.outcome
+    assert await forwarded(stack, partition) == T0 + 3 * HOUR
+    async with stack.pool.acquire() as conn:
+        assert await conn.fetchval("select count(*) from rating.usage_held") == 0
+        seconds = await conn.fetchval("select gpu_seconds from rating.priced_hours where contract_id = 'c-known'")
+        assert seconds == 3 * 3600
+
+
 async def test_held_topups_and_contract_events_can_be_dropped_but_not_released(stack: Stack) -> None:
     feed = Feed(stack, RATING)
     from tests.integration.test_rating_service import contract_terminated, topped_up
