@@ -122,3 +122,8 @@ class NotMigratedError(ConfigurationError):
     """The database has pending migrations (or none applied); only ``settle migrate`` applies them."""
 
     hint = "settle migrate"
+
+
+class OperatorRequestError(SettleError):
+    """An operator's request (``settle held``, ``settle invoices quarantine``) cannot be done as asked;
+    the reason says what is possible instead."""

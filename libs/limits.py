@@ -52,13 +52,24 @@ RELAY_IDLE_WAIT_S = 1.0
 OUTBOX_RETENTION_S = 7 * 24 * 3600
 """Sent outbox rows are pruned after this age."""
 INBOX_RETENTION_S = 35 * 24 * 3600
-"""Dedup rows of high-volume topics (usage samples) are pruned after this age; see README."""
+"""Inbox claims are pruned after this age (``libs.messaging.inbox``; README, "Inbox retention")."""
+INBOX_RETENTION_FLOOR_S = 14 * 24 * 3600
+"""The shortest inbox retention ever applied: a redelivery can come as long as Kafka keeps the event
+(7 days by default) plus as long as a relay may re-publish it (the outbox retention, 7 days)."""
+INBOX_PRUNE_BATCH_MAX = 10_000
+"""Inbox rows deleted per transaction by the pruner."""
+INBOX_PRUNE_INTERVAL_S = 3600.0
+"""Seconds between the pruner's rounds (it loops without pause while a round deletes a full batch)."""
 
 # --- operations -------------------------------------------------------------------------------
 DLQ_LIST_MAX = 1000
 REDRIVE_MAX = 10_000
 PUBLISH_FILE_MAX_LINES = 5_000_000
 REPLAY_MAX_EVENTS = 10_000_000
+HELD_LIST_MAX = 1000
+"""Held items one `settle held list` shows per kind."""
+HELD_METRICS_INTERVAL_S = 60.0
+"""Seconds between refreshes of the held-data gauges."""
 CLOSE_CHUNK_CONTRACTS = 500
 """Contracts closed per transaction at a period end, so a first-of-month close never blocks others."""
 

@@ -14,6 +14,8 @@ from platformdirs import user_state_dir
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from libs import limits
+
 
 def default_state_dir() -> Path:
     return Path(user_state_dir("settle", appauthor=False))
@@ -71,6 +73,17 @@ class Settings(BaseSettings):
     relay_batch_max: int = Field(default=1000, ge=1, le=2000, description="Outbox rows per relay round.")
     outbox_retention_s: int = Field(
         default=7 * 24 * 3600, ge=0, description="Sent outbox rows older than this are pruned."
+    )
+    inbox_retention_s: int = Field(
+        default=limits.INBOX_RETENTION_S,
+        ge=limits.INBOX_RETENTION_FLOOR_S,
+        description="Inbox claims (dedup of redeliveries) older than this are pruned; at least Kafka's "
+        "retention plus the outbox retention.",
+    )
+    held_alert_after_s: int = Field(
+        default=6 * 3600,
+        ge=60,
+        description="Held data older than this is an alert (settle_held_alert_after_seconds).",
     )
     db_pool_max: int = Field(default=10, ge=2, le=100, description="Connections per process.")
     clock_interval_s: int = Field(

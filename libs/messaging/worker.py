@@ -20,6 +20,7 @@ import structlog
 
 from libs.messaging.broker import start_producer, stop_client
 from libs.messaging.consume import Subscription
+from libs.messaging.inbox import prune_inbox_task
 from libs.messaging.relay import Relay
 from libs.messaging.subscriber import PartitionReader, ReaderStats
 from libs.observability.health import HealthServer
@@ -107,6 +108,8 @@ async def run_worker(
         for service in services:
             for job in service.tasks:
                 tasks.append(asyncio.create_task(job(runtime), name=f"{service.name}-task"))
+        if state.readers:  # a worker that claims the inbox also prunes it (idempotent across workers)
+            tasks.append(asyncio.create_task(prune_inbox_task(runtime), name="inbox-prune"))
         if health_port is not None:
             health = HealthServer(_readiness(pool, state), port=health_port)
             await health.start()

@@ -54,3 +54,13 @@ DOMAIN_EVENTS = Counter(
     "Business events (invoices finalized, wallet exhausted, quarantined lifecycle events ...)",
     ["service", "event"],
 )
+HELD_ITEMS = Gauge(
+    "settle_held_items", "Items a service holds until something else arrives (or an operator acts)", ["service", "kind"]
+)
+HELD_OLDEST_AGE = Gauge(
+    "settle_held_oldest_age_seconds", "Age (since received) of the oldest held item; 0 when none", ["service", "kind"]
+)
+HELD_ALERT_AFTER = Gauge(
+    "settle_held_alert_after_seconds", "SETTLE_HELD_ALERT_AFTER_S: held data older than this is alerted on"
+)
+INBOX_PRUNED = Counter("settle_inbox_pruned_total", "Inbox claims deleted after the inbox retention")

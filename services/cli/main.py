@@ -57,7 +57,11 @@ app.add_typer(ledger_app, name="ledger")
 
 
 def main() -> None:
-    from services.cli import commands, recovery  # noqa: F401  (register their command groups)
+    from services.cli import (  # noqa: F401  (each registers its command groups)
+        commands,
+        operations,
+        recovery,
+    )
 
     app()
 

@@ -7,6 +7,7 @@ from services.invoicing import store
 from services.invoicing.closer import run_closer
 from services.invoicing.handlers import SUBSCRIPTION
 from services.invoicing.statements import month_bounds
+from services.operations.held import metrics_task
 
 
 async def pending(conn: asyncpg.Connection) -> int:
@@ -29,7 +30,7 @@ async def pending(conn: asyncpg.Connection) -> int:
 SERVICE = Service(
     name="invoicing",
     subscriptions=(SUBSCRIPTION,),
-    tasks=(run_closer,),
+    tasks=(run_closer, metrics_task("invoicing")),
     pending=pending,
     description="Period close per contract (invoices, credit notes) and supplier statements per month "
     "(charges.rated.v1 + contracts.v1 → invoices.finalized.v1, credit_notes.issued.v1, "

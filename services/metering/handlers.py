@@ -266,6 +266,7 @@ async def on_lifecycle_events(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     for row in rows.values():
         if row.changed:
             await store.save_allocation(tx.conn, row)
+    await store.save_held(tx.conn, [row for row in rows.values() if row.changed])
 
 
 async def _terms(
@@ -287,6 +288,7 @@ async def _on_lifecycle(
     row.changed = True
     state = evaluate_allocation(row.facts)
     row.provision = state.provision
+    row.held = state.held
     await raise_anomalies(
         tx.conn, tx.emitter, row.allocation_id, state, event.time, through=None, last_event_at=None, cause=event
     )

@@ -14,6 +14,7 @@ from services.metering.handlers import (
     run_closer,
     sample_holds,
 )
+from services.operations.held import metrics_task
 
 
 async def pending(conn: asyncpg.Connection) -> int:
@@ -46,7 +47,7 @@ SERVICE = Service(
             producer="metering",
         ),
     ),
-    tasks=(run_closer,),
+    tasks=(run_closer, metrics_task("metering")),
     pending=pending,
     description="Lifecycle events and telemetry → GPU-seconds per allocation per UTC hour (usage.metered.v1)",
 )

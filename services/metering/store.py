@@ -84,6 +84,8 @@ class AllocationRow:
     last_event_at: datetime | None
     provision: ProvisionData | None = None
     changed: bool = field(default=False, compare=False)
+    held: tuple[str, ...] = field(default=(), compare=False)
+    """Event ids the last evaluation holds (set by the lifecycle consumer, saved by :func:`save_held`)."""
 
 
 def _row(r: asyncpg.Record) -> AllocationRow:
@@ -167,6 +169,42 @@ async def count_behind(conn: asyncpg.Connection, target: datetime) -> int:
             target,
         )
     )
+
+
+# --- held lifecycle events ----------------------------------------------------------------------------------
+HELD_REASONS = {
+    "decommissioned": "decommission before any provisioning: nothing to end until the allocation is provisioned",
+    "ended": "window end whose start has not arrived: no effect until its start arrives",
+}
+
+
+def held_reason(kind: str) -> str:
+    return HELD_REASONS["decommissioned" if kind == "decommissioned" else "ended"]
+
+
+async def save_held(conn: asyncpg.Connection, rows: Sequence[AllocationRow]) -> None:
+    """Make ``metering.held_events`` say what the rows' evaluations hold (``row.held``): events no
+    longer held leave it, newly held ones join with the time they were first seen held."""
+    if not rows:
+        return
+    unique = {f.event_id: (f, row.allocation_id) for row in rows for f in row.facts if f.event_id in row.held}
+    await conn.execute(
+        "delete from metering.held_events where allocation_id = any($1::text[]) and not (event_id = any($2::text[]))",
+        [row.allocation_id for row in rows],
+        sorted(unique),
+    )
+    if unique:
+        items = sorted(unique.items())
+        await conn.execute(
+            """insert into metering.held_events (event_id, allocation_id, kind, at, reason)
+               select * from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+               on conflict (event_id) do nothing""",
+            [event_id for event_id, _ in items],
+            [allocation_id for _, (_, allocation_id) in items],
+            [fact.kind for _, (fact, _) in items],
+            [fact.at for _, (fact, _) in items],
+            [held_reason(fact.kind) for _, (fact, _) in items],
+        )
 
 
 # --- emitted hours ------------------------------------------------------------------------------------------

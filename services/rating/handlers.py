@@ -460,6 +460,27 @@ async def _forward_watermark(batch: _Batch, partition: int, cause: Envelope[Any]
     await store.save_forwarded(batch.tx.conn, partition, through)
 
 
+async def forward_ungated(tx: Tx, partition: int, cause: Envelope[Any]) -> None:
+    """Forward the partition's watermark after an operator dropped or released the usage that gated it
+    (:mod:`services.operations.held`). The caller holds the locks a watermark batch takes
+    (:func:`store.lock_batch`: the partition, then its prepaid contracts)."""
+    batch = _Batch(tx)
+    await _forward_watermark(batch, partition, cause)
+    await ensure_accounts(tx.conn, batch.accounts.values())
+
+
+async def rate_held_now(tx: Tx, contract_id: str, cause: Envelope[Any]) -> int:
+    """Rate the usage held for a contract rating knows now (an operator's release), then forward its
+    partition's watermark. Returns how many held records were rated. Locks as for a contract event."""
+    batch = _Batch(tx)
+    released = await store.take_held_usage(tx.conn, contract_id)
+    for held in released:
+        await _on_usage(batch, held)
+    await _forward_watermark(batch, contracts_store.contract_partition(contract_id), cause)
+    await ensure_accounts(tx.conn, batch.accounts.values())
+    return len(released)
+
+
 @dataclass(frozen=True)
 class _WalletOp:
     key: tuple[datetime, datetime, int, int]

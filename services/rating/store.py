@@ -272,7 +272,13 @@ async def take_held_usage(conn: asyncpg.Connection, contract_id: str) -> list[En
 
 
 async def held_usage_count(conn: asyncpg.Connection, partition: int) -> int:
-    return int(await conn.fetchval("select count(*) from rating.usage_held where partition = $1", partition))
+    """Held usage that gates the partition's watermark (an operator's release un-gates it, see
+    :mod:`services.operations.held`; released usage stays held until its contract arrives)."""
+    return int(
+        await conn.fetchval(
+            "select count(*) from rating.usage_held where partition = $1 and released_at is null", partition
+        )
+    )
 
 
 # --- watermarks ----------------------------------------------------------------------------------------
