@@ -5,7 +5,8 @@
   from a template migrated once per session.
 * Kafka: ``SETTLE_KAFKA_BOOTSTRAP_SERVERS`` when set (each test then uses its own topic prefix, topics
   created through the admin API); else a Docker engine → testcontainers Kafka; else a FRESH local
-  mock-cluster broker process per test (real Kafka protocol over TCP; started in ~0.2 s).
+  broker process per test (real Kafka protocol over TCP; started in ~0.1 s): noida-db, or librdkafka's
+  mock cluster with ``SETTLE_LOCAL_BROKER=mock`` (the suite runs on both).
 
 No test replaces the TCP path with an in-memory broker.
 """
@@ -13,6 +14,7 @@ No test replaces the TCP path with an in-memory broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -94,10 +96,11 @@ class Stack:
     pool: asyncpg.Pool
 
 
-@pytest.fixture
-async def stack(servers: Servers, template_db: str, tmp_path: Path) -> AsyncIterator[Stack]:
+@contextlib.asynccontextmanager
+async def fresh_stack(servers: Servers, template_db: str, folder: Path) -> AsyncIterator[Stack]:
+    """A fresh database (cloned from the template) and a fresh broker (or topic prefix) in ``folder``."""
     from libs.messaging.broker import create_topics
-    from libs.stack import start_mock_broker
+    from libs.stack import start_local_broker
 
     database = f"settle_t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(servers.admin_dsn)
@@ -109,7 +112,7 @@ async def stack(servers: Servers, template_db: str, tmp_path: Path) -> AsyncIter
     broker = None
     prefix = ""
     if servers.kafka is None:
-        broker = start_mock_broker(state_dir=tmp_path / "broker")
+        broker = start_local_broker(state_dir=folder / "broker", kind=Settings().local_broker)
         bootstrap = broker.bootstrap_servers
     else:
         bootstrap = servers.kafka
@@ -118,11 +121,10 @@ async def stack(servers: Servers, template_db: str, tmp_path: Path) -> AsyncIter
     settings = Settings(
         database_url=url,
         kafka_bootstrap_servers=bootstrap,
-        state_dir=tmp_path / "state",
+        state_dir=folder / "state",
         topic_prefix=prefix,
-        session_timeout_ms=6000,
         metrics_port=0,
-        documents_dir=tmp_path / "documents",
+        documents_dir=folder / "documents",
     )
     pool = await create_pool(url, max_size=12)
     try:
@@ -136,3 +138,9 @@ async def stack(servers: Servers, template_db: str, tmp_path: Path) -> AsyncIter
             await admin.execute(f'drop database if exists "{database}" with (force)')
         finally:
             await admin.close()
+
+
+@pytest.fixture
+async def stack(servers: Servers, template_db: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with fresh_stack(servers, template_db, tmp_path) as made:
+        yield made
