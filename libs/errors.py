@@ -6,6 +6,7 @@
     ├── PermanentError            the message can never succeed: dead-letter it with the reason
     │   ├── InvalidEventError     bytes that are not JSON / not CloudEvents / fail the schema
     │   ├── IdempotencyConflictError   same event id (or key) seen before with a different payload
+    │   ├── KeyHeldError          an earlier message of its key is dead-lettered: it waits behind it
     │   ├── InvalidAmountError    an amount that is not a plain decimal string
     │   ├── UnknownCurrencyError  not an ISO 4217 currency with a minor unit
     │   ├── CurrencyMismatchError amounts of different currencies combined
@@ -72,6 +73,11 @@ class UnknownCurrencyError(PermanentError, ValueError):
 
 class CurrencyMismatchError(PermanentError):
     """Two amounts of different currencies were combined."""
+
+
+class KeyHeldError(PermanentError):
+    """An earlier message of the same key was dead-lettered: this one waits behind it (not applied out
+    of order) until an operator redrives or drops the first."""
 
 
 class DomainRuleError(PermanentError):

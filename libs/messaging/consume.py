@@ -43,13 +43,14 @@ from libs.errors import (
     IdempotencyConflictError,
     InfrastructureError,
     InvalidEventError,
+    KeyHeldError,
     PermanentError,
     RetryableError,
     SettleError,
 )
 from libs.ledger import Entry
 from libs.ledger import post as post_entries
-from libs.messaging.deadletters import DeadLetter, RecordLike, dead_letter_of, record_dead_letters
+from libs.messaging.deadletters import DeadLetter, RecordLike, dead_letter_of, held_keys, record_dead_letters
 from libs.messaging.outbox import Emitter, write_outbox
 from libs.messaging.positions import advance_positions
 from libs.observability import metrics
@@ -131,6 +132,9 @@ class Subscription:
     holds: Holds | None = None
     """Barriers: partitions are read up to (not including) these offsets until the service lifts them,
     so work that must see exactly the log before a point (a period close) is a function of the log."""
+    hold_topics: frozenset[str] = frozenset()
+    """Topics (logical names) whose keys are held after a dead letter: a money-moving consumer must not
+    apply the later messages of an allocation or contract while an earlier one waits for an operator."""
     waits: Waits | None = None
     """Records that must wait until this consumer has read other partitions up to given offsets (a
     watermark that carries its tick's barrier); the record and the rest of its partition wait."""
@@ -268,22 +272,23 @@ class Consumer:
         async with connection(self.pool) as conn, conn.transaction():
             if final:
                 await self._commit_positions(conn)  # first: a lost lease refuses the batch before any work
+            decoded, followers = await self._split_held(conn, decoded, letters)
             fresh, conflicts, duplicates = await self._claim(conn, decoded)
-            letters = letters + conflicts
+            letters = letters + conflicts + followers
             result.duplicates += duplicates
             if fresh:
                 tx = Tx(conn, self.producer)
                 tx.sources = {d.envelope.id: (d.topic.name, d.record.partition, d.record.offset) for d in fresh}
                 await self.sub.handler(tx, [d.envelope for d in fresh])
                 await tx.flush()
-            result.dead_letters += await record_dead_letters(conn, letters)
+            result.dead_letters += await record_dead_letters(conn, letters, hold_topics=self.sub.hold_topics)
             result.processed += len(fresh)
 
     async def _write_letters(self, letters: list[DeadLetter], result: BatchResult) -> None:
         if not letters:
             return
         async with connection(self.pool) as conn, conn.transaction():
-            result.dead_letters += await record_dead_letters(conn, letters)
+            result.dead_letters += await record_dead_letters(conn, letters, hold_topics=self.sub.hold_topics)
 
     async def _run_single(self, item: _Decoded, result: BatchResult) -> None:
         try:
@@ -325,6 +330,57 @@ class Consumer:
                 event_type=item.envelope.type,
             )
             await self._write_letters([letter], result)
+
+    async def _split_held(
+        self, conn: asyncpg.Connection, decoded: list[_Decoded], letters: list[DeadLetter]
+    ) -> tuple[list[_Decoded], list[DeadLetter]]:
+        """Messages of a held key (an earlier message of it is dead-lettered, in an earlier batch or in
+        this one) become its followers: dead letters that wait behind it, never applied out of order."""
+        hold_topics = self.sub.hold_topics
+        keyed = [d for d in decoded if d.record.key and d.topic.name in hold_topics]
+        if not keyed:
+            return decoded, []
+        wanted = sorted({(d.topic.name, bytes(d.record.key or b"")) for d in keyed})
+        holds = await held_keys(conn, self.sub.consumer, wanted)
+        local: dict[tuple[str, bytes], tuple[int, int]] = {}
+        for letter in letters:
+            if letter.key and letter.topic in hold_topics:
+                at = (letter.partition, letter.offset)
+                local[(letter.topic, letter.key)] = min(local.get((letter.topic, letter.key), at), at)
+        kept: list[_Decoded] = []
+        followers: list[DeadLetter] = []
+        for item in decoded:
+            key = (item.topic.name, bytes(item.record.key or b""))
+            record = item.record
+            reason = None
+            if key in holds:
+                root_id, partition, offset = holds[key]
+                if partition != record.partition or offset < record.offset:
+                    reason = (
+                        f"waits behind dead letter #{root_id} of key {key[1].decode(errors='replace')!r} on "
+                        f"{key[0]}: redrive it (settle dlq redrive {root_id}) or drop it (settle dlq drop "
+                        f"{root_id} --reason …); this message follows it then"
+                    )
+            elif key in local and (local[key][0] != record.partition or local[key][1] < record.offset):
+                reason = (
+                    f"waits behind the dead-lettered message at {key[0]}[{local[key][0]}]@{local[key][1]} of "
+                    f"key {key[1].decode(errors='replace')!r}: redrive or drop that one; this message follows it"
+                )
+            if reason is None or not record.key:
+                kept.append(item)
+                continue
+            metrics.MESSAGES.labels(self.sub.consumer, "held").inc()
+            followers.append(
+                dead_letter_of(
+                    record,
+                    topic=item.topic.name,
+                    consumer=self.sub.consumer,
+                    error=KeyHeldError(reason),
+                    event_id=item.envelope.id,
+                    event_type=item.envelope.type,
+                )
+            )
+        return kept, followers
 
     async def _claim(
         self, conn: asyncpg.Connection, decoded: list[_Decoded]

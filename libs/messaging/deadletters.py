@@ -74,10 +74,14 @@ def dead_letter_of(
     )
 
 
-async def record_dead_letters(conn: asyncpg.Connection, letters: Sequence[DeadLetter]) -> int:
+async def record_dead_letters(
+    conn: asyncpg.Connection, letters: Sequence[DeadLetter], *, hold_topics: frozenset[str] = frozenset()
+) -> int:
     """Insert dead letters (a redelivered one is recorded once) and queue them to ``<topic>.dlq``.
 
-    Returns how many were new.
+    A letter with a key on one of ``hold_topics`` holds that key for its consumer (``settle.key_holds``):
+    the first becomes the root, later ones (and messages that arrive while the hold stands) are its
+    followers (``held_by``). Returns how many were new.
     """
     if not letters:
         return 0
@@ -105,6 +109,9 @@ async def record_dead_letters(conn: asyncpg.Connection, letters: Sequence[DeadLe
         [d.reason for d in letters],
     )
     new = {(r["consumer"], r["topic"], r["partition"], r["offset"]) for r in rows}
+    held = [d for d in letters if d.key and d.topic in hold_topics]
+    if held:
+        await _hold_keys(conn, held)
     outgoing = []
     for d in letters:
         if (d.consumer, d.topic, d.partition, d.offset) not in new:
@@ -130,6 +137,55 @@ async def record_dead_letters(conn: asyncpg.Connection, letters: Sequence[DeadLe
     return len(new)
 
 
+async def _hold_keys(conn: asyncpg.Connection, letters: Sequence[DeadLetter]) -> None:
+    """In offset order: the first letter of a (consumer, topic, key) without a hold becomes its root;
+    every other letter of a held key is marked as waiting behind the root."""
+    ordered = sorted(letters, key=lambda d: (d.partition, d.offset))
+    await conn.execute(
+        """insert into settle.key_holds (consumer, topic, key, root_id)
+           select d.consumer, d.topic, d.key, d.id
+             from unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::int[]) as u(c, t, p, o, n)
+             join settle.dead_letters d on (d.consumer, d.topic, d.partition, d."offset") = (u.c, u.t, u.p, u.o)
+            order by u.n
+           on conflict do nothing""",
+        [d.consumer for d in ordered],
+        [d.topic for d in ordered],
+        [d.partition for d in ordered],
+        [d.offset for d in ordered],
+        list(range(len(ordered))),
+    )
+    await conn.execute(
+        """update settle.dead_letters d set held_by = h.root_id
+             from settle.key_holds h
+            where (d.consumer, d.topic, d.key) = (h.consumer, h.topic, h.key) and d.id <> h.root_id
+              and d.held_by is null and d.redriven_at is null
+              and (d.consumer, d.topic, d.partition, d."offset") in (
+                  select * from unnest($1::text[], $2::text[], $3::int[], $4::bigint[]))""",
+        [d.consumer for d in ordered],
+        [d.topic for d in ordered],
+        [d.partition for d in ordered],
+        [d.offset for d in ordered],
+    )
+
+
+async def held_keys(
+    conn: asyncpg.Connection, consumer: str, wanted: Sequence[tuple[str, bytes]]
+) -> dict[tuple[str, bytes], tuple[int, int, int]]:
+    """Holds among ``wanted`` (logical topic, key): → (root id, root partition, root offset)."""
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        """select h.topic, h.key, h.root_id, d.partition, d."offset"
+             from settle.key_holds h join settle.dead_letters d on d.id = h.root_id
+             join unnest($2::text[], $3::bytea[]) as w(topic, key) on (w.topic, w.key) = (h.topic, h.key)
+            where h.consumer = $1""",
+        consumer,
+        [t for t, _ in wanted],
+        [k for _, k in wanted],
+    )
+    return {(r["topic"], bytes(r["key"])): (int(r["root_id"]), int(r["partition"]), int(r["offset"])) for r in rows}
+
+
 async def list_dead_letters(
     conn: asyncpg.Connection,
     *,
@@ -139,7 +195,7 @@ async def list_dead_letters(
 ) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """select id, consumer, topic, partition, "offset", event_id, event_type, error_class, reason,
-                  created_at, redriven_at, redrive_count
+                  created_at, redriven_at, redrive_count, held_by, dropped_at, drop_reason
              from settle.dead_letters
             where ($1::text is null or consumer = $1) and ($2 or redriven_at is null)
             order by id limit $3""",
@@ -164,19 +220,30 @@ async def redrive(
 ) -> list[int]:
     """Republish dead letters to their original topic (via the outbox) and mark them redriven.
 
-    Select by ``ids`` or by ``consumer`` (all open ones). Returns the ids redriven. A redriven message
-    is new input to every consumer group of the topic; groups that handled its event id before skip
-    it as a duplicate.
+    Select by ``ids`` or by ``consumer`` (all open ones); the followers of a chosen root come with it,
+    after it, and its key hold is released. Returns the ids redriven. A redriven message keeps its
+    event id: it is new input to every consumer group of the topic, and groups that handled that id
+    before skip it as a duplicate.
     """
     rows = await conn.fetch(
-        """select id, topic, key, value, headers, event_id from settle.dead_letters
+        """with chosen as (
+               select id from settle.dead_letters
+                where redriven_at is null
+                  and ($1::bigint[] is null or id = any($1))
+                  and ($2::text is null or consumer = $2)
+                order by id limit $3)
+           select id, topic, key, value, headers, event_id, held_by from settle.dead_letters
             where redriven_at is null
-              and ($1::bigint[] is null or id = any($1))
-              and ($2::text is null or consumer = $2)
-            order by id limit $3 for update""",
+              and (id in (select id from chosen) or held_by in (select id from chosen))
+            order by id for update""",
         list(ids) if ids is not None else None,
         consumer,
         min(limit, limits.REDRIVE_MAX),
+    )
+    # A root goes back with its followers, in their order, and its key is free again. A follower
+    # redriven alone while its root is still dead goes back to waiting behind it.
+    await conn.execute(
+        "delete from settle.key_holds where root_id = any($1)", [r["id"] for r in rows if r["held_by"] is None]
     )
     outgoing = []
     for r in rows:
@@ -203,6 +270,30 @@ async def redrive(
         redriven,
     )
     return redriven
+
+
+async def drop(conn: asyncpg.Connection, letter_id: int, reason: str) -> list[int]:
+    """An operator gives up on a dead letter: it is marked dropped (with the reason), its key hold is
+    released and its followers are redriven in order. Returns the followers redriven.
+    Raises LookupError when no open dead letter has this id."""
+    assert reason.strip(), "a drop needs a reason"
+    row = await conn.fetchrow(
+        """update settle.dead_letters set dropped_at = now(), drop_reason = $2, redriven_at = now()
+            where id = $1 and redriven_at is null returning id""",
+        letter_id,
+        reason.strip(),
+    )
+    if row is None:
+        raise LookupError(f"no open dead letter with id {letter_id}")
+    await conn.execute("delete from settle.key_holds where root_id = $1", letter_id)
+    followers = [
+        int(r["id"])
+        for r in await conn.fetch(
+            "select id from settle.dead_letters where held_by = $1 and redriven_at is null order by id", letter_id
+        )
+    ]
+    await conn.execute("update settle.dead_letters set held_by = null where id = any($1)", followers)
+    return await redrive(conn, ids=followers) if followers else []
 
 
 async def dead_letter_counts(conn: asyncpg.Connection) -> list[dict[str, Any]]:

@@ -345,7 +345,7 @@ async def dlq_list(
         for row in rows:
             print(json.dumps(row, default=str))
         return
-    table = Table("id", "consumer", "where", "event", "error", "reason")
+    table = Table("id", "consumer", "where", "event", "error", "waits behind", "reason")
     for r in rows:
         table.add_row(
             str(r["id"]),
@@ -353,6 +353,7 @@ async def dlq_list(
             f"{r['topic']}/{r['partition']}/{r['offset']}",
             f"{r['event_type'] or '-'} {r['event_id'] or ''}",
             r["error_class"],
+            f"#{r['held_by']}" if r.get("held_by") else "",
             r["reason"],
         )
     console.print(table)
@@ -379,12 +380,31 @@ async def dlq_redrive(
     consumer: Annotated[str | None, typer.Option(help="Every open dead letter of this consumer.")] = None,
     all_open: Annotated[bool, typer.Option("--all", help="Every open dead letter.")] = False,
 ) -> None:
-    """Republish dead letters to their original topic (after fixing the cause)."""
+    """Republish dead letters to their original topic (after fixing the cause), with their original
+    event ids. The messages held behind one (same key, later) follow it, in order."""
     if not ids and consumer is None and not all_open:
         raise ConfigurationError("say which: dead-letter ids, --consumer NAME, or --all")
     async with database() as pool, pool.acquire() as conn, conn.transaction():
         done = await deadletters.redrive(conn, ids=ids or None, consumer=consumer)
     console.print(f"redriven {len(done)} dead letter(s): {', '.join(map(str, done))}")
+
+
+@dlq_app.command("drop")
+@run_async
+async def dlq_drop(
+    letter_id: Annotated[int, typer.Argument(help="Dead-letter id.")],
+    reason: Annotated[str, typer.Option(help="Why it is given up (kept with it).")],
+) -> None:
+    """Give up on a dead letter (it stays listed with --all, marked dropped): the messages of its key
+    held behind it are redriven, in order."""
+    if not reason.strip():
+        raise ConfigurationError("a reason is required")
+    async with database() as pool, pool.acquire() as conn, conn.transaction():
+        try:
+            followers = await deadletters.drop(conn, letter_id, reason)
+        except LookupError as exc:
+            raise ConfigurationError(str(exc)) from None
+    console.print(f"dead letter {letter_id} dropped; {len(followers)} held message(s) redriven")
 
 
 # --- ledger -------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ SERVICE = Service(
             handler=on_lifecycle_events,
             batch_max=500,
             holds=lifecycle_holds,
+            hold_topics=frozenset({topics.INFRA_LIFECYCLE.name, topics.CONTRACTS.name}),
         ),
         Subscription(
             consumer=SAMPLES_CONSUMER,

@@ -813,4 +813,6 @@ SUBSCRIPTION = Subscription(
     topics=(topics.USAGE_METERED, topics.CONTRACTS, topics.WALLETS, topics.INVOICES_FINALIZED),
     handler=on_batch,
     waits=watermark_waits(topics.USAGE_METERED, "usage.watermark", WATERMARK_WAITS_FOR),
+    # Usage, contract events and top-ups of a contract whose earlier message is dead-lettered wait.
+    hold_topics=frozenset({topics.USAGE_METERED.name, topics.CONTRACTS.name, topics.WALLETS.name}),
 )
