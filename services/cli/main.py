@@ -194,7 +194,9 @@ async def run(
     targets = await resolve(settings)
     assert targets.bootstrap_servers is not None
     await check_topics(targets.bootstrap_servers, settings.topic_prefix)
-    pool = await create_pool(targets.database_url, max_size=settings.db_pool_max)
+    # Each subscription's partition leases hold one session for the life of the worker, on top of the pool.
+    leases = sum(len(service.subscriptions) for service in services)
+    pool = await create_pool(targets.database_url, max_size=settings.db_pool_max + leases)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
