@@ -36,7 +36,10 @@ MEMBER_BASE = 1_000_000
 _GRANTED_SQL = """
 select objid::bigint as id from pg_locks
  where locktype = 'advisory' and objsubid = 2 and granted and classid::bigint = $1
+   and database = (select oid from pg_database where datname = current_database())
 """
+"""Advisory locks are per database, and so is a group: workers of another database on the same server
+(another deployment, a parallel test) are not members of this one."""
 
 
 def group_key(consumer: str) -> int:
@@ -122,7 +125,8 @@ class Leases:
         held = await conn.fetchval(
             """select count(*) from pg_locks
                 where locktype = 'advisory' and objsubid = 2 and granted and classid::bigint = $1
-                  and pid = $2 and objid::bigint = any($3::bigint[])""",
+                  and pid = $2 and objid::bigint = any($3::bigint[])
+                  and database = (select oid from pg_database where datname = current_database())""",
             self.key,
             self._pid,
             sorted(slots),
