@@ -122,6 +122,10 @@ async def run_worker(
             error = finished.exception() if finished is not stop_wait else None
             if error is not None:
                 raise error
+            if finished is not stop_wait and not stop.is_set():
+                # Every task runs until stop: one that returns is a bug, and a worker must not go on
+                # half-alive (or exit 0 unnoticed) without it.
+                raise RuntimeError(f"worker task {finished.get_name()} ended before the worker was stopped")
         stop_wait.cancel()
     finally:
         stop.set()
