@@ -2,12 +2,31 @@
 
 * ``metering`` (lifecycle, contracts, clock ticks): records every lifecycle fact, recomputes the
   allocation's state from event times, and for hours already emitted emits corrections (new
-  revisions with signed deltas, R3). Ticks only move the clock's target.
+  revisions with signed deltas, R3) — once per allocation per batch, after the batch's facts are
+  all in. Ticks only move the clock's target.
 * ``metering-samples`` (telemetry, the high-volume path): adds quantities to hourly aggregates in
   bulk; a sample for an hour already emitted yields a correction right away.
 * the closer (background task): emits every closed hour (ending at or before the target) of every
   allocation whose contract is known, a chunk of allocations per transaction; when none is behind,
   sends ``usage.watermark`` to every partition (see README, "Time and watermarks").
+
+Late windows (issue 8 item 5). A late outage or maintenance start, whose hours were emitted already,
+opens a window that runs "up to now" (R2). Correcting every emitted hour from its start as open at
+once, and reversing most of them when the end arrives a moment later, nets right but costs two
+records per hour (hundreds in the demo). Two things avoid that, both without any new state:
+
+* coalescing: a batch records all of its lifecycle facts first and corrects each touched allocation
+  once, from its state before the batch to its state after (:func:`correct_hours`), so a start and an
+  end in one batch correct only what the final window changed;
+* deferral: hours after the start of a window that is still open are left as emitted
+  (:func:`~services.metering.domain.deferred_from`), to be corrected with the final window when its
+  end arrives, or with the window open by the next close — which reconciles from that hour and
+  never marks such an allocation idle — before the close's watermark. Coalescing alone would not
+  help a start and an end that land in separate batches (the usual case when they are published
+  apart); deferring to the close keeps R2's open window exactly, and since every watermark still
+  follows every correction of the hours it covers, invoices are those of correcting at once. What
+  is left: a close between the start and the end bills the window open (R2) and the end corrects
+  it back — at most two records per hour from the start's hour to that close.
 """
 
 from __future__ import annotations
