@@ -10,7 +10,9 @@ Flow
    quarantined and what is held).
 3. :func:`usage_by_hour` cuts the state into closed UTC hours inside the contract term
    (:class:`HourUsage`: provisioned = billable + maintenance + outage, in GPU-seconds).
-4. After a late event, :func:`affected_range` says which hours can have changed and
+4. After late events, :func:`affected_range` says which hours can have changed,
+   :func:`correction_range` which of them are corrected now (the hours after the start of a
+   window still open wait for its end or the next close: :func:`deferred_from`), and
    :func:`diff_usage` gives the signed correction of one hour (R3).
 5. :func:`find_anomalies` / :func:`find_fact_anomalies` list what a human should look at;
    :func:`anomaly_id` makes each one's id deterministic so the shell emits it once.
@@ -707,6 +709,64 @@ def affected_range(old_state: AllocationState, new_state: AllocationState) -> tu
     return floor_hour(_instant(first_s)), hours_to
 
 
+def deferred_from(state: AllocationState, closed_through: datetime) -> datetime | None:
+    """First emitted hour whose correction waits for the next close, or None (nothing waits).
+
+    That is the hour holding the earliest start of an *open* window (started, not ended) that
+    starts before ``closed_through``. Such a window extends to "now" (R2), so correcting the
+    emitted hours after its start at once, as if it never ended, would be undone by its end,
+    hour by hour, if that end arrives before the next close (the common case of a late outage
+    or maintenance window: its start and end come together, or close behind each other). So
+    those hours are left as emitted until either the end arrives (the lifecycle consumer then
+    corrects them with the final window) or the next close (the closer corrects them with the
+    window still open, as R2 says, before the watermark that lets anyone bill them). A function
+    of the facts and ``closed_through`` only: no state says which hours wait.
+    """
+    _check_instant(closed_through, "closed_through")
+    starts = [
+        w.start_at
+        for w in (*state.maintenance_windows, *state.outage_windows)
+        if w.start_at is not None and w.end_at is None and w.start_at < closed_through
+    ]
+    return floor_hour(min(starts)) if starts else None
+
+
+def correction_range(
+    old_state: AllocationState, new_state: AllocationState, closed_through: datetime
+) -> tuple[datetime | None, datetime | None] | None:
+    """Emitted hours the lifecycle consumer corrects now, after facts changed from ``old_state``
+    to ``new_state`` (hours ending at or before ``closed_through`` are emitted): ``(hours_from,
+    hours_to)`` for :func:`usage_by_hour` (``hours_to`` exclusive, None = up to ``closed_through``),
+    or None when nothing is to be corrected now.
+
+    It covers every hour :func:`affected_range` names and every hour that waited under
+    ``old_state`` (see :func:`deferred_from`), except the hours that wait under ``new_state``,
+    which the next close corrects. Invariant (with the closer reconciling from
+    ``deferred_from`` too): when a watermark is sent, every emitted hour matches the facts.
+    """
+    old_wait = deferred_from(old_state, closed_through)
+    new_wait = deferred_from(new_state, closed_through)
+    changed = affected_range(old_state, new_state)
+    lows: list[datetime] = []
+    high: datetime | None = None
+    if changed is not None:
+        lows.append(changed[0])
+        high = changed[1]
+    if old_wait is not None and old_wait != new_wait:
+        lows.append(old_wait)  # the hours that waited are corrected now (their window ended)
+        high = None
+    if not lows:
+        return None
+    low = min(lows)
+    for bound in (new_wait, closed_through):
+        if bound is not None:
+            high = bound if high is None else min(high, bound)
+    assert high is not None
+    if low >= high:
+        return None
+    return low, high
+
+
 @dataclass(frozen=True)
 class UsageDelta:
     """Signed change of one allocation-hour between two revisions (R3): current - previous."""
@@ -857,6 +917,8 @@ __all__ = [
     "WindowKind",
     "affected_range",
     "anomaly_id",
+    "correction_range",
+    "deferred_from",
     "diff_usage",
     "evaluate_allocation",
     "fact_from_event",

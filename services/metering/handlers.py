@@ -2,12 +2,31 @@
 
 * ``metering`` (lifecycle, contracts, clock ticks): records every lifecycle fact, recomputes the
   allocation's state from event times, and for hours already emitted emits corrections (new
-  revisions with signed deltas, R3). Ticks only move the clock's target.
+  revisions with signed deltas, R3) — once per allocation per batch, after the batch's facts are
+  all in. Ticks only move the clock's target.
 * ``metering-samples`` (telemetry, the high-volume path): adds quantities to hourly aggregates in
   bulk; a sample for an hour already emitted yields a correction right away.
 * the closer (background task): emits every closed hour (ending at or before the target) of every
   allocation whose contract is known, a chunk of allocations per transaction; when none is behind,
   sends ``usage.watermark`` to every partition (see README, "Time and watermarks").
+
+Late windows (issue 8 item 5). A late outage or maintenance start, whose hours were emitted already,
+opens a window that runs "up to now" (R2). Correcting every emitted hour from its start as open at
+once, and reversing most of them when the end arrives a moment later, nets right but costs two
+records per hour (hundreds in the demo). Two things avoid that, both without any new state:
+
+* coalescing: a batch records all of its lifecycle facts first and corrects each touched allocation
+  once, from its state before the batch to its state after (:func:`correct_hours`), so a start and an
+  end in one batch correct only what the final window changed;
+* deferral: hours after the start of a window that is still open are left as emitted
+  (:func:`~services.metering.domain.deferred_from`), to be corrected with the final window when its
+  end arrives, or with the window open by the next close — which reconciles from that hour and
+  never marks such an allocation idle — before the close's watermark. Coalescing alone would not
+  help a start and an end that land in separate batches (the usual case when they are published
+  apart); deferring to the close keeps R2's open window exactly, and since every watermark still
+  follows every correction of the hours it covers, invoices are those of correcting at once. What
+  is left: a close between the start and the end bills the window open (R2) and the end corrects
+  it back — at most two records per hour from the start's hour to that close.
 """
 
 from __future__ import annotations
@@ -16,6 +35,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -43,8 +63,9 @@ from services.metering.domain import (
     AllocationState,
     HourUsage,
     ProvisionData,
-    affected_range,
     anomaly_id,
+    correction_range,
+    deferred_from,
     diff_usage,
     evaluate_allocation,
     fact_from_event,
@@ -247,12 +268,30 @@ def _idle(state: AllocationState, closed_through: datetime | None) -> bool:
     )
 
 
+@dataclass
+class _Touched:
+    """An allocation whose facts changed in this batch: its state before the batch's first change
+    and the batch's last event for it (the cause its corrections name)."""
+
+    before: AllocationState
+    cause: Envelope[Any]
+
+
 async def on_lifecycle_events(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
+    """Facts are recorded event by event (anomalies too); emitted hours are corrected once per
+    allocation per batch, over what every change of the batch affected (:func:`correct_hours`),
+    so a late window whose start and end are in one batch costs one correction per hour changed."""
     lifecycle = [e for e in events if e.type.startswith("gpu.")]
     rows = await store.lock_allocations(tx.conn, [e.data.allocation_id for e in lifecycle]) if lifecycle else {}
     terms_cache: dict[str, ContractTerms | None] = {}
+    touched: dict[str, _Touched] = {}
     for event in events:
         if event.type.startswith("contract."):
+            # A termination re-derives emitted hours from the stored facts: store this batch's first.
+            await correct_hours(tx, rows, touched, terms_cache)
+            for row in rows.values():
+                if row.changed:
+                    await store.save_allocation(tx.conn, row)
             await _on_contract(tx, event)
             terms_cache.clear()
         elif event.type == "clock.ticked":
@@ -262,7 +301,8 @@ async def on_lifecycle_events(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
                 await store.raise_barrier(tx.conn, event.data.at, dict(event.data.barrier), tick_offset)
             log.info("clock tick", at=format_utc(event.data.at), target=format_utc(target) if target else None)
         else:
-            await _on_lifecycle(tx, event, rows[event.data.allocation_id], terms_cache)
+            await _on_lifecycle(tx, event, rows[event.data.allocation_id], touched)
+    await correct_hours(tx, rows, touched, terms_cache)
     for row in rows.values():
         if row.changed:
             await store.save_allocation(tx.conn, row)
@@ -277,10 +317,12 @@ async def _terms(
     return cache[contract_id]
 
 
-async def _on_lifecycle(
-    tx: Tx, event: Envelope[Any], row: store.AllocationRow, terms_cache: dict[str, ContractTerms | None]
-) -> None:
+async def _on_lifecycle(tx: Tx, event: Envelope[Any], row: store.AllocationRow, touched: dict[str, _Touched]) -> None:
     old_state = evaluate_allocation(row.facts)
+    if row.allocation_id in touched:
+        touched[row.allocation_id].cause = event
+    else:
+        touched[row.allocation_id] = _Touched(old_state, event)
     fact = fact_from_event(event.type, event.id, event.time, event.data, row.next_seq)
     row.facts.append(fact)
     row.next_seq += 1
@@ -292,17 +334,40 @@ async def _on_lifecycle(
     await raise_anomalies(
         tx.conn, tx.emitter, row.allocation_id, state, event.time, through=None, last_event_at=None, cause=event
     )
-    if state.provision is None:
-        return
-    terms = await _terms(tx.conn, state.provision.contract_id, terms_cache)
-    if terms is None or row.closed_through is None:
-        row.idle = False
-        return  # the closer emits everything once the contract is known / the clock moves
-    changed = affected_range(old_state, state)
-    if changed is not None:
-        start, end = changed
-        await reconcile_hours(tx.conn, tx.emitter, row, state, terms, start, end, row.closed_through, event)
-    row.idle = _idle(state, row.closed_through)
+
+
+async def correct_hours(
+    tx: Tx,
+    rows: dict[str, store.AllocationRow],
+    touched: dict[str, _Touched],
+    terms_cache: dict[str, ContractTerms | None],
+) -> None:
+    """Correct the emitted hours of every allocation in ``touched`` once, from its state before the
+    batch to its state now (then forget them).
+
+    Which hours: :func:`correction_range`. The hours after the start of a window still open are
+    left to its end or to the closer (:func:`deferred_from`): a late window's start and its end
+    arriving in separate batches between two closes then still cost one correction per hour the
+    final window changed, not an "open until now" correction of every hour and its reversal.
+    Such an allocation is never idle, so the next close takes it and corrects what still waits
+    before its watermark is sent.
+    """
+    for allocation_id in sorted(touched):
+        row, item = rows[allocation_id], touched[allocation_id]
+        state = evaluate_allocation(row.facts)
+        if state.provision is None:
+            continue
+        terms = await _terms(tx.conn, state.provision.contract_id, terms_cache)
+        if terms is None or row.closed_through is None:
+            row.idle = False
+            continue  # the closer emits everything once the contract is known / the clock moves
+        hours = correction_range(item.before, state, row.closed_through)
+        if hours is not None:
+            start, end = hours
+            await reconcile_hours(tx.conn, tx.emitter, row, state, terms, start, end, row.closed_through, item.cause)
+        waiting = deferred_from(state, row.closed_through) is not None
+        row.idle = _idle(state, row.closed_through) and not waiting
+    touched.clear()
 
 
 async def _on_contract(tx: Tx, event: Envelope[Any]) -> None:
@@ -411,7 +476,11 @@ async def close_chunk(conn: asyncpg.Connection, target: datetime, limit: int) ->
         assert row.contract_id is not None
         state = evaluate_allocation(row.facts)
         terms = terms_by_contract[row.contract_id]
-        await reconcile_hours(conn, emitter, row, state, terms, row.closed_through, None, target, None, correlation)
+        start = row.closed_through
+        if start is not None:
+            # Hours after a late window's start waited for this close (deferred_from); correct them now.
+            start = min(filter(None, (start, deferred_from(state, start))))
+        await reconcile_hours(conn, emitter, row, state, terms, start, None, target, None, correlation)
         provision = state.provision
         if provision is not None:
             marked = []

@@ -186,14 +186,77 @@ async def test_a_late_outage_produces_a_correction_not_an_edit(stack: Stack) -> 
         -2 * 1800,
         2 * 1800,
     )
-    # Each late event corrects what it changes: the open outage first takes all of 11:00, its end
-    # gives 11:15-12:00 back. The deltas add up to the final state; nothing is edited in place.
+    # The outage's start and end arrive before the next close (in one batch or two): the hours after
+    # the start wait for the end, so 11:00 is corrected once, with the final window (11:00-11:15).
     eleven = sorted(by_hour["2026-12-01T11:00:00Z"], key=lambda r: r["revision"])
-    assert [r["revision"] for r in eleven] == [1, 2, 3]
+    assert [r["revision"] for r in eleven] == [1, 2]
     assert eleven[-1]["billable_gpu_seconds"] == 2 * 2700
     assert sum(r["delta_billable_gpu_seconds"] for r in eleven) == 2 * 2700
     assert sum(r["delta_outage_gpu_seconds"] for r in eleven) == 2 * 900
     assert [r["revision"] for r in by_hour["2026-12-01T09:00:00Z"]] == [1]  # untouched hour: no correction
+
+
+LATE_OUTAGE_HOURS = {
+    "2026-12-01T10:00:00Z": (2 * 1800, 2 * 1800),  # 10:30-11:00 out
+    "2026-12-01T11:00:00Z": (2 * 2700, 2 * 900),  # 11:00-11:15 out
+}
+"""(billable, outage) GPU-seconds of the hours a late 2-GPU outage 10:30-11:15 changes; every other
+hour stays fully billable."""
+
+
+@pytest.mark.parametrize("delivery", ["together", "separate_batches", "close_between"])
+async def test_a_late_outage_costs_one_correction_per_hour_it_changes(stack: Stack, delivery: str) -> None:
+    """Two days are emitted (48 hours), then an outage of 10:30-11:15 on the first day arrives late.
+
+    * ``together``: start and end published together (one batch, or two: the same outcome);
+    * ``separate_batches``: the end is published only once the start has been consumed;
+    * ``close_between``: a tick closes 48:00-49:00 between the start and the end. R2 bills the
+      window open at that close (10:00-49:00 corrected), and the end gives back 11:15-49:00.
+
+    Before issue 8 item 5 the first two also corrected every hour 10:00-48:00 as an open outage and
+    then reversed 11:00-48:00 (38 + 37 = 75 corrections instead of 2).
+    """
+    day2 = at(48)
+    await publish(stack, [contract(), lifecycle("gpu.allocation.provisioned", at(0), gpu_count=2), tick(day2)])
+    start = lifecycle("gpu.outage.started", at(10, 30), incident_id="o-late")
+    end = lifecycle("gpu.outage.ended", at(11, 15), incident_id="o-late")
+    consumed = "select count(*) from settle.inbox where consumer = 'metering' and topic like '%infra.lifecycle%'"
+    async with running(stack, [METERING]):
+        await wait_until(lambda: watermarks_through(stack, day2), what="two days emitted")
+        if delivery == "together":
+            await publish(stack, [start, end])
+        else:
+            await publish(stack, [start])
+            await wait_until(lambda: _count(stack, consumed, 2), what="the late start consumed")
+            if delivery == "close_between":
+                await publish(stack, [tick(at(49))])
+                await wait_until(lambda: watermarks_through(stack, at(49)), what="a close with the outage open")
+            await publish(stack, [end])
+        await wait_until(lambda: _count(stack, consumed, 3), what="the late end consumed")
+        last = at(50)
+        await publish(stack, [tick(last)])
+        await wait_until(lambda: watermarks_through(stack, last), what="the next close")
+    records = [r["data"] for r in await usage_records(stack) if r["type"] == "usage.metered"]
+    assert len({r["usage_id"] for r in records}) == len(records)
+    # (1) The final usage of every hour is exact.
+    final = hours(await usage_records(stack))
+    assert len(final) == 50
+    for (_, hour), data in final.items():
+        expected = LATE_OUTAGE_HOURS.get(hour, (2 * 3600, 0))
+        assert (data["billable_gpu_seconds"], data["outage_gpu_seconds"]) == expected, hour
+    # (2) Corrections: one per allocation-hour whose usage changed, or the bound of a close between.
+    corrections = [r for r in records if r["revision"] > 1]
+    if delivery == "close_between":
+        # Open at the 49:00 close: 10:00-48:00 corrected (38) and 48:00 first emitted as outage;
+        # the end corrects 11:00-49:00 (38). Two per hour at most, from the start's hour to the close.
+        assert len(corrections) == 38 + 38
+    else:
+        assert len(corrections) == len(LATE_OUTAGE_HOURS)
+        assert sorted(r["hour_start"] for r in corrections) == sorted(LATE_OUTAGE_HOURS)
+    # The signed deltas of every hour add up to its final state (nothing edited in place).
+    for hour in {r["hour_start"] for r in corrections}:
+        revisions = [r for r in records if r["hour_start"] == hour]
+        assert sum(r["delta_billable_gpu_seconds"] for r in revisions) == final[("a-1", hour)]["billable_gpu_seconds"]
 
 
 async def _count(stack: Stack, sql: str, n: int, *, exact: bool = False) -> bool:

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libs.errors import InvalidEventError
+from libs.times import floor_hour, seconds_between
 from schemas import inputs
 from services.metering.domain import (
     AllocationState,
@@ -24,6 +25,8 @@ from services.metering.domain import (
     UsageDelta,
     affected_range,
     anomaly_id,
+    correction_range,
+    deferred_from,
     diff_usage,
     evaluate_allocation,
     fact_from_event,
@@ -370,6 +373,106 @@ def test_affected_range_is_none_when_nothing_changed_and_bounded_by_a_late_close
     assert affected_range(old, evaluate_allocation([*base, dataclasses.replace(base[0], event_id="p-again")])) is None
     new = evaluate_allocation(arrive(*base, outage("inc", "os", at("10:50"), "oe", at("12:10"))))
     assert affected_range(old, new) == (at("10:00"), at("13:00"))
+
+
+def test_the_hours_after_a_late_open_window_start_wait_for_its_end_or_the_next_close() -> None:
+    base = arrive(provisioned("p", at("00:00")))
+    before = evaluate_allocation(base)
+    started = evaluate_allocation(arrive(*base, outage("inc", "os", at("10:50"), "oe", None)))
+    assert deferred_from(started, at("20:00")) == at("10:00")
+    assert deferred_from(started, at("10:50")) is None, "a start at or after the close is not late"
+    assert deferred_from(before, at("20:00")) is None
+    # The late start alone corrects nothing now: every hour it changes waits.
+    assert correction_range(before, started, at("20:00")) is None
+    # Its end, in a later batch, corrects the hours that waited, up to the close.
+    ended = evaluate_allocation(arrive(*base, outage("inc", "os", at("10:50"), "oe", at("12:10"))))
+    assert correction_range(started, ended, at("20:00")) == (at("10:00"), at("20:00"))
+    # Both in one batch: exactly the hours the closed window touches.
+    assert correction_range(before, ended, at("20:00")) == (at("10:00"), at("13:00"))
+    # A closed late window before the open one is corrected now (the range is one span: hour 09:00,
+    # unchanged, costs no record); the open one's hours still wait.
+    both = evaluate_allocation(
+        arrive(
+            *base, maintenance("mw", "ms", at("08:10"), "me", at("08:20")), outage("inc", "os", at("10:50"), "oe", None)
+        )
+    )
+    assert correction_range(before, both, at("20:00")) == (at("08:00"), at("10:00"))
+
+
+def _emit(
+    emitted: dict[datetime, HourUsage],
+    state: AllocationState,
+    hours_from: datetime | None,
+    hours_to: datetime | None,
+    through: datetime,
+) -> int:
+    """What ``handlers.reconcile_hours`` does, in memory: returns the records emitted."""
+    current = usage_by_hour(state, DAY, None, through, hours_from=hours_from, hours_to=hours_to)
+    low = hours_from or DAY
+    high = min(hours_to or through, through)
+    records = 0
+    for hour in sorted(set(current) | {h for h in emitted if low <= h < high}):
+        now = current.get(hour)
+        if diff_usage(emitted.get(hour), now) is None or (hour not in emitted and now is None):
+            continue
+        emitted[hour] = now or HourUsage(8, 0, 0, 0, 0, ())
+        records += 1
+    return records
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start_m=st.integers(0, 20 * 60),
+    length_m=st.integers(0, 6 * 60),
+    kind=st.sampled_from(["outage", "maintenance"]),
+    tick_between=st.booleans(),
+    same_batch=st.booleans(),
+)
+def test_a_late_window_is_corrected_once_per_hour_it_changes_and_every_close_is_exact(
+    start_m: int, length_m: int, kind: str, tick_between: bool, same_batch: bool
+) -> None:
+    """The shell's protocol (lifecycle batches correct ``correction_range``, the closer reconciles
+    from ``deferred_from``), replayed in memory: after every close the emitted hours are the facts'
+    usage; without a close between start and end, one record per hour whose usage changed."""
+    start = DAY + timedelta(minutes=start_m)
+    end = start + timedelta(minutes=length_m)
+    window = outage if kind == "outage" else maintenance
+    facts = arrive(provisioned("p", DAY))
+    state = evaluate_allocation(facts)
+    emitted: dict[datetime, HourUsage] = {}
+    closed = at("23:00")
+    _emit(emitted, state, None, None, closed)
+    first = dict(emitted)
+    batches = [window("w", "ws", start, "we", end)] if same_batch else [window("w", "ws", start, "", None)]
+    if not same_batch:
+        batches.append(window("w", "", None, "we", end))
+    records = 0
+    for n, batch in enumerate(batches):
+        old, facts = state, arrive(*facts, batch)
+        state = evaluate_allocation(facts)
+        hours = correction_range(old, state, closed)
+        if hours is not None:
+            records += _emit(emitted, state, hours[0], hours[1], closed)
+        if tick_between and n == 0 and not same_batch:
+            waiting = deferred_from(state, closed)
+            target = closed + timedelta(hours=2)
+            records += _emit(emitted, state, min(filter(None, (closed, waiting))), None, target)
+            assert emitted == usage(state, target, DAY), "a close with the window open bills it open (R2)"
+            closed = target
+    target = closed + timedelta(hours=1)
+    waiting = deferred_from(state, closed)
+    records += _emit(emitted, state, min(filter(None, (closed, waiting))), None, target)
+    truth = usage(state, target, DAY)
+    assert emitted == truth
+    changed = sum(1 for hour, u in first.items() if truth[hour] != u)
+    new_hours = sum(1 for hour in truth if hour not in first)
+    if not tick_between or same_batch:
+        assert records == changed + new_hours
+    else:
+        # The close in between bills the window open from its start's hour (R2); the end then
+        # corrects those hours again: at most two records per such hour, plus the last close's hour.
+        open_hours = seconds_between(floor_hour(start), at("23:00") + timedelta(hours=2)) // 3600
+        assert changed + new_hours <= records <= 2 * open_hours + 1
 
 
 # --- anomalies -------------------------------------------------------------------------------------------
