@@ -391,11 +391,11 @@ async def plan_contract(
         ]
         for period_start, period_end in due:
             invoice_id = derive_id("invoice", cid, format_utc(period_start))
-            sums = await store.take_period_charges(conn, cid, period_start, invoice_id)
-            drawn_x3600 = await store.take_period_draws(conn, cid, period_start, invoice_id)
-            found = await store.open_corrections(conn, cid, periods_ending_by=period_start)
+            sums = await store.claim_invoice_charges(conn, cid, period_start, invoice_id)
+            drawn_x3600 = await store.claim_invoice_draws(conn, cid, period_start, invoice_id)
+            found = await store.find_late_corrections(conn, cid, periods_ending_by=period_start)
             corrections = await _corrections(conn, terms, found)
-            await store.assign_corrections(conn, found, invoice_id)
+            await store.claim_late_corrections(conn, found, invoice_id)
             issued_at = await store.finalization_instant(conn, state.partition, period_end, state.arrived_through)
             assert issued_at is not None, "a watermark reached the period's end, so one is recorded"
             totals = domain.PeriodTotals(
@@ -435,7 +435,7 @@ async def plan_contract(
     # No later invoice will come (the term ended, or a termination cut the next period off): late
     # corrections of invoiced periods go on a credit note now.
     if plan.next_period is None and plan.invoiced_through is not None:
-        found = await store.open_corrections(conn, cid, periods_ending_by=plan.invoiced_through)
+        found = await store.find_late_corrections(conn, cid, periods_ending_by=plan.invoiced_through)
         if not found.empty and domain.needs_credit_note(terms, plan.invoiced_through):
             issued_at = late_through or watermark
             if issued_at is not None:
@@ -443,7 +443,7 @@ async def plan_contract(
                 note = domain.assemble_credit_note(domain.CreditNoteInputs(terms, corrections, issued_at))
                 if not note.is_empty:
                     note_id = derive_id("credit_note", cid, state.credit_notes_issued + 1)
-                    await store.assign_corrections(conn, found, note_id)
+                    await store.claim_late_corrections(conn, found, note_id)
                     plan.credit_note = PendingCreditNote(
                         note_id, note, sum(c.accrued_units for c in found.charges), len(found.charge_ids)
                     )
@@ -647,8 +647,8 @@ async def close_statement_chunk(
     issued_at = await store.statement_issue_instant(conn, month_end)
     assert issued_at is not None
     await store.take_pending(conn, pairs, month)
-    earnings = await store.take_earnings(conn, pairs, month, month_start, month_end)
-    parts = await store.take_chargebacks(conn, pairs, month)
+    earnings = await store.claim_statement_earnings(conn, pairs, month, month_start, month_end)
+    parts = await store.claim_statement_chargebacks(conn, pairs, month)
     previous = await store.previous_nets(conn, pairs)
     drafts: list[tuple[statements.StatementDraft, int, int]] = []
     for supplier_id, currency in pairs:
