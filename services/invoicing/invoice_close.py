@@ -23,7 +23,6 @@ from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
-import structlog
 
 from libs.ids import derive_id
 from libs.ledger import AccountSpec, Entry, ensure_accounts, post
@@ -34,8 +33,6 @@ from services.contracts.periods import period_containing, periods_overlapping
 from services.contracts.terms import ContractTerms
 from services.invoicing import domain, statements, store
 from services.invoicing.entries import credit_note_amounts, invoice_amounts, period_adjustment_changes, renter_entry
-
-log = structlog.get_logger("settle.invoicing.closer")
 
 PRODUCER = "invoicing"
 """The outbox producer of every document event (invoices, credit notes, statements)."""
