@@ -4,6 +4,14 @@ per month (R12).
 ``domain`` (invoices, credit notes) and ``statements`` (supplier statements) are the pure core: no
 I/O, no clock, time and totals come from arguments. The I/O shell (handlers, store) gathers the
 inputs, assigns numbers and ids, posts to the ledger and emits the events built here.
+
+Layout: ``handlers`` (the consumer records), ``closer`` (the background loop) running
+``invoice_close`` (contract periods) and ``statement_close`` (months), whose ledger entries are built
+purely in ``entries``; ``store`` (SQL, one module per purpose); ``render`` (JSON and PDF files).
+Which charges, draws, earnings and chargebacks a document carries is decided by the named claims of
+:mod:`services.invoicing.store.membership` (``claim_invoice_charges``, ``claim_invoice_draws``,
+``find_late_corrections``/``claim_late_corrections``, ``claim_statement_earnings``,
+``claim_statement_chargebacks``).
 """
 
 from services.invoicing.domain import (

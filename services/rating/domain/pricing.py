@@ -1,35 +1,10 @@
-"""Rating's pure domain: price usage (R4, R13), prepaid wallets (R8), credit limits (R9).
-
-Units
------
-* ``*_x3600`` are exact :class:`~decimal.Decimal` values equal to the exact amount in major units
-  times 3600 (``gpu_seconds × price_per_gpu_hour``). They are computed in a context that traps every
-  inexact operation, so nothing here ever rounds; the ``/ 3600`` of R4 happens once per line,
-  downstream (invoicing, statements), or through :func:`exact_from_x3600`.
-* Wallet and credit amounts are :data:`~libs.money.Exact` (``Fraction``) in major units.
-* Times are tz-aware UTC datetimes; an hour is ``[hour_start, hour_start + 1h)``.
-
-No I/O, no clock, no logging: time and ids come from the arguments; the shell (handlers, store)
-turns the returned values and signals into rows, ledger postings and events.
-
-Extensions to the billing rules made here (docs/billing-rules.md, "Settle extensions" of R4, R8)
------------------------------------------------------------------------------------------------
-* Add-on meters (``meter != "gpu_seconds"``): charge = ``quantity × meter_prices[meter]`` with the
-  terms in force at the first in-term instant of the hour (``max(hour_start, starts_at)``); a meter
-  without a price is charged 0; an hour wholly outside the term is charged 0; suppliers earn nothing
-  on add-ons (their rate is per GPU-hour only).
-* An empty wallet that is charged (never topped up, or at zero without having been exhausted) is
-  exhausted too: :class:`Exhausted` fires on the first charge that leaves the balance at zero.
-* Only a top-up resumes an exhausted wallet (``ResumeRequested.reason`` is ``wallet_topped_up``);
-  money returned by a negative correction goes back to the balance but does not lift a suspension.
-* A top-up whose settlement of overage leaves the balance below 20 % of that top-up emits
-  :class:`LowBalance` (the top-up armed the alert, the settlement crossed it).
-"""
+"""R4, R13: exact x3600 amounts, usage state, pricing a revision of an allocation-hour with the terms in
+force, repricing after an amendment, the period of an hour, the platform take. Pure."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import (
     ROUND_HALF_EVEN,
@@ -42,53 +17,18 @@ from decimal import (
     Rounded,
 )
 from fractions import Fraction
-from types import MappingProxyType
-from typing import Literal, Protocol
+from typing import Protocol
 
 from libs.errors import DomainRuleError, InvalidAmountError
-from libs.money import Exact, round_ledger
+from libs.money import Exact
 from libs.times import HOUR, floor_hour, seconds_between
 from services.contracts.periods import period_containing
 from services.contracts.terms import ContractTerms
-
-__all__ = [
-    "GPU_METER",
-    "LOW_BALANCE_FRACTION",
-    "ChargeDelta",
-    "DrawReason",
-    "Drawn",
-    "Exhausted",
-    "LowBalance",
-    "Priced",
-    "Resume",
-    "UsageRecordLike",
-    "UsageState",
-    "WalletSignal",
-    "WalletState",
-    "affected_since",
-    "apply_charge",
-    "apply_topup",
-    "check_credit",
-    "credit_exposure",
-    "exact_from_x3600",
-    "ledger_delta",
-    "period_at",
-    "period_of_hour",
-    "platform_take",
-    "price_usage",
-    "rate_revision",
-    "reprice_needed",
-    "usage_state_of",
-    "wallet_order_key",
-    "x3600_from_exact",
-]
 
 GPU_METER = "gpu_seconds"
 """The meter whose usage is GPU-seconds priced per GPU-hour (R3, R4); every other meter is an add-on."""
 
 SECONDS_PER_HOUR = 3600
-LOW_BALANCE_FRACTION = Fraction(1, 5)
-"""R8: the low-balance alert fires when the balance crosses below 20 % of the last top-up."""
 
 # Every x3600 computation runs in this context: generous precision and every loss of information
 # trapped, so a result is exact or the operation raises (never a silent rounding before R6).
@@ -142,7 +82,7 @@ def x3600_from_exact(amount: Exact) -> Decimal:
     return result
 
 
-def _require_exact(amount: Exact, what: str) -> Exact:
+def require_exact(amount: Exact, what: str) -> Exact:
     # bool is an int; float and Decimal are refused so no binary fraction or context sneaks in.
     if isinstance(amount, bool) or not isinstance(amount, Fraction | int):
         raise InvalidAmountError(f"{what} must be an exact Fraction, got {type(amount).__name__}")
@@ -455,286 +395,3 @@ def period_at(terms: ContractTerms, at: datetime) -> tuple[datetime, datetime]:
 def platform_take(charge_x3600: Decimal, earning_x3600: Decimal) -> Exact:
     """R13: the platform's revenue for the same usage, exact: (charge − earning) / 3600."""
     return exact_from_x3600(charge_x3600) - exact_from_x3600(earning_x3600)
-
-
-# ====================================================================================================
-# Prepaid wallet (R8)
-# ====================================================================================================
-
-DrawReason = Literal["charge", "topup_settlement", "correction"]
-
-
-@dataclass(frozen=True)
-class Drawn:
-    """Wallet money applied to (positive) or returned from (negative) a period's usage."""
-
-    period_start: datetime
-    amount: Exact
-    reason: DrawReason
-    at: datetime
-
-
-@dataclass(frozen=True)
-class LowBalance:
-    """The balance crossed from at least ``threshold`` (20 % of the last top-up) to below it."""
-
-    balance: Exact
-    threshold: Exact
-    at: datetime
-
-
-@dataclass(frozen=True)
-class Exhausted:
-    """The balance reached zero: a suspend request; ``overage`` is the period's overage so far."""
-
-    period_start: datetime
-    overage: Exact
-    at: datetime
-
-
-@dataclass(frozen=True)
-class Resume:
-    """A top-up brought an exhausted wallet above zero: a resume request."""
-
-    balance: Exact
-    at: datetime
-
-
-WalletSignal = Drawn | LowBalance | Exhausted | Resume
-
-
-def _frozen(values: Mapping[datetime, Exact]) -> Mapping[datetime, Exact]:
-    return MappingProxyType(dict(values))
-
-
-def _empty() -> Mapping[datetime, Exact]:
-    return MappingProxyType({})
-
-
-@dataclass(frozen=True)
-class WalletState:
-    """A prepaid contract's wallet, in exact major units.
-
-    Per period (keyed by ``period_start``): ``usage`` = the usage charges rated into the wallet,
-    ``drawn`` = what the wallet paid of them, ``overage`` = the rest, invoiced at period end.
-    Invariants (checked on construction): ``balance ≥ 0``; per period ``drawn ≥ 0``,
-    ``overage ≥ 0`` and ``drawn + overage = usage`` (hence ``drawn ≤ usage``).
-    ``low_balance_armed``: a top-up happened since the last low-balance alert.
-    ``exhausted``: the balance reached zero and no top-up has lifted it above zero since.
-    """
-
-    balance: Exact = Fraction(0)
-    last_topup: Exact | None = None
-    overage_by_period: Mapping[datetime, Exact] = field(default_factory=_empty)
-    drawn_by_period: Mapping[datetime, Exact] = field(default_factory=_empty)
-    low_balance_armed: bool = False
-    exhausted: bool = False
-    usage_by_period: Mapping[datetime, Exact] = field(default_factory=_empty)
-
-    def __post_init__(self) -> None:
-        assert self.balance >= 0, f"wallet balance {self.balance} below zero"
-        assert self.last_topup is None or self.last_topup > 0
-        periods = set(self.usage_by_period) | set(self.drawn_by_period) | set(self.overage_by_period)
-        for period_start in periods:
-            usage = self.usage_by_period.get(period_start, Fraction(0))
-            drawn = self.drawn_by_period.get(period_start, Fraction(0))
-            overage = self.overage_by_period.get(period_start, Fraction(0))
-            assert drawn >= 0, f"period {period_start}: drawn {drawn} below zero"
-            assert overage >= 0, f"period {period_start}: overage {overage} below zero"
-            assert drawn + overage == usage, f"period {period_start}: {drawn} + {overage} != usage {usage}"
-
-    @property
-    def low_balance_threshold(self) -> Exact | None:
-        return None if self.last_topup is None else self.last_topup * LOW_BALANCE_FRACTION
-
-    def drawn(self, period_start: datetime) -> Exact:
-        return self.drawn_by_period.get(period_start, Fraction(0))
-
-    def overage(self, period_start: datetime) -> Exact:
-        return self.overage_by_period.get(period_start, Fraction(0))
-
-    def usage(self, period_start: datetime) -> Exact:
-        return self.usage_by_period.get(period_start, Fraction(0))
-
-
-def _with_period(
-    state: WalletState,
-    period_start: datetime,
-    *,
-    balance: Exact,
-    usage: Exact,
-    drawn: Exact,
-    overage: Exact,
-    low_balance_armed: bool,
-    exhausted: bool,
-) -> WalletState:
-    return replace(
-        state,
-        balance=balance,
-        usage_by_period=_frozen({**state.usage_by_period, period_start: usage}),
-        drawn_by_period=_frozen({**state.drawn_by_period, period_start: drawn}),
-        overage_by_period=_frozen({**state.overage_by_period, period_start: overage}),
-        low_balance_armed=low_balance_armed,
-        exhausted=exhausted,
-    )
-
-
-def apply_charge(
-    state: WalletState, period_start: datetime, amount: Exact, at: datetime
-) -> tuple[WalletState, tuple[WalletSignal, ...]]:
-    """Apply a rated usage charge delta of ``period_start``'s period to the wallet (R8).
-
-    Positive: the wallet pays ``min(amount, balance)``; the rest is overage of the period.
-    Negative (a correction that lowered usage): first reduces the period's overage, the rest is
-    returned from the period's drawn amount to the balance. Signals: :class:`Drawn` for every
-    change of drawn, :class:`LowBalance` when the balance crosses below 20 % of the last top-up
-    (once until the next top-up), :class:`Exhausted` when a charge leaves the balance at zero and
-    the wallet was not exhausted yet.
-
-    Raises DomainRuleError when a negative amount exceeds the period's usage charges so far.
-    """
-    amount = _require_exact(amount, "charge")
-    if amount == 0:
-        return state, ()
-    usage, drawn, overage = state.usage(period_start), state.drawn(period_start), state.overage(period_start)
-    signals: list[WalletSignal] = []
-    if amount > 0:
-        draw = min(amount, state.balance)
-        balance = state.balance - draw
-        overage += amount - draw
-        drawn += draw
-        if draw > 0:
-            signals.append(Drawn(period_start, draw, "charge", at))
-        armed = state.low_balance_armed
-        threshold = state.low_balance_threshold
-        if armed and threshold is not None and state.balance >= threshold > balance:
-            signals.append(LowBalance(balance, threshold, at))
-            armed = False
-        exhausted = state.exhausted
-        if not exhausted and balance == 0:
-            signals.append(Exhausted(period_start, overage, at))
-            exhausted = True
-        new_state = _with_period(
-            state,
-            period_start,
-            balance=balance,
-            usage=usage + amount,
-            drawn=drawn,
-            overage=overage,
-            low_balance_armed=armed,
-            exhausted=exhausted,
-        )
-    else:
-        reduction = -amount
-        if reduction > usage:
-            raise DomainRuleError(f"correction {amount} exceeds the usage charges {usage} of period {period_start}")
-        from_overage = min(reduction, overage)
-        returned = reduction - from_overage
-        if returned > 0:
-            signals.append(Drawn(period_start, -returned, "correction", at))
-        new_state = _with_period(
-            state,
-            period_start,
-            balance=state.balance + returned,
-            usage=usage - reduction,
-            drawn=drawn - returned,
-            overage=overage - from_overage,
-            low_balance_armed=state.low_balance_armed,
-            exhausted=state.exhausted,
-        )
-    # Paired assertion: the wallet's money and the period's split moved by the same amount.
-    assert (state.balance - new_state.balance) == (new_state.drawn(period_start) - state.drawn(period_start))
-    return new_state, tuple(signals)
-
-
-def apply_topup(
-    state: WalletState, period_start: datetime, amount: Exact, at: datetime
-) -> tuple[WalletState, tuple[WalletSignal, ...]]:
-    """Credit a top-up made at ``at`` (in the period starting ``period_start``) to the wallet (R8).
-
-    The balance grows by ``amount``, which becomes the last top-up (the low-balance threshold is
-    20 % of it, and the alert is re-armed); then the overage of the top-up's own period is settled
-    first, counting as drawn (:class:`Drawn` with reason ``topup_settlement``). A wallet that was
-    exhausted and is above zero afterwards emits :class:`Resume`.
-    """
-    amount = _require_exact(amount, "top-up")
-    if amount <= 0:
-        raise InvalidAmountError(f"a top-up must be positive, got {amount}")
-    signals: list[WalletSignal] = []
-    threshold = amount * LOW_BALANCE_FRACTION
-    credited = state.balance + amount
-    overage = state.overage(period_start)
-    settled = min(overage, credited)
-    balance = credited - settled
-    armed = True
-    if settled > 0:
-        signals.append(Drawn(period_start, settled, "topup_settlement", at))
-        # The credited balance (≥ amount ≥ threshold) was above the threshold: the settlement crossed it.
-        if balance < threshold:
-            signals.append(LowBalance(balance, threshold, at))
-            armed = False
-    exhausted = state.exhausted
-    if exhausted and balance > 0:
-        signals.append(Resume(balance, at))
-        exhausted = False
-    new_state = _with_period(
-        replace(state, last_topup=amount),
-        period_start,
-        balance=balance,
-        usage=state.usage(period_start),
-        drawn=state.drawn(period_start) + settled,
-        overage=overage - settled,
-        low_balance_armed=armed,
-        exhausted=exhausted,
-    )
-    # Paired assertion: what the top-up added is either in the balance or drawn for the period.
-    assert new_state.balance - state.balance + settled == amount
-    assert new_state.drawn(period_start) - state.drawn(period_start) == settled
-    return new_state, tuple(signals)
-
-
-WalletOpKind = Literal["topup", "charge"]
-
-
-def wallet_order_key(period_start: datetime, at: datetime, kind: WalletOpKind) -> tuple[datetime, datetime, int]:
-    """Sort key of wallet operations for event-time processing (R8).
-
-    ``at``: a top-up's time; for a charge of hour ``h``, ``h + 1h`` (its usage is complete).
-    Operations sort by period, then time, then top-ups before charges at the same instant. Sorting
-    by period first only matters at a period boundary: the charge of a period's last hour (at the
-    boundary) goes before a top-up made at that instant, which belongs to the next period — so
-    each period sees only its own top-ups and ``drawn = min(usage, balance at start + top-ups
-    before its end)`` holds per period.
-    """
-    return period_start, at, 0 if kind == "topup" else 1
-
-
-def ledger_delta(balance_before: Exact, balance_after: Exact, currency: str) -> int:
-    """Ledger units to move out of the wallet account (negative: into it) for a balance change.
-
-    ``round_ledger(before) − round_ledger(after)``: the postings telescope, so the ledger's wallet
-    balance is always ``round_ledger(exact balance)`` — never negative, never drifting.
-    """
-    return round_ledger(Fraction(balance_before), currency) - round_ledger(Fraction(balance_after), currency)
-
-
-# ====================================================================================================
-# Credit limit (R9)
-# ====================================================================================================
-
-
-def credit_exposure(unpaid_invoiced: Exact, uninvoiced_charges: Exact) -> Exact:
-    """R9: exposure = unpaid invoiced amounts + rated but not yet invoiced usage charges."""
-    return Fraction(unpaid_invoiced) + Fraction(uninvoiced_charges)
-
-
-def check_credit(limit: Decimal | None, exposure_before: Exact, exposure_after: Exact) -> bool:
-    """True exactly when exposure crosses the credit limit upward: ``before ≤ limit < after`` (R9).
-
-    No limit (``None``) never fires. The caller emits the limit-exceeded event and a suspend
-    request; the charge itself is always booked.
-    """
-    if limit is None:
-        return False
-    bound = Fraction(limit)
-    return Fraction(exposure_before) <= bound < Fraction(exposure_after)

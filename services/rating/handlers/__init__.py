@@ -1,0 +1,113 @@
+"""rating's consumer: usage → exact charges and earnings (R4, R13), prepaid wallets (R8), credit limits (R9).
+
+One handler for the batch (``usage.metered.v1``, ``contracts.v1``, ``wallets.v1``,
+``invoices.finalized.v1``), one transaction. Thin: lock, load, decide with
+:mod:`services.rating.domain`, save, post, emit.
+
+* ``usage.metered``: price the record's full state against the last priced state of its
+  (allocation, meter, hour) → a signed ``charge.rated`` delta (``charge_id = derive_id("charge",
+  usage_id)``) and ONE ledger entry with both sides of the allocation-hour (R13)::
+
+      Dr renter unbilled_receivable / Cr platform unbilled_revenue     (charge)
+      Dr platform cost_of_revenue   / Cr supplier payable_accrued      (earning)
+
+  Ledger units telescope per allocation-hour: each entry posts ``round_ledger(new total) −
+  round_ledger(previous total)``, so the accrual of an hour is always its exact amount rounded once.
+  Usage of a contract rating does not know yet is held and rated when the contract arrives.
+* ``contract.*``: the projection; a late amendment or termination re-prices the stored hours it
+  affects (``charge_id = derive_id("charge", usage_id, "reprice", contract event id)``).
+* ``wallet.topped_up``: the money is in the wallet at once (``Dr cash_clearing / Cr wallet``); the R8
+  state machine sees it at the next usage watermark.
+* ``usage.watermark(T, p)``: unless usage is held for partition p, run every prepaid wallet of p over
+  its charges with ``hour_start + 1h ≤ T`` and top-ups with ``time ≤ T`` in event-time order
+  (``wallet_order_key``), post ``Dr wallet / Cr prepaid_applied``, emit ``wallet.drawn`` and the
+  alerts and commands, then forward ``charges.watermark(T, p)``.
+* ``invoice.finalized`` (postpaid): R9 exposure = Σ amount due of the contract's finalized invoices
+  (rating sees no payments yet) + the exact charges of periods that have no finalized invoice; an
+  invoice moves its period's charges from the second term to the first. Crossing the credit limit
+  upward (on a charge or an invoice) emits ``credit.limit_exceeded`` and a suspend request; the
+  charge is booked regardless.
+
+One module per handler: ``usage`` (usage.metered), ``contracts`` (contract.*), ``wallets``
+(wallet.topped_up and the wallet run), ``watermarks`` (usage.watermark), ``exposure``
+(invoice.finalized and R9); ``batch`` is what they share. This package dispatches the batch.
+
+Ledger entries are unique per ``(cause_id, kind)``: charges use the charge id as cause (one entry
+per allocation-hour delta, several may come from one contract event), wallet runs
+``derive_id("wallet.run", contract, T)``, top-ups their event id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from libs.errors import DomainRuleError
+from libs.ledger import ensure_accounts
+from libs.messaging.consume import Subscription, Tx
+from schemas import topics
+from schemas.barrier import watermark_waits
+from schemas.envelope import Envelope
+from services.contracts import store as contracts_store
+from services.rating import store
+from services.rating.handlers.batch import CONSUMER, CONTRACT_TYPES, Batch, contract_of, watermark_partition
+from services.rating.handlers.contracts import on_contract
+from services.rating.handlers.exposure import on_invoice
+from services.rating.handlers.usage import on_usage
+from services.rating.handlers.wallets import on_topup
+from services.rating.handlers.watermarks import FORWARDED_BARRIER, forward_ungated, on_watermark, rate_held_now
+
+
+async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
+    """Handle a batch in offset order, in the caller's transaction (see the module docstring)."""
+    batch = Batch(tx)
+    # Locks first (store.lock_batch): the partitions whose watermark this batch may forward, then
+    # every contract it may touch — including the prepaid contracts of those partitions, whose
+    # wallets a forwarded watermark runs.
+    partitions = {watermark_partition(e) for e in events if e.type == "usage.watermark"}
+    partitions |= {
+        contracts_store.contract_partition(e.data.contract_id) for e in events if e.type == "contract.created"
+    }
+    contract_ids = {c for c in (contract_of(e) for e in events) if c is not None}
+    await store.lock_batch(tx.conn, sorted(partitions), [])
+    contract_ids |= set(await store.prepaid_contracts(tx.conn, sorted(partitions)))
+    await store.lock_batch(tx.conn, [], sorted(contract_ids))
+    for event in events:
+        if event.type == "usage.metered":
+            await on_usage(batch, event)
+        elif event.type == "usage.watermark":
+            await on_watermark(batch, event)
+        elif event.type in CONTRACT_TYPES:
+            await on_contract(batch, event)
+        elif event.type == "wallet.topped_up":
+            await on_topup(batch, event)
+        elif event.type == "invoice.finalized":
+            await on_invoice(batch, event)
+        else:  # the topic registry decodes nothing else for these topics
+            raise DomainRuleError(f"rating does not handle {event.type!r}")
+    await ensure_accounts(tx.conn, batch.accounts.values())
+
+
+WATERMARK_WAITS_FOR = (topics.CONTRACTS, topics.WALLETS)
+"""A usage watermark is run only once these are read up to its tick's barrier (schemas.barrier)."""
+
+
+SUBSCRIPTION = Subscription(
+    consumer=CONSUMER,
+    topics=(topics.USAGE_METERED, topics.CONTRACTS, topics.WALLETS, topics.INVOICES_FINALIZED),
+    handler=on_batch,
+    waits=watermark_waits(topics.USAGE_METERED, "usage.watermark", WATERMARK_WAITS_FOR),
+    # Usage, contract events and top-ups of a contract whose earlier message is dead-lettered wait.
+    hold_topics=frozenset({topics.USAGE_METERED.name, topics.CONTRACTS.name, topics.WALLETS.name}),
+)
+
+
+__all__ = [
+    "CONSUMER",
+    "FORWARDED_BARRIER",
+    "SUBSCRIPTION",
+    "WATERMARK_WAITS_FOR",
+    "forward_ungated",
+    "on_batch",
+    "rate_held_now",
+]

@@ -1,0 +1,108 @@
+"""Credit limits (R9): exposure tracked on charges and finalized invoices; crossing the limit emits
+``credit.limit_exceeded`` and a suspend request."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from libs.ids import derive_id
+from schemas import topics
+from schemas.envelope import Envelope
+from schemas.events import (
+    CreditLimitExceeded,
+    InvoiceFinalized,
+    SuspendRequested,
+)
+from services.contracts.terms import ContractTerms
+from services.rating import store
+from services.rating.domain import (
+    check_credit,
+)
+from services.rating.handlers.batch import Batch, add_x3600, display_amount
+
+
+async def track_exposure(
+    batch: Batch,
+    contract_id: str,
+    terms: ContractTerms | None,
+    cause: Envelope[Any],
+    uninvoiced_x3600: Decimal,
+    invoiced_due: Decimal,
+    *,
+    at: datetime,
+    limit_at: datetime,
+    trigger_id: str,
+) -> None:
+    """Move the contract's exposure; crossing its credit limit upward alerts and asks for a suspension.
+
+    The charge itself is booked either way (R9: nothing is dropped or deferred). ``terms`` is None
+    only for an invoice of a contract rating does not know yet: the exposure moves, no limit is known.
+    """
+    before = await store.load_exposure(batch.tx.conn, contract_id)
+    after = store.Exposure(
+        add_x3600(before.invoiced_due, invoiced_due), add_x3600(before.uninvoiced_x3600, uninvoiced_x3600)
+    )
+    await store.save_exposure(batch.tx.conn, contract_id, after)
+    if terms is None:
+        return
+    limit = terms.fields_at(limit_at).credit_limit
+    if not check_credit(limit, before.exact, after.exact):
+        return
+    assert limit is not None
+    renter_id, currency = terms.renter_id, terms.currency
+    batch.tx.emit(
+        topics.BILLING_ALERTS,
+        key=contract_id,
+        type="credit.limit_exceeded",
+        time=at,
+        cause=cause,
+        event_id=derive_id("credit.limit_exceeded", trigger_id),
+        data=CreditLimitExceeded(
+            contract_id=contract_id,
+            renter_id=renter_id,
+            currency=currency,
+            credit_limit=limit,
+            exposure=display_amount(after.exact),
+            at=at,
+        ),
+    )
+    batch.tx.emit(
+        topics.PLATFORM_COMMANDS,
+        key=contract_id,
+        type="platform.suspend_requested",
+        time=at,
+        cause=cause,
+        event_id=derive_id("platform.suspend_requested", "credit", trigger_id),
+        data=SuspendRequested(contract_id=contract_id, renter_id=renter_id, reason="credit_limit_exceeded", at=at),
+    )
+
+
+async def on_invoice(batch: Batch, event: Envelope[Any]) -> None:
+    """R9: a finalized invoice moves its period's charges from uninvoiced to invoiced (its amount due)."""
+    invoice: InvoiceFinalized = event.data
+    conn = batch.tx.conn
+    recorded = await store.insert_invoice(
+        conn,
+        invoice.invoice_id,
+        invoice.contract_id,
+        invoice.period_start,
+        invoice.period_end,
+        invoice.amount_due,
+    )
+    if not recorded or invoice.billing_mode != "postpaid":
+        return
+    moved_x3600 = await store.mark_invoiced(conn, invoice.contract_id, invoice.period_start)
+    terms = await batch.terms_of(invoice.contract_id)
+    await track_exposure(
+        batch,
+        invoice.contract_id,
+        terms,
+        event,
+        -moved_x3600,
+        invoice.amount_due,
+        at=event.time,
+        limit_at=event.time,
+        trigger_id=invoice.invoice_id,
+    )

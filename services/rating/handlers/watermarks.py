@@ -1,0 +1,80 @@
+"""``usage.watermark(T, p)``: run the prepaid wallets of partition p, then forward
+``charges.watermark(T, p)`` (KERNEL.md); operator paths that rate held usage or forward ungated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libs.ids import derive_id
+from libs.ledger import ensure_accounts
+from libs.messaging.consume import Tx
+from libs.times import format_utc
+from schemas import topics
+from schemas.barrier import barrier_offsets
+from schemas.envelope import Envelope
+from schemas.events import (
+    Watermark,
+)
+from services.contracts import store as contracts_store
+from services.rating import store
+from services.rating.handlers.batch import Batch, watermark_partition
+from services.rating.handlers.usage import on_usage
+from services.rating.handlers.wallets import run_wallet
+
+FORWARDED_BARRIER = (topics.CONTRACTS,)
+"""What invoicing must read before it closes on the forwarded watermark."""
+
+
+async def on_watermark(batch: Batch, event: Envelope[Any]) -> None:
+    mark: Watermark = event.data
+    partition = watermark_partition(event)
+    row = await store.load_watermark(batch.tx.conn, partition)
+    if row is not None and mark.through <= row.received_through:
+        return  # watermarks only move forward
+    await store.save_received(batch.tx.conn, partition, mark.through, barrier_offsets(mark.barrier, FORWARDED_BARRIER))
+    await forward_watermark(batch, partition, event)
+
+
+async def forward_watermark(batch: Batch, partition: int, cause: Envelope[Any]) -> None:
+    """Forward the partition's latest received watermark unless usage is held for it (KERNEL.md):
+    first every prepaid wallet of the partition runs up to it, so its draws precede it on the topic."""
+    row = await store.load_watermark(batch.tx.conn, partition)
+    if row is None or (row.forwarded_through is not None and row.forwarded_through >= row.received_through):
+        return
+    if await store.held_usage_count(batch.tx.conn, partition) > 0:
+        return
+    through = row.received_through
+    for contract_id in await store.prepaid_contracts(batch.tx.conn, [partition]):
+        await run_wallet(batch, contract_id, through, cause)
+    batch.tx.emit(
+        topics.CHARGES_RATED,
+        key=f"watermark-{partition}",
+        type="charges.watermark",
+        time=through,
+        cause=cause,
+        event_id=derive_id("charges.watermark", partition, format_utc(through)),
+        partition=partition,
+        data=Watermark(through=through, partition=partition, source="rating", barrier=row.received_barrier),
+    )
+    await store.save_forwarded(batch.tx.conn, partition, through)
+
+
+async def forward_ungated(tx: Tx, partition: int, cause: Envelope[Any]) -> None:
+    """Forward the partition's watermark after an operator dropped or released the usage that gated it
+    (:mod:`services.operations.held`). The caller holds the locks a watermark batch takes
+    (:func:`store.lock_batch`: the partition, then its prepaid contracts)."""
+    batch = Batch(tx)
+    await forward_watermark(batch, partition, cause)
+    await ensure_accounts(tx.conn, batch.accounts.values())
+
+
+async def rate_held_now(tx: Tx, contract_id: str, cause: Envelope[Any]) -> int:
+    """Rate the usage held for a contract rating knows now (an operator's release), then forward its
+    partition's watermark. Returns how many held records were rated. Locks as for a contract event."""
+    batch = Batch(tx)
+    released = await store.take_held_usage(tx.conn, contract_id)
+    for held in released:
+        await on_usage(batch, held)
+    await forward_watermark(batch, contracts_store.contract_partition(contract_id), cause)
+    await ensure_accounts(tx.conn, batch.accounts.values())
+    return len(released)

@@ -1,0 +1,96 @@
+"""Credit exposure (R9): finalized invoices' amount due and the charges of uninvoiced periods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+
+import asyncpg
+
+from services.rating.domain import exact_from_x3600
+
+
+@dataclass(frozen=True)
+class Exposure:
+    invoiced_due: Decimal
+    """Σ ``amount_due`` of the contract's finalized invoices (major units, minor digits)."""
+    uninvoiced_x3600: Decimal
+
+    @property
+    def exact(self) -> Fraction:
+        return Fraction(self.invoiced_due) + exact_from_x3600(self.uninvoiced_x3600)
+
+
+async def load_exposure(conn: asyncpg.Connection, contract_id: str) -> Exposure:
+    row = await conn.fetchrow(
+        "select invoiced_due, uninvoiced_x3600 from rating.credit_exposure where contract_id = $1",
+        contract_id,
+    )
+    if row is None:
+        return Exposure(Decimal(0), Decimal(0))
+    return Exposure(row["invoiced_due"], row["uninvoiced_x3600"])
+
+
+async def save_exposure(conn: asyncpg.Connection, contract_id: str, exposure: Exposure) -> None:
+    await conn.execute(
+        """insert into rating.credit_exposure (contract_id, invoiced_due, uninvoiced_x3600)
+           values ($1, $2, $3)
+           on conflict (contract_id) do update set invoiced_due = excluded.invoiced_due,
+               uninvoiced_x3600 = excluded.uninvoiced_x3600""",
+        contract_id,
+        exposure.invoiced_due,
+        exposure.uninvoiced_x3600,
+    )
+
+
+async def insert_invoice(
+    conn: asyncpg.Connection,
+    invoice_id: str,
+    contract_id: str,
+    period_start: datetime,
+    period_end: datetime,
+    amount_due: Decimal,
+) -> bool:
+    """Record a finalized invoice; False when it was recorded already."""
+    inserted = await conn.fetchval(
+        """insert into rating.invoices (invoice_id, contract_id, period_start, period_end, amount_due)
+           values ($1, $2, $3, $4, $5) on conflict (invoice_id) do nothing returning true""",
+        invoice_id,
+        contract_id,
+        period_start,
+        period_end,
+        amount_due,
+    )
+    return bool(inserted)
+
+
+async def period_invoiced(conn: asyncpg.Connection, contract_id: str, period_start: datetime) -> bool:
+    """Whether a finalized invoice of the contract covers the period starting at ``period_start``."""
+    found = await conn.fetchval(
+        "select true from rating.invoices where contract_id = $1 and period_start = $2 limit 1",
+        contract_id,
+        period_start,
+    )
+    return bool(found)
+
+
+async def mark_invoiced(conn: asyncpg.Connection, contract_id: str, period_start: datetime) -> Decimal:
+    """Mark the charges of one period invoiced; returns the Σ ``charge_x3600`` moved."""
+    moved = await conn.fetchval(
+        """with moved as (
+               update rating.charges set invoiced = true
+                where contract_id = $1 and period_start = $2 and not invoiced
+            returning charge_x3600)
+           select coalesce(sum(charge_x3600), 0) from moved""",
+        contract_id,
+        period_start,
+    )
+    return Decimal(moved)
+
+
+async def wallet_balance(conn: asyncpg.Connection, contract_id: str) -> Fraction:
+    """The R8 state's exact balance (0 for a wallet never run)."""
+    value = await conn.fetchval("select balance_x3600 from rating.wallets where contract_id = $1", contract_id)
+    return Fraction(0) if value is None else exact_from_x3600(value)

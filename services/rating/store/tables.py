@@ -1,0 +1,3 @@
+"""The schema rating's tables live in."""
+
+SCHEMA = "rating"
