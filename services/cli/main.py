@@ -57,12 +57,15 @@ app.add_typer(ledger_app, name="ledger")
 
 
 def main() -> None:
+    from libs.messaging.topic import register_topics
+    from schemas.topics import REGISTRY
     from services.cli import (  # noqa: F401  (each registers its command groups)
         commands,
         operations,
         recovery,
     )
 
+    register_topics(REGISTRY)  # the kernel creates, checks and redrives the product's topics
     app()
 
 
