@@ -27,10 +27,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check libs services schemas tests
+	$(BIN)/ruff check libs schemas domain services tests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy libs schemas services
+	$(BIN)/mypy libs schemas domain services
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

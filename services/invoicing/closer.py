@@ -66,6 +66,10 @@ from fractions import Fraction
 import asyncpg
 import structlog
 
+from domain.contracts import chart
+from domain.contracts.periods import period_containing, periods_overlapping
+from domain.contracts.store import load_many
+from domain.contracts.terms import ContractTerms
 from libs import limits
 from libs.db.pool import transaction
 from libs.errors import InfrastructureError, RetryableError, SettleError
@@ -76,10 +80,6 @@ from libs.messaging.worker import Runtime
 from libs.money import Exact, minor_to_ledger, round_ledger
 from libs.times import format_utc
 from schemas import topics
-from services.contracts import chart
-from services.contracts.periods import period_containing, periods_overlapping
-from services.contracts.store import load_many
-from services.contracts.terms import ContractTerms
 from services.invoicing import domain, statements, store
 
 log = structlog.get_logger("settle.invoicing.closer")

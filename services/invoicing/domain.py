@@ -32,12 +32,12 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Literal
 
+from domain.contracts.periods import last_second, period_containing
+from domain.contracts.terms import BillingMode, ContractTerms, PricedFields, SlaTierTerms
 from libs.errors import DomainRuleError
 from libs.money import Exact, currency_exponent, format_minor, minor_to_exact, round_minor
 from libs.times import seconds_between
 from schemas.events import AdjustmentLine, CreditNoteIssued, InvoiceFinalized, InvoiceLines
-from services.contracts.periods import last_second, period_containing
-from services.contracts.terms import BillingMode, ContractTerms, PricedFields, SlaTierTerms
 from services.invoicing.statements import ChargebackPart, chargeback_month, month_of, split_chargeback
 
 __all__ = [

@@ -47,6 +47,7 @@ import asyncpg
 import structlog
 from pydantic import BaseModel
 
+from domain.contracts import store as contracts_store
 from libs import limits
 from libs.db.pool import transaction
 from libs.errors import InfrastructureError, OperatorRequestError, RetryableError
@@ -59,7 +60,6 @@ from libs.observability import metrics
 from libs.times import format_utc
 from schemas import topics
 from schemas.envelope import Envelope, encode
-from services.contracts import store as contracts_store
 from services.metering import store as metering_store
 from services.metering.domain import EVENT_KINDS, evaluate_allocation
 from services.operations.audit import add_detail, check_reason, record_action

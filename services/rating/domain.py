@@ -45,11 +45,11 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Literal, Protocol
 
+from domain.contracts.periods import period_containing
+from domain.contracts.terms import ContractTerms
 from libs.errors import DomainRuleError, InvalidAmountError
 from libs.money import Exact, round_ledger
 from libs.times import HOUR, floor_hour, seconds_between
-from services.contracts.periods import period_containing
-from services.contracts.terms import ContractTerms
 
 __all__ = [
     "GPU_METER",

@@ -44,6 +44,10 @@ from typing import Any
 
 import structlog
 
+from domain.contracts import chart
+from domain.contracts import store as contracts_store
+from domain.contracts.periods import period_containing
+from domain.contracts.terms import ContractTerms
 from libs.errors import DomainRuleError
 from libs.ids import derive_id
 from libs.ledger import AccountSpec, build_entry, credit, debit, ensure_accounts
@@ -66,10 +70,6 @@ from schemas.events import (
     Watermark,
 )
 from schemas.inputs import WalletToppedUp
-from services.contracts import chart
-from services.contracts import store as contracts_store
-from services.contracts.periods import period_containing
-from services.contracts.terms import ContractTerms
 from services.rating import store
 from services.rating.domain import (
     ChargeDelta,

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from domain.contracts.store import contract_partition
 from libs.db.migrate import MIGRATIONS_DIR, migrate
 from libs.db.pool import create_pool
 from libs.errors import OperatorRequestError
@@ -32,7 +33,6 @@ from libs.observability import metrics
 from libs.settings import Settings
 from libs.stack.database import with_database
 from schemas import topics
-from services.contracts.store import contract_partition
 from services.metering.main import SERVICE as METERING
 from services.operations import held, quarantine
 from services.rating.handlers import SUBSCRIPTION as RATING
