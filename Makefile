@@ -27,10 +27,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check libs schemas domain services tests
+	$(BIN)/ruff check libs schemas domain services tools tests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy libs schemas domain services
+	$(BIN)/mypy libs schemas domain services tools
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
