@@ -21,3 +21,13 @@ def test_ruff_finds_nothing() -> None:
 def test_mypy_strict_finds_nothing() -> None:
     done = _run("mypy", "libs", "schemas", "domain", "services", "tools")
     assert done.returncode == 0, done.stdout[-4000:]
+
+
+def test_layers_hold() -> None:
+    """import-linter's contracts ([tool.importlinter] in pyproject.toml): kernel (libs) ← schemas ← domain ←
+    services ← tools, the CLI, catalog and operations above independent workers (docs/architecture.md)."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run(
+        [str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
