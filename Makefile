@@ -27,10 +27,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check libs services schemas tests
+	$(BIN)/ruff check libs schemas domain services tools tests
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy libs schemas services
+	$(BIN)/mypy libs schemas domain services tools
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

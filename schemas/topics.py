@@ -5,36 +5,20 @@ topics are derived (``<name>.dlq``). Topics whose consumers align partitions (us
 charges.rated) must have the same partition count: a watermark sent to partition *p* of one is
 forwarded to partition *p* of the other, and both are keyed by ``contract_id`` (see README,
 "Time and watermarks").
+
+The :class:`~libs.messaging.topic.Topic` type is the kernel's; the composition root hands this registry
+to the kernel with ``libs.messaging.topic.register_topics(REGISTRY)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from pydantic import BaseModel
-
+from libs.messaging.topic import DLQ_PARTITIONS, Topic, physical_topics
 from schemas import events, inputs
 
-
-@dataclass(frozen=True)
-class Topic:
-    name: str
-    key: str
-    """What the message key is (the entity whose order matters)."""
-    partitions: int
-    description: str
-    types: Mapping[str, type[BaseModel]] = field(default_factory=dict)
-    producer: str = "settle"
-    """Who writes it: ``platform`` (input contract), ``operator`` or a Settle service."""
-
-    @property
-    def dlq(self) -> str:
-        return f"{self.name}.dlq"
-
-    def model_for(self, event_type: str) -> type[BaseModel] | None:
-        return self.types.get(event_type)
+__all__ = ["BY_NAME", "DLQ_PARTITIONS", "REGISTRY", "Topic", "all_physical"]
 
 
 PIPELINE_PARTITIONS = 6
@@ -222,14 +206,11 @@ REGISTRY: tuple[Topic, ...] = (
     JOURNAL_POSTED,
 )
 BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})
-DLQ_PARTITIONS = 1
 
 
 def all_physical(prefix: str = "") -> dict[str, int]:
     """Every topic to create (data topics and their dead-letter topics) → partition count."""
-    created = {prefix + t.name: t.partitions for t in REGISTRY}
-    created.update({prefix + t.dlq: DLQ_PARTITIONS for t in REGISTRY})
-    return created
+    return physical_topics(REGISTRY, prefix)
 
 
 assert USAGE_METERED.partitions == CHARGES_RATED.partitions, "watermarks forward partition p to p"

@@ -5,11 +5,13 @@
 * ``UtcTime`` — RFC 3339, must be UTC; sub-second parts are floored to the second because billing
   resolution is one second (docs/billing-rules.md, "Input contract").
 * ``Id`` — a non-empty identifier of bounded length, printable, no whitespace.
+
+``UtcTime``, ``Id`` and ``Text`` are the kernel's (``libs.fields``: the CloudEvents envelope uses them),
+re-exported here for the event models.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -18,8 +20,10 @@ from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, Wi
 
 from libs import limits
 from libs.errors import UnknownCurrencyError
+from libs.fields import Id as Id
+from libs.fields import Text as Text
+from libs.fields import UtcTime as UtcTime
 from libs.money import check_decimal, currency_exponent
-from libs.times import RFC3339_UTC_PATTERN, format_utc, parse_utc
 
 # JSON Schema patterns say what the validators below accept, so that the generated schemas refuse
 # what the models refuse (field by field; cross-field rules live in the models only).
@@ -38,17 +42,6 @@ def _decimal_from_str(value: Any) -> Decimal:
         raise ValueError('decimals are JSON strings, e.g. "2.35" (numbers are refused: no floats)')
     check_decimal(value)  # raises with a readable message
     return Decimal(value)
-
-
-def _utc_from_str(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: times must be UTC")
-        # Normalized to UTC: hour and period arithmetic (floor_hour) is done on the fields.
-        return value.astimezone(UTC).replace(microsecond=0)
-    if not isinstance(value, str):
-        raise ValueError('times are RFC 3339 strings in UTC, e.g. "2026-12-01T00:00:00Z"')
-    return parse_utc(value).replace(microsecond=0)
 
 
 DecimalStr = Annotated[
@@ -82,16 +75,6 @@ PositiveDecimalStr = Annotated[
     AfterValidator(_positive),
     WithJsonSchema({"type": "string", "pattern": _POSITIVE_DECIMAL_PATTERN}),
 ]
-
-UtcTime = Annotated[
-    datetime,
-    BeforeValidator(_utc_from_str),
-    PlainSerializer(format_utc, return_type=str),
-    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339_UTC_PATTERN}),
-]
-
-Id = Annotated[str, Field(min_length=1, max_length=limits.MAX_ID_CHARS, pattern=r"^[!-~]+$")]
-Text = Annotated[str, Field(min_length=1, max_length=limits.MAX_TEXT_CHARS)]
 
 
 def _iso_currency(value: str) -> str:

@@ -26,8 +26,12 @@ import pytest
 
 from libs.db.migrate import migrate
 from libs.db.pool import create_pool
+from libs.messaging.topic import register_topics
 from libs.settings import Settings
 from libs.stack.database import with_database
+from schemas.topics import REGISTRY
+
+register_topics(REGISTRY)  # the test session is a composition root: the kernel gets the product's topics
 
 
 @dataclass(frozen=True)

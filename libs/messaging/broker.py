@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from libs.errors import BrokerUnavailableError, ConfigurationError
-from schemas.topics import all_physical
+from libs.messaging.topic import all_physical
 
 
 def bootstrap_list(bootstrap_servers: str) -> list[str]:

@@ -51,11 +51,11 @@ from libs.errors import (
 from libs.ledger import Entry
 from libs.ledger import post as post_entries
 from libs.messaging.deadletters import DeadLetter, RecordLike, dead_letter_of, held_keys, record_dead_letters
+from libs.messaging.envelope import Envelope, decode_data, decode_raw
 from libs.messaging.outbox import Emitter, write_outbox
 from libs.messaging.positions import advance_positions
+from libs.messaging.topic import Topic
 from libs.observability import metrics
-from schemas.envelope import Envelope, decode_data, decode_raw
-from schemas.topics import Topic
 
 log = structlog.get_logger("settle.consume")
 

@@ -19,7 +19,7 @@ from libs import limits
 from libs.ids import derive_id
 from libs.messaging.outbox import OutboxMessage, write_outbox
 from libs.messaging.partitioner import partition_for
-from schemas.topics import BY_NAME, DLQ_PARTITIONS
+from libs.messaging.topic import DLQ_PARTITIONS, topic_named
 
 
 class RecordLike(Protocol):
@@ -247,7 +247,7 @@ async def redrive(
     )
     outgoing = []
     for r in rows:
-        topic = BY_NAME.get(r["topic"])
+        topic = topic_named(r["topic"])
         partitions = topic.partitions if topic is not None else 1
         key = r["key"]
         outgoing.append(

@@ -13,9 +13,9 @@ import orjson
 from pydantic import BaseModel
 
 from libs.ids import derive_id
+from libs.messaging.envelope import CONTENT_TYPE, Envelope, encode
 from libs.messaging.partitioner import partition_for
-from schemas.envelope import CONTENT_TYPE, Envelope, encode
-from schemas.topics import Topic
+from libs.messaging.topic import Topic
 
 SOURCE_PREFIX = "/settle/"
 

@@ -14,8 +14,9 @@ of a partition past ~5 MiB — kept as a second, independent implementation of t
 The mock cluster ships inside the confluent-kafka wheel (``confluent_kafka.libs/librdkafka*.so*``)
 and is driven through ctypes. It speaks the real protocol over TCP on random 127.0.0.1 ports; its
 topics and offsets live in this process's memory only (see /work/shared/LOCAL_STACK.md for what it
-does not honour). At start it creates every topic of the registry (``schemas.topics.all_physical``)
-with its exact partition count, because the mock refuses CreateTopics and would auto-create
+does not honour). At start it creates every topic it is given (``--topic``; else the registered
+registry, ``libs.messaging.topic.all_physical``) with its exact partition count, because the mock
+refuses CreateTopics and would auto-create
 4-partition topics. When it is ready it writes a :class:`~libs.stack.state.BrokerState` to the
 state file (atomically); it removes that file when SIGTERM, SIGINT or SIGHUP stops it.
 
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_topics(prefix: str, explicit: Sequence[tuple[str, int]]) -> dict[str, int]:
     if explicit:
         return dict(explicit)
-    from schemas.topics import all_physical  # the registry pulls in pydantic models: only when needed
+    from libs.messaging.topic import all_physical  # the registry the composition root registered
 
     return all_physical(prefix)
 

@@ -125,7 +125,7 @@ def start_containers(
         raise MissingDependencyError(f"{NO_DOCKER}.")
     postgres_class, kafka_class = _container_classes()
     if topics is None:
-        from schemas.topics import all_physical
+        from libs.messaging.topic import all_physical
 
         topics = all_physical()
     import docker.errors

@@ -216,7 +216,7 @@ def start_local_broker(
     use by a running broker) or BrokerUnavailableError (did not start).
     """
     if topics is None:
-        from schemas.topics import all_physical
+        from libs.messaging.topic import all_physical
 
         topics = all_physical()
     _check_installed(kind)
@@ -355,7 +355,7 @@ async def ensure_broker(settings: Settings) -> BrokerTarget:
     """
     if settings.kafka_bootstrap_servers:
         return BrokerTarget(settings.kafka_bootstrap_servers, "env", None)
-    from schemas.topics import all_physical
+    from libs.messaging.topic import all_physical
 
     wanted = all_physical(settings.topic_prefix)
     state_dir = ensure_state_dir(settings.state_dir)

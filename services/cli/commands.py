@@ -1,4 +1,4 @@
-"""Commands that grow with the billing services: demo, clock, documents, benchmarks."""
+"""Commands that grow with the billing services: smoke, clock."""
 
 from __future__ import annotations
 
@@ -21,11 +21,8 @@ from libs.settings import get_settings
 from schemas import topics
 from schemas.envelope import encode
 from schemas.events import TransferRequested
-from services.cli import (
-    bench,  # noqa: F401  (registers `settle bench`)
-    documents,  # noqa: F401  (registers `settle invoices` and `settle statements`)
-)
-from services.cli.main import app, print_verify
+from services.cli.app import app, clock_app
+from services.cli.kernel import print_verify
 from services.cli.runtime import console, database, resolve, run_async
 
 
@@ -111,10 +108,6 @@ async def smoke(transfers: Annotated[int, typer.Option(help="Transfers to push t
     print_verify(report)
 
 
-clock_app = typer.Typer(help="Time: the fleet's only clock is clock.ticks.v1.", no_args_is_help=True)
-app.add_typer(clock_app, name="clock")
-
-
 @clock_app.command("tick")
 @run_async
 async def clock_tick(at: Annotated[str, typer.Option(help="RFC 3339 UTC instant, e.g. 2026-12-01T00:00:00Z")]) -> None:
@@ -141,48 +134,9 @@ async def clock_tick(at: Annotated[str, typer.Option(help="RFC 3339 UTC instant,
 @clock_app.command("run")
 def clock_run() -> None:
     """Run the clock worker: a tick at every SETTLE_CLOCK_INTERVAL_S boundary (wall clock)."""
-    from services.cli.main import run
+    from services.cli.kernel import run
 
     run(["clock"], relays=1)
-
-
-@app.command("demo")
-@run_async
-async def demo(
-    seed: Annotated[int, typer.Option(help="Seed of the generated marketplace.")] = 7,
-    contracts: Annotated[int, typer.Option(help="Contracts in the marketplace.")] = 30,
-    out: Annotated[str | None, typer.Option(help="Folder for the documents (default: state dir).")] = None,
-) -> None:
-    """Bill a generated two-month GPU marketplace with the whole fleet on the local stack."""
-    from pathlib import Path
-
-    from libs.db.migrate import migrate
-    from services.demo.run import run_demo
-
-    settings = get_settings()
-    targets = await resolve(settings)
-    assert targets.bootstrap_servers is not None
-    console.print(
-        f"PostgreSQL: {targets.database_kind} · broker: {targets.broker_kind} "
-        f"({'development broker: in memory, not durable' if targets.broker_kind == 'mock' else 'Kafka'})"
-    )
-    pool = await create_pool(targets.database_url, max_size=2)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-    finally:
-        await pool.close()
-    ok = await run_demo(
-        settings,
-        targets.database_url,
-        targets.bootstrap_servers,
-        seed=seed,
-        contracts=contracts,
-        out=Path(out) if out else None,
-        console=console,
-    )
-    if not ok:
-        raise typer.Exit(1)
 
 
 __all__ = ["app", "create_pool"]

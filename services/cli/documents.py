@@ -19,14 +19,9 @@ from rich.table import Table
 
 from libs.errors import ConfigurationError
 from schemas.events import CreditNoteIssued, InvoiceFinalized, StatementFinalized
-from services.cli.main import app
+from services.cli.app import invoices_app, statements_app
 from services.cli.runtime import console, read_only, run_async
-from services.invoicing import store
-
-invoices_app = typer.Typer(help="Finalized renter invoices and credit notes.", no_args_is_help=True)
-statements_app = typer.Typer(help="Finalized supplier earnings statements.", no_args_is_help=True)
-app.add_typer(invoices_app, name="invoices")
-app.add_typer(statements_app, name="statements")
+from services.invoicing import read_model
 
 _MONTH_RE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 _NUMBER_RE = re.compile(r"^(INV|CN|STM)-[0-9]{4}-[0-9]{6}$")
@@ -62,7 +57,7 @@ async def list_invoices(
 ) -> list[dict[str, Any]]:
     """Finalized invoices (``invoice.finalized`` data), by number; ``month`` is the period start's."""
     _check_month(month)
-    return await store.list_invoice_documents(conn, contract_id=contract, renter_id=renter, month=month)
+    return await read_model.list_invoices(conn, contract_id=contract, renter_id=renter, month=month)
 
 
 async def list_credit_notes(
@@ -74,7 +69,7 @@ async def list_credit_notes(
 ) -> list[dict[str, Any]]:
     """Credit notes (``credit_note.issued`` data), by number; ``month`` is the month of issue."""
     _check_month(month)
-    return await store.list_credit_note_documents(conn, contract_id=contract, renter_id=renter, month=month)
+    return await read_model.list_credit_notes(conn, contract_id=contract, renter_id=renter, month=month)
 
 
 async def list_statements(
@@ -82,7 +77,7 @@ async def list_statements(
 ) -> list[dict[str, Any]]:
     """Finalized statements (``statement.finalized`` data), by number."""
     _check_month(month)
-    return await store.list_statement_documents(conn, supplier_id=supplier, month=month)
+    return await read_model.list_statements(conn, supplier_id=supplier, month=month)
 
 
 def _in_schema_order(doc: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +101,7 @@ async def load_document(
     conn: asyncpg.Connection, number: str
 ) -> InvoiceFinalized | CreditNoteIssued | StatementFinalized:
     _check_number(number)
-    found = await store.find_document(conn, number)
+    found = await read_model.get_document(conn, number)
     if found is None:
         raise ConfigurationError(f"no finalized document {number}")
     kind, data = found
@@ -143,9 +138,9 @@ async def export_documents(conn: asyncpg.Connection, folder: Path) -> list[Path]
     groups: list[
         tuple[type[InvoiceFinalized] | type[CreditNoteIssued] | type[StatementFinalized], list[dict[str, Any]]]
     ] = [
-        (InvoiceFinalized, await store.list_invoice_documents(conn)),
-        (CreditNoteIssued, await store.list_credit_note_documents(conn)),
-        (StatementFinalized, await store.list_statement_documents(conn)),
+        (InvoiceFinalized, await read_model.list_invoices(conn)),
+        (CreditNoteIssued, await read_model.list_credit_notes(conn)),
+        (StatementFinalized, await read_model.list_statements(conn)),
     ]
     for model_type, docs in groups:
         for data in docs:

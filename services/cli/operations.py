@@ -12,17 +12,9 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from services.cli.documents import invoices_app
-from services.cli.main import app
+from services.cli.app import app, held_app, quarantine_app
 from services.cli.runtime import console, database, run_async
 from services.operations import audit, held, quarantine
-
-held_app = typer.Typer(
-    help="Data metering and rating hold until something else arrives: list, release, drop.", no_args_is_help=True
-)
-quarantine_app = typer.Typer(help="Contracts whose invoice close is set aside: list, retry.", no_args_is_help=True)
-app.add_typer(held_app, name="held")
-invoices_app.add_typer(quarantine_app, name="quarantine")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 ActorOption = Annotated[str | None, typer.Option("--actor", help="Who acts (default: the login name).")]

@@ -17,13 +17,8 @@ from libs import limits
 from libs.messaging.gaps import resend_rows
 from libs.messaging.positions import Gap, list_gaps, skip_gap
 from schemas.topics import BY_NAME
-from services.cli.main import app
+from services.cli.app import gaps_app, outbox_app
 from services.cli.runtime import console, database, read_only, run_async
-
-gaps_app = typer.Typer(help="Partitions stopped because the broker deleted records a consumer had not read.")
-outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
-app.add_typer(gaps_app, name="gaps")
-app.add_typer(outbox_app, name="outbox")
 
 
 def _gap_json(gap: Gap) -> dict[str, object]:

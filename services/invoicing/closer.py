@@ -35,11 +35,11 @@ from datetime import datetime
 import asyncpg
 import structlog
 
+from domain.contracts.store import load_many
 from libs import limits
 from libs.db.pool import transaction
 from libs.errors import InfrastructureError, RetryableError, SettleError
 from libs.messaging.worker import Runtime
-from services.contracts.store import load_many
 from services.invoicing import store
 from services.invoicing.entries import RenterAmounts, invoice_amounts, renter_entry, statement_entry
 from services.invoicing.invoice_close import ContractPlan, finalize_plans, plan_contract

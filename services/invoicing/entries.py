@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
+from domain.contracts import chart
 from libs.ledger import AccountSpec, Entry, Posting, build_entry, credit, debit
 from libs.money import Exact, minor_to_ledger, round_ledger
-from services.contracts import chart
 from services.invoicing import domain, statements
 
 

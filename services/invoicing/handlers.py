@@ -23,6 +23,8 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
+from domain.contracts.periods import period_containing
+from domain.contracts.store import apply_contract_event, contract_partition
 from libs.errors import DomainRuleError
 from libs.messaging.consume import Subscription, Tx
 from libs.money import round_ledger
@@ -30,8 +32,6 @@ from schemas import topics
 from schemas.barrier import watermark_waits
 from schemas.envelope import Envelope
 from schemas.events import ChargeRated, WalletDrawn, Watermark
-from services.contracts.periods import period_containing
-from services.contracts.store import apply_contract_event, contract_partition
 from services.invoicing import store
 from services.invoicing.statements import month_of
 

@@ -24,13 +24,13 @@ from decimal import Decimal
 
 import asyncpg
 
+from domain.contracts.periods import period_containing, periods_overlapping
+from domain.contracts.terms import ContractTerms
 from libs.ids import derive_id
 from libs.ledger import AccountSpec, Entry, ensure_accounts, post
 from libs.messaging.outbox import Emitter, write_outbox
 from libs.times import format_utc
 from schemas import topics
-from services.contracts.periods import period_containing, periods_overlapping
-from services.contracts.terms import ContractTerms
 from services.invoicing import domain, statements, store
 from services.invoicing.entries import credit_note_amounts, invoice_amounts, period_adjustment_changes, renter_entry
 

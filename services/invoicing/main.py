@@ -3,11 +3,11 @@
 import asyncpg
 
 from libs.messaging.worker import Service
+from services.held_gauges import metrics_task
 from services.invoicing import store
 from services.invoicing.closer import run_closer
 from services.invoicing.handlers import SUBSCRIPTION
 from services.invoicing.statements import month_bounds
-from services.operations.held import metrics_task
 
 
 async def pending(conn: asyncpg.Connection) -> int:

@@ -34,10 +34,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 
+from domain.contracts.periods import last_second
 from libs.errors import CurrencyMismatchError, DomainRuleError
 from libs.money import Exact, currency_exponent, format_minor, minor_to_exact, round_minor
 from schemas.events import StatementFinalized
-from services.contracts.periods import last_second
 
 __all__ = [
     "AllocationEarnings",

@@ -43,6 +43,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from domain.contracts import store as contracts
+from domain.contracts.terms import ContractTerms
 from libs import limits
 from libs.ids import derive_id
 from libs.messaging.consume import Tx
@@ -56,8 +58,6 @@ from schemas.barrier import barrier_offsets
 from schemas.envelope import Envelope
 from schemas.events import MeteringAnomaly, Segment, UsageMetered, Watermark
 from schemas.topics import Topic
-from services.contracts import store as contracts
-from services.contracts.terms import ContractTerms
 from services.metering import store
 from services.metering.domain import (
     AllocationState,

@@ -5,6 +5,7 @@ import asyncpg
 from libs.messaging.consume import Subscription
 from libs.messaging.worker import Service
 from schemas import topics
+from services.held_gauges import metrics_task
 from services.metering.handlers import (
     CONSUMER,
     SAMPLES_CONSUMER,
@@ -14,7 +15,6 @@ from services.metering.handlers import (
     run_closer,
     sample_holds,
 )
-from services.operations.held import metrics_task
 
 
 async def pending(conn: asyncpg.Connection) -> int:

@@ -37,8 +37,6 @@ it waits for arrives — drop it if that will never happen.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,19 +45,17 @@ import asyncpg
 import structlog
 from pydantic import BaseModel
 
+from domain.contracts import store as contracts_store
 from libs import limits
-from libs.db.pool import transaction
-from libs.errors import InfrastructureError, OperatorRequestError, RetryableError
+from libs.errors import OperatorRequestError
 from libs.ids import derive_id
 from libs.messaging.consume import Tx
 from libs.messaging.deadletters import DeadLetter, record_dead_letters
 from libs.messaging.partitioner import partition_for
-from libs.messaging.worker import BackgroundTask, Runtime
-from libs.observability import metrics
 from libs.times import format_utc
 from schemas import topics
 from schemas.envelope import Envelope, encode
-from services.contracts import store as contracts_store
+from services.held_gauges import KINDS, UNKNOWN_CONTRACT
 from services.metering import store as metering_store
 from services.metering.domain import EVENT_KINDS, evaluate_allocation
 from services.operations.audit import add_detail, check_reason, record_action
@@ -69,17 +65,6 @@ from services.rating import store as rating_store
 log = structlog.get_logger("settle.held")
 
 SERVICES = ("metering", "rating")
-KINDS: dict[str, tuple[str, ...]] = {
-    "metering": ("lifecycle_event", "contract_event", "allocation"),
-    "rating": ("usage", "usage_released", "contract_event", "topup"),
-}
-"""Kinds of held items per service (``usage_released``: rating usage an operator released, still held)."""
-GAUGED: dict[str, tuple[str, ...]] = {
-    **KINDS,
-    "invoicing": ("quarantined_close", "contract_event"),
-}
-"""Kinds the ``settle_held_*`` gauges count. Invoicing's are counted, not operated here: quarantined
-closes with ``settle invoices quarantine``; its held contract events apply when their contract arrives."""
 SOURCE = "/settle/operator/held"
 _FACT_TYPES = {kind: event_type for event_type, kind in EVENT_KINDS.items()}
 
@@ -129,10 +114,6 @@ def parse_item_id(text: str) -> tuple[str, str, str]:
 # Listing and counting
 # ====================================================================================================
 
-_UNKNOWN_CONTRACT = """from metering.allocations a
-     where a.contract_id is not null
-       and not exists (select 1 from metering.contracts c where c.contract_id = a.contract_id)"""
-
 
 async def list_held(conn: asyncpg.Connection, service: str | None = None) -> list[HeldItem]:
     """Every held item (at most :data:`libs.limits.HELD_LIST_MAX` per kind), oldest received first."""
@@ -166,7 +147,7 @@ async def list_held(conn: asyncpg.Connection, service: str | None = None) -> lis
             f"""select a.allocation_id, a.contract_id, a.first_seen_at,
                        (select min((f->>'at')::timestamptz) from jsonb_array_elements(a.facts) f
                          where f->>'kind' = 'provisioned') as provisioned_at
-                  {_UNKNOWN_CONTRACT}
+                  {UNKNOWN_CONTRACT}
                  order by a.first_seen_at, a.allocation_id limit $1""",
             limit,
         ):
@@ -261,98 +242,6 @@ async def _contract_events(conn: asyncpg.Connection, schema: str, limit: int) ->
         )
         for r in rows
     ]
-
-
-@dataclass(frozen=True)
-class HeldCount:
-    service: str
-    kind: str
-    count: int
-    oldest_age_s: float
-    """Seconds since the oldest one was received (0 when none)."""
-
-
-async def count_held(conn: asyncpg.Connection, service: str) -> list[HeldCount]:
-    """Items held and the age of the oldest, per kind of one service (one query; every kind listed)."""
-    if service == "metering":
-        sql = f"""
-            select 'lifecycle_event' as kind, count(*) as n, min(received_at) as oldest from metering.held_events
-            union all
-            select 'contract_event', count(*), min(held_at) from metering.contract_events_held
-            union all
-            select 'allocation', count(*), min(a.first_seen_at) {_UNKNOWN_CONTRACT}"""
-    elif service == "rating":
-        sql = """
-            select 'usage' as kind, count(*) as n, min(held_at) as oldest from rating.usage_held
-             where released_at is null
-            union all
-            select 'usage_released', count(*), min(held_at) from rating.usage_held where released_at is not null
-            union all
-            select 'contract_event', count(*), min(held_at) from rating.contract_events_held
-            union all
-            select 'topup', count(*), min(received_at) from rating.wallet_topups where status = 'held'"""
-    elif service == "invoicing":
-        # A blocked contract's state is not updated until it is retried: updated_at is when it was blocked.
-        sql = """
-            select 'quarantined_close' as kind, count(*) as n, min(updated_at) as oldest
-              from invoicing.contract_state where blocked_reason is not null
-            union all
-            select 'contract_event', count(*), min(held_at) from invoicing.contract_events_held"""
-    else:
-        raise OperatorRequestError(f"no held data in service {service!r} (known: {', '.join(GAUGED)})")
-    rows = await conn.fetch(
-        f"select kind, n, coalesce(extract(epoch from now() - oldest), 0)::float8 as age from ({sql}) h"
-    )
-    return [HeldCount(service, r["kind"], int(r["n"]), max(0.0, float(r["age"]))) for r in rows]
-
-
-def metrics_task(service: str) -> BackgroundTask:
-    """A background task (``Service.tasks``) keeping the ``settle_held_*`` gauges of one service fresh:
-    one cheap query every :data:`libs.limits.HELD_METRICS_INTERVAL_S`, and a warning in the log when
-    the oldest item of a kind becomes older than ``SETTLE_HELD_ALERT_AFTER_S``."""
-    if service not in GAUGED:
-        raise ValueError(f"no held data in service {service!r}")
-
-    async def run(runtime: Runtime) -> None:
-        alert_after = runtime.settings.held_alert_after_s
-        metrics.HELD_ALERT_AFTER.set(alert_after)
-        warned: set[str] = set()
-        while not runtime.stop.is_set():
-            try:
-                async with transaction(runtime.pool) as conn:
-                    counts = await count_held(conn, service)
-                for c in counts:
-                    metrics.HELD_ITEMS.labels(service, c.kind).set(c.count)
-                    metrics.HELD_OLDEST_AGE.labels(service, c.kind).set(c.oldest_age_s)
-                    if c.oldest_age_s > alert_after and c.kind != "usage_released" and c.kind not in warned:
-                        warned.add(c.kind)
-                        log.warning(
-                            "held data waits longer than the alert age",
-                            service=service,
-                            kind=c.kind,
-                            items=c.count,
-                            oldest_age_s=round(c.oldest_age_s),
-                            runbook=f"settle held list --service {service}",
-                        )
-                    elif c.oldest_age_s <= alert_after:
-                        warned.discard(c.kind)
-            except Exception as error:  # gauges must never stop the worker: log, try again next round
-                log.warning(
-                    "held-data gauges not refreshed",
-                    service=service,
-                    error=repr(error)[:300],
-                    exc_info=not isinstance(error, InfrastructureError | RetryableError),
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runtime.stop.wait(), limits.HELD_METRICS_INTERVAL_S)
-
-    run.__name__ = run.__qualname__ = f"held_metrics_{service}"
-    return run
-
-
-# ====================================================================================================
-# Operator actions
-# ====================================================================================================
 
 
 class OperatorAction(BaseModel):

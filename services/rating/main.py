@@ -1,7 +1,7 @@
 """Wiring of the rating worker."""
 
 from libs.messaging.worker import Service
-from services.operations.held import metrics_task
+from services.held_gauges import metrics_task
 from services.rating.handlers import SUBSCRIPTION
 
 SERVICE = Service(

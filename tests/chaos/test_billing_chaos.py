@@ -3,7 +3,7 @@
 The same marketplace is billed twice, each on a fresh database and broker, by `settle run`
 processes: calm, and with a random worker SIGKILLed (and restarted) every 2–6 s while the input is
 published, the first month's closing tick arrives mid-publish, the second month's right after, and
-both closes run (services.demo.chaos). Every invoice and statement must be equal, the ledger must
+both closes run (tools.demo.chaos). Every invoice and statement must be equal, the ledger must
 verify, nothing may be left in a gap and every worker was really killed. `settle bench chaos` runs
 the demo-sized version with a backlog beyond what the old mock broker kept per partition.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from services.demo.chaos import differences, drive
-from services.demo.scenario import generate
 from tests.conftest import Servers, fresh_stack
+from tools.demo.chaos import differences, drive
+from tools.demo.scenario import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

@@ -27,14 +27,13 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner
 
-import services.cli.commands  # noqa: F401  (registers every command on the app)
 from libs.db.migrate import MIGRATIONS_DIR, discover, migrate, pending_migrations, require_migrated
 from libs.errors import DatabaseUnavailableError, NotMigratedError
 from libs.settings import Settings, get_settings
 from libs.stack import database as stack_database
 from libs.stack import start_mock_broker
 from libs.stack.database import with_database
-from services.cli.main import app
+from services.cli.main import build_app
 from services.cli.runtime import read_only
 from tests.conftest import Servers
 
@@ -100,7 +99,7 @@ def invoke_cli(verbs: list[list[str]], env: dict[str, str], cwd: Path) -> list[R
     try:
         for args in verbs:
             get_settings.cache_clear()  # settings are read from the environment once per process
-            done = runner.invoke(app, args, env=scoped_env)
+            done = runner.invoke(build_app(), args, env=scoped_env)
             assert done.exception is None or isinstance(done.exception, SystemExit), (args, done.exception)
             runs.append(Run(args, done.exit_code, done.stdout, done.stderr))
     finally:

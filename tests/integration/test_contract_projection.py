@@ -1,7 +1,7 @@
 """The ``contracts.v1`` projection is one table shape, written three times.
 
 Metering, rating and invoicing each keep ``<schema>.contracts`` and ``<schema>.contract_events_held``
-(``services/contracts/store.py`` reads and writes them with the schema as a parameter). Each service's
+(``domain/contracts/store.py`` reads and writes them with the schema as a parameter). Each service's
 migration creates its own copy (``libs/db/migrations/0010_metering.sql``, ``0020_rating.sql``,
 ``0030_invoicing.sql``); migrations are checksummed and never edited, so the copies cannot be
 generated from one source. This test is the check instead: in a migrated database the columns
@@ -53,7 +53,7 @@ async def test_the_three_projection_tables_have_the_same_columns_and_indexes(sta
     for schema in SCHEMAS[1:]:
         assert columns[schema] == columns[first], f"{schema}.{table} columns differ from {first}.{table}"
         assert indexes[schema] == indexes[first], f"{schema}.{table} indexes differ from {first}.{table}"
-    # The columns the code relies on (services/contracts/store.py), so an identical drift fails too.
+    # The columns the code relies on (domain/contracts/store.py), so an identical drift fails too.
     names = {row[1] for row in columns[first]}
     wanted = (
         {"contract_id", "renter_id", "currency", "billing_mode", "partition", "terms"}

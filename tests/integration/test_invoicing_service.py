@@ -24,6 +24,8 @@ import asyncpg
 import orjson
 import pytest
 
+from domain.contracts import chart
+from domain.contracts.periods import period_containing
 from libs.errors import DatabaseUnavailableError, RetryableError
 from libs.ids import derive_id
 from libs.ledger import (
@@ -42,8 +44,6 @@ from libs.money import round_ledger
 from schemas import topics
 from schemas.events import ChargeRated, WalletDrawn, Watermark
 from schemas.inputs import ContractCreated, ContractTerminated
-from services.contracts import chart
-from services.contracts.periods import period_containing
 from services.invoicing.closer import Closer
 from services.invoicing.main import SERVICE as INVOICING
 from tests.conftest import Stack

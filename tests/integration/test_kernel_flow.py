@@ -98,7 +98,7 @@ async def test_each_event_has_its_effect_once_and_bad_input_is_dead_lettered(sta
 
 
 async def _no_lag(stack: Stack) -> bool:
-    from services.cli.fleet import consumer_lag
+    from tools.fleet import consumer_lag
 
     return await consumer_lag(stack.pool, stack.bootstrap_servers, [JOURNAL], stack.settings.topic_prefix) == 0
 

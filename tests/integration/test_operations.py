@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from domain.contracts.store import contract_partition
 from libs.db.migrate import MIGRATIONS_DIR, migrate
 from libs.db.pool import create_pool
 from libs.errors import OperatorRequestError
@@ -32,7 +33,7 @@ from libs.observability import metrics
 from libs.settings import Settings
 from libs.stack.database import with_database
 from schemas import topics
-from services.contracts.store import contract_partition
+from services import held_gauges
 from services.metering.main import SERVICE as METERING
 from services.operations import held, quarantine
 from services.rating.handlers import SUBSCRIPTION as RATING
@@ -81,7 +82,7 @@ async def test_dropping_held_usage_dead_letters_it_audits_it_and_ungates_the_wat
     item = held.item_id("rating", "usage", event_id)
     async with stack.pool.acquire() as conn:
         items = {i.id: i for i in await held.list_held(conn, "rating")}
-        counts = {c.kind: c for c in await held.count_held(conn, "rating")}
+        counts = {c.kind: c for c in await held_gauges.count_held(conn, "rating")}
     assert items[item].status == "held"
     assert items[item].event_time == T0 + HOUR
     assert items[item].keys["contract_id"] == "c-ghost" and items[item].keys["partition"] == partition
@@ -139,7 +140,7 @@ async def test_released_usage_stops_gating_and_is_rated_when_its_contract_arrive
     async with stack.pool.acquire() as conn:
         (listed,) = [i for i in await held.list_held(conn, "rating") if i.id == item]
         assert listed.status == "released"
-        counts = {c.kind: c.count for c in await held.count_held(conn, "rating")}
+        counts = {c.kind: c.count for c in await held_gauges.count_held(conn, "rating")}
         assert counts["usage"] == 0 and counts["usage_released"] == 1
         with pytest.raises(OperatorRequestError, match="released already"):
             await held.release(conn, item, reason="again", actor="ops")
@@ -263,7 +264,7 @@ async def test_metering_held_events_are_tracked_listed_and_dropped(stack: Stack)
                 await held.release(conn, item, reason="x", actor="ops")
         with pytest.raises(OperatorRequestError, match="cannot be dropped"):
             await held.drop(conn, "metering:allocation:a-1", reason="x", actor="ops")
-        counts = {c.kind: c.count for c in await held.count_held(conn, "metering")}
+        counts = {c.kind: c.count for c in await held_gauges.count_held(conn, "metering")}
         assert counts == {"lifecycle_event": 2, "contract_event": 0, "allocation": 1}
 
     async with stack.pool.acquire() as conn, conn.transaction():
@@ -314,7 +315,7 @@ async def test_held_metrics_task_exports_counts_and_oldest_age(stack: Stack) -> 
         await conn.execute("update rating.usage_held set held_at = now() - interval '7 hours'")
     stop = asyncio.Event()
     settings = Settings(database_url=stack.database_url, held_alert_after_s=3600)
-    task = asyncio.create_task(held.metrics_task("rating")(Runtime(settings, stack.pool, "", stop)))
+    task = asyncio.create_task(held_gauges.metrics_task("rating")(Runtime(settings, stack.pool, "", stop)))
     for _ in range(100):
         if metrics.HELD_ITEMS.labels("rating", "usage")._value.get() == 1:
             break
@@ -340,7 +341,7 @@ async def test_quarantined_closes_are_listed_and_retried_with_an_audit(stack: St
                values ('c-bad', 0, '2026-03-01Z', '2026-04-01Z', 'R10: negative tax'),
                       ('c-good', 1, '2026-03-01Z', '2026-04-01Z', null)"""
         )
-        counts = {c.kind: c.count for c in await held.count_held(conn, "invoicing")}
+        counts = {c.kind: c.count for c in await held_gauges.count_held(conn, "invoicing")}
         assert counts == {"quarantined_close": 1, "contract_event": 0}
         (row,) = await quarantine.list_quarantined(conn)
         assert row.contract_id == "c-bad" and row.reason == "R10: negative tax"
@@ -352,7 +353,7 @@ async def test_quarantined_closes_are_listed_and_retried_with_an_audit(stack: St
         action_id = await quarantine.retry(conn, "c-bad", reason="tax rate amended", actor="ops")
     async with stack.pool.acquire() as conn:
         assert await quarantine.list_quarantined(conn) == []
-        assert {c.kind: c.count for c in await held.count_held(conn, "invoicing")}["quarantined_close"] == 0
+        assert {c.kind: c.count for c in await held_gauges.count_held(conn, "invoicing")}["quarantined_close"] == 0
         action = await conn.fetchrow("select * from settle.operator_actions where id = $1", action_id)
         assert (action["action"], action["item_id"], action["reason"]) == (
             "retry",

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from domain.contracts.store import contract_partition
 from libs.ids import derive_id
 from libs.ledger import balances, verify
 from libs.messaging.broker import start_producer, stop_client
@@ -28,7 +29,6 @@ from libs.money import ledger_scale, round_half_even
 from schemas import topics
 from schemas.envelope import Envelope, decode_data, decode_raw
 from schemas.events import InvoiceFinalized, InvoiceLines, Segment, UsageMetered, Watermark
-from services.contracts.store import contract_partition
 from services.rating.handlers import on_batch
 from services.rating.main import SERVICE
 from tests.conftest import Stack

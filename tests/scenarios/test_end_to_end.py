@@ -1,6 +1,6 @@
 """The whole fleet bills the demo marketplace; every document is checked against an independent oracle.
 
-`services.demo.run.run_demo` publishes a seeded two-month marketplace with a real producer
+`tools.demo.run.run_demo` publishes a seeded two-month marketplace with a real producer
 (duplicates, out-of-order lifecycle events, a contradiction, malformed messages), runs metering,
 rating and invoicing as `settle run` processes, ticks the clock through both months and publishes a
 late outage after the first month is invoiced. The expectations come from
@@ -34,10 +34,10 @@ from rich.console import Console
 from libs.ledger import verify
 from schemas.events import AdjustmentLine
 from services import catalog
-from services.demo.run import run_demo
-from services.demo.scenario import generate
 from tests.conftest import Stack
 from tests.scenarios import oracle
+from tools.demo.run import run_demo
+from tools.demo.scenario import generate
 
 pytestmark = pytest.mark.integration
 

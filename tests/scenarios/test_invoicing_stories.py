@@ -14,7 +14,7 @@ from fractions import Fraction
 
 import pytest
 
-from services.contracts import chart
+from domain.contracts import chart
 from services.invoicing.main import SERVICE as INVOICING
 from tests.conftest import Stack
 from tests.fleet import running

@@ -13,9 +13,9 @@ from fractions import Fraction
 
 import pytest
 
+from domain.contracts.store import contract_partition
 from libs.ids import derive_id
 from schemas import topics
-from services.contracts.store import contract_partition
 from services.rating.main import SERVICE
 from tests.conftest import Stack
 from tests.fleet import publish, running, wait_until

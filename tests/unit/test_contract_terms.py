@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from domain.contracts.build import amend_terms, terminate_terms, terms_from_created
+from domain.contracts.periods import last_second, period_containing, periods_overlapping
+from domain.contracts.terms import ContractTerms, PricedFields
 from libs.errors import DomainRuleError
 from schemas.inputs import ContractAmended, ContractCreated, ContractTerminated
-from services.contracts.build import amend_terms, terminate_terms, terms_from_created
-from services.contracts.periods import last_second, period_containing, periods_overlapping
-from services.contracts.terms import ContractTerms, PricedFields
 
 
 def at(text: str) -> datetime:

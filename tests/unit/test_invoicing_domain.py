@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from domain.contracts.terms import ContractTerms, FieldChanges, PricedFields, SlaTierTerms, TermsVersion
 from libs.errors import DomainRuleError
-from services.contracts.terms import ContractTerms, FieldChanges, PricedFields, SlaTierTerms, TermsVersion
 from services.invoicing.domain import (
     AllocationOutage,
     CreditNoteInputs,

@@ -18,12 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from domain.contracts.build import amend_terms, terminate_terms, terms_from_created
+from domain.contracts.terms import ContractTerms
 from libs.errors import DomainRuleError, InvalidAmountError
 from libs.money import parse_decimal, round_ledger, round_minor
 from schemas.events import Segment, UsageMetered
 from schemas.inputs import ContractAmended, ContractCreated, ContractTerminated
-from services.contracts.build import amend_terms, terminate_terms, terms_from_created
-from services.contracts.terms import ContractTerms
 from services.rating.domain import (
     GPU_METER,
     Drawn,

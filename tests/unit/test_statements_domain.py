@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from domain.contracts.terms import ContractTerms, PricedFields, SlaTierTerms
 from libs.errors import CurrencyMismatchError, DomainRuleError
-from services.contracts.terms import ContractTerms, PricedFields, SlaTierTerms
 from services.invoicing.domain import AllocationOutage, InvoiceInputs, PeriodTotals, assemble_invoice
 from services.invoicing.statements import (
     AllocationEarnings,

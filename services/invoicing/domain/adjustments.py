@@ -8,9 +8,9 @@ from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 
+from domain.contracts.terms import ContractTerms
 from libs.errors import DomainRuleError
 from libs.money import Exact, minor_to_exact
-from services.contracts.terms import ContractTerms
 from services.invoicing.domain.model import (
     MAX_ADJUSTMENT_LINES,
     AdjustmentDraft,

@@ -9,8 +9,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Literal
 
+from domain.contracts.terms import BillingMode, ContractTerms, SlaTierTerms
 from libs.money import Exact, minor_to_exact, round_minor
-from services.contracts.terms import BillingMode, ContractTerms, SlaTierTerms
 from services.invoicing.statements import ChargebackPart
 
 AdjustmentKind = Literal["usage", "commitment_true_up", "sla_credit"]

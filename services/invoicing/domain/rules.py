@@ -8,11 +8,11 @@ from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 
+from domain.contracts.periods import last_second, period_containing
+from domain.contracts.terms import ContractTerms, PricedFields, SlaTierTerms
 from libs.errors import DomainRuleError
 from libs.money import Exact, minor_to_exact
 from libs.times import seconds_between
-from services.contracts.periods import last_second, period_containing
-from services.contracts.terms import ContractTerms, PricedFields, SlaTierTerms
 from services.invoicing.domain.model import AllocationOutage, PeriodTotals, RoundedAmount, SlaEvaluation, rounded_amount
 
 

@@ -19,11 +19,11 @@ from decimal import (
 from fractions import Fraction
 from typing import Protocol
 
+from domain.contracts.periods import period_containing
+from domain.contracts.terms import ContractTerms
 from libs.errors import DomainRuleError, InvalidAmountError
 from libs.money import Exact
 from libs.times import HOUR, floor_hour, seconds_between
-from services.contracts.periods import period_containing
-from services.contracts.terms import ContractTerms
 
 GPU_METER = "gpu_seconds"
 """The meter whose usage is GPU-seconds priced per GPU-hour (R3, R4); every other meter is an add-on."""

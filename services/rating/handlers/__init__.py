@@ -42,13 +42,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from domain.contracts import store as contracts_store
 from libs.errors import DomainRuleError
 from libs.ledger import ensure_accounts
 from libs.messaging.consume import Subscription, Tx
 from schemas import topics
 from schemas.barrier import watermark_waits
 from schemas.envelope import Envelope
-from services.contracts import store as contracts_store
 from services.rating import store
 from services.rating.handlers.batch import CONSUMER, CONTRACT_TYPES, Batch, contract_of, watermark_partition
 from services.rating.handlers.contracts import on_contract

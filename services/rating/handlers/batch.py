@@ -8,14 +8,14 @@ from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
 from fractions import Fraction
 from typing import Any
 
+from domain.contracts import store as contracts_store
+from domain.contracts.terms import ContractTerms
 from libs.errors import DomainRuleError
 from libs.ledger import AccountSpec
 from libs.messaging.consume import Tx
 from libs.money import Exact, exact_to_decimal_str
 from schemas import topics
 from schemas.envelope import Envelope
-from services.contracts import store as contracts_store
-from services.contracts.terms import ContractTerms
 from services.rating import store
 
 CONSUMER = "rating"

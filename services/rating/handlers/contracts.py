@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from domain.contracts import store as contracts_store
+from domain.contracts.terms import ContractTerms
 from libs.ids import derive_id
 from schemas.envelope import Envelope
-from services.contracts import store as contracts_store
-from services.contracts.terms import ContractTerms
 from services.rating import store
 from services.rating.domain import (
     affected_since,

@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from domain.contracts.terms import ContractTerms
 from libs.ids import derive_id
 from schemas import topics
 from schemas.envelope import Envelope
@@ -15,7 +16,6 @@ from schemas.events import (
     InvoiceFinalized,
     SuspendRequested,
 )
-from services.contracts.terms import ContractTerms
 from services.rating import store
 from services.rating.domain import (
     check_credit,

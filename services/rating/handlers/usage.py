@@ -10,6 +10,9 @@ from typing import Any
 
 import structlog
 
+from domain.contracts import chart
+from domain.contracts import store as contracts_store
+from domain.contracts.terms import ContractTerms
 from libs.ids import derive_id
 from libs.ledger import build_entry, credit, debit
 from libs.times import HOUR, format_utc
@@ -19,9 +22,6 @@ from schemas.events import (
     ChargeRated,
     UsageMetered,
 )
-from services.contracts import chart
-from services.contracts import store as contracts_store
-from services.contracts.terms import ContractTerms
 from services.rating import store
 from services.rating.domain import (
     ChargeDelta,

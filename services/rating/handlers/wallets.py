@@ -11,6 +11,9 @@ from typing import Any
 
 import structlog
 
+from domain.contracts import chart
+from domain.contracts.periods import period_containing
+from domain.contracts.terms import ContractTerms
 from libs.errors import DomainRuleError
 from libs.ids import derive_id
 from libs.ledger import build_entry, credit, debit
@@ -26,9 +29,6 @@ from schemas.events import (
     WalletLowBalance,
 )
 from schemas.inputs import WalletToppedUp
-from services.contracts import chart
-from services.contracts.periods import period_containing
-from services.contracts.terms import ContractTerms
 from services.rating import store
 from services.rating.domain import (
     Drawn,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from domain.contracts import store as contracts_store
 from libs.ids import derive_id
 from libs.ledger import ensure_accounts
 from libs.messaging.consume import Tx
@@ -15,7 +16,6 @@ from schemas.envelope import Envelope
 from schemas.events import (
     Watermark,
 )
-from services.contracts import store as contracts_store
 from services.rating import store
 from services.rating.handlers.batch import Batch, watermark_partition
 from services.rating.handlers.usage import on_usage

@@ -27,14 +27,14 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from libs.errors import DomainRuleError
-from services.contracts.terms import (
+from domain.contracts.terms import (
     ContractTerms,
     FieldChanges,
     PricedFields,
     SlaTierTerms,
     TermsVersion,
 )
+from libs.errors import DomainRuleError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

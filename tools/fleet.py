@@ -19,7 +19,7 @@ from libs.messaging.broker import end_offsets
 from libs.messaging.positions import group_lag
 from libs.messaging.worker import Service
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker_env(database_url: str, bootstrap_servers: str, topic_prefix: str = "", **extra: str) -> dict[str, str]:

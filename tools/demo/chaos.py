@@ -37,9 +37,9 @@ from libs.messaging.partitioner import partition_for
 from libs.settings import Settings
 from schemas import topics
 from services import catalog
-from services.cli.fleet import ROOT, consumer_lag, pending_work, worker_env
 from services.clock.main import publish_tick
-from services.demo.scenario import Delivery, Scenario, month_after
+from tools.demo.scenario import Delivery, Scenario, month_after
+from tools.fleet import ROOT, consumer_lag, pending_work, worker_env
 
 FLEET = ("metering", "rating", "invoicing")
 IDLE_TIMEOUT_S = 900.0

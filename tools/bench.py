@@ -34,11 +34,10 @@ from libs.settings import Settings, get_settings
 from libs.stack.database import with_database
 from schemas import topics
 from schemas.envelope import encode
-from services.cli.main import app
 from services.cli.runtime import console, resolve, run_async
 
 bench_app = typer.Typer(help="Benchmarks (figures, not tests).", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
+"""Mounted as ``settle bench`` by the composition root (:mod:`services.cli.main`)."""
 
 
 @dataclass
@@ -233,7 +232,7 @@ async def _wait_sent(stack: BenchStack, count: int, timeout_s: float) -> float:
 
 def processes(stack: BenchStack, *commands: Sequence[str]) -> Any:
     """`settle run …` worker processes against the bench stack, as production runs them."""
-    from services.cli.fleet import worker_env, worker_processes
+    from tools.fleet import worker_env, worker_processes
 
     env = worker_env(
         stack.database_url,
@@ -777,8 +776,8 @@ async def bench_chaos(
     SIGKILLed every KILL_MIN_S–KILL_MAX_S seconds while the input is published, the closing ticks
     arrive mid-chaos and the closes run — and the documents compared. Exit 1 on any difference, an
     unverified ledger or an open gap."""
-    from services.demo.chaos import differences, drive
-    from services.demo.scenario import generate
+    from tools.demo.chaos import differences, drive
+    from tools.demo.scenario import generate
 
     scenario = generate(seed=seed, contracts=contracts)
     results = {}

@@ -30,9 +30,9 @@ from libs.settings import Settings
 from libs.times import format_utc
 from schemas import topics
 from services import catalog
-from services.cli.fleet import wait_idle, worker_env, worker_processes
 from services.clock.main import publish_tick
-from services.demo.scenario import Delivery, Scenario, generate, month_after
+from tools.demo.scenario import Delivery, Scenario, generate, month_after
+from tools.fleet import wait_idle, worker_env, worker_processes
 
 FLEET = ("metering", "rating", "invoicing")
 
@@ -117,7 +117,7 @@ async def run_demo(
             finally:
                 await stop_client(producer)
         elapsed = time.perf_counter() - began
-        from services.demo.report import print_report
+        from tools.demo.report import print_report
 
         return await print_report(pool, bootstrap_servers, settings, scenario, folder, first_letter, elapsed, console)
     finally:

@@ -18,13 +18,13 @@ from typing import Any
 
 import asyncpg
 
+from domain.contracts.build import amend_terms, terminate_terms, terms_from_created
+from domain.contracts.terms import ContractTerms, FieldChanges, PricedFields, SlaTierTerms, TermsVersion
 from libs.messaging.partitioner import partition_for
 from libs.times import format_utc, parse_utc
 from schemas.envelope import Envelope
 from schemas.inputs import ContractAmended, ContractCreated, ContractTerminated
 from schemas.topics import CONTRACTS, PIPELINE_PARTITIONS
-from services.contracts.build import amend_terms, terminate_terms, terms_from_created
-from services.contracts.terms import ContractTerms, FieldChanges, PricedFields, SlaTierTerms, TermsVersion
 
 
 def contract_partition(contract_id: str) -> int:

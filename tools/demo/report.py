@@ -17,8 +17,8 @@ from libs.messaging.broker import read_all
 from libs.settings import Settings
 from schemas import topics
 from schemas.events import InvoiceFinalized, StatementFinalized
-from services.demo.scenario import Scenario
-from services.invoicing import store as invoicing
+from services.invoicing import read_model as invoicing
+from tools.demo.scenario import Scenario
 
 
 async def read_events(bootstrap_servers: str, prefix: str, topic: topics.Topic) -> list[dict[str, Any]]:
@@ -42,9 +42,9 @@ async def print_report(
 ) -> bool:
     tag = scenario.tag
     async with pool.acquire() as conn:
-        invoices = [d for d in await invoicing.list_invoice_documents(conn) if d["contract_id"].startswith(tag)]
-        notes = [d for d in await invoicing.list_credit_note_documents(conn) if d["contract_id"].startswith(tag)]
-        statements = [d for d in await invoicing.list_statement_documents(conn) if d["supplier_id"].startswith(tag)]
+        invoices = [d for d in await invoicing.list_invoices(conn) if d["contract_id"].startswith(tag)]
+        notes = [d for d in await invoicing.list_credit_notes(conn) if d["contract_id"].startswith(tag)]
+        statements = [d for d in await invoicing.list_statements(conn) if d["supplier_id"].startswith(tag)]
         letters = [
             r for r in await deadletters.list_dead_letters(conn, include_redriven=True) if r["id"] > first_letter
         ]

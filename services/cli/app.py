@@ -1,0 +1,26 @@
+"""The ``settle`` Typer app and its command groups: a leaf (imports nothing of Settle).
+
+Command modules decorate their commands onto these; :func:`services.cli.main.build_app` — the one
+composition root — imports every command module and mounts every group, explicitly.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help="Settle: billing and settlement for GPU marketplaces.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+stack_app = typer.Typer(help="The local development stack (PostgreSQL + Kafka-protocol broker).", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics of the registry.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: list, show, redrive.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
+clock_app = typer.Typer(help="Time: the fleet's only clock is clock.ticks.v1.", no_args_is_help=True)
+invoices_app = typer.Typer(help="Finalized renter invoices and credit notes.", no_args_is_help=True)
+statements_app = typer.Typer(help="Finalized supplier earnings statements.", no_args_is_help=True)
+held_app = typer.Typer(
+    help="Data metering and rating hold until something else arrives: list, release, drop.", no_args_is_help=True
+)
+quarantine_app = typer.Typer(help="Contracts whose invoice close is set aside: list, retry.", no_args_is_help=True)
+gaps_app = typer.Typer(help="Partitions stopped because the broker deleted records a consumer had not read.")
+outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
