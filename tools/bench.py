@@ -1,7 +1,11 @@
 """`settle bench …`: benchmarks on the local stack (or SETTLE_* servers). Not tests: they report figures.
 
+Why over 500 lines: four benchmarks (kernel, metering, close, chaos) with their load generators; each
+is one section, and they share the fresh-stack and worker-process helpers at the top.
+
 Every benchmark runs against a FRESH database (``settle_bench_<name>`` on the resolved server, dropped
-and recreated) and a PRIVATE broker (a new mock-cluster process, or a topic prefix on a real Kafka),
+and recreated) and a PRIVATE broker (a new local broker process — noida-db, or the mock with
+SETTLE_LOCAL_BROKER=mock — or a topic prefix on a real Kafka),
 so it never touches the demo's data and two runs are comparable.
 """
 

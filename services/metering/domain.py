@@ -1,5 +1,8 @@
 """Metering's pure domain: allocation state from lifecycle facts, usage per UTC hour (R2, R3, R7).
 
+Why over 500 lines: one state model (facts → intervals → hours) serves R2, R3 and R7; its parts are
+small pure functions that share private types, and splitting them would scatter one rule over files.
+
 No I/O, no clock, no logging: time comes from arguments ("now" is the clock tick's ``through``).
 
 Flow

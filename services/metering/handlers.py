@@ -1,5 +1,8 @@
 """metering's consumers and its closer (the only writers of ``usage.metered.v1``).
 
+Why over 500 lines: the lifecycle consumer, the closer and the tick barrier share one ordering
+argument (what is emitted before a watermark); it is kept in one module so it can be read whole.
+
 * ``metering`` (lifecycle, contracts, clock ticks): records every lifecycle fact, recomputes the
   allocation's state from event times, and for hours already emitted emits corrections (new
   revisions with signed deltas, R3) — once per allocation per batch, after the batch's facts are

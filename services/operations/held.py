@@ -1,6 +1,9 @@
 """Held data: what metering and rating keep aside until something else arrives, made visible and
 operable (``settle held list | release | drop``, the ``settle_held_*`` gauges).
 
+Why over 500 lines: one section per held kind (six), each with its list, release and drop and the
+reason an operator reads; they share the audit and dead-letter plumbing below.
+
 Kinds (item id ``<service>:<kind>:<key>``), why each is held, and what an operator can do:
 
 * ``metering:lifecycle_event:<event id>`` — a window end whose start has not arrived, or a decommission
