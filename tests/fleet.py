@@ -12,11 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from libs.messaging.broker import start_producer, stop_client
-from libs.messaging.partitioner import partition_for
+from libs.messaging.broker import publish_keyed, start_producer, stop_client
 from libs.messaging.worker import Service, WorkerState, run_worker
 from schemas.envelope import encode
-from schemas.topics import Topic
+from schemas.topics import BY_NAME, Topic
 from tests.conftest import Stack
 
 
@@ -33,19 +32,21 @@ def event_bytes(
 
 
 async def publish(stack: Stack, items: Sequence[tuple[Topic | str, str | None, bytes]]) -> None:
-    """Send (topic, key, value) with an idempotent producer, keyed partitioning like the relay."""
+    """Send (topic, key, value) with an idempotent producer, keyed like the relay (publish_keyed)."""
     producer = await start_producer(stack.bootstrap_servers, client_id="test-publisher")
     try:
-        futures = []
-        for topic, key, value in items:
-            name = topic.name if isinstance(topic, Topic) else topic
-            partitions = topic.partitions if isinstance(topic, Topic) else None
-            key_bytes = key.encode() if key is not None else None
-            partition = partition_for(key_bytes, partitions) if key_bytes and partitions else None
-            futures.append(
-                await producer.send(stack.settings.topic_prefix + name, value=value, key=key_bytes, partition=partition)
-            )
-        await asyncio.gather(*futures)
+        await publish_keyed(
+            producer,
+            [
+                (
+                    topic if isinstance(topic, Topic) else BY_NAME[topic],
+                    key.encode() if key is not None else None,
+                    value,
+                )
+                for topic, key, value in items
+            ],
+            prefix=stack.settings.topic_prefix,
+        )
     finally:
         await stop_client(producer)
 

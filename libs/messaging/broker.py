@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -16,7 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from libs.errors import BrokerUnavailableError, ConfigurationError
-from libs.messaging.topic import all_physical
+from libs.messaging.partitioner import partition_for
+from libs.messaging.topic import Topic, all_physical
 
 
 def bootstrap_list(bootstrap_servers: str) -> list[str]:
@@ -56,6 +57,27 @@ async def stop_client(
     stop = client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(stop, timeout_s)
+
+
+def keyed_partition(topic: Topic, key: bytes | None) -> int:
+    """The partition the relay writes a message to: murmur2 of the key over the topic's partition count
+    (Kafka's default partitioner), partition 0 for a keyless message — so anything published from
+    outside the outbox (operators, the demo, tests) lands where Settle's own messages of that key do."""
+    return partition_for(key, topic.partitions) if key else 0
+
+
+async def publish_keyed(
+    producer: AIOKafkaProducer, items: Iterable[tuple[Topic, bytes | None, bytes]], *, prefix: str = ""
+) -> int:
+    """Send (topic, key, value) items in order, each to its :func:`keyed_partition`, and wait for
+    every acknowledgement. Returns how many were sent. The one way Settle publishes by key."""
+    futures = []
+    for topic, key, value in items:
+        futures.append(
+            await producer.send(prefix + topic.name, value=value, key=key, partition=keyed_partition(topic, key))
+        )
+    await asyncio.gather(*futures)
+    return len(futures)
 
 
 async def topic_partitions(bootstrap_servers: str, names: list[str]) -> dict[str, int]:

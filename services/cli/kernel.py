@@ -26,8 +26,7 @@ from libs.errors import BrokerUnavailableError, ConfigurationError, InvalidEvent
 from libs.ledger import balances as ledger_balances
 from libs.ledger import verify as ledger_verify
 from libs.messaging import deadletters
-from libs.messaging.broker import check_topics, create_topics, start_producer, stop_client
-from libs.messaging.partitioner import partition_for
+from libs.messaging.broker import check_topics, create_topics, keyed_partition, start_producer, stop_client
 from libs.money import format_ledger
 from libs.observability.logging import configure_logging
 from libs.settings import get_settings
@@ -221,8 +220,8 @@ async def publish(file: Annotated[Path, typer.Argument(help="JSON lines; `-` rea
                 registered = BY_NAME.get(topic) or BY_NAME.get(topic.removesuffix(".dlq"))
                 key_bytes = key.encode() if key is not None else None
                 partition = None
-                if registered is not None and key_bytes is not None and not topic.endswith(".dlq"):
-                    partition = partition_for(key_bytes, registered.partitions)
+                if registered is not None and not topic.endswith(".dlq"):
+                    partition = keyed_partition(registered, key_bytes)
                 futures.append(
                     await producer.send(settings.topic_prefix + topic, value=value, key=key_bytes, partition=partition)
                 )

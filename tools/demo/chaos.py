@@ -32,13 +32,12 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from libs.ledger import verify
-from libs.messaging.broker import read_all, start_producer, stop_client
-from libs.messaging.partitioner import partition_for
+from libs.messaging.broker import publish_keyed, read_all, start_producer, stop_client
 from libs.settings import Settings
 from schemas import topics
 from services import catalog
 from services.clock.main import publish_tick
-from tools.demo.scenario import Delivery, Scenario, month_after
+from tools.demo.scenario import Delivery, Scenario, deliveries_as_items, month_after
 from tools.fleet import ROOT, consumer_lag, pending_work, worker_env
 
 FLEET = ("metering", "rating", "invoicing")
@@ -134,12 +133,7 @@ async def _publish(producer: AIOKafkaProducer, prefix: str, deliveries: list[Del
     """Publish in ``chunks`` steps with a pause between them, so kills land while input arrives."""
     step = max(1, -(-len(deliveries) // chunks))
     for start in range(0, len(deliveries), step):
-        futures = []
-        for d in deliveries[start : start + step]:
-            key = d.key.encode() if d.key is not None else None
-            partition = partition_for(key, topics.BY_NAME[d.topic].partitions) if key is not None else 0
-            futures.append(await producer.send(prefix + d.topic, value=d.value, key=key, partition=partition))
-        await asyncio.gather(*futures)
+        await publish_keyed(producer, deliveries_as_items(deliveries[start : start + step]), prefix=prefix)
         await asyncio.sleep(0.3)
 
 

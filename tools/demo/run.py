@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -24,14 +23,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from libs.db.pool import create_pool
-from libs.messaging.broker import check_topics, start_producer, stop_client
-from libs.messaging.partitioner import partition_for
+from libs.messaging.broker import check_topics, publish_keyed, start_producer, stop_client
 from libs.settings import Settings
 from libs.times import format_utc
-from schemas import topics
 from services import catalog
 from services.clock.main import publish_tick
-from tools.demo.scenario import Delivery, Scenario, generate, month_after
+from tools.demo.scenario import Delivery, Scenario, deliveries_as_items, generate, month_after
 from tools.fleet import wait_idle, worker_env, worker_processes
 
 FLEET = ("metering", "rating", "invoicing")
@@ -47,14 +44,8 @@ async def _first_month(pool: Any) -> datetime:
 
 
 async def _publish(producer: Any, prefix: str, deliveries: list[Delivery], progress: Progress, task: Any) -> None:
-    futures = []
-    for d in deliveries:
-        registered = topics.BY_NAME[d.topic]
-        key = d.key.encode() if d.key is not None else None
-        partition = partition_for(key, registered.partitions) if key is not None else 0
-        futures.append(await producer.send(prefix + d.topic, value=d.value, key=key, partition=partition))
-        progress.advance(task)
-    await asyncio.gather(*futures)
+    await publish_keyed(producer, deliveries_as_items(deliveries), prefix=prefix)
+    progress.advance(task, len(deliveries))
 
 
 async def run_demo(

@@ -28,6 +28,7 @@ import orjson
 
 from libs.ids import derive_id
 from schemas.envelope import encode
+from schemas.topics import BY_NAME, Topic
 
 PLATFORM = "/platform/demo"
 SLA_TIERS = [
@@ -50,6 +51,11 @@ class Delivery:
     value: bytes
     note: str = ""
     """Why this message is odd (duplicate, malformed, late ...); empty for ordinary ones."""
+
+
+def deliveries_as_items(deliveries: list[Delivery]) -> list[tuple[Topic, bytes | None, bytes]]:
+    """(topic, key, value) items for ``libs.messaging.broker.publish_keyed``."""
+    return [(BY_NAME[d.topic], d.key.encode() if d.key is not None else None, d.value) for d in deliveries]
 
 
 @dataclass
