@@ -38,7 +38,7 @@ from schemas import topics
 from services import catalog
 from services.clock.main import publish_tick
 from tools.demo.scenario import Delivery, Scenario, deliveries_as_items, month_after
-from tools.fleet import ROOT, consumer_lag, pending_work, worker_env
+from tools.fleet import ROOT, wait_idle, worker_env
 
 FLEET = ("metering", "rating", "invoicing")
 IDLE_TIMEOUT_S = 900.0
@@ -147,17 +147,16 @@ async def _killer(fleet: Fleet, rng: random.Random, interval_s: tuple[float, flo
 
 
 async def wait_quiet(pool: asyncpg.Pool, settings: Settings, bootstrap: str, fleet: Fleet) -> None:
-    """Until nothing is left to consume, publish or close — three looks in a row, workers alive."""
+    """Until nothing is left to consume, publish or close (tools.fleet.wait_idle), every worker alive."""
     services = [catalog.load(name) for name in FLEET]
-    deadline = time.monotonic() + IDLE_TIMEOUT_S
-    quiet = 0
-    while quiet < 3:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the fleet was not idle within {IDLE_TIMEOUT_S:.0f} s")
-        fleet.check_alive()
-        busy = await pending_work(pool, services) + await consumer_lag(pool, bootstrap, services, settings.topic_prefix)
-        quiet = quiet + 1 if busy == 0 else 0
-        await asyncio.sleep(0.3)
+    await wait_idle(
+        pool,
+        bootstrap,
+        services,
+        topic_prefix=settings.topic_prefix,
+        timeout_s=IDLE_TIMEOUT_S,
+        alive=list(fleet.procs.values()),
+    )
 
 
 def _normalized(document: dict[str, Any]) -> dict[str, Any]:
