@@ -1,0 +1,1 @@
+"""Card and debit gateways behind one port (:mod:`services.payments.gateways.port`)."""
