@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     documents_dir: Path | None = Field(
         default=None, description="Where invoice and statement documents are written (default: state dir)."
     )
+    # payments
+    payments_config: Path | None = Field(
+        default=None,
+        description="YAML file of payment gateways (kinds, currencies, limits, costs), hard decline codes and "
+        "circuit breaker; unset: the defaults in services/payments/config.py.",
+    )
 
 
 @lru_cache(maxsize=1)

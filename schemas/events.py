@@ -180,7 +180,7 @@ class SuspendRequested(EventModel):
 
     contract_id: Id
     renter_id: Id
-    reason: Literal["wallet_exhausted", "credit_limit_exceeded"]
+    reason: Literal["wallet_exhausted", "credit_limit_exceeded", "payment_past_due"]
     at: UtcTime
 
 
@@ -326,3 +326,47 @@ class TransferRefused(EventModel):
 
     transfer_id: Id
     reason: Text
+
+
+# --- payments (R11, R14) ----------------------------------------------------------------------------
+
+
+PaymentStatus = Literal["open", "partially_paid", "paid", "past_due"]
+
+
+class InvoicePaymentStatus(EventModel):
+    """Type ``invoice.payment_status`` on ``invoices.payments.v1``: what has been paid on an invoice.
+
+    Sent whenever ``amount_paid`` or the status of an invoice changes; ``revision`` grows by one per
+    change of the invoice, so a reader keeps the highest. ``amount_due`` is the invoice's amount due
+    after credit notes; ``amount_paid`` counts credit balance applied (R11)."""
+
+    invoice_id: Id
+    number: str
+    contract_id: Id
+    renter_id: Id
+    currency: Currency
+    amount_due: DecimalStr
+    amount_paid: DecimalStr
+    amount_remaining: DecimalStr
+    status: PaymentStatus
+    revision: int = Field(ge=1)
+    as_of: UtcTime
+
+
+class PaymentEvent(EventModel):
+    """Types on ``payments.v1``: ``payment.succeeded``, ``payment.failed``, ``payment.refunded``,
+    ``payment.disputed``, ``payment.dispute_closed``, ``receipt.recorded`` and ``invoice.past_due``
+    (dunning exhausted: the billing cycle's saga compensates)."""
+
+    payment_id: Id
+    """An attempt id (collections), a receipt id (money received), a refund or dispute id."""
+    renter_id: Id
+    currency: Currency
+    amount: DecimalStr
+    invoice_number: str | None = None
+    contract_id: Id | None = None
+    gateway: str | None = None
+    code: str | None = None
+    reason: str = ""
+    at: UtcTime

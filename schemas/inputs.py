@@ -205,6 +205,32 @@ class ClockTicked(InputModel):
     barrier: Barrier | None = None
 
 
+# --- wave two: payments.methods.v1 / payments.received.v1 (key: renter_id) --------------------------
+
+
+class PaymentMethodEvent(InputModel):
+    """``payment_method.attached`` / ``payment_method.detached``: a processor token, never a card number."""
+
+    renter_id: Id
+    method_id: Id
+    kind: Literal["card", "ach_debit", "sepa_debit"]
+    gateway_token: Id
+    currency: Currency
+    default: bool = False
+
+
+class PaymentReceived(InputModel):
+    """``payment.received``: money that reached the platform's bank or wallet for a renter (R11)."""
+
+    renter_id: Id
+    receipt_id: Id
+    amount: PositiveDecimalStr
+    currency: Currency
+    received_at: UtcTime
+    rail: Literal["wire", "ach_credit", "sepa_credit", "stablecoin"]
+    reference: Annotated[str, Field(max_length=limits.MAX_TEXT_CHARS)] = ""
+
+
 __all__ = [
     "AllocationDecommissioned",
     "AllocationProvisioned",
@@ -214,6 +240,8 @@ __all__ = [
     "ContractTerminated",
     "MaintenanceWindowEvent",
     "OutageEvent",
+    "PaymentMethodEvent",
+    "PaymentReceived",
     "SlaTier",
     "UsageSampleRecorded",
     "WalletToppedUp",

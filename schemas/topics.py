@@ -188,6 +188,57 @@ JOURNAL_POSTED = Topic(
     ),
 )
 
+PAYMENT_METHODS = Topic(
+    "payments.methods.v1",
+    key="renter_id",
+    partitions=3,
+    producer="platform",
+    description="Renters' payment methods (processor tokens only), attached and detached.",
+    types=MappingProxyType(
+        {
+            "payment_method.attached": inputs.PaymentMethodEvent,
+            "payment_method.detached": inputs.PaymentMethodEvent,
+        }
+    ),
+)
+PAYMENTS_RECEIVED = Topic(
+    "payments.received.v1",
+    key="renter_id",
+    partitions=3,
+    producer="platform",
+    description="Money received for renters: wires, ACH and SEPA credits, stablecoin receipts (R11).",
+    types=MappingProxyType({"payment.received": inputs.PaymentReceived}),
+)
+INVOICE_PAYMENTS = Topic(
+    "invoices.payments.v1",
+    key="contract_id",
+    partitions=3,
+    producer="payments",
+    description="What has been paid on each invoice (amount paid, remaining, status), per change.",
+    types=MappingProxyType({"invoice.payment_status": events.InvoicePaymentStatus}),
+)
+PAYMENTS = Topic(
+    "payments.v1",
+    key="renter_id",
+    partitions=3,
+    producer="payments",
+    description="Collections succeeded or failed, receipts, refunds, disputes, invoices past due.",
+    types=MappingProxyType(
+        {
+            name: events.PaymentEvent
+            for name in (
+                "payment.succeeded",
+                "payment.failed",
+                "payment.refunded",
+                "payment.disputed",
+                "payment.dispute_closed",
+                "receipt.recorded",
+                "invoice.past_due",
+            )
+        }
+    ),
+)
+
 REGISTRY: tuple[Topic, ...] = (
     INFRA_LIFECYCLE,
     CONTRACTS,
@@ -204,6 +255,10 @@ REGISTRY: tuple[Topic, ...] = (
     STATEMENTS_FINALIZED,
     JOURNAL_REQUESTS,
     JOURNAL_POSTED,
+    PAYMENT_METHODS,
+    PAYMENTS_RECEIVED,
+    INVOICE_PAYMENTS,
+    PAYMENTS,
 )
 BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})
 

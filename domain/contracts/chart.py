@@ -190,3 +190,55 @@ def payable(supplier_id: str, currency: str) -> AccountSpec:
         supplier(supplier_id),
         description="net of finalized statements, awaiting payout",
     )
+
+
+# --- payments (R11, R14) -------------------------------------------------------------------------------------
+def unapplied(renter_id: str, currency: str) -> AccountSpec:
+    return AccountSpec(
+        _code(renter(renter_id), "unapplied", currency),
+        currency,
+        "liability",
+        renter(renter_id),
+        floor_units=0,
+        description="money received or collected not yet applied to an invoice: the renter's credit balance (R11)",
+    )
+
+
+def refunds_payable(renter_id: str, currency: str) -> AccountSpec:
+    return AccountSpec(
+        _code(renter(renter_id), "refunds_payable", currency),
+        currency,
+        "liability",
+        renter(renter_id),
+        description="paid money given back (refunds, credit notes on paid invoices) or withdrawn (disputes)",
+    )
+
+
+def processor_clearing(gateway: str, currency: str) -> AccountSpec:
+    return AccountSpec(
+        f"{PLATFORM}:processor_clearing:{gateway}:{currency}",
+        currency,
+        "asset",
+        PLATFORM,
+        description="collected at a processor, awaiting its payout to the bank (R17)",
+    )
+
+
+def processor_fees(gateway: str, currency: str) -> AccountSpec:
+    return AccountSpec(
+        f"{PLATFORM}:processor_fees:{gateway}:{currency}",
+        currency,
+        "expense",
+        PLATFORM,
+        description="processor and dispute fees",
+    )
+
+
+def dispute_losses(currency: str) -> AccountSpec:
+    return AccountSpec(
+        _code(PLATFORM, "dispute_losses", currency),
+        currency,
+        "expense",
+        PLATFORM,
+        description="lost disputes written off",
+    )

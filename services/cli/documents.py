@@ -22,6 +22,7 @@ from schemas.events import CreditNoteIssued, InvoiceFinalized, StatementFinalize
 from services.cli.app import invoices_app, statements_app
 from services.cli.runtime import console, read_only, run_async
 from services.invoicing import read_model
+from services.payments import read_model as payments_read_model
 
 _MONTH_RE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 _NUMBER_RE = re.compile(r"^(INV|CN|STM)-[0-9]{4}-[0-9]{6}$")
@@ -55,9 +56,11 @@ async def list_invoices(
     renter: str | None = None,
     month: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Finalized invoices (``invoice.finalized`` data), by number; ``month`` is the period start's."""
+    """Finalized invoices (``invoice.finalized`` data) with their payment status (R11: ``payment_status``,
+    ``amount_paid``, ``amount_remaining``), by number; ``month`` is the period start's."""
     _check_month(month)
-    return await read_model.list_invoices(conn, contract_id=contract, renter_id=renter, month=month)
+    docs = await read_model.list_invoices(conn, contract_id=contract, renter_id=renter, month=month)
+    return await payments_read_model.invoice_payment_fields(conn, docs)
 
 
 async def list_credit_notes(
@@ -156,7 +159,7 @@ async def export_documents(conn: asyncpg.Connection, folder: Path) -> list[Path]
 
 
 def _print_invoices(docs: list[dict[str, Any]], title: str) -> None:
-    table = Table("number", "contract", "renter", "period", "total", "prepaid", "due", title=title)
+    table = Table("number", "contract", "renter", "period", "total", "prepaid", "due", "paid", "status", title=title)
     for d in docs:
         table.add_row(
             d["number"],
@@ -166,6 +169,8 @@ def _print_invoices(docs: list[dict[str, Any]], title: str) -> None:
             f"{d['currency']} {d['total']}",
             d["prepaid_applied"],
             d["amount_due"],
+            d.get("amount_paid", ""),
+            d.get("payment_status", ""),
         )
     console.print(table)
 

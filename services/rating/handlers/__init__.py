@@ -52,7 +52,7 @@ from schemas.envelope import Envelope
 from services.rating import store
 from services.rating.handlers.batch import CONSUMER, CONTRACT_TYPES, Batch, contract_of, watermark_partition
 from services.rating.handlers.contracts import on_contract
-from services.rating.handlers.exposure import on_invoice
+from services.rating.handlers.exposure import on_invoice, on_payment_status
 from services.rating.handlers.usage import on_usage
 from services.rating.handlers.wallets import on_topup
 from services.rating.handlers.watermarks import FORWARDED_BARRIER, forward_ungated, on_watermark, rate_held_now
@@ -83,6 +83,8 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             await on_topup(batch, event)
         elif event.type == "invoice.finalized":
             await on_invoice(batch, event)
+        elif event.type == "invoice.payment_status":
+            await on_payment_status(batch, event)
         else:  # the topic registry decodes nothing else for these topics
             raise DomainRuleError(f"rating does not handle {event.type!r}")
     await ensure_accounts(tx.conn, batch.accounts.values())
@@ -94,7 +96,13 @@ WATERMARK_WAITS_FOR = (topics.CONTRACTS, topics.WALLETS)
 
 SUBSCRIPTION = Subscription(
     consumer=CONSUMER,
-    topics=(topics.USAGE_METERED, topics.CONTRACTS, topics.WALLETS, topics.INVOICES_FINALIZED),
+    topics=(
+        topics.USAGE_METERED,
+        topics.CONTRACTS,
+        topics.WALLETS,
+        topics.INVOICES_FINALIZED,
+        topics.INVOICE_PAYMENTS,
+    ),
     handler=on_batch,
     waits=watermark_waits(topics.USAGE_METERED, "usage.watermark", WATERMARK_WAITS_FOR),
     # Usage, contract events and top-ups of a contract whose earlier message is dead-lettered wait.

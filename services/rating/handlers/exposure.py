@@ -14,6 +14,7 @@ from schemas.envelope import Envelope
 from schemas.events import (
     CreditLimitExceeded,
     InvoiceFinalized,
+    InvoicePaymentStatus,
     SuspendRequested,
 )
 from services.rating import store
@@ -95,14 +96,48 @@ async def on_invoice(batch: Batch, event: Envelope[Any]) -> None:
         return
     moved_x3600 = await store.mark_invoiced(conn, invoice.contract_id, invoice.period_start)
     terms = await batch.terms_of(invoice.contract_id)
+    reported = await store.invoice_remaining(conn, invoice.invoice_id)  # payments may have reported first
     await track_exposure(
         batch,
         invoice.contract_id,
         terms,
         event,
         -moved_x3600,
-        invoice.amount_due,
+        invoice.amount_due if reported is None else reported[1],
         at=event.time,
         limit_at=event.time,
         trigger_id=invoice.invoice_id,
+    )
+
+
+async def on_payment_status(batch: Batch, event: Envelope[Any]) -> None:
+    """R9/R11: exposure falls by every amount applied — an invoice counts what is still owed on it."""
+    status: InvoicePaymentStatus = event.data
+    conn = batch.tx.conn
+    before = await store.invoice_remaining(conn, status.invoice_id)
+    if before is not None and before[0] >= status.revision:
+        return  # an older or repeated report
+    await store.save_invoice_remaining(
+        conn, status.invoice_id, status.contract_id, status.revision, status.amount_remaining
+    )
+    due = await store.invoice_amount_due(conn, status.invoice_id)
+    if due is None:
+        return  # the invoice is not here yet: it will count its remaining amount when it arrives
+    terms = await batch.terms_of(status.contract_id)
+    if terms is not None and terms.billing_mode != "postpaid":
+        return
+    counted = due if before is None else before[1]
+    change = status.amount_remaining - counted
+    if change == 0:
+        return
+    await track_exposure(
+        batch,
+        status.contract_id,
+        terms,
+        event,
+        Decimal(0),
+        change,
+        at=event.time,
+        limit_at=event.time,
+        trigger_id=derive_id("payment_status", status.invoice_id, status.revision),
     )

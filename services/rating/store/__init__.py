@@ -17,10 +17,13 @@ for it and its creation releasing that usage must not race.
 from services.rating.store.exposure import (
     Exposure,
     insert_invoice,
+    invoice_amount_due,
+    invoice_remaining,
     load_exposure,
     mark_invoiced,
     period_invoiced,
     save_exposure,
+    save_invoice_remaining,
     wallet_balance,
 )
 from services.rating.store.held import (
@@ -78,6 +81,8 @@ __all__ = [
     "insert_charge",
     "insert_invoice",
     "insert_topup",
+    "invoice_amount_due",
+    "invoice_remaining",
     "load_exposure",
     "load_priced",
     "load_wallet",
@@ -92,6 +97,7 @@ __all__ = [
     "priced_hours_ending_after",
     "save_exposure",
     "save_forwarded",
+    "save_invoice_remaining",
     "save_priced",
     "save_received",
     "save_wallet",

@@ -94,3 +94,29 @@ async def wallet_balance(conn: asyncpg.Connection, contract_id: str) -> Fraction
     """The R8 state's exact balance (0 for a wallet never run)."""
     value = await conn.fetchval("select balance_x3600 from rating.wallets where contract_id = $1", contract_id)
     return Fraction(0) if value is None else exact_from_x3600(value)
+
+
+async def invoice_remaining(conn: asyncpg.Connection, invoice_id: str) -> tuple[int, Decimal] | None:
+    """(revision, remaining) last reported by payments for an invoice, or None."""
+    row = await conn.fetchrow(
+        "select revision, remaining from rating.invoice_payments where invoice_id = $1 for update", invoice_id
+    )
+    return None if row is None else (int(row["revision"]), Decimal(row["remaining"]))
+
+
+async def save_invoice_remaining(
+    conn: asyncpg.Connection, invoice_id: str, contract_id: str, revision: int, remaining: Decimal
+) -> None:
+    await conn.execute(
+        """insert into rating.invoice_payments (invoice_id, contract_id, revision, remaining) values ($1, $2, $3, $4)
+           on conflict (invoice_id) do update set revision = excluded.revision, remaining = excluded.remaining""",
+        invoice_id,
+        contract_id,
+        revision,
+        remaining,
+    )
+
+
+async def invoice_amount_due(conn: asyncpg.Connection, invoice_id: str) -> Decimal | None:
+    value = await conn.fetchval("select amount_due from rating.invoices where invoice_id = $1", invoice_id)
+    return None if value is None else Decimal(value)

@@ -1,0 +1,192 @@
+"""The payments worker's I/O side: send pending attempts to their gateway, ask about unknown ones.
+
+Phases, each its own transaction, so a SIGKILL anywhere leaves a state the next worker resolves:
+
+1. claim: ``pending`` → ``sending`` (``sent_at`` = now), committed *before* the gateway call;
+2. the call, with the attempt's idempotency key (outside any transaction);
+3. record: the result, the ledger and the events (:func:`services.payments.collection.record_result`).
+
+A ``sending`` attempt older than the gateway timeout plus a margin was interrupted: it is never sent
+again, the processor is asked (``inquire``) what became of it — as are ``unknown`` attempts, on R14's
+inquiry schedule (wall clock: it is the processor's reality we wait for, not billing time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+
+from libs.errors import InfrastructureError
+from libs.messaging.consume import Tx
+from libs.messaging.worker import Runtime
+from libs.settings import Settings
+from services.payments import collection, metrics
+from services.payments.config import PaymentsConfig
+from services.payments.gateways.port import ChargeRequest, ChargeResult, Gateway
+
+log = structlog.get_logger("settle.payments")
+
+GatewayFactory = Callable[[Settings], Mapping[str, Gateway]]
+CLAIM_BATCH = 200
+INTERRUPTED_AFTER = timedelta(seconds=30)
+"""A ``sending`` attempt this much older than the gateway timeout was interrupted by a crash."""
+
+
+async def claim(pool: asyncpg.Pool, limit: int = CLAIM_BATCH) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        return list(
+            await conn.fetch(
+                """update payments.attempts a set state = 'sending', sent_at = now()
+                     from payments.intents t
+                    where a.attempt_id in (select attempt_id from payments.attempts where state = 'pending'
+                                            order by created_at limit $1 for update skip locked)
+                      and t.intent_id = a.intent_id
+                returning a.attempt_id, a.idempotency_key, a.gateway, a.token, a.amount_minor, a.currency,
+                          a.created_at, t.invoice_number, t.renter_id,
+                          (select kind from payments.methods m where m.renter_id = t.renter_id
+                             and m.method_id = a.method_id) as kind""",
+                limit,
+            )
+        )
+
+
+async def record(
+    pool: asyncpg.Pool, config: PaymentsConfig, attempt_id: str, result: ChargeResult, *, inquiry: bool
+) -> str:
+    async with pool.acquire() as conn, conn.transaction():
+        tx = Tx(conn, "payments")
+        state = await collection.record_result(tx, config, attempt_id, result, inquiry=inquiry)
+        await tx.flush()
+        return state
+
+
+async def send_one(
+    pool: asyncpg.Pool, config: PaymentsConfig, gateways: Mapping[str, Gateway], row: asyncpg.Record
+) -> str:
+    gateway = gateways.get(row["gateway"])
+    if gateway is None:
+        result = ChargeResult("error", code="gateway_not_configured", message=f"no adapter for {row['gateway']}")
+    else:
+        result = await gateway.charge(
+            ChargeRequest(
+                attempt_id=row["attempt_id"],
+                idempotency_key=row["idempotency_key"],
+                amount_minor=row["amount_minor"],
+                currency=row["currency"],
+                token=row["token"],
+                invoice_number=row["invoice_number"],
+                renter_id=row["renter_id"],
+            )
+        )
+    metrics.ATTEMPTS.labels(row["gateway"], row["kind"] or "unknown", row["currency"], result.outcome).inc()
+    state = await record(pool, config, row["attempt_id"], result, inquiry=False)
+    return state
+
+
+async def claim_inquiries(pool: asyncpg.Pool, timeout_s: float, limit: int = 100) -> list[asyncpg.Record]:
+    """Attempts to ask about: unknown ones whose time came, and interrupted sends. Pushes their next
+    inquiry a minute on, so two workers do not ask at once (the answer is recorded idempotently)."""
+    async with pool.acquire() as conn:
+        return list(
+            await conn.fetch(
+                """update payments.attempts set next_inquiry_at = now() + interval '1 minute'
+                    where attempt_id in (
+                        select attempt_id from payments.attempts
+                         where (state = 'unknown' and next_inquiry_at <= now())
+                            or (state = 'sending' and sent_at < now() - $1::interval
+                                and (next_inquiry_at is null or next_inquiry_at <= now()))
+                         order by attempt_id limit $2 for update skip locked)
+                returning attempt_id, idempotency_key, gateway, state""",
+                timedelta(seconds=timeout_s) + INTERRUPTED_AFTER,
+                limit,
+            )
+        )
+
+
+async def inquire_one(
+    pool: asyncpg.Pool, config: PaymentsConfig, gateways: Mapping[str, Gateway], row: asyncpg.Record
+) -> str:
+    gateway = gateways.get(row["gateway"])
+    if gateway is None:
+        return "skipped"
+    answer = await gateway.inquire(row["attempt_id"], row["idempotency_key"])
+    if answer.found and answer.result is not None:
+        result = answer.result
+    elif answer.found:
+        result = ChargeResult("unknown", message="the processor has it but gave no outcome")
+    else:
+        result = ChargeResult("error", code="not_found", message="the processor has no charge for this attempt")
+    return await record(pool, config, row["attempt_id"], result, inquiry=True)
+
+
+async def refresh_gauges(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        metrics.UNKNOWN_OPEN.set(await conn.fetchval("select count(*) from payments.attempts where state = 'unknown'"))
+        metrics.NEEDS_OPERATOR.set(
+            await conn.fetchval("select count(*) from payments.attempts where state = 'needs_operator'")
+        )
+        for row in await conn.fetch("select state, count(*) as n from payments.intents group by state"):
+            metrics.INTENTS.labels(row["state"]).set(row["n"])
+        for row in await conn.fetch(
+            "select gateway, coalesce(open_until > now(), false) as open from payments.circuits"
+        ):
+            metrics.CIRCUIT_OPEN.labels(row["gateway"]).set(1 if row["open"] else 0)
+
+
+def collector_task(
+    config: PaymentsConfig, factory: GatewayFactory, *, concurrency: int = 64
+) -> Callable[[Runtime], object]:
+    async def run(runtime: Runtime) -> None:
+        gateways = factory(runtime.settings)
+        pool = runtime.pool
+        slots = asyncio.Semaphore(concurrency)
+        running: set[asyncio.Task[str]] = set()
+        timeout_s = float(getattr(runtime.settings, "gateway_timeout_s", 10.0))
+        rounds = 0
+
+        async def guarded(step: Coroutine[Any, Any, str]) -> str:
+            async with slots:
+                try:
+                    return await step
+                except (InfrastructureError, OSError, asyncpg.PostgresConnectionError) as error:
+                    log.warning("payment step interrupted; it is resolved by inquiry", error=str(error))
+                    return "interrupted"
+
+        try:
+            while not runtime.stop.is_set():
+                work = 0
+                with contextlib.suppress(OSError, asyncpg.PostgresConnectionError, InfrastructureError):
+                    for row in await claim(pool, min(CLAIM_BATCH, concurrency * 2)):
+                        work += 1
+                        task = asyncio.create_task(guarded(send_one(pool, config, gateways, row)))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                    if rounds % 10 == 0:
+                        for row in await claim_inquiries(pool, timeout_s):
+                            work += 1
+                            task = asyncio.create_task(guarded(inquire_one(pool, config, gateways, row)))
+                            running.add(task)
+                            task.add_done_callback(running.discard)
+                        await refresh_gauges(pool)
+                rounds += 1
+                if not work:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(runtime.stop.wait(), 0.1)
+                elif len(running) >= concurrency:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            if running:
+                await asyncio.wait(running, timeout=timeout_s + 5)
+        finally:
+            for task in running:
+                task.cancel()
+            for gateway in gateways.values():
+                with contextlib.suppress(Exception):
+                    await gateway.close()
+
+    return run

@@ -1,0 +1,1 @@
+"""The payments domain: pure functions of facts (no I/O, no clock)."""

@@ -1,0 +1,47 @@
+"""R14: when to try a collection again, when to ask the processor, when to give up. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+RETRY_DAYS: tuple[int, ...] = (1, 3, 5, 7, 10, 14)
+"""Days after the first try on which a soft decline or processor error is tried again."""
+MAX_TRIES = 1 + len(RETRY_DAYS)
+INQUIRY_DELAYS: tuple[timedelta, ...] = (
+    timedelta(minutes=1),
+    timedelta(minutes=5),
+    timedelta(hours=1),
+    *(timedelta(days=1),) * 5,
+)
+"""An unknown outcome is asked about after 1 min, 5 min, 1 h, then daily 5 times; then an operator."""
+
+DeclineKind = Literal["soft", "hard"]
+
+
+@dataclass(frozen=True)
+class DeclineCodes:
+    """Which codes are hard per gateway (configuration, not code); every other decline is soft."""
+
+    hard: dict[str, frozenset[str]]
+    default_hard: frozenset[str] = frozenset()
+
+    def kind(self, gateway: str, code: str | None) -> DeclineKind:
+        hard = self.hard.get(gateway, self.default_hard)
+        return "hard" if code is not None and code in hard else "soft"
+
+
+def next_try_at(first_try_at: datetime, tries_made: int) -> datetime | None:
+    """The event time of the next try after ``tries_made`` failed soft, or None when dunning is exhausted."""
+    assert tries_made >= 1
+    if tries_made >= MAX_TRIES:
+        return None
+    return first_try_at + timedelta(days=RETRY_DAYS[tries_made - 1])
+
+
+def next_inquiry_after(inquiries_made: int) -> timedelta | None:
+    """How long after the last question to ask again; None: hand the attempt to an operator."""
+    if inquiries_made >= len(INQUIRY_DELAYS):
+        return None
+    return INQUIRY_DELAYS[inquiries_made]

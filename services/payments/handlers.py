@@ -1,0 +1,185 @@
+"""payments' consumer: one handler for the batch, one transaction. Thin: store the facts, recompute the
+allocation of every renter-currency the batch touched (R11), start collections that fell due (R14).
+
+* ``invoice.finalized`` / ``credit_note.issued`` (invoicing): facts of the allocation;
+* ``payment.received`` (platform): money in — ``Dr cash_clearing / Cr renter unapplied`` — once per
+  (``renter_id``, ``receipt_id``); a repeat has no effect;
+* ``payment_method.attached|detached`` (platform): the renter's methods; a new method lifts a hard
+  decline's stop (R14);
+* ``clock.ticked``: event time for payments — every postpaid invoice due by then gets its intent and
+  first try, every retry that fell due its next try (the collector sends them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from libs.ids import derive_id
+from libs.ledger import ensure_accounts
+from libs.messaging.consume import Subscription, Tx
+from schemas import topics
+from schemas.envelope import Envelope
+from schemas.events import CreditNoteIssued, InvoiceFinalized, PaymentEvent
+from schemas.inputs import ClockTicked, PaymentMethodEvent, PaymentReceived
+from services.payments import books, collection, store
+from services.payments.config import PaymentsConfig
+from services.payments.money import to_minor
+
+CONSUMER = "payments"
+
+
+async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any]]) -> None:
+    conn = tx.conn
+    touched: set[books.Touched] = set()
+    ticks: list[datetime] = []
+    last = events[-1]
+    for event in events:
+        data = event.data
+        if isinstance(data, InvoiceFinalized):
+            await conn.execute(
+                """insert into payments.invoices (invoice_id, number, contract_id, renter_id, currency, billing_mode,
+                       period_start, exists_at, issued_at, due_at, amount_due_minor, event_id)
+                   values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) on conflict do nothing""",
+                data.invoice_id,
+                data.number,
+                data.contract_id,
+                data.renter_id,
+                data.currency,
+                data.billing_mode,
+                data.period_start,
+                data.period_end,
+                data.issued_at,
+                data.due_at,
+                to_minor(data.amount_due, data.currency),
+                event.id,
+            )
+            touched.add(books.Touched(data.renter_id, data.currency))
+        elif isinstance(data, CreditNoteIssued):
+            await conn.execute(
+                """insert into payments.credit_notes (credit_note_id, invoice_number, renter_id, currency, at,
+                       total_minor, event_id)
+                   values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing""",
+                data.credit_note_id,
+                data.invoice_number,
+                data.renter_id,
+                data.currency,
+                data.issued_at,
+                to_minor(data.total, data.currency),
+                event.id,
+            )
+            touched.add(books.Touched(data.renter_id, data.currency))
+        elif isinstance(data, PaymentReceived):
+            if await _receipt(tx, event, data):
+                touched.add(books.Touched(data.renter_id, data.currency))
+        elif isinstance(data, PaymentMethodEvent):
+            await _method(tx, event, data)
+        elif isinstance(data, ClockTicked):
+            ticks.append(data.at)
+    if touched:
+        await books.recompute_all(tx, touched, cause=last, at=last.time)
+    if ticks:
+        through = max(ticks)
+        await store.advance_clock(conn, through)
+        now = await store.event_now(conn)
+        assert now is not None
+        await collection.start_due(tx, config, now, cause=last)
+
+
+async def _receipt(tx: Tx, event: Envelope[Any], data: PaymentReceived) -> bool:
+    conn = tx.conn
+    amount = to_minor(data.amount, data.currency)
+    status = await conn.execute(
+        """insert into payments.money_in (renter_id, source_id, currency, kind, amount_minor, at, reference,
+               order_key, rail, event_id)
+           values ($1, $2, $3, 'receipt', $4, $5, $6, $7, $8, $9) on conflict do nothing""",
+        data.renter_id,
+        f"receipt:{data.receipt_id}",
+        data.currency,
+        amount,
+        data.received_at,
+        data.reference,
+        data.receipt_id,
+        data.rail,
+        event.id,
+    )
+    if not status.endswith("1"):
+        return False  # R11: a repeated (renter_id, receipt_id) has no effect
+    entry, specs = books.money_in_entry(
+        entry_id=derive_id("payments.received", data.renter_id, data.receipt_id),
+        cause_id=event.id,
+        renter_id=data.renter_id,
+        currency=data.currency,
+        amount_minor=amount,
+        at=data.received_at,
+        gateway=None,
+    )
+    await ensure_accounts(conn, specs)
+    tx.post(entry)
+    tx.emit(
+        topics.PAYMENTS,
+        key=data.renter_id,
+        type="receipt.recorded",
+        time=data.received_at,
+        cause=event,
+        event_id=derive_id("receipt.recorded", data.renter_id, data.receipt_id),
+        data=PaymentEvent(
+            payment_id=data.receipt_id,
+            renter_id=data.renter_id,
+            currency=data.currency,
+            amount=data.amount,
+            at=data.received_at,
+            reason=f"{data.rail} received",
+        ),
+    )
+    return True
+
+
+async def _method(tx: Tx, event: Envelope[Any], data: PaymentMethodEvent) -> None:
+    attached = event.type == "payment_method.attached"
+    won = await store.save_method(
+        tx.conn,
+        {
+            "renter_id": data.renter_id,
+            "method_id": data.method_id,
+            "kind": data.kind,
+            "token": data.gateway_token,
+            "currency": data.currency,
+            "is_default": data.default,
+            "attached": attached,
+            "at": event.time,
+            "event_id": event.id,
+        },
+    )
+    if won and attached and data.default:
+        # R14: a hard decline stops retries until the method changes; a renter without a method gets one.
+        await tx.conn.execute(
+            """update payments.intents set state = 'waiting_retry', next_try_at = greatest($3::timestamptz,
+                       coalesce(first_try_at, $3::timestamptz)),
+                   first_try_at = coalesce(first_try_at, $3::timestamptz),
+                   reason = 'payment method changed', updated_at = now()
+             where renter_id = $1 and currency = $2
+               and (state = 'no_method' or (state = 'hard_declined' and hard_method is distinct from $4))""",
+            data.renter_id,
+            data.currency,
+            event.time,
+            data.method_id,
+        )
+
+
+def subscription(config: PaymentsConfig) -> Subscription:
+    return Subscription(
+        consumer=CONSUMER,
+        topics=(
+            topics.INVOICES_FINALIZED,
+            topics.CREDIT_NOTES_ISSUED,
+            topics.PAYMENTS_RECEIVED,
+            topics.PAYMENT_METHODS,
+            topics.CLOCK_TICKS,
+        ),
+        handler=partial(on_batch, config),
+        batch_max=500,
+        hold_topics=frozenset({topics.PAYMENTS_RECEIVED.name}),
+    )

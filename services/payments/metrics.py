@@ -1,0 +1,21 @@
+"""The payments service's Prometheus metrics (declared once; alert rules in deploy/ use these names)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ATTEMPTS = Counter(
+    "settle_payment_attempts_total",
+    "Gateway calls of collection attempts, by gateway, method kind, currency and outcome "
+    "(success rate per gateway = succeeded / all)",
+    ["gateway", "method", "currency", "outcome"],
+)
+UNKNOWN_OPEN = Gauge("settle_payment_unknown_open", "Attempts whose outcome is unknown (being asked about)")
+NEEDS_OPERATOR = Gauge("settle_payment_needs_operator", "Attempts whose outcome stayed unknown after every inquiry")
+INTENTS = Gauge("settle_payment_intents", "Collection intents by state (the dunning funnel)", ["state"])
+COLLECT_SECONDS = Histogram(
+    "settle_payment_collect_seconds",
+    "Wall time from an attempt's creation to its successful result",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+CIRCUIT_OPEN = Gauge("settle_payment_circuit_open", "1 while a gateway's circuit breaker is open", ["gateway"])

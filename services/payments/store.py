@@ -1,0 +1,178 @@
+"""SQL of the payments service (schema ``payments``, migration 0050) other than the allocation's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.payments.domain.routing import Health
+
+
+@dataclass(frozen=True)
+class Method:
+    method_id: str
+    kind: str
+    token: str
+
+
+async def event_now(conn: asyncpg.Connection) -> datetime | None:
+    value: datetime | None = await conn.fetchval("select at from payments.clock where id = 1")
+    return value
+
+
+async def advance_clock(conn: asyncpg.Connection, at: datetime) -> None:
+    await conn.execute(
+        """insert into payments.clock (id, at) values (1, $1)
+           on conflict (id) do update set at = greatest(payments.clock.at, excluded.at)""",
+        at,
+    )
+
+
+async def save_method(conn: asyncpg.Connection, row: dict[str, Any]) -> bool:
+    """The latest event per method (event time, then event id) wins; True when this one did."""
+    status = await conn.execute(
+        """insert into payments.methods
+               (renter_id, method_id, kind, token, currency, is_default, attached, at, event_id)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           on conflict (renter_id, method_id) do update set kind = excluded.kind, token = excluded.token,
+               currency = excluded.currency, is_default = excluded.is_default, attached = excluded.attached,
+               at = excluded.at, event_id = excluded.event_id
+           where (payments.methods.at, payments.methods.event_id) < (excluded.at, excluded.event_id)""",
+        row["renter_id"],
+        row["method_id"],
+        row["kind"],
+        row["token"],
+        row["currency"],
+        row["is_default"],
+        row["attached"],
+        row["at"],
+        row["event_id"],
+    )
+    return bool(status.endswith("1"))
+
+
+async def default_method(conn: asyncpg.Connection, renter_id: str, currency: str) -> Method | None:
+    row = await conn.fetchrow(
+        """select method_id, kind, token from payments.methods
+            where renter_id = $1 and currency = $2 and attached and is_default
+            order by at desc, event_id desc limit 1""",
+        renter_id,
+        currency,
+    )
+    return None if row is None else Method(row["method_id"], row["kind"], row["token"])
+
+
+async def due_without_intent(conn: asyncpg.Connection, through: datetime, limit: int) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """select i.invoice_id, i.number, i.contract_id, i.renter_id, i.currency, i.due_at, s.remaining_minor
+                 from payments.invoices i join payments.invoice_status s using (invoice_id)
+                where i.billing_mode = 'postpaid' and i.amount_due_minor > 0 and i.due_at <= $1
+                  and s.remaining_minor > 0
+                  and not exists (select 1 from payments.intents t where t.invoice_id = i.invoice_id)
+                order by i.due_at, i.invoice_id limit $2""",
+            through,
+            limit,
+        )
+    )
+
+
+async def retries_due(conn: asyncpg.Connection, through: datetime, limit: int) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """select t.*, s.remaining_minor from payments.intents t join payments.invoice_status s using (invoice_id)
+                where t.state = 'waiting_retry' and t.next_try_at <= $1
+                order by t.next_try_at, t.intent_id limit $2 for update of t""",
+            through,
+            limit,
+        )
+    )
+
+
+async def remaining_of(conn: asyncpg.Connection, invoice_id: str) -> int:
+    value = await conn.fetchval("select remaining_minor from payments.invoice_status where invoice_id = $1", invoice_id)
+    return int(value or 0)
+
+
+async def health(conn: asyncpg.Connection, window: int = 100) -> dict[str, Health]:
+    """Rolling success rate per gateway over its last ``window`` resolved calls, and its circuit."""
+    rows = await conn.fetch(
+        """select gateway, count(*) filter (where state = 'succeeded') as ok, count(*) as n
+             from (select gateway, state, row_number() over (partition by gateway order by resolved_at desc) as rn
+                     from payments.attempts where resolved_at is not null) r
+            where rn <= $1 group by gateway""",
+        window,
+    )
+    circuits = {
+        r["gateway"]: bool(r["open"])
+        for r in await conn.fetch("select gateway, coalesce(open_until > now(), false) as open from payments.circuits")
+    }
+    result = {r["gateway"]: Health(int(r["ok"]), int(r["n"]), circuits.get(r["gateway"], False)) for r in rows}
+    for name, is_open in circuits.items():
+        result.setdefault(name, Health(circuit_open=is_open))
+    return result
+
+
+async def insert_intent(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
+    await conn.execute(
+        """insert into payments.intents (intent_id, invoice_id, invoice_number, contract_id, renter_id, currency,
+               state, tries, first_try_at, next_try_at, reason)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) on conflict do nothing""",
+        row["intent_id"],
+        row["invoice_id"],
+        row["invoice_number"],
+        row["contract_id"],
+        row["renter_id"],
+        row["currency"],
+        row["state"],
+        row["tries"],
+        row["first_try_at"],
+        row["next_try_at"],
+        row["reason"],
+    )
+
+
+async def insert_attempt(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
+    await conn.execute(
+        """insert into payments.attempts (attempt_id, intent_id, try_no, call_no, idempotency_key, gateway,
+               method_id, token, amount_minor, currency, at, state, decision)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12) on conflict do nothing""",
+        row["attempt_id"],
+        row["intent_id"],
+        row["try_no"],
+        row["call_no"],
+        row["idempotency_key"],
+        row["gateway"],
+        row["method_id"],
+        row["token"],
+        row["amount_minor"],
+        row["currency"],
+        row["at"],
+        json.dumps(row["decision"]),
+    )
+
+
+async def update_intent(conn: asyncpg.Connection, intent_id: str, **fields: Any) -> None:
+    names = sorted(fields)
+    sets = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
+    await conn.execute(
+        f"update payments.intents set {sets}, updated_at = now() where intent_id = $1",
+        intent_id,
+        *(fields[n] for n in names),
+    )
+
+
+async def set_past_due(conn: asyncpg.Connection, invoice_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """update payments.invoice_status set past_due = true, status = 'past_due', revision = revision + 1,
+               updated_at = now()
+            where invoice_id = $1 and remaining_minor > 0 and not past_due
+            returning invoice_id, number, contract_id, renter_id, currency, amount_due_minor, paid_minor,
+                      remaining_minor, status, revision""",
+        invoice_id,
+    )
+    return row
