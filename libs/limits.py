@@ -11,6 +11,11 @@ MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
 """Longest id (event id, allocation id, contract id ...) accepted in any event."""
 MAX_TEXT_CHARS = 256
+EARLIEST_EVENT_YEAR = 2000
+LATEST_EVENT_YEAR = 2099
+"""Every time in an event (its envelope ``time`` and any time in ``data``) lies in years 2000–2099 UTC:
+an ancient or far-future time is a broken producer clock, dead-lettered rather than billed (a fixed
+window, not the wall clock, so a replay decides the same)."""
 MAX_SLA_TIERS = 16
 MAX_METER_NAME_CHARS = 32
 MAX_SEGMENTS_PER_HOUR = 512

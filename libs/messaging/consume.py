@@ -101,10 +101,12 @@ class Tx:
         self._entries.extend(e for e in entries if e is not None)
 
     async def flush(self) -> None:
+        # Outbox first: posting locks the ledger's chain heads until commit (libs.ledger.store.post),
+        # so the ledger is written last, to hold them as briefly as possible.
+        await write_outbox(self.conn, self.emitter.drain())
         if self._entries:
             entries, self._entries = self._entries, []
             await post_entries(self.conn, entries)
-        await write_outbox(self.conn, self.emitter.drain())
 
 
 Handler = Callable[[Tx, Sequence[Envelope[Any]]], Awaitable[None]]

@@ -423,7 +423,8 @@ async def ledger_balances_cmd(
 @ledger_app.command("verify")
 @run_async
 async def ledger_verify_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Recompute every balance from postings, check every entry balances, print the trial balance.
+    """Recompute every balance from postings, check every entry balances, print the trial balance,
+    recompute every entry's chain link from its rows (naming the first bad entry).
 
     Exits 1 on any break (2 when it cannot check: no database, not migrated)."""
     async with read_only() as ctx, ctx.pool.acquire() as conn:
@@ -442,6 +443,14 @@ def print_verify(report: Any) -> None:
         table.add_row(asset, str(total))
     console.print(table)
     console.print(f"{report.entries} entries, {report.postings} postings, {report.accounts} accounts")
+    if report.chains or report.chain_breaks:
+        chains = ", ".join(f"{chain} ({n})" for chain, n in sorted(report.chains.items()))
+        console.print(f"chains: {chains or 'none'}; {report.unchained_entries} entries from before chaining")
+    if report.chain_breaks:
+        chain, position, entry_id, reason = report.chain_breaks[0]
+        console.print(f"[red]first bad entry:[/] {entry_id} (chain {chain}, position {position}): {reason}")
+        for chain, position, entry_id, reason in report.chain_breaks[1:10]:
+            console.print(f"[red]also:[/] {entry_id} (chain {chain}, position {position}): {reason}")
     for label, items in (
         ("unbalanced entries", report.unbalanced_entries),
         ("balance mismatches", report.balance_mismatches),
@@ -451,7 +460,8 @@ def print_verify(report: Any) -> None:
         if items:
             console.print(f"[red]{label}:[/] {items[:10]}")
     console.print(
-        "[green]ledger verified: every entry balances, balances match postings, trial balance is zero[/]"
+        "[green]ledger verified: every entry balances, balances match postings, trial balance is zero, "
+        "every chain recomputes[/]"
         if report.ok
         else "[bold red]ledger verification FAILED[/]"
     )

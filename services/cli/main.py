@@ -22,7 +22,7 @@ def build_app() -> typer.Typer:
     """The ``settle`` app with every command and group mounted (once per process)."""
     # Each command module's decorators put its commands on the app and the groups mounted below; they are
     # imported in the order `settle --help` lists their commands.
-    from services.cli import commands, documents, kernel  # noqa: F401
+    from services.cli import commands, documents, kernel, ledger_proof  # noqa: F401
     from services.cli.app import (
         app,
         clock_app,

@@ -351,8 +351,8 @@ async def finalize_plans(conn: asyncpg.Connection, plans: Sequence[ContractPlan]
         await store.add_period_adjustments(conn, contract_id, changes)
     await store.insert_chargebacks(conn, chargebacks)
     await ensure_accounts(conn, specs)
-    await post(conn, entries)
     await write_outbox(conn, emitter.drain())
+    await post(conn, entries)  # last: it holds the ledger's chain heads until commit
     assert all(not left for left in numbers.values()), "every allocated number is used (no gaps)"
     return len(invoice_rows) + len(note_rows)
 

@@ -141,6 +141,6 @@ async def close_statement_chunk(
             entries.append(entry)
     await store.insert_statements(conn, rows)
     await ensure_accounts(conn, specs)
-    await post(conn, entries)
     await write_outbox(conn, emitter.drain())
+    await post(conn, entries)  # last: it holds the ledger's chain heads until commit
     return True

@@ -52,6 +52,7 @@ JSON_VERBS: list[list[str]] = [
     ["dlq", "list", "--json"],
     ["ledger", "balances", "--json"],
     ["ledger", "verify", "--json"],
+    ["ledger", "hash", "--json"],
 ]
 TEXT_VERBS: list[list[str]] = [
     ["status"],
@@ -65,6 +66,7 @@ TEXT_VERBS: list[list[str]] = [
     ["dlq", "show", "1"],
     ["ledger", "balances"],
     ["ledger", "verify"],
+    ["ledger", "hash", "--through", "2026-12-01T00:00:00Z"],
 ]
 
 
@@ -287,7 +289,9 @@ def test_a_missing_database_is_one_line(servers: Servers, tmp_path: Path) -> Non
 def test_read_verbs_work_on_a_migrated_database(migrated_db: str, tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     tables_before = user_tables(migrated_db)
-    listing = [v for v in JSON_VERBS + TEXT_VERBS if v[0] != "status" and v[1] in ("list", "balances", "verify")]
+    listing = [
+        v for v in JSON_VERBS + TEXT_VERBS if v[0] != "status" and v[1] in ("list", "balances", "verify", "hash")
+    ]
     env = _env(migrated_db, state_dir)
     for run in invoke_cli(listing, env, tmp_path) + run_cli([["ledger", "verify"]], env, tmp_path):
         assert run.returncode == 0, run

@@ -84,8 +84,10 @@ async def test_database_refuses_an_unbalanced_entry(stack: Stack) -> None:
         await ensure_accounts(conn, [AccountSpec("a", "USD", "asset", "p"), AccountSpec("b", "USD", "revenue", "p")])
         with pytest.raises(asyncpg.PostgresError) as caught:  # noqa: PT012 (the entry and its postings, one transaction)
             async with conn.transaction():
-                await conn.execute(
-                    "insert into ledger.entries (id, cause_id, kind, occurred_at) values ('x','c','k',now())"
+                await conn.execute(  # chained like post() would (migration 0006 refuses an unchained entry)
+                    "insert into ledger.entries (id, cause_id, kind, occurred_at, chain, chain_seq, prev_hash, hash)"
+                    " values ('x', 'c', 'k', now(), 'USD/8', 1, $1, $1)",
+                    bytes(32),
                 )
                 await conn.execute(
                     "insert into ledger.postings (entry_id, seq, account, asset, amount)"

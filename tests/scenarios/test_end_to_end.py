@@ -272,8 +272,11 @@ async def test_every_demo_invoice_and_statement_matches_the_oracle(stack: Stack)
         problems.append(
             f"ledger does not verify: unbalanced {report.unbalanced_entries[:5]}, mismatches "
             f"{report.balance_mismatches[:5]}, floor breaches {report.floor_breaches[:5]}, "
-            f"empty {report.empty_entries[:5]}, trial balance {report.trial_balance}"
+            f"empty {report.empty_entries[:5]}, trial balance {report.trial_balance}, "
+            f"chain breaks {report.chain_breaks[:5]}"
         )
+    if sum(report.chains.values()) != report.entries or report.unchained_entries:
+        problems.append(f"not every entry is chained: {report.chains} for {report.entries} entries")
     if any(report.trial_balance.values()):
         problems.append(f"trial balance is not zero: {report.trial_balance}")
 
