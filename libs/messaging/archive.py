@@ -35,7 +35,7 @@ _FIRST_YEAR, _END_YEAR = 2000, 2100
 """Event times outside [2000, 2100) are stored undated (a month partition per absurd year is no use)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class ArchivedRecord:
     """One archived log position, shaped like a Kafka record (a ``RecordLike``)."""
 
@@ -146,8 +146,10 @@ async def write_archive(conn: asyncpg.Connection, consumer: str, rows: Sequence[
     status = await conn.execute(
         f"""insert into {PARENT} (topic, partition, "offset", event_time, event_id, event_type, key, value,
                                   headers, consumer)
-            select u.*, $1 from unnest($2::text[], $3::int[], $4::bigint[], $5::timestamptz[], $6::text[],
-                                       $7::text[], $8::bytea[], $9::bytea[], $10::jsonb[]) as u
+            select u.topic, u.partition, u.off, u.at, u.id, u.type, u.key, u.value, u.headers::jsonb, $1
+              from unnest($2::text[], $3::int[], $4::bigint[], $5::timestamptz[], $6::text[], $7::text[],
+                          $8::bytea[], $9::bytea[], $10::text[]) as u(topic, partition, off, at, id, type, key, value,
+                                                                    headers)
             on conflict do nothing""",
         consumer,
         [r.topic for r in rows],
@@ -164,7 +166,9 @@ async def write_archive(conn: asyncpg.Connection, consumer: str, rows: Sequence[
 
 
 def _headers_json(headers: Sequence[tuple[str, bytes]]) -> str:
-    """Headers as JSON ``[[name, base64 value], ...]`` (values are bytes, not always text)."""
+    """Headers as JSON text ``[[name, base64 value], ...]`` (values are bytes, not always text)."""
+    if not headers:
+        return "[]"
     return orjson.dumps([[k, base64.b64encode(bytes(v)).decode()] for k, v in headers]).decode()
 
 

@@ -17,7 +17,7 @@ from libs.messaging.consume import Subscription, Tx
 from libs.messaging.envelope import Envelope
 from libs.messaging.topic import Topic
 from tests.conftest import Stack
-from tests.feed import Feed
+from tests.feed import Feed, Record
 from tests.fleet import event_bytes
 
 pytestmark = pytest.mark.integration
@@ -95,11 +95,17 @@ async def test_each_position_is_archived_once_with_its_bytes_whatever_happens_to
         "settle.input_archive_y2027m01",
     ]
 
-    # Read back in log order, shaped like Kafka records, bytes and key intact.
+    # Headers are kept as bytes (not always text).
+    await a.consumer.process([Record("notes.v1", 1, 0, b"k5", note(5, january), (("trace", b"\xff\x00"),))])
+
+    # Read back in log order, shaped like Kafka records, bytes, key and headers intact.
     async with stack.pool.acquire() as conn:
-        chunks = [c async for c in read_range(conn, ArchiveRange("notes.v1", from_time=january), chunk=1)]
+        chunks = [c async for c in read_range(conn, ArchiveRange("notes.v1", from_time=january, partition=0), chunk=1)]
     assert [[r.offset for r in c] for c in chunks] == [[2], [4]]
-    assert chunks[0][0].key == b"k2" and chunks[0][0].value == sent[2][2]
+    assert chunks[0][0].key == b"k2" and chunks[0][0].value == sent[2][2] and chunks[0][0].headers == ()
+    async with stack.pool.acquire() as conn:
+        [with_headers] = [r async for c in read_range(conn, ArchiveRange("notes.v1", partition=1)) for r in c]
+    assert with_headers.headers == (("trace", b"\xff\x00"),)
 
 
 async def test_prune_drops_whole_months_older_than_the_retention(stack: Stack) -> None:
