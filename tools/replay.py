@@ -436,13 +436,15 @@ async def replay(
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
-            total = await check_replayable(conn, selection, settings)
             run_id = await audit.start_run(
                 conn, operator=operator or audit.default_actor(), command="replay", arguments=arguments
             )
-        detail: dict[str, Any] = {"records": total}
+        detail: dict[str, Any] = {}
         ok = False
         try:
+            async with pool.acquire() as conn:
+                total = await check_replayable(conn, selection, settings)
+            detail["records"] = total
             if dry_run:
                 assert targets.bootstrap_servers is not None
                 subscriptions_for(topic, service or [])  # the names are checked before any work

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from schemas import topics
 from services.operations.compare import differences, snapshot
 from tests.conftest import Servers, Stack
 from tools.demo.run import run_demo
+from tools.fleet import ROOT, worker_env
 from tools.replay import check_whole, rebuild_into, replay_range
 
 pytestmark = pytest.mark.integration
@@ -105,6 +108,39 @@ async def test_rebuild_from_the_archive_gives_the_same_documents_and_journal(
     assert replayed.duplicates > 0
     async with stack.pool.acquire() as conn:
         assert differences(live, await snapshot(conn)) == []
+
+    # The command: audited with who, arguments and outcome; a range older than the inbox retention refused.
+    done = settle_cli(stack, "replay", "--topic", "wallets.v1", "--service", "rating", "--operator", "tester")
+    assert done.returncode == 0, done.stderr + done.stdout
+    run = await stack.pool.fetchrow("select * from settle.replay_runs order by id desc limit 1")
+    assert (run["operator"], run["command"], run["outcome"]) == ("tester", "replay", "done")
+    assert run["arguments"]["topic"] == "wallets.v1" and run["arguments"]["services"] == ["rating"]
+    undecodable = await stack.pool.fetchval(
+        "select count(*) from settle.input_archive where topic = 'wallets.v1' and event_id is null"
+    )
+    assert run["detail"]["processed"] == 0  # every decodable record is a duplicate; malformed ones stay dead letters
+    assert run["detail"]["duplicates"] == run["detail"]["records"] - undecodable > 0
+    await stack.pool.execute(
+        "update settle.input_archive set received_at = now() - interval '40 days' where topic = 'wallets.v1'"
+    )
+    refused = settle_cli(stack, "replay", "--topic", "wallets.v1", "--operator", "tester")
+    assert refused.returncode == 2 and "inbox retention" in refused.stderr + refused.stdout
+    run = await stack.pool.fetchrow("select * from settle.replay_runs order by id desc limit 1")
+    assert run["outcome"] == "failed" and "inbox retention" in run["detail"]["error"]
+
+
+def settle_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = worker_env(stack.database_url, stack.bootstrap_servers, stack.settings.topic_prefix)
+    env["SETTLE_STATE_DIR"] = str(stack.settings.state_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def kept_records(kept: dict[tuple[str, int], int], topic: str) -> int:
