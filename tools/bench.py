@@ -1,6 +1,6 @@
 """`settle bench …`: benchmarks on the local stack (or SETTLE_* servers). Not tests: they report figures.
 
-Why over 500 lines: four benchmarks (kernel, metering, close, chaos) with their load generators; each
+Why over 500 lines: five benchmarks (kernel, metering, close, chaos, replay) with their load generators; each
 is one section, and they share the fresh-stack and worker-process helpers at the top.
 
 Every benchmark runs against a FRESH database (``settle_bench_<name>`` on the resolved server, dropped
