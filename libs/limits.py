@@ -83,3 +83,5 @@ STALE_ALLOCATION_AFTER_S = 30 * 24 * 3600
 """An allocation open with no lifecycle event for this long raises `metering.allocation_stale`."""
 WINDOW_OPEN_LIMIT_S = 72 * 3600
 """A maintenance or outage window open this long raises `metering.window_open_too_long`."""
+ARCHIVE_READ_CHUNK = 1000
+"""Archived records read (and handed to ``consume()``) per chunk by replay and rebuild."""

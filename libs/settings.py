@@ -80,6 +80,13 @@ class Settings(BaseSettings):
         description="Inbox claims (dedup of redeliveries) older than this are pruned; at least Kafka's "
         "retention plus the outbox retention.",
     )
+    archive_retention_months: int = Field(
+        default=25,
+        ge=0,
+        le=1200,
+        description="Input archive months kept by `settle archive prune` (whole month partitions by event "
+        "time; 0 keeps everything).",
+    )
     held_alert_after_s: int = Field(
         default=6 * 3600,
         ge=60,

@@ -28,6 +28,7 @@ INFRA_LIFECYCLE = Topic(
     key="allocation_id",
     partitions=6,
     producer="platform",
+    archive=True,
     description="Allocation lifecycle: provisioned, decommissioned, maintenance and outage windows.",
     types=MappingProxyType(
         {
@@ -45,6 +46,7 @@ CONTRACTS = Topic(
     key="contract_id",
     partitions=6,
     producer="platform",
+    archive=True,
     description="Contract created, amended (effective-dated priced fields) and terminated.",
     types=MappingProxyType(
         {
@@ -59,6 +61,7 @@ WALLETS = Topic(
     key="contract_id",
     partitions=6,
     producer="platform",
+    archive=True,
     description="Prepaid wallet top-ups.",
     types=MappingProxyType({"wallet.topped_up": inputs.WalletToppedUp}),
 )
@@ -67,6 +70,7 @@ USAGE_SAMPLES = Topic(
     key="allocation_id",
     partitions=6,
     producer="platform",
+    archive=True,
     description="Telemetry samples (heartbeats, egress GB, energy kWh): the high-volume path.",
     types=MappingProxyType({"usage.sample.recorded": inputs.UsageSampleRecorded}),
 )
@@ -75,6 +79,7 @@ CLOCK_TICKS = Topic(
     key="clock",
     partitions=1,
     producer="settle clock",
+    archive=True,
     description="Time advances: every hour and period ending at or before the tick closes.",
     types=MappingProxyType({"clock.ticked": inputs.ClockTicked}),
 )

@@ -1,6 +1,6 @@
 """`settle bench …`: benchmarks on the local stack (or SETTLE_* servers). Not tests: they report figures.
 
-Why over 500 lines: four benchmarks (kernel, metering, close, chaos) with their load generators; each
+Why over 500 lines: five benchmarks (kernel, metering, close, chaos, replay) with their load generators; each
 is one section, and they share the fresh-stack and worker-process helpers at the top.
 
 Every benchmark runs against a FRESH database (``settle_bench_<name>`` on the resolved server, dropped
@@ -833,4 +833,151 @@ async def bench_chaos(
     ok = not diff and calm.ledger_ok and chaos.ledger_ok and chaos.open_gaps == 0 and chaos.kills > 0
     console.print("[bold green]identical documents under SIGKILL[/]" if ok else "[bold red]the chaos run differs[/]")
     if not ok:
+        raise typer.Exit(1)
+
+
+# --- replay ---------------------------------------------------------------------------------------------------
+def _bench_gpu_allocation(allocation_id: str, contract_id: str, gpus: int) -> bytes:
+    from schemas.inputs import AllocationProvisioned
+
+    data = AllocationProvisioned(
+        allocation_id=allocation_id,
+        contract_id=contract_id,
+        renter_id="bench-renter",
+        supplier_id="bench-dc",
+        server_id=f"srv-{allocation_id}",
+        gpu_model="H100",
+        gpu_count=gpus,
+    )
+    return encode(
+        event_id=f"{allocation_id}-prov", source="/bench", type="gpu.allocation.provisioned", time=BENCH_T0, data=data
+    )
+
+
+async def write_month_archive(
+    pool: asyncpg.Pool, *, allocations: int, gpus_per_allocation: int, contracts: int, days: int, tick_hours: int
+) -> int:
+    """A month of a cloud as the archive would hold it: contracts, allocations provisioned at the start
+    and kept all month, and the clock's ticks every ``tick_hours`` (each with the inputs as its barrier)."""
+    from libs.messaging.archive import ArchiveRow, ensure_months, month_of, write_archive
+    from libs.messaging.broker import keyed_partition
+    from services.clock.domain import BARRIER_TOPICS, tick_bytes, tick_id
+
+    offsets: dict[tuple[str, int], int] = {}
+
+    def row(topic: topics.Topic, key: str, value: bytes, event_id: str, at: datetime) -> ArchiveRow:
+        partition = keyed_partition(topic, key.encode())
+        offset = offsets.get((topic.name, partition), 0)
+        offsets[(topic.name, partition)] = offset + 1
+        return ArchiveRow(topic.name, partition, offset, key.encode(), value, (), event_id, "", at)
+
+    rows = [
+        row(topics.CONTRACTS, f"bench-c{c}", _bench_contract(f"bench-c{c}"), f"bench-c{c}-created", BENCH_T0)
+        for c in range(contracts)
+    ]
+    rows += [
+        row(
+            topics.INFRA_LIFECYCLE,
+            f"bench-a{i}",
+            _bench_gpu_allocation(f"bench-a{i}", f"bench-c{i % contracts}", gpus_per_allocation),
+            f"bench-a{i}-prov",
+            BENCH_T0,
+        )
+        for i in range(allocations)
+    ]
+    barrier = {t.name: [offsets.get((t.name, p), 0) for p in range(t.partitions)] for t in BARRIER_TOPICS}
+    end = BENCH_T0 + timedelta(days=days)
+    at = BENCH_T0
+    while at < end:
+        at = min(at + timedelta(hours=tick_hours), end)
+        rows.append(row(topics.CLOCK_TICKS, "clock", tick_bytes(at, barrier, event_id=tick_id(at)), tick_id(at), at))
+    await ensure_months(pool, {month_of(r.event_time) for r in rows if r.event_time is not None})
+    for start in range(0, len(rows), 5000):
+        async with pool.acquire() as conn, conn.transaction():
+            await write_archive(conn, "bench", rows[start : start + 5000])
+    return len(rows)
+
+
+@bench_app.command("replay")
+@run_async
+async def bench_replay(
+    gpus: Annotated[int, typer.Option(help="GPUs in the cloud (10,000: a month is 7.2 million GPU-hours).")] = 10_000,
+    gpus_per_allocation: Annotated[
+        int, typer.Option(help="GPUs per allocation (1: one usage record per GPU-hour).")
+    ] = 1,
+    contracts: Annotated[int, typer.Option(help="Contracts the allocations spread over.")] = 100,
+    days: Annotated[int, typer.Option(help="Days of usage (30: a month).")] = 30,
+    tick_hours: Annotated[int, typer.Option(help="Hours between two archived clock ticks.")] = 24,
+    runs: Annotated[int, typer.Option(help="Rebuilds of the same archive, compared with each other.")] = 2,
+) -> None:
+    """A month of a GPU cloud rebuilt from the input archive through metering and rating into a fresh
+    database (``settle rebuild``'s path: private topics, worker processes, the clock's ticks as archived),
+    timed from the first published record until the fleet is idle; RUNS rebuilds must agree exactly."""
+    from services.operations.compare import digests
+    from tools.replay import rebuild_into
+
+    assert gpus % gpus_per_allocation == 0, "whole allocations"
+    allocations = gpus // gpus_per_allocation
+    expected_hours = allocations * days * 24
+    async with bench_stack("replay_source") as stack:
+        archived = await write_month_archive(
+            stack.pool,
+            allocations=allocations,
+            gpus_per_allocation=gpus_per_allocation,
+            contracts=contracts,
+            days=days,
+            tick_hours=tick_hours,
+        )
+        console.print(
+            f"archive: {archived} records ({contracts} contracts, {allocations} allocations of {gpus_per_allocation} "
+            f"GPU, {days} days, a tick every {tick_hours} h) → {expected_hours:,} usage records expected"
+        )
+        results = []
+        for run in range(runs):
+            name = f"settle_bench_replay_into{run}"
+            admin = await asyncpg.connect(stack.database_url)
+            try:
+                await admin.execute(f'drop database if exists "{name}" with (force)')
+                await admin.execute(f'create database "{name}"')
+            finally:
+                await admin.close()
+            into = with_database(stack.database_url, name)
+            result = await rebuild_into(
+                stack.pool,
+                into,
+                stack.bootstrap_servers,
+                log_dir=stack.settings.state_dir / f"rebuild{run}",
+                fleet=("metering", "rating"),
+                idle_timeout_s=4 * 3600,
+            )
+            pool = await create_pool(into, max_size=2)
+            try:
+                async with pool.acquire() as conn:
+                    hours = int(await conn.fetchval("select count(*) from rating.charges"))
+                    digest = await digests(conn)
+            finally:
+                await pool.close()
+            console.print(
+                f"run {run + 1}: {hours:,} charges in {result.elapsed_s:.1f} s ({hours / result.elapsed_s:,.0f}/s); "
+                f"ledger {digest['entries'][0]:,} entries, digest {digest['entries'][1][:16]}"
+            )
+            results.append((result.elapsed_s, hours, digest))
+    table = Table("run", "usage records rated", "seconds", "records/s", "charges digest", "journal digest")
+    for n, (elapsed, hours, digest) in enumerate(results, 1):
+        table.add_row(
+            str(n),
+            f"{hours:,}",
+            f"{elapsed:.1f}",
+            f"{hours / elapsed:,.0f}",
+            digest["charges"][1][:16],
+            digest["entries"][1][:16],
+        )
+    console.print(table)
+    same = all(r[2] == results[0][2] for r in results)
+    complete = all(r[1] == expected_hours for r in results)
+    console.print(
+        ("[bold green]identical[/]" if same else "[bold red]runs differ[/]")
+        + f" · {'every' if complete else 'NOT every'} expected usage hour rated"
+    )
+    if not (same and complete):
         raise typer.Exit(1)

@@ -50,6 +50,7 @@ from libs.errors import (
 )
 from libs.ledger import Entry
 from libs.ledger import post as post_entries
+from libs.messaging.archive import ArchiveRow, MonthPartitions, write_archive
 from libs.messaging.deadletters import DeadLetter, RecordLike, dead_letter_of, held_keys, record_dead_letters
 from libs.messaging.envelope import Envelope, decode_data, decode_raw
 from libs.messaging.outbox import Emitter, write_outbox
@@ -182,6 +183,9 @@ class Consumer:
         self._by_physical = {topic_prefix + t.name: t for t in subscription.topics}
         self._next: dict[tuple[str, int], int] = {}
         self._fence: Fence | None = None
+        self._archived = frozenset(topic_prefix + t.name for t in subscription.topics if t.archive)
+        self._archive: list[ArchiveRow] = []
+        self._months = MonthPartitions()
 
     # --- decoding ------------------------------------------------------------------------------------
     def _decode(self, record: RecordLike) -> _Decoded | DeadLetter:
@@ -225,6 +229,16 @@ class Consumer:
         for record in records:
             item = self._decode(record)
             (letters if isinstance(item, DeadLetter) else decoded).append(item)  # type: ignore[arg-type]
+        self._archive = self._archive_rows(records, decoded)
+        if self._archive:
+            try:
+                await self._months.ensure(self.pool, (r.event_time for r in self._archive))
+            except Exception as error:
+                unavailable = map_db_error(error)
+                if isinstance(unavailable, InfrastructureError):
+                    raise unavailable from error
+                # Not fatal: records of a month without its partition land in the default partition.
+                log.warning("archive partition not created", consumer=self.sub.consumer, error=repr(error)[:300])
         result = BatchResult()
         try:
             await self._run_batch(decoded, letters, result, final=True)
@@ -246,6 +260,32 @@ class Consumer:
         metrics.MESSAGES.labels(self.sub.consumer, "dead_letter").inc(result.dead_letters)
         return result
 
+    def _archive_rows(self, records: Sequence[RecordLike], decoded: list[_Decoded]) -> list[ArchiveRow]:
+        """Every record of an archived topic in this batch (decoded or not, new or a duplicate): the
+        archive holds each position of the log the consumer passes."""
+        if not self._archived:
+            return []
+        envelopes = {id(d.record): d.envelope for d in decoded}
+        rows = []
+        for r in records:
+            if r.topic not in self._archived:
+                continue
+            envelope = envelopes.get(id(r))
+            rows.append(
+                ArchiveRow(
+                    topic=r.topic[len(self.prefix) :],
+                    partition=r.partition,
+                    offset=r.offset,
+                    key=None if r.key is None else bytes(r.key),
+                    value=None if r.value is None else bytes(r.value),
+                    headers=tuple(r.headers or ()),
+                    event_id=envelope.id if envelope is not None else None,
+                    event_type=envelope.type if envelope is not None else None,
+                    event_time=envelope.time if envelope is not None else None,
+                )
+            )
+        return rows
+
     def _next_offsets(self, records: Sequence[RecordLike]) -> dict[tuple[str, int], int]:
         """Where the consumer resumes after these records: per (logical topic, partition), last offset + 1."""
         nxt: dict[tuple[str, int], int] = {}
@@ -256,6 +296,9 @@ class Consumer:
         return nxt
 
     async def _commit_positions(self, conn: asyncpg.Connection) -> None:
+        # The archive moves with the positions: a position never passes a record that is not archived.
+        if self._archive:
+            await write_archive(conn, self.sub.consumer, self._archive)
         if not self._next:
             return
         if self._fence is not None:

@@ -17,8 +17,8 @@ retention needs a longer inbox retention — set it. Claims of events that have 
 (``settle.dead_letters``, not redriven) are kept whatever their age: a redrive republishes the event to
 every group of its topic, and the groups that handled it must still recognize it.
 
-An archive replay (wave two) re-delivers events older than the window on purpose; it will bring its
-own dedup (it is not built yet, README "Limits and known gaps").
+``settle replay`` re-delivers archived events through this inbox, so it refuses ranges received before
+the window (their claims may be gone); older ranges are recomputed with ``settle rebuild`` instead.
 
 Scheduling: :func:`prune_inbox_task` is a worker background task (``Service.tasks`` signature,
 ``Callable[[Runtime], Coroutine]``). It runs in any one worker or in every worker (the delete is

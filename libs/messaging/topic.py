@@ -29,6 +29,9 @@ class Topic:
     types: Mapping[str, type[BaseModel]] = field(default_factory=dict)
     producer: str = "settle"
     """Who writes it: ``platform`` (input contract), ``operator`` or a Settle service."""
+    archive: bool = False
+    """Keep every record a consumer reads from it in the input archive (``settle.input_archive``), in the
+    consuming transaction: what cannot be rebuilt from a Settle outbox must be kept to be replayed."""
 
     @property
     def dlq(self) -> str:

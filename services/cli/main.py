@@ -37,7 +37,7 @@ def build_app() -> typer.Typer:
         statements_app,
         topics_app,
     )
-    from tools import bench
+    from tools import bench, replay
     from tools.demo import command as demo_command
 
     app.add_typer(stack_app, name="stack")
@@ -55,6 +55,9 @@ def build_app() -> typer.Typer:
     invoices_app.add_typer(quarantine_app, name="quarantine")
     app.add_typer(gaps_app, name="gaps")
     app.add_typer(outbox_app, name="outbox")
+    app.command("replay")(replay.replay)
+    app.command("rebuild")(replay.rebuild)
+    app.add_typer(replay.archive_app, name="archive")
     return app
 
 

@@ -72,3 +72,34 @@ async def list_actions(
         min(limit, limits.HELD_LIST_MAX),
     )
     return [dict(r) for r in rows]
+
+
+async def start_run(conn: asyncpg.Connection, *, operator: str, command: str, arguments: dict[str, Any]) -> int:
+    """Record that a replay or rebuild starts (``settle.replay_runs``, outcome ``running``); returns its id."""
+    run_id: int = await conn.fetchval(
+        "insert into settle.replay_runs (operator, command, arguments) values ($1, $2, $3) returning id",
+        operator[: limits.MAX_ID_CHARS],
+        command,
+        arguments,
+    )
+    return run_id
+
+
+async def finish_run(conn: asyncpg.Connection, run_id: int, *, ok: bool, detail: dict[str, Any]) -> None:
+    """Record how a run ended (``done`` or ``failed``) and what it did or why it stopped."""
+    await conn.execute(
+        """update settle.replay_runs set finished_at = now(), outcome = $2, detail = detail || $3::jsonb
+            where id = $1""",
+        run_id,
+        "done" if ok else "failed",
+        detail,
+    )
+
+
+async def list_runs(conn: asyncpg.Connection, *, limit: int = 20) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """select id, started_at, finished_at, operator, command, arguments, outcome, detail
+             from settle.replay_runs order by id desc limit $1""",
+        min(limit, limits.HELD_LIST_MAX),
+    )
+    return [dict(r) for r in rows]
