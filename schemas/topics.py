@@ -187,6 +187,22 @@ JOURNAL_POSTED = Topic(
         }
     ),
 )
+PROCESSOR_EVENTS = Topic(
+    "processor.events.v1",
+    key="payment_id",
+    partitions=3,
+    producer="webhooks",
+    description="Payment processors' webhooks, signature-checked and deduplicated (payments, refunds, disputes).",
+    types=MappingProxyType(
+        {
+            "processor.payment_succeeded": events.ProcessorEventReceived,
+            "processor.payment_failed": events.ProcessorEventReceived,
+            "processor.charge_refunded": events.ProcessorEventReceived,
+            "processor.dispute_opened": events.ProcessorEventReceived,
+            "processor.dispute_closed": events.ProcessorEventReceived,
+        }
+    ),
+)
 
 REGISTRY: tuple[Topic, ...] = (
     INFRA_LIFECYCLE,
@@ -204,6 +220,7 @@ REGISTRY: tuple[Topic, ...] = (
     STATEMENTS_FINALIZED,
     JOURNAL_REQUESTS,
     JOURNAL_POSTED,
+    PROCESSOR_EVENTS,
 )
 BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})
 

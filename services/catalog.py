@@ -14,6 +14,7 @@ _WORKERS: dict[str, str] = {
     "rating": "services.rating.main",
     "invoicing": "services.invoicing.main",
     "clock": "services.clock.main",
+    "webhooks": "services.webhooks.main",
 }
 RELAY = "relay"
 """``settle run relay`` runs relays only (no consumers); every other worker also runs one relay."""
