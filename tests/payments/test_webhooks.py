@@ -15,8 +15,8 @@ import aiohttp
 import orjson
 import pytest
 import stripe
+from prometheus_client import REGISTRY
 
-from libs.observability import metrics
 from schemas import topics
 from services.webhooks.domain import MalformedWebhookError, event_id_for, normalize_stripe
 from services.webhooks.main import SERVICE as WEBHOOKS
@@ -120,7 +120,8 @@ async def rows(stack: Stack) -> tuple[int, int]:
 
 
 def rejected(reason: str) -> float:
-    return metrics.WEBHOOKS_REJECTED.labels("stripe", reason)._value.get()
+    value = REGISTRY.get_sample_value("settle_webhook_rejected_total", {"gateway": "stripe", "reason": reason})
+    return value or 0.0
 
 
 @pytest.mark.integration
