@@ -106,6 +106,37 @@ class Settings(BaseSettings):
         "circuit breaker; unset: the defaults in services/payments/config.py.",
     )
 
+    # payments gateways
+    gateways_enabled: str = Field(
+        default="stripe,ledgerpay",
+        description="Comma-separated gateways the payments worker builds (services.payments.gateways.registry).",
+    )
+    stripe_api_base: str = Field(
+        default="https://api.stripe.com",
+        description="Base URL of the Stripe API (the fake processor: http://127.0.0.1:12111).",
+    )
+    stripe_api_key: str | None = Field(default=None, description="Stripe secret key (sk_…); unset: no Stripe gateway.")
+    stripe_webhook_secret: str | None = Field(
+        default=None, description="Signing secret of Stripe webhooks (whsec_…); unset: the endpoint refuses them all."
+    )
+    stripe_webhook_tolerance_s: int = Field(
+        default=300, ge=1, le=3600, description="Oldest accepted Stripe-Signature timestamp, in seconds."
+    )
+    ledgerpay_api_base: str = Field(
+        default="http://127.0.0.1:12111/ledgerpay",
+        description="Base URL of the LedgerPay API (the fake processor serves it under /ledgerpay).",
+    )
+    ledgerpay_api_key: str | None = Field(default=None, description="LedgerPay API key (X-Api-Key).")
+    gateway_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Longest wait for a gateway's answer; past it the outcome is unknown."
+    )
+    gateway_connect_timeout_s: float = Field(
+        default=3.0, gt=0, le=60, description="Longest wait to connect to a gateway; past it nothing was sent (error)."
+    )
+    webhooks_port: int = Field(default=9410, ge=0, description="Port of the webhook endpoint (`settle run webhooks`).")
+    webhooks_host: str = Field(default="0.0.0.0", description="Address the webhook endpoint listens on.")
+    fakepsp_port: int = Field(default=12111, ge=0, description="Port of `settle fakepsp` (the fake processor).")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -370,3 +370,40 @@ class PaymentEvent(EventModel):
     code: str | None = None
     reason: str = ""
     at: UtcTime
+
+# --- processor.events.v1 (key: payment_id, else attempt_id, else object_id) -----------------------------
+
+
+class ProcessorEventReceived(EventModel):
+    """A payment processor's webhook, verified and deduplicated by the webhooks worker (types
+    ``processor.payment_succeeded``, ``processor.payment_failed``, ``processor.charge_refunded``,
+    ``processor.dispute_opened``, ``processor.dispute_closed``).
+
+    What the processor said, normalized, not what it means for an invoice (the payments service
+    decides that). Amounts are integers in the currency's minor unit. ``payment_id`` is the processor's
+    id of the payment (Stripe: the PaymentIntent) — the key of every event of one payment, so they
+    keep their order on one partition; ``attempt_id`` is ours, echoed from the payment's metadata
+    when the processor sends it (not on disputes).
+    """
+
+    gateway: Id
+    processor_event_id: Id
+    processor_type: Text
+    """The processor's own event type (``charge.dispute.closed``)."""
+    object_type: Text
+    object_id: Id
+    payment_id: Id | None = None
+    charge_id: Id | None = None
+    attempt_id: Id | None = None
+    invoice_number: Text | None = None
+    amount_minor: int = Field(ge=0)
+    amount_refunded_minor: int | None = Field(default=None, ge=0)
+    currency: Currency
+    status: Text
+    """Of the object: ``succeeded``, ``requires_payment_method``, ``needs_response``, ``won``, ``lost`` …"""
+    decline_code: Text | None = None
+    """Of a failed payment, as the Stripe adapter spells it (``card_declined/insufficient_funds``)."""
+    dispute_id: Id | None = None
+    dispute_reason: Text | None = None
+    dispute_status: Text | None = None
+    occurred_at: UtcTime

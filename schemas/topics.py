@@ -192,6 +192,22 @@ JOURNAL_POSTED = Topic(
         }
     ),
 )
+PROCESSOR_EVENTS = Topic(
+    "processor.events.v1",
+    key="payment_id",
+    partitions=3,
+    producer="webhooks",
+    description="Payment processors' webhooks, signature-checked and deduplicated (payments, refunds, disputes).",
+    types=MappingProxyType(
+        {
+            "processor.payment_succeeded": events.ProcessorEventReceived,
+            "processor.payment_failed": events.ProcessorEventReceived,
+            "processor.charge_refunded": events.ProcessorEventReceived,
+            "processor.dispute_opened": events.ProcessorEventReceived,
+            "processor.dispute_closed": events.ProcessorEventReceived,
+        }
+    ),
+)
 
 PAYMENT_METHODS = Topic(
     "payments.methods.v1",
@@ -264,6 +280,7 @@ REGISTRY: tuple[Topic, ...] = (
     PAYMENTS_RECEIVED,
     INVOICE_PAYMENTS,
     PAYMENTS,
+    PROCESSOR_EVENTS,
 )
 BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})
 

@@ -15,6 +15,7 @@ _WORKERS: dict[str, str] = {
     "invoicing": "services.invoicing.main",
     "clock": "services.clock.main",
     "payments": "services.payments.main",
+    "webhooks": "services.webhooks.main",
 }
 RELAY = "relay"
 """``settle run relay`` runs relays only (no consumers); every other worker also runs one relay."""

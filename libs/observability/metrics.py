@@ -64,3 +64,13 @@ HELD_ALERT_AFTER = Gauge(
     "settle_held_alert_after_seconds", "SETTLE_HELD_ALERT_AFTER_S: held data older than this is alerted on"
 )
 INBOX_PRUNED = Counter("settle_inbox_pruned_total", "Inbox claims deleted after the inbox retention")
+WEBHOOKS_REJECTED = Counter(
+    "settle_webhook_rejected_total",
+    "Webhook requests refused with HTTP 400 before any state change (bad or missing signature, stale, malformed)",
+    ["gateway", "reason"],
+)
+WEBHOOK_EVENTS = Counter(
+    "settle_webhook_events_total",
+    "Verified webhook events by outcome (accepted, duplicate, conflict: same id with another payload, ignored type)",
+    ["gateway", "outcome"],
+)

@@ -39,6 +39,7 @@ def build_app() -> typer.Typer:
     )
     from tools import bench, replay
     from tools.demo import command as demo_command
+    from tools.fakepsp import command as fakepsp_command
 
     app.add_typer(stack_app, name="stack")
     app.add_typer(topics_app, name="topics")
@@ -49,6 +50,7 @@ def build_app() -> typer.Typer:
     app.add_typer(statements_app, name="statements")
     app.add_typer(clock_app, name="clock")
     app.command("demo")(demo_command.demo)
+    app.command("fakepsp")(fakepsp_command.fakepsp)
     from services.cli import operations, recovery  # noqa: F401
 
     app.add_typer(held_app, name="held")

@@ -470,7 +470,8 @@ async def test_migration_backfills_held_events_from_stored_facts(servers: Server
                         fact("o-end", "outage_ended", 3, "i"),
                     ],
                 )
-                assert await migrate(conn) == ["0040_operations.sql"]
+                applied = await migrate(conn)  # 0040, then whatever later migrations exist
+                assert applied[0] == "0040_operations.sql" and all(n > "0040" for n in applied)
                 rows = await conn.fetch("select event_id, allocation_id, kind from metering.held_events order by 1")
                 assert [tuple(r) for r in rows] == [("dec", "a", "decommissioned"), ("m-end", "b", "maintenance_ended")]
         finally:
