@@ -86,7 +86,7 @@ def is_sepa_iban(iban: str) -> bool:
 def check_wallet_address(address: str) -> list[str]:
     """An EVM address in EIP-55 mixed-case form. An all-lower or all-upper address carries no
     checksum, so a typo in it cannot be caught: refused for payouts."""
-    if not is_hex_address(address):
+    if not address.startswith("0x") or not is_hex_address(address):
         return [f"wallet address {address!r}: 0x and 40 hex digits expected"]
     if not is_checksum_address(address):
         return [f"wallet address {address!r}: not in EIP-55 checksum form (or the checksum is wrong)"]
