@@ -1,6 +1,6 @@
 """`settle bench …`: benchmarks on the local stack (or SETTLE_* servers). Not tests: they report figures.
 
-Why over 500 lines: five benchmarks (kernel, metering, close, chaos, replay) with their load generators; each
+Why over 500 lines: six benchmarks (kernel, metering, close, chaos, replay, payouts) with their load generators; each
 is one section, and they share the fresh-stack and worker-process helpers at the top.
 
 Every benchmark runs against a FRESH database (``settle_bench_<name>`` on the resolved server, dropped
@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -981,3 +981,89 @@ async def bench_replay(
     )
     if not (same and complete):
         raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------- payouts
+
+_BENCH_ROUTINGS = ("011000015", "021000021", "026009593", "111000025", "121000248", "322271627")
+_BENCH_IBANS = ("FR1420041010050500013M02606", "NL91ABNA0417164300", "ES9121000418450200051332", "BE68539007547034")
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+@bench_app.command("payouts")
+def bench_payouts(
+    payouts: Annotated[int, typer.Option(help="Payouts per file (one NACHA file, one pain.001).")] = 50_000,
+) -> None:
+    """Builds one NACHA file and one SEPA pain.001 of PAYOUTS payouts each, in process (no stack): the
+    timed regions are exactly the rail's ``build()`` (payee checks, records/tree, controls; for pain.001
+    also serialising and XSD validation), then, apart, the pain.001 tree alone and the XSD validation
+    alone on the same document, and reading the NACHA file back with its controls checked."""
+    from lxml import etree
+
+    from services.payouts.rails.iso20022 import Debtor, Pain001Rail, schema
+    from services.payouts.rails.nacha import NachaOriginator, NachaRail, read_nacha
+    from services.payouts.rails.port import IbanAccount, PayoutBatch, PayoutInstruction, UsBankAccount
+
+    created_at = datetime(2026, 12, 7, 21, 0, tzinfo=UTC)
+    ach_items = tuple(
+        PayoutInstruction(
+            payout_id=f"po-{n:08d}",
+            payee_name=f"Supplier {n}",
+            account=UsBankAccount(_BENCH_ROUTINGS[n % 6], f"{100000 + n}", "savings" if n % 5 == 0 else "checking"),
+            amount_minor=1 + (n * 7919) % 5_000_000,
+            currency="USD",
+            effective_date=date(2026, 12, 8 + n % 3),
+            reference=f"Payout November 2026 #{n}" if n % 2 else "",
+            payee_kind="individual" if n % 4 == 0 else "business",
+        )
+        for n in range(payouts)
+    )
+    nacha = NachaRail(
+        NachaOriginator("021000021", "BENCH BANK", "1123456789", "SETTLE", "SETTLE", "1123456789", "021000021")
+    )
+    ach_batch = PayoutBatch("bench-ach", created_at, ach_items)
+    built_ach, ach_s = _timed(lambda: nacha.build(ach_batch))
+    again, _ = _timed(lambda: nacha.build(ach_batch))
+    parsed, read_s = _timed(lambda: read_nacha(built_ach.content))
+    assert again.content == built_ach.content and parsed.total_credit_minor == built_ach.total_minor
+
+    sepa_items = tuple(
+        PayoutInstruction(
+            payout_id=f"po-{n:08d}",
+            payee_name=f"Fournisseur {n}",
+            account=IbanAccount(_BENCH_IBANS[n % 4]),
+            amount_minor=1 + (n * 7919) % 5_000_000,
+            currency="EUR",
+            effective_date=date(2026, 12, 8 + n % 3),
+            reference=f"Payout November 2026 #{n}",
+        )
+        for n in range(payouts)
+    )
+    pain = Pain001Rail(
+        Debtor("Settle Europe GmbH", IbanAccount("DE89370400440532013000", "COBADEFFXXX")), scheme="sepa"
+    )
+    sepa_batch = PayoutBatch("bench-sepa", created_at, sepa_items)
+    schema("pain.001.001.09")  # parse the XSD once, outside the timed regions (cached for the process)
+    built_pain, pain_s = _timed(lambda: pain.build(sepa_batch))
+    tree, tree_s = _timed(lambda: pain.document(sepa_batch))
+    valid, xsd_s = _timed(lambda: schema("pain.001.001.09").validate(tree))
+    assert valid and etree.tostring(tree, xml_declaration=True, encoding="UTF-8") == built_pain.content
+
+    table = Table("artefact", "payouts", "bytes", "seconds", "payouts/s")
+    for label, count, size, seconds in (
+        ("NACHA build (checks + records + controls)", payouts, len(built_ach.content), ach_s),
+        ("NACHA read back (controls checked)", payouts, len(built_ach.content), read_s),
+        ("pain.001 build (checks + tree + XML + XSD)", payouts, len(built_pain.content), pain_s),
+        ("  of which: tree alone", payouts, len(built_pain.content), tree_s),
+        ("  of which: XSD validation alone", payouts, len(built_pain.content), xsd_s),
+    ):
+        table.add_row(label, f"{count:,}", f"{size:,}", f"{seconds:.2f}", f"{count / seconds:,.0f}")
+    console.print(table)
+    console.print(f"NACHA {built_ach.file_id} sha256 {built_ach.digest[:16]} (rebuilt byte-identical)")
+    slow = [name for name, s in (("NACHA", ach_s), ("pain.001", pain_s)) if s > 10]
+    console.print("[bold green]both within 10 s[/]" if not slow else f"[bold red]over 10 s: {', '.join(slow)}[/]")

@@ -55,13 +55,17 @@ def check_us_account_number(account_number: str) -> list[str]:
     return []
 
 
-def check_iban(iban: str) -> list[str]:
+def check_iban(iban: str, *, sepa: bool = False) -> list[str]:
+    """Length and mod-97 check digits for the IBAN's country; with ``sepa`` also that the country is
+    in the SEPA scheme."""
     try:
         parsed = IBAN(iban)
     except SchwiftyException as exc:
         return [f"IBAN {iban!r}: {exc}"]
     if parsed.compact != iban:
         return [f"IBAN {iban!r}: store it compact ({parsed.compact}), without spaces or lower case"]
+    if sepa and not parsed.in_sepa_zone:
+        return [f"IBAN {iban}: its country is outside the SEPA scheme"]
     return []
 
 
