@@ -308,7 +308,7 @@ class InstantRail:
             raise InvalidBatchError(f"{name} debits a US account")
         assert 1 <= max_per_message <= MAX_TRANSACTIONS
         self.debtor = debtor
-        self.name = name
+        self.name: str = name
         self.clearing_system = clearing_system or ("TCH" if name == "rtp" else "FDN")
         self.max_per_message = max_per_message
 
