@@ -7,6 +7,7 @@ bank's answers. No I/O, no clock, no randomness: the same batch always gives the
 * :mod:`.iso20022` — pain.001 (SEPA, wires), pacs.008 (RTP, FedNow), pacs.002/pain.002 rejects;
   every document validated against the official XSD (``xsd/``).
 * :mod:`.payees` — check digits: ABA (python-stdnum), IBAN/BIC (schwifty), EIP-55 (eth-utils).
+* :mod:`.stablecoin` — ERC-20 ``transfer`` call data per payout, and the signer's receipts as rejects.
 * :mod:`.calendar` — FED and TARGET2 business days, cut-offs, effective dates, limits and fallback.
 * :mod:`.statements` — bank statements (camt.053, BAI2) as bank lines in integer minor units (R17).
 """
