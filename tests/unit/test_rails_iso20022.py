@@ -163,6 +163,10 @@ def test_instant_pacs008_valid_one_transaction_per_message() -> None:
         PayoutBatch("x", T, (item, replace(item, payout_id="po-78")))
     )
     assert xpath(rtp.content, "//d:ClrSys/d:Prtry", PACS008) == ["TCH"] and rtp.total_minor == 5_000_00
+    with pytest.raises(InvalidBatchError, match="one interbank settlement date"):
+        InstantRail(US_DEBTOR, name="rtp", max_per_message=2).build(
+            PayoutBatch("x", T, (item, replace(item, payout_id="po-78", effective_date=date(2026, 12, 8))))
+        )
 
 
 def test_uetr_is_stable_and_version_4_shaped() -> None:

@@ -29,6 +29,7 @@ from services.payouts.rails.port import (
     PayoutBatch,
     PayoutInstruction,
     UsBankAccount,
+    with_payout_ids,
 )
 
 ORIGINATOR = NachaOriginator(
@@ -233,6 +234,12 @@ def test_every_field_at_its_published_position() -> None:
         "credit": f"{123_45 + 99_00 + 1:012d}",
         "reserved": " " * 39,
     }
+
+
+def test_a_nine_digit_immediate_origin_is_right_justified() -> None:
+    originator = replace(ORIGINATOR, immediate_origin="021000021")
+    built = NachaRail(originator).build(PayoutBatch("b-1", T, (payout(1, 100),)))
+    assert fields(built.content.decode()[:94])["origin"] == " 021000021"
 
 
 def test_savings_accounts_get_transaction_code_32() -> None:
@@ -479,6 +486,9 @@ def test_reads_returns_and_notifications_of_change() -> None:
         ("notification_of_change", "C01", "021000020000009", None),
     ]
     assert found[0].reason == "insufficient funds"
+    # the trace numbers we sent resolve to payout ids through the built file's references
+    resolved = with_payout_ids(found, {"po-00002": "021000020000002", "po-00009": "021000020000009"})
+    assert [r.payout_id for r in resolved] == ["po-00002", None, "po-00009"]
     assert found[2].corrected_data == "99887766"
     assert "R01" in REPRESENTABLE_RETURN_CODES and "R03" not in REPRESENTABLE_RETURN_CODES
 

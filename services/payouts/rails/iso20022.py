@@ -55,6 +55,7 @@ __all__ = [
     "format_amount",
     "message_id",
     "read_status_report",
+    "requested_dates",
     "schema",
     "uetr",
 ]
@@ -324,6 +325,8 @@ class InstantRail:
             raise InvalidBatchError(f"{self.name}: at most {self.max_per_message} transaction(s) per message")
         if any(i.currency != "USD" for i in batch.instructions):
             raise InvalidBatchError(f"{self.name} carries USD only")
+        if len({i.effective_date for i in batch.instructions}) > 1:
+            raise InvalidBatchError(f"{self.name}: one interbank settlement date per message")
         msg_id = message_id(batch.batch_id)
         ordered = _ordered(batch.instructions)
         total = sum(i.amount_minor for i in ordered)

@@ -305,7 +305,7 @@ class NachaRail:
             "101"
             + " "
             + o.immediate_destination
-            + _text(o.immediate_origin, 10).rjust(10)
+            + _text(o.immediate_origin, 10).strip().rjust(10)  # " " + 9 digits, or 10 characters
             + created.strftime("%y%m%d%H%M")
             + modifier
             + "094"

@@ -13,7 +13,7 @@ it cannot carry rather than converting anything.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Literal, Protocol
 
@@ -35,6 +35,7 @@ __all__ = [
     "UsBankAccount",
     "WalletAccount",
     "file_digest",
+    "with_payout_ids",
 ]
 
 PayeeKind = Literal["individual", "business"]
@@ -211,3 +212,12 @@ class Rail(Protocol):
 
 def file_digest(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
+
+
+def with_payout_ids(returns: list[RailReturn], references: dict[str, str]) -> list[RailReturn]:
+    """Fill ``payout_id`` from the built file's ``references`` (payout id → rail reference) where the
+    bank's answer names only the rail reference (an ACH trace number). Unknown references stay None:
+    the caller treats them as not ours (or from a file it no longer has), never guesses."""
+    by_reference = {reference: payout_id for payout_id, reference in references.items()}
+    assert len(by_reference) == len(references), "rail references are unique within a file"
+    return [r if r.payout_id is not None else replace(r, payout_id=by_reference.get(r.rail_reference)) for r in returns]
