@@ -242,6 +242,29 @@ def test_a_nine_digit_immediate_origin_is_right_justified() -> None:
     assert fields(built.content.decode()[:94])["origin"] == " 021000021"
 
 
+def test_balanced_file_with_an_offset_debit_per_batch() -> None:
+    offset = UsBankAccount("021000021", "998877", "checking")
+    rail = NachaRail(replace(ORIGINATOR, offset_account=offset))
+    items = (payout(1, 100_00, kind="individual"), payout(2, 50_00), payout(3, 25_00))
+    records = rail.build(PayoutBatch("b-1", T, items)).content.decode().split("\n")[:-1]
+    # CCD: payouts 2 and 3 + offset; PPD: payout 1 + offset; file control; padding to 20 records
+    assert "".join(r[0] for r in records) == "1" + "56668" + "5668" + "9" + "9" * 9
+    headers = [fields(r) for r in records if r[0] == "5"]
+    controls = [fields(r) for r in records if r[0] == "8"]
+    assert {h["service_class"] for h in headers} | {c["service_class"] for c in controls} == {"200"}
+    offsets = [fields(r) for r in records if r[0] == "6" and r[1:3] == "27"]
+    assert [(o["rdfi"], o["account"].strip(), int(o["amount"]), o["individual_id"].strip()) for o in offsets] == [
+        ("02100002", "998877", 75_00, "OFFSET"),
+        ("02100002", "998877", 100_00, "OFFSET"),
+    ]
+    assert [(int(c["debit"]), int(c["credit"])) for c in controls] == [(75_00, 75_00), (100_00, 100_00)]
+    control = fields(next(r for r in records if r[0] == "9"))
+    assert int(control["debit"]) == int(control["credit"]) == 175_00
+    assert int(control["hash"]) == (2600959 + 11100002 + 2100002) + (2100002 + 2100002)
+    parsed = read_nacha("\n".join(records).encode())
+    assert parsed.total_debit_minor == parsed.total_credit_minor == 175_00
+
+
 def test_savings_accounts_get_transaction_code_32() -> None:
     record = build(payout(4, 500)).decode().split("\n")[2]
     assert fields(record)["transaction_code"] == "32"
@@ -368,6 +391,26 @@ def test_property_controls_add_up(rows: list[tuple[int, int, str, int]], sequenc
     parsed = read_nacha(built.content)
     assert parsed.total_credit_minor == built.total_minor and len(parsed.batches) == int(control["batches"])
     assert sorted(e.amount_minor for b in parsed.batches for e in b.entries) == sorted(i.amount_minor for i in items)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 10**8), st.integers(0, 5), st.integers(0, 2)), min_size=1, max_size=40))
+def test_property_offset_files_balance(rows: list[tuple[int, int, int]]) -> None:
+    items = tuple(
+        PayoutInstruction(
+            f"p{n}", "N", UsBankAccount(ROUTINGS[r], "1"), a, "USD", date(2026, 12, 8) + timedelta(days=d), ""
+        )
+        for n, (a, r, d) in enumerate(rows)
+    )
+    offset = UsBankAccount("322271627", "42", "savings")
+    built = NachaRail(replace(ORIGINATOR, offset_account=offset)).build(PayoutBatch("b", T, items))
+    parsed = read_nacha(built.content)
+    assert all(b.total_debit_minor == b.total_credit_minor for b in parsed.batches)
+    assert parsed.total_debit_minor == parsed.total_credit_minor == sum(a for a, _, _ in rows)
+    assert (
+        parsed.entry_hash == (sum(int(ROUTINGS[r][:8]) for _, r, _ in rows) + 32227162 * len(parsed.batches)) % 10**10
+    )
+    assert all(b.entries[-1].transaction_code == "37" and b.service_class_code == "200" for b in parsed.batches)
 
 
 def return_file() -> bytes:

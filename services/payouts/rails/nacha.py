@@ -4,7 +4,8 @@ Layout (NACHA Operating Rules, Appendix Three): records of 94 characters, one pe
 of 10 (the last block filled with records of ``9``s)::
 
     1  file header        immediate destination/origin, creation date+time, file id modifier
-    5  batch header       one per (effective date, SEC code): PPD for individuals, CCD for businesses
+    5  batch header       one per (effective date, SEC code): PPD for individuals, CCD for businesses;
+                          service class 220 (credits only), or 200 with an offset debit (balanced files)
     6  entry detail       one per payout: transaction code 22/32 (checking/savings credit), RDFI, amount
     7  addenda            type 05 with the payout's reference (PPD+/CCD+); 98 = NOC, 99 = return
     8  batch control      entry+addenda count, entry hash, total debits/credits
@@ -35,7 +36,7 @@ from datetime import UTC, date, datetime
 from itertools import groupby
 from typing import Literal
 
-from services.payouts.rails.payees import check_payee
+from services.payouts.rails.payees import check_payee, check_routing_number, check_us_account_number
 from services.payouts.rails.port import (
     BankFileError,
     BuiltFile,
@@ -133,7 +134,9 @@ class NachaOriginator:
     ``immediate_destination`` is the 9-digit routing number of the bank (or operator) receiving the
     file, ``immediate_origin`` the 10 characters the bank assigned us (often ``1`` + tax id),
     ``company_id`` the 10-character originator id in batch headers, ``odfi_routing`` our bank's
-    routing number (its first 8 digits start every trace number).
+    routing number (its first 8 digits start every trace number). With ``offset_account`` (for banks
+    that want balanced files) every batch ends with one debit entry to our account for the batch's
+    credit total, and its service class is 200 (mixed) instead of 220 (credits only).
     """
 
     immediate_destination: str
@@ -145,8 +148,14 @@ class NachaOriginator:
     odfi_routing: str
     entry_description: str = "PAYOUT"
     reference_code: str = ""
+    offset_account: UsBankAccount | None = None
 
     def __post_init__(self) -> None:
+        if self.offset_account is not None and (
+            check_routing_number(self.offset_account.routing_number)
+            or check_us_account_number(self.offset_account.account_number)
+        ):
+            raise InvalidBatchError("NACHA originator: the offset account's routing or account number is invalid")
         for name in ("immediate_destination", "odfi_routing"):
             value = getattr(self, name)
             if len(value) != 9 or not value.isdigit():
@@ -320,12 +329,15 @@ class NachaRail:
         trace_sequence = 0
         file_hash = 0
         file_credit = 0
+        file_debit = 0
         file_count = 0
         batch_count = 0
         for (effective, sec), group in groupby(ordered, key=lambda i: (i.effective_date, sec_code_for(i))):
             batch_count += 1
+            service_class = "200" if o.offset_account is not None else "220"
             lines.append(
-                "5220"
+                "5"
+                + service_class
                 + _text(o.company_name, 16)
                 + " " * 20
                 + _text(o.company_id, 10)
@@ -366,11 +378,36 @@ class NachaRail:
                     batch_records += 1
                 batch_hash += int(account.routing_number[:8])
                 batch_credit += i.amount_minor
+            batch_debit = 0
+            if o.offset_account is not None:
+                if batch_credit > MAX_ENTRY_AMOUNT_MINOR:
+                    raise InvalidBatchError(
+                        f"batch {batch_count}: its offset {batch_credit} is over the entry's 10 digits"
+                    )
+                trace_sequence += 1
+                offset = o.offset_account
+                lines.append(
+                    "6"
+                    + ("27" if offset.account_type == "checking" else "37")
+                    + offset.routing_number
+                    + _text(offset.account_number, 17)
+                    + _num(batch_credit, 10)
+                    + _text("OFFSET", 15)
+                    + _text(o.company_name, 22)
+                    + "  "
+                    + "0"
+                    + odfi8
+                    + _num(trace_sequence, 7)
+                )
+                batch_records += 1
+                batch_hash += int(offset.routing_number[:8])
+                batch_debit = batch_credit
             lines.append(
-                "8220"
+                "8"
+                + service_class
                 + _num(batch_records, 6)
                 + _num(batch_hash % 10**10, 10)
-                + _num(0, 12)
+                + _num(batch_debit, 12)
                 + _num(batch_credit, 12)
                 + _text(o.company_id, 10)
                 + " " * 19
@@ -379,6 +416,7 @@ class NachaRail:
                 + _num(batch_count, 7)
             )
             file_hash += batch_hash
+            file_debit += batch_debit
             file_credit += batch_credit
             file_count += batch_records
         records = len(lines) + 1
@@ -389,7 +427,7 @@ class NachaRail:
             + _num(blocks, 6)
             + _num(file_count, 8)
             + _num(file_hash % 10**10, 10)
-            + _num(0, 12)
+            + _num(file_debit, 12)
             + _num(file_credit, 12)
             + " " * 39
         )
