@@ -16,8 +16,10 @@ from services.payouts.rails.port import (
     PayoutBatch,
     PayoutInstruction,
     Rail,
+    RailReturn,
     UsBankAccount,
     file_digest,
+    retry_allowed,
 )
 
 T = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)
@@ -81,3 +83,16 @@ def test_rail_contract(rail: Rail, items: list[PayoutInstruction]) -> None:
     bad = PayoutInstruction("po-bad", "X", UsBankAccount("021000022", "1"), 1, items[0].currency, date(2026, 12, 8), "")
     with pytest.raises(InvalidBatchError):
         rail.build(PayoutBatch("contract-3", T, (bad,)))
+
+
+def test_retry_policy_r16() -> None:
+    r01 = RailReturn("return", "R01", "t", "insufficient funds")
+    r03 = RailReturn("return", "R03", "t", "no account")
+    reject = RailReturn("reject", "AC04", "p", "closed account")
+    noc = RailReturn("notification_of_change", "C01", "t", "incorrect account")
+    assert [retry_allowed(r01, represented=n, payee_changed=False) for n in range(4)] == [True, True, False, False]
+    assert not retry_allowed(r03, represented=0, payee_changed=False)
+    assert retry_allowed(r03, represented=0, payee_changed=True)
+    assert not retry_allowed(reject, represented=0, payee_changed=False)
+    assert retry_allowed(reject, represented=5, payee_changed=True)
+    assert not retry_allowed(noc, represented=0, payee_changed=True)  # not a failure: nothing to retry

@@ -38,6 +38,7 @@ from typing import Literal
 
 from services.payouts.rails.payees import check_payee, check_routing_number, check_us_account_number
 from services.payouts.rails.port import (
+    REPRESENTABLE_CODES,
     BankFileError,
     BuiltFile,
     InvalidBatchError,
@@ -123,8 +124,9 @@ NOC_REASONS: dict[str, str] = {
     "C13": "addenda format error",
 }
 
-REPRESENTABLE_RETURN_CODES = frozenset({"R01", "R09"})
-"""R16: only these returns may be sent again with unchanged payee details (at most twice)."""
+REPRESENTABLE_RETURN_CODES = REPRESENTABLE_CODES
+"""R16: only these returns may be sent again with unchanged payee details (at most twice; see
+:func:`services.payouts.rails.port.retry_allowed`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ from typing import Literal, Protocol
 from libs.errors import PermanentError
 
 __all__ = [
+    "MAX_REPRESENTMENTS",
+    "REPRESENTABLE_CODES",
     "Account",
     "BankFileError",
     "BuiltFile",
@@ -35,6 +37,7 @@ __all__ = [
     "UsBankAccount",
     "WalletAccount",
     "file_digest",
+    "retry_allowed",
     "with_payout_ids",
 ]
 
@@ -221,3 +224,25 @@ def with_payout_ids(returns: list[RailReturn], references: dict[str, str]) -> li
     by_reference = {reference: payout_id for payout_id, reference in references.items()}
     assert len(by_reference) == len(references), "rail references are unique within a file"
     return [r if r.payout_id is not None else replace(r, payout_id=by_reference.get(r.rail_reference)) for r in returns]
+
+
+REPRESENTABLE_CODES = frozenset({"R01", "R09"})
+"""ACH returns for insufficient or uncollected funds: the only ones sent again with unchanged details."""
+
+MAX_REPRESENTMENTS = 2
+"""R16 (and NACHA's rule): an R01/R09 return is presented again at most twice."""
+
+
+def retry_allowed(answer: RailReturn, *, represented: int, payee_changed: bool) -> bool:
+    """R16: may the payout be sent again after ``answer``?
+
+    A notification of change is not a failure (the payment went through; apply the correction). A
+    return or reject is retried once the payee's details changed; without a change only an ACH R01/R09
+    return, and only while it has been presented again fewer than :data:`MAX_REPRESENTMENTS` times.
+    """
+    assert represented >= 0
+    if answer.kind == "notification_of_change":
+        return False
+    if payee_changed:
+        return True
+    return answer.kind == "return" and answer.code in REPRESENTABLE_CODES and represented < MAX_REPRESENTMENTS
