@@ -238,6 +238,19 @@ INVOICE_PAYMENTS = Topic(
     description="What has been paid on each invoice (amount paid, remaining, status), per change.",
     types=MappingProxyType({"invoice.payment_status": events.InvoicePaymentStatus}),
 )
+PAYMENT_COMMANDS = Topic(
+    "payments.commands.v1",
+    key="renter_id",
+    partitions=3,
+    producer="operator",
+    description="Operators' payment instructions: retry a collection, refund, apply a receipt to a renter.",
+    types=MappingProxyType(
+        {
+            name: events.PaymentCommand
+            for name in ("payment.retry_requested", "payment.refund_requested", "receipt.apply_requested")
+        }
+    ),
+)
 PAYMENTS = Topic(
     "payments.v1",
     key="renter_id",
@@ -281,6 +294,7 @@ REGISTRY: tuple[Topic, ...] = (
     INVOICE_PAYMENTS,
     PAYMENTS,
     PROCESSOR_EVENTS,
+    PAYMENT_COMMANDS,
 )
 BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})
 

@@ -11,6 +11,8 @@ for; ``SETTLE_PAYMENTS_CONFIG`` names a YAML file with the same shape to replace
       ledgerpay: ["43", "54", "14", "41"]
     circuit: {failures: 5, open_s: 30}
     explore_every: 20
+    interrupted_after_s: 30   # a `sending` attempt this long past the gateway timeout was cut off by a crash
+    dispute_fee_minor: 1500   # what a processor charges per dispute opened (posted to dispute_losses)
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ _DEFAULT: dict[str, Any] = {
     },
     "circuit": {"failures": 5, "open_s": 30},
     "explore_every": 20,
+    "interrupted_after_s": 30,
+    "dispute_fee_minor": 1500,
 }
 
 
@@ -57,6 +61,8 @@ class PaymentsConfig:
     circuit_failures: int
     circuit_open_s: float
     explore_every: int
+    interrupted_after_s: float = 30.0
+    dispute_fee_minor: int = 1500
 
     def gateway(self, name: str) -> GatewayConfig | None:
         return next((g for g in self.gateways if g.name == name), None)
@@ -84,6 +90,8 @@ def parse(raw: dict[str, Any]) -> PaymentsConfig:
         circuit_failures=int(circuit.get("failures", 5)),
         circuit_open_s=float(circuit.get("open_s", 30)),
         explore_every=int(raw.get("explore_every", 20)),
+        interrupted_after_s=float(raw.get("interrupted_after_s", 30)),
+        dispute_fee_minor=int(raw.get("dispute_fee_minor", 1500)),
     )
 
 
