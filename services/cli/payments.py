@@ -223,3 +223,29 @@ async def receipts_apply(
         reason=reason,
     )
     await _send("receipt.apply_requested", data)
+
+
+@payments_app.command("pci-scan")
+@run_async
+async def payments_pci_scan(
+    topics_too: Annotated[bool, typer.Option("--topics/--no-topics", help="Also read every topic.")] = True,
+) -> None:
+    """Look for card numbers (13–19 digits passing Luhn) in every table and topic; exit 1 on any."""
+    from libs.messaging.broker import read_all
+    from services.operations import pci
+
+    findings: list[pci.Finding] = []
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
+        findings += await pci.scan_database(conn)
+    if topics_too:
+        settings = get_settings()
+        targets = await resolve(settings)
+        assert targets.bootstrap_servers is not None
+        for topic in topics.REGISTRY:
+            records = await read_all(targets.bootstrap_servers, settings.topic_prefix + topic.name, topic.partitions)
+            findings += pci.scan_records(topic.name, [r.value for r in records])
+    for f in findings:
+        console.print(f"[red]card number[/red] {f.masked} in {f.where}")
+    console.print(f"{len(findings)} finding(s)")
+    if findings:
+        raise typer.Exit(1)

@@ -188,6 +188,26 @@ async def test_r14_collects_each_invoice_once_through_declines_errors_and_unknow
     suspends = [c for c in commands if c["type"] == "platform.suspend_requested"]
     assert [(c["data"]["contract_id"], c["data"]["reason"]) for c in suspends] == [("ctr-rnt-dun", "payment_past_due")]
     assert report.ok, report
+    await _no_card_numbers_anywhere(story)
+
+
+async def _no_card_numbers_anywhere(stack: Stack) -> None:
+    """PCI posture: tokens only. Every table and every topic of the run holds nothing that looks like a
+    card number and passes Luhn — and the scan does find one planted on purpose."""
+    from schemas.topics import REGISTRY
+    from services.operations import pci
+
+    findings = []
+    for topic in REGISTRY:
+        records = await read_topic(stack, topic)
+        findings += pci.scan_records(topic.name, [r.value for r in records])
+    async with stack.pool.acquire() as conn:
+        findings += await pci.scan_database(conn)
+        assert findings == [], findings
+        await conn.execute("create table public.pci_canary (note jsonb)")
+        await conn.execute("""insert into public.pci_canary values ('{"card": "4242 4242 4242 4242"}')""")
+        planted = await pci.scan_database(conn)
+    assert [(f.where, f.masked) for f in planted] == [("public.pci_canary.note", "424242…4242")]
 
 
 def _latest(records: list[Any]) -> dict[str, dict[str, Any]]:
