@@ -197,6 +197,7 @@ PROCESSOR_EVENTS = Topic(
     key="payment_id",
     partitions=3,
     producer="webhooks",
+    archive=True,
     description="Payment processors' webhooks, signature-checked and deduplicated (payments, refunds, disputes).",
     types=MappingProxyType(
         {
@@ -214,6 +215,7 @@ PAYMENT_METHODS = Topic(
     key="renter_id",
     partitions=3,
     producer="platform",
+    archive=True,
     description="Renters' payment methods (processor tokens only), attached and detached.",
     types=MappingProxyType(
         {
@@ -227,6 +229,7 @@ PAYMENTS_RECEIVED = Topic(
     key="renter_id",
     partitions=3,
     producer="platform",
+    archive=True,
     description="Money received for renters: wires, ACH and SEPA credits, stablecoin receipts (R11).",
     types=MappingProxyType({"payment.received": inputs.PaymentReceived}),
 )
@@ -243,6 +246,7 @@ PAYMENT_COMMANDS = Topic(
     key="renter_id",
     partitions=3,
     producer="operator",
+    archive=True,
     description="Operators' payment instructions: retry a collection, refund, apply a receipt to a renter.",
     types=MappingProxyType(
         {
