@@ -141,7 +141,7 @@ async def record_result(
     now_sql = "now()"
     if outcome == "unknown":
         made = attempt["inquiries"] if inquiry else 0
-        delay = dunning.next_inquiry_after(made)
+        delay = dunning.next_inquiry_after(made, config.inquiry_delays)
         if delay is None:
             await conn.execute(
                 f"""update payments.attempts set state = 'needs_operator', inquiries = $2, resolved_at = {now_sql},

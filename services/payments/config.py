@@ -13,17 +13,19 @@ for; ``SETTLE_PAYMENTS_CONFIG`` names a YAML file with the same shape to replace
     explore_every: 20
     interrupted_after_s: 30   # a `sending` attempt this long past the gateway timeout was cut off by a crash
     dispute_fee_minor: 1500   # what a processor charges per dispute opened (posted to dispute_losses)
+    inquiry_delays_s: [60, 300, 3600, 86400, 86400, 86400, 86400, 86400]   # R14's schedule (the default)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from services.payments.domain.dunning import DeclineCodes
+from services.payments.domain.dunning import INQUIRY_DELAYS, DeclineCodes
 from services.payments.domain.routing import GatewayConfig
 
 _DEFAULT: dict[str, Any] = {
@@ -63,6 +65,7 @@ class PaymentsConfig:
     explore_every: int
     interrupted_after_s: float = 30.0
     dispute_fee_minor: int = 1500
+    inquiry_delays: tuple[timedelta, ...] = INQUIRY_DELAYS
 
     def gateway(self, name: str) -> GatewayConfig | None:
         return next((g for g in self.gateways if g.name == name), None)
@@ -92,6 +95,9 @@ def parse(raw: dict[str, Any]) -> PaymentsConfig:
         explore_every=int(raw.get("explore_every", 20)),
         interrupted_after_s=float(raw.get("interrupted_after_s", 30)),
         dispute_fee_minor=int(raw.get("dispute_fee_minor", 1500)),
+        inquiry_delays=tuple(timedelta(seconds=float(x)) for x in raw["inquiry_delays_s"])
+        if raw.get("inquiry_delays_s")
+        else INQUIRY_DELAYS,
     )
 
 
