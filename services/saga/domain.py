@@ -1,0 +1,625 @@
+"""The billing cycle's saga as a pure function of what it has seen (issue 11, foundation).
+
+One saga per contract billing period (= per renter invoice). It follows the cycle across services:
+
+    invoice finalized → collected (or dunning) → supplier earnings released (pay-when-paid)
+        → payout sent → settled at the bank
+
+and compensates when a step fails. Design: the saga keeps *facts* (:class:`Facts`), merged by
+:func:`apply` in a way that is commutative and idempotent (sets keyed by the event's own ids, maxima of
+revisions and of event time), and its state is :func:`evaluate` of those facts under a :class:`Policy`.
+So the same events in any order, repeated any number of times, give the same state — the property the
+tests check with hypothesis. Deadlines are event time (``clock.ticked``): a step that has not answered
+by its deadline is asked first (an inquiry), and only compensated when the inquiry's grace has passed.
+
+Compensations are *requested* (:class:`Compensation` keys are (kind, ref), so each is requested at most
+once per key; a failed one is retried with its attempt number, never under a new key). What each
+requires:
+
+* collection failed after dunning (``invoice.past_due``) → ``hold_earnings`` of the invoice (the suspend
+  request is sent by payments with the past-due; the saga records it as a step, exposure is kept);
+* a refund or credit note after the supplier's earnings were released / paid out → ``clawback`` (R15:
+  a negative line on the supplier's next statement);
+* a dispute lost → ``reverse_revenue``, and with ``supplier_charged_back`` also ``reverse_supplier_share``;
+* payout returned or rejected → the saga waits for the payee's details to change, then for a new payout.
+
+No wall clock, no random ids: everything here is a function of its arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+State = Literal[
+    "pending",
+    "collecting",
+    "inquiring",
+    "compensating",
+    "compensation_failed",
+    "awaiting_payout",
+    "payout_sent",
+    "payout_returned",
+    "completed",
+    "compensated",
+    "needs_operator",
+]
+TERMINAL: frozenset[str] = frozenset({"completed", "compensated", "needs_operator"})
+OPEN: frozenset[str] = frozenset(
+    {
+        "pending",
+        "collecting",
+        "inquiring",
+        "compensating",
+        "compensation_failed",
+        "awaiting_payout",
+        "payout_sent",
+        "payout_returned",
+    }
+)
+CompensationKind = Literal["hold_earnings", "clawback", "reverse_revenue", "reverse_supplier_share"]
+DisputePolicy = Literal["platform_absorbs", "supplier_charged_back"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Configuration of the saga (not code): deadlines in days of event time and the dispute policy."""
+
+    dispute_lost: DisputePolicy = "platform_absorbs"
+    dunning_days: int = 15
+    """R14: retries on day 1..14 after the first try on the due date, so dunning ends by due + 15 days."""
+    collection_margin_days: int = 2
+    inquiry_grace_days: int = 1
+    follow_payouts: bool = False
+    """Follow the payout steps (needs payouts.v1 wired to sagas); without it a paid cycle completes when
+    the supplier's earnings are released, and a refund after that is clawed back (they may be paid out)."""
+    payout_deadline_days: int = 45
+    """From release to payout sent: the next month's statement is final and planned by then."""
+    settle_deadline_days: int = 5
+    compensation_max_attempts: int = 5
+    compensation_retry_hours: tuple[int, ...] = (1, 6, 24, 24)
+
+
+# --- inputs ---------------------------------------------------------------------------------------------
+
+
+class Fact(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InvoiceFinalized(Fact):
+    kind: Literal["invoice_finalized"] = "invoice_finalized"
+    invoice_id: str
+    number: str
+    contract_id: str
+    renter_id: str
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    issued_at: datetime
+    due_at: datetime
+    amount_due_minor: int
+
+
+class PaymentStatus(Fact):
+    kind: Literal["payment_status"] = "payment_status"
+    revision: int
+    status: Literal["open", "partially_paid", "paid", "past_due"]
+    amount_paid_minor: int
+    amount_remaining_minor: int
+    at: datetime
+
+
+class PastDue(Fact):
+    """``invoice.past_due`` from payments: dunning exhausted; payments sent the suspend request with it."""
+
+    kind: Literal["past_due"] = "past_due"
+    at: datetime
+    reason: str = ""
+
+
+class Collected(Fact):
+    """``payment.succeeded`` / ``receipt.recorded`` naming the invoice: a step of the saga's story."""
+
+    kind: Literal["collected"] = "collected"
+    payment_id: str
+    amount_minor: int
+    at: datetime
+
+
+class Refunded(Fact):
+    kind: Literal["refunded"] = "refunded"
+    refund_id: str
+    amount_minor: int
+    at: datetime
+
+
+class CreditNote(Fact):
+    kind: Literal["credit_note"] = "credit_note"
+    credit_note_id: str
+    amount_minor: int
+    at: datetime
+
+
+class DisputeOpened(Fact):
+    kind: Literal["dispute_opened"] = "dispute_opened"
+    dispute_id: str
+    amount_minor: int
+    at: datetime
+
+
+class DisputeClosed(Fact):
+    kind: Literal["dispute_closed"] = "dispute_closed"
+    dispute_id: str
+    won: bool
+    amount_minor: int
+    at: datetime
+
+
+class PayoutSent(Fact):
+    kind: Literal["payout_sent"] = "payout_sent"
+    payout_id: str
+    at: datetime
+
+
+class PayoutSettled(Fact):
+    kind: Literal["payout_settled"] = "payout_settled"
+    payout_id: str
+    at: datetime
+
+
+class PayoutReturned(Fact):
+    """Returned by the bank or rejected by the rail: reversed by payouts, the payee is flagged."""
+
+    kind: Literal["payout_returned"] = "payout_returned"
+    payout_id: str
+    reason: str
+    at: datetime
+
+
+class PayeeUpdated(Fact):
+    kind: Literal["payee_updated"] = "payee_updated"
+    at: datetime
+
+
+class Tick(Fact):
+    kind: Literal["tick"] = "tick"
+    at: datetime
+
+
+class CompensationResult(Fact):
+    """What the side that acts on a compensation answered (done, or failed with a reason)."""
+
+    kind: Literal["compensation_result"] = "compensation_result"
+    compensation: CompensationKind
+    ref: str
+    attempt: int = Field(ge=1)
+    ok: bool
+    reason: str = ""
+    at: datetime
+
+
+class OperatorRetry(Fact):
+    """``settle sagas retry``: after an operator's fix, the failed compensations get new attempts and a
+    timed-out step is asked again."""
+
+    kind: Literal["operator_retry"] = "operator_retry"
+    command_id: str
+    at: datetime
+
+
+Input = (
+    InvoiceFinalized
+    | PaymentStatus
+    | PastDue
+    | Collected
+    | Refunded
+    | CreditNote
+    | DisputeOpened
+    | DisputeClosed
+    | PayoutSent
+    | PayoutSettled
+    | PayoutReturned
+    | PayeeUpdated
+    | Tick
+    | CompensationResult
+    | OperatorRetry
+)
+
+
+# --- facts ------------------------------------------------------------------------------------------------
+
+
+class Facts(BaseModel):
+    """Everything a saga has seen, merged commutatively. Stored as JSON with the saga."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    invoice: InvoiceFinalized | None = None
+    status: PaymentStatus | None = None
+    """The highest revision seen."""
+    paid_at: datetime | None = None
+    """Earliest event time of a ``paid`` status: pay-when-paid released the supplier's earnings then."""
+    past_due_at: datetime | None = None
+    collected: dict[str, int] = {}
+    refunds: dict[str, int] = {}
+    credit_notes: dict[str, int] = {}
+    disputes_open: dict[str, int] = {}
+    disputes_closed: dict[str, bool] = {}
+    """dispute id → won."""
+    payouts_sent: dict[str, datetime] = {}
+    payouts_settled: dict[str, datetime] = {}
+    payouts_returned: dict[str, datetime] = {}
+    payee_updated_at: datetime | None = None
+    now: datetime | None = None
+    """Event time: the latest tick (or event) seen."""
+    comp_done: dict[str, int] = {}
+    """``kind:ref`` → attempt that succeeded."""
+    comp_failed: dict[str, dict[int, datetime]] = {}
+    """``kind:ref`` → attempt → when it failed."""
+    operator_retries: dict[str, datetime] = {}
+
+
+def _max(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def _min(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+_V = TypeVar("_V")
+
+
+def _add(d: dict[str, _V], key: str, value: _V) -> dict[str, _V]:
+    return d if key in d else {**d, key: value}
+
+
+def apply(facts: Facts, event: Input) -> Facts:
+    """Merge one input into the facts; commutative and idempotent."""
+    match event:
+        case InvoiceFinalized():
+            return facts if facts.invoice is not None else facts.model_copy(update={"invoice": event})
+        case PaymentStatus():
+            update: dict[str, object] = {}
+            if facts.status is None or event.revision > facts.status.revision:
+                update["status"] = event
+            if event.status == "paid":
+                update["paid_at"] = _min(facts.paid_at, event.at)
+            if event.status == "past_due":
+                update["past_due_at"] = _min(facts.past_due_at, event.at)
+            return facts.model_copy(update=update) if update else facts
+        case PastDue():
+            return facts.model_copy(update={"past_due_at": _min(facts.past_due_at, event.at)})
+        case Collected():
+            return facts.model_copy(update={"collected": _add(facts.collected, event.payment_id, event.amount_minor)})
+        case Refunded():
+            return facts.model_copy(update={"refunds": _add(facts.refunds, event.refund_id, event.amount_minor)})
+        case CreditNote():
+            notes = _add(facts.credit_notes, event.credit_note_id, event.amount_minor)
+            return facts.model_copy(update={"credit_notes": notes})
+        case DisputeOpened():
+            opened = _add(facts.disputes_open, event.dispute_id, event.amount_minor)
+            return facts.model_copy(update={"disputes_open": opened})
+        case DisputeClosed():
+            closed = _add(facts.disputes_closed, event.dispute_id, event.won)
+            opened = _add(facts.disputes_open, event.dispute_id, event.amount_minor)
+            return facts.model_copy(update={"disputes_closed": closed, "disputes_open": opened})
+        case PayoutSent():
+            return facts.model_copy(update={"payouts_sent": _add(facts.payouts_sent, event.payout_id, event.at)})
+        case PayoutSettled():
+            settled = _add(facts.payouts_settled, event.payout_id, event.at)
+            return facts.model_copy(update={"payouts_settled": settled})
+        case PayoutReturned():
+            returned = _add(facts.payouts_returned, event.payout_id, event.at)
+            return facts.model_copy(update={"payouts_returned": returned})
+        case PayeeUpdated():
+            return facts.model_copy(update={"payee_updated_at": _max(facts.payee_updated_at, event.at)})
+        case Tick():
+            return facts.model_copy(update={"now": _max(facts.now, event.at)})
+        case CompensationResult():
+            key = f"{event.compensation}:{event.ref}"
+            if event.ok:
+                return facts.model_copy(update={"comp_done": _add(facts.comp_done, key, event.attempt)})
+            failed = dict(facts.comp_failed.get(key, {}))
+            if event.attempt in failed:
+                return facts
+            failed[event.attempt] = event.at
+            return facts.model_copy(update={"comp_failed": {**facts.comp_failed, key: failed}})
+        case OperatorRetry():
+            retries = _add(facts.operator_retries, event.command_id, event.at)
+            return facts.model_copy(update={"operator_retries": retries})
+    raise AssertionError(f"unknown saga input {event!r}")
+
+
+def fold(events: Iterable[Input], facts: Facts | None = None) -> Facts:
+    result = facts or Facts()
+    for event in events:
+        result = apply(result, event)
+    return result
+
+
+# --- evaluation ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Compensation:
+    kind: CompensationKind
+    ref: str
+    """What it is about: the invoice number, a refund, credit note or dispute id."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+
+@dataclass(frozen=True)
+class Status:
+    state: State
+    reason: str
+    waits_for: str
+    """What the saga waits for next ("" when terminal)."""
+    deadline: datetime | None
+    steps: tuple[str, ...]
+    """The story so far, in cycle order (finalized, collected, released, …)."""
+    required: tuple[Compensation, ...]
+    """Every compensation these facts call for (requested once each, by key)."""
+    inquiry: str | None = None
+    """A step past its deadline: the saga asks before it compensates."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+def collection_deadline(invoice: InvoiceFinalized, policy: Policy) -> datetime:
+    return invoice.due_at + timedelta(days=policy.dunning_days + policy.collection_margin_days)
+
+
+def _attempts(facts: Facts, comp: Compensation) -> tuple[int, datetime | None]:
+    """(failed attempts, when the last one failed)."""
+    failed = facts.comp_failed.get(comp.key, {})
+    return len(failed), max(failed.values()) if failed else None
+
+
+def attempt_budget(facts: Facts, policy: Policy) -> int:
+    """Attempts a compensation may take: the policy's, again after each operator retry."""
+    return policy.compensation_max_attempts * (1 + len(facts.operator_retries))
+
+
+def next_retry_at(facts: Facts, comp: Compensation, policy: Policy) -> datetime | None:
+    """When a failed compensation is requested again (None: not failed, done, or out of attempts)."""
+    if comp.key in facts.comp_done:
+        return None
+    failures, last = _attempts(facts, comp)
+    if not failures or last is None or failures >= attempt_budget(facts, policy):
+        return None
+    hours = policy.compensation_retry_hours
+    return last + timedelta(hours=hours[min(failures - 1, len(hours) - 1)])
+
+
+def evaluate(facts: Facts, policy: Policy) -> Status:
+    inv = facts.invoice
+    if inv is None:
+        return Status("pending", "events seen before the invoice", "invoice.finalized", None, (), ())
+    steps: list[str] = [f"invoice {inv.number} finalized"]
+    required: list[Compensation] = []
+    paid = facts.paid_at is not None or inv.amount_due_minor == 0
+    now = facts.now
+    if facts.collected:
+        steps.append(f"collected {sum(facts.collected.values())} minor in {len(facts.collected)} payment(s)")
+    if facts.past_due_at is not None:
+        steps.append("past due after dunning; suspend requested by payments")
+    post_release = False
+    if paid:
+        steps.append("paid; supplier earnings released (pay-when-paid)")
+        post_release = True
+    else:
+        if facts.past_due_at is not None:
+            required.append(Compensation("hold_earnings", inv.number))
+        else:
+            deadline = collection_deadline(inv, policy)
+            grace = deadline + timedelta(days=policy.inquiry_grace_days)
+            asked_again = max(facts.operator_retries.values(), default=None)
+            if asked_again is not None:
+                grace = max(grace, asked_again + timedelta(days=policy.inquiry_grace_days))
+            if now is None or now < deadline:
+                return Status(
+                    "collecting", "waiting for collection", "payment (paid or past due)", deadline, tuple(steps), ()
+                )
+            if now < grace:
+                steps.append("collection deadline passed; payments asked")
+                return Status(
+                    "inquiring",
+                    f"no answer from payments by {deadline.isoformat()}",
+                    "an answer to the inquiry (payment status)",
+                    grace,
+                    tuple(steps),
+                    (),
+                    inquiry="collection",
+                )
+            required.append(Compensation("hold_earnings", inv.number))
+            steps.append("no answer after the inquiry; earnings held")
+            return _compensations(
+                facts,
+                policy,
+                steps,
+                required,
+                final=("needs_operator", "collection did not answer by its deadline, even after an inquiry"),
+            )
+    # after payment: refunds, credit notes and lost disputes
+    paid_out = bool(facts.payouts_sent) if policy.follow_payouts else post_release
+    for refund_id in sorted(facts.refunds):
+        steps.append(f"refund {refund_id}")
+        if paid_out:
+            required.append(Compensation("clawback", refund_id))
+    for note_id in sorted(facts.credit_notes):
+        steps.append(f"credit note {note_id}")
+        if paid_out:
+            required.append(Compensation("clawback", note_id))
+    for dispute_id in sorted(facts.disputes_open):
+        won = facts.disputes_closed.get(dispute_id)
+        steps.append(f"dispute {dispute_id} " + ("open" if won is None else "won" if won else "lost"))
+        if won is False:
+            required.append(Compensation("reverse_revenue", dispute_id))
+            if policy.dispute_lost == "supplier_charged_back":
+                required.append(Compensation("reverse_supplier_share", dispute_id))
+    open_disputes = [d for d in facts.disputes_open if d not in facts.disputes_closed]
+    if paid and policy.follow_payouts:
+        payout = _payout_status(facts, policy, steps)
+        if payout is not None and not required:
+            return payout
+    if open_disputes:
+        return Status(
+            "collecting" if not required else "compensating",
+            f"dispute(s) open: {', '.join(sorted(open_disputes))}",
+            "dispute closed",
+            None,
+            tuple(steps),
+            tuple(required),
+        )
+    final: tuple[State, str]
+    if facts.past_due_at is not None and not paid:
+        final = (
+            "compensated",
+            "collection failed after dunning: supplier earnings held, suspend requested, exposure kept",
+        )
+    elif required:
+        kinds = ", ".join(sorted({c.kind for c in required}))
+        final = ("compensated", f"paid, then compensated ({kinds})")
+    elif facts.past_due_at is not None:
+        final = ("completed", "paid after past due")
+    else:
+        final = ("completed", "paid" if not policy.follow_payouts else "paid and settled at the bank")
+    return _compensations(facts, policy, steps, required, final=final)
+
+
+def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | None:
+    """The payout side (when followed): None once a payout of the cycle settled."""
+    if facts.payouts_settled:
+        steps.append("payout settled at the bank")
+        return None
+    released = facts.paid_at or (facts.invoice.issued_at if facts.invoice else None)
+    assert released is not None
+    now = facts.now
+    returned_last = max(facts.payouts_returned.values(), default=None)
+    sent_after = [at for pid, at in facts.payouts_sent.items() if pid not in facts.payouts_returned]
+    if returned_last is not None and not sent_after:
+        steps.append("payout returned: reversed, payee flagged")
+        if facts.payee_updated_at is None or facts.payee_updated_at < returned_last:
+            return Status(
+                "payout_returned", "payout returned or rejected", "payee details changed", None, tuple(steps), ()
+            )
+        steps.append("payee details changed; payout to retry")
+        released = facts.payee_updated_at
+    if sent_after:
+        sent = max(sent_after)
+        steps.append("payout sent")
+        deadline = sent + timedelta(days=policy.settle_deadline_days)
+        return _maybe_inquiry(now, deadline, policy, "payout_sent", "payout settled at the bank", "settlement", steps)
+    deadline = released + timedelta(days=policy.payout_deadline_days)
+    return _maybe_inquiry(now, deadline, policy, "awaiting_payout", "payout sent", "payout", steps)
+
+
+def _maybe_inquiry(
+    now: datetime | None, deadline: datetime, policy: Policy, state: State, waits: str, step: str, steps: list[str]
+) -> Status:
+    grace = deadline + timedelta(days=policy.inquiry_grace_days)
+    if now is None or now < deadline:
+        return Status(state, f"waiting for {waits}", waits, deadline, tuple(steps), ())
+    if now < grace:
+        return Status(state, f"{step} deadline passed; asked", waits, grace, tuple(steps), (), inquiry=step)
+    return Status(
+        "needs_operator", f"{step} did not answer by its deadline, even after an inquiry", "", None, tuple(steps), ()
+    )
+
+
+def _compensations(
+    facts: Facts, policy: Policy, steps: list[str], required: list[Compensation], *, final: tuple[State, str]
+) -> Status:
+    """Every required compensation done → ``final``; one out of attempts → needs_operator; else waiting."""
+    pending = [c for c in required if c.key not in facts.comp_done]
+    exhausted = [c for c in pending if _attempts(facts, c)[0] >= attempt_budget(facts, policy)]
+    if exhausted:
+        names = ", ".join(c.key for c in exhausted)
+        return Status(
+            "needs_operator",
+            f"compensation failed after every retry: {names}",
+            "an operator (settle sagas retry)",
+            None,
+            tuple(steps),
+            tuple(required),
+        )
+    failing = [c for c in pending if _attempts(facts, c)[0] > 0]
+    if failing:
+        retry = min(t for c in failing if (t := next_retry_at(facts, c, policy)) is not None)
+        names = ", ".join(c.key for c in failing)
+        return Status(
+            "compensation_failed",
+            f"compensation failed, retrying: {names}",
+            "compensation retry",
+            retry,
+            tuple(steps),
+            tuple(required),
+        )
+    if pending:
+        names = ", ".join(c.key for c in pending)
+        return Status(
+            "compensating",
+            f"compensations requested: {names}",
+            "compensations done",
+            None,
+            tuple(steps),
+            tuple(required),
+        )
+    state, reason = final
+    return Status(state, reason, "", None, tuple(steps), tuple(required))
+
+
+@dataclass(frozen=True)
+class Request:
+    """A compensation to publish now, with its attempt number (1, then one more per failure)."""
+
+    compensation: Compensation
+    attempt: int
+
+
+def requests(facts: Facts, status: Status, requested: dict[str, int], policy: Policy) -> list[Request]:
+    """The compensation requests to publish: each required one not yet requested (attempt 1), and each
+    failed one whose retry is due by event time (the next attempt). ``requested`` is key → the highest
+    attempt already requested: a key is never requested twice with the same attempt."""
+    out: list[Request] = []
+    for comp in status.required:
+        if comp.key in facts.comp_done:
+            continue
+        done_attempts = requested.get(comp.key, 0)
+        if done_attempts == 0:
+            out.append(Request(comp, 1))
+            continue
+        failures, _ = _attempts(facts, comp)
+        retry = next_retry_at(facts, comp, policy)
+        due = retry is not None and facts.now is not None and facts.now >= retry
+        if failures >= done_attempts and (due or _retried_by_operator(facts, failures, policy)):
+            out.append(Request(comp, done_attempts + 1))
+    return out
+
+
+def _retried_by_operator(facts: Facts, failures: int, policy: Policy) -> bool:
+    """Out of the previous budget, and an operator asked for a retry: try again at once."""
+    return (
+        bool(facts.operator_retries)
+        and failures % policy.compensation_max_attempts == 0
+        and (failures < attempt_budget(facts, policy))
+    )

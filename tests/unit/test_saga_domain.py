@@ -1,0 +1,260 @@
+"""The saga's state machine (services/saga/domain.py): examples per path, and order/duplication independence."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.saga import domain as d
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+DUE = T0 + timedelta(days=14)
+POLICY = d.Policy()
+
+
+def invoice(amount: int = 10_000) -> d.InvoiceFinalized:
+    return d.InvoiceFinalized(
+        invoice_id="inv-1",
+        number="INV-2026-000001",
+        contract_id="c-1",
+        renter_id="r-1",
+        currency="USD",
+        period_start=T0 - timedelta(days=28),
+        period_end=T0,
+        issued_at=T0,
+        due_at=DUE,
+        amount_due_minor=amount,
+    )
+
+
+def status(revision: int, state: str, paid: int, at: datetime) -> d.PaymentStatus:
+    return d.PaymentStatus(
+        revision=revision,
+        status=state,  # type: ignore[arg-type]
+        amount_paid_minor=paid,
+        amount_remaining_minor=10_000 - paid,
+        at=at,
+    )
+
+
+def run(
+    events: list[d.Input], policy: d.Policy = POLICY, *, ack: bool = True
+) -> tuple[d.Status, d.Facts, dict[str, int]]:
+    """What the worker does: apply each event, evaluate, request what is due (acknowledged at once)."""
+    facts = d.Facts()
+    requested: dict[str, int] = {}
+    status = d.evaluate(facts, policy)
+    for event in events:
+        facts = d.apply(facts, event)
+        status = d.evaluate(facts, policy)
+        for req in d.requests(facts, status, requested, policy):
+            assert requested.get(req.compensation.key, 0) < req.attempt, "never the same attempt twice"
+            requested[req.compensation.key] = req.attempt
+            if ack:
+                facts = d.apply(
+                    facts,
+                    d.CompensationResult(
+                        compensation=req.compensation.kind,
+                        ref=req.compensation.ref,
+                        attempt=req.attempt,
+                        ok=True,
+                        at=facts.now or T0,
+                    ),
+                )
+        status = d.evaluate(facts, policy)
+    return status, facts, requested
+
+
+def test_paid_cycle_completes_when_earnings_are_released() -> None:
+    s, _, requested = run([invoice(), status(1, "open", 0, T0), status(2, "paid", 10_000, DUE)])
+    assert (s.state, s.reason) == ("completed", "paid")
+    assert requested == {}
+    assert any("earnings released" in step for step in s.steps)
+
+
+def test_before_payment_the_saga_waits_for_collection_with_an_event_time_deadline() -> None:
+    s, _, _ = run([invoice(), d.Tick(at=DUE + timedelta(days=3))])
+    assert s.state == "collecting"
+    assert s.deadline == DUE + timedelta(days=17)
+    assert s.waits_for.startswith("payment")
+
+
+def test_past_due_holds_the_earnings_and_ends_compensated() -> None:
+    s, _, requested = run([invoice(), d.PastDue(at=DUE + timedelta(days=14)), status(3, "past_due", 0, DUE)])
+    assert s.state == "compensated"
+    assert "earnings held" in s.reason
+    assert requested == {"hold_earnings:INV-2026-000001": 1}
+    assert any("suspend requested by payments" in step for step in s.steps)
+
+
+def test_paid_after_past_due_completes_but_the_hold_was_requested_once() -> None:
+    s, _, requested = run([invoice(), d.PastDue(at=DUE), status(4, "paid", 10_000, DUE + timedelta(days=20))])
+    assert (s.state, s.reason) == ("completed", "paid after past due")
+    assert requested == {"hold_earnings:INV-2026-000001": 1}
+
+
+def test_a_silent_collection_is_asked_before_it_is_compensated() -> None:
+    deadline = DUE + timedelta(days=17)
+    s, _, requested = run([invoice(), d.Tick(at=deadline)])
+    assert (s.state, s.inquiry) == ("inquiring", "collection")
+    assert requested == {}
+    s, _, requested = run([invoice(), d.Tick(at=deadline + timedelta(days=1))])
+    assert s.state == "needs_operator"
+    assert "even after an inquiry" in s.reason
+    assert requested == {"hold_earnings:INV-2026-000001": 1}
+
+
+def test_dispute_lost_per_policy() -> None:
+    events: list[d.Input] = [
+        invoice(),
+        status(2, "paid", 10_000, DUE),
+        d.DisputeOpened(dispute_id="dp_1", amount_minor=10_000, at=DUE + timedelta(days=3)),
+        d.DisputeClosed(dispute_id="dp_1", won=False, amount_minor=10_000, at=DUE + timedelta(days=30)),
+    ]
+    s, _, requested = run(events)
+    assert s.state == "compensated"
+    assert set(requested) == {"reverse_revenue:dp_1"}
+    s, _, requested = run(events, d.Policy(dispute_lost="supplier_charged_back"))
+    assert s.state == "compensated"
+    assert set(requested) == {"reverse_revenue:dp_1", "reverse_supplier_share:dp_1"}
+
+
+def test_an_open_dispute_keeps_the_saga_open_and_a_won_one_completes() -> None:
+    opened = d.DisputeOpened(dispute_id="dp_1", amount_minor=10_000, at=DUE)
+    s, _, _ = run([invoice(), status(2, "paid", 10_000, DUE), opened])
+    assert s.state == "collecting" and s.waits_for == "dispute closed"
+    closed = d.DisputeClosed(dispute_id="dp_1", won=True, amount_minor=10_000, at=DUE)
+    s, _, requested = run([invoice(), status(2, "paid", 10_000, DUE), opened, closed])
+    assert s.state == "completed" and requested == {}
+
+
+def test_refund_after_release_is_clawed_back_but_not_before_payment() -> None:
+    refund = d.Refunded(refund_id="rf_1", amount_minor=2_000, at=DUE + timedelta(days=40))
+    s, _, requested = run([invoice(), status(2, "paid", 10_000, DUE), refund])
+    assert s.state == "compensated" and requested == {"clawback:rf_1": 1}
+    note = d.CreditNote(credit_note_id="cn_1", amount_minor=500, at=T0)
+    s, _, requested = run([invoice(), note, status(2, "paid", 10_000, DUE)], d.Policy(follow_payouts=True))
+    assert "clawback:cn_1" not in requested  # not paid out yet: the supplier's earnings are still ours
+
+
+def test_a_failed_compensation_is_retried_by_event_time_then_needs_an_operator() -> None:
+    policy = d.Policy(compensation_max_attempts=2, compensation_retry_hours=(1,))
+    facts = d.fold([invoice(), d.PastDue(at=DUE), d.Tick(at=DUE)])
+    comp = d.Compensation("hold_earnings", "INV-2026-000001")
+    requested: dict[str, int] = {}
+    s = d.evaluate(facts, policy)
+    assert d.requests(facts, s, requested, policy) == [d.Request(comp, 1)]
+    requested[comp.key] = 1
+    fail = d.CompensationResult(compensation="hold_earnings", ref=comp.ref, attempt=1, ok=False, reason="x", at=DUE)
+    facts = d.apply(facts, fail)
+    s = d.evaluate(facts, policy)
+    assert s.state == "compensation_failed" and s.deadline == DUE + timedelta(hours=1)
+    assert d.requests(facts, s, requested, policy) == []  # not yet due
+    facts = d.apply(facts, d.Tick(at=DUE + timedelta(hours=1)))
+    assert d.requests(facts, d.evaluate(facts, policy), requested, policy) == [d.Request(comp, 2)]
+    requested[comp.key] = 2
+    facts = d.apply(facts, fail.model_copy(update={"attempt": 2}))
+    s = d.evaluate(facts, policy)
+    assert s.state == "needs_operator" and "after every retry" in s.reason
+    assert d.requests(facts, s, requested, policy) == []
+    facts = d.apply(facts, d.OperatorRetry(command_id="op-1", at=DUE + timedelta(days=1)))
+    s = d.evaluate(facts, policy)
+    assert d.requests(facts, s, requested, policy) == [d.Request(comp, 3)]
+    facts = d.apply(facts, fail.model_copy(update={"attempt": 3, "ok": True}))
+    assert d.evaluate(facts, policy).state == "compensated"
+
+
+def test_payout_steps_when_followed() -> None:
+    policy = d.Policy(follow_payouts=True)
+    base: list[d.Input] = [invoice(), status(2, "paid", 10_000, DUE)]
+    assert run(base, policy)[0].state == "awaiting_payout"
+    sent = d.PayoutSent(payout_id="po_1", at=DUE + timedelta(days=20))
+    assert run([*base, sent], policy)[0].state == "payout_sent"
+    returned = d.PayoutReturned(payout_id="po_1", reason="account closed", at=DUE + timedelta(days=22))
+    s = run([*base, sent, returned], policy)[0]
+    assert (s.state, s.waits_for) == ("payout_returned", "payee details changed")
+    payee = d.PayeeUpdated(at=DUE + timedelta(days=23))
+    assert run([*base, sent, returned, payee], policy)[0].state == "awaiting_payout"
+    resent = d.PayoutSent(payout_id="po_2", at=DUE + timedelta(days=24))
+    settled = d.PayoutSettled(payout_id="po_2", at=DUE + timedelta(days=25))
+    s = run([*base, sent, returned, payee, resent, settled], policy)[0]
+    assert (s.state, s.reason) == ("completed", "paid and settled at the bank")
+    refund = d.Refunded(refund_id="rf_1", amount_minor=100, at=DUE + timedelta(days=30))
+    s, _, requested = run([*base, sent, returned, payee, resent, settled, refund], policy)
+    assert s.state == "compensated" and requested == {"clawback:rf_1": 1}
+
+
+def test_a_payout_that_never_comes_is_asked_about_then_needs_an_operator() -> None:
+    policy = d.Policy(follow_payouts=True)
+    base: list[d.Input] = [invoice(), status(2, "paid", 10_000, DUE)]
+    s = run([*base, d.Tick(at=DUE + timedelta(days=45))], policy)[0]
+    assert s.inquiry == "payout"
+    s = run([*base, d.Tick(at=DUE + timedelta(days=46))], policy)[0]
+    assert s.state == "needs_operator" and s.reason
+
+
+# --- properties ---------------------------------------------------------------------------------------------
+
+_EVENTS: list[d.Input] = [
+    invoice(),
+    status(1, "open", 0, T0),
+    status(2, "partially_paid", 4_000, DUE),
+    status(3, "paid", 10_000, DUE + timedelta(days=2)),
+    status(3, "past_due", 4_000, DUE + timedelta(days=15)),
+    d.PastDue(at=DUE + timedelta(days=15)),
+    d.Collected(payment_id="pa_1", amount_minor=4_000, at=DUE),
+    d.Refunded(refund_id="rf_1", amount_minor=1_000, at=DUE + timedelta(days=40)),
+    d.CreditNote(credit_note_id="cn_1", amount_minor=500, at=DUE + timedelta(days=41)),
+    d.DisputeOpened(dispute_id="dp_1", amount_minor=6_000, at=DUE + timedelta(days=5)),
+    d.DisputeClosed(dispute_id="dp_1", won=False, amount_minor=6_000, at=DUE + timedelta(days=60)),
+    d.DisputeClosed(dispute_id="dp_2", won=True, amount_minor=100, at=DUE + timedelta(days=60)),
+    d.Tick(at=DUE + timedelta(days=3)),
+    d.Tick(at=DUE + timedelta(days=18)),
+    d.Tick(at=DUE + timedelta(days=100)),
+    d.PayoutSent(payout_id="po_1", at=DUE + timedelta(days=20)),
+    d.PayoutReturned(payout_id="po_1", reason="closed", at=DUE + timedelta(days=22)),
+    d.PayeeUpdated(at=DUE + timedelta(days=23)),
+    d.PayoutSettled(payout_id="po_2", at=DUE + timedelta(days=30)),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subset=st.lists(st.sampled_from(_EVENTS), max_size=12),
+    order=st.randoms(use_true_random=False),
+    dupes=st.lists(st.integers(min_value=0, max_value=11), max_size=4),
+    policy=st.builds(
+        d.Policy,
+        dispute_lost=st.sampled_from(["platform_absorbs", "supplier_charged_back"]),
+        follow_payouts=st.booleans(),
+    ),
+)
+def test_any_order_or_duplication_of_the_same_events_ends_in_the_same_state(
+    subset: list[d.Input], order: object, dupes: list[int], policy: d.Policy
+) -> None:
+    shuffled = list(subset)
+    order.shuffle(shuffled)  # type: ignore[attr-defined]
+    repeated = shuffled + [shuffled[i] for i in dupes if i < len(shuffled)]
+    a, _, req_a = run(subset, policy)
+    b, _, req_b = run(repeated, policy)
+    assert (a.state, a.reason, a.waits_for, a.deadline) == (b.state, b.reason, b.waits_for, b.deadline)
+    assert set(a.required) == set(b.required)
+    # what the final facts call for was requested (once: `run` checks attempts never repeat); a request
+    # made on the way (a hold before a late payment) is history, released by pay-when-paid itself
+    assert {c.key for c in a.required} <= set(req_a) & set(req_b)
+    if a.terminal:
+        assert a.reason, "every terminal state has a reason"
+    assert a.state in d.TERMINAL | d.OPEN
+
+
+@settings(max_examples=200, deadline=None)
+@given(subset=st.lists(st.sampled_from(_EVENTS), max_size=12))
+def test_every_cycle_with_an_invoice_ends_once_time_runs_far_enough(subset: list[d.Input]) -> None:
+    """No saga is stuck unseen: with the invoice and time far past every deadline, it is terminal."""
+    events = [invoice(), *subset, d.Tick(at=DUE + timedelta(days=400))]
+    s, _, _ = run(events, d.Policy(follow_payouts=False))
+    if not any(step.startswith("dispute") and step.endswith("open") for step in s.steps):  # no deadline yet
+        assert s.terminal, s
+        assert s.reason
