@@ -105,6 +105,17 @@ class Settings(BaseSettings):
         description="YAML file of payment gateways (kinds, currencies, limits, costs), hard decline codes and "
         "circuit breaker; unset: the defaults in services/payments/config.py.",
     )
+    # saga coordinator (issue 11)
+    saga_dispute_lost: Literal["platform_absorbs", "supplier_charged_back"] = Field(
+        default="platform_absorbs",
+        description="A lost dispute: the platform absorbs it (renter revenue reversed), or the supplier's share "
+        "is charged back too (reverse_supplier_share requested).",
+    )
+    saga_follow_payouts: bool = Field(
+        default=False,
+        description="Sagas follow payout sent/settled/returned (needs payouts.v1 wired to the saga worker); "
+        "off: a paid cycle completes when the supplier's earnings are released.",
+    )
 
     # payments gateways
     gateways_enabled: str = Field(

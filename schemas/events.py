@@ -435,3 +435,49 @@ class ProcessorEventReceived(EventModel):
     dispute_reason: Text | None = None
     dispute_status: Text | None = None
     occurred_at: UtcTime
+
+
+# --- sagas.v1 (key: saga_id) ------------------------------------------------------------------------------
+
+
+SagaState = Literal[
+    "pending",
+    "collecting",
+    "inquiring",
+    "compensating",
+    "compensation_failed",
+    "awaiting_payout",
+    "payout_sent",
+    "payout_returned",
+    "completed",
+    "compensated",
+    "needs_operator",
+]
+
+
+class SagaEvent(EventModel):
+    """Types on ``sagas.v1`` (issue 11): ``saga.started``, ``saga.step`` (a change of state, or an inquiry:
+    ``inquiry`` names the step asked about), ``saga.compensation_requested`` (``compensation`` and ``ref``,
+    ``attempt`` counts from 1), ``saga.completed``, ``saga.compensated``, ``saga.needs_operator``.
+
+    One saga per contract billing period (its renter invoice); ``cause_event_id``/``cause_type`` name the
+    event that moved it. Consumers act on a compensation request once per (``saga_id``, ``compensation``,
+    ``ref``, ``attempt``)."""
+
+    saga_id: Id
+    invoice_number: str
+    contract_id: Id | None
+    renter_id: Id | None
+    currency: Currency | None
+    period_start: UtcTime | None
+    state: SagaState
+    reason: str = Field(max_length=2000)
+    waits_for: str = Field(max_length=500)
+    deadline: UtcTime | None = None
+    inquiry: str | None = None
+    compensation: Literal["hold_earnings", "clawback", "reverse_revenue", "reverse_supplier_share"] | None = None
+    ref: str | None = None
+    attempt: int | None = Field(default=None, ge=1)
+    cause_event_id: Id
+    cause_type: str
+    at: UtcTime

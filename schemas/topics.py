@@ -276,6 +276,27 @@ PAYMENTS = Topic(
         }
     ),
 )
+SAGAS = Topic(
+    "sagas.v1",
+    key="saga_id",
+    partitions=3,
+    producer="saga",
+    description="Billing-cycle sagas: started, steps and inquiries, compensation requests, completed, "
+    "compensated or needs an operator (issue 11).",
+    types=MappingProxyType(
+        {
+            name: events.SagaEvent
+            for name in (
+                "saga.started",
+                "saga.step",
+                "saga.compensation_requested",
+                "saga.completed",
+                "saga.compensated",
+                "saga.needs_operator",
+            )
+        }
+    ),
+)
 
 REGISTRY: tuple[Topic, ...] = (
     INFRA_LIFECYCLE,
@@ -299,6 +320,7 @@ REGISTRY: tuple[Topic, ...] = (
     PAYMENTS,
     PROCESSOR_EVENTS,
     PAYMENT_COMMANDS,
+    SAGAS,
 )
 BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})
 

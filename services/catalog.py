@@ -16,6 +16,7 @@ _WORKERS: dict[str, str] = {
     "clock": "services.clock.main",
     "payments": "services.payments.main",
     "webhooks": "services.webhooks.main",
+    "saga": "services.saga.main",
 }
 RELAY = "relay"
 """``settle run relay`` runs relays only (no consumers); every other worker also runs one relay."""

@@ -80,6 +80,9 @@ class Policy:
     payout_deadline_days: int = 45
     """From release to payout sent: the next month's statement is final and planned by then."""
     settle_deadline_days: int = 5
+    await_acknowledgement: bool = False
+    """Wait for the acting side to answer each compensation (``CompensationResult``). Nothing answers yet
+    (payouts does not consume ``sagas.v1``): without it, a request durably in the outbox counts as done."""
     compensation_max_attempts: int = 5
     compensation_retry_hours: tuple[int, ...] = (1, 6, 24, 24)
 
