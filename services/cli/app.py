@@ -28,3 +28,7 @@ payments_app = typer.Typer(
 )
 receipts_app = typer.Typer(help="Money received for renters: list, apply to another renter.", no_args_is_help=True)
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
+sagas_app = typer.Typer(
+    help="Billing-cycle sagas: list (--stuck), show (steps, the event behind each, what it waits for), retry.",
+    no_args_is_help=True,
+)

@@ -22,7 +22,7 @@ def build_app() -> typer.Typer:
     """The ``settle`` app with every command and group mounted (once per process)."""
     # Each command module's decorators put its commands on the app and the groups mounted below; they are
     # imported in the order `settle --help` lists their commands.
-    from services.cli import commands, documents, kernel, ledger_proof, payments  # noqa: F401
+    from services.cli import commands, documents, kernel, ledger_proof, payments, sagas  # noqa: F401
     from services.cli.app import (
         app,
         clock_app,
@@ -35,6 +35,7 @@ def build_app() -> typer.Typer:
         payments_app,
         quarantine_app,
         receipts_app,
+        sagas_app,
         stack_app,
         statements_app,
         topics_app,
@@ -53,6 +54,7 @@ def build_app() -> typer.Typer:
     app.add_typer(clock_app, name="clock")
     app.add_typer(payments_app, name="payments")
     app.add_typer(receipts_app, name="receipts")
+    app.add_typer(sagas_app, name="sagas")
     app.command("demo")(demo_command.demo)
     app.command("fakepsp")(fakepsp_command.fakepsp)
     from services.cli import operations, recovery  # noqa: F401

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from libs.ids import derive_id
 from libs.messaging.consume import Tx
@@ -55,7 +54,7 @@ async def advance(
     )
     row = await conn.fetchrow("select * from saga.sagas where saga_id = $1 for update", saga_id)
     assert row is not None
-    facts = domain.Facts.model_validate(orjson.loads(row["facts"]))
+    facts = domain.Facts.model_validate(row["facts"])
     status = domain.evaluate(facts, policy)
     seq = await conn.fetchval("select coalesce(max(seq), 0) from saga.transitions where saga_id = $1", saga_id)
     requested = {
@@ -108,7 +107,7 @@ async def advance(
     await conn.execute(
         """update saga.sagas set invoice_id = $2, contract_id = $3, renter_id = $4, currency = $5,
                period_start = $6, period_end = $7, state = $8, reason = $9, waits_for = $10, deadline = $11,
-               inquiry = $12, facts = $13::jsonb, version = version + 1, started_at = $14,
+               inquiry = $12, facts = $13, version = version + 1, started_at = $14,
                state_since = case when state is distinct from $8 then now() else state_since end,
                updated_at = now()
            where saga_id = $1""",
@@ -124,7 +123,7 @@ async def advance(
         status.waits_for,
         status.deadline,
         status.inquiry,
-        facts.model_dump_json(),
+        facts.model_dump(mode="json"),
         inv.issued_at if inv else None,
     )
     return status

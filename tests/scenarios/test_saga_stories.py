@@ -1,0 +1,335 @@
+"""The billing cycle's saga (issue 11) as stories over Kafka and PostgreSQL.
+
+1. The payments worker itself collects against ``settle fakepsp``: one renter's card pays on the due date,
+   another's is declined through dunning (R14) until the invoice is past due. The saga worker follows
+   both from the events payments publishes: the paid cycle completes, the past-due one is compensated
+   (hold_earnings requested once, the suspend that payments sent recorded as a step, not sent again).
+   Invariant: each saga's state matches what payments' books say of the invoice.
+2. The saga worker alone, fed what invoicing and payments would publish, out of order and twice: a refund
+   after the supplier's earnings were released → clawback; a lost dispute under ``supplier_charged_back``
+   → renter revenue and supplier share reversed; a collection that never answers → asked, then held and
+   handed to an operator, whose audited retry asks again; the late payment completes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from libs.ledger import verify
+from libs.messaging.worker import Service
+from schemas import topics
+from schemas.events import InvoicePaymentStatus, PaymentEvent
+from schemas.inputs import ClockTicked
+from services.cli.sagas import retry
+from services.payments.main import SERVICE as PAYMENTS
+from services.saga import domain, read_model
+from services.saga.handlers import subscription
+from services.saga.main import SERVICE as SAGA
+from tests.conftest import Stack
+from tests.fleet import event_bytes, publish, read_topic, running, wait_until
+from tests.integration.test_payments_service import FEB, invoice
+from tests.payments.test_collection_stories import method
+from tests.payments.processes import fakepsp
+
+pytestmark = pytest.mark.integration
+
+DUE = FEB + timedelta(days=15)
+
+
+def tick(at: datetime) -> tuple[Any, str, bytes]:
+    return (
+        topics.CLOCK_TICKS,
+        "clock",
+        event_bytes("clock.ticked", ClockTicked(at=at), id=f"tick-{at:%m%d%H}", time=at),
+    )
+
+
+async def _sagas(stack: Stack) -> dict[str, dict[str, Any]]:
+    async with stack.pool.acquire() as conn:
+        return {r["invoice_number"]: r for r in await read_model.sagas(conn)}
+
+
+async def _requests(stack: Stack) -> list[dict[str, Any]]:
+    records = [orjson.loads(r.value) for r in await read_topic(stack, topics.SAGAS, timeout_s=10)]
+    return [r["data"] for r in records if r["type"] == "saga.compensation_requested"]
+
+
+async def test_collection_paid_completes_and_past_due_is_compensated(stack: Stack) -> None:
+    renters = {"rnt-ok": "tok_visa", "rnt-dun": "tok_insufficient_funds"}
+    with fakepsp() as base:
+        settings = stack.settings.model_copy(
+            update={
+                "stripe_api_base": base,
+                "stripe_api_key": "sk_test_settle",
+                "ledgerpay_api_base": base + "/ledgerpay",
+                "gateway_timeout_s": 2.0,
+            }
+        )
+        story = dataclasses.replace(stack, settings=settings)
+        items: list[tuple[Any, str, bytes]] = []
+        numbers = {}
+        for n, (renter, token) in enumerate(renters.items(), start=1):
+            m = method(renter, token, f"pm-{renter}")
+            items.append(
+                (topics.PAYMENT_METHODS, renter, event_bytes("payment_method.attached", m, id=f"m-{renter}", time=FEB))
+            )
+            inv = invoice(
+                f"INV-2026-{n:06d}", f"ctr-{renter}", renter, due="100.00", start=FEB - timedelta(days=31), end=FEB
+            )
+            numbers[renter] = inv.number
+            items.append(
+                (
+                    topics.INVOICES_FINALIZED,
+                    inv.contract_id,
+                    event_bytes("invoice.finalized", inv, id=f"i-{renter}", time=FEB),
+                )
+            )
+        async with running(story, [PAYMENTS, SAGA]):
+            await publish(story, items)
+
+            async def started() -> bool:
+                sagas = await _sagas(story)
+                return all(sagas.get(n, {}).get("state") == "collecting" for n in numbers.values())
+
+            await wait_until(started, timeout_s=90, what="a saga per invoice, collecting")
+            for day in (0, 1, 3, 5, 7, 10, 14):
+                at = DUE + timedelta(days=day)
+                await publish(story, [tick(at)])
+
+                async def caught_up(at: datetime = at) -> bool:
+                    async with story.pool.acquire() as conn:
+                        now = await conn.fetchval("select at from payments.clock where id = 1")
+                        busy = await conn.fetchval(
+                            "select count(*) from payments.attempts where state in ('pending', 'sending')"
+                        )
+                    return now is not None and now >= at and busy == 0
+
+                await wait_until(caught_up, timeout_s=90, what=f"payments at {at}")
+
+            async def ended() -> bool:
+                sagas = await _sagas(story)
+                return (
+                    sagas[numbers["rnt-ok"]]["state"] == "completed"
+                    and sagas[numbers["rnt-dun"]]["state"] == "compensated"
+                )
+
+            await wait_until(ended, timeout_s=90, what="the paid saga completed, the past-due one compensated")
+
+            async def published() -> bool:
+                return len(await _requests(story)) >= 1
+
+            await wait_until(published, timeout_s=60, what="the compensation request on sagas.v1")
+            requests = await _requests(story)
+            platform = [orjson.loads(r.value) for r in await read_topic(story, topics.PLATFORM_COMMANDS, timeout_s=10)]
+
+        async with stack.pool.acquire() as conn:
+            sagas = {r["invoice_number"]: r for r in await read_model.sagas(conn)}
+            paid = await read_model.saga_detail(conn, numbers["rnt-ok"])
+            dunned = await read_model.saga_detail(conn, numbers["rnt-dun"])
+            books = {
+                r["number"]: dict(r)
+                for r in await conn.fetch("select number, status, remaining_minor from payments.invoice_status")
+            }
+            report = await verify(conn)
+    assert report.ok, report
+
+    assert paid is not None and dunned is not None
+    assert sagas[numbers["rnt-ok"]]["reason"] == "paid"
+    assert any("earnings released" in s for s in paid["steps"])
+    assert [c["kind"] for c in paid["compensations"]] == []
+    assert "earnings held" in dunned["reason"]
+    assert any("suspend requested by payments" in s for s in dunned["steps"])
+    assert [(c["kind"], c["ref"], c["attempts"], c["state"]) for c in dunned["compensations"]] == [
+        ("hold_earnings", numbers["rnt-dun"], 1, "done")
+    ]
+    # every transition names the event that caused it; the last of the past-due saga is payments' past-due
+    # (or its status change), never a tick
+    assert all(t["event_id"] and t["event_type"] for t in dunned["transitions"])
+    assert dunned["transitions"][-1]["event_type"] in {"invoice.past_due", "invoice.payment_status"}
+    assert [(r["compensation"], r["ref"], r["attempt"]) for r in requests] == [
+        ("hold_earnings", numbers["rnt-dun"], 1)
+    ], "requested exactly once"
+    suspends = [p for p in platform if p["type"] == "platform.suspend_requested"]
+    assert [p["data"]["contract_id"] for p in suspends] == ["ctr-rnt-dun"], "payments' one suspend, no second"
+    # the invariant: a saga's state matches the books — completed ⇔ the invoice is paid; compensated for
+    # collection ⇔ the renter's receivable for that invoice is still open (past due, remaining > 0)
+    for number, saga in sagas.items():
+        book = books[number]
+        if saga["state"] == "completed":
+            assert book["status"] == "paid" and book["remaining_minor"] == 0, number
+        if saga["state"] == "compensated":
+            assert book["status"] == "past_due" and book["remaining_minor"] > 0, number
+        if book["status"] == "past_due":
+            assert saga["state"] == "compensated", number
+
+
+def _status(number: str, contract: str, renter: str, revision: int, status: str, paid: str, at: datetime) -> bytes:
+    data = InvoicePaymentStatus(
+        invoice_id=f"inv-{number}",
+        number=number,
+        contract_id=contract,
+        renter_id=renter,
+        currency="USD",
+        amount_due=Decimal("100.00"),
+        amount_paid=Decimal(paid),
+        amount_remaining=Decimal("100.00") - Decimal(paid),
+        status=status,  # type: ignore[arg-type]
+        revision=revision,
+        as_of=at,
+    )
+    return event_bytes("invoice.payment_status", data, id=f"st-{number}-{revision}", time=at)
+
+
+def _payment(
+    type: str, payment_id: str, number: str, renter: str, amount: str, at: datetime, reason: str = ""
+) -> bytes:
+    data = PaymentEvent(
+        payment_id=payment_id,
+        renter_id=renter,
+        currency="USD",
+        amount=Decimal(amount),
+        invoice_number=number,
+        gateway="stripe",
+        at=at,
+        reason=reason,
+    )
+    return event_bytes(type, data, id=f"pay-{type}-{payment_id}", time=at)
+
+
+async def test_refund_clawback_lost_dispute_per_policy_and_an_operator_retry(stack: Stack) -> None:
+    policy = domain.Policy(dispute_lost="supplier_charged_back")
+    saga = Service(name="saga", subscriptions=(subscription(policy),))
+    start, end = FEB - timedelta(days=31), FEB
+    refunded = invoice("INV-2026-000101", "ctr-r", "rnt-r", due="100.00", start=start, end=end)
+    disputed = invoice("INV-2026-000102", "ctr-d", "rnt-d", due="100.00", start=start, end=end)
+    silent = invoice("INV-2026-000103", "ctr-s", "rnt-s", due="100.00", start=start, end=end)
+    later = DUE + timedelta(days=10)
+    items: list[tuple[Any, str, bytes]] = [
+        # the status before the invoice it is about: the saga waits (pending), then starts
+        (topics.INVOICE_PAYMENTS, "ctr-r", _status(refunded.number, "ctr-r", "rnt-r", 2, "paid", "100.00", DUE)),
+        (topics.PAYMENTS, "rnt-r", _payment("payment.refunded", "rf_1", refunded.number, "rnt-r", "30.00", later)),
+        (topics.INVOICE_PAYMENTS, "ctr-d", _status(disputed.number, "ctr-d", "rnt-d", 2, "paid", "100.00", DUE)),
+        (topics.PAYMENTS, "rnt-d", _payment("payment.disputed", "dp_1", disputed.number, "rnt-d", "100.00", later)),
+        (
+            topics.PAYMENTS,
+            "rnt-d",
+            _payment(
+                "payment.dispute_closed",
+                "dp_1",
+                disputed.number,
+                "rnt-d",
+                "100.00",
+                later,
+                f"dispute dp_1 on {disputed.number} lost",
+            ),
+        ),
+    ]
+    for inv in (refunded, disputed, silent):
+        items.append(
+            (
+                topics.INVOICES_FINALIZED,
+                inv.contract_id,
+                event_bytes("invoice.finalized", inv, id=f"i-{inv.number}", time=end),
+            )
+        )
+    deadline = silent.due_at + timedelta(days=17)
+    async with running(stack, [saga]):
+        await publish(stack, items)
+        await publish(stack, items)  # every event twice: no effect
+
+        async def moved() -> bool:
+            sagas = await _sagas(stack)
+            return (
+                sagas.get(refunded.number, {}).get("state") == "compensated"
+                and sagas.get(disputed.number, {}).get("state") == "compensated"
+                and sagas.get(silent.number, {}).get("state") == "collecting"
+            )
+
+        await wait_until(moved, timeout_s=90, what="refund and dispute compensated, the silent one collecting")
+        await publish(stack, [tick(deadline)])
+
+        async def asking() -> bool:
+            return (await _sagas(stack))[silent.number]["state"] == "inquiring"
+
+        await wait_until(asking, timeout_s=60, what="the silent collection asked")
+        await publish(stack, [tick(deadline + timedelta(days=1))])
+
+        async def handed_over() -> bool:
+            return (await _sagas(stack))[silent.number]["state"] == "needs_operator"
+
+        await wait_until(handed_over, timeout_s=60, what="the silent collection handed to an operator")
+        async with stack.pool.acquire() as conn:
+            stuck = {r["invoice_number"] for r in await read_model.sagas(conn, stuck=True)}
+        assert stuck == {silent.number}
+
+        # the operator's audited retry (once per command id): the saga asks again
+        for _ in range(2):
+            async with stack.pool.acquire() as conn, conn.transaction():
+                before, after, _applied = await retry(
+                    conn,
+                    silent.number,
+                    by="ops@settle",
+                    reason="payments restarted",
+                    command_id="op-retry-1",
+                    policy=policy,
+                    at=deadline,
+                )
+        assert (before, after) == ("needs_operator", "inquiring")
+        # payments answers: paid late
+        await publish(
+            stack,
+            [
+                (
+                    topics.INVOICE_PAYMENTS,
+                    "ctr-s",
+                    _status(silent.number, "ctr-s", "rnt-s", 2, "paid", "100.00", deadline),
+                )
+            ],
+        )
+
+        async def completed() -> bool:
+            return (await _sagas(stack))[silent.number]["state"] == "completed"
+
+        await wait_until(completed, timeout_s=60, what="the late payment completing the saga")
+
+        async def all_requests() -> bool:
+            return len(await _requests(stack)) >= 4
+
+        await wait_until(all_requests, timeout_s=60, what="the compensation requests on sagas.v1")
+        requests = await _requests(stack)
+        async with stack.pool.acquire() as conn:
+            detail = await read_model.saga_detail(conn, silent.number)
+            commands = await conn.fetchval("select count(*) from saga.operator_commands")
+
+    kinds = Counter((r["invoice_number"], r["compensation"], r["ref"]) for r in requests)
+    assert kinds == {
+        (refunded.number, "clawback", "rf_1"): 1,
+        (disputed.number, "reverse_revenue", "dp_1"): 1,
+        (disputed.number, "reverse_supplier_share", "dp_1"): 1,
+        (silent.number, "hold_earnings", silent.number): 1,
+    }, "each compensation requested once, though every event came twice"
+    assert detail is not None and commands == 1
+    assert [t["to_state"] for t in detail["transitions"]] == [
+        "collecting",
+        "inquiring",
+        "compensating",  # hold_earnings requested (in the outbox: done in the same transaction)
+        "needs_operator",
+        "inquiring",
+        "completed",
+    ]
+    assert [t["event_type"] for t in detail["transitions"]] == [
+        "invoice.finalized",
+        "clock.ticked",
+        "clock.ticked",
+        "clock.ticked",
+        "operator.saga_retry",
+        "invoice.payment_status",
+    ]
+    assert detail["operator_commands"][0]["requested_by"] == "ops@settle"
