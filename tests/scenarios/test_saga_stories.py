@@ -35,8 +35,8 @@ from services.saga.main import SERVICE as SAGA
 from tests.conftest import Stack
 from tests.fleet import event_bytes, publish, read_topic, running, wait_until
 from tests.integration.test_payments_service import FEB, invoice
-from tests.payments.test_collection_stories import method
 from tests.payments.processes import fakepsp
+from tests.payments.test_collection_stories import method
 
 pytestmark = pytest.mark.integration
 
