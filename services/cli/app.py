@@ -24,3 +24,6 @@ held_app = typer.Typer(
 quarantine_app = typer.Typer(help="Contracts whose invoice close is set aside: list, retry.", no_args_is_help=True)
 gaps_app = typer.Typer(help="Partitions stopped because the broker deleted records a consumer had not read.")
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
+payouts_app = typer.Typer(
+    help="Supplier payouts (R15): list, show, plan --dry-run, hold, release.", no_args_is_help=True
+)
