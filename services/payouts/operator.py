@@ -121,7 +121,7 @@ async def _act(conn: asyncpg.Connection, payout_id: str, *, hold: bool, reason: 
     want_from, to_state = ("planned", "on_hold") if hold else ("on_hold", "planned")
     if row["state"] != want_from:
         verb = "hold" if hold else "release"
-        raise OperatorRequestError(f"payout {payout_id} is {row['state']}: only a {want_from} payout can {verb}")
+        raise OperatorRequestError(f"payout {payout_id} is {row['state']}: {verb} applies to {want_from} payouts only")
     at = await store.clock_now(conn)
     assert at is not None, "a payout exists, so a tick planned it"
     action_id: int = await conn.fetchval(
