@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -317,3 +318,33 @@ def test_over_successive_plannings_payouts_add_up_to_nets_minus_what_is_still_he
                 assert paid_so_far + plan.amount_minor <= sum(max(s.net_minor, 0) for s in months if s.issued_at <= at)
                 prior.append(PriorPayout("sup-1", "USD", plan.months, plan.amount_minor))
     assert sum(p.amount_minor for p in prior) == jan_net + 200
+
+
+@given(st.randoms(use_true_random=False))
+def test_plans_do_not_depend_on_the_order_of_their_inputs(rnd: Any) -> None:
+    refs = [InvoiceRef(f"ctr-{i}", REF.period_start) for i in range(3)]
+    statements = [
+        statement("2026-01", 12_345),
+        statement("2026-02", -100, issued_at=FEB_END),
+        statement("2026-01", 5_000, currency="EUR"),
+        statement("2026-01", 7_000, supplier_id="sup-2"),
+    ]
+    earnings = [InvoiceEarnings("sup-1", "USD", refs[i % 3], Fraction(1_000 + i, 7)) for i in range(9)]
+    rates = [
+        Rate("a", "EUR", "USD", Fraction("1.1"), AT),
+        Rate("b", "EUR", "USD", Fraction("1.2"), AT),
+        Rate("c", "USD", "EUR", Fraction("0.9"), AT - timedelta(hours=1)),
+    ]
+    invoices = {r: invoice(50_000, 10_000 * i, r) for i, r in enumerate(refs[:2])}
+    payees = {"sup-1": payee(pay_when_paid=True), "sup-2": payee(payout_currency="EUR", on_hold=True)}
+
+    def run(shuffle: bool) -> list[Any]:
+        lists = [list(statements), list(earnings), list(rates)]
+        if shuffle:
+            for items in lists:
+                rnd.shuffle(items)
+        return plan_payouts(
+            inputs(at=FEB_END, statements=lists[0], earnings=lists[1], rates=lists[2], invoices=invoices, payees=payees)
+        )
+
+    assert run(False) == run(True)
