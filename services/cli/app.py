@@ -28,3 +28,6 @@ payments_app = typer.Typer(
 )
 receipts_app = typer.Typer(help="Money received for renters: list, apply to another renter.", no_args_is_help=True)
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
+payouts_app = typer.Typer(
+    help="Supplier payouts (R15): list, show, plan --dry-run, hold, release.", no_args_is_help=True
+)
