@@ -481,3 +481,38 @@ class SagaEvent(EventModel):
     cause_event_id: Id
     cause_type: str
     at: UtcTime
+
+
+# --- payouts.v1 (key: supplier_id) ----------------------------------------------------------------------
+
+
+PayoutState = Literal["planned", "on_hold"]
+PayoutReason = Literal["below_minimum", "no_payee", "no_fx_rate", "nothing_payable", "on_hold"]
+
+
+class PayoutEvent(EventModel):
+    """Types on ``payouts.v1`` (R15): ``payout.planned`` (to be sent by its rail), ``payout.held`` (planned
+    on hold: never sent until an operator releases it), ``payout.released`` (an operator released a
+    held payout), ``payout.waiting`` (statement months final and unpaid, no payout: ``reason``).
+
+    ``amount`` is in the statement ``currency``; ``payout_amount`` in ``payout_currency``, converted at
+    ``rate`` (``rate_id``) when the two differ. ``months`` are the statement months it pays. Account
+    details never travel here: the rail reads them from the payee the payout names (``payee_event_id``).
+    """
+
+    payout_id: Id
+    supplier_id: Id
+    currency: Currency
+    months: list[str] = Field(max_length=240)
+    amount: DecimalStr
+    payout_currency: Currency | None
+    payout_amount: DecimalStr | None
+    rate_id: Id | None = None
+    rate: DecimalStr | None = None
+    rail: str | None
+    payee_event_id: Id | None
+    state: PayoutState | None
+    reason: PayoutReason | None = None
+    held_minor: int = Field(ge=0)
+    """Pay-when-paid earnings held at planning (statement currency, minor units)."""
+    planned_at: UtcTime

@@ -8,12 +8,17 @@ optional fields with defaults: ``payment_terms_days``, ``meter_prices``.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from stdnum import bic as stdnum_bic
+from stdnum import iban as stdnum_iban
+from stdnum.us import rtn as stdnum_rtn
 
 from libs import limits
+from libs.money import currency_exponent
 from schemas.types import (
     Barrier,
     Currency,
@@ -231,6 +236,180 @@ class PaymentReceived(InputModel):
     reference: Annotated[str, Field(max_length=limits.MAX_TEXT_CHARS)] = ""
 
 
+# --- wave two: suppliers.v1 (key: supplier_id) / fx.rates.v1 (key: "base/quote") --------------------
+
+PayoutRail = Literal["ach", "wire", "rtp", "fednow", "sepa", "stablecoin"]
+_ACCOUNT_NUMBER_RE = re.compile(r"^[0-9]{4,17}$")
+_ADDRESS_RE = re.compile(r"^[A-Za-z0-9]{20,128}$")
+
+
+class _AccountModel(BaseModel):
+    """Strict: an account object with a field we do not know is refused (we would not pay to it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _routing(value: str) -> str:
+    if not stdnum_rtn.is_valid(value):
+        raise ValueError("routing_number is not a valid 9-digit ABA routing number")
+    return stdnum_rtn.compact(value)
+
+
+def _account_number(value: str) -> str:
+    if not _ACCOUNT_NUMBER_RE.fullmatch(value):
+        raise ValueError("account_number is 4 to 17 digits")  # never echo the number itself
+    return value
+
+
+def _iban(value: str) -> str:
+    if not stdnum_iban.is_valid(value):
+        raise ValueError("iban is not a valid IBAN (country, length or check digits)")
+    return stdnum_iban.compact(value)
+
+
+def _bic(value: str) -> str:
+    if not stdnum_bic.is_valid(value):
+        raise ValueError("bic is not a valid BIC (8 or 11 characters)")
+    return stdnum_bic.compact(value)
+
+
+RoutingNumber = Annotated[str, Field(max_length=16), AfterValidator(_routing)]
+AccountNumber = Annotated[str, Field(max_length=17), AfterValidator(_account_number)]
+Iban = Annotated[str, Field(max_length=42), AfterValidator(_iban)]
+Bic = Annotated[str, Field(max_length=16), AfterValidator(_bic)]
+HolderName = Annotated[str, Field(min_length=1, max_length=140)]
+
+
+class AchAccount(_AccountModel):
+    """``ach``: a US bank account (NACHA PPD for a person, CCD for a company)."""
+
+    holder_name: HolderName
+    routing_number: RoutingNumber
+    account_number: AccountNumber
+    account_type: Literal["checking", "savings"] = "checking"
+    entity: Literal["company", "individual"] = "company"
+
+
+class InstantAccount(_AccountModel):
+    """``rtp`` / ``fednow``: a US account reachable by instant payments (pacs.008)."""
+
+    holder_name: HolderName
+    routing_number: RoutingNumber
+    account_number: AccountNumber
+
+
+class WireAccount(_AccountModel):
+    """``wire``: a domestic (ABA routing + account number) or international (BIC + IBAN or account
+    number) beneficiary for pain.001."""
+
+    holder_name: HolderName
+    routing_number: RoutingNumber | None = None
+    bic: Bic | None = None
+    iban: Iban | None = None
+    account_number: AccountNumber | None = None
+    bank_name: Annotated[str, Field(max_length=140)] | None = None
+
+    @model_validator(mode="after")
+    def _reachable(self) -> WireAccount:
+        if self.routing_number is None and self.bic is None:
+            raise ValueError("a wire account needs a routing_number or a bic")
+        if (self.iban is None) == (self.account_number is None):
+            raise ValueError("a wire account has exactly one of iban and account_number")
+        return self
+
+
+class SepaAccount(_AccountModel):
+    """``sepa``: an IBAN (the BIC is optional in SEPA)."""
+
+    holder_name: HolderName
+    iban: Iban
+    bic: Bic | None = None
+
+
+class StablecoinAccount(_AccountModel):
+    """``stablecoin``: a wallet address on a network, for a token."""
+
+    network: Literal["ethereum", "solana", "polygon", "base", "stellar"]
+    token: Literal["USDC", "USDT", "EURC", "PYUSD"]
+    address: Annotated[str, Field(max_length=128, pattern=_ADDRESS_RE.pattern)]
+
+
+PayeeAccount = AchAccount | InstantAccount | WireAccount | SepaAccount | StablecoinAccount
+ACCOUNT_MODELS: dict[str, type[_AccountModel]] = {
+    "ach": AchAccount,
+    "wire": WireAccount,
+    "rtp": InstantAccount,
+    "fednow": InstantAccount,
+    "sepa": SepaAccount,
+    "stablecoin": StablecoinAccount,
+}
+"""Rail → the shape its ``account`` object must have."""
+
+AccountObject = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=limits.MAX_TEXT_CHARS)]],
+    Field(max_length=16),
+]
+
+
+def parse_account(rail: str, account: dict[str, str]) -> PayeeAccount:
+    """The rail's typed account (raises pydantic.ValidationError on a wrong shape)."""
+    model = ACCOUNT_MODELS[rail]
+    parsed = model.model_validate(account)
+    assert isinstance(parsed, AchAccount | InstantAccount | WireAccount | SepaAccount | StablecoinAccount)
+    return parsed
+
+
+def mask_account(rail: str, account: dict[str, str]) -> str:
+    """What a log line or an operator may see of an account: never a full number or IBAN."""
+    if rail == "stablecoin":
+        address = account.get("address", "")
+        return f"{account.get('network', '?')}:{address[:6]}…{address[-4:]}"
+    number = account.get("iban") or account.get("account_number") or ""
+    return f"{rail}:…{number[-4:]}" if number else f"{rail}:…"
+
+
+class PayeeUpdated(InputModel):
+    """``supplier.payee_updated``: how and when a supplier is paid (R15). The latest one at or before
+    planning applies. ``account`` is the rail's object (:data:`ACCOUNT_MODELS`); it is validated for its
+    shape and check digits, kept as sent, and never logged in full (:func:`mask_account`)."""
+
+    supplier_id: Id
+    payout_currency: Currency
+    rail: PayoutRail
+    account: AccountObject
+    minimum_payout: NonNegativeDecimalStr
+    pay_when_paid: bool
+    on_hold: bool
+
+    @model_validator(mode="after")
+    def _check(self) -> PayeeUpdated:
+        try:
+            parse_account(self.rail, self.account)
+        except ValidationError as exc:
+            # Only field names and messages: pydantic would echo the input (the account number).
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"account is not a {self.rail} account: {problems}") from None
+        if self.minimum_payout.as_tuple().exponent < -currency_exponent(self.payout_currency):  # type: ignore[operator]
+            raise ValueError(f"minimum_payout has more places than {self.payout_currency} has minor digits")
+        return self
+
+
+class FxRate(InputModel):
+    """``fx.rate``: 1 ``base`` = ``rate`` ``quote``, published as of ``as_of`` (R15: direct pairs only)."""
+
+    rate_id: Id
+    base: Currency
+    quote: Currency
+    rate: PositiveDecimalStr
+    as_of: UtcTime
+
+    @model_validator(mode="after")
+    def _check(self) -> FxRate:
+        if self.base == self.quote:
+            raise ValueError("base and quote are the same currency")
+        return self
+
+
 __all__ = [
     "AllocationDecommissioned",
     "AllocationProvisioned",
@@ -238,8 +417,10 @@ __all__ = [
     "ContractAmended",
     "ContractCreated",
     "ContractTerminated",
+    "FxRate",
     "MaintenanceWindowEvent",
     "OutageEvent",
+    "PayeeUpdated",
     "PaymentMethodEvent",
     "PaymentReceived",
     "SlaTier",

@@ -297,6 +297,34 @@ SAGAS = Topic(
         }
     ),
 )
+SUPPLIERS = Topic(
+    "suppliers.v1",
+    key="supplier_id",
+    partitions=3,
+    producer="platform",
+    archive=True,
+    description="Suppliers' payee settings: payout currency, rail and account, minimum, pay-when-paid, hold (R15).",
+    types=MappingProxyType({"supplier.payee_updated": inputs.PayeeUpdated}),
+)
+FX_RATES = Topic(
+    "fx.rates.v1",
+    key="base/quote",
+    partitions=3,
+    producer="platform",
+    archive=True,
+    description="Exchange rates: 1 base = rate quote, as of a time (R15 converts with direct pairs only).",
+    types=MappingProxyType({"fx.rate": inputs.FxRate}),
+)
+PAYOUTS = Topic(
+    "payouts.v1",
+    key="supplier_id",
+    partitions=3,
+    producer="payouts",
+    description="Supplier payouts planned, held, released, or waiting with a reason (R15).",
+    types=MappingProxyType(
+        {name: events.PayoutEvent for name in ("payout.planned", "payout.held", "payout.released", "payout.waiting")}
+    ),
+)
 
 REGISTRY: tuple[Topic, ...] = (
     INFRA_LIFECYCLE,
@@ -320,6 +348,9 @@ REGISTRY: tuple[Topic, ...] = (
     PAYMENTS,
     PROCESSOR_EVENTS,
     PAYMENT_COMMANDS,
+    SUPPLIERS,
+    FX_RATES,
+    PAYOUTS,
     SAGAS,
 )
 BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})

@@ -15,6 +15,7 @@ _WORKERS: dict[str, str] = {
     "invoicing": "services.invoicing.main",
     "clock": "services.clock.main",
     "payments": "services.payments.main",
+    "payouts": "services.payouts.main",
     "webhooks": "services.webhooks.main",
     "saga": "services.saga.main",
 }

@@ -32,3 +32,6 @@ sagas_app = typer.Typer(
     help="Billing-cycle sagas: list (--stuck), show (steps, the event behind each, what it waits for), retry.",
     no_args_is_help=True,
 )
+payouts_app = typer.Typer(
+    help="Supplier payouts (R15): list, show, plan --dry-run, hold, release.", no_args_is_help=True
+)

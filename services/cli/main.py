@@ -33,6 +33,7 @@ def build_app() -> typer.Typer:
         ledger_app,
         outbox_app,
         payments_app,
+        payouts_app,
         quarantine_app,
         receipts_app,
         sagas_app,
@@ -63,6 +64,9 @@ def build_app() -> typer.Typer:
     invoices_app.add_typer(quarantine_app, name="quarantine")
     app.add_typer(gaps_app, name="gaps")
     app.add_typer(outbox_app, name="outbox")
+    from services.cli import payouts  # noqa: F401
+
+    app.add_typer(payouts_app, name="payouts")
     app.command("replay")(replay.replay)
     app.command("rebuild")(replay.rebuild)
     app.add_typer(replay.archive_app, name="archive")

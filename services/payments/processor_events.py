@@ -59,7 +59,7 @@ async def _attempt_outcome(tx: Tx, config: PaymentsConfig, event: Envelope[Any],
         result = ChargeResult("succeeded", charge_id=data.charge_id or data.payment_id, message="webhook")
     else:
         result = ChargeResult("declined", code=(data.decline_code or "").split("/")[-1] or None, message="webhook")
-    await collection.record_result(tx, config, data.attempt_id, result, inquiry=True)
+    await collection.record_result(tx, config, data.attempt_id, result, inquiry=False)
 
 
 async def _charge(tx: Tx, data: ProcessorEventReceived) -> Any:

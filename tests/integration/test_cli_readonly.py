@@ -53,6 +53,8 @@ JSON_VERBS: list[list[str]] = [
     ["ledger", "balances", "--json"],
     ["ledger", "verify", "--json"],
     ["ledger", "hash", "--json"],
+    ["payouts", "list", "--json"],
+    ["payouts", "plan", "--dry-run", "--json"],
 ]
 TEXT_VERBS: list[list[str]] = [
     ["status"],
@@ -67,6 +69,8 @@ TEXT_VERBS: list[list[str]] = [
     ["ledger", "balances"],
     ["ledger", "verify"],
     ["ledger", "hash", "--through", "2026-12-01T00:00:00Z"],
+    ["payouts", "list"],
+    ["payouts", "show", "no-such-payout"],
 ]
 
 

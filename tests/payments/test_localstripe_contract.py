@@ -34,7 +34,8 @@ def localstripe() -> Iterator[str]:
     exe = shutil.which("localstripe", path=str(Path(sys.executable).parent))
     assert exe is not None, "localstripe is a test dependency (pyproject [test])"
     port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--from-scratch"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [exe, "--port", str(port), "--from-scratch"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

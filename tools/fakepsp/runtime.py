@@ -56,6 +56,8 @@ class Fake:
         self.books = Books.load(config.state_file)
         self.sender = Sender(self.books, config.webhooks)
         self.outage = False
+        self.outage_dialect: str | None = None
+        """With ``outage``: only this dialect is down (None: both)."""
         self._in_flight: set[str] = set()
         self.lock = asyncio.Lock()
         """Serializes the books' mutations (handlers await between reading and writing)."""

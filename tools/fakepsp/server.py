@@ -3,7 +3,8 @@
 Admin API (for tests and the demo; never behind the outage switch):
 
 * ``GET /_admin/stats`` — charges made (total, per attempt id, per idempotency key), request counters;
-* ``POST /_admin/outage`` ``{"on": true|false}`` — every dialect request answers 503 while on;
+* ``POST /_admin/outage`` ``{"on": true|false, "dialect": "stripe"|"ledgerpay"}`` — every request (of
+  that dialect only, when one is named) answers 503 while on;
 * ``POST /_admin/disputes`` ``{"charge": <payment or charge id>, "amount"?: int, "reason"?: str}`` — opens
   a dispute (webhook ``charge.dispute.created`` for Stripe charges); ``POST /_admin/disputes/{id}/close``
   ``{"status": "won"|"lost"}`` closes it (``charge.dispute.closed``);
@@ -39,7 +40,9 @@ def build_app(config: FakeConfig) -> web.Application:
         if path.startswith("/_admin"):
             return await handler(request)
         ledgerpay = path.startswith(ledgerpay_api.PREFIX)
-        if fake.outage:
+        if fake.outage and (
+            fake.outage_dialect is None or fake.outage_dialect == ("ledgerpay" if ledgerpay else "stripe")
+        ):
             fake.books.count("outage")
             if ledgerpay:
                 return ledgerpay_api.lp_error(503, "UNAVAILABLE", "LedgerPay is unavailable")
@@ -89,8 +92,13 @@ def admin_routes(fake: Fake) -> list[web.RouteDef]:
         return web.json_response({**books.stats(), "outage": fake.outage, "webhooks_pending": fake.sender.pending})
 
     async def outage(request: web.Request) -> web.Response:
-        fake.outage = bool((await body_of(request)).get("on", True))
-        return web.json_response({"outage": fake.outage})
+        body = await body_of(request)
+        dialect = body.get("dialect")
+        if dialect not in (None, "stripe", "ledgerpay"):
+            return web.json_response({"error": "dialect_invalid", "message": "stripe or ledgerpay"}, status=400)
+        fake.outage = bool(body.get("on", True))
+        fake.outage_dialect = dialect
+        return web.json_response({"outage": fake.outage, "dialect": dialect})
 
     async def open_dispute(request: web.Request) -> web.Response:
         data = await body_of(request)

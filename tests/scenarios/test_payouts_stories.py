@@ -1,0 +1,309 @@
+"""Payout stories (R15), end to end over Kafka and PostgreSQL: invoicing, payments and payouts run with
+the real worker runtime and relay; the platform's inputs (contracts, payees, FX rates, money received,
+clock ticks) and rating's output (charges, watermarks) are real CloudEvents on their topics.
+
+One marketplace, January and February 2026, six suppliers:
+
+* ``sup-min`` (minimum 500.00): 60.00 earned in January waits (below_minimum); a payee update dated
+  Feb 15 lowers the minimum to 50.00 — the Feb 10 planning does not see it, the Mar 1 planning does;
+* ``sup-hold`` (on_hold): its payout is planned on hold, then an operator releases it (CLI, audited);
+* ``sup-pwp`` (pay_when_paid): 150.00 earned on an invoice of 200.00; nothing is payable until the renter
+  pays 33.33 (Feb 5) → floor(150.00 × 33.33 / 200.00) = 24.99 released at Feb 10; the renter pays the
+  rest (Feb 20); at Mar 1 February's 15.00 is held (its invoice is unpaid) and January's rest, 125.01,
+  is paid exactly;
+* ``sup-fx`` (EUR statement, paid in USD): 41.10 EUR at the Jan 31 rate 1.0857 → 44.62 USD half-even,
+  the 0.00227 USD difference an FX gain; a later rate is not used;
+* ``sup-norate`` (EUR statement, paid in GBP, only a GBP/EUR rate published): no_fx_rate;
+* ``sup-nopayee``: no payee, no payout.
+
+Expected amounts are computed here from the rule's words, never by the service's domain. The operator's
+view is the real ``settle payouts list --json`` run as its own process against the story's database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain.contracts import chart
+from schemas import topics
+from schemas.inputs import ClockTicked, FxRate, PayeeUpdated, PaymentReceived
+from services.invoicing.main import SERVICE as INVOICING
+from services.payments.main import SERVICE as PAYMENTS
+from services.payouts.main import SERVICE as PAYOUTS
+from tests.conftest import Stack
+from tests.fleet import event_bytes, publish, running, wait_until
+from tests.integration.test_invoicing_service import (
+    FEB,
+    JAN,
+    Story,
+    assert_ledger_sound,
+    balance_units,
+    count,
+    outbox_events,
+)
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+HOUR = timedelta(hours=1)
+ACH = {"holder_name": "Supplier Inc", "routing_number": "021000021", "account_number": "000123456789"}
+WIRE = {"holder_name": "Held Ltd", "routing_number": "021000021", "account_number": "98765432"}
+SEPA = {"holder_name": "Norate GmbH", "iban": "DE89370400440532013000"}
+
+
+def payee(supplier: str, *, at: datetime, n: int, currency: str = "USD", rail: str = "ach", **kw: Any) -> tuple:
+    account = {"ach": ACH, "wire": WIRE, "sepa": SEPA}[rail]
+    data = PayeeUpdated(
+        supplier_id=supplier,
+        payout_currency=currency,
+        rail=rail,
+        account=account,
+        minimum_payout=kw.get("minimum", "0"),
+        pay_when_paid=kw.get("pay_when_paid", False),
+        on_hold=kw.get("on_hold", False),
+    )
+    return (
+        topics.SUPPLIERS,
+        supplier,
+        event_bytes("supplier.payee_updated", data, id=f"payee-{supplier}-{n}", time=at),
+    )
+
+
+def fx(rate_id: str, base: str, quote: str, rate: str, as_of: datetime) -> tuple:
+    data = FxRate(rate_id=rate_id, base=base, quote=quote, rate=rate, as_of=as_of)
+    return (topics.FX_RATES, f"{base}/{quote}", event_bytes("fx.rate", data, id=f"fx-{rate_id}", time=as_of))
+
+
+def tick(at: datetime) -> tuple:
+    return (topics.CLOCK_TICKS, "clock", event_bytes("clock.ticked", ClockTicked(at=at), id=f"tick-{at:%m%d}", time=at))
+
+
+def receipt(renter: str, receipt_id: str, amount: str, at: datetime, reference: str) -> tuple:
+    data = PaymentReceived(
+        renter_id=renter,
+        receipt_id=receipt_id,
+        amount=amount,
+        currency="USD",
+        received_at=at,
+        rail="wire",
+        reference=reference,
+    )
+    return (topics.PAYMENTS_RECEIVED, renter, event_bytes("payment.received", data, id=f"rcpt-{receipt_id}", time=at))
+
+
+def cents(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN))
+
+
+async def settle_cli(stack: Stack, *args: str) -> tuple[int, str, str]:
+    """``settle …`` as its own process against the story's database (no broker needed for reads)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SETTLE_")}
+    env.update(
+        SETTLE_DATABASE_URL=stack.database_url,
+        SETTLE_KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
+        SETTLE_TOPIC_PREFIX=stack.settings.topic_prefix,
+        SETTLE_STATE_DIR=str(stack.settings.state_dir),
+        PYTHONPATH=str(REPO),
+        NO_COLOR="1",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        *args,
+        env=env,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def payouts_list(stack: Stack) -> dict[str, dict[str, Any]]:
+    code, out, err = await settle_cli(stack, "payouts", "list", "--json")
+    assert code == 0, err
+    docs = [json.loads(line) for line in out.splitlines() if line.strip()]
+    by_supplier: dict[str, dict[str, Any]] = {}
+    for doc in docs:  # the latest plan of each supplier
+        by_supplier[doc["supplier_id"] + ("" if doc["state"] == "waiting" else ":" + ",".join(doc["months"]))] = doc
+    return by_supplier
+
+
+async def wait_rows(stack: Stack, sql: str, n: int, what: str, timeout_s: float = 90) -> None:
+    async def enough() -> bool:
+        return await count(stack, sql) >= n
+
+    await wait_until(enough, timeout_s=timeout_s, what=what)
+
+
+async def test_payouts_minimum_hold_pay_when_paid_and_fx(stack: Stack) -> None:
+    story = Story()
+    story.contract("ctr-a", renter="rnt-a", price="2", rate="1.5")
+    story.contract("ctr-b", renter="rnt-b", price="2", rate="1.5")
+    story.contract("ctr-c", renter="rnt-c", price="2", rate="1.5")
+    story.contract("ctr-d", renter="rnt-d", currency="EUR", price="2", rate="1.37")
+    day = datetime(2026, 1, 12, tzinfo=UTC)
+    for n in range(4):  # 4 x 36,000 GPU-s x 1.5 / 3600 = 60.00
+        story.charge("ctr-a", "alloc-a1", "sup-min", day + n * HOUR, billable=36_000)
+    story.charge("ctr-a", "alloc-a2", "sup-nopayee", day, billable=36_000)  # 15.00
+    for n in range(5):  # 75.00
+        story.charge("ctr-b", "alloc-b1", "sup-hold", day + n * HOUR, billable=36_000)
+    for n in range(10):  # 150.00 earned; the invoice: 10 x 36,000 x 2 / 3600 = 200.00
+        story.charge("ctr-c", "alloc-c1", "sup-pwp", day + n * HOUR, billable=36_000)
+    for n in range(3):  # 3 x 36,000 x 1.37 / 3600 = 41.10 EUR
+        story.charge("ctr-d", "alloc-d1", "sup-fx", day + n * HOUR, billable=36_000)
+    story.charge("ctr-d", "alloc-d2", "sup-norate", day, billable=36_000)  # 13.70 EUR
+    story.watermark(JAN[1])
+    await story.publish(stack)
+    start = JAN[0]
+    await publish(
+        stack,
+        [
+            payee("sup-min", at=start, n=1, minimum="500"),
+            payee("sup-hold", at=start, n=1, rail="wire", on_hold=True),
+            payee("sup-pwp", at=start, n=1, pay_when_paid=True),
+            payee("sup-fx", at=start, n=1),
+            payee("sup-norate", at=start, n=1, currency="GBP", rail="sepa"),
+            fx("eur-usd-0131", "EUR", "USD", "1.0857", datetime(2026, 1, 31, tzinfo=UTC)),
+            fx("eur-usd-0202", "EUR", "USD", "1.2", datetime(2026, 2, 2, tzinfo=UTC)),
+            fx("gbp-eur-0131", "GBP", "EUR", "1.17", datetime(2026, 1, 31, tzinfo=UTC)),  # the inverse pair
+        ],
+    )
+
+    # No processor is called in this story (money arrives as receipts): the payments worker builds no gateway.
+    stack.settings = stack.settings.model_copy(update={"gateways_enabled": ""})
+    async with running(stack, [INVOICING, PAYMENTS, PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.statements", 6, "six January statements at payouts")
+        await wait_rows(stack, "select count(*) from payouts.invoices", 4, "four January invoices at payouts")
+        await wait_rows(stack, "select count(*) from payments.invoices", 4, "four January invoices at payments")
+
+        # --- Feb 1: January's statements are final -------------------------------------------------------
+        await publish(stack, [tick(FEB[0])])
+        await wait_rows(stack, "select count(*) from payouts.payouts", 6, "a plan per supplier at Feb 1")
+        plans = await payouts_list(stack)
+        assert (plans["sup-min"]["state"], plans["sup-min"]["reason"], plans["sup-min"]["amount"]) == (
+            "waiting",
+            "below_minimum",
+            "60.00",
+        )
+        held = plans["sup-hold:2026-01"]
+        assert (held["state"], held["reason"], held["amount"], held["rail"]) == ("on_hold", "on_hold", "75.00", "wire")
+        pwp = plans["sup-pwp"]
+        assert (pwp["state"], pwp["reason"], pwp["amount"], pwp["held"]) == (
+            "waiting",
+            "nothing_payable",
+            "0.00",
+            "150.00",
+        )
+        converted = plans["sup-fx:2026-01"]
+        exact = Decimal("41.10") * Decimal("1.0857")  # 44.62227
+        assert converted["state"] == "planned"
+        assert (converted["currency"], converted["amount"]) == ("EUR", "41.10")
+        assert (converted["payout_currency"], converted["payout_amount"]) == ("USD", cents(exact))
+        assert (converted["rate_id"], converted["rate"]) == ("eur-usd-0131", "1.0857")
+        assert (plans["sup-norate"]["state"], plans["sup-norate"]["reason"]) == ("waiting", "no_fx_rate")
+        assert (plans["sup-nopayee"]["state"], plans["sup-nopayee"]["reason"]) == ("waiting", "no_payee")
+        assert all("rate_id" not in d for k, d in plans.items() if not k.startswith("sup-fx"))
+
+        # --- Feb 5: the renter of ctr-c pays 33.33 of its 200.00 invoice ----------------------------------
+        number_c = await stack.pool.fetchval("select number from payouts.invoices where contract_id = 'ctr-c'")
+        await publish(stack, [receipt("rnt-c", "r-1", "33.33", datetime(2026, 2, 5, tzinfo=UTC), f"pay {number_c}")])
+        await wait_rows(
+            stack,
+            "select count(*) from payouts.invoice_status where remaining_minor = 16667",
+            1,
+            "the partial payment seen by payouts",
+        )
+        # A payee update dated Feb 15 is published now but is not "at or before" the Feb 10 planning.
+        await publish(stack, [payee("sup-min", at=datetime(2026, 2, 15, tzinfo=UTC), n=2, minimum="50")])
+        await wait_rows(stack, "select count(*) from payouts.payees where supplier_id = 'sup-min'", 2, "payee v2")
+        await publish(stack, [tick(datetime(2026, 2, 10, tzinfo=UTC))])
+        await wait_rows(
+            stack, "select count(*) from payouts.payouts where supplier_id = 'sup-pwp' and state = 'planned'", 1, "pwp"
+        )
+        plans = await payouts_list(stack)
+        released = (Decimal(15_000) * 3_333 // 20_000) / 100  # floor in cents: 24.99, not 25.00
+        assert plans["sup-pwp:2026-01"]["amount"] == str(released) == "24.99"
+        assert plans["sup-pwp:2026-01"]["held"] == "125.01"
+        assert plans["sup-min"]["reason"] == "below_minimum"
+
+        # --- February: one more hour for ctr-c, the renter pays the rest on Feb 20, month closes ------------
+        story.charge("ctr-c", "alloc-c1", "sup-pwp", datetime(2026, 2, 3, tzinfo=UTC), billable=36_000)  # 15.00
+        story.watermark(FEB[1])
+        await publish(stack, [receipt("rnt-c", "r-2", "166.67", datetime(2026, 2, 20, tzinfo=UTC), number_c)])
+        await story.publish(stack)
+        await wait_rows(stack, "select count(*) from payouts.statements where month = '2026-02'", 1, "Feb statement")
+        await wait_rows(stack, "select count(*) from payouts.invoices", 8, "February invoices at payouts")
+        await wait_rows(
+            stack,
+            "select count(*) from payouts.invoice_status where remaining_minor = 0 and as_of < '2026-03-01'",
+            1,
+            "the full payment seen by payouts",
+        )
+        await publish(stack, [tick(FEB[1])])
+        await wait_rows(
+            stack, "select count(*) from payouts.payouts where supplier_id = 'sup-pwp' and state = 'planned'", 2, "rest"
+        )
+        await wait_rows(
+            stack, "select count(*) from payouts.payouts where supplier_id = 'sup-min' and state = 'planned'", 1, "min"
+        )
+        plans = await payouts_list(stack)
+        # Jan net 150.00 + Feb net 15.00 − held (Feb's 15.00: its invoice is unpaid) − paid 24.99.
+        rest = plans["sup-pwp:2026-02"]
+        assert (rest["amount"], rest["held"], rest["months"]) == ("125.01", "15.00", ["2026-02"])
+        minimum = plans["sup-min:2026-01"]
+        assert (minimum["state"], minimum["amount"], minimum["months"]) == ("planned", "60.00", ["2026-01"])
+
+        # --- the operator releases the held payout ------------------------------------------------------
+        hold_id = held["payout_id"]
+        code, out, err = await settle_cli(
+            stack, "payouts", "release", hold_id, "--reason", "KYC cleared", "--actor", "ops"
+        )
+        assert code == 0, err
+        code, out, err = await settle_cli(stack, "payouts", "release", hold_id, "--reason", "again")
+        assert code == 2 and "release applies to on_hold payouts only" in (out + err)
+        code, out, err = await settle_cli(stack, "payouts", "show", hold_id)
+        assert code == 0, err
+        shown = json.loads(out)
+        assert shown["state"] == "planned" and shown["account"] == "wire:…5432"
+        assert [(a["action"], a["from"], a["to"], a["actor"]) for a in shown["actions"]] == [
+            ("release", "on_hold", "planned", "ops")
+        ]
+        assert "98765432" not in out  # never a full account number
+        code, out, err = await settle_cli(stack, "payouts", "plan", "--dry-run", "--json")
+        assert code == 0, err
+        would = [json.loads(line) for line in out.splitlines() if line.strip()]
+        assert {(d["supplier_id"], d["reason"]) for d in would} == {
+            ("sup-norate", "no_fx_rate"),
+            ("sup-nopayee", "no_payee"),
+        }
+
+        async def released_event() -> bool:
+            return any(e["type"] == "payout.released" for e in await outbox_events(stack, topics.PAYOUTS))
+
+        await wait_until(released_event, timeout_s=30, what="payout.released in the outbox")
+
+    events = await outbox_events(stack, topics.PAYOUTS)
+    kinds = sorted(e["type"] for e in events)
+    assert kinds.count("payout.planned") == 4  # sup-fx, sup-pwp x2, sup-min
+    assert kinds.count("payout.held") == 1 and kinds.count("payout.released") == 1
+    # Ledger: every payout left the supplier's payable; FX gain = exact − rounded conversion.
+    usd_units = 10**8
+    in_transit = Decimal("44.62") + Decimal("24.99") + Decimal("125.01") + Decimal("60.00") + Decimal("75.00")
+    assert await balance_units(stack, "platform:payouts_in_transit:USD") == -int(in_transit * usd_units)
+    assert await balance_units(stack, "platform:payouts_on_hold:USD") == 0
+    assert await balance_units(stack, "platform:fx_gain_loss:USD") == -int((exact - Decimal("44.62")) * usd_units)
+    assert await balance_units(stack, chart.payable("sup-pwp", "USD").code) == -15 * usd_units
+    assert await balance_units(stack, chart.payable("sup-fx", "EUR").code) == 0
+    await assert_ledger_sound(stack)
