@@ -8,8 +8,9 @@
 * ``credit_note.issued`` (invoicing);
 * ``clock.ticked``: event time; every open saga whose deadline (or compensation retry) has come moves.
 
-``payouts.v1`` is not read yet: it is not in this branch's topic registry, and its events name no invoice
-(see README, "Saga coordinator", gaps).
+``payouts.v1`` is not read yet: its events (planned, held, released, waiting) name a supplier and statement
+months, not the invoice a saga follows, and nothing publishes sent, settled or returned (README, "Saga
+coordinator", gaps).
 """
 
 from __future__ import annotations
