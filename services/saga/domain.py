@@ -61,6 +61,7 @@ OPEN: frozenset[str] = frozenset(
         "payout_returned",
     }
 )
+OPERATOR = "an operator (settle sagas retry)"
 CompensationKind = Literal["hold_earnings", "clawback", "reverse_revenue", "reverse_supplier_share"]
 DisputePolicy = Literal["platform_absorbs", "supplier_charged_back"]
 
@@ -545,7 +546,12 @@ def _maybe_inquiry(
     if now < grace:
         return Status(state, f"{step} deadline passed; asked", waits, grace, tuple(steps), (), inquiry=step)
     return Status(
-        "needs_operator", f"{step} did not answer by its deadline, even after an inquiry", "", None, tuple(steps), ()
+        "needs_operator",
+        f"{step} did not answer by its deadline, even after an inquiry",
+        OPERATOR,
+        None,
+        tuple(steps),
+        (),
     )
 
 
@@ -560,7 +566,7 @@ def _compensations(
         return Status(
             "needs_operator",
             f"compensation failed after every retry: {names}",
-            "an operator (settle sagas retry)",
+            OPERATOR,
             None,
             tuple(steps),
             tuple(required),
@@ -588,7 +594,8 @@ def _compensations(
             tuple(required),
         )
     state, reason = final
-    return Status(state, reason, "", None, tuple(steps), tuple(required))
+    waits = OPERATOR if state == "needs_operator" else ""
+    return Status(state, reason, waits, None, tuple(steps), tuple(required))
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ JSON_VERBS: list[list[str]] = [
     ["ledger", "hash", "--json"],
     ["payouts", "list", "--json"],
     ["payouts", "plan", "--dry-run", "--json"],
+    ["sagas", "list", "--json"],
+    ["sagas", "list", "--stuck", "--json"],
 ]
 TEXT_VERBS: list[list[str]] = [
     ["status"],
@@ -71,6 +73,8 @@ TEXT_VERBS: list[list[str]] = [
     ["ledger", "hash", "--through", "2026-12-01T00:00:00Z"],
     ["payouts", "list"],
     ["payouts", "show", "no-such-payout"],
+    ["sagas", "list"],
+    ["sagas", "show", "no-such-saga"],
 ]
 
 

@@ -37,6 +37,7 @@ from tests.fleet import event_bytes, publish, read_topic, running, wait_until
 from tests.integration.test_payments_service import FEB, invoice
 from tests.payments.processes import fakepsp
 from tests.payments.test_collection_stories import method
+from tests.scenarios.test_payouts_stories import settle_cli
 
 pytestmark = pytest.mark.integration
 
@@ -265,9 +266,20 @@ async def test_refund_clawback_lost_dispute_per_policy_and_an_operator_retry(sta
             return (await _sagas(stack))[silent.number]["state"] == "needs_operator"
 
         await wait_until(handed_over, timeout_s=60, what="the silent collection handed to an operator")
-        async with stack.pool.acquire() as conn:
-            stuck = {r["invoice_number"] for r in await read_model.sagas(conn, stuck=True)}
-        assert stuck == {silent.number}
+        # what an operator sees: `settle sagas list --stuck --json` and `settle sagas show`, as processes
+        code, out, err = await settle_cli(stack, "sagas", "list", "--stuck", "--json")
+        assert code == 0, err
+        stuck = [orjson.loads(line) for line in out.splitlines()]
+        assert [(s["invoice_number"], s["state"]) for s in stuck] == [(silent.number, "needs_operator")]
+        assert "even after an inquiry" in stuck[0]["reason"]
+        code, out, err = await settle_cli(stack, "sagas", "show", silent.number)
+        assert code == 0, err
+        shown = orjson.loads(out)
+        assert (
+            shown["waits_for"] == "an operator (settle sagas retry)"
+            and shown["compensations"][0]["kind"] == "hold_earnings"
+        )
+        assert [t["event_type"] for t in shown["transitions"]][-1] == "clock.ticked"
 
         # the operator's audited retry (once per command id): the saga asks again
         for _ in range(2):
