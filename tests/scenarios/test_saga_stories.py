@@ -22,8 +22,10 @@ from typing import Any
 import orjson
 import pytest
 
+from domain.contracts import chart
 from libs.ledger import verify
 from libs.messaging.worker import Service
+from libs.money import minor_to_ledger
 from schemas import topics
 from schemas.events import InvoicePaymentStatus, PaymentEvent
 from schemas.inputs import ClockTicked
@@ -134,6 +136,14 @@ async def test_collection_paid_completes_and_past_due_is_compensated(stack: Stac
             sagas = {r["invoice_number"]: r for r in await read_model.sagas(conn)}
             paid = await read_model.saga_detail(conn, numbers["rnt-ok"])
             dunned = await read_model.saga_detail(conn, numbers["rnt-dun"])
+            # one invoice per renter here, so the renter's receivable is the invoice's (invoicing, which posts the
+            # invoice to it, does not run: only what payments applied moves it)
+            receivable = {
+                number: await conn.fetchval(
+                    "select balance from ledger.accounts where code = $1", chart.receivable(renter, "USD").code
+                )
+                for renter, number in numbers.items()
+            }
             books = {
                 r["number"]: dict(r)
                 for r in await conn.fetch("select number, status, remaining_minor from payments.invoice_status")
@@ -169,6 +179,10 @@ async def test_collection_paid_completes_and_past_due_is_compensated(stack: Stac
             assert book["status"] == "past_due" and book["remaining_minor"] > 0, number
         if book["status"] == "past_due":
             assert saga["state"] == "compensated", number
+    # and in the ledger: the completed cycle's receivable was settled by the money applied; the compensated
+    # one's was not touched — the exposure is kept
+    assert receivable[numbers["rnt-ok"]] == -minor_to_ledger(10_000, "USD")
+    assert receivable[numbers["rnt-dun"]] in (None, 0)
 
 
 def _status(number: str, contract: str, renter: str, revision: int, status: str, paid: str, at: datetime) -> bytes:
