@@ -93,7 +93,7 @@ async def _attempt(
         currency=intent["currency"],
         amount_minor=amount_minor,
         gateways=list(config.gateways),
-        health=await store.health(conn),
+        health=await store.health(conn, [g.name for g in config.gateways]),
         tried=tried,
         explore_every=config.explore_every,
     )
@@ -123,9 +123,19 @@ async def _attempt(
 
 
 async def record_result(
-    tx: Tx, config: PaymentsConfig, attempt_id: str, result: ChargeResult, *, inquiry: bool = False
+    tx: Tx,
+    config: PaymentsConfig,
+    attempt_id: str,
+    result: ChargeResult,
+    *,
+    inquiry: bool = False,
+    claim: int | None = None,
 ) -> str:
-    """Commit what the gateway said about an attempt (its call or an inquiry). Returns the new state."""
+    """Commit what the gateway said about an attempt (its call or an inquiry). Returns the new state.
+
+    ``claim``: the claim the answering send or inquiry held. When the attempt has been claimed again
+    since (an inquiry gave it back to pending and it was re-sent with the same key), an old answer
+    decides nothing — unless it says the processor charged, which is a fact whoever asked."""
     conn = tx.conn
     attempt = await conn.fetchrow(
         """select a.*, t.invoice_id, t.invoice_number, t.contract_id, t.renter_id, t.first_try_at, t.tries,
@@ -137,6 +147,9 @@ async def record_result(
     assert attempt is not None, attempt_id
     if attempt["state"] not in ("pending", "sending", "unknown"):
         return str(attempt["state"])  # already resolved (a duplicate inquiry or webhook)
+    overtaken = claim is not None and attempt["claim"] != claim
+    if (overtaken or (inquiry and attempt["state"] == "pending")) and result.outcome != "succeeded":
+        return str(attempt["state"])  # the current claim's send decides
     outcome = result.outcome
     now_sql = "now()"
     if outcome == "unknown":
@@ -332,6 +345,11 @@ def _emit(tx: Tx, type: str, fields: dict[str, Any], *, reason: str) -> None:
 async def _circuit(conn: asyncpg.Connection, gateway: str, *, ok: bool, config: PaymentsConfig) -> None:
     """Consecutive failures open a gateway's circuit for a while (routing steers around it)."""
     if ok:
+        # A success on a healthy gateway changes nothing: no write, so no row lock held to the commit
+        # (every result on one gateway would otherwise wait for the one before).
+        failures = await conn.fetchval("select failures from payments.circuits where gateway = $1", gateway)
+        if failures == 0:
+            return
         await conn.execute(
             """insert into payments.circuits (gateway, failures) values ($1, 0)
                on conflict (gateway) do update set failures = 0, updated_at = now()""",

@@ -40,13 +40,13 @@ async def claim(pool: asyncpg.Pool, limit: int = CLAIM_BATCH) -> list[asyncpg.Re
     async with pool.acquire() as conn:
         return list(
             await conn.fetch(
-                """update payments.attempts a set state = 'sending', sent_at = now()
+                """update payments.attempts a set state = 'sending', sent_at = now(), claim = a.claim + 1
                      from payments.intents t
                     where a.attempt_id in (select attempt_id from payments.attempts where state = 'pending'
                                             order by created_at limit $1 for update skip locked)
                       and t.intent_id = a.intent_id
                 returning a.attempt_id, a.idempotency_key, a.gateway, a.token, a.amount_minor, a.currency,
-                          a.created_at, t.invoice_number, t.renter_id,
+                          a.created_at, a.claim, t.invoice_number, t.renter_id,
                           (select kind from payments.methods m where m.renter_id = t.renter_id
                              and m.method_id = a.method_id) as kind""",
                 limit,
@@ -55,11 +55,17 @@ async def claim(pool: asyncpg.Pool, limit: int = CLAIM_BATCH) -> list[asyncpg.Re
 
 
 async def record(
-    pool: asyncpg.Pool, config: PaymentsConfig, attempt_id: str, result: ChargeResult, *, inquiry: bool
+    pool: asyncpg.Pool,
+    config: PaymentsConfig,
+    attempt_id: str,
+    result: ChargeResult,
+    *,
+    inquiry: bool,
+    claim: int | None = None,
 ) -> str:
     async with pool.acquire() as conn, conn.transaction():
         tx = Tx(conn, "payments")
-        state = await collection.record_result(tx, config, attempt_id, result, inquiry=inquiry)
+        state = await collection.record_result(tx, config, attempt_id, result, inquiry=inquiry, claim=claim)
         await tx.flush()
         return state
 
@@ -68,6 +74,17 @@ async def send_one(
     pool: asyncpg.Pool, config: PaymentsConfig, gateways: Mapping[str, Gateway], row: asyncpg.Record
 ) -> str:
     gateway = gateways.get(row["gateway"])
+    # The send starts now: its clock (for the interrupted-send inquiry) starts now too, and only if this
+    # worker still holds the claim (an inquiry may have given the attempt back to pending meanwhile).
+    async with pool.acquire() as conn:
+        held = await conn.execute(
+            """update payments.attempts set sent_at = now()
+                where attempt_id = $1 and state = 'sending' and claim = $2""",
+            row["attempt_id"],
+            row["claim"],
+        )
+    if not held.endswith("1"):
+        return "overtaken"
     if gateway is None:
         result = ChargeResult("error", code="gateway_not_configured", message=f"no adapter for {row['gateway']}")
     else:
@@ -83,7 +100,7 @@ async def send_one(
             )
         )
     metrics.ATTEMPTS.labels(row["gateway"], row["kind"] or "unknown", row["currency"], result.outcome).inc()
-    state = await record(pool, config, row["attempt_id"], result, inquiry=False)
+    state = await record(pool, config, row["attempt_id"], result, inquiry=False, claim=row["claim"])
     return state
 
 
@@ -104,7 +121,7 @@ async def claim_inquiries(
                             or (state = 'sending' and sent_at < now() - $1::interval
                                 and (next_inquiry_at is null or next_inquiry_at <= now()))
                          order by attempt_id limit $2 for update skip locked)
-                returning attempt_id, idempotency_key, gateway, state""",
+                returning attempt_id, idempotency_key, gateway, state, claim""",
                 timedelta(seconds=timeout_s + interrupted_after_s),
                 limit,
             )
@@ -129,13 +146,14 @@ async def inquire_one(
             status = await conn.execute(
                 """update payments.attempts set state = 'pending', inquiries = inquiries + 1, next_inquiry_at = null,
                        message = 'not at the processor when asked: sent again with the same idempotency key'
-                    where attempt_id = $1 and state in ('sending', 'unknown') and inquiries < 10""",
+                    where attempt_id = $1 and state in ('sending', 'unknown') and claim = $2 and inquiries < 10""",
                 row["attempt_id"],
+                row["claim"],
             )
         if status.endswith("1"):
             return "pending"
         result = ChargeResult("error", code="not_found", message="the processor has no charge for this attempt")
-    return await record(pool, config, row["attempt_id"], result, inquiry=True)
+    return await record(pool, config, row["attempt_id"], result, inquiry=True, claim=row["claim"])
 
 
 async def refund_one(pool: asyncpg.Pool, gateways: Mapping[str, Gateway], row: asyncpg.Record) -> str:
@@ -199,12 +217,19 @@ def collector_task(
             while not runtime.stop.is_set():
                 work = 0
                 with contextlib.suppress(OSError, asyncpg.PostgresConnectionError, InfrastructureError):
-                    for row in await claim(pool, min(CLAIM_BATCH, concurrency * 2)):
+                    # Claim only what can be sent now: a claimed attempt waiting in this process would
+                    # age towards the interrupted-send inquiry while nothing was sent.
+                    free = concurrency - len(running)
+                    for row in await claim(pool, min(CLAIM_BATCH, free)) if free > 0 else []:
                         work += 1
                         task = asyncio.create_task(guarded(send_one(pool, config, gateways, row)))
                         running.add(task)
                         task.add_done_callback(running.discard)
-                    for row in await refunds.claim(pool, timeout_s + config.interrupted_after_s):
+                    free = concurrency - len(running)
+                    refunds_due = (
+                        await refunds.claim(pool, timeout_s + config.interrupted_after_s, free) if free > 0 else []
+                    )
+                    for row in refunds_due:
                         work += 1
                         task = asyncio.create_task(guarded(refund_one(pool, gateways, row)))
                         running.add(task)

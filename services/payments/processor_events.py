@@ -45,7 +45,7 @@ async def apply(
     if event.type == "processor.dispute_opened":
         return await _dispute_opened(tx, config, event, data)
     if event.type == "processor.dispute_closed":
-        return await _dispute_closed(tx, event, data)
+        return await _dispute_closed(tx, config, event, data)
     return set()
 
 
@@ -142,10 +142,17 @@ async def _dispute_opened(
     return {books.Touched(charge["renter_id"], cur)}
 
 
-async def _dispute_closed(tx: Tx, event: Envelope[Any], data: ProcessorEventReceived) -> set[books.Touched]:
+async def _dispute_closed(
+    tx: Tx, config: PaymentsConfig, event: Envelope[Any], data: ProcessorEventReceived
+) -> set[books.Touched]:
     conn = tx.conn
     dispute_id = data.dispute_id or data.object_id
     status = "won" if (data.dispute_status or data.status) == "won" else "lost"
+    touched: set[books.Touched] = set()
+    if not await conn.fetchval("select 1 from payments.disputes where dispute_id = $1", dispute_id):
+        # Webhooks arrive out of order: a close before its opening opens it first (the close carries the
+        # same charge and amount); the late ``dispute_opened`` then finds it and changes nothing.
+        touched |= await _dispute_opened(tx, config, event, data)
     row = await conn.fetchrow(
         """update payments.disputes set state = $2, closed_at = $3 where dispute_id = $1 and state = 'open'
             returning *""",
@@ -154,7 +161,7 @@ async def _dispute_closed(tx: Tx, event: Envelope[Any], data: ProcessorEventRece
         event.time,
     )
     if row is None:
-        return set()  # unknown, or already closed (a repeat)
+        return touched  # not one of our charges, or already closed (a repeat)
     cur = row["currency"]
     kind = "dispute_reversal" if status == "won" else "dispute_loss"
     await conn.execute(
@@ -177,7 +184,7 @@ async def _dispute_closed(tx: Tx, event: Envelope[Any], data: ProcessorEventRece
     text = f"dispute {dispute_id} on {row['invoice_number']} {status}"
     _post(tx, dispute_id, kind, event, text, source.code, unapplied.code, row["amount_minor"], cur)
     _emit(tx, "payment.dispute_closed", event, dispute_id, dict(row), row["amount_minor"], text)
-    return {books.Touched(row["renter_id"], cur)}
+    return touched | {books.Touched(row["renter_id"], cur)}
 
 
 def _emit(tx: Tx, type: str, event: Envelope[Any], dispute_id: str, charge: Any, amount: int, text: str) -> None:

@@ -179,6 +179,26 @@ def test_decline_codes_are_configuration() -> None:
     assert codes.kind("stripe", "stolen_card") == "hard"
     assert codes.kind("stripe", "insufficient_funds") == "soft"
     assert codes.kind("ledgerpay", "stolen_card") == "soft"
+    # Stripe's adapter spells a decline "<code>/<decline_code>": either part configured hard is hard
+    assert codes.kind("stripe", "card_declined/stolen_card") == "hard"
+    assert codes.kind("stripe", "card_declined/insufficient_funds") == "soft"
+
+
+def test_a_dispute_lost_at_the_instant_it_opened_writes_off_the_disputed_invoice() -> None:
+    t0 = T0
+    first = inv("INV-2026-000001", day=0, due_day=10, amount=10_000)
+    later = inv("INV-2026-000002", day=1, due_day=40, amount=5_000, contract="c2")
+    at = t0 + timedelta(days=5)
+    result = allocate(
+        [first, later],
+        [
+            MoneyIn("attempt:a1", "collection", 10_000, t0 + timedelta(days=2), "INV-2026-000001"),
+            MoneyIn("dispute_loss:dp1", "dispute_loss", 10_000, at, "INV-2026-000001", "dispute_loss:dp1"),
+        ],
+        money_out=[MoneyOut("dispute:dp1", "dispute", "INV-2026-000001", 10_000, at)],
+    )
+    assert result.invoices["INV-2026-000001"].status == "paid"
+    assert result.invoices["INV-2026-000002"].paid_minor == 0
 
 
 def test_routing_prefers_health_then_cost_and_steers_around_open_circuits() -> None:

@@ -237,7 +237,10 @@ def allocate(
     for note in credit_notes or []:
         by_instant[note.at].append((1, (note.credit_note_id,), note))
     for m in money_in:
-        by_instant[m.at].append((2, (m.order_key or m.source_id, m.source_id), m))
+        # A dispute's return or write-off comes after the withdrawal it answers when both share an
+        # instant (it names the invoice the withdrawal re-opened).
+        rank = 4 if m.kind in ("dispute_reversal", "dispute_loss") else 2
+        by_instant[m.at].append((rank, (m.order_key or m.source_id, m.source_id), m))
     for out in money_out or []:
         by_instant[out.at].append((3, (out.source_id,), out))
 

@@ -28,8 +28,12 @@ class DeclineCodes:
     default_hard: frozenset[str] = frozenset()
 
     def kind(self, gateway: str, code: str | None) -> DeclineKind:
+        """``code`` as the adapter spells it; Stripe's ``card_declined/stolen_card`` is hard when either
+        part is configured hard."""
         hard = self.hard.get(gateway, self.default_hard)
-        return "hard" if code is not None and code in hard else "soft"
+        if code is None:
+            return "soft"
+        return "hard" if code in hard or any(part in hard for part in code.split("/")) else "soft"
 
 
 def next_try_at(first_try_at: datetime, tries_made: int) -> datetime | None:
