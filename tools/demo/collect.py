@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
@@ -179,8 +179,11 @@ async def by_hand(pool: asyncpg.Pool, producer: Any, prefix: str, scenario: Scen
         # A dispute on another card charge, opened at the processor and lost.
         other = next((c for c in charges[1:] if c["renter_id"] != charges[0]["renter_id"]), charges[1])
         dispute = await admin(base, "POST", "/_admin/disputes", {"charge": other["charge_id"], "reason": "fraudulent"})
-        opened = _dispute_event(other["gateway"], dispute, "charge.dispute.created", at)
-        await _publish_processor_event(producer, prefix, "processor.dispute_opened", opened, at)
+        # Opened two days and lost one day before the end: a dispute closed at the very instant it opened
+        # meets the payments service's same-instant order (money in before money out), see the README.
+        opened_at, lost_at = at - timedelta(days=2), at - timedelta(days=1)
+        opened = _dispute_event(other["gateway"], dispute, "charge.dispute.created", opened_at)
+        await _publish_processor_event(producer, prefix, "processor.dispute_opened", opened, opened_at)
         await _until(
             pool,
             "select count(*) from payments.disputes where dispute_id = $1",
@@ -188,8 +191,8 @@ async def by_hand(pool: asyncpg.Pool, producer: Any, prefix: str, scenario: Scen
             what="the dispute opened",
         )
         closed = await admin(base, "POST", f"/_admin/disputes/{dispute['id']}/close", {"status": "lost"})
-        lost = _dispute_event(other["gateway"], closed, "charge.dispute.closed", at)
-        await _publish_processor_event(producer, prefix, "processor.dispute_closed", lost, at)
+        lost = _dispute_event(other["gateway"], closed, "charge.dispute.closed", lost_at)
+        await _publish_processor_event(producer, prefix, "processor.dispute_closed", lost, lost_at)
         await _until(
             pool,
             "select count(*) from payments.disputes where dispute_id = $1 and state <> 'open'",
