@@ -47,8 +47,9 @@ credits of all three tiers, a credit carried from one invoice to the next (prepa
 credited total), partial prepaid draws, and a late outage that moves its contract's first-month SLA
 tier (usage and SLA adjustment lines on the second invoice)."""
 CONTRACTS = 12
-DEMO_TIMEOUT_S = 420
-"""The demo takes ~90 s on two cores; the fleet not going idle fails the test with its reason."""
+DEMO_TIMEOUT_S = 900
+"""The demo takes ~2-3 min on two cores (more under load: it now collects too); the fleet not going idle
+fails the test with its reason."""
 
 
 def _utc(text: str) -> str:
@@ -164,7 +165,7 @@ def _invoice_mismatches(expected: oracle.ExpectedInvoice, doc: dict[str, Any], i
     return problems
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 async def test_every_demo_invoice_and_statement_matches_the_oracle(stack: Stack) -> None:
     assert await stack.pool.fetchval("select target from metering.clock where id = 1") is None, (
         "a fresh database: the demo bills December 2026 and January 2027"
