@@ -9,8 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -72,6 +73,50 @@ def worker_processes(
                 process.wait(5)
 
 
+@contextlib.contextmanager
+def fakepsp_process(
+    env: Mapping[str, str], args: Sequence[str] = (), log_dir: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run ``settle fakepsp --port 0 ARGS``; yields (its base URL, the process). Its first stdout line
+    says where it listens; what it prints after that goes to ``<log_dir>/fakepsp.log``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "fakepsp", "--port", "0", *args],
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # "fakepsp listening on http://127.0.0.1:PORT"
+        if not line.startswith("fakepsp listening on "):
+            raise RuntimeError(f"fakepsp did not start: {line!r} (exit {process.poll()})")
+        stream = process.stdout
+
+        def drain() -> None:
+            if log_dir is None:
+                for _ in stream:
+                    pass
+                return
+            log_dir.mkdir(parents=True, exist_ok=True)
+            with (log_dir / "fakepsp.log").open("a") as log:
+                log.write(line)
+                for rest in stream:
+                    log.write(rest)
+
+        threading.Thread(target=drain, daemon=True).start()
+        yield line.rsplit(" ", 1)[1].strip(), process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 async def consumer_lag(
     pool: asyncpg.Pool, bootstrap_servers: str, services: Sequence[Service], topic_prefix: str = ""
 ) -> int:
@@ -103,9 +148,11 @@ async def wait_idle(
     topic_prefix: str = "",
     timeout_s: float = 600,
     alive: Sequence[subprocess.Popen[bytes]] = (),
+    also_busy: Callable[[asyncpg.Pool], Awaitable[int]] | None = None,
 ) -> None:
     """Until every group has consumed everything, the outbox is empty and no service has work
-    pending — twice in a row, so work that one step hands to the next is not missed."""
+    pending (nor ``also_busy``, work a service does outside its consumer, such as gateway calls) —
+    twice in a row, so work that one step hands to the next is not missed."""
     deadline = time.monotonic() + timeout_s
     quiet = 0
     while quiet < 2:
@@ -115,5 +162,7 @@ async def wait_idle(
             if process.poll() is not None:
                 raise RuntimeError(f"worker {process.args!r} exited with status {process.returncode}")
         busy = await pending_work(pool, services) + await consumer_lag(pool, bootstrap_servers, services, topic_prefix)
+        if also_busy is not None:
+            busy += await also_busy(pool)
         quiet = quiet + 1 if busy == 0 else 0
         await asyncio.sleep(0.3)

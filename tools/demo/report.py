@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,13 @@ from rich.table import Table
 from libs.ledger import verify
 from libs.messaging import deadletters
 from libs.messaging.broker import read_all
+from libs.money import format_minor
 from libs.settings import Settings
 from schemas import topics
 from schemas.events import InvoiceFinalized, StatementFinalized
 from services.invoicing import read_model as invoicing
+from services.payments import read_model as payments
+from tools.demo.collect import WIRE_OVERPAYMENT
 from tools.demo.scenario import Scenario
 
 
@@ -39,6 +44,7 @@ async def print_report(
     first_letter: int,
     elapsed_s: float,
     console: Console,
+    collections: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> bool:
     tag = scenario.tag
     async with pool.acquire() as conn:
@@ -155,6 +161,10 @@ async def print_report(
         table.add_row("metering", _short(q["allocation_id"], tag), f"{q['kind']}: {q['reason'][:100]}")
     console.print(table)
 
+    collected_ok = True
+    if collections is not None:
+        collected_ok = await print_collections(pool, scenario, invoices, collections[0], collections[1], console)
+
     table = Table(title="Ledger", title_justify="left")
     table.add_column("asset")
     table.add_column("trial balance (units)", justify="right")
@@ -185,4 +195,133 @@ async def print_report(
             progress.advance(task)
     console.print(f"documents (JSON + PDF): {folder}")
     console.print(f"demo finished in {elapsed_s:.0f} s (fleet) — run it again: it bills the next two months")
-    return report.ok
+    return report.ok and collected_ok
+
+
+async def print_collections(
+    pool: asyncpg.Pool,
+    scenario: Scenario,
+    invoices: list[dict[str, Any]],
+    done: dict[str, Any],
+    processor: dict[str, Any],
+    console: Console,
+) -> bool:
+    """The Collections section; True when the processor charged exactly once per succeeded attempt."""
+    tag = scenario.tag
+    async with pool.acquire() as conn:
+        shown = await payments.invoice_payment_fields(conn, invoices)
+        attempts = [
+            a
+            for a in await conn.fetch(
+                """select a.attempt_id, a.try_no, a.call_no, a.gateway, a.state, a.code, a.decline_kind, a.inquiries,
+                          a.amount_minor, a.currency, a.at, a.decision, t.invoice_number, t.renter_id
+                     from payments.attempts a join payments.intents t using (intent_id)
+                    where t.renter_id like $1 || '%' order by a.at, t.invoice_number, a.try_no, a.call_no""",
+                tag,
+            )
+        ]
+        waiting = await conn.fetch(
+            "select invoice_number, renter_id, state, reason from payments.intents where renter_id like $1 || '%' "
+            "and state not in ('succeeded', 'settled_otherwise') order by invoice_number",
+            tag,
+        )
+        credits = [c for c in await payments.credit_balances(conn) if c["renter_id"].startswith(tag)]
+        refunds = [r for r in await payments.refunds(conn) if r["renter_id"].startswith(tag)]
+        disputes = [d for d in await payments.disputes(conn) if d["renter_id"].startswith(tag)]
+        receipts = [
+            r for r in await payments.receipts(conn) if r["renter_id"].startswith(tag) and r["kind"] == "receipt"
+        ]
+        commands = [c for c in await payments.commands(conn) if c["renter_id"].startswith(tag)]
+
+    postpaid = {c["contract_id"] for c in scenario.contracts if c["billing_mode"] == "postpaid"}
+    counts: Counter[str] = Counter()
+    amounts: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for d in shown:
+        if d["contract_id"] in postpaid:
+            counts[d["payment_status"]] += 1
+            amounts[(d["payment_status"], d["currency"])] += Decimal(d["amount_due"])
+    table = Table(title="Collections: postpaid invoices by payment status", title_justify="left")
+    table.add_column("status")
+    table.add_column("invoices", justify="right")
+    table.add_column("amount due", justify="right")
+    for status in ("open", "partially_paid", "paid", "past_due"):
+        table.add_row(
+            status,
+            str(counts[status]),
+            ", ".join(f"{v} {cur}" for (s, cur), v in sorted(amounts.items()) if s == status) or "—",
+        )
+    console.print(table)
+    cards = ", ".join(f"{_short(r, tag)} {t}" for r, t in sorted(scenario.methods.items()))
+    none = ", ".join(_short(r, tag) for r in scenario.without_method)
+    console.print(f"cards (fake processor tokens): {cards}; no method: {none}")
+
+    table = Table(title=f"Collection attempts ({len(attempts)})", title_justify="left")
+    for column in ("due", "invoice", "renter", "token", "try", "gateway", "amount", "outcome", "code", "routing"):
+        table.add_column(column, justify="right" if column in ("try", "amount") else "left")
+    for a in attempts:
+        decision = a["decision"]
+        if isinstance(decision, str):
+            decision = orjson.loads(decision)
+        outcome = a["state"] + (f" (after {a['inquiries']} inquiry)" if a["inquiries"] else "")
+        if a["decline_kind"]:
+            outcome += f" [{a['decline_kind']}]"
+        table.add_row(
+            a["at"].strftime("%Y-%m-%d"),
+            a["invoice_number"],
+            _short(a["renter_id"], tag),
+            scenario.methods.get(a["renter_id"], "—"),
+            f"{a['try_no']}.{a['call_no']}",
+            a["gateway"],
+            f"{format_minor(a['amount_minor'], a['currency'])} {a['currency']}",
+            outcome,
+            a["code"] or "",
+            str((decision or {}).get("reason", ""))[:60],
+        )
+    console.print(table)
+    for w in waiting:
+        console.print(f"  {w['invoice_number']} ({_short(w['renter_id'], tag)}): {w['state']} — {w['reason']}")
+
+    wire = done.get("wire")
+    if wire:
+        numbers = ", ".join(d["number"] + " " + d["amount_due"] for d in wire["invoices"])
+        console.print(
+            f"wire from {_short(wire['renter_id'], tag)} (no card): {wire['amount']} {wire['currency']} for {numbers} "
+            f"+ {WIRE_OVERPAYMENT} over"
+        )
+    for r in receipts:
+        console.print(
+            f"  receipt {r['receipt_id']}: {r['amount']} {r['currency']}, applied {r['applied']}, "
+            f"unapplied {r['unapplied']} (reference {r['reference']!r})"
+        )
+    for c in credits:
+        console.print(f"  credit balance: {_short(c['renter_id'], tag)} {c['credit_balance']} {c['currency']}")
+    for c in commands:
+        console.print(f"operator command {c['command_id']} ({c['type']}, by {c['requested_by']}): {c['outcome']}")
+    for r in refunds:
+        console.print(
+            f"refund {r['amount']} {r['currency']} on {r['invoice_number']} ({_short(r['renter_id'], tag)}): "
+            f"{r['state']} via {r['gateway'] or 'bank'}"
+        )
+    for d in disputes:
+        console.print(
+            f"dispute {d['dispute_id']} on {d['invoice_number']} ({_short(d['renter_id'], tag)}): {d['amount']} "
+            f"{d['currency']}, {d['state']}, fee {d['fee']}"
+        )
+
+    succeeded = [a for a in attempts if a["state"] == "succeeded"]
+    by_attempt = processor.get("charges_by_attempt", {})
+    ours = {a["attempt_id"] for a in attempts}
+    theirs = {k: n for k, n in by_attempt.items() if k in ours}
+    charges = sum(theirs.values())
+    ok = charges == len(succeeded) and set(theirs) == {a["attempt_id"] for a in succeeded}
+    ok = ok and all(n == 1 for n in theirs.values())
+    console.print(
+        f"processor: {charges} charges for this run's attempts ({processor.get('charges', 0)} in all), "
+        f"{len(succeeded)} succeeded attempts — "
+        + (
+            "[bold green]equal: no double charge[/]"
+            if ok
+            else f"[bold red]MISMATCH[/] charges by attempt {theirs}, succeeded {[a['attempt_id'] for a in succeeded]}"
+        )
+    )
+    return ok

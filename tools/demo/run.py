@@ -3,11 +3,17 @@
 1. stack up (PostgreSQL + broker), migrations, topic check;
 2. generate the marketplace from the seed; its first month follows whatever the database's clock
    already passed, so a second run bills the next two months and is as correct as the first;
-3. start metering, rating and invoicing as `settle run` processes (each with its relay);
-4. publish every input with the real producer, tick the clock through both months (waiting until
-   the fleet is idle after each tick), publish the late events after the first month is final;
-5. print invoices, statements, wallet and credit events, dead letters and the ledger's verdict;
-   write every document (JSON and PDF) to a folder.
+3. start `settle fakepsp` (the fake processor) and metering, rating, invoicing and payments as
+   `settle run` processes (each with its relay), payments pointed at the fake processor with a
+   shortened inquiry schedule;
+4. publish every input (and the renters' payment methods) with the real producer, tick the clock
+   through both months (waiting until the fleet is idle and no gateway call is outstanding after each
+   tick), publish the late events after the first month is final; the first month's invoices fall due
+   and are collected during the second month's ticks;
+5. after the last tick: a wire from the renter without a card (an overpayment), an operator refund,
+   a dispute opened at the processor and lost;
+6. print invoices, statements, wallet and credit events, dead letters, collections and the ledger's
+   verdict; write every document (JSON and PDF) to a folder.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from libs.settings import Settings
 from libs.times import format_utc
 from services import catalog
 from services.clock.main import publish_tick
+from tools.demo import collect
 from tools.demo.scenario import Delivery, Scenario, deliveries_as_items, generate, month_after
-from tools.fleet import wait_idle, worker_env, worker_processes
+from tools.fleet import fakepsp_process, wait_idle, worker_env, worker_processes
 
-FLEET = ("metering", "rating", "invoicing")
+FLEET = ("metering", "rating", "invoicing", "payments")
 
 
 async def _first_month(pool: Any) -> datetime:
@@ -71,15 +78,26 @@ async def run_demo(
             f"{len(scenario.suppliers)} suppliers · {len(scenario.deliveries)} input messages · "
             f"{scenario.start:%B %Y} and {month_after(scenario.start):%B %Y}"
         )
+        console.print(
+            f"payments collect at the fake processor (`settle fakepsp`); inquiry schedule shortened for the demo: "
+            f"{', '.join(f'{d} s' for d in collect.INQUIRY_DELAYS_S)} (R14's default: 1 min, 5 min, 1 h, daily); "
+            f"gateway timeout {collect.GATEWAY_TIMEOUT_S:g} s"
+        )
         env = worker_env(
             database_url,
             bootstrap_servers,
             settings.topic_prefix,
             SETTLE_STATE_DIR=str(settings.state_dir),
         )
+        payments_config = collect.write_payments_config(folder)
         began = time.perf_counter()
         with (
-            worker_processes(env, [[name, "--relays", "1"] for name in FLEET], log_dir=folder / "logs") as procs,
+            fakepsp_process(env, ["--hang-ms", str(collect.HANG_MS)], log_dir=folder / "logs") as (psp, psp_proc),
+            worker_processes(
+                {**env, **collect.worker_env_extra(psp, payments_config)},
+                [[name, "--relays", "1"] for name in FLEET],
+                log_dir=folder / "logs",
+            ) as procs,
             Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -89,28 +107,55 @@ async def run_demo(
             ) as progress,
         ):
             producer = await start_producer(bootstrap_servers, client_id="settle-demo")
+
+            async def idle() -> None:
+                await wait_idle(
+                    pool,
+                    bootstrap_servers,
+                    services,
+                    topic_prefix=settings.topic_prefix,
+                    alive=procs,
+                    also_busy=collect.gateway_work,
+                )
+                if psp_proc.poll() is not None:
+                    raise RuntimeError(f"settle fakepsp exited with status {psp_proc.returncode}")
+
             try:
-                publishing = progress.add_task("publishing events", total=len(scenario.initial))
-                await _publish(producer, settings.topic_prefix, scenario.initial, progress, publishing)
-                await wait_idle(pool, bootstrap_servers, services, topic_prefix=settings.topic_prefix, alive=procs)
+                first = scenario.initial + scenario.payments
+                publishing = progress.add_task("publishing events", total=len(first))
+                await _publish(producer, settings.topic_prefix, first, progress, publishing)
+                await idle()
                 clock = progress.add_task("ticking the clock", total=len(scenario.ticks))
                 for tick in scenario.ticks:
                     await publish_tick(producer, bootstrap_servers, settings.topic_prefix, tick)
                     progress.update(clock, description=f"clock at {format_utc(tick)}")
-                    await wait_idle(pool, bootstrap_servers, services, topic_prefix=settings.topic_prefix, alive=procs)
+                    await idle()
                     if tick == scenario.late_after_tick and scenario.late:
                         late = progress.add_task("late events", total=len(scenario.late))
                         await _publish(producer, settings.topic_prefix, scenario.late, progress, late)
-                        await wait_idle(
-                            pool, bootstrap_servers, services, topic_prefix=settings.topic_prefix, alive=procs
-                        )
+                        await idle()
                     progress.advance(clock)
+                by_hand = progress.add_task("wire, refund, dispute", total=1)
+                done = await collect.by_hand(pool, producer, settings.topic_prefix, scenario, psp)
+                await idle()
+                progress.advance(by_hand)
+                processor = await collect.admin(psp, "GET", "/_admin/stats")
             finally:
                 await stop_client(producer)
         elapsed = time.perf_counter() - began
         from tools.demo.report import print_report
 
-        return await print_report(pool, bootstrap_servers, settings, scenario, folder, first_letter, elapsed, console)
+        return await print_report(
+            pool,
+            bootstrap_servers,
+            settings,
+            scenario,
+            folder,
+            first_letter,
+            elapsed,
+            console,
+            collections=(done, processor),
+        )
     finally:
         await pool.close()
 

@@ -11,7 +11,11 @@ What it contains, so the demo exercises every billing rule:
 * the mess of real delivery: ~4 % of events twice, lifecycle events out of order (a decommission
   before its provisioning), a window that ends before it starts (quarantined), a handful of
   malformed messages (dead-lettered), and a late outage that arrives after the first month's
-  invoices are final (an adjustment on the second month's invoice).
+  invoices are final (an adjustment on the second month's invoice);
+* payment methods (fake processor tokens) for the renters of postpaid contracts, so the payments
+  worker collects the first month's invoices when they fall due: mostly cards that pay, one soft
+  decline paid on retry, one hard decline, one 5xx that fails over to the other gateway, one charge
+  whose answer never comes (resolved by inquiry) — and one renter without a method, who pays by wire.
 
 Every id carries ``tag`` (the run's first month), so the same seed can run again later in the same
 database: time only moves forward, and a second run bills a new two months as correctly as the first.
@@ -73,6 +77,13 @@ class Scenario:
     late_after_tick: datetime | None = None
     contracts: list[dict[str, Any]] = field(default_factory=list)
     suppliers: list[str] = field(default_factory=list)
+    payments: list[Delivery] = field(default_factory=list)
+    """Payment methods (payments.methods.v1), published with the initial deliveries. Not billing inputs:
+    kept apart from :attr:`deliveries`, which is what metering, rating and invoicing are fed."""
+    methods: dict[str, str] = field(default_factory=dict)
+    """Renter → the fake processor token of its default card (renters of postpaid contracts)."""
+    without_method: list[str] = field(default_factory=list)
+    """Renters of postpaid contracts with no payment method (they pay by wire)."""
 
     @property
     def deliveries(self) -> list[Delivery]:
@@ -470,4 +481,42 @@ def generate(seed: int = 7, start: datetime | None = None, contracts: int = 30) 
     if scenario.late_after_tick is None:
         scenario.ticks = sorted({*scenario.ticks, middle + timedelta(days=1)})
         scenario.late_after_tick = middle + timedelta(days=1)
+    _payment_methods(b, scenario)
     return scenario
+
+
+SCRIPTED_TOKENS = ("tok_chain_soft_ok", "tok_stolen", "tok_chain_500_then_ok", "tok_timeout_after_charge")
+"""The fake processor's scripted cards, one renter each: a soft decline paid on retry, a hard decline,
+a 5xx that fails over to the other gateway, a charge whose answer is held past the gateway timeout."""
+
+
+def _payment_methods(b: _Builder, scenario: Scenario) -> None:
+    """A default card per renter and currency of its postpaid contracts (no random draw: the billing
+    inputs stay exactly what they were). The scripted tokens go to renters on 14-day terms, whose
+    first invoices fall due early enough for a retry tick inside the demo; the last renter on 30-day
+    terms has no method at all."""
+    postpaid: dict[str, list[dict[str, Any]]] = {}
+    for c in scenario.contracts:
+        if c["billing_mode"] == "postpaid":
+            postpaid.setdefault(c["renter_id"], []).append(c)
+    short = [r for r, cs in sorted(postpaid.items()) if all(c["payment_terms_days"] == 14 for c in cs)]
+    long = [r for r, cs in sorted(postpaid.items()) if r not in short]
+    scenario.without_method = long[-1:] if long else short[-1:]
+    scripted = dict(zip([r for r in short if r not in scenario.without_method], SCRIPTED_TOKENS, strict=False))
+    for renter, contracts in sorted(postpaid.items()):
+        if renter in scenario.without_method:
+            continue
+        token = scripted.get(renter, "tok_visa")
+        scenario.methods[renter] = token
+        for currency in sorted({c["currency"] for c in contracts}):
+            data = {
+                "renter_id": renter,
+                "method_id": f"{renter}-pm-{currency.lower()}",
+                "kind": "card",
+                "gateway_token": token,
+                "currency": currency,
+                "default": True,
+            }
+            at = min(datetime.fromisoformat(c["starts_at"].replace("Z", "+00:00")) for c in contracts)
+            scenario.payments.append(b.event("payments.methods.v1", renter, "payment_method.attached", data, at))
+    return None
