@@ -1067,3 +1067,399 @@ def bench_payouts(
     console.print(f"NACHA {built_ach.file_id} sha256 {built_ach.digest[:16]} (rebuilt byte-identical)")
     slow = [name for name, s in (("NACHA", ach_s), ("pain.001", pain_s)) if s > 10]
     console.print("[bold green]both within 10 s[/]" if not slow else f"[bold red]over 10 s: {', '.join(slow)}[/]")
+
+
+# ------------------------------------------------------------------------------------------- payments
+# `settle bench payments` (issue 9): R14 collections end to end — invoices and ticks through Kafka, the
+# payments worker(s), PostgreSQL and `settle fakepsp` over HTTP — with scripted ambiguous and 5xx shares.
+
+_PAY_DUE = datetime(2027, 1, 16, tzinfo=UTC)
+_PAY_AMBIGUOUS = ("tok_chain_timeout_then_ok", "tok_chain_drop_then_ok")
+_PAY_5XX = "tok_chain_500_then_ok"
+
+
+def _pay_token(i: int, ambiguous_pct: float, errors_pct: float) -> str:
+    """The renter's card: spread evenly (a fixed permutation of 0..9999 per invoice), deterministic."""
+    slot = (i * 7919) % 10_000 / 100
+    if slot < ambiguous_pct:
+        return _PAY_AMBIGUOUS[i % 2]
+    if slot < ambiguous_pct + errors_pct:
+        return _PAY_5XX
+    return "tok_visa"
+
+
+def _pay_method(i: int, token: str) -> tuple[bytes, bytes]:
+    from schemas.inputs import PaymentMethodEvent
+
+    renter = f"pay-r{i}"
+    data = PaymentMethodEvent(
+        renter_id=renter, method_id=f"pay-m{i}", kind="card", gateway_token=token, currency="USD", default=True
+    )
+    at = datetime(2027, 1, 1, tzinfo=UTC)
+    return renter.encode(), encode(
+        event_id=f"pay-m{i}", source="/bench", type="payment_method.attached", time=at, data=data
+    )
+
+
+def _pay_invoice(i: int) -> tuple[bytes, bytes]:
+    """A postpaid December invoice of 10.00–59.99 USD, due at ``_PAY_DUE`` (one renter and contract each)."""
+    from decimal import Decimal
+
+    from schemas.events import InvoiceFinalized, InvoiceLines
+
+    zero = Decimal("0.00")
+    amount = Decimal(1000 + (i * 37) % 5000) / 100
+    end = datetime(2027, 1, 1, tzinfo=UTC)
+    data = InvoiceFinalized(
+        invoice_id=f"pay-inv{i}",
+        number=f"INV-2027-{i:06d}",
+        contract_id=f"pay-c{i}",
+        renter_id=f"pay-r{i}",
+        currency="USD",
+        billing_mode="postpaid",
+        period_start=BENCH_T0,
+        period_end=end,
+        issued_at=end,
+        due_at=_PAY_DUE,
+        lines=InvoiceLines(usage=amount, commitment_true_up=zero, adjustments=zero, sla_credit=zero),
+        adjustment_lines=[],
+        subtotal=amount,
+        tax_rate=Decimal("0"),
+        tax=zero,
+        total=amount,
+        prepaid_applied=zero,
+        credit_applied=zero,
+        amount_due=amount,
+        credit_carried_forward=zero,
+        uptime=None,
+        sla_credit_percent=Decimal("0"),
+    )
+    return data.contract_id.encode(), encode(
+        event_id=f"pay-inv{i}", source="/bench", type="invoice.finalized", time=end, data=data
+    )
+
+
+def _pay_invoices_process(bootstrap_servers: str, prefix: str, count: int, rate_per_s: float | None) -> None:
+    items = [_pay_invoice(i) for i in range(count)]
+    asyncio.run(
+        _publish_raw(
+            bootstrap_servers,
+            prefix,
+            topics.INVOICES_FINALIZED.name,
+            topics.INVOICES_FINALIZED.partitions,
+            items,
+            rate_per_s,
+        )
+    )
+
+
+@contextlib.contextmanager
+def _fakepsp_process(*args: str) -> Any:
+    """``settle fakepsp --port 0 ARGS`` as its own process; yields its base URL."""
+    import os
+    import sys
+
+    from tools.fleet import ROOT
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "fakepsp", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("fakepsp listening on "):
+            raise RuntimeError(f"fakepsp did not start: {line!r} (exit {proc.poll()})")
+        yield line.rsplit(" ", 1)[1].strip(), proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+async def _pay_ticker(stack: BenchStack, every_s: float, stop: asyncio.Event) -> int:
+    """A clock tick every EVERY_S seconds (billing time from the due date on, a millisecond a tick)."""
+    from schemas.inputs import ClockTicked
+
+    producer = await start_producer(stack.bootstrap_servers, client_id="bench-clock")
+    name = stack.settings.topic_prefix + topics.CLOCK_TICKS.name
+    n = 0
+    try:
+        while not stop.is_set():
+            at = _PAY_DUE + timedelta(milliseconds=n)
+            value = encode(
+                event_id=f"pay-tick-{n}", source="/bench", type="clock.ticked", time=at, data=ClockTicked(at=at)
+            )
+            await (await producer.send(name, value=value, key=b"clock", partition=0))
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+    finally:
+        await stop_client(producer)
+    return n
+
+
+async def _pay_inquiries_now(stack: BenchStack, every_s: float, stop: asyncio.Event, moved: set[Any]) -> None:
+    """R14 asks about an unknown outcome after 1 min (wall clock); the bench brings that inquiry forward,
+    once per unknown result (attempt, inquiries, sent_at): a claimed inquiry also has its next one a
+    minute on, and moving that one again would let a second worker ask at the same time."""
+    while not stop.is_set():
+        rows = await stack.pool.fetch(
+            """select attempt_id, inquiries, sent_at from payments.attempts
+                where state = 'unknown' and next_inquiry_at > now()"""
+        )
+        fresh = [(r["attempt_id"], r["inquiries"], r["sent_at"]) for r in rows]
+        fresh = [key for key in fresh if key not in moved]
+        if fresh:
+            await stack.pool.executemany(
+                """update payments.attempts set next_inquiry_at = now()
+                    where attempt_id = $1 and inquiries = $2 and sent_at = $3 and state = 'unknown'""",
+                fresh,
+            )
+            moved.update(fresh)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
+def _ms(values: Sequence[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(values)),
+        "p99": round(percentile(values, 0.99)),
+        "max": round(max(values)),
+    }
+
+
+@bench_app.command("payments")
+@run_async
+async def bench_payments(
+    invoices: Annotated[int, typer.Option(help="Invoices to collect (one renter, contract and card each).")] = 20_000,
+    rate: Annotated[float, typer.Option(help="Invoices/s published (0: as fast as possible).")] = 0,
+    ambiguous_pct: Annotated[
+        float, typer.Option(help="% of cards whose first charge is ambiguous (charged, answer held or dropped).")
+    ] = 5,
+    errors_pct: Annotated[float, typer.Option(help="% of cards whose first charge gets a 5xx (nothing charged).")] = 5,
+    workers: Annotated[int, typer.Option(help="`settle run payments` processes.")] = 2,
+    tick_ms: Annotated[
+        int, typer.Option(help="Wall-clock ms between two clock ticks (collections start on a tick).")
+    ] = 100,
+    gateway_timeout_s: Annotated[float, typer.Option(help="SETTLE_GATEWAY_TIMEOUT_S of the workers.")] = 2.0,
+    hang_ms: Annotated[int, typer.Option(help="fakepsp --hang-ms (a held answer; above the timeout).")] = 3000,
+    interrupted_after_s: Annotated[
+        float, typer.Option(help="Payments config `interrupted_after_s` (production: 30; nothing crashes here).")
+    ] = 5,
+    ledgerpay_latency_ms: Annotated[int, typer.Option(help="fakepsp --ledgerpay-latency-ms (its default: 150).")] = 150,
+    stripe_latency_ms: Annotated[int, typer.Option(help="fakepsp --latency-ms (Stripe dialect).")] = 0,
+    timeout_s: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")] = 1800,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """R14 collections end to end: payment methods, then INVOICES postpaid invoices on
+    invoices.finalized.v1 (due at once) at RATE/s while a clock tick arrives every TICK_MS; the payments
+    workers open intents on the ticks and charge `settle fakepsp` (a real HTTP process) through the
+    Stripe and LedgerPay adapters. AMBIGUOUS_PCT % of the cards are charged but answer late or never
+    (unknown → inquiry; the bench brings each scheduled inquiry — R14: +1 min, +5 min … — forward to
+    now), ERRORS_PCT % get a 5xx first. Measures gateway calls/s, invoice published → payment.succeeded
+    relayed p50/p99, and counts the charges at the processor: zero double charges expected."""
+    import os
+    import sys
+
+    import aiohttp
+    import yaml
+    from rich.console import Console
+
+    from services.payments import config as payments_config
+    from tools.fleet import worker_env, worker_processes
+
+    say = Console(stderr=True).print if as_json else console.print  # --json: stdout holds the JSON only
+    async with bench_stack("payments") as stack:
+        config_path = stack.settings.state_dir / "payments.yaml"
+        # Production's gateways and decline codes; only the interrupted-send margin is short for the bench.
+        config_path.write_text(yaml.safe_dump({**payments_config._DEFAULT, "interrupted_after_s": interrupted_after_s}))
+        psp_args = [
+            "--hang-ms",
+            str(hang_ms),
+            "--latency-ms",
+            str(stripe_latency_ms),
+            "--ledgerpay-latency-ms",
+            str(ledgerpay_latency_ms),
+        ]
+        with _fakepsp_process(*psp_args) as (base, psp_pid):
+            env = worker_env(
+                stack.database_url,
+                stack.bootstrap_servers,
+                stack.settings.topic_prefix,
+                SETTLE_STRIPE_API_BASE=base,
+                SETTLE_STRIPE_API_KEY="sk_test_bench",
+                SETTLE_LEDGERPAY_API_BASE=base + "/ledgerpay",
+                SETTLE_PAYMENTS_CONFIG=str(config_path),
+                SETTLE_GATEWAY_TIMEOUT_S=str(gateway_timeout_s),
+            )
+            log_dir = Path(os.environ.get("SETTLE_BENCH_LOG_DIR", stack.settings.state_dir / "logs"))
+            tokens = [_pay_token(i, ambiguous_pct, errors_pct) for i in range(invoices)]
+            with worker_processes(env, [["payments", "--relays", "1"]] * workers, log_dir=log_dir) as procs:
+                say(f"fakepsp {base} (pid {psp_pid}); {workers} payments worker(s); {invoices} cards …")
+                await _publish_raw(
+                    stack.bootstrap_servers,
+                    stack.settings.topic_prefix,
+                    topics.PAYMENT_METHODS.name,
+                    topics.PAYMENT_METHODS.partitions,
+                    [_pay_method(i, t) for i, t in enumerate(tokens)],
+                )
+                await _wait_count(stack, "select count(*) from payments.methods", invoices, timeout_s=600)
+                await asyncio.sleep(3)  # the group settles before the measurement
+                stop = asyncio.Event()
+                moved: set[Any] = set()
+                ticker = asyncio.create_task(_pay_ticker(stack, tick_ms / 1000, stop))
+                mover = asyncio.create_task(_pay_inquiries_now(stack, 1.0, stop, moved))
+                say(
+                    f"publishing {invoices} invoices at {'full speed' if rate <= 0 else f'{rate:g}/s'}; "
+                    f"a tick every {tick_ms} ms …"
+                )
+                published = time.perf_counter()
+                publisher = _spawn(
+                    _pay_invoices_process,
+                    stack.bootstrap_servers,
+                    stack.settings.topic_prefix,
+                    invoices,
+                    rate if rate > 0 else None,
+                )
+                try:
+                    await _wait_count(stack, "select count(*) from payments.intents", invoices, timeout_s=timeout_s)
+                    done = await _wait_count(
+                        stack,
+                        """select case when count(*) filter (where state in ('pending', 'sending', 'unknown')) = 0
+                                  then 1 else 0 end from payments.attempts""",
+                        1,
+                        timeout_s=timeout_s,
+                    )
+                    await _wait_count(
+                        stack,
+                        "select case when count(*) = 0 then 1 else 0 end from settle.outbox where sent_at is null",
+                        1,
+                        timeout_s=300,
+                    )
+                finally:
+                    stop.set()
+                    ticks = await ticker
+                    await mover
+                    publisher.join(60)
+                alive = sum(p.poll() is None for p in procs)
+                async with aiohttp.ClientSession() as session, session.get(base + "/_admin/stats") as response:
+                    stats = await response.json()
+
+        attempts = await stack.pool.fetch(
+            """select a.attempt_id, a.state, a.gateway, a.token, a.inquiries, a.created_at, a.sent_at, a.resolved_at,
+                      a.message, t.invoice_number
+                 from payments.attempts a join payments.intents t using (intent_id)"""
+        )
+        intents = {
+            r["state"]: r["n"]
+            for r in await stack.pool.fetch("select state, count(*) as n from payments.intents group by state")
+        }
+        inputs = await read_timestamps(stack, topics.INVOICES_FINALIZED, "number")
+        succeeded_at: dict[str, int] = {}
+        for r in await scan_topic(stack, topics.PAYMENTS):
+            event = orjson.loads(r.value)
+            if event["type"] == "payment.succeeded":
+                succeeded_at.setdefault(event["data"]["invoice_number"], r.timestamp)
+        verified = (await verify_pool(stack)).ok
+
+    sent = [a["sent_at"] for a in attempts if a["sent_at"] is not None]
+    resolved = [a["resolved_at"] for a in attempts if a["resolved_at"] is not None]
+    window_s = (max(resolved) - min(sent)).total_seconds() if sent and resolved else float("nan")
+    inquiries = sum(a["inquiries"] for a in attempts)
+    ok_attempts = {a["attempt_id"] for a in attempts if a["state"] == "succeeded"}
+    by_attempt: dict[str, int] = stats.get("charges_by_attempt", {})
+    invoice_of = {a["attempt_id"]: a["invoice_number"] for a in attempts}
+    state_of = {a["attempt_id"]: a["state"] for a in attempts}
+    charges_per_invoice: dict[str, int] = {}
+    for attempt_id, n in by_attempt.items():
+        number = invoice_of.get(attempt_id, f"?{attempt_id}")
+        charges_per_invoice[number] = charges_per_invoice.get(number, 0) + n
+    token_of = {f"INV-2027-{i:06d}": t for i, t in enumerate(tokens)}
+    latencies: dict[str, list[float]] = {"all": [], "tok_visa": [], "ambiguous": [], "5xx": []}
+    for number, at in succeeded_at.items():
+        if number not in inputs:
+            continue
+        ms = float(at - inputs[number])
+        token = token_of.get(number, "")
+        latencies["all"].append(ms)
+        latencies["ambiguous" if token in _PAY_AMBIGUOUS else "5xx" if token == _PAY_5XX else "tok_visa"].append(ms)
+    first_try = [
+        (a["resolved_at"] - a["created_at"]).total_seconds() * 1000
+        for a in attempts
+        if a["resolved_at"] is not None and a["token"] == "tok_visa"
+    ]
+    report: dict[str, Any] = {
+        "invoices": invoices,
+        "rate": rate,
+        "workers": workers,
+        "workers_alive_at_end": alive,
+        "tick_ms": tick_ms,
+        "ticks": ticks,
+        "ambiguous_pct": ambiguous_pct,
+        "errors_pct": errors_pct,
+        "gateway_timeout_s": gateway_timeout_s,
+        "interrupted_after_s": interrupted_after_s,
+        "fakepsp": {"hang_ms": hang_ms, "latency_ms": stripe_latency_ms, "ledgerpay_latency_ms": ledgerpay_latency_ms},
+        "published_to_done_s": round(done - published, 2),
+        "attempts": len(attempts),
+        "attempts_by_state": dict(sorted(_count(a["state"] for a in attempts).items())),
+        "attempts_by_gateway": dict(sorted(_count(a["gateway"] for a in attempts).items())),
+        "inquiries": inquiries,
+        "inquiries_brought_forward": len(moved),
+        # An inquiry found nothing at the processor: the same attempt was sent again with the same key.
+        "resent_after_not_found": sum(1 for a in attempts if (a["message"] or "").startswith("not at the processor")),
+        "inquiries_brought_forward_attempts": len({key[0] for key in moved}),
+        "first_send_to_last_result_s": round(window_s, 2),
+        "attempts_per_s": round(len(attempts) / window_s, 1),
+        "gateway_calls_per_s": round((len(attempts) + inquiries) / window_s, 1),
+        "intents_by_state": intents,
+        "latency_ms_invoice_published_to_payment_succeeded_relayed": {k: _ms(v) for k, v in latencies.items()},
+        "latency_ms_attempt_created_to_recorded_tok_visa": _ms(first_try),
+        "processor_charges": stats.get("charges"),
+        "succeeded_attempts": len(ok_attempts),
+        "attempts_charged_more_than_once": sum(1 for n in by_attempt.values() if n > 1),
+        "invoices_charged_more_than_once": sum(1 for n in charges_per_invoice.values() if n > 1),
+        # Charged at the processor, but our books have no result yet (unknown / needs_operator): not a double.
+        "charges_not_recorded_as_succeeded": sum(n for a, n in by_attempt.items() if a not in ok_attempts),
+        "succeeded_attempts_without_charge": len(ok_attempts - set(by_attempt)),
+        # Charged at the processor while our books say the attempt failed: the next try (a new key)
+        # would charge the invoice again — a double charge in waiting.
+        "charged_but_recorded_failed": sum(
+            n for a, n in by_attempt.items() if state_of.get(a) in ("error", "declined")
+        ),
+        "ledger_verified": verified,
+    }
+    double = report["attempts_charged_more_than_once"] + report["invoices_charged_more_than_once"]
+    latent = report["charged_but_recorded_failed"]
+    if as_json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        table = Table("measure", "value")
+        for key, value in report.items():
+            table.add_row(key.replace("_", " "), str(value))
+        console.print(table)
+        console.print(
+            "[bold green]no double charge at the processor[/]" if double == 0 else f"[bold red]{double} DOUBLE[/]"
+        )
+        if latent:
+            console.print(f"[bold red]{latent} charge(s) at the processor recorded as failed (retried later)[/]")
+    if double or latent:
+        raise typer.Exit(1)
+
+
+def _count(values: Any) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(str(v) for v in values))
