@@ -24,3 +24,7 @@ held_app = typer.Typer(
 quarantine_app = typer.Typer(help="Contracts whose invoice close is set aside: list, retry.", no_args_is_help=True)
 gaps_app = typer.Typer(help="Partitions stopped because the broker deleted records a consumer had not read.")
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
+bank_app = typer.Typer(help="Bank statements (camt.053, BAI2) for reconciliation (R17).", no_args_is_help=True)
+processor_app = typer.Typer(
+    help="Processor reports (balance transactions) for reconciliation (R17).", no_args_is_help=True
+)
