@@ -204,30 +204,31 @@ async def save_run(conn: asyncpg.Connection, result: Reconciliation) -> int:
             json.dumps(totals_json(result)),
         )
     )
-    await conn.copy_records_to_table(
-        "matches",
-        schema_name="reconcile",
-        records=[
-            (
-                run_id,
-                n,
-                m.leg,
-                m.how,
-                m.records[0].currency,
-                m.records[0].amount_minor,
-                json.dumps([record_json(r) for r in m.records]),
-            )
-            for n, m in enumerate(result.matches, 1)
-        ],
-        columns=("run_id", "match_no", "leg", "how", "currency", "amount_minor", "records"),
+    # jsonb has no binary COPY encoder in asyncpg: the records go as text arrays, cast in the statement.
+    await conn.execute(
+        """insert into reconcile.matches (run_id, match_no, leg, how, currency, amount_minor, records)
+           select $1, n, leg, how, currency, amount, records::jsonb
+             from unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[])
+                  as t (n, leg, how, currency, amount, records)""",
+        run_id,
+        list(range(1, len(result.matches) + 1)),
+        [m.leg for m in result.matches],
+        [m.how for m in result.matches],
+        [m.records[0].currency for m in result.matches],
+        [m.records[0].amount_minor for m in result.matches],
+        [json.dumps([record_json(r) for r in m.records]) for m in result.matches],
     )
-    await conn.copy_records_to_table(
-        "breaks",
-        schema_name="reconcile",
-        records=[
-            (run_id, n, b.reason, b.leg, b.age_days, b.overdue, json.dumps([record_json(r) for r in b.records]))
-            for n, b in enumerate(result.breaks, 1)
-        ],
-        columns=("run_id", "break_no", "reason", "leg", "age_days", "overdue", "records"),
+    await conn.execute(
+        """insert into reconcile.breaks (run_id, break_no, reason, leg, age_days, overdue, records)
+           select $1, n, reason, leg, age, overdue, records::jsonb
+             from unnest($2::int[], $3::text[], $4::text[], $5::int[], $6::bool[], $7::text[])
+                  as t (n, reason, leg, age, overdue, records)""",
+        run_id,
+        list(range(1, len(result.breaks) + 1)),
+        [b.reason for b in result.breaks],
+        [b.leg for b in result.breaks],
+        [b.age_days for b in result.breaks],
+        [b.overdue for b in result.breaks],
+        [json.dumps([record_json(r) for r in b.records]) for b in result.breaks],
     )
     return run_id
