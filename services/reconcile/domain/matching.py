@@ -44,6 +44,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 from typing import Literal
 
 Source = Literal["ledger", "processor", "bank"]
@@ -153,6 +154,7 @@ class Reconciliation:
 # ------------------------------------------------------------------------------------------ calendar
 
 
+@lru_cache(maxsize=8192)
 def business_day_index(day: date) -> int:
     """A count of Monday–Friday days since 0001-01-01 (a Monday); Saturday and Sunday count as the
     following Monday, so Friday → Monday is one business day and the index never decreases."""

@@ -166,8 +166,11 @@ def ledger_records(postings: Iterable[LedgerPosting], rules: Iterable[LedgerRule
     rules = tuple(rules)
     records: list[Record] = []
     netted: dict[tuple[str, str, str], list[LedgerPosting]] = defaultdict(list)
+    rule_of: dict[str, LedgerRule | None] = {}  # a few accounts, millions of postings
     for posting in postings:
-        rule = rule_for(posting.account, rules)
+        if posting.account not in rule_of:
+            rule_of[posting.account] = rule_for(posting.account, rules)
+        rule = rule_of[posting.account]
         if rule is None or posting.kind in rule.skip_kinds:
             continue
         if posting.kind in rule.net_kinds:
