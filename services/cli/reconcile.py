@@ -22,7 +22,7 @@ from services.cli.app import app, bank_app, processor_app
 from services.cli.runtime import console, database, run_async
 from services.payouts.rails.port import BankFileError
 from services.reconcile import metrics as reconcile_metrics
-from services.reconcile.domain.matching import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, Reconciliation, Record
+from services.reconcile.domain.matching import MAX_WINDOW_DAYS, Reconciliation, Record
 from services.reconcile.imports import line_of_transaction, read_bank_file, read_processor_file
 from services.reconcile.run import import_bank_file, import_processor_lines, run_reconciliation
 from services.reconcile.store import record_json, totals_json
@@ -229,11 +229,14 @@ async def reconcile_cmd(
         str | None, typer.Option("--date", help="Reconciliation date (YYYY-MM-DD, UTC); default: today.")
     ] = None,
     window_days: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--window-days", min=0, max=MAX_WINDOW_DAYS, help="Business days two dates of one movement may differ."
+            "--window-days",
+            min=0,
+            max=MAX_WINDOW_DAYS,
+            help="Business days two dates of one movement may differ (default SETTLE_RECONCILE_WINDOW_DAYS, 3).",
         ),
-    ] = DEFAULT_WINDOW_DAYS,
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     matches: Annotated[bool, typer.Option("--matches", help="With --json: list every match too.")] = False,
     max_breaks: Annotated[int, typer.Option(help="Breaks shown in the table (--json lists all).")] = 200,
@@ -248,8 +251,11 @@ async def reconcile_cmd(
         as_of = date.fromisoformat(on) if on else datetime.now(UTC).date()
     except ValueError:
         raise ConfigurationError(f"--date {on!r} is not YYYY-MM-DD") from None
+    from libs.settings import get_settings
+
+    window = get_settings().reconcile_window_days if window_days is None else window_days
     async with database() as pool, pool.acquire() as conn:
-        result, run_id, not_booked = await run_reconciliation(conn, as_of=as_of, window_days=window_days)
+        result, run_id, not_booked = await run_reconciliation(conn, as_of=as_of, window_days=window)
     reconcile_metrics.observe(result)
     if metrics_file is not None:
         from prometheus_client import REGISTRY, write_to_textfile
