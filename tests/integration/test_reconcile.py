@@ -171,15 +171,16 @@ async def post_ledger(stack: Stack) -> None:
         await reverse(conn, "e-po-2", cause_id="po-sup-2", occurred_at=at(3), description="R03 return")
 
 
-def settle(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
+def settle(stack: Stack, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {
         **os.environ,
+        **(env or {}),
         "SETTLE_DATABASE_URL": stack.database_url,
         "SETTLE_STATE_DIR": str(stack.settings.state_dir),
         "PYTHONPATH": str(ROOT),
     }
     return subprocess.run(
-        [sys.executable, "-m", "services.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "services.cli.main", *args], env=full_env, capture_output=True, text=True, timeout=120
     )
 
 
@@ -275,3 +276,80 @@ async def test_reconciliation_story(stack: Stack, tmp_path: Path) -> None:
     assert table.returncode == 1
     for text in ("Per source", "Breaks", "missing_in_ledger", "missing_in_bank", "77.77", "3 overdue"):
         assert text in table.stdout, table.stdout
+
+
+async def test_processor_import_pulls_balance_transactions_from_fakepsp_over_http(stack: Stack, tmp_path: Path) -> None:
+    """`settle processor import` asks the Stripe adapter for the balance report of a real `settle fakepsp`
+    process: both charges match the ledger's collections by attempt id, the fees and the payout are
+    ledgered, and the payout waits for the bank (timing) until the bank statement shows it (three-way)."""
+    from services.payments.gateways.port import ChargeRequest
+    from services.payments.gateways.stripe_adapter import StripeGateway
+    from tests.payments.processes import admin, fakepsp
+
+    with fakepsp("--api-key", "sk_test_fake") as base:
+        gateway = StripeGateway(api_key="sk_test_fake", api_base=base, timeout_s=10, connect_timeout_s=2)
+        try:
+            for n, amount in ((1, 10_000), (2, 5_000)):
+                made = await gateway.charge(
+                    ChargeRequest(f"att-http-{n}", f"key-http-{n}", amount, "USD", "tok_visa", f"INV-{n}", "r-1")
+                )
+                assert made.outcome == "succeeded"
+        finally:
+            await gateway.close()
+        payout = await admin(base, "POST", "/_admin/payouts", {"dialect": "stripe", "currency": "USD"})
+        assert payout["amount"] == 10_000 + 5_000 - (320 + 175)
+        today = datetime.fromtimestamp(payout["created"], UTC)
+
+        stripe = chart.processor_clearing("stripe", "USD")
+        async with stack.pool.acquire() as conn, conn.transaction():
+            unapplied = chart.unapplied("r-1", "USD")
+            await ensure_accounts(conn, [stripe, unapplied])
+            for n, amount in ((1, 10_000), (2, 5_000)):
+                units = minor_to_ledger(amount, "USD")
+                made_entry = build_entry(
+                    id=f"e-http-{n}", cause_id=f"att-http-{n}", kind="payments.money_in", occurred_at=today,
+                    postings=[debit(stripe.code, units, "USD"), credit(unapplied.code, units, "USD")],
+                )  # fmt: skip
+                assert made_entry is not None
+                await post(conn, [made_entry])
+
+        env = {
+            "SETTLE_STRIPE_API_BASE": base,
+            "SETTLE_STRIPE_API_KEY": "sk_test_fake",
+            "SETTLE_GATEWAYS_ENABLED": "stripe",
+        }
+        pulled = settle(stack, "processor", "import", "--json", env=env)
+        assert pulled.returncode == 0, pulled.stderr[-1200:]
+        assert json.loads(pulled.stdout) == {"lines": 3, "new_lines": 3, "entries_posted": 3, "fees": {"USD": "4.95"}}
+
+    day = today.date().isoformat()
+    waiting = json.loads(settle(stack, "reconcile", "--date", day, "--json", "--matches").stdout)
+    assert sorted(tuple(r["source"] for r in m["records"]) for m in waiting["matches"]["list"]) == [
+        ("ledger", "processor"),
+        ("ledger", "processor"),
+    ]
+    [pending] = waiting["breaks"]
+    assert (pending["reason"], [r["source"] for r in pending["records"]]) == ("timing", ["ledger", "processor"])
+
+    bai = tmp_path / "day.bai"
+    yymmdd = today.strftime("%y%m%d")
+    lines = [
+        f"01,BANKUS33,SETTLE,{yymmdd},0600,1,,,2/",
+        f"02,SETTLE,BANKUS33,1,{yymmdd},0600,USD,2/",
+        "03,987654321,USD/",
+        f"16,165,14505,Z,BK1,,STRIPE PAYOUT {payout['id']}/",
+        "49,14505,3/",
+        "98,14505,1,5/",
+        "99,14505,1,7/",
+    ]
+    bai.write_text("\n".join(lines) + "\n")
+    assert settle(stack, "bank", "import", str(bai)).returncode == 0
+    done = settle(stack, "reconcile", "--date", day, "--json", "--matches")
+    assert done.returncode == 0, done.stdout
+    body = json.loads(done.stdout)
+    assert body["breaks"] == []
+    assert sorted(tuple(r["source"] for r in m["records"]) for m in body["matches"]["list"]) == [
+        ("ledger", "bank", "processor"),
+        ("ledger", "processor"),
+        ("ledger", "processor"),
+    ]
