@@ -294,3 +294,39 @@ def test_every_record_lands_once_and_shuffles_change_nothing(
         rnd.shuffle(items)
     again = reconcile(ledger_in, processor_in, bank_in, as_of=date(2026, 12, 20), window_days=window)
     assert again == result
+
+
+@st.composite
+def _matched_sets(draw: st.DrawFn) -> tuple[list[Record], list[Record], int]:
+    """Ledger movements and the bank lines that confirm them: same amount, currency and direction, a
+    date within the window; some share a unique reference, the others only the amount."""
+    window = draw(st.integers(0, 4))
+    ledger_side, bank_side = [], []
+    for i in range(draw(st.integers(1, 25))):
+        on = draw(_days)
+        shift = draw(st.integers(-6, 6))
+        seen = on + timedelta(days=shift)
+        if business_days_between(on, seen) > window:
+            seen = on
+        amount, currency = draw(_amounts), draw(st.sampled_from(["USD", "EUR"]))
+        direction = draw(st.sampled_from(["in", "out"]))
+        refs = (f"ref-{i}",) if draw(st.booleans()) else ()
+        ledger_side.append(Record("ledger", f"L{i}", amount, currency, on, direction, refs))  # type: ignore[arg-type]
+        bank_side.append(Record("bank", f"B{i}", amount, currency, seen, direction, refs))  # type: ignore[arg-type]
+    return ledger_side, bank_side, window
+
+
+@settings(max_examples=200, deadline=None)
+@given(_matched_sets(), st.randoms(use_true_random=False))
+def test_a_matched_set_stays_matched_under_shuffles(
+    matched: tuple[list[Record], list[Record], int], rnd: random.Random
+) -> None:
+    ledger_side, bank_side, window = matched
+    as_of = date(2026, 12, 31)
+    result = reconcile(ledger_side, [], bank_side, as_of=as_of, window_days=window)
+    assert result.breaks == ()
+    assert len(result.matches) == len(ledger_side)
+    for _ in range(3):
+        rnd.shuffle(ledger_side)
+        rnd.shuffle(bank_side)
+        assert reconcile(ledger_side, [], bank_side, as_of=as_of, window_days=window) == result
