@@ -236,10 +236,7 @@ def _pair(
         for ref in r.references:
             by_reference[ref].append(j)
     matched_by_reference: set[tuple[str, str, str, int]] = set()  # (reference, currency, direction, amount)
-    left_by_reference: dict[str, list[int]] = defaultdict(list)
     for i, rec in enumerate(left):
-        for ref in rec.references:
-            left_by_reference[ref].append(i)
         if not rec.references:
             continue
         candidates = {j for ref in rec.references for j in by_reference.get(ref, ()) if not taken_right[j]}
