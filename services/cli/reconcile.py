@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from libs.errors import ConfigurationError
@@ -60,9 +61,10 @@ async def bank_import(
     elif not new_file:
         console.print(f"{file.name}: already imported (file {parsed.file_id[:12]}); nothing changed")
     else:
+        repeated = len(parsed.lines) - inserted
         console.print(
             f"{file.name}: {parsed.format}, {parsed.statements} statement(s), {len(parsed.lines)} line(s), "
-            f"{inserted} new (the rest were already imported from another file)"
+            f"{inserted} new" + (f" ({repeated} already imported from another file)" if repeated else "")
         )
 
 
@@ -130,11 +132,19 @@ async def processor_import(
 
 
 def _record_text(r: Record) -> str:
-    refs = ",".join(r.references[:2])
+    """One line per record: source, its id (an entry id for the ledger, a short hash for the bank), the
+    signed amount, the date, what it is (remittance text, entry kind and account, processor object) and
+    its references."""
     sign = "+" if r.direction == "in" else "−"
-    sid = r.source_id if len(r.source_id) <= 28 else r.source_id[:12] + "…" + r.source_id[-12:]
-    return f"{r.source} {sid} {sign}{format_minor(r.amount_minor, r.currency)} {r.currency} {r.on}" + (
-        f" [{refs}]" if refs else ""
+    if r.source == "ledger":
+        sid = r.source_id.split(":", 1)[0] if not r.source_id.startswith("payout:") else r.source_id.split(":")[1]
+    elif r.source == "bank":
+        sid = r.source_id[:12]
+    else:
+        sid = r.source_id
+    refs = ", ".join(r.references[:3])
+    return f"{r.source} {sid} {sign}{format_minor(r.amount_minor, r.currency)} {r.currency} {r.on} — {r.note}" + (
+        f" [refs {refs}]" if refs else ""
     )
 
 
@@ -209,7 +219,7 @@ def print_report(result: Reconciliation, run_id: int | None, not_booked: int, *,
                 b.leg,
                 str(b.age_days),
                 "[bold red]yes[/]" if b.overdue else "no",
-                "\n".join(_record_text(r) for r in b.records),
+                escape("\n".join(_record_text(r) for r in b.records)),  # ids and texts are not markup
             )
         console.print(table)
         if len(ordered) > max_breaks:

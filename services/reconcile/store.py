@@ -172,6 +172,7 @@ def record_json(r: Record) -> dict[str, Any]:
         "date": r.on.isoformat(),
         "direction": r.direction,
         "references": list(r.references),
+        "note": r.note,
         **({"fee_minor": r.fee_minor} if r.source == "processor" else {}),
     }
 

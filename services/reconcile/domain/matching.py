@@ -101,6 +101,9 @@ class Record:
     """The ledger entry's kind, the processor line's type, the bank line's type code."""
     fee_minor: int = 0
     """Processor lines only: the processor's fee on this line (ledgered from the report)."""
+    note: str = field(default="", compare=False)
+    """For the operator: the bank's remittance text, the ledger entry's kind and account, the processor
+    line's type and object. Never used to match."""
 
     def __post_init__(self) -> None:
         assert self.amount_minor > 0, f"{self.source} {self.source_id}: amounts are positive"

@@ -87,6 +87,15 @@ def bank_record(line: BankEntry) -> Record | None:
             (line.end_to_end_id, line.bank_reference, line.customer_reference, *reference_tokens(line.description))
         ),
         kind=line.type_code,
+        note=" · ".join(
+            x
+            for x in (
+                line.description or line.type_code,
+                f"return {line.return_reason}" if line.return_reason else "",
+                f"bank ref {line.bank_reference}" if line.bank_reference else "",
+            )
+            if x
+        ),
     )
 
 
@@ -111,6 +120,7 @@ def processor_record(line: ProcessorLine) -> Record | None:
         references=references,
         kind=line.type,
         fee_minor=line.fee_minor,
+        note=f"{line.type} {line.source}" + (f" (fee {line.fee_minor})" if line.fee_minor else ""),
     )
 
 
@@ -190,6 +200,7 @@ def ledger_records(postings: Iterable[LedgerPosting], rules: Iterable[LedgerRule
                 references=_references(posting),
                 counterpart=rule.counterpart,
                 kind=posting.kind,
+                note=f"{posting.kind} · {posting.account}",
             )
         )
     for (account, currency, payout_id), group in sorted(netted.items()):
@@ -209,6 +220,7 @@ def ledger_records(postings: Iterable[LedgerPosting], rules: Iterable[LedgerRule
                 references=normalize_references([payout_id]),
                 counterpart=rule.counterpart,
                 kind=sorted({p.kind for p in group})[0],
+                note=f"payout {payout_id} · {account} ({len(group)} entr{'y' if len(group) == 1 else 'ies'})",
             )
         )
     return records
