@@ -371,6 +371,34 @@ class PaymentEvent(EventModel):
     reason: str = ""
     at: UtcTime
 
+
+# --- payments.commands.v1 (key: renter_id) --------------------------------------------------------------
+
+
+class PaymentCommand(EventModel):
+    """An operator's instruction to the payments service (``settle payments retry|refund``,
+    ``settle receipts apply``), types ``payment.retry_requested``, ``payment.refund_requested`` and
+    ``receipt.apply_requested``. ``command_id`` is the operator's idempotency key: a repeated command
+    has no effect. ``requested_by`` and ``reason`` are kept with the effect for the audit trail.
+
+    * retry: ``invoice_number`` — a new try now for an intent that waits, stopped or went past due;
+    * refund: ``invoice_number``, ``amount`` — money paid on the invoice given back (never more than
+      paid, R11), to the card charge that paid it, else as a manual (bank) refund;
+    * apply: ``receipt_id``, ``to_renter_id`` (and ``reference``) — a receipt recorded for the wrong
+      renter moves to the right one; both renters' allocations are recomputed (R11)."""
+
+    command_id: Id
+    renter_id: Id
+    currency: Currency
+    invoice_number: str | None = None
+    amount: DecimalStr | None = None
+    receipt_id: Id | None = None
+    to_renter_id: Id | None = None
+    reference: str = Field(default="", max_length=limits.MAX_TEXT_CHARS)
+    requested_by: Text
+    reason: Text
+
+
 # --- processor.events.v1 (key: payment_id, else attempt_id, else object_id) -----------------------------
 
 

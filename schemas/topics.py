@@ -197,6 +197,7 @@ PROCESSOR_EVENTS = Topic(
     key="payment_id",
     partitions=3,
     producer="webhooks",
+    archive=True,
     description="Payment processors' webhooks, signature-checked and deduplicated (payments, refunds, disputes).",
     types=MappingProxyType(
         {
@@ -214,6 +215,7 @@ PAYMENT_METHODS = Topic(
     key="renter_id",
     partitions=3,
     producer="platform",
+    archive=True,
     description="Renters' payment methods (processor tokens only), attached and detached.",
     types=MappingProxyType(
         {
@@ -227,6 +229,7 @@ PAYMENTS_RECEIVED = Topic(
     key="renter_id",
     partitions=3,
     producer="platform",
+    archive=True,
     description="Money received for renters: wires, ACH and SEPA credits, stablecoin receipts (R11).",
     types=MappingProxyType({"payment.received": inputs.PaymentReceived}),
 )
@@ -237,6 +240,20 @@ INVOICE_PAYMENTS = Topic(
     producer="payments",
     description="What has been paid on each invoice (amount paid, remaining, status), per change.",
     types=MappingProxyType({"invoice.payment_status": events.InvoicePaymentStatus}),
+)
+PAYMENT_COMMANDS = Topic(
+    "payments.commands.v1",
+    key="renter_id",
+    partitions=3,
+    producer="operator",
+    archive=True,
+    description="Operators' payment instructions: retry a collection, refund, apply a receipt to a renter.",
+    types=MappingProxyType(
+        {
+            name: events.PaymentCommand
+            for name in ("payment.retry_requested", "payment.refund_requested", "receipt.apply_requested")
+        }
+    ),
 )
 PAYMENTS = Topic(
     "payments.v1",
@@ -281,6 +298,7 @@ REGISTRY: tuple[Topic, ...] = (
     INVOICE_PAYMENTS,
     PAYMENTS,
     PROCESSOR_EVENTS,
+    PAYMENT_COMMANDS,
 )
 BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})
 

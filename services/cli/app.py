@@ -23,6 +23,10 @@ held_app = typer.Typer(
 )
 quarantine_app = typer.Typer(help="Contracts whose invoice close is set aside: list, retry.", no_args_is_help=True)
 gaps_app = typer.Typer(help="Partitions stopped because the broker deleted records a consumer had not read.")
+payments_app = typer.Typer(
+    help="Collections, refunds and disputes; retry and refund (operator commands).", no_args_is_help=True
+)
+receipts_app = typer.Typer(help="Money received for renters: list, apply to another renter.", no_args_is_help=True)
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
 bank_app = typer.Typer(help="Bank statements (camt.053, BAI2) for reconciliation (R17).", no_args_is_help=True)
 processor_app = typer.Typer(

@@ -22,7 +22,7 @@ def build_app() -> typer.Typer:
     """The ``settle`` app with every command and group mounted (once per process)."""
     # Each command module's decorators put its commands on the app and the groups mounted below; they are
     # imported in the order `settle --help` lists their commands.
-    from services.cli import commands, documents, kernel, ledger_proof  # noqa: F401
+    from services.cli import commands, documents, kernel, ledger_proof, payments  # noqa: F401
     from services.cli.app import (
         app,
         clock_app,
@@ -32,7 +32,9 @@ def build_app() -> typer.Typer:
         invoices_app,
         ledger_app,
         outbox_app,
+        payments_app,
         quarantine_app,
+        receipts_app,
         stack_app,
         statements_app,
         topics_app,
@@ -49,6 +51,8 @@ def build_app() -> typer.Typer:
     app.add_typer(invoices_app, name="invoices")
     app.add_typer(statements_app, name="statements")
     app.add_typer(clock_app, name="clock")
+    app.add_typer(payments_app, name="payments")
+    app.add_typer(receipts_app, name="receipts")
     app.command("demo")(demo_command.demo)
     app.command("fakepsp")(fakepsp_command.fakepsp)
     from services.cli import operations, recovery  # noqa: F401

@@ -32,6 +32,7 @@ from libs.money import minor_to_ledger
 from schemas import topics
 from schemas.envelope import Envelope
 from schemas.events import InvoicePaymentStatus
+from services.payments import refunds
 from services.payments.domain.allocation import (
     Allocation,
     CreditNoteFact,
@@ -129,6 +130,7 @@ async def recompute(tx: Tx, renter_id: str, currency: str, *, cause: Envelope[An
     await _write_status(tx, renter_id, currency, result, cause=cause, at=at)
     await _write_applications(conn, renter_id, currency, result)
     await _post_totals(tx, renter_id, currency, result, cause=cause, at=at)
+    await refunds.ensure_rows(conn, renter_id, currency, result)
     return result
 
 

@@ -141,7 +141,7 @@ async def record_result(
     now_sql = "now()"
     if outcome == "unknown":
         made = attempt["inquiries"] if inquiry else 0
-        delay = dunning.next_inquiry_after(made)
+        delay = dunning.next_inquiry_after(made, config.inquiry_delays)
         if delay is None:
             await conn.execute(
                 f"""update payments.attempts set state = 'needs_operator', inquiries = $2, resolved_at = {now_sql},
@@ -165,13 +165,14 @@ async def record_result(
     kind = config.codes.kind(attempt["gateway"], result.code) if outcome == "declined" else None
     await conn.execute(
         f"""update payments.attempts set state = $2, code = $3, decline_kind = $4, charge_id = $5, message = $6,
-               resolved_at = {now_sql}, next_inquiry_at = null where attempt_id = $1""",
+               resolved_at = {now_sql}, next_inquiry_at = null, inquiries = inquiries + $7 where attempt_id = $1""",
         attempt_id,
         outcome,
         result.code,
         kind,
         result.charge_id,
         result.message[:500],
+        1 if inquiry else 0,
     )
     await _circuit(conn, attempt["gateway"], ok=outcome != "error", config=config)
     cause_time: datetime = attempt["at"]

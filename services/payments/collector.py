@@ -26,16 +26,14 @@ from libs.errors import InfrastructureError
 from libs.messaging.consume import Tx
 from libs.messaging.worker import Runtime
 from libs.settings import Settings
-from services.payments import collection, metrics
+from services.payments import collection, metrics, refunds
 from services.payments.config import PaymentsConfig
-from services.payments.gateways.port import ChargeRequest, ChargeResult, Gateway
+from services.payments.gateways.port import ChargeRequest, ChargeResult, Gateway, RefundResult
 
 log = structlog.get_logger("settle.payments")
 
 GatewayFactory = Callable[[Settings], Mapping[str, Gateway]]
 CLAIM_BATCH = 200
-INTERRUPTED_AFTER = timedelta(seconds=30)
-"""A ``sending`` attempt this much older than the gateway timeout was interrupted by a crash."""
 
 
 async def claim(pool: asyncpg.Pool, limit: int = CLAIM_BATCH) -> list[asyncpg.Record]:
@@ -89,9 +87,13 @@ async def send_one(
     return state
 
 
-async def claim_inquiries(pool: asyncpg.Pool, timeout_s: float, limit: int = 100) -> list[asyncpg.Record]:
-    """Attempts to ask about: unknown ones whose time came, and interrupted sends. Pushes their next
-    inquiry a minute on, so two workers do not ask at once (the answer is recorded idempotently)."""
+async def claim_inquiries(
+    pool: asyncpg.Pool, timeout_s: float, interrupted_after_s: float, limit: int = 100
+) -> list[asyncpg.Record]:
+    """Attempts to ask about: unknown ones whose time came, and interrupted sends (``sending`` for
+    longer than the gateway timeout plus ``interrupted_after_s``: the worker that sent them died).
+    Pushes their next inquiry a minute on, so two workers do not ask at once (the answer is recorded
+    idempotently)."""
     async with pool.acquire() as conn:
         return list(
             await conn.fetch(
@@ -103,7 +105,7 @@ async def claim_inquiries(pool: asyncpg.Pool, timeout_s: float, limit: int = 100
                                 and (next_inquiry_at is null or next_inquiry_at <= now()))
                          order by attempt_id limit $2 for update skip locked)
                 returning attempt_id, idempotency_key, gateway, state""",
-                timedelta(seconds=timeout_s) + INTERRUPTED_AFTER,
+                timedelta(seconds=timeout_s + interrupted_after_s),
                 limit,
             )
         )
@@ -121,8 +123,35 @@ async def inquire_one(
     elif answer.found:
         result = ChargeResult("unknown", message="the processor has it but gave no outcome")
     else:
+        # Nothing reached the processor: send the *same* attempt again, with the same idempotency key
+        # (a request still in flight and this one cannot both charge), never a new attempt.
+        async with pool.acquire() as conn:
+            status = await conn.execute(
+                """update payments.attempts set state = 'pending', inquiries = inquiries + 1, next_inquiry_at = null,
+                       message = 'not at the processor when asked: sent again with the same idempotency key'
+                    where attempt_id = $1 and state in ('sending', 'unknown') and inquiries < 10""",
+                row["attempt_id"],
+            )
+        if status.endswith("1"):
+            return "pending"
         result = ChargeResult("error", code="not_found", message="the processor has no charge for this attempt")
     return await record(pool, config, row["attempt_id"], result, inquiry=True)
+
+
+async def refund_one(pool: asyncpg.Pool, gateways: Mapping[str, Gateway], row: asyncpg.Record) -> str:
+    """Send a refund with its own idempotency key, then commit the answer (a crash in between: the
+    stale ``sending`` row is sent again with the same key, and the processor refunds once)."""
+    gateway = gateways.get(row["gateway"])
+    if gateway is None:
+        result = RefundResult("error", code="gateway_not_configured", message=f"no adapter for {row['gateway']}")
+    else:
+        result = await gateway.refund(row["charge_id"], row["amount_minor"], row["idempotency_key"])
+    metrics.REFUNDS.labels(row["gateway"], result.outcome).inc()
+    async with pool.acquire() as conn, conn.transaction():
+        tx = Tx(conn, "payments")
+        state = await refunds.record(tx, row, result)
+        await tx.flush()
+        return state
 
 
 async def refresh_gauges(pool: asyncpg.Pool) -> None:
@@ -133,6 +162,14 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
         )
         for row in await conn.fetch("select state, count(*) as n from payments.intents group by state"):
             metrics.INTENTS.labels(row["state"]).set(row["n"])
+        for state in ("pending", "sending", "manual", "failed"):
+            metrics.REFUNDS_WAITING.labels(state).set(
+                await conn.fetchval("select count(*) from payments.refunds where state = $1", state)
+            )
+        metrics.DISPUTES_OPEN.set(await conn.fetchval("select count(*) from payments.disputes where state = 'open'"))
+        metrics.PAST_DUE.set(
+            await conn.fetchval("select count(*) from payments.invoice_status where status = 'past_due'")
+        )
         for row in await conn.fetch(
             "select gateway, coalesce(open_until > now(), false) as open from payments.circuits"
         ):
@@ -167,8 +204,13 @@ def collector_task(
                         task = asyncio.create_task(guarded(send_one(pool, config, gateways, row)))
                         running.add(task)
                         task.add_done_callback(running.discard)
+                    for row in await refunds.claim(pool, timeout_s + config.interrupted_after_s):
+                        work += 1
+                        task = asyncio.create_task(guarded(refund_one(pool, gateways, row)))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
                     if rounds % 10 == 0:
-                        for row in await claim_inquiries(pool, timeout_s):
+                        for row in await claim_inquiries(pool, timeout_s, config.interrupted_after_s):
                             work += 1
                             task = asyncio.create_task(guarded(inquire_one(pool, config, gateways, row)))
                             running.add(task)

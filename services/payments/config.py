@@ -11,17 +11,21 @@ for; ``SETTLE_PAYMENTS_CONFIG`` names a YAML file with the same shape to replace
       ledgerpay: ["43", "54", "14", "41"]
     circuit: {failures: 5, open_s: 30}
     explore_every: 20
+    interrupted_after_s: 30   # a `sending` attempt this long past the gateway timeout was cut off by a crash
+    dispute_fee_minor: 1500   # what a processor charges per dispute opened (posted to dispute_losses)
+    inquiry_delays_s: [60, 300, 3600, 86400, 86400, 86400, 86400, 86400]   # R14's schedule (the default)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from services.payments.domain.dunning import DeclineCodes
+from services.payments.domain.dunning import INQUIRY_DELAYS, DeclineCodes
 from services.payments.domain.routing import GatewayConfig
 
 _DEFAULT: dict[str, Any] = {
@@ -47,6 +51,8 @@ _DEFAULT: dict[str, Any] = {
     },
     "circuit": {"failures": 5, "open_s": 30},
     "explore_every": 20,
+    "interrupted_after_s": 30,
+    "dispute_fee_minor": 1500,
 }
 
 
@@ -57,6 +63,9 @@ class PaymentsConfig:
     circuit_failures: int
     circuit_open_s: float
     explore_every: int
+    interrupted_after_s: float = 30.0
+    dispute_fee_minor: int = 1500
+    inquiry_delays: tuple[timedelta, ...] = INQUIRY_DELAYS
 
     def gateway(self, name: str) -> GatewayConfig | None:
         return next((g for g in self.gateways if g.name == name), None)
@@ -84,6 +93,11 @@ def parse(raw: dict[str, Any]) -> PaymentsConfig:
         circuit_failures=int(circuit.get("failures", 5)),
         circuit_open_s=float(circuit.get("open_s", 30)),
         explore_every=int(raw.get("explore_every", 20)),
+        interrupted_after_s=float(raw.get("interrupted_after_s", 30)),
+        dispute_fee_minor=int(raw.get("dispute_fee_minor", 1500)),
+        inquiry_delays=tuple(timedelta(seconds=float(x)) for x in raw["inquiry_delays_s"])
+        if raw.get("inquiry_delays_s")
+        else INQUIRY_DELAYS,
     )
 
 

@@ -6,6 +6,10 @@ allocation of every renter-currency the batch touched (R11), start collections t
   (``renter_id``, ``receipt_id``); a repeat has no effect;
 * ``payment_method.attached|detached`` (platform): the renter's methods; a new method lifts a hard
   decline's stop (R14);
+* ``payment.retry_requested|refund_requested``, ``receipt.apply_requested`` (operators,
+  :mod:`services.payments.commands`);
+* ``processor.*`` (webhooks, :mod:`services.payments.processor_events`): outcomes of our attempts
+  (an unknown attempt resolved without waiting for the next inquiry), refunds, disputes;
 * ``clock.ticked``: event time for payments — every postpaid invoice due by then gets its intent and
   first try, every retry that fell due its next try (the collector sends them).
 """
@@ -22,9 +26,15 @@ from libs.ledger import ensure_accounts
 from libs.messaging.consume import Subscription, Tx
 from schemas import topics
 from schemas.envelope import Envelope
-from schemas.events import CreditNoteIssued, InvoiceFinalized, PaymentEvent
+from schemas.events import (
+    CreditNoteIssued,
+    InvoiceFinalized,
+    PaymentCommand,
+    PaymentEvent,
+    ProcessorEventReceived,
+)
 from schemas.inputs import ClockTicked, PaymentMethodEvent, PaymentReceived
-from services.payments import books, collection, store
+from services.payments import books, collection, commands, processor_events, store
 from services.payments.config import PaymentsConfig
 from services.payments.money import to_minor
 
@@ -76,6 +86,13 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
                 touched.add(books.Touched(data.renter_id, data.currency))
         elif isinstance(data, PaymentMethodEvent):
             await _method(tx, event, data)
+        elif isinstance(data, PaymentCommand):
+            if touched:  # commands see the allocation as of the facts before them in the batch
+                await books.recompute_all(tx, touched, cause=last, at=last.time)
+                touched = set()
+            touched |= await commands.apply(tx, config, event, data)
+        elif isinstance(data, ProcessorEventReceived):
+            touched |= await processor_events.apply(tx, config, event, data)
         elif isinstance(data, ClockTicked):
             ticks.append(data.at)
     if touched:
@@ -178,6 +195,8 @@ def subscription(config: PaymentsConfig) -> Subscription:
             topics.PAYMENTS_RECEIVED,
             topics.PAYMENT_METHODS,
             topics.CLOCK_TICKS,
+            topics.PAYMENT_COMMANDS,
+            topics.PROCESSOR_EVENTS,
         ),
         handler=partial(on_batch, config),
         batch_max=500,

@@ -19,3 +19,11 @@ COLLECT_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
 CIRCUIT_OPEN = Gauge("settle_payment_circuit_open", "1 while a gateway's circuit breaker is open", ["gateway"])
+REFUNDS = Counter(
+    "settle_payment_refunds_total", "Refunds sent to processors, by gateway and outcome", ["gateway", "outcome"]
+)
+REFUNDS_WAITING = Gauge(
+    "settle_payment_refunds_waiting", "Refunds not yet done, by state (pending, sending, manual, failed)", ["state"]
+)
+DISPUTES_OPEN = Gauge("settle_payment_disputes_open", "Disputes opened by processors and not yet closed")
+PAST_DUE = Gauge("settle_invoices_past_due", "Invoices whose dunning is exhausted and still unpaid")

@@ -181,3 +181,71 @@ async def credit_balances(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+async def refunds(
+    conn: asyncpg.Connection, *, renter: str | None = None, state: str | None = None
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """select * from payments.refunds
+            where ($1::text is null or renter_id = $1) and ($2::text is null or state = $2)
+            order by at, refund_id""",
+        renter,
+        state,
+    )
+    return [
+        {
+            "refund_id": r["refund_id"],
+            "invoice_number": r["invoice_number"],
+            "renter_id": r["renter_id"],
+            "amount": format_minor(r["amount_minor"], r["currency"]),
+            "currency": r["currency"],
+            "state": r["state"],
+            "gateway": r["gateway"],
+            "at": r["at"].isoformat(),
+            "reason": r["reason"],
+            "attempt_id": r["attempt_id"],
+            "processor_id": r["processor_id"],
+            "message": r["message"],
+        }
+        for r in rows
+    ]
+
+
+async def disputes(conn: asyncpg.Connection, *, renter: str | None = None) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "select * from payments.disputes where ($1::text is null or renter_id = $1) order by opened_at, dispute_id",
+        renter,
+    )
+    return [
+        {
+            "dispute_id": r["dispute_id"],
+            "invoice_number": r["invoice_number"],
+            "renter_id": r["renter_id"],
+            "amount": format_minor(r["amount_minor"], r["currency"]),
+            "currency": r["currency"],
+            "state": r["state"],
+            "gateway": r["gateway"],
+            "fee": format_minor(r["fee_minor"], r["currency"]),
+            "opened_at": r["opened_at"].isoformat(),
+            "closed_at": r["closed_at"].isoformat() if r["closed_at"] else None,
+            "attempt_id": r["attempt_id"],
+        }
+        for r in rows
+    ]
+
+
+async def commands(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await conn.fetch("select * from payments.commands order by at, command_id")
+    return [
+        {
+            "command_id": r["command_id"],
+            "type": r["type"],
+            "renter_id": r["renter_id"],
+            "requested_by": r["requested_by"],
+            "reason": r["reason"],
+            "at": r["at"].isoformat(),
+            "outcome": r["outcome"],
+        }
+        for r in rows
+    ]

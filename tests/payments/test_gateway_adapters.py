@@ -234,6 +234,10 @@ async def test_the_registry_builds_the_enabled_gateways_from_settings(base: str)
     finally:
         await gateways.close()
     with pytest.raises(ConfigurationError, match="SETTLE_STRIPE_API_KEY"):
-        build_gateways(Settings(stripe_api_key=None, gateways_enabled="stripe"))
+        build_gateways(Settings(stripe_api_key=None), names=["stripe"])
+    # enabled but without a key: left out (and logged), the others still built
+    keyless = build_gateways(Settings(stripe_api_key=None, gateways_enabled="stripe,ledgerpay"))
+    assert sorted(keyless) == ["ledgerpay"]
+    await keyless.close()
     with pytest.raises(ConfigurationError, match="unknown gateway"):
         build_gateways(Settings(gateways_enabled="paypal"))

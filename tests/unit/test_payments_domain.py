@@ -204,3 +204,14 @@ def test_routing_prefers_health_then_cost_and_steers_around_open_circuits() -> N
         "x", kind="card", currency="USD", amount_minor=1, gateways=gws, health=even, tried=frozenset({"cheap"})
     )
     assert failover.gateway == "dear"
+
+
+def test_the_pci_scan_finds_luhn_valid_card_numbers_only() -> None:
+    from services.operations.pci import pans_in
+
+    assert pans_in("card 4242424242424242 on file") == ["424242…4242"]
+    assert pans_in("4000-0566-5566-5556 and 5555 5555 5555 4444") == ["400005…5556", "555555…4444"]
+    assert pans_in("4242424242424241") == []  # fails Luhn
+    assert pans_in("invoice INV-2026-000001, amount 1234567890123") == []  # fails Luhn
+    assert pans_in("0000000000000000") == []  # one repeated digit is padding, not a card
+    assert pans_in("tok_visa pm_card_visa 2026-02-16T00:00:00Z") == []

@@ -54,7 +54,7 @@ class CreditNoteFact:
     """Signed: negative credits the invoice, positive charges more."""
 
 
-MoneyInKind = Literal["receipt", "collection", "dispute_reversal"]
+MoneyInKind = Literal["receipt", "collection", "dispute_reversal", "dispute_loss"]
 MoneyOutKind = Literal["refund", "dispute"]
 
 
@@ -263,6 +263,7 @@ def allocate(
                 walk.credit += walk.spread(fact.source_id, fact.amount_minor, at, fact.reference)
             elif isinstance(fact, MoneyOut):
                 walk.money_out(fact)
+                walk.use_credit(at)  # Settle: a re-opened invoice is paid from credit balance like a new one
         if issued:
             walk.use_credit(at)
 

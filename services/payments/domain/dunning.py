@@ -40,8 +40,8 @@ def next_try_at(first_try_at: datetime, tries_made: int) -> datetime | None:
     return first_try_at + timedelta(days=RETRY_DAYS[tries_made - 1])
 
 
-def next_inquiry_after(inquiries_made: int) -> timedelta | None:
+def next_inquiry_after(inquiries_made: int, delays: tuple[timedelta, ...] = INQUIRY_DELAYS) -> timedelta | None:
     """How long after the last question to ask again; None: hand the attempt to an operator."""
-    if inquiries_made >= len(INQUIRY_DELAYS):
+    if inquiries_made >= len(delays):
         return None
-    return INQUIRY_DELAYS[inquiries_made]
+    return delays[inquiries_made]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+import structlog
+
 from libs.errors import ConfigurationError
 from libs.settings import Settings
 from services.payments.gateways.ledgerpay_adapter import LedgerPayGateway
@@ -16,6 +18,7 @@ from services.payments.gateways.port import Gateway
 from services.payments.gateways.stripe_adapter import StripeGateway
 
 KNOWN = ("stripe", "ledgerpay")
+log = structlog.get_logger("settle.payments")
 
 
 def build_gateway(name: str, settings: Settings) -> Gateway:
@@ -67,7 +70,14 @@ def enabled_names(settings: Settings) -> list[str]:
 
 def build_gateways(settings: Settings, names: list[str] | None = None) -> Gateways:
     """Every enabled gateway (or just ``names``). Adapters open their HTTP sessions on first use, so a
-    configuration error half-way leaves nothing open."""
-    return Gateways(
-        {name: build_gateway(name, settings) for name in (enabled_names(settings) if names is None else names)}
-    )
+    configuration error half-way leaves nothing open.
+
+    From the enabled list, Stripe without a key is left out (its setting says so: unset, no Stripe
+    gateway) and logged; asked for by name, it is an error. Attempts routed to a gateway that is not
+    built fail with ``gateway_not_configured`` (a definite error, so routing fails over)."""
+    if names is None:
+        names = enabled_names(settings)
+        if "stripe" in names and not settings.stripe_api_key:
+            log.warning("stripe is enabled but SETTLE_STRIPE_API_KEY is not set: no Stripe gateway")
+            names = [n for n in names if n != "stripe"]
+    return Gateways({name: build_gateway(name, settings) for name in names})

@@ -22,8 +22,8 @@ One handler for the batch (``usage.metered.v1``, ``contracts.v1``, ``wallets.v1`
   its charges with ``hour_start + 1h ≤ T`` and top-ups with ``time ≤ T`` in event-time order
   (``wallet_order_key``), post ``Dr wallet / Cr prepaid_applied``, emit ``wallet.drawn`` and the
   alerts and commands, then forward ``charges.watermark(T, p)``.
-* ``invoice.finalized`` (postpaid): R9 exposure = Σ amount due of the contract's finalized invoices
-  (rating sees no payments yet) + the exact charges of periods that have no finalized invoice; an
+* ``invoice.finalized`` (postpaid): R9 exposure = Σ amount still owed on the contract's finalized
+  invoices (``invoice.payment_status`` from payments lowers it by what was paid) + the exact charges of periods that have no finalized invoice; an
   invoice moves its period's charges from the second term to the first. Crossing the credit limit
   upward (on a charge or an invoice) emits ``credit.limit_exceeded`` and a suspend request; the
   charge is booked regardless.

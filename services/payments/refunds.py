@@ -1,0 +1,157 @@
+"""Refunds: money paid on an invoice given back — from a credit note on a paid invoice (R11) or an
+operator's ``settle payments refund`` — and sent to the card charge that paid it.
+
+The allocation (R11) decides *how much* comes back (never more than was paid on the invoice) and
+posts ``Dr renter unapplied / Cr renter refunds_payable``. This module turns each amount given back
+into one ``payments.refunds`` row, created once (its id derives from what caused it):
+
+* the invoice was paid by a collected charge → ``pending`` on that charge's gateway; the collector
+  sends it with the refund's own idempotency key (a resend after a crash cannot refund twice) and, on
+  success, posts ``Dr refunds_payable / Cr processor_clearing:<gateway>`` and publishes
+  ``payment.refunded``;
+* it was paid by a bank receipt (wire, ACH or SEPA credit, stablecoin) → ``manual``: finance pays it
+  back over the bank and it stays on ``settle payments list --refunds`` until then.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from domain.contracts import chart
+from libs.ids import derive_id
+from libs.ledger import ensure_accounts
+from libs.ledger.postings import build_entry, credit, debit
+from libs.messaging.consume import Tx
+from libs.money import minor_to_ledger
+from schemas import topics
+from schemas.events import PaymentEvent
+from services.payments.domain.allocation import Allocation
+from services.payments.gateways.port import RefundResult
+from services.payments.money import shown
+
+
+async def ensure_rows(conn: asyncpg.Connection, renter_id: str, currency: str, result: Allocation) -> int:
+    """One refund row per amount the allocation gives back (created once). Returns rows created."""
+    wanted: list[tuple[str, str, int, datetime, str]] = []
+    for app in result.credit_note_refunds:
+        wanted.append(
+            (derive_id("refund", app.source_id, app.invoice_number), app.invoice_number, app.amount_minor, app.at,
+             f"credit note {app.source_id} on a paid invoice")
+        )  # fmt: skip
+    taken = {a.source_id: a for a in result.applications if a.amount_minor < 0}
+    for source_id, amount in result.money_out_taken.items():
+        if not source_id.startswith("refund:") or amount <= 0:
+            continue
+        app = taken[source_id]
+        wanted.append((source_id.split(":", 1)[1], app.invoice_number, amount, app.at, "operator refund"))
+    created = 0
+    for refund_id, invoice_number, amount, at, reason in wanted:
+        charge = await conn.fetchrow(
+            """select a.attempt_id, a.gateway, a.charge_id from payments.applications ap
+                 join payments.attempts a on ap.source_id = 'attempt:' || a.attempt_id
+                where ap.renter_id = $1 and ap.invoice_number = $2 and ap.amount_minor >= $3
+                  and a.state = 'succeeded' and a.charge_id is not null
+                order by ap.amount_minor desc, a.attempt_id limit 1""",
+            renter_id,
+            invoice_number,
+            amount,
+        )
+        status = await conn.execute(
+            """insert into payments.refunds (refund_id, renter_id, currency, invoice_number, amount_minor, at, reason,
+                   attempt_id, gateway, idempotency_key, state, charge_id, message)
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) on conflict do nothing""",
+            refund_id,
+            renter_id,
+            currency,
+            invoice_number,
+            amount,
+            at,
+            reason,
+            charge["attempt_id"] if charge else None,
+            charge["gateway"] if charge else None,
+            derive_id("idempotency", "refund", refund_id),
+            "pending" if charge else "manual",
+            charge["charge_id"] if charge else None,
+            "" if charge else "paid by a bank receipt: refund it over the bank",
+        )
+        created += int(status.endswith("1"))
+    return created
+
+
+async def claim(pool: asyncpg.Pool, stale_after_s: float, limit: int = 100) -> list[asyncpg.Record]:
+    """Refunds to send: ``pending`` ones, and ``sending`` ones a crash or a timeout left behind (sent
+    again with the *same* idempotency key: the processor refunds once)."""
+    async with pool.acquire() as conn:
+        return list(
+            await conn.fetch(
+                """update payments.refunds set state = 'sending', sent_at = now()
+                    where refund_id in (select refund_id from payments.refunds
+                                         where state = 'pending'
+                                            or (state = 'sending' and sent_at < now() - make_interval(secs => $1))
+                                         order by created_at limit $2 for update skip locked)
+                returning *""",
+                stale_after_s,
+                limit,
+            )
+        )
+
+
+async def record(tx: Tx, refund: asyncpg.Record, result: RefundResult) -> str:
+    """Commit a gateway's answer to a refund; unknown: left ``sending`` (asked again, same key)."""
+    conn = tx.conn
+    row = await conn.fetchrow("select * from payments.refunds where refund_id = $1 for update", refund["refund_id"])
+    assert row is not None
+    if row["state"] != "sending" or result.outcome == "unknown":
+        return str(row["state"])
+    if result.outcome != "succeeded":
+        await conn.execute(
+            "update payments.refunds set state = 'failed', message = $2 where refund_id = $1",
+            row["refund_id"],
+            f"{result.outcome}: {result.code or result.message}"[:500],
+        )
+        return "failed"
+    await conn.execute(
+        "update payments.refunds set state = 'succeeded', processor_id = $2, message = '' where refund_id = $1",
+        row["refund_id"],
+        result.refund_id,
+    )
+    currency = row["currency"]
+    specs = [chart.refunds_payable(row["renter_id"], currency), chart.processor_clearing(row["gateway"], currency)]
+    units = minor_to_ledger(row["amount_minor"], currency)
+    entry = build_entry(
+        id=derive_id("payments.refunded", row["refund_id"]),
+        cause_id=row["refund_id"],
+        kind="payments.refunded",
+        occurred_at=row["at"],
+        description=f"refund {row['refund_id']} of {row['invoice_number']} ({row['reason']})",
+        postings=[debit(specs[0].code, units, currency), credit(specs[1].code, units, currency)],
+    )
+    assert entry is not None
+    await ensure_accounts(conn, specs)
+    tx.post(entry)
+    emit(tx, "payment.refunded", dict(row), reason=row["reason"])
+    return "succeeded"
+
+
+def emit(tx: Tx, type: str, row: dict[str, Any], *, reason: str) -> None:
+    tx.emit(
+        topics.PAYMENTS,
+        key=row["renter_id"],
+        type=type,
+        time=row["at"],
+        cause=None,
+        event_id=derive_id(type, row["refund_id"]),
+        data=PaymentEvent(
+            payment_id=row["refund_id"],
+            renter_id=row["renter_id"],
+            currency=row["currency"],
+            amount=shown(row["amount_minor"], row["currency"]),
+            invoice_number=row["invoice_number"],
+            gateway=row["gateway"],
+            at=row["at"],
+            reason=reason[:500],
+        ),
+    )

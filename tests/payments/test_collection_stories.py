@@ -1,0 +1,219 @@
+"""R14 collection as a billing story: Kafka, PostgreSQL, the payments worker and ``settle fakepsp``
+over HTTP, with the real Stripe and LedgerPay adapters.
+
+Renters' cards are the fake processor's scripted tokens, so each renter is one R14 case: paid on the
+due date, a soft decline paid on retry, a hard decline that stops until the method changes, a 5xx
+that fails over to the other gateway, an unknown outcome resolved by inquiry (never by a new charge),
+and dunning exhausted → past due and a suspend request. At the end the charges are counted at the
+processor: one per invoice collected, none twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from libs.ledger import verify
+from schemas import topics
+from schemas.inputs import ClockTicked, PaymentMethodEvent
+from services.payments.main import SERVICE as PAYMENTS
+from tests.conftest import Stack
+from tests.fleet import event_bytes, publish, read_topic, running, wait_until
+from tests.integration.test_payments_service import FEB, invoice
+from tests.payments.processes import admin, fakepsp
+
+pytestmark = pytest.mark.integration
+
+DUE = FEB + timedelta(days=15)
+RENTERS = {
+    "rnt-ok": "tok_visa",
+    "rnt-soft": "tok_chain_soft_ok",
+    "rnt-hard": "tok_stolen",
+    "rnt-5xx": "tok_chain_500_then_ok",
+    "rnt-dun": "tok_insufficient_funds",
+    "rnt-unk": "tok_timeout_after_charge",
+}
+
+
+def method(renter: str, token: str, method_id: str) -> PaymentMethodEvent:
+    return PaymentMethodEvent(
+        renter_id=renter, method_id=method_id, kind="card", gateway_token=token, currency="USD", default=True
+    )
+
+
+async def _tick(stack: Stack, at: datetime) -> None:
+    await publish(
+        stack,
+        [(topics.CLOCK_TICKS, "clock", event_bytes("clock.ticked", ClockTicked(at=at), id=f"tick-{at:%m%d}", time=at))],
+    )
+
+    async def quiet() -> bool:
+        async with stack.pool.acquire() as conn:
+            now = await conn.fetchval("select at from payments.clock where id = 1")
+            busy = await conn.fetchval("select count(*) from payments.attempts where state in ('pending', 'sending')")
+        return now is not None and now >= at and busy == 0
+
+    await wait_until(quiet, timeout_s=60, what=f"the tick {at} and its attempts")
+
+
+async def _intents(stack: Stack) -> dict[str, dict[str, Any]]:
+    async with stack.pool.acquire() as conn:
+        rows = await conn.fetch("select * from payments.intents")
+    return {r["renter_id"]: dict(r) for r in rows}
+
+
+async def _attempts(stack: Stack, renter: str) -> list[dict[str, Any]]:
+    async with stack.pool.acquire() as conn:
+        rows = await conn.fetch(
+            """select a.* from payments.attempts a join payments.intents t using (intent_id)
+                where t.renter_id = $1 order by a.try_no, a.call_no""",
+            renter,
+        )
+    return [dict(r) for r in rows]
+
+
+async def test_r14_collects_each_invoice_once_through_declines_errors_and_unknown_outcomes(stack: Stack) -> None:
+    with fakepsp("--hang-ms", "4000") as base:
+        settings = stack.settings.model_copy(
+            update={
+                "stripe_api_base": base,
+                "stripe_api_key": "sk_test_settle",
+                "ledgerpay_api_base": base + "/ledgerpay",
+                "gateway_timeout_s": 1.0,
+            }
+        )
+        story = dataclasses.replace(stack, settings=settings)
+        items: list[tuple[Any, str, bytes]] = []
+        for n, (renter, token) in enumerate(RENTERS.items(), start=1):
+            m = method(renter, token, f"pm-{renter}")
+            items.append(
+                (topics.PAYMENT_METHODS, renter, event_bytes("payment_method.attached", m, id=f"m-{renter}", time=FEB))
+            )
+            inv = invoice(
+                f"INV-2026-{n:06d}", f"ctr-{renter}", renter, due="100.00", start=FEB - timedelta(days=31), end=FEB
+            )
+            items.append(
+                (
+                    topics.INVOICES_FINALIZED,
+                    inv.contract_id,
+                    event_bytes("invoice.finalized", inv, id=f"i-{renter}", time=FEB),
+                )
+            )
+        async with running(story, [PAYMENTS]):
+            await publish(story, items)
+
+            async def stored() -> bool:
+                async with stack.pool.acquire() as conn:
+                    return await conn.fetchval("select count(*) from payments.invoices") == len(RENTERS)
+
+            await wait_until(stored, what="invoices stored")
+            await _tick(story, DUE)
+            intents = await _intents(story)
+            assert intents["rnt-ok"]["state"] == "succeeded"
+            assert intents["rnt-hard"]["state"] == "hard_declined"
+            assert intents["rnt-soft"]["state"] == "waiting_retry"
+            assert intents["rnt-soft"]["next_try_at"] == DUE + timedelta(days=1)
+            assert intents["rnt-5xx"]["state"] == "succeeded"
+            failover = await _attempts(story, "rnt-5xx")
+            assert [(a["try_no"], a["call_no"], a["state"]) for a in failover] == [(1, 1, "error"), (1, 2, "succeeded")]
+            assert failover[0]["gateway"] != failover[1]["gateway"], "a definite 5xx fails over to another gateway"
+            unknown = await _attempts(story, "rnt-unk")
+            assert [a["state"] for a in unknown] == ["unknown"], "a timeout after sending is unknown, never retried"
+
+            # The wall clock moves on to the first inquiry (R14: after 1 min): the processor has the charge.
+            async with story.pool.acquire() as conn:
+                await conn.execute("update payments.attempts set next_inquiry_at = now() where state = 'unknown'")
+
+            async def inquired() -> bool:
+                return [a["state"] for a in await _attempts(story, "rnt-unk")] == ["succeeded"]
+
+            await wait_until(inquired, timeout_s=60, what="the unknown attempt resolved by inquiry")
+
+            # Dunning: day 1, 3, 5, 7, 10 and 14 after the first try.
+            for day in (1, 3, 5, 7, 10, 14):
+                await _tick(story, DUE + timedelta(days=day))
+            intents = await _intents(story)
+            assert intents["rnt-soft"]["state"] == "succeeded"
+            assert intents["rnt-dun"]["state"] == "past_due"
+            assert intents["rnt-dun"]["tries"] == 7
+            assert intents["rnt-hard"]["state"] == "hard_declined"
+            assert len(await _attempts(story, "rnt-hard")) == 1, "a hard decline stops retries"
+
+            # A new default method lifts the hard decline's stop; the next tick collects.
+            fresh = method("rnt-hard", "tok_visa", "pm-new")
+            later = DUE + timedelta(days=20)
+            await publish(
+                story,
+                [
+                    (
+                        topics.PAYMENT_METHODS,
+                        "rnt-hard",
+                        event_bytes("payment_method.attached", fresh, id="m-new", time=later),
+                    )
+                ],
+            )
+
+            async def method_seen() -> bool:
+                return (await _intents(story))["rnt-hard"]["state"] != "hard_declined"
+
+            await wait_until(method_seen, what="the new method to lift the stop")
+            await _tick(story, later + timedelta(hours=1))
+            assert (await _intents(story))["rnt-hard"]["state"] == "succeeded"
+            stats = await admin(base, "GET", "/_admin/stats")
+
+        statuses = _latest(await read_topic(story, topics.INVOICE_PAYMENTS))
+        events = [orjson.loads(r.value) for r in await read_topic(story, topics.PAYMENTS)]
+        commands = [orjson.loads(r.value) for r in await read_topic(story, topics.PLATFORM_COMMANDS)]
+        async with story.pool.acquire() as conn:
+            succeeded = await conn.fetch("select attempt_id from payments.attempts where state = 'succeeded'")
+            report = await verify(conn)
+
+    collected = {"rnt-ok", "rnt-soft", "rnt-hard", "rnt-5xx", "rnt-unk"}
+    assert {s["renter_id"]: s["status"] for s in statuses.values()} == {
+        **{r: "paid" for r in collected},
+        "rnt-dun": "past_due",
+    }
+    # At the processor: exactly one charge per collected invoice, and per succeeded attempt.
+    assert stats["charges"] == len(collected) == len(succeeded)
+    assert all(n == 1 for n in stats["charges_by_attempt"].values()), stats["charges_by_attempt"]
+    assert set(stats["charges_by_attempt"]) == {r["attempt_id"] for r in succeeded}
+    kinds = Counter(e["type"] for e in events)
+    assert kinds["payment.succeeded"] == len(collected)
+    assert kinds["invoice.past_due"] == 1
+    suspends = [c for c in commands if c["type"] == "platform.suspend_requested"]
+    assert [(c["data"]["contract_id"], c["data"]["reason"]) for c in suspends] == [("ctr-rnt-dun", "payment_past_due")]
+    assert report.ok, report
+    await _no_card_numbers_anywhere(story)
+
+
+async def _no_card_numbers_anywhere(stack: Stack) -> None:
+    """PCI posture: tokens only. Every table and every topic of the run holds nothing that looks like a
+    card number and passes Luhn — and the scan does find one planted on purpose."""
+    from schemas.topics import REGISTRY
+    from services.operations import pci
+
+    findings = []
+    for topic in REGISTRY:
+        records = await read_topic(stack, topic)
+        findings += pci.scan_records(topic.name, [r.value for r in records])
+    async with stack.pool.acquire() as conn:
+        findings += await pci.scan_database(conn)
+        assert findings == [], findings
+        await conn.execute("create table public.pci_canary (note jsonb)")
+        await conn.execute("""insert into public.pci_canary values ('{"card": "4242 4242 4242 4242"}')""")
+        planted = await pci.scan_database(conn)
+    assert [(f.where, f.masked) for f in planted] == [("public.pci_canary.note", "424242…4242")]
+
+
+def _latest(records: list[Any]) -> dict[str, dict[str, Any]]:
+    best: dict[str, dict[str, Any]] = {}
+    for record in records:
+        data = orjson.loads(record.value)["data"]
+        if data["revision"] > best.get(data["number"], {}).get("revision", 0):
+            best[data["number"]] = data
+    return best

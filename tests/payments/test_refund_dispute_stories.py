@@ -1,0 +1,258 @@
+"""Money going back, as a billing story over Kafka, PostgreSQL and ``settle fakepsp``: a credit note
+on a paid invoice refunded to the card, an operator refund of a wire (manual) and one refused for
+being more than was paid, a dispute opened and lost, a receipt moved to the right renter, and an
+operator retry after a hard decline. Amounts are checked on the invoices, the ledger and at the
+processor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from domain.contracts import chart
+from libs.ledger import balances, verify
+from libs.money import minor_to_ledger
+from schemas import topics
+from schemas.events import AdjustmentLine, CreditNoteIssued, PaymentCommand, ProcessorEventReceived
+from services.payments import read_model
+from services.payments.main import SERVICE as PAYMENTS
+from tests.conftest import Stack
+from tests.fleet import event_bytes, publish, read_topic, running, wait_until
+from tests.integration.test_payments_service import FEB, invoice, receipt
+from tests.payments.processes import admin, fakepsp
+from tests.payments.test_collection_stories import _tick, method
+
+pytestmark = pytest.mark.integration
+
+DUE = FEB + timedelta(days=15)
+LATER = DUE + timedelta(days=2)
+
+
+def command(type_: str, n: int, **fields: Any) -> tuple[Any, str, bytes]:
+    data = PaymentCommand(command_id=f"cmd-{n}", requested_by="finance@test", reason="story", **fields)
+    return (topics.PAYMENT_COMMANDS, data.renter_id, event_bytes(type_, data, id=f"cmd-{n}", time=LATER))
+
+
+async def _status(stack: Stack, number: str) -> dict[str, Any]:
+    async with stack.pool.acquire() as conn:
+        row = await conn.fetchrow("select * from payments.invoice_status where number = $1", number)
+    assert row is not None, number
+    return dict(row)
+
+
+async def test_refunds_disputes_receipts_and_operator_commands(stack: Stack) -> None:
+    with fakepsp() as base:
+        settings = stack.settings.model_copy(
+            update={
+                "stripe_api_base": base,
+                "stripe_api_key": "sk_test_settle",
+                "ledgerpay_api_base": base + "/ledgerpay",
+            }
+        )
+        story = dataclasses.replace(stack, settings=settings)
+        start, end = FEB - timedelta(days=31), FEB
+        invoices = {
+            "card": invoice("INV-2026-000001", "ctr-card", "rnt-card", due="100.00", start=start, end=end),
+            "wire": invoice("INV-2026-000002", "ctr-wire", "rnt-wire", due="50.00", start=start, end=end),
+            "disp": invoice("INV-2026-000003", "ctr-disp", "rnt-disp", due="80.00", start=start, end=end),
+            "hard": invoice("INV-2026-000004", "ctr-hard", "rnt-hard", due="60.00", start=start, end=end),
+        }
+        items: list[tuple[Any, str, bytes]] = [
+            (topics.INVOICES_FINALIZED, i.contract_id, event_bytes("invoice.finalized", i, id=f"i-{k}", time=FEB))
+            for k, i in invoices.items()
+        ]
+        for renter, token in (("rnt-card", "tok_visa"), ("rnt-disp", "tok_visa"), ("rnt-hard", "tok_chain_hard_ok")):
+            m = method(renter, token, f"pm-{renter}")
+            items.append(
+                (topics.PAYMENT_METHODS, renter, event_bytes("payment_method.attached", m, id=f"m-{renter}", time=FEB))
+            )
+        wire = receipt("rnt-wire", "w-1", "50.00", FEB + timedelta(days=3), reference="INV-2026-000002")
+        stray = receipt("rnt-nobody", "w-2", "20.00", FEB + timedelta(days=4))
+        for n, r in enumerate((wire, stray)):
+            items.append(
+                (
+                    topics.PAYMENTS_RECEIVED,
+                    r.renter_id,
+                    event_bytes("payment.received", r, id=f"r-{n}", time=r.received_at),
+                )
+            )
+        async with running(story, [PAYMENTS]):
+            await publish(story, items)
+
+            async def stored() -> bool:
+                async with stack.pool.acquire() as conn:
+                    return await conn.fetchval("select count(*) from payments.invoices") == len(invoices)
+
+            await wait_until(stored, what="invoices stored")
+            await _tick(story, DUE)
+            assert (await _status(story, "INV-2026-000001"))["status"] == "paid"
+            assert (await _status(story, "INV-2026-000003"))["status"] == "paid"
+            assert (await _status(story, "INV-2026-000004"))["status"] == "open"  # hard decline
+
+            async with story.pool.acquire() as conn:
+                charge_id = await conn.fetchval(
+                    """select a.charge_id from payments.attempts a join payments.intents t using (intent_id)
+                        where t.renter_id = 'rnt-disp' and a.state = 'succeeded'"""
+                )
+            note = CreditNoteIssued(
+                credit_note_id="cn-1",
+                number="CN-2026-000001",
+                contract_id="ctr-card",
+                renter_id="rnt-card",
+                currency="USD",
+                invoice_number="INV-2026-000001",
+                adjustment_lines=[
+                    AdjustmentLine(period_start=start, period_end=end, kind="usage", amount=Decimal("-30.00"))
+                ],
+                subtotal=Decimal("-30.00"),
+                tax=Decimal("0.00"),
+                total=Decimal("-30.00"),
+                issued_at=LATER,
+            )
+            opened = ProcessorEventReceived(
+                gateway="stripe" if charge_id.startswith("ch_") or charge_id.startswith("pi_") else "ledgerpay",
+                processor_event_id="evt-d1",
+                processor_type="charge.dispute.created",
+                object_type="dispute",
+                object_id="dp_1",
+                charge_id=charge_id,
+                amount_minor=8000,
+                currency="USD",
+                status="needs_response",
+                dispute_id="dp_1",
+                dispute_reason="fraudulent",
+                dispute_status="needs_response",
+                occurred_at=LATER,
+            )
+            async with story.pool.acquire() as conn:
+                gateway = await conn.fetchval("select gateway from payments.attempts where charge_id = $1", charge_id)
+            opened = opened.model_copy(update={"gateway": gateway})
+            lost = opened.model_copy(
+                update={
+                    "processor_event_id": "evt-d2",
+                    "processor_type": "charge.dispute.closed",
+                    "status": "lost",
+                    "dispute_status": "lost",
+                }
+            )
+            await publish(
+                story,
+                [
+                    (
+                        topics.CREDIT_NOTES_ISSUED,
+                        "ctr-card",
+                        event_bytes("credit_note.issued", note, id="cn-1", time=LATER),
+                    ),
+                    (
+                        topics.PROCESSOR_EVENTS,
+                        charge_id,
+                        event_bytes("processor.dispute_opened", opened, id="pe-1", time=LATER),
+                    ),
+                    command(
+                        "payment.refund_requested",
+                        1,
+                        renter_id="rnt-wire",
+                        currency="USD",
+                        invoice_number="INV-2026-000002",
+                        amount=Decimal("20.00"),
+                    ),
+                    command(
+                        "payment.refund_requested",
+                        2,
+                        renter_id="rnt-card",
+                        currency="USD",
+                        invoice_number="INV-2026-000001",
+                        amount=Decimal("500.00"),
+                    ),
+                    command(
+                        "payment.retry_requested",
+                        3,
+                        renter_id="rnt-hard",
+                        currency="USD",
+                        invoice_number="INV-2026-000004",
+                    ),
+                ],
+            )
+
+            async def effects() -> bool:
+                async with story.pool.acquire() as conn:
+                    done = await conn.fetchval("select count(*) from payments.commands where outcome <> 'received'")
+                    refunded = await conn.fetchval("select count(*) from payments.refunds where state = 'succeeded'")
+                    disputes = await conn.fetchval("select count(*) from payments.disputes")
+                    busy = await conn.fetchval(
+                        "select count(*) from payments.attempts where state in ('pending', 'sending')"
+                    )
+                return done == 3 and refunded == 1 and disputes == 1 and busy == 0
+
+            await wait_until(effects, timeout_s=60, what="the credit note refunded, the dispute, the commands")
+            assert (await _status(story, "INV-2026-000003"))["status"] == "open", "a dispute takes the payment back"
+            await publish(
+                story,
+                [
+                    (
+                        topics.PROCESSOR_EVENTS,
+                        charge_id,
+                        event_bytes("processor.dispute_closed", lost, id="pe-2", time=LATER),
+                    ),
+                    (
+                        topics.PROCESSOR_EVENTS,
+                        charge_id,
+                        event_bytes("processor.dispute_closed", lost, id="pe-2", time=LATER),
+                    ),
+                    command(
+                        "receipt.apply_requested",
+                        4,
+                        renter_id="rnt-nobody",
+                        currency="USD",
+                        receipt_id="w-2",
+                        to_renter_id="rnt-wire",
+                        reference="INV-2026-000002",
+                    ),
+                ],
+            )
+
+            async def closed() -> bool:
+                async with story.pool.acquire() as conn:
+                    lost_ = await conn.fetchval("select count(*) from payments.disputes where state = 'lost'")
+                    moved = await conn.fetchval(
+                        "select count(*) from payments.commands where command_id = 'cmd-4' and outcome like 'moved%'"
+                    )
+                return lost_ == 1 and moved == 1
+
+            await wait_until(closed, timeout_s=60, what="the dispute lost and the receipt moved")
+            stats = await admin(base, "GET", "/_admin/stats")
+
+        async with story.pool.acquire() as conn:
+            outcomes = {r["command_id"]: r["outcome"] for r in await read_model.commands(conn)}
+            refunds = {r["invoice_number"]: r for r in await read_model.refunds(conn)}
+            card, wire_inv, disp, hard = [await _status(story, f"INV-2026-00000{n}") for n in (1, 2, 3, 4)]
+            ledger = {b.code: b.balance_units for b in await balances(conn)}
+            report = await verify(conn)
+        events = [orjson.loads(r.value) for r in await read_topic(story, topics.PAYMENTS)]
+
+    # A credit note of 30.00 on a paid 100.00 invoice: amount due 70.00, paid 70.00, 30.00 back to the card.
+    assert (card["amount_due_minor"], card["paid_minor"], card["status"]) == (7000, 7000, "paid")
+    assert refunds["INV-2026-000001"]["state"] == "succeeded" and refunds["INV-2026-000001"]["amount"] == "30.00"
+    assert stats["refunds"] == 1
+    # The wire: 20.00 given back by hand (manual), then the stray 20.00 receipt, moved to this renter, pays it again.
+    assert refunds["INV-2026-000002"]["state"] == "manual" and refunds["INV-2026-000002"]["amount"] == "20.00"
+    assert (wire_inv["paid_minor"], wire_inv["status"]) == (5000, "paid")
+    assert outcomes["cmd-2"].startswith("refused"), outcomes
+    # The dispute lost: the 80.00 is written off to dispute losses, so the invoice is not dunned again.
+    assert (disp["paid_minor"], disp["status"]) == (8000, "paid")
+    # The operator's retry after the hard decline: tok_chain_hard_ok succeeds on the second charge.
+    assert outcomes["cmd-3"].startswith("retry started"), outcomes
+    assert hard["status"] == "paid"
+    types = [e["type"] for e in events]
+    assert types.count("payment.refunded") == 1
+    assert types.count("payment.disputed") == 1
+    assert types.count("payment.dispute_closed") == 1
+    assert report.ok, report
+    # The processor took 80.00 and a 15.00 fee; the loss and the fee are the platform's.
+    assert ledger[chart.dispute_losses("USD").code] == minor_to_ledger(8000 + 1500, "USD")
