@@ -34,7 +34,7 @@ class PostgresLedgerSource:
         until = datetime.combine(through + timedelta(days=1), time(0), UTC)
         rows = await self._conn.fetch(
             """
-            select e.id, e.cause_id, e.kind, e.occurred_at, p.account, a.currency, p.amount
+            select e.id, e.cause_id, e.kind, e.occurred_at, e.description, p.account, a.currency, p.amount
               from ledger.postings p
               join ledger.entries e on e.id = p.entry_id
               join ledger.accounts a on a.code = p.account
@@ -46,7 +46,14 @@ class PostgresLedgerSource:
         )
         return [
             LedgerPosting(
-                r["id"], r["cause_id"], r["kind"], r["occurred_at"], r["account"], r["currency"], int(r["amount"])
+                r["id"],
+                r["cause_id"],
+                r["kind"],
+                r["occurred_at"],
+                r["account"],
+                r["currency"],
+                int(r["amount"]),
+                r["description"],
             )
             for r in rows
         ]

@@ -330,3 +330,22 @@ def test_a_matched_set_stays_matched_under_shuffles(
         rnd.shuffle(ledger_side)
         rnd.shuffle(bank_side)
         assert reconcile(ledger_side, [], bank_side, as_of=as_of, window_days=window) == result
+
+
+def test_a_dispute_matches_by_the_processor_dispute_id_in_the_entry_and_its_fee_is_not_posted_twice() -> None:
+    at = datetime(2026, 12, 2, 9, tzinfo=UTC)
+    clearing = "platform:processor_clearing:stripe:USD"
+    text = "dispute dp_fake00000003 on INV-2026-000001 (fraudulent)"
+    postings = [
+        LedgerPosting("e-w", "evt-9", "payments.dispute_withdrawn", at, clearing, "USD", -10_000_000_000, text),
+        LedgerPosting("e-f", "evt-9", "payments.dispute_fee", at, clearing, "USD", -1_500_000_000, text + ": fee"),
+    ]
+    line = ProcessorLine("stripe", "txn_9", "dispute", "dp_fake00000003", -10_000, 1_500, -11_500, "USD", at, at)
+    processor_side = processor_record(line)
+    assert processor_side is not None
+    result = reconcile(ledger_records(postings), [processor_side], [], as_of=date(2026, 12, 20))
+    assert [(m.how, [r.source_id for r in m.records]) for m in result.matches] == [
+        ("reference", ["e-w:" + clearing, "stripe:txn_9"])
+    ]
+    assert result.breaks == ()
+    assert report_entries([line]) == ([], [])  # payments posted the dispute fee from the webhook

@@ -4,7 +4,8 @@ Pure: a processor's balance transactions in, journal entries out; the CLI posts 
 (``settle processor import``), once — entry ids and causes derive from the gateway and the line id, so a
 second import builds the same entries and the ledger's unique (cause, kind) refuses a second posting.
 
-* a line's fee ``f`` (charges 2.9 % + 30, disputes 1,500…; negative when the processor gives a fee back)::
+* a line's fee ``f`` (charges 2.9 % + 30…; negative when the processor gives a fee back) — except a
+  dispute's fee, which the payments service posts from the dispute webhook (``payments.dispute_fee``)::
 
       Dr platform processor_fees:<gateway>   f      Cr platform processor_clearing:<gateway>   f
 
@@ -33,6 +34,9 @@ from libs.money import minor_to_ledger
 FEE_KIND = "reconcile.processor_fee"
 PAYOUT_KIND = "reconcile.processor_payout"
 REPORT_KINDS = (FEE_KIND, PAYOUT_KIND)
+FEES_LEDGERED_ELSEWHERE = frozenset({"dispute"})
+"""Line types whose fee the payments service posts itself (``payments.dispute_fee``, from the
+processor's dispute webhook): the report must not post it a second time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +74,7 @@ def report_entries(lines: Iterable[ProcessorLine]) -> tuple[list[Entry], list[Ac
     specs: dict[str, AccountSpec] = {}
     for line in sorted(lines, key=lambda x: (x.gateway, x.txn_id)):
         clearing = chart.processor_clearing(line.gateway, line.currency)
-        if line.fee_minor:
+        if line.fee_minor and line.type not in FEES_LEDGERED_ELSEWHERE:
             fees = chart.processor_fees(line.gateway, line.currency)
             units = minor_to_ledger(line.fee_minor, line.currency)
             entry = build_entry(

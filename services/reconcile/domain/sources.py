@@ -23,7 +23,10 @@
   ===============================================  ============  ===================================
 
   A posting's references are its entry's cause id (our attempt id for a collection, the payout id for
-  a payout) and, for the report's entries (``<gateway>:<processor id>``), the processor id alone.
+  a payout), the id-like words of its description (the processor's dispute id in ``dispute dp_… on
+  INV-…``) and, for the report's entries (``<gateway>:<processor id>``), the processor id alone.
+  Payments' dispute fees (``payments.dispute_fee``) are skipped like the report's fee entries: the
+  processor reports them inside its dispute line, not as a movement of their own.
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ class LedgerPosting:
     currency: str
     amount_units: int
     """Ledger units, debit positive."""
+    description: str = ""
+    """The entry's description: its id-like words are references too (``dispute dp_… on INV-…``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +154,9 @@ class LedgerRule:
 
 LEDGER_RULES: tuple[LedgerRule, ...] = (
     LedgerRule("platform:cash_clearing:", "bank"),
-    LedgerRule("platform:processor_clearing:", "processor", skip_kinds=REPORT_KINDS),
+    # Fees are checked where they are ledgered (the report's own entries; payments' dispute fees come from
+    # the processor's dispute webhook and are part of its dispute line): never matched as movements.
+    LedgerRule("platform:processor_clearing:", "processor", skip_kinds=(*REPORT_KINDS, "payments.dispute_fee")),
     LedgerRule("platform:payouts_in_transit:", "bank", net_kinds=("payout.planned", "payout.held", "payout.released")),
 )
 
@@ -165,7 +172,7 @@ def _minor(units: int) -> int:
 
 
 def _references(posting: LedgerPosting) -> tuple[str, ...]:
-    refs = [posting.cause_id]
+    refs = [posting.cause_id, *reference_tokens(posting.description)]
     if posting.kind in REPORT_KINDS and ":" in posting.cause_id:
         refs.append(posting.cause_id.split(":", 1)[1])
     return normalize_references(refs)
