@@ -40,7 +40,7 @@ A break's age is in calendar days from its oldest record's date to the reconcili
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -187,12 +187,14 @@ def normalize_references(values: Iterable[str | None]) -> tuple[str, ...]:
     """Stripped, case-folded, without empties or the ISO placeholder ``NOTPROVIDED``; sorted, unique."""
     found = {v.strip().casefold() for v in values if v and v.strip()}
     found.discard("notprovided")
-    return tuple(sorted(found))
+    return tuple(sorted(found)) if len(found) > 1 else tuple(found)
 
 
 def reference_tokens(text: str) -> tuple[str, ...]:
     """Words of a free text that look like ids (≥ 8 characters with a digit): a bank's remittance text
     often carries our payout id or the processor's payout id (``STRIPE PAYOUT po_1N…``)."""
+    if not text:
+        return ()
     words = text.replace(",", " ").replace(";", " ").replace("/", " ").split()
     return tuple(w for w in words if len(w) >= 8 and any(c.isdigit() for c in w))
 
@@ -402,15 +404,21 @@ def reconcile(
 
 
 def _totals(matches: Sequence[Match], breaks: Sequence[Break]) -> dict[tuple[Source, str], SourceTotals]:
-    counts: dict[tuple[Source, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    matched: Counter[tuple[Source, str]] = Counter()
+    matched_minor: Counter[tuple[Source, str]] = Counter()
+    unmatched: Counter[tuple[Source, str]] = Counter()
+    unmatched_minor: Counter[tuple[Source, str]] = Counter()
     for m in matches:
         for r in m.records:
-            c = counts[(r.source, r.currency)]
-            c[0] += 1
-            c[1] += r.amount_minor
+            key = (r.source, r.currency)
+            matched[key] += 1
+            matched_minor[key] += r.amount_minor
     for b in breaks:
         for r in b.records:
-            c = counts[(r.source, r.currency)]
-            c[2] += 1
-            c[3] += r.amount_minor
-    return {key: SourceTotals(*values) for key, values in sorted(counts.items())}
+            key = (r.source, r.currency)
+            unmatched[key] += 1
+            unmatched_minor[key] += r.amount_minor
+    return {
+        key: SourceTotals(matched[key], matched_minor[key], unmatched[key], unmatched_minor[key])
+        for key in sorted(matched.keys() | unmatched.keys())
+    }

@@ -226,7 +226,7 @@ def ledger_records(postings: Iterable[LedgerPosting], rules: Iterable[LedgerRule
                 direction="in" if minor > 0 else "out",
                 references=normalize_references([payout_id]),
                 counterpart=rule.counterpart,
-                kind=sorted({p.kind for p in group})[0],
+                kind=min(p.kind for p in group),
                 note=f"payout {payout_id} · {account} ({len(group)} entr{'y' if len(group) == 1 else 'ies'})",
             )
         )
