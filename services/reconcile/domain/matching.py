@@ -244,18 +244,26 @@ def _pair(
     for i, rec in enumerate(left):
         if not rec.references:
             continue
-        candidates = {j for ref in rec.references for j in by_reference.get(ref, ()) if not taken_right[j]}
-        candidates = {j for j in candidates if right[j].direction == rec.direction}
+        found = (
+            by_reference.get(rec.references[0], ())
+            if len(rec.references) == 1
+            else {j for ref in rec.references for j in by_reference.get(ref, ())}
+        )
+        candidates = [j for j in found if not taken_right[j] and right[j].direction == rec.direction]
         if not candidates:
             continue
-        best = min(
-            candidates,
-            key=lambda j: (
-                right[j].currency != rec.currency,
-                right[j].amount_minor != rec.amount_minor,
-                business_days_between(right[j].on, rec.on),
-                j,
-            ),
+        best = (
+            candidates[0]
+            if len(candidates) == 1
+            else min(
+                candidates,
+                key=lambda j: (
+                    right[j].currency != rec.currency,
+                    right[j].amount_minor != rec.amount_minor,
+                    business_days_between(right[j].on, rec.on),
+                    j,
+                ),
+            )
         )
         other = right[best]
         taken_left[i] = taken_right[best] = True
