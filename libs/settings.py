@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     webhooks_port: int = Field(default=9410, ge=0, description="Port of the webhook endpoint (`settle run webhooks`).")
     webhooks_host: str = Field(default="0.0.0.0", description="Address the webhook endpoint listens on.")
     fakepsp_port: int = Field(default=12111, ge=0, description="Port of `settle fakepsp` (the fake processor).")
+    reconcile_window_days: int = Field(
+        default=3,
+        ge=0,
+        le=60,
+        description="R17: business days two dates of one movement may differ; older unmatched records are breaks.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -1463,3 +1463,124 @@ def _count(values: Any) -> dict[str, int]:
     from collections import Counter
 
     return dict(Counter(str(v) for v in values))
+
+
+# ----------------------------------------------------------------------------------------- reconcile
+
+
+def _reconcile_inputs(lines: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """Deterministic inputs: ``lines`` bank lines and the ledger postings and processor lines they answer.
+
+    Per 10 lines: 6 supplier payouts (ledger ``payout.planned`` on payouts in transit, bank debit with the
+    payout id as end-to-end id), 3 receipts by wire (ledger cash clearing 0–2 days before the bank, no
+    shared reference: matched by amount and date), 1 processor payout (ledger entry from the report,
+    processor payout line, bank credit naming it: three-way). Breaks planted: every 997th bank line has
+    no ledger movement, every 1,009th payout is ledgered one cent off, and one ledger receipt in 1,013
+    never reaches the bank."""
+    from services.reconcile.domain.entries import PAYOUT_KIND, ProcessorLine
+    from services.reconcile.domain.sources import BankEntry, LedgerPosting
+
+    start = date(2026, 11, 2)
+    bank: list[BankEntry] = []
+    ledger: list[LedgerPosting] = []
+    processor: list[ProcessorLine] = []
+    transit, cash = "platform:payouts_in_transit:USD", "platform:cash_clearing:USD"
+    for k in range(lines):
+        amount = 100 + (k * 7919) % 5_000_000
+        day = start + timedelta(days=k % 28)
+        moment = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        kind = k % 10
+        if kind < 6:
+            ref = f"po-{k:08d}"
+            bank.append(BankEntry(f"h{k:08d}", "bench", "acct", "USD", amount, "debit", "booked", day, day, "495", ref))
+            if k % 997:
+                off = 1 if k % 1009 == 0 else 0
+                units = -(amount + off) * 1_000_000
+                ledger.append(LedgerPosting(f"e{k}", ref, "payout.planned", moment, transit, "USD", units))
+        elif kind < 9:
+            bank.append(
+                BankEntry(
+                    f"h{k:08d}",
+                    "bench",
+                    "acct",
+                    "USD",
+                    amount,
+                    "credit",
+                    "booked",
+                    day,
+                    day,
+                    "195",
+                    description=f"WIRE FROM RENTER {k % 5000}",
+                )
+            )
+            if k % 997:
+                booked = moment - timedelta(days=k % 3)
+                ledger.append(
+                    LedgerPosting(f"e{k}", f"evt-{k}", "payments.money_in", booked, cash, "USD", amount * 1_000_000)
+                )
+        else:
+            payout = f"po_bench{k:08d}"
+            bank.append(
+                BankEntry(
+                    f"h{k:08d}",
+                    "bench",
+                    "acct",
+                    "USD",
+                    amount,
+                    "credit",
+                    "booked",
+                    day,
+                    day,
+                    "165",
+                    description=f"STRIPE PAYOUT {payout}",
+                )
+            )
+            processor.append(
+                ProcessorLine("stripe", f"txn_{k:08d}", "payout", payout, -amount, 0, -amount, "USD", moment, moment)
+            )
+            if k % 997:
+                ledger.append(
+                    LedgerPosting(f"e{k}", f"stripe:{payout}", PAYOUT_KIND, moment, cash, "USD", amount * 1_000_000)
+                )
+        if k % 1013 == 0:
+            ledger.append(LedgerPosting(f"x{k}", f"evt-x{k}", "payments.money_in", moment, cash, "USD", 7_000_000))
+    return bank, ledger, processor
+
+
+@bench_app.command("reconcile")
+def bench_reconcile(
+    lines: Annotated[
+        int, typer.Option(help="Bank lines (the ledger side and processor payouts are generated to match).")
+    ] = 1_000_000,
+    window_days: Annotated[int, typer.Option(help="Matching window in business days.")] = 3,
+) -> None:
+    """Reconciles LINES bank lines against the ledger side in process (no stack). The timed region is
+    exactly a run's work once its rows are loaded (``services.reconcile.run.match_rows``: ledger
+    postings, processor lines and bank lines to records, then R17 matching); generating the inputs and
+    reading them from PostgreSQL are not timed."""
+    from collections import Counter
+
+    from services.reconcile.run import match_rows
+
+    generated_at = time.perf_counter()
+    bank, ledger, processor = _reconcile_inputs(lines)
+    generate_s = time.perf_counter() - generated_at
+    as_of = date(2026, 12, 31)
+    (result, _), total_s = _timed(lambda: match_rows(ledger, processor, bank, as_of=as_of, window_days=window_days))
+    placed = sum(len(m.records) for m in result.matches) + sum(len(b.records) for b in result.breaks)
+    inputs = len(bank) + len(ledger) + len(processor)
+    assert placed == inputs, f"{inputs:,} rows, {placed:,} records placed: one was lost or doubled"
+    table = Table("step", "rows", "records placed", "seconds", "bank lines/s")
+    table.add_row("inputs generated (not timed)", f"{inputs:,}", "", f"{generate_s:.2f}", "")
+    table.add_row(
+        "[bold]rows → records → R17 matching (timed)[/]",
+        f"{len(bank):,} bank + {len(ledger) + len(processor):,}",
+        f"{placed:,}",
+        f"[bold]{total_s:.2f}[/]",
+        f"{len(bank) / total_s:,.0f}",
+    )
+    console.print(table)
+    how = Counter(f"{m.leg} by {m.how} ({len(m.records)}-way)" for m in result.matches)
+    console.print(", ".join(f"{n:,} {k}" for k, n in sorted(how.items())))
+    console.print(", ".join(f"{n:,} {k}" for k, n in sorted(Counter(b.reason for b in result.breaks).items())))
+    console.print("[bold green]within 60 s[/]" if total_s <= 60 else f"[bold red]over 60 s: {total_s:.1f} s[/]")

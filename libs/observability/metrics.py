@@ -74,3 +74,18 @@ WEBHOOK_EVENTS = Counter(
     "Verified webhook events by outcome (accepted, duplicate, conflict: same id with another payload, ignored type)",
     ["gateway", "outcome"],
 )
+RECONCILE_BREAKS = Gauge(
+    "settle_reconcile_breaks",
+    "Breaks of the last reconciliation run (R17) by reason and age bucket (0-3d, 4-7d, 8-30d, 31d+)",
+    ["reason", "age_bucket"],
+)
+RECONCILE_OVERDUE = Gauge(
+    "settle_reconcile_overdue_breaks",
+    "Breaks of the last run older than its window that are not timing differences (an operator must act)",
+)
+RECONCILE_MATCHED = Gauge(
+    "settle_reconcile_matched", "Records matched by the last reconciliation run, per source", ["source"]
+)
+RECONCILE_LAST_RUN = Gauge(
+    "settle_reconcile_last_run_timestamp_seconds", "Unix time the last reconciliation run finished"
+)

@@ -1,0 +1,1 @@
+"""The pure core of reconciliation: records, matching, breaks, processor report entries."""

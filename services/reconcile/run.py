@@ -1,0 +1,105 @@
+"""One reconciliation run and the two imports, each in the caller's transaction (the CLI's use cases)."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+import asyncpg
+
+from libs.ledger import ensure_accounts, post
+from services.reconcile import store
+from services.reconcile.domain.entries import ProcessorLine, report_entries
+from services.reconcile.domain.matching import DEFAULT_WINDOW_DAYS, Reconciliation, reconcile
+from services.reconcile.domain.sources import BankEntry, LedgerPosting, bank_record, ledger_records, processor_record
+from services.reconcile.imports import BankFile
+from services.reconcile.ledger_source import LedgerSource, PostgresLedgerSource
+
+
+@dataclass(frozen=True)
+class ProcessorImport:
+    lines: int
+    new_lines: int
+    entries_posted: int
+    fees_minor: dict[str, int]
+    """Fees of the new lines, per currency (ledgered by this import)."""
+
+
+async def import_bank_file(conn: asyncpg.Connection, bank_file: BankFile, name: str) -> tuple[bool, int]:
+    async with conn.transaction():
+        return await store.save_bank_file(conn, bank_file, name)
+
+
+async def import_processor_lines(conn: asyncpg.Connection, lines: Sequence[ProcessorLine]) -> ProcessorImport:
+    """Store the lines and post the fee and payout entries of the new ones, in one transaction; lines
+    seen before post nothing (their entries exist: same ids, same causes)."""
+    async with conn.transaction():
+        new = await store.save_processor_lines(conn, lines)
+        entries, specs = report_entries(new)
+        if entries:
+            await ensure_accounts(conn, specs)
+            await post(conn, entries)
+    fees: dict[str, int] = {}
+    for line in new:
+        fees[line.currency] = fees.get(line.currency, 0) + line.fee_minor
+    return ProcessorImport(len(lines), len(new), len(entries), dict(sorted(fees.items())))
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: a run allocates millions of small acyclic objects, and
+    full collections over them would cost more than the matching (measured: ``settle bench reconcile``)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def match_rows(
+    postings: Iterable[LedgerPosting],
+    processor_lines: Iterable[ProcessorLine],
+    bank_lines: Iterable[BankEntry],
+    *,
+    as_of: date,
+    window_days: int = DEFAULT_WINDOW_DAYS,
+) -> tuple[Reconciliation, int]:
+    """A run's work once its rows are loaded: records from the three sources, then R17 matching.
+    Returns (result, bank lines not booked: pending or informational)."""
+    with collector_paused():
+        ledger_side = ledger_records(postings)
+        processor_side = [r for r in map(processor_record, processor_lines) if r]
+        bank_all = list(bank_lines)
+        bank_side = [r for r in map(bank_record, bank_all) if r]
+        result = reconcile(ledger_side, processor_side, bank_side, as_of=as_of, window_days=window_days)
+    return result, len(bank_all) - len(bank_side)
+
+
+async def run_reconciliation(
+    conn: asyncpg.Connection,
+    *,
+    as_of: date,
+    window_days: int = DEFAULT_WINDOW_DAYS,
+    ledger: LedgerSource | None = None,
+    save: bool = True,
+) -> tuple[Reconciliation, int | None, int]:
+    """Match everything dated on or before ``as_of``; store the run. Returns (result, run id, bank lines
+    not booked)."""
+    postings = await (ledger or PostgresLedgerSource(conn)).postings(as_of)
+    result, not_booked = match_rows(
+        postings,
+        await store.processor_lines_through(conn, as_of),
+        await store.bank_lines_through(conn, as_of),
+        as_of=as_of,
+        window_days=window_days,
+    )
+    run_id = None
+    if save:
+        async with conn.transaction():
+            run_id = await store.save_run(conn, result)
+    return result, run_id, not_booked
