@@ -63,7 +63,7 @@ from schemas import topics
 from services import catalog
 from services.cli.runtime import console, resolve, run_async
 from services.operations import audit
-from services.operations.compare import Snapshot, differences, snapshot
+from services.operations.compare import BILLING_KINDS, Snapshot, differences, snapshot
 from tools.fleet import wait_idle, worker_env, worker_processes
 
 FLEET = ("metering", "rating", "invoicing")
@@ -331,13 +331,16 @@ async def rebuild_into(
     return RebuildResult(published=published, ticks=len(ticks), elapsed_s=time.perf_counter() - began, prefix=prefix)
 
 
-async def compare_databases(a_dsn: str, b_dsn: str) -> tuple[Snapshot, Snapshot]:
+async def compare_databases(
+    a_dsn: str, b_dsn: str, *, kinds: tuple[str, ...] | None = BILLING_KINDS
+) -> tuple[Snapshot, Snapshot]:
+    """Snapshots of two databases; by default the billing fleet's journal only (what a rebuild redoes)."""
     snaps = []
     for dsn in (a_dsn, b_dsn):
         pool = await create_pool(dsn, max_size=2)
         try:
             async with pool.acquire() as conn:
-                snaps.append(await snapshot(conn))
+                snaps.append(await snapshot(conn, kinds=kinds))
         finally:
             await pool.close()
     return snaps[0], snaps[1]

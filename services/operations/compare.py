@@ -62,8 +62,17 @@ def _document(text: str) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k not in NUMBER_FIELDS}
 
 
-async def snapshot(conn: asyncpg.Connection) -> Snapshot:
-    """Everything :func:`differences` compares, read in one repeatable-read transaction."""
+BILLING_KINDS: tuple[str, ...] = ("rating.%", "invoice.%", "credit_note.%", "statement.%", "metering.%")
+"""Journal entry kinds (LIKE patterns) the billing fleet — metering, rating, invoicing — writes: what a
+rebuild recomputes. Money-movement services (payments, payouts) are not rebuilt: they act on the outside
+world (processors, banks), so their entries are left out of a rebuild's comparison."""
+
+
+async def snapshot(conn: asyncpg.Connection, *, kinds: tuple[str, ...] | None = None) -> Snapshot:
+    """Everything :func:`differences` compares, read in one repeatable-read transaction.
+
+    ``kinds``: only journal entries whose kind matches one of these LIKE patterns, and balances summed
+    from their postings (None: every entry, and the accounts' balances)."""
     out = Snapshot()
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         numbers: dict[str, list[str]] = {}
@@ -94,14 +103,25 @@ async def snapshot(conn: asyncpg.Connection) -> Snapshot:
                 str(row["charge_x3600"].normalize()),
                 str(row["earning_x3600"].normalize()),
             )
-        for row in await conn.fetch("select code, balance from ledger.accounts"):
-            out.balances[row["code"]] = int(row["balance"])
+        if kinds is None:
+            for row in await conn.fetch("select code, balance from ledger.accounts"):
+                out.balances[row["code"]] = int(row["balance"])
+        else:
+            for row in await conn.fetch(
+                """select p.account as code, sum(p.amount) as balance
+                     from ledger.postings p join ledger.entries e on e.id = p.entry_id
+                    where e.kind like any($1::text[]) group by p.account""",
+                list(kinds),
+            ):
+                out.balances[row["code"]] = int(row["balance"])
         for row in await conn.fetch(
             """select e.cause_id, e.kind, e.occurred_at, e.correlation_id, e.description, r.cause_id as reverses,
                       r.kind as reverses_kind,
                       (select jsonb_agg(jsonb_build_array(p.account, p.asset, p.amount::text) order by p.seq)
                          from ledger.postings p where p.entry_id = e.id)::text as postings
-                 from ledger.entries e left join ledger.entries r on r.id = e.reverses"""
+                 from ledger.entries e left join ledger.entries r on r.id = e.reverses
+                where $1::text[] is null or e.kind like any($1::text[])""",
+            list(kinds) if kinds is not None else None,
         ):
             content = {
                 "occurred_at": row["occurred_at"].isoformat(),
