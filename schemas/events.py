@@ -440,6 +440,7 @@ class ProcessorEventReceived(EventModel):
 # --- sagas.v1 (key: saga_id) ------------------------------------------------------------------------------
 
 
+CompensationKind = Literal["hold_earnings", "clawback", "reverse_revenue", "reverse_supplier_share"]
 SagaState = Literal[
     "pending",
     "collecting",
@@ -475,7 +476,7 @@ class SagaEvent(EventModel):
     waits_for: str = Field(max_length=500)
     deadline: UtcTime | None = None
     inquiry: str | None = None
-    compensation: Literal["hold_earnings", "clawback", "reverse_revenue", "reverse_supplier_share"] | None = None
+    compensation: CompensationKind | None = None
     ref: str | None = None
     attempt: int | None = Field(default=None, ge=1)
     cause_event_id: Id

@@ -35,19 +35,9 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-State = Literal[
-    "pending",
-    "collecting",
-    "inquiring",
-    "compensating",
-    "compensation_failed",
-    "awaiting_payout",
-    "payout_sent",
-    "payout_returned",
-    "completed",
-    "compensated",
-    "needs_operator",
-]
+from schemas.events import CompensationKind, SagaState
+
+State = SagaState
 TERMINAL: frozenset[str] = frozenset({"completed", "compensated", "needs_operator"})
 OPEN: frozenset[str] = frozenset(
     {
@@ -62,7 +52,6 @@ OPEN: frozenset[str] = frozenset(
     }
 )
 OPERATOR = "an operator (settle sagas retry)"
-CompensationKind = Literal["hold_earnings", "clawback", "reverse_revenue", "reverse_supplier_share"]
 DisputePolicy = Literal["platform_absorbs", "supplier_charged_back"]
 
 

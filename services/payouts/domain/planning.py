@@ -31,13 +31,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from fractions import Fraction
-from typing import Literal
 
 from libs.ids import derive_id
 from libs.money import currency_exponent, round_half_even, round_minor
+from schemas.events import PayoutReason, PayoutState
 
-Reason = Literal["below_minimum", "no_payee", "no_fx_rate", "nothing_payable", "on_hold"]
-State = Literal["planned", "on_hold"]
+Reason = PayoutReason
+State = PayoutState
 
 
 @dataclass(frozen=True)
