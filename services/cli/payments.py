@@ -81,6 +81,11 @@ async def payments_show(
     print(json.dumps(detail, ensure_ascii=False, indent=2, default=str))
 
 
+def _command(command_id: str | None, by: str, reason: str, **fields: Any) -> PaymentCommand:
+    """An operator command: its idempotency key (given, else new), who asks and why, and its fields."""
+    return PaymentCommand(command_id=command_id or uuid.uuid4().hex, requested_by=by, reason=reason, **fields)
+
+
 async def _send(command_type: str, data: PaymentCommand) -> None:
     settings = get_settings()
     targets = await resolve(settings)
@@ -113,15 +118,10 @@ async def payments_retry(
     command_id: CommandIdOption = None,
 ) -> None:
     """A try now for a collection that waits, stopped on a hard decline, or went past due."""
-    data = PaymentCommand(
-        command_id=command_id or uuid.uuid4().hex,
-        renter_id=renter,
-        currency=currency,
-        invoice_number=invoice,
-        requested_by=by,
-        reason=reason,
+    await _send(
+        "payment.retry_requested",
+        _command(command_id, by, reason, renter_id=renter, currency=currency, invoice_number=invoice),
     )
-    await _send("payment.retry_requested", data)
 
 
 @payments_app.command("refund")
@@ -142,16 +142,10 @@ async def payments_refund(
         value = Decimal(amount)
     except InvalidOperation:
         raise typer.BadParameter(f"{amount!r} is not a decimal amount") from None
-    data = PaymentCommand(
-        command_id=command_id or uuid.uuid4().hex,
-        renter_id=renter,
-        currency=currency,
-        invoice_number=invoice,
-        amount=value,
-        requested_by=by,
-        reason=reason,
+    await _send(
+        "payment.refund_requested",
+        _command(command_id, by, reason, renter_id=renter, currency=currency, invoice_number=invoice, amount=value),
     )
-    await _send("payment.refund_requested", data)
 
 
 @payments_app.command("commands")
@@ -212,17 +206,19 @@ async def receipts_apply(
 ) -> None:
     """Move a receipt recorded for the wrong renter to the right one; both allocations are recomputed
     (R11), so it pays the new renter's invoices (the one its reference names first)."""
-    data = PaymentCommand(
-        command_id=command_id or uuid.uuid4().hex,
-        renter_id=renter,
-        currency=currency,
-        receipt_id=receipt,
-        to_renter_id=to,
-        reference=reference,
-        requested_by=by,
-        reason=reason,
+    await _send(
+        "receipt.apply_requested",
+        _command(
+            command_id,
+            by,
+            reason,
+            renter_id=renter,
+            currency=currency,
+            receipt_id=receipt,
+            to_renter_id=to,
+            reference=reference,
+        ),
     )
-    await _send("receipt.apply_requested", data)
 
 
 @payments_app.command("pci-scan")
