@@ -1,0 +1,50 @@
+"""The operator's payment commands as real `settle` processes: each publishes one command on
+payments.commands.v1 with its idempotency key, who asked and why (applied by the payments worker:
+tests/payments/test_refund_dispute_stories.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from schemas import topics
+from tests.chaos.test_kill_workers import ROOT, _env
+from tests.conftest import Stack
+from tests.fleet import read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def settle(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args], env=_env(stack), cwd=ROOT,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+async def test_retry_refund_and_apply_publish_audited_commands(stack: Stack) -> None:
+    who = ("--by", "finance@test", "--reason", "renter asked")
+    runs = [
+        settle(stack, "payments", "retry", "INV-2026-000001", "--renter", "r1", "--currency", "USD", *who,
+               "--command-id", "c-retry"),
+        settle(stack, "payments", "refund", "INV-2026-000001", "--amount", "12.50", "--renter", "r1",
+               "--currency", "USD", *who, "--command-id", "c-refund"),
+        settle(stack, "receipts", "apply", "w-9", "--renter", "r1", "--to", "r2", "--currency", "EUR", *who,
+               "--reference", "INV-2026-000002", "--command-id", "c-apply"),
+        settle(stack, "payments", "refund", "INV-2026-000001", "--amount", "twelve", "--renter", "r1",
+               "--currency", "USD", *who),
+    ]  # fmt: skip
+    assert [r.returncode for r in runs[:3]] == [0, 0, 0], [r.stderr for r in runs]
+    assert runs[3].returncode != 0 and "not a decimal amount" in runs[3].stderr + runs[3].stdout
+    sent = {
+        (e := orjson.loads(r.value))["data"]["command_id"]: e for r in await read_topic(stack, topics.PAYMENT_COMMANDS)
+    }
+    assert set(sent) == {"c-retry", "c-refund", "c-apply"}, "a refused amount publishes nothing"
+    assert sent["c-retry"]["type"] == "payment.retry_requested"
+    assert (sent["c-refund"]["type"], sent["c-refund"]["data"]["amount"]) == ("payment.refund_requested", "12.50")
+    apply = sent["c-apply"]["data"]
+    assert (apply["receipt_id"], apply["to_renter_id"], apply["reference"]) == ("w-9", "r2", "INV-2026-000002")
+    assert all(e["data"]["requested_by"] == "finance@test" for e in sent.values())
