@@ -48,6 +48,9 @@ async def test_sigkill_between_send_and_commit_never_charges_twice(stack: Stack,
         "  - {name: stripe, kinds: [card], fee_fixed_minor: 30, fee_bps: 290}\n"
         "  - {name: ledgerpay, kinds: [card], fee_fixed_minor: 20, fee_bps: 250}\n"
         "interrupted_after_s: 1\n"
+        # R14's schedule is configuration; compressed here so that an inquiry which itself times out on a
+        # loaded machine is asked again within the test's wait (by default the second ask is 5 min later).
+        "inquiry_delays_s: [2, 5, 10, 20, 40]\n"
     )
     log = tmp_path / "payments.log"
     with fakepsp("--slow-ms", "400") as base:
@@ -110,7 +113,10 @@ async def test_sigkill_between_send_and_commit_never_charges_twice(stack: Stack,
                     )
                 return done == RENTERS and busy == 0
 
-            await wait_until(collected, timeout_s=240, what="every invoice collected after the kills")
+            try:
+                await wait_until(collected, timeout_s=240, what="every invoice collected after the kills")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{await _state_dump(stack)}\n{log.read_text()[-4000:]}") from None
             stats = await admin(base, "GET", "/_admin/stats")
 
             async def relayed() -> bool:
@@ -139,3 +145,16 @@ async def test_sigkill_between_send_and_commit_never_charges_twice(stack: Stack,
     assert inquired > 0, "no kill landed between send and commit: the test proved nothing"
     assert sum(1 for e in events.values() if e["type"] == "payment.succeeded") == RENTERS
     assert report.ok, report
+
+
+async def _state_dump(stack: Stack) -> str:
+    """What the attempts and intents look like when collection did not finish: the failure's evidence."""
+    async with stack.pool.acquire() as conn:
+        intents = await conn.fetch("select state, count(*) from payments.intents group by state order by state")
+        attempts = await conn.fetch(
+            "select attempt_id, intent_id, state, claim, gateway, code, sent_at, inquiries, next_inquiry_at,"
+            " now() as db_now from payments.attempts where state not in ('succeeded') order by attempt_id limit 40"
+        )
+    lines = ["intents: " + ", ".join(f"{r['state']}={r['count']}" for r in intents)]
+    lines += [str(dict(r)) for r in attempts]
+    return "\n".join(lines)
