@@ -83,6 +83,16 @@ class Watermark(EventModel):
     must have read before it acts on this watermark (rating: contracts and wallets)."""
 
 
+class StatementsClosed(EventModel):
+    """Type ``statements.closed`` on statements.finalized.v1, sent to every partition once every
+    statement of ``month`` is published there (a Settle marker, like the watermarks): a consumer that
+    has it from every partition knows each statement issued at or before ``issued_at``."""
+
+    month: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+    issued_at: UtcTime
+    partition: int = Field(ge=0)
+
+
 # --- charges.rated.v1 (key: contract_id) -----------------------------------------------------------
 
 

@@ -168,8 +168,13 @@ STATEMENTS_FINALIZED = Topic(
     key="supplier_id",
     partitions=3,
     producer="invoicing",
-    description="Supplier earnings statements per currency per calendar month.",
-    types=MappingProxyType({"statement.finalized": events.StatementFinalized}),
+    description=(
+        "Supplier earnings statements per currency per calendar month; then `statements.closed` on every"
+        " partition once a month's statements are all out."
+    ),
+    types=MappingProxyType(
+        {"statement.finalized": events.StatementFinalized, "statements.closed": events.StatementsClosed}
+    ),
 )
 JOURNAL_REQUESTS = Topic(
     "journal.requests.v1",

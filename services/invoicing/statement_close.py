@@ -5,6 +5,7 @@ then is invoiced. What a statement carries is claimed in :mod:`services.invoicin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 import structlog
@@ -13,6 +14,7 @@ from libs.ids import derive_id
 from libs.ledger import AccountSpec, Entry, ensure_accounts, post
 from libs.messaging.outbox import Emitter, write_outbox
 from schemas import topics
+from schemas.events import StatementsClosed
 from services.invoicing import statements, store
 from services.invoicing.entries import statement_entry
 from services.invoicing.invoice_close import PRODUCER, number_series
@@ -52,6 +54,7 @@ async def close_statement_chunk(
     if not pairs:
         if only is None:
             await store.set_statement_month(conn, _next_month(month))
+            await _announce_closed(conn, month, month_end)
             log.info("statements closed", month=month)
         return only is None
     issued_at = await store.statement_issue_instant(conn, month_end)
@@ -144,3 +147,25 @@ async def close_statement_chunk(
     await write_outbox(conn, emitter.drain())
     await post(conn, entries)  # last: it holds the ledger's chain heads until commit
     return True
+
+
+async def _announce_closed(conn: asyncpg.Connection, month: str, month_end: datetime) -> None:
+    """``statements.closed`` on every partition of statements.finalized.v1, after the month's last
+    statement (same lanes, later outbox rows): a consumer that has it from every partition has every
+    statement of ``month`` — payouts plans a month-closing tick only then (R15: every month final by
+    the tick, whatever arrived first)."""
+    issued_at = await store.statement_issue_instant(conn, month_end)
+    assert issued_at is not None  # the month closed: every partition's watermark passed its end
+    emitter = Emitter(PRODUCER)
+    for partition in range(topics.STATEMENTS_FINALIZED.partitions):
+        emitter.emit(
+            topics.STATEMENTS_FINALIZED,
+            key=f"statements-closed-{partition}",
+            type="statements.closed",
+            data=StatementsClosed(month=month, issued_at=issued_at, partition=partition),
+            time=issued_at,
+            cause=None,
+            event_id=derive_id("event", "statements.closed", month, partition),
+            partition=partition,
+        )
+    await write_outbox(conn, emitter.drain())

@@ -11,13 +11,19 @@ time moved (a tick) or a statement arrived (R15: planning runs at each close, pl
   hour's earnings land on (R12);
 * ``invoice.finalized`` (invoicing): the invoice of (contract, period) and its total;
 * ``invoice.payment_status`` (payments): every revision, with its ``as_of``: what remained at each time;
-* ``clock.ticked``: planning time moves to the tick; plan.
+* ``statements.closed`` (invoicing, on every partition after a month's last statement): the month
+  whose statements are all in is the least over the partitions;
+* ``clock.ticked``: recorded. Ticks are planned one by one, in order, each at its own planning time,
+  once every statement final by the tick is in: a tick before the end of the month after the closed
+  one cannot finalize another statement. So a month-closing tick waits for that month's
+  ``statements.closed`` — what arrived first (the tick, the statements) changes nothing, nor does a
+  backlog of ticks after a crash.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -27,7 +33,7 @@ from libs.messaging.consume import Subscription, Tx
 from libs.money import currency_exponent
 from schemas import topics
 from schemas.envelope import Envelope
-from schemas.events import ChargeRated, InvoiceFinalized, InvoicePaymentStatus, StatementFinalized
+from schemas.events import ChargeRated, InvoiceFinalized, InvoicePaymentStatus, StatementFinalized, StatementsClosed
 from schemas.inputs import ClockTicked, FxRate, PayeeUpdated, mask_account
 from services.payouts import planner, store
 from services.payouts.domain.planning import Rate
@@ -38,7 +44,7 @@ CONSUMER = "payouts"
 async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     conn = tx.conn
     ticks: list[datetime] = []
-    statements = False
+    marks: list[tuple[int, str, datetime]] = []
     earnings: list[tuple[str, str, str, datetime, str, Decimal]] = []
     for event in events:
         data = event.data
@@ -85,7 +91,6 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
                     data.issued_at,
                 ),
             )
-            statements = True
         elif isinstance(data, PayeeUpdated):
             await store.save_payee(
                 conn,
@@ -106,17 +111,31 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             await store.save_rate(
                 conn, Rate(data.rate_id, data.base, data.quote, Fraction(data.rate), data.as_of), event.id
             )
+        elif isinstance(data, StatementsClosed):
+            marks.append((data.partition, data.month, data.issued_at))
         elif isinstance(data, ClockTicked):
             ticks.append(data.at)
     await store.add_earnings(conn, earnings)
-    if ticks:
-        now: datetime | None = await store.advance_clock(conn, max(ticks))
-    elif statements:
-        now = await store.lock_clock(conn)  # a statement issued by the last tick is planned at that tick
-    else:
+    if not ticks and not marks:
         return
-    if now is not None:  # the clock row is locked: one planning at a time
-        await planner.plan_at(tx, now, cause=events[-1])
+    await store.lock_planning(conn)
+    await store.record_ticks(conn, ticks)
+    await store.record_statement_marks(conn, marks)
+    closed = await store.closed_month(conn, topics.STATEMENTS_FINALIZED.partitions)
+    if closed is None:
+        return  # no month's statements are complete yet: nothing can be final
+    for at in await store.ticks_before(conn, plannable_before(closed)):
+        await store.advance_clock(conn, at)
+        await planner.plan_at(tx, at, cause=events[-1])
+        await store.mark_planned(conn, at)
+
+
+def plannable_before(closed_month: str) -> datetime:
+    """Ticks before this instant may be planned once every statement of ``closed_month`` is in: the
+    next month's statements can only be issued by a tick at or after that month's end (R12, R15)."""
+    year, month = (int(x) for x in closed_month.split("-"))
+    year, month = (year, month + 2) if month <= 10 else (year + 1, month - 10)
+    return datetime(year, month, 1, tzinfo=UTC)
 
 
 def to_minor(amount: Decimal, currency: str) -> int:

@@ -39,9 +39,50 @@ async def advance_clock(conn: asyncpg.Connection, at: datetime) -> datetime:
     return value
 
 
-async def lock_clock(conn: asyncpg.Connection) -> datetime | None:
-    value: datetime | None = await conn.fetchval("select at from payouts.clock where id for update")
-    return value
+async def lock_planning(conn: asyncpg.Connection) -> None:
+    """One planning at a time (two payouts workers consume different partitions)."""
+    await conn.execute("select pg_advisory_xact_lock(hashtext('payouts.planning'))")
+
+
+async def record_ticks(conn: asyncpg.Connection, ticks: Sequence[datetime]) -> None:
+    if ticks:
+        await conn.executemany(
+            "insert into payouts.ticks (at) values ($1) on conflict do nothing", [(t,) for t in sorted(set(ticks))]
+        )
+
+
+async def record_statement_marks(conn: asyncpg.Connection, marks: Sequence[tuple[int, str, datetime]]) -> None:
+    """The latest ``statements.closed`` per partition (forward moves only)."""
+    for partition, month, issued_at in sorted(marks):
+        await conn.execute(
+            """insert into payouts.statement_marks (partition, month, issued_at) values ($1, $2, $3)
+               on conflict (partition) do update set month = excluded.month, issued_at = excluded.issued_at
+                where payouts.statement_marks.month < excluded.month""",
+            partition,
+            month,
+            issued_at,
+        )
+
+
+async def closed_month(conn: asyncpg.Connection, partitions: int) -> str | None:
+    """The month whose statements are all published on every partition (None: not yet known)."""
+    row = await conn.fetchrow("select count(*) as n, min(month) as month from payouts.statement_marks")
+    if row is None or row["n"] < partitions:
+        return None
+    month: str = row["month"]
+    return month
+
+
+async def ticks_before(conn: asyncpg.Connection, bound: datetime) -> list[datetime]:
+    """Unplanned ticks earlier than ``bound``, in order."""
+    return [
+        r["at"]
+        for r in await conn.fetch("select at from payouts.ticks where not planned and at < $1 order by at", bound)
+    ]
+
+
+async def mark_planned(conn: asyncpg.Connection, at: datetime) -> None:
+    await conn.execute("update payouts.ticks set planned = true where at = $1", at)
 
 
 async def clock_now(conn: asyncpg.Connection) -> datetime | None:

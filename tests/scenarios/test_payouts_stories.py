@@ -307,3 +307,40 @@ async def test_payouts_minimum_hold_pay_when_paid_and_fx(stack: Stack) -> None:
     assert await balance_units(stack, chart.payable("sup-pwp", "USD").code) == -15 * usd_units
     assert await balance_units(stack, chart.payable("sup-fx", "EUR").code) == 0
     await assert_ledger_sound(stack)
+
+
+async def test_a_month_closing_tick_waits_for_that_months_statements(stack: Stack) -> None:
+    """R15: planning at a tick covers every month final by then. The tick reaches payouts straight from
+    the clock, its statements only after metering, rating and invoicing closed the month: the planning
+    waits for invoicing's ``statements.closed``. ``sup-late`` has no payee at the Feb 1 close (January
+    waits: no_payee); its payee arrives on Feb 15; at Mar 1 January and February are one payout — not
+    January alone at the tick, then February when its statement arrives."""
+    story = Story()
+    story.contract("ctr-l", renter="rnt-l", price="2", rate="1.5")
+    story.charge("ctr-l", "alloc-l1", "sup-late", datetime(2026, 1, 12, tzinfo=UTC), billable=36_000)  # 15.00
+    story.watermark(JAN[1])
+    await story.publish(stack)
+    stack.settings = stack.settings.model_copy(update={"gateways_enabled": ""})
+    async with running(stack, [INVOICING, PAYMENTS, PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.statements", 1, "January's statement at payouts")
+        await publish(stack, [tick(FEB[0])])
+        await wait_rows(stack, "select count(*) from payouts.ticks where planned", 1, "the Feb 1 planning")
+        plans = await payouts_list(stack)
+        assert (plans["sup-late"]["state"], plans["sup-late"]["reason"]) == ("waiting", "no_payee")
+
+        await publish(stack, [payee("sup-late", at=datetime(2026, 2, 15, tzinfo=UTC), n=1)])
+        await wait_rows(stack, "select count(*) from payouts.payees", 1, "the payee")
+        # The Mar 1 tick first (as in production), planned only once February's statements are in.
+        await publish(stack, [tick(FEB[1])])
+        await wait_rows(stack, "select count(*) from payouts.ticks", 2, "the Mar 1 tick recorded")
+        await asyncio.sleep(1)
+        assert await count(stack, "select count(*) from payouts.payouts where state = 'planned'") == 0
+        story.charge("ctr-l", "alloc-l1", "sup-late", datetime(2026, 2, 3, tzinfo=UTC), billable=36_000)  # 15.00
+        story.watermark(FEB[1])
+        await story.publish(stack)
+        await wait_rows(stack, "select count(*) from payouts.ticks where planned", 2, "the Mar 1 planning")
+        plans = await payouts_list(stack)
+    payout = plans["sup-late:2026-01,2026-02"]
+    assert (payout["state"], payout["amount"], payout["months"]) == ("planned", "30.00", ["2026-01", "2026-02"])
+    assert [k for k in plans if k.startswith("sup-late:")] == ["sup-late:2026-01,2026-02"]
+    await assert_ledger_sound(stack)
