@@ -73,11 +73,14 @@ class UsageMetered(EventModel):
 
 class Watermark(EventModel):
     """Type ``usage.watermark`` / ``charges.watermark``: everything on this partition for hours ending
-    at or before ``through`` has been emitted before this record. Sent to every partition."""
+    at or before ``through`` has been emitted before this record. Sent to every partition.
+    ``payments.watermark`` (invoices.payments.v1): payments has handled the tick ``through`` — every
+    receipt published before it applied — and every payment status before this record was published
+    before that tick was handled."""
 
     through: UtcTime
     partition: int = Field(ge=0)
-    source: Literal["metering", "rating"]
+    source: Literal["metering", "rating", "payments"]
     barrier: Barrier | None = None
     """From the tick that closed ``through``: end offsets of the input topics a downstream consumer
     must have read before it acts on this watermark (rating: contracts and wallets)."""

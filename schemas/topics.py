@@ -243,8 +243,13 @@ INVOICE_PAYMENTS = Topic(
     key="contract_id",
     partitions=3,
     producer="payments",
-    description="What has been paid on each invoice (amount paid, remaining, status), per change.",
-    types=MappingProxyType({"invoice.payment_status": events.InvoicePaymentStatus}),
+    description=(
+        "What has been paid on each invoice (amount paid, remaining, status), per change; `payments.watermark`"
+        " on every partition once payments handled a tick."
+    ),
+    types=MappingProxyType(
+        {"invoice.payment_status": events.InvoicePaymentStatus, "payments.watermark": events.Watermark}
+    ),
 )
 PAYMENT_COMMANDS = Topic(
     "payments.commands.v1",

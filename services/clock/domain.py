@@ -14,13 +14,32 @@ from libs.ids import derive_id
 from libs.times import format_utc
 from schemas.envelope import encode
 from schemas.inputs import ClockTicked
-from schemas.topics import CONTRACTS, INFRA_LIFECYCLE, USAGE_SAMPLES, WALLETS
+from schemas.topics import (
+    CONTRACTS,
+    FX_RATES,
+    INFRA_LIFECYCLE,
+    PAYMENT_METHODS,
+    PAYMENTS_RECEIVED,
+    SUPPLIERS,
+    USAGE_SAMPLES,
+    WALLETS,
+)
 
 SOURCE = "/settle/clock"
 
 
-BARRIER_TOPICS = (INFRA_LIFECYCLE, CONTRACTS, WALLETS, USAGE_SAMPLES)
-"""The input topics a close must have read up to the tick: metering's and rating's platform inputs."""
+BARRIER_TOPICS = (
+    INFRA_LIFECYCLE,
+    CONTRACTS,
+    WALLETS,
+    USAGE_SAMPLES,
+    PAYMENTS_RECEIVED,
+    PAYMENT_METHODS,
+    SUPPLIERS,
+    FX_RATES,
+)
+"""The input topics a close must have read up to the tick: metering's and rating's platform inputs, and
+the money inputs payments reads before it answers a tick (its ``payments.watermark``)."""
 
 
 def tick_id(at: datetime, barrier: Mapping[str, Sequence[int]] | None = None) -> str:

@@ -11,7 +11,11 @@ allocation of every renter-currency the batch touched (R11), start collections t
 * ``processor.*`` (webhooks, :mod:`services.payments.processor_events`): outcomes of our attempts
   (an unknown attempt resolved without waiting for the next inquiry), refunds, disputes;
 * ``clock.ticked``: event time for payments — every postpaid invoice due by then gets its intent and
-  first try, every retry that fell due its next try (the collector sends them).
+  first try, every retry that fell due its next try (the collector sends them). A tick waits until
+  receipts and methods are read up to its barrier (published before the tick: applied before it is
+  answered); then ``payments.watermark`` goes to every partition of invoices.payments.v1, after the
+  batch's statuses, so payouts knows which statuses came before the tick (R15: only money applied at or
+  before planning releases anything).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from typing import Any
 from libs.ids import derive_id
 from libs.ledger import ensure_accounts
 from libs.messaging.consume import Subscription, Tx
+from libs.times import format_utc
 from schemas import topics
+from schemas.barrier import watermark_waits
 from schemas.envelope import Envelope
 from schemas.events import (
     CreditNoteIssued,
@@ -32,6 +38,7 @@ from schemas.events import (
     PaymentCommand,
     PaymentEvent,
     ProcessorEventReceived,
+    Watermark,
 )
 from schemas.inputs import ClockTicked, PaymentMethodEvent, PaymentReceived
 from services.payments import books, collection, commands, processor_events, store
@@ -103,6 +110,17 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
         now = await store.event_now(conn)
         assert now is not None
         await collection.start_due(tx, config, now, cause=last)
+        for partition in range(topics.INVOICE_PAYMENTS.partitions):
+            tx.emit(
+                topics.INVOICE_PAYMENTS,
+                key=f"watermark-{partition}",
+                type="payments.watermark",
+                time=through,
+                cause=last,
+                event_id=derive_id("payments.watermark", partition, format_utc(through)),
+                partition=partition,
+                data=Watermark(through=through, partition=partition, source="payments"),
+            )
 
 
 async def _receipt(tx: Tx, event: Envelope[Any], data: PaymentReceived) -> bool:
@@ -201,4 +219,6 @@ def subscription(config: PaymentsConfig) -> Subscription:
         handler=partial(on_batch, config),
         batch_max=500,
         hold_topics=frozenset({topics.PAYMENTS_RECEIVED.name}),
+        # A tick is answered only once money published before it is read (its barrier).
+        waits=watermark_waits(topics.CLOCK_TICKS, "clock.ticked", (topics.PAYMENTS_RECEIVED, topics.PAYMENT_METHODS)),
     )

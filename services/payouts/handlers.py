@@ -30,10 +30,18 @@ from typing import Any
 
 from libs.errors import DomainRuleError
 from libs.messaging.consume import Subscription, Tx
+from libs.messaging.partitioner import partition_for
 from libs.money import currency_exponent
 from schemas import topics
 from schemas.envelope import Envelope
-from schemas.events import ChargeRated, InvoiceFinalized, InvoicePaymentStatus, StatementFinalized, StatementsClosed
+from schemas.events import (
+    ChargeRated,
+    InvoiceFinalized,
+    InvoicePaymentStatus,
+    StatementFinalized,
+    StatementsClosed,
+    Watermark,
+)
 from schemas.inputs import ClockTicked, FxRate, PayeeUpdated, mask_account
 from services.payouts import planner, store
 from services.payouts.domain.planning import Rate
@@ -45,6 +53,8 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     conn = tx.conn
     ticks: list[datetime] = []
     marks: list[tuple[int, str, datetime]] = []
+    paid_marks: dict[int, datetime] | None = None  # payments watermarks, as the batch moves them
+    answered = False
     earnings: list[tuple[str, str, str, datetime, str, Decimal]] = []
     for event in events:
         data = event.data
@@ -61,9 +71,24 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
                     )
                 )
         elif isinstance(data, InvoicePaymentStatus):
+            if paid_marks is None:
+                paid_marks = await store.payment_marks(conn)
+            partition = partition_for(data.contract_id.encode(), topics.INVOICE_PAYMENTS.partitions)  # its key
             await store.save_status(
-                conn, data.invoice_id, data.revision, to_minor(data.amount_remaining, data.currency), data.as_of
+                conn,
+                data.invoice_id,
+                data.revision,
+                to_minor(data.amount_remaining, data.currency),
+                data.as_of,
+                paid_marks.get(partition),
             )
+        elif isinstance(data, Watermark) and data.source == "payments":
+            if paid_marks is None:
+                paid_marks = await store.payment_marks(conn)
+            if data.partition not in paid_marks or paid_marks[data.partition] < data.through:
+                paid_marks[data.partition] = data.through
+                await store.save_payment_mark(conn, data.partition, data.through)
+            answered = True
         elif isinstance(data, InvoiceFinalized):
             await store.save_invoice(
                 conn,
@@ -116,15 +141,16 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
         elif isinstance(data, ClockTicked):
             ticks.append(data.at)
     await store.add_earnings(conn, earnings)
-    if not ticks and not marks:
+    if not ticks and not marks and not answered:
         return
     await store.lock_planning(conn)
     await store.record_ticks(conn, ticks)
     await store.record_statement_marks(conn, marks)
     closed = await store.closed_month(conn, topics.STATEMENTS_FINALIZED.partitions)
-    if closed is None:
-        return  # no month's statements are complete yet: nothing can be final
-    for at in await store.ticks_before(conn, plannable_before(closed)):
+    answered_through = await store.payments_answered(conn, topics.INVOICE_PAYMENTS.partitions)
+    if closed is None or answered_through is None:
+        return  # no month's statements are complete yet, or payments answered no tick yet
+    for at in await store.ticks_before(conn, plannable_before(closed), answered_through):
         await store.advance_clock(conn, at)
         await planner.plan_at(tx, at, cause=events[-1])
         await store.mark_planned(conn, at)

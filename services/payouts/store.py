@@ -73,11 +73,22 @@ async def closed_month(conn: asyncpg.Connection, partitions: int) -> str | None:
     return month
 
 
-async def ticks_before(conn: asyncpg.Connection, bound: datetime) -> list[datetime]:
-    """Unplanned ticks earlier than ``bound``, in order."""
+async def payments_answered(conn: asyncpg.Connection, partitions: int) -> datetime | None:
+    """The latest tick payments has answered on every partition (None: not yet on all)."""
+    row = await conn.fetchrow("select count(*) as n, min(through) as through from payouts.payment_marks")
+    if row is None or row["n"] < partitions:
+        return None
+    through: datetime = row["through"]
+    return through
+
+
+async def ticks_before(conn: asyncpg.Connection, bound: datetime, answered: datetime) -> list[datetime]:
+    """Unplanned ticks earlier than ``bound`` and answered by payments, in order."""
     return [
         r["at"]
-        for r in await conn.fetch("select at from payouts.ticks where not planned and at < $1 order by at", bound)
+        for r in await conn.fetch(
+            "select at from payouts.ticks where not planned and at < $1 and at <= $2 order by at", bound, answered
+        )
     ]
 
 
@@ -163,15 +174,37 @@ async def save_invoice(conn: asyncpg.Connection, row: tuple[Any, ...]) -> None:
 
 
 async def save_status(
-    conn: asyncpg.Connection, invoice_id: str, revision: int, remaining: int, as_of: datetime
+    conn: asyncpg.Connection,
+    invoice_id: str,
+    revision: int,
+    remaining: int,
+    as_of: datetime,
+    after_mark: datetime | None,
 ) -> None:
     await conn.execute(
-        """insert into payouts.invoice_status (invoice_id, revision, remaining_minor, as_of)
-           values ($1, $2, $3, $4) on conflict do nothing""",
+        """insert into payouts.invoice_status (invoice_id, revision, remaining_minor, as_of, after_mark)
+           values ($1, $2, $3, $4, $5) on conflict do nothing""",
         invoice_id,
         revision,
         remaining,
         as_of,
+        after_mark,
+    )
+
+
+async def payment_marks(conn: asyncpg.Connection) -> dict[int, datetime]:
+    return {
+        r["partition"]: r["through"] for r in await conn.fetch("select partition, through from payouts.payment_marks")
+    }
+
+
+async def save_payment_mark(conn: asyncpg.Connection, partition: int, through: datetime) -> None:
+    await conn.execute(
+        """insert into payouts.payment_marks (partition, through) values ($1, $2)
+           on conflict (partition) do update set through = excluded.through
+            where payouts.payment_marks.through < excluded.through""",
+        partition,
+        through,
     )
 
 
@@ -238,6 +271,7 @@ async def load_inputs(conn: asyncpg.Connection, at: datetime, pairs: Sequence[tu
             """select i.invoice_id, i.contract_id, i.period_start, i.currency, i.total_minor,
                       coalesce((select st.remaining_minor from payouts.invoice_status st
                                  where st.invoice_id = i.invoice_id and st.as_of <= $2
+                                   and (st.after_mark is null or st.after_mark < $2)
                                  order by st.revision desc limit 1), i.amount_due_minor) as remaining_minor
                  from payouts.invoices i
                 where i.contract_id = any ($1::text[]) and i.issued_at <= $2""",

@@ -344,3 +344,49 @@ async def test_a_month_closing_tick_waits_for_that_months_statements(stack: Stac
     assert (payout["state"], payout["amount"], payout["months"]) == ("planned", "30.00", ["2026-01", "2026-02"])
     assert [k for k in plans if k.startswith("sup-late:")] == ["sup-late:2026-01,2026-02"]
     await assert_ledger_sound(stack)
+
+
+async def test_money_received_before_a_tick_releases_at_that_tick(stack: Stack) -> None:
+    """R15: money applied at or before planning releases earnings at that planning. A receipt published
+    just before a tick reaches payouts only through payments (applied, then a payment status), the tick
+    straight from the clock: the tick carries its barrier (`settle clock tick`), payments answers it only
+    after reading receipts up to it and then sends `payments.watermark`, and payouts plans the tick only
+    once payments answered it — so the release is at this tick, however the two raced."""
+    from libs.messaging.broker import start_producer, stop_client
+    from services.clock.main import publish_tick
+
+    story = Story()
+    story.contract("ctr-p", renter="rnt-p", price="2", rate="1.5")
+    for n in range(10):  # 150.00 earned on an invoice of 200.00
+        story.charge("ctr-p", "alloc-p1", "sup-pwp", datetime(2026, 1, 12, tzinfo=UTC) + n * HOUR, billable=36_000)
+    story.watermark(JAN[1])
+    await story.publish(stack)
+    await publish(stack, [payee("sup-pwp", at=JAN[0], n=1, pay_when_paid=True)])
+    stack.settings = stack.settings.model_copy(update={"gateways_enabled": ""})
+    async with running(stack, [INVOICING, PAYMENTS, PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.statements", 1, "January's statement at payouts")
+        await wait_rows(stack, "select count(*) from payments.invoices", 1, "the invoice at payments")
+        await publish(stack, [tick(FEB[0])])
+        await wait_rows(stack, "select count(*) from payouts.ticks where planned", 1, "the Feb 1 planning")
+        plans = await payouts_list(stack)
+        assert (plans["sup-pwp"]["reason"], plans["sup-pwp"]["held"]) == ("nothing_payable", "150.00")
+
+        number = await stack.pool.fetchval("select number from payouts.invoices")
+    # Payments is down when the receipt and the tick arrive: payouts has the tick, not the money.
+    async with running(stack, [INVOICING, PAYOUTS], relays=1):
+        await publish(stack, [receipt("rnt-p", "r-p", "200.00", datetime(2026, 2, 5, tzinfo=UTC), number)])
+        producer = await start_producer(stack.bootstrap_servers, client_id="story-clock")
+        try:
+            await publish_tick(producer, stack.bootstrap_servers, stack.settings.topic_prefix, FEB[0] + 9 * 24 * HOUR)
+        finally:
+            await stop_client(producer)
+        await wait_rows(stack, "select count(*) from payouts.ticks", 2, "the Feb 10 tick at payouts")
+        await asyncio.sleep(1.5)
+        assert await count(stack, "select count(*) from payouts.ticks where planned") == 1, "planned before payments"
+        async with running(stack, [PAYMENTS], relays=1):
+            await wait_rows(stack, "select count(*) from payouts.ticks where planned", 2, "the Feb 10 planning")
+            plans = await payouts_list(stack)
+    payout = plans["sup-pwp:2026-01"]
+    assert (payout["state"], payout["amount"], payout["held"]) == ("planned", "150.00", "0.00")
+    assert payout["planned_at"].startswith("2026-02-10")
+    await assert_ledger_sound(stack)
