@@ -11,7 +11,9 @@ time moved (a tick) or a statement arrived (R15: planning runs at each close, pl
   hour's earnings land on (R12);
 * ``invoice.finalized`` (invoicing): the invoice of (contract, period) and its total;
 * ``invoice.payment_status`` (payments): every revision, with its ``as_of``: what remained at each time;
-* ``clock.ticked``: planning time moves to the tick; plan.
+* ``clock.ticked``: planning time moves to the tick; plan;
+* ``saga.compensation_requested`` (saga, ``sagas.v1``): applied once and answered
+  (:mod:`services.payouts.compensations`), in event order, after the batch's facts and before its planning.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from libs.messaging.consume import Subscription, Tx
 from libs.money import currency_exponent
 from schemas import topics
 from schemas.envelope import Envelope
-from schemas.events import ChargeRated, InvoiceFinalized, InvoicePaymentStatus, StatementFinalized
+from schemas.events import ChargeRated, InvoiceFinalized, InvoicePaymentStatus, SagaEvent, StatementFinalized
 from schemas.inputs import ClockTicked, FxRate, PayeeUpdated, mask_account
-from services.payouts import planner, store
+from services.payouts import compensations, planner, store
 from services.payouts.domain.planning import Rate
 
 CONSUMER = "payouts"
@@ -39,6 +41,7 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     conn = tx.conn
     ticks: list[datetime] = []
     statements = False
+    requests: list[Envelope[Any]] = []
     earnings: list[tuple[str, str, str, datetime, str, Decimal]] = []
     for event in events:
         data = event.data
@@ -57,6 +60,9 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
         elif isinstance(data, InvoicePaymentStatus):
             await store.save_status(
                 conn, data.invoice_id, data.revision, to_minor(data.amount_remaining, data.currency), data.as_of
+            )
+            await compensations.on_payment_status(
+                conn, data.invoice_id, to_minor(data.amount_remaining, data.currency), data.as_of
             )
         elif isinstance(data, InvoiceFinalized):
             await store.save_invoice(
@@ -108,7 +114,11 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             )
         elif isinstance(data, ClockTicked):
             ticks.append(data.at)
+        elif isinstance(data, SagaEvent):
+            requests.append(event)
     await store.add_earnings(conn, earnings)
+    for request in requests:  # after the batch's facts, before its planning
+        await compensations.on_request(tx, request)
     if ticks:
         now: datetime | None = await store.advance_clock(conn, max(ticks))
     elif statements:
@@ -142,6 +152,7 @@ SUBSCRIPTION = Subscription(
         topics.INVOICES_FINALIZED,
         topics.INVOICE_PAYMENTS,
         topics.CLOCK_TICKS,
+        topics.SAGAS,
     ),
     handler=on_batch,
     batch_max=1000,
