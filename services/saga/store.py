@@ -101,10 +101,11 @@ async def advance(
                 await _transition(tx, saga_id, invoice_number, facts, status, new, cause, seq)
                 status = new
         if isinstance(event, domain.CompensationResult) and event.ok:
-            # the acting side's answer (payouts): recorded with what it did, in both acknowledgement modes
+            # the acting side's answer (payouts): recorded with what it did, in both acknowledgement modes;
+            # the first answer stays (a retried attempt's answer is the duplicate of it)
             await conn.execute(
                 "update saga.compensations set state = 'done', last_reason = $4, updated_at = now() "
-                "where saga_id = $1 and kind = $2 and ref = $3",
+                "where saga_id = $1 and kind = $2 and ref = $3 and last_reason not like 'acknowledged%'",
                 saga_id,
                 event.compensation,
                 event.ref,

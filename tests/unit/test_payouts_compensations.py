@@ -133,4 +133,3 @@ def test_money_given_back_and_clawed_back_is_not_held_again_under_pay_when_paid(
     assert held.held_minor == 6_000 - 6_000 * 4_000 // 8_000  # without the clawback: 30.00 held
     [plan] = plan_payouts(inputs(earnings=E_60, invoices=reopened, payees=pwp, settled_back={REF: 4_000}))
     assert plan.held_minor == 0
-
