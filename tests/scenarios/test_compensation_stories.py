@@ -11,16 +11,18 @@ One marketplace, January and February 2026, three suppliers, none paid when paid
   payouts holds all 60.00, so January's planning (Feb 1) pays nothing (nothing_payable, held 60.00). The
   renter pays on Feb 25: the hold is released, and the Mar 1 planning pays January and February (15.00)
   together: 75.00.
-* ``sup-r`` earns 75.00 on ctr-r's invoice of 100.00, paid Feb 2, paid out Feb 1... planned at Feb 1 (75.00).
+* ``sup-r`` earns 75.00 on ctr-r's invoice of 100.00 (paid Feb 2); January's 75.00 is paid out at Feb 1.
   A refund of 40.00 on Feb 15 → ``clawback``: 75.00 × 40 / 100 = 30.00, a ``payout.clawback`` landing on
-  February's statement (earnings 45.00, clawbacks −30.00, net 15.00): the Mar 1 payout is 15.00.
+  February's statement (earnings 45.00, clawbacks −30.00, net 15.00): the Mar 1 payout is 15.00. A refund
+  of 10.00 dated Feb 28 arrives after February was stated: its 7.50 lands on March's statement.
 * ``sup-d`` earns 75.00 on ctr-d's invoice of 100.00, paid; the whole 100.00 disputed and lost on Feb 20 →
   ``reverse_revenue`` (answered, nothing posted: payments already wrote the loss off) and
   ``reverse_supplier_share``: all 75.00 taken back; February's statement has only that line (net −75.00,
   carried).
 
 Every request is answered once; a request delivered twice is applied once, and a retried attempt of the
-clawback (attempt 2, a new request id) is answered as the duplicate it is and applies nothing. Expected
+clawback (attempt 2, a new request id) is answered as the duplicate it is and applies nothing; a request
+for an invoice payouts never saw is answered ``failed`` with the reason. Expected
 amounts are computed here from the rules' words, never by the services' code.
 """
 
@@ -184,7 +186,18 @@ async def test_hold_clawback_supplier_share_once_and_acknowledged(stack: Stack) 
                 ),
             )
         )
+        # a request payouts cannot apply (an invoice it never saw) is answered failed, not recorded as applied
+        unknown = {**claw["data"], "invoice_number": "INV-2099-000001", "compensation": "hold_earnings"}
+        unknown.update(ref="INV-2099-000001", saga_id="saga-unknown", amount=None)
+        again.append(
+            (
+                topics.SAGAS,
+                "saga-unknown",
+                event_bytes("saga.compensation_requested", unknown, id="req-unknown", time=FEB[0] + HOUR),
+            )
+        )
         await publish(stack, again)
+        await wait_rows(stack, "select count(*) from payouts.compensation_requests where outcome = 'failed'", 1, "fail")
         await wait_rows(
             stack, "select count(*) from payouts.compensation_requests where outcome = 'duplicate'", 1, "duplicate"
         )
@@ -242,12 +255,14 @@ async def test_hold_clawback_supplier_share_once_and_acknowledged(stack: Stack) 
         ("sup-r", "clawback", "rf_1", 3_000, "2026-02"),  # 75.00 × 40.00 / 100.00
         ("sup-r", "clawback", "rf_2", 750, "2026-02"),  # stated on March: its month was closed
     ]
-    assert await count(stack, "select count(*) from payouts.compensation_requests") == 6
+    assert await count(stack, "select count(*) from payouts.compensation_requests") == 7
     assert await count(stack, "select count(*) from payouts.compensations_applied") == 5
     events = await outbox_events(stack, topics.PAYOUTS)
     types = [e["type"] for e in events]
     assert types.count("payout.clawback") == 3
-    assert types.count("payout.compensation_applied") == 6 and "payout.compensation_failed" not in types
+    assert types.count("payout.compensation_applied") == 6
+    [failed] = [e["data"] for e in events if e["type"] == "payout.compensation_failed"]
+    assert (failed["ok"], failed["reason"]) == (False, "invoice INV-2099-000001 not known to payouts yet")
     duplicate = [e["data"] for e in events if e["type"] == "payout.compensation_applied" and e["data"]["duplicate"]]
     assert [(d["compensation"], d["attempt"], d["lines"][0]["amount"]) for d in duplicate] == [("clawback", 2, "30.00")]
     reverse = next(e["data"] for e in events if e["data"].get("compensation") == "reverse_revenue")
