@@ -28,6 +28,7 @@ amounts are computed here from the rules' words, never by the services' code.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -36,10 +37,12 @@ import orjson
 import pytest
 
 from domain.contracts import chart
+from libs.errors import DomainRuleError
 from libs.messaging.worker import Service
 from libs.money import minor_to_ledger
 from schemas import topics
 from schemas.events import PaymentEvent
+from services.invoicing import store as invoicing_store
 from services.invoicing.main import SERVICE as INVOICING
 from services.payments.main import SERVICE as PAYMENTS
 from services.payouts.main import SERVICE as PAYOUTS
@@ -298,3 +301,27 @@ async def test_hold_clawback_supplier_share_once_and_acknowledged(stack: Stack) 
     # sup-d: +75.00 − 75.00 paid − 75.00 clawed back: the supplier owes 75.00 (carried on its statements)
     assert await balance_units(stack, chart.payable("sup-d", "USD").code) == minor_to_ledger(7_500, "USD")
     await assert_ledger_sound(stack)
+
+
+async def test_a_clawback_is_recorded_once_refused_with_other_amounts_and_claimed_by_one_statement(
+    stack: Stack,
+) -> None:
+    row = invoicing_store.ClawbackRow(
+        "cb-1", "sup-1", "USD", "2026-02", -3_000, "INV-2026-000001", "clawback", "rf", "e1"
+    )
+    async with stack.pool.acquire() as conn, conn.transaction():
+        assert await invoicing_store.insert_clawbacks(conn, [row]) == [row]
+        assert await invoicing_store.insert_clawbacks(conn, [row]) == []  # redelivered: nothing new
+        with pytest.raises(DomainRuleError, match="other amounts"):
+            await invoicing_store.insert_clawbacks(conn, [dataclasses.replace(row, amount_minor=-3_001)])
+    async with stack.pool.acquire() as conn, conn.transaction():
+        later = dataclasses.replace(row, clawback_id="cb-2", month="2026-04", amount_minor=-100)
+        await invoicing_store.insert_clawbacks(conn, [later])
+        # March's statement takes February's (an already stated month) but not April's
+        assert await invoicing_store.claim_statement_clawbacks(conn, [("sup-1", "USD")], "2026-03") == {
+            ("sup-1", "USD"): -3_000
+        }
+        assert await invoicing_store.claim_statement_clawbacks(conn, [("sup-1", "USD")], "2026-03") == {}
+        assert await invoicing_store.claim_statement_clawbacks(conn, [("sup-1", "USD")], "2026-04") == {
+            ("sup-1", "USD"): -100
+        }

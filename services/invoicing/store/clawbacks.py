@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from libs.errors import DomainRuleError
 from services.invoicing.store.tables import SCHEMA
 
 
@@ -26,7 +27,8 @@ class ClawbackRow:
 
 
 async def insert_clawbacks(conn: asyncpg.Connection, rows: Sequence[ClawbackRow]) -> list[ClawbackRow]:
-    """Record clawbacks (key order); returns the new ones (a redelivered clawback id is not new)."""
+    """Record clawbacks (key order); returns the new ones (a redelivered clawback id is not new; one that
+    comes back with other amounts is refused)."""
     new: list[ClawbackRow] = []
     for r in sorted(rows, key=lambda r: r.clawback_id):
         inserted = await conn.fetchval(
@@ -45,6 +47,15 @@ async def insert_clawbacks(conn: asyncpg.Connection, rows: Sequence[ClawbackRow]
         )
         if inserted:
             new.append(r)
+            continue
+        old = await conn.fetchrow(
+            f"select supplier_id, currency, month, amount_minor from {SCHEMA}.clawbacks where clawback_id = $1",
+            r.clawback_id,
+        )
+        assert old is not None
+        if tuple(old) != (r.supplier_id, r.currency, r.month, r.amount_minor):
+            # the same key with another payload is an error, not a duplicate (dead-lettered with this reason)
+            raise DomainRuleError(f"clawback {r.clawback_id} seen before with other amounts: {tuple(old)}")
     return new
 
 
