@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         description="Sagas follow payout sent/settled/returned (needs payouts.v1 wired to the saga worker); "
         "off: a paid cycle completes when the supplier's earnings are released.",
     )
+    saga_await_acknowledgement: bool = Field(
+        default=False,
+        description="A compensation is done when payouts answers it (payout.compensation_applied; failed → "
+        "retried); off: a request durably in the outbox counts as done, and the answer is only recorded.",
+    )
 
     # payments gateways
     gateways_enabled: str = Field(

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs import limits
-from schemas.types import Barrier, Currency, DecimalStr, Id, Text, UtcTime
+from schemas.types import Barrier, Currency, DecimalStr, Id, NonNegativeDecimalStr, Text, UtcTime
 
 
 class EventModel(BaseModel):
@@ -298,6 +298,10 @@ class StatementFinalized(EventModel):
     carried: DecimalStr
     net: DecimalStr
     issued_at: UtcTime
+    clawbacks: DecimalStr = Decimal(0)
+    """≤ 0: earnings clawed back after they were released or paid out (``payout.clawback`` landing on this
+    month or an earlier, already stated one; R15, extension of R12): net = earnings_total + sla_chargebacks
+    + clawbacks + carried. Statements written before clawbacks existed read as 0."""
 
 
 # --- journal.requests.v1 / journal.posted.v1 (key: transfer_id) ----------------------------------------
@@ -495,6 +499,9 @@ class SagaEvent(EventModel):
     cause_event_id: Id
     cause_type: str
     at: UtcTime
+    amount: NonNegativeDecimalStr | None = None
+    """On ``clawback`` / ``reverse_*`` requests: the refunded, credited or disputed amount (invoice currency),
+    what the acting side shares out (payouts: each supplier's share of it)."""
 
 
 # --- payouts.v1 (key: supplier_id) ----------------------------------------------------------------------
@@ -530,3 +537,60 @@ class PayoutEvent(EventModel):
     held_minor: int = Field(ge=0)
     """Pay-when-paid earnings held at planning (statement currency, minor units)."""
     planned_at: UtcTime
+
+
+ClawbackKind = Literal["clawback", "reverse_supplier_share"]
+
+
+class PayoutClawback(EventModel):
+    """Type ``payout.clawback`` on ``payouts.v1`` (key ``supplier_id``): a supplier's share of a refund,
+    credit note (``clawback``) or lost dispute (``reverse_supplier_share``) on a renter invoice whose earnings
+    were released, taken back as a negative line on the supplier's statement of ``month`` (the month of the
+    saga request's event time), or of the next open month when that one is already stated (R15; extension
+    of R12). ``amount`` is negative, as on the statement, in the statement ``currency``. One per
+    (supplier, invoice, kind, ref): ``clawback_id`` derives from them."""
+
+    clawback_id: Id
+    supplier_id: Id
+    currency: Currency
+    amount: DecimalStr = Field(lt=0)
+    month: str = Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+    invoice_number: str
+    kind: ClawbackKind
+    ref: str
+    earnings: DecimalStr
+    """E: the supplier's earnings tied to the invoice (statement currency) the share was taken of."""
+    saga_id: Id
+    request_id: Id
+    at: UtcTime
+
+
+class CompensationLine(EventModel):
+    """What a compensation did for one supplier: ``held`` (earnings held from payouts until the invoice is
+    paid), ``clawed_back`` (a ``payout.clawback``), or ``nothing`` (no earnings to act on)."""
+
+    supplier_id: Id
+    currency: Currency
+    action: Literal["held", "clawed_back", "nothing"]
+    amount: DecimalStr
+    """≥ 0, statement currency: held or clawed back."""
+
+
+class CompensationAnswered(EventModel):
+    """Types ``payout.compensation_applied`` / ``payout.compensation_failed`` on ``payouts.v1`` (key
+    ``saga_id``): payouts' answer to one ``saga.compensation_requested`` (``request_id`` is the request's
+    event id; ``attempt`` is the request's). A request whose (kind, ref) was already applied under another
+    attempt is answered ``applied`` again with ``duplicate`` set and the first application's lines; it
+    applies nothing twice. ``failed`` carries the ``reason``; the saga retries it with a new attempt."""
+
+    request_id: Id
+    saga_id: Id
+    invoice_number: str
+    compensation: CompensationKind
+    ref: str
+    attempt: int = Field(ge=1)
+    ok: bool
+    duplicate: bool = False
+    reason: str = Field(default="", max_length=2000)
+    lines: list[CompensationLine] = Field(default_factory=list, max_length=10_000)
+    at: UtcTime

@@ -330,9 +330,18 @@ PAYOUTS = Topic(
     key="supplier_id",
     partitions=3,
     producer="payouts",
-    description="Supplier payouts planned, held, released, or waiting with a reason (R15).",
+    description="Supplier payouts planned, held, released, or waiting with a reason (R15); clawbacks for the "
+    "supplier's next statement and the answers to the saga's compensation requests (issues 10, 11).",
     types=MappingProxyType(
-        {name: events.PayoutEvent for name in ("payout.planned", "payout.held", "payout.released", "payout.waiting")}
+        {
+            **{
+                name: events.PayoutEvent
+                for name in ("payout.planned", "payout.held", "payout.released", "payout.waiting")
+            },
+            "payout.clawback": events.PayoutClawback,
+            "payout.compensation_applied": events.CompensationAnswered,
+            "payout.compensation_failed": events.CompensationAnswered,
+        }
     ),
 )
 

@@ -171,6 +171,29 @@ def cash_clearing(currency: str) -> AccountSpec:
     )
 
 
+def supplier_clawbacks_receivable(currency: str) -> AccountSpec:
+    return AccountSpec(
+        _code(PLATFORM, "supplier_clawbacks_receivable", currency),
+        currency,
+        "asset",
+        PLATFORM,
+        description="supplier earnings clawed back (R15), until the supplier's next statement nets them "
+        "against its payable",
+    )
+
+
+def supplier_clawbacks(currency: str) -> AccountSpec:
+    return AccountSpec(
+        _code(PLATFORM, "supplier_clawbacks", currency),
+        currency,
+        "expense",
+        PLATFORM,
+        normal_balance="credit",
+        description="supplier earnings taken back after a refund or credit note (R15): a recovery of cost "
+        "of revenue, like sla_recovery",
+    )
+
+
 # --- supplier side ---------------------------------------------------------------------------------------------
 def payable_accrued(supplier_id: str, currency: str) -> AccountSpec:
     return AccountSpec(

@@ -122,21 +122,27 @@ def _used(entry: Entry | None, specs: Iterable[AccountSpec]) -> list[AccountSpec
 def statement_entry(
     draft: statements.StatementDraft, *, accrued_units: int, charges: int, entry_id: str, cause_id: str
 ) -> tuple[Entry | None, list[AccountSpec]]:
-    """The journal entry of a statement: accrued earnings → payable (rounded lines), chargebacks."""
+    """The journal entry of a statement: accrued earnings → payable (rounded lines), chargebacks, and
+    clawbacks (R15): the supplier's payable settles the platform's clawback receivable that payouts posted
+    (Dr supplier payable / Cr supplier_clawbacks_receivable). Without clawbacks: the same entry as before."""
     cur, supplier = draft.currency, draft.supplier_id
     accounts = [
         chart.payable_accrued(supplier, cur),
         chart.payable(supplier, cur),
         chart.sla_recovery(cur),
         chart.rounding(cur),
+        chart.supplier_clawbacks_receivable(cur),
     ]
-    accrued_code, payable_code, recovery_code, rounding_code = (a.code for a in accounts)
+    accrued_code, payable_code, recovery_code, rounding_code, clawback_code = (a.code for a in accounts)
     chargeback_units = minor_to_ledger(-draft.sla_chargebacks_minor, cur)
+    clawback_units = minor_to_ledger(-draft.clawbacks_minor, cur)
     postings = [
         debit(accrued_code, accrued_units, cur),
         credit(payable_code, minor_to_ledger(draft.earnings_total_minor, cur), cur),
         debit(payable_code, chargeback_units, cur),
         credit(recovery_code, chargeback_units, cur),
+        debit(payable_code, clawback_units, cur),
+        credit(clawback_code, clawback_units, cur),
     ]
     residual = sum(p.amount_units for p in postings)
     bound = minor_to_ledger(len(draft.lines) + 1, cur) + charges + 1

@@ -5,6 +5,7 @@ import asyncpg
 from libs.messaging.worker import Service
 from services.held_gauges import metrics_task
 from services.invoicing import store
+from services.invoicing.clawbacks import SUBSCRIPTION as CLAWBACKS
 from services.invoicing.closer import run_closer
 from services.invoicing.handlers import SUBSCRIPTION
 from services.invoicing.statements import month_bounds
@@ -29,10 +30,10 @@ async def pending(conn: asyncpg.Connection) -> int:
 
 SERVICE = Service(
     name="invoicing",
-    subscriptions=(SUBSCRIPTION,),
+    subscriptions=(SUBSCRIPTION, CLAWBACKS),
     tasks=(run_closer, metrics_task("invoicing")),
     pending=pending,
     description="Period close per contract (invoices, credit notes) and supplier statements per month "
     "(charges.rated.v1 + contracts.v1 → invoices.finalized.v1, credit_notes.issued.v1, "
-    "statements.finalized.v1)",
+    "statements.finalized.v1; payout.clawback → the supplier's next statement)",
 )

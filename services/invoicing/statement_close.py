@@ -62,6 +62,7 @@ async def close_statement_chunk(
     await store.take_pending(conn, pairs, month)
     earnings = await store.claim_statement_earnings(conn, pairs, month, month_start, month_end)
     parts = await store.claim_statement_chargebacks(conn, pairs, month)
+    clawbacks = await store.claim_statement_clawbacks(conn, pairs, month)
     previous = await store.previous_nets(conn, pairs)
     drafts: list[tuple[statements.StatementDraft, int, int]] = []
     for supplier_id, currency in pairs:
@@ -93,6 +94,7 @@ async def close_statement_chunk(
             ),
             previous_net_minor=previous.get((supplier_id, currency)),
             issued_at=issued_at,
+            clawbacks_minor=clawbacks.get((supplier_id, currency), 0),
         )
         if not statements.statement_due(inputs):
             continue

@@ -9,7 +9,10 @@ One statement per supplier per currency per calendar month (UTC):
 * ``sla_chargebacks`` = the sum of the chargeback parts that land on the month (negative: a
   chargeback passes an SLA credit of a renter invoice on to the supplier);
 * ``carried`` = the previous month's net in the same currency when it was negative, else 0;
-* ``net`` = earnings_total + sla_chargebacks + carried. A negative net carries to the next month.
+* ``clawbacks`` (extension of R12, from R15) = the sum of the supplier's clawbacks landing on the month
+  (≤ 0: ``payout.clawback``, a share of earnings taken back after a refund, credit note or lost dispute);
+* ``net`` = earnings_total + sla_chargebacks + clawbacks + carried. A negative net carries to the next
+  month. Without clawbacks the statement is what R12 says, and ``clawbacks`` is 0.
 
 Extension (like R3 for invoices): earnings of hours of a month whose statement is already final
 (late corrections) land on the next statement, on the allocation's line
@@ -192,6 +195,8 @@ class StatementInputs:
     previous_net_minor: int | None
     """Net of the supplier's previous statement in this currency (``None``: there was none)."""
     issued_at: datetime
+    clawbacks_minor: int = 0
+    """≤ 0: the sum of the supplier's clawbacks landing on this statement (R15; extension of R12)."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,8 @@ class StatementDraft:
     """≤ 0: the previous month's negative net, else 0."""
     net_minor: int
     issued_at: datetime
+    clawbacks_minor: int = 0
+    """≤ 0: clawbacks (R15) carried by this statement."""
 
     @property
     def carried_forward_minor(self) -> int:
@@ -238,13 +245,20 @@ def carried_from(previous_net_minor: int | None) -> int:
 def statement_due(inputs: StatementInputs) -> bool:
     """Whether the month gets a statement: an earnings line, a chargeback part or a carried balance."""
     has_line = any(e.has_line for e in inputs.earnings)
-    return has_line or bool(inputs.chargebacks) or carried_from(inputs.previous_net_minor) != 0
+    return (
+        has_line
+        or bool(inputs.chargebacks)
+        or inputs.clawbacks_minor != 0
+        or carried_from(inputs.previous_net_minor) != 0
+    )
 
 
 def _check_statement_inputs(inputs: StatementInputs) -> None:
     currency_exponent(inputs.currency)  # raises UnknownCurrencyError
     if not _MONTH_RE.match(inputs.month):
         raise ValueError(f"month {inputs.month!r} is not YYYY-MM")
+    if inputs.clawbacks_minor > 0:
+        raise DomainRuleError(f"clawbacks of {inputs.clawbacks_minor} minor units: a clawback is never positive")
     seen: set[str] = set()
     for e in inputs.earnings:
         if e.allocation_id in seen:
@@ -269,7 +283,7 @@ def assemble_statement(inputs: StatementInputs) -> StatementDraft:
     """R12: build a supplier's statement for one month and currency.
 
     Raises :class:`DomainRuleError` / :class:`CurrencyMismatchError` on inconsistent inputs.
-    Invariant (asserted): ``net = Σ lines + sla_chargebacks + carried``.
+    Invariant (asserted): ``net = Σ lines + sla_chargebacks + clawbacks + carried``.
     """
     _check_statement_inputs(inputs)
     lines: list[StatementLine] = []
@@ -281,7 +295,7 @@ def assemble_statement(inputs: StatementInputs) -> StatementDraft:
     earnings_total = sum(line.amount_minor for line in lines)
     chargebacks = sum(part.amount_minor for part in inputs.chargebacks)
     carried = carried_from(inputs.previous_net_minor)
-    net = earnings_total + chargebacks + carried
+    net = earnings_total + chargebacks + inputs.clawbacks_minor + carried
     draft = StatementDraft(
         supplier_id=inputs.supplier_id,
         currency=inputs.currency,
@@ -292,8 +306,12 @@ def assemble_statement(inputs: StatementInputs) -> StatementDraft:
         carried_minor=carried,
         net_minor=net,
         issued_at=inputs.issued_at,
+        clawbacks_minor=inputs.clawbacks_minor,
     )
-    assert draft.net_minor == sum(x.amount_minor for x in draft.lines) + draft.sla_chargebacks_minor + carried
+    assert (
+        draft.net_minor
+        == sum(x.amount_minor for x in draft.lines) + draft.sla_chargebacks_minor + draft.clawbacks_minor + carried
+    )
     assert draft.carried_minor <= 0
     return draft
 
@@ -321,4 +339,5 @@ def to_event(draft: StatementDraft, number: str, statement_id: str) -> Statement
         carried=money(draft.carried_minor),
         net=money(draft.net_minor),
         issued_at=draft.issued_at,
+        clawbacks=money(draft.clawbacks_minor),
     )

@@ -1,5 +1,5 @@
-"""payouts' consumer: one handler for the batch, one transaction. Thin: record the facts, then plan when
-time moved (a tick) or a statement arrived (R15: planning runs at each close, planning time = the tick).
+"""payouts' consumer: one handler for the batch, one transaction. Thin: record the facts, then plan every
+tick that may be planned (R15: planning runs at each close, planning time = the tick).
 
 * ``supplier.payee_updated`` (platform): every version is kept; the latest at or before planning applies.
   The account object is stored as sent (the rails need it) and only ever shown masked;
@@ -10,7 +10,11 @@ time moved (a tick) or a statement arrived (R15: planning runs at each close, pl
   that bills the hour (one invoice per contract per period, R10), the month says which statement the
   hour's earnings land on (R12);
 * ``invoice.finalized`` (invoicing): the invoice of (contract, period) and its total;
-* ``invoice.payment_status`` (payments): every revision, with its ``as_of``: what remained at each time;
+* ``invoice.payment_status`` (payments): every revision, with its ``as_of``: what remained at each time,
+  and the partition's latest ``payments.watermark`` when it arrived (``after_mark``);
+* ``payments.watermark`` (payments, on every partition once it answered a tick): the latest tick
+  payments answered is the least over the partitions; a tick is planned only once it is answered, and a
+  status counts at a planning only if it came before that tick's watermark;
 * ``statements.closed`` (invoicing, on every partition after a month's last statement): the month
   whose statements are all in is the least over the partitions;
 * ``clock.ticked``: recorded. Ticks are planned one by one, in order, each at its own planning time,
@@ -18,6 +22,8 @@ time moved (a tick) or a statement arrived (R15: planning runs at each close, pl
   one cannot finalize another statement. So a month-closing tick waits for that month's
   ``statements.closed`` — what arrived first (the tick, the statements) changes nothing, nor does a
   backlog of ticks after a crash.
+* ``saga.compensation_requested`` (saga, ``sagas.v1``): applied once and answered
+  (:mod:`services.payouts.compensations`), in event order, after the batch's facts and before its planning.
 """
 
 from __future__ import annotations
@@ -38,12 +44,13 @@ from schemas.events import (
     ChargeRated,
     InvoiceFinalized,
     InvoicePaymentStatus,
+    SagaEvent,
     StatementFinalized,
     StatementsClosed,
     Watermark,
 )
 from schemas.inputs import ClockTicked, FxRate, PayeeUpdated, mask_account
-from services.payouts import planner, store
+from services.payouts import compensations, planner, store
 from services.payouts.domain.planning import Rate
 
 CONSUMER = "payouts"
@@ -55,6 +62,7 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     marks: list[tuple[int, str, datetime]] = []
     paid_marks: dict[int, datetime] | None = None  # payments watermarks, as the batch moves them
     answered = False
+    requests: list[Envelope[Any]] = []
     earnings: list[tuple[str, str, str, datetime, str, Decimal]] = []
     for event in events:
         data = event.data
@@ -81,6 +89,9 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
                 to_minor(data.amount_remaining, data.currency),
                 data.as_of,
                 paid_marks.get(partition),
+            )
+            await compensations.on_payment_status(
+                conn, data.invoice_id, to_minor(data.amount_remaining, data.currency), data.as_of
             )
         elif isinstance(data, Watermark) and data.source == "payments":
             if paid_marks is None:
@@ -140,7 +151,11 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             marks.append((data.partition, data.month, data.issued_at))
         elif isinstance(data, ClockTicked):
             ticks.append(data.at)
+        elif isinstance(data, SagaEvent):
+            requests.append(event)
     await store.add_earnings(conn, earnings)
+    for request in requests:  # after the batch's facts, before its planning
+        await compensations.on_request(tx, request)
     if not ticks and not marks and not answered:
         return
     await store.lock_planning(conn)
@@ -187,6 +202,7 @@ SUBSCRIPTION = Subscription(
         topics.INVOICES_FINALIZED,
         topics.INVOICE_PAYMENTS,
         topics.CLOCK_TICKS,
+        topics.SAGAS,
     ),
     handler=on_batch,
     batch_max=1000,

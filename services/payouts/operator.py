@@ -97,7 +97,7 @@ async def dry_run(conn: asyncpg.Connection, at: datetime | None) -> tuple[dateti
     pairs = await store.pairs_to_plan(conn, when)
     if not pairs:
         return when, []
-    plans = plan_payouts(await store.load_inputs(conn, when, pairs))
+    plans = plan_payouts(await planner.load_inputs(conn, when, pairs))
     return when, [payout_json(planner.row_of(plan, when)) for plan in plans]
 
 

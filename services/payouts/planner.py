@@ -8,6 +8,7 @@ are paid out. A plan without a payout replaces the pair's previous waiting row a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -22,8 +23,8 @@ from libs.money import format_minor
 from schemas import topics
 from schemas.envelope import Envelope
 from schemas.events import PayoutEvent
-from services.payouts import entries, store
-from services.payouts.domain.planning import Plan, plan_payouts
+from services.payouts import compensations, entries, store
+from services.payouts.domain.planning import Plan, PlanningInputs, plan_payouts
 
 log = structlog.get_logger("settle.payouts")
 
@@ -85,6 +86,15 @@ def _same_waiting(old: asyncpg.Record | None, new: dict[str, Any]) -> bool:
     return all(old[f] == new[f] for f in fields)
 
 
+async def load_inputs(conn: asyncpg.Connection, at: datetime, pairs: list[tuple[str, str]]) -> PlanningInputs:
+    """What R15 needs at ``at``, with the saga's holds and clawed-back refunds (compensations)."""
+    inputs = await store.load_inputs(conn, at, pairs)
+    holds, settled_back = await compensations.planning_inputs(
+        conn, sorted({e.ref.contract_id for e in inputs.earnings})
+    )
+    return replace(inputs, holds=holds, settled_back=settled_back)
+
+
 async def plan_at(tx: Tx, at: datetime, *, cause: Envelope[Any] | None) -> int:
     """Plan every (supplier, statement currency) with a final month not yet paid out, at ``at``.
     Returns how many payouts were planned. The caller holds the clock row lock."""
@@ -92,7 +102,7 @@ async def plan_at(tx: Tx, at: datetime, *, cause: Envelope[Any] | None) -> int:
     pairs = await store.pairs_to_plan(conn, at)
     if not pairs:
         return 0
-    inputs = await store.load_inputs(conn, at, pairs)
+    inputs = await load_inputs(conn, at, pairs)
     planned = 0
     for plan in plan_payouts(inputs):
         row = row_of(plan, at)

@@ -71,8 +71,9 @@ class Policy:
     """From release to payout sent: the next month's statement is final and planned by then."""
     settle_deadline_days: int = 5
     await_acknowledgement: bool = False
-    """Wait for the acting side to answer each compensation (``CompensationResult``). Nothing answers yet
-    (payouts does not consume ``sagas.v1``): without it, a request durably in the outbox counts as done."""
+    """Wait for the acting side to answer each compensation (``CompensationResult``; payouts answers with
+    ``payout.compensation_applied|failed``): without it, a request durably in the outbox counts as done and
+    the answer, when it comes, is only recorded (``Facts.comp_acked``)."""
     compensation_max_attempts: int = 5
     compensation_retry_hours: tuple[int, ...] = (1, 6, 24, 24)
 
@@ -194,6 +195,8 @@ class CompensationResult(Fact):
     ok: bool
     reason: str = ""
     at: datetime
+    acknowledged: bool = True
+    """An answer from the acting side (False: the worker's own "done" when acknowledgements are not awaited)."""
 
 
 class OperatorRetry(Fact):
@@ -254,6 +257,8 @@ class Facts(BaseModel):
     """``kind:ref`` → attempt that succeeded."""
     comp_failed: dict[str, dict[int, datetime]] = {}
     """``kind:ref`` → attempt → when it failed."""
+    comp_acked: dict[str, int] = {}
+    """``kind:ref`` → the attempt the acting side answered as applied (its acknowledgement)."""
     operator_retries: dict[str, datetime] = {}
 
 
@@ -325,7 +330,10 @@ def apply(facts: Facts, event: Input) -> Facts:
         case CompensationResult():
             key = f"{event.compensation}:{event.ref}"
             if event.ok:
-                return facts.model_copy(update={"comp_done": _add(facts.comp_done, key, event.attempt)})
+                update = {"comp_done": _add(facts.comp_done, key, event.attempt)}
+                if event.acknowledged:
+                    update["comp_acked"] = _add(facts.comp_acked, key, event.attempt)
+                return facts.model_copy(update=update)
             failed = dict(facts.comp_failed.get(key, {}))
             if event.attempt in failed:
                 return facts
@@ -585,6 +593,18 @@ def _compensations(
     state, reason = final
     waits = OPERATOR if state == "needs_operator" else ""
     return Status(state, reason, waits, None, tuple(steps), tuple(required))
+
+
+def requested_amount_minor(facts: Facts, comp: Compensation) -> int | None:
+    """What a compensation shares out (invoice currency, minor units, ≥ 0): the refund's or credit note's
+    amount for a ``clawback``, the dispute's for ``reverse_*``; None for ``hold_earnings`` (the invoice)."""
+    if comp.kind == "clawback":
+        amount = facts.refunds.get(comp.ref, facts.credit_notes.get(comp.ref))
+    elif comp.kind in ("reverse_revenue", "reverse_supplier_share"):
+        amount = facts.disputes_open.get(comp.ref)
+    else:
+        return None
+    return None if amount is None else abs(amount)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,12 @@
 * ``credit_note.issued`` (invoicing);
 * ``clock.ticked``: event time; every open saga whose deadline (or compensation retry) has come moves.
 
-``payouts.v1`` is not read yet: its events (planned, held, released, waiting) name a supplier and statement
-months, not the invoice a saga follows, and nothing publishes sent, settled or returned (README, "Saga
-coordinator", gaps).
+* ``payout.compensation_applied|failed`` (payouts, on ``payouts.v1``): the answer to a compensation request
+  (its invoice, kind, ref and attempt) → a ``CompensationResult``.
+
+The other ``payouts.v1`` events (planned, held, released, waiting, clawback) are not read: they name a
+supplier and statement months, not the invoice a saga follows, and nothing publishes sent, settled or
+returned (README, "Saga coordinator", gaps).
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from libs.messaging.consume import Subscription, Tx
 from libs.money import currency_exponent
 from schemas import topics
 from schemas.envelope import Envelope
-from schemas.events import CreditNoteIssued, InvoiceFinalized, InvoicePaymentStatus, PaymentEvent
+from schemas.events import (
+    CompensationAnswered,
+    CreditNoteIssued,
+    InvoiceFinalized,
+    InvoicePaymentStatus,
+    PaymentEvent,
+)
 from schemas.inputs import ClockTicked
 from services.saga import domain, store
 
@@ -39,6 +48,14 @@ def to_minor(amount: Decimal, currency: str) -> int:
     if scaled != scaled.to_integral_value():
         raise InvalidAmountError(f"{amount} has more decimal places than {currency} allows")
     return int(scaled)
+
+
+def answer_summary(data: CompensationAnswered) -> str:
+    """What payouts did, in one line (recorded with the saga's compensation)."""
+    parts = [f"{line.supplier_id} {line.action} {line.amount} {line.currency}" for line in data.lines[:20]]
+    more = f" (+{len(data.lines) - 20} more)" if len(data.lines) > 20 else ""
+    what = "; ".join(parts) or "nothing to act on"
+    return ("duplicate of the first application: " if data.duplicate else "") + what + more
 
 
 def to_input(event: Envelope[Any]) -> tuple[str, domain.Input] | None:
@@ -64,6 +81,15 @@ def to_input(event: Envelope[Any]) -> tuple[str, domain.Input] | None:
             amount_paid_minor=to_minor(data.amount_paid, data.currency),
             amount_remaining_minor=to_minor(data.amount_remaining, data.currency),
             at=data.as_of,
+        )
+    if isinstance(data, CompensationAnswered):
+        return data.invoice_number, domain.CompensationResult(
+            compensation=data.compensation,
+            ref=data.ref,
+            attempt=data.attempt,
+            ok=data.ok,
+            reason=(data.reason or answer_summary(data))[:2000],
+            at=data.at,
         )
     if isinstance(data, CreditNoteIssued):
         return data.invoice_number, domain.CreditNote(
@@ -122,6 +148,7 @@ def subscription(policy: domain.Policy) -> Subscription:
             topics.PAYMENTS,
             topics.CREDIT_NOTES_ISSUED,
             topics.CLOCK_TICKS,
+            topics.PAYOUTS,
         ),
         handler=partial(on_batch, policy),
         batch_max=500,

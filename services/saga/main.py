@@ -14,7 +14,11 @@ from services.saga.handlers import subscription
 
 
 def policy_of(settings: Settings) -> domain.Policy:
-    return domain.Policy(dispute_lost=settings.saga_dispute_lost, follow_payouts=settings.saga_follow_payouts)
+    return domain.Policy(
+        dispute_lost=settings.saga_dispute_lost,
+        follow_payouts=settings.saga_follow_payouts,
+        await_acknowledgement=settings.saga_await_acknowledgement,
+    )
 
 
 async def refresh_gauges(conn: asyncpg.Connection) -> None:

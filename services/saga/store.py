@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
 from libs.ids import derive_id
 from libs.messaging.consume import Tx
+from libs.money import format_minor
 from schemas import topics
 from schemas.envelope import Envelope
 from schemas.events import SagaEvent
@@ -78,7 +80,12 @@ async def advance(
                 facts = domain.apply(
                     facts,
                     domain.CompensationResult(
-                        compensation=comp.kind, ref=comp.ref, attempt=req.attempt, ok=True, at=cause.time
+                        compensation=comp.kind,
+                        ref=comp.ref,
+                        attempt=req.attempt,
+                        ok=True,
+                        at=cause.time,
+                        acknowledged=False,
                     ),
                 )
                 await conn.execute(
@@ -93,6 +100,17 @@ async def advance(
                 seq += 1
                 await _transition(tx, saga_id, invoice_number, facts, status, new, cause, seq)
                 status = new
+        if isinstance(event, domain.CompensationResult) and event.ok:
+            # the acting side's answer (payouts): recorded with what it did, in both acknowledgement modes;
+            # the first answer stays (a retried attempt's answer is the duplicate of it)
+            await conn.execute(
+                "update saga.compensations set state = 'done', last_reason = $4, updated_at = now() "
+                "where saga_id = $1 and kind = $2 and ref = $3 and last_reason not like 'acknowledged%'",
+                saga_id,
+                event.compensation,
+                event.ref,
+                f"acknowledged (attempt {event.attempt}): {event.reason}"[:2000],
+            )
         if isinstance(event, domain.CompensationResult) and not event.ok:
             await conn.execute(
                 "update saga.compensations set state = 'failed', last_reason = $4, updated_at = now() "
@@ -218,6 +236,12 @@ async def _request(
 ) -> None:
     comp = req.compensation
     event_id = derive_id("saga.compensation_requested", saga_id, comp.kind, comp.ref, req.attempt)
+    amount_minor = domain.requested_amount_minor(facts, comp)
+    amount = (
+        None
+        if amount_minor is None or facts.invoice is None
+        else Decimal(format_minor(amount_minor, facts.invoice.currency))
+    )
     await tx.conn.execute(
         """insert into saga.compensations (saga_id, kind, ref, state, attempts, request_event_id, cause_event_id,
                requested_at)
@@ -242,7 +266,17 @@ async def _request(
         cause=cause.envelope,
         event_id=event_id,
         correlation_id=saga_id,
-        data=_event(saga_id, number, facts, status, cause, compensation=comp.kind, ref=comp.ref, attempt=req.attempt),
+        data=_event(
+            saga_id,
+            number,
+            facts,
+            status,
+            cause,
+            compensation=comp.kind,
+            ref=comp.ref,
+            attempt=req.attempt,
+            amount=amount,
+        ),
     )
     saga_metrics.COMPENSATIONS.labels(comp.kind).inc()
 

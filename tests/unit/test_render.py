@@ -396,6 +396,20 @@ def test_statement_with_positive_net_is_payable() -> None:
     assert "carried to next month" not in html
 
 
+def test_statement_with_a_clawback_shows_it_and_one_without_does_not() -> None:
+    plain = make_statement({"alloc-1": 4500}, chargebacks=0, carried=0, currency="USD")
+    assert "Clawbacks" not in render_statement_html(plain)  # unchanged when there are none
+    clawed = plain.model_copy(update={"clawbacks": Decimal("-30.00"), "net": Decimal("15.00")})
+    text = text_of(render_statement_pdf(clawed), render_statement_html(clawed))
+    assert_in_order(
+        text,
+        ["Earnings total", "USD 45.00", "SLA chargebacks", "Clawbacks", "USD -30.00", "Net payable", "USD 15.00"],
+    )
+    bad = plain.model_copy(update={"clawbacks": Decimal("-30.00")})  # net not reduced: refused
+    with pytest.raises(DomainRuleError, match="clawbacks"):
+        render_statement_html(bad)
+
+
 def test_credit_note_pdf_names_the_invoice_it_corrects_and_is_written_with_its_json(tmp_path: Path) -> None:
     note = make_credit_note()
     paths = write_documents(note, tmp_path / "docs")

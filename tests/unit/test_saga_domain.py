@@ -139,6 +139,35 @@ def test_refund_after_release_is_clawed_back_but_not_before_payment() -> None:
     assert "clawback:cn_1" not in requested  # not paid out yet: the supplier's earnings are still ours
 
 
+def test_awaiting_acknowledgement_the_saga_is_compensated_only_by_the_answer_and_records_it() -> None:
+    policy = d.Policy(await_acknowledgement=True)
+    refund = d.Refunded(refund_id="rf_1", amount_minor=2_000, at=DUE + timedelta(days=40))
+    s, facts, requested = run([invoice(), status(2, "paid", 10_000, DUE), refund], policy, ack=False)
+    assert (s.state, requested) == ("compensating", {"clawback:rf_1": 1})
+    comp = d.Compensation("clawback", "rf_1")
+    assert d.requested_amount_minor(facts, comp) == 2_000  # what payouts shares out
+    answer = d.CompensationResult(compensation="clawback", ref="rf_1", attempt=1, ok=True, at=refund.at)
+    facts = d.apply(d.apply(facts, answer), answer)  # delivered twice: once
+    assert d.evaluate(facts, policy).state == "compensated"
+    assert facts.comp_acked == {"clawback:rf_1": 1} and facts.comp_done == {"clawback:rf_1": 1}
+    # without awaiting, the worker's own "done" is not an acknowledgement; the answer still is
+    own = answer.model_copy(update={"acknowledged": False})
+    assert d.apply(d.Facts(), own).comp_acked == {}
+
+
+def test_requested_amounts_are_the_refund_note_or_dispute_and_none_for_a_hold() -> None:
+    facts = d.fold(
+        [
+            invoice(),
+            d.CreditNote(credit_note_id="cn_1", amount_minor=-500, at=T0),
+            d.DisputeOpened(dispute_id="dp_1", amount_minor=10_000, at=DUE),
+        ]
+    )
+    assert d.requested_amount_minor(facts, d.Compensation("clawback", "cn_1")) == 500
+    assert d.requested_amount_minor(facts, d.Compensation("reverse_supplier_share", "dp_1")) == 10_000
+    assert d.requested_amount_minor(facts, d.Compensation("hold_earnings", "INV-2026-000001")) is None
+
+
 def test_a_failed_compensation_is_retried_by_event_time_then_needs_an_operator() -> None:
     policy = d.Policy(compensation_max_attempts=2, compensation_retry_hours=(1,))
     facts = d.fold([invoice(), d.PastDue(at=DUE), d.Tick(at=DUE)])

@@ -291,3 +291,35 @@ def test_invoice_sla_credit_reaches_the_suppliers_statements() -> None:
     )
     assert sup1.sla_chargebacks_minor == -1667 - 833
     assert sup1.net_minor == 15000 - 2500
+
+
+# --- clawbacks (R15; extension of R12) --------------------------------------------------------------------------
+
+
+def test_a_statement_without_clawbacks_shows_a_zero_clawbacks_field_and_the_r12_net() -> None:
+    event = to_event(assemble_statement(inputs(earnings=(earning("a1", "12.34"),))), "STM-2026-000001", "stm-1")
+    doc = event.model_dump(mode="json")
+    assert (doc["earnings_total"], doc["sla_chargebacks"], doc["carried"], doc["net"]) == (
+        "12.34",
+        "0.00",
+        "0.00",
+        "12.34",
+    )
+    assert doc["clawbacks"] == "0.00"
+
+
+def test_clawbacks_are_a_negative_line_in_the_net_and_a_negative_net_carries() -> None:
+    base = inputs(earnings=(earning("a1", "45.00"),))
+    with_claw = StatementInputs(**{**base.__dict__, "clawbacks_minor": -3_000})
+    draft = assemble_statement(with_claw)
+    assert (draft.earnings_total_minor, draft.clawbacks_minor, draft.net_minor) == (4_500, -3_000, 1_500)
+    assert to_event(draft, "STM-2026-000002", "stm-2").clawbacks == Decimal("-30.00")
+    only = StatementInputs(**{**inputs().__dict__, "clawbacks_minor": -7_500})
+    assert statement_due(only)  # a month with only a clawback still gets a statement
+    alone = assemble_statement(only)
+    assert (alone.net_minor, alone.carried_forward_minor) == (-7_500, -7_500)
+
+
+def test_a_positive_clawback_is_refused() -> None:
+    with pytest.raises(DomainRuleError):
+        assemble_statement(StatementInputs(**{**inputs().__dict__, "clawbacks_minor": 1}))

@@ -215,9 +215,11 @@ def check_document(model: Document) -> None:
             doc,
             f"earnings lines sum to {earnings_sum}, earnings total {model.earnings_total}",
         )
-        expected_net = model.earnings_total + model.sla_chargebacks + model.carried
+        expected_net = model.earnings_total + model.sla_chargebacks + model.clawbacks + model.carried
         _require(
-            expected_net == model.net, doc, f"earnings + chargebacks + carried = {expected_net}, net {model.net} (R12)"
+            expected_net == model.net,
+            doc,
+            f"earnings + chargebacks + clawbacks + carried = {expected_net}, net {model.net} (R12)",
         )
 
 
@@ -445,6 +447,12 @@ def _statement_view(statement: StatementFinalized, parties: Parties) -> Document
         totals=(
             ViewRow("Earnings total", money(statement.earnings_total), style="subtotal"),
             ViewRow("SLA chargebacks", money(statement.sla_chargebacks)),
+            # Only when there are any: a statement without clawbacks renders as before (R15 extension).
+            *(
+                (ViewRow("Clawbacks (refunds, lost disputes)", money(statement.clawbacks)),)
+                if statement.clawbacks
+                else ()
+            ),
             ViewRow("Carried from previous month", money(statement.carried)),
             net_row,
         ),

@@ -11,17 +11,19 @@ rules, each one named function in :mod:`~services.invoicing.store.membership`:
 * ``periods`` — what documents already carried for an invoiced period (the base of a correction);
 * ``documents`` — number series, invoices, credit notes, chargebacks;
 * ``statements`` — statement progress per month, pairs to state, carried nets, statement rows;
-* ``queries`` — reading documents back (CLI, demo).
+* ``queries`` — reading documents back (CLI, demo);
+* ``clawbacks`` — supplier clawbacks (``payout.clawback``) waiting for a statement: recorded, claimed.
 
 Tables: ``libs/db/migrations/0030_invoicing.sql``. Units: ``*_x3600`` exact decimals × 3600 (as on
 ``charges.rated.v1``), ``*_units`` ledger units, ``*_minor`` minor units of the row's currency.
 
 Lock order (every writer follows it, so no two transactions wait on each other in a cycle):
-``contract_state`` rows (closer only, ``skip locked``) → ``late_work`` rows → ``supplier_pending``
+``contract_state`` rows (closer only, ``skip locked``) → ``late_work`` rows → ``clawbacks`` rows → ``supplier_pending``
 rows → ``statement_progress`` → ``number_series`` rows → ledger accounts (the ledger's trigger).
 Within one table rows are locked in key order.
 """
 
+from services.invoicing.store.clawbacks import ClawbackRow, claim_statement_clawbacks, insert_clawbacks
 from services.invoicing.store.documents import (
     ChargebackRow,
     CreditNoteRow,
@@ -98,6 +100,7 @@ __all__ = [
     "CarriedPeriod",
     "ChargeRow",
     "ChargebackRow",
+    "ClawbackRow",
     "ContractState",
     "CreditNoteRow",
     "DrawRow",
@@ -114,6 +117,7 @@ __all__ = [
     "claim_invoice_draws",
     "claim_late_corrections",
     "claim_statement_chargebacks",
+    "claim_statement_clawbacks",
     "claim_statement_earnings",
     "count_pending_closes",
     "current_watermarks",
@@ -124,6 +128,7 @@ __all__ = [
     "find_late_corrections",
     "insert_chargebacks",
     "insert_charges",
+    "insert_clawbacks",
     "insert_credit_notes",
     "insert_draws",
     "insert_invoices",

@@ -11,7 +11,11 @@ Planning runs at each close, planning time ``at`` = the tick. Per supplier per *
   earnings of the supplier's allocation-hours billed by that invoice within final months, rounded once
   (R6), and released = ``floor(E × paid / total)`` in minor units, with paid = total − amount remaining at
   ``at``; an invoice with nothing remaining releases E exactly (the payment that makes it paid releases
-  the rest), one not yet issued releases nothing, one whose total is not positive is paid from its issue;
+  the rest), one not yet issued releases nothing, one whose total is not positive is paid from its issue.
+  Money given back whose supplier share was clawed back (``settled_back``) counts as paid here, so the
+  refund that re-opens an invoice is not held as well as clawed back (extension, issue 11);
+* held also (every supplier, extension, issue 11): all of E of an invoice under an active saga hold
+  (``hold_earnings``: past due, until a payment status shows it paid) — not pro rata;
 * then, in this order: no payee at or before ``at`` → ``no_payee``; payable ≤ 0 → ``nothing_payable``
   (a Settle extension: a payout is never zero or negative); payout currency ≠ statement currency and no
   direct rate (1 statement currency = rate payout currency) with ``as_of <= at`` → ``no_fx_rate``;
@@ -28,13 +32,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from fractions import Fraction
 
 from libs.ids import derive_id
 from libs.money import currency_exponent, round_half_even, round_minor
 from schemas.events import PayoutReason, PayoutState
+from services.payouts.domain.compensations import SagaHold
 
 Reason = PayoutReason
 State = PayoutState
@@ -125,6 +130,11 @@ class PlanningInputs:
     payees: Mapping[str, Payee]
     rates: Sequence[Rate]
     prior: Sequence[PriorPayout]
+    holds: Mapping[InvoiceRef, SagaHold] = field(default_factory=dict)
+    """Invoices under the saga's ``hold_earnings`` (services.payouts.domain.compensations)."""
+    settled_back: Mapping[InvoiceRef, int] = field(default_factory=dict)
+    """Per invoice: refunded / credited / disputed amounts (invoice currency, minor) whose supplier shares
+    were clawed back."""
 
 
 @dataclass(frozen=True)
@@ -179,13 +189,15 @@ def invoice_earnings_minor(earning_x3600: Fraction, currency: str) -> int:
     return round_minor(earning_x3600 / 3600, currency)
 
 
-def released_minor(earnings_minor: int, invoice: InvoicePaid | None) -> int:
-    """Released so far of E (R15): floor(E × paid / total), the rest exactly once nothing remains."""
+def released_minor(earnings_minor: int, invoice: InvoicePaid | None, settled_back_minor: int = 0) -> int:
+    """Released so far of E (R15): floor(E × paid / total), the rest exactly once nothing remains.
+    ``settled_back_minor``: money given back whose supplier share was clawed back counts as paid."""
     if invoice is None:
         return 0  # not yet issued: all its hours' earnings are held
-    if earnings_minor <= 0 or invoice.total_minor <= 0 or invoice.remaining_minor <= 0:
+    remaining = invoice.remaining_minor - max(settled_back_minor, 0)
+    if earnings_minor <= 0 or invoice.total_minor <= 0 or remaining <= 0:
         return earnings_minor  # nothing to hold back, or the invoice is paid
-    paid = min(max(invoice.total_minor - invoice.remaining_minor, 0), invoice.total_minor)
+    paid = min(max(invoice.total_minor - remaining, 0), invoice.total_minor)
     released = earnings_minor * paid // invoice.total_minor
     assert 0 <= released <= earnings_minor
     return released
@@ -205,16 +217,32 @@ def convert(amount_minor: int, currency: str, rate: Fraction, payout_currency: s
 
 
 def holdings_of(
-    supplier_id: str, currency: str, earnings: Sequence[InvoiceEarnings], invoices: Mapping[InvoiceRef, InvoicePaid]
+    supplier_id: str,
+    currency: str,
+    earnings: Sequence[InvoiceEarnings],
+    invoices: Mapping[InvoiceRef, InvoicePaid],
+    *,
+    pay_when_paid: bool = True,
+    holds: Mapping[InvoiceRef, SagaHold] | None = None,
+    settled_back: Mapping[InvoiceRef, int] | None = None,
+    at: datetime | None = None,
 ) -> tuple[HeldEarnings, ...]:
+    """Per invoice of the supplier: E and what of it is released at ``at``. Pay-when-paid: every invoice,
+    pro rata (R15). Any supplier: an invoice under an active saga hold releases nothing."""
     per_invoice: dict[InvoiceRef, Fraction] = defaultdict(Fraction)
     for e in earnings:
         if (e.supplier_id, e.currency) == (supplier_id, currency):
             per_invoice[e.ref] += e.earning_x3600
+    holds = holds or {}
+    settled_back = settled_back or {}
     out = []
     for ref in sorted(per_invoice, key=lambda r: (r.contract_id, r.period_start)):
         e_minor = invoice_earnings_minor(per_invoice[ref], currency)
-        out.append(HeldEarnings(ref, e_minor, released_minor(e_minor, invoices.get(ref))))
+        hold = holds.get(ref)
+        if hold is not None and at is not None and hold.active(at):
+            out.append(HeldEarnings(ref, e_minor, min(e_minor, 0)))  # all of E held (a negative E: nothing)
+        elif pay_when_paid:
+            out.append(HeldEarnings(ref, e_minor, released_minor(e_minor, invoices.get(ref), settled_back.get(ref, 0))))
     return tuple(out)
 
 
@@ -230,9 +258,16 @@ def plan_pair(inputs: PlanningInputs, supplier_id: str, currency: str) -> Plan |
     if not months:
         return None
     payee = inputs.payees.get(supplier_id)
-    holdings: tuple[HeldEarnings, ...] = ()
-    if payee is not None and payee.pay_when_paid:
-        holdings = holdings_of(supplier_id, currency, inputs.earnings, inputs.invoices)
+    holdings = holdings_of(
+        supplier_id,
+        currency,
+        inputs.earnings,
+        inputs.invoices,
+        pay_when_paid=payee is not None and payee.pay_when_paid,
+        holds=inputs.holds,
+        settled_back=inputs.settled_back,
+        at=at,
+    )
     held = sum(h.held_minor for h in holdings)
     nets = sum(max(s.net_minor, 0) for s in final)
     amount = nets - held - sum(p.amount_minor for p in prior)
