@@ -320,9 +320,38 @@ PAYOUTS = Topic(
     key="supplier_id",
     partitions=3,
     producer="payouts",
-    description="Supplier payouts planned, held, released, or waiting with a reason (R15).",
+    description="Supplier payouts planned, held, released, or waiting with a reason (R15); sent, completed, "
+    "returned or rejected (R16).",
     types=MappingProxyType(
-        {name: events.PayoutEvent for name in ("payout.planned", "payout.held", "payout.released", "payout.waiting")}
+        {
+            name: events.PayoutEvent
+            for name in (
+                "payout.planned",
+                "payout.held",
+                "payout.released",
+                "payout.waiting",
+                "payout.sent",
+                "payout.completed",
+                "payout.returned",
+                "payout.rejected",
+            )
+        }
+    ),
+)
+PAYOUT_BANK_RESULTS = Topic(
+    "payouts.bank_results.v1",
+    key="file_id",
+    partitions=1,
+    producer="operator",
+    archive=True,
+    description="What the bank said about our payout files (acknowledged; returns, NOCs and rejects as the "
+    "bank's file) and settlement confirmations of payouts from reconciliation (R16, R17).",
+    types=MappingProxyType(
+        {
+            "payout_file.acknowledged": events.PayoutFileAcknowledged,
+            "payout_returns.received": events.PayoutReturnsReceived,
+            "payout.settlement_confirmed": events.PayoutSettlementConfirmed,
+        }
     ),
 )
 
@@ -351,6 +380,7 @@ REGISTRY: tuple[Topic, ...] = (
     SUPPLIERS,
     FX_RATES,
     PAYOUTS,
+    PAYOUT_BANK_RESULTS,
     SAGAS,
 )
 BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})

@@ -26,9 +26,16 @@ from services.payouts import entries, planner, store
 from services.payouts.domain.planning import plan_payouts
 
 
+def _get(row: dict[str, Any] | asyncpg.Record, name: str) -> Any:
+    """A column added by migration 0071 (``planner.row_of`` dicts of a dry run do not carry it)."""
+    return row.get(name)
+
+
 def payout_json(row: dict[str, Any] | asyncpg.Record) -> dict[str, Any]:
     """``amount`` is in the statement ``currency``; ``payout_amount`` in ``payout_currency`` (what the
-    rail sends); ``rate_id``/``rate`` only when converted; ``reason`` only when not payable (or on hold)."""
+    rail sends); ``rate_id``/``rate`` only when converted; ``reason`` only when not payable (or on hold).
+    R16: ``rail`` is the rail it went by once in a file (else the payee's), ``file_id`` the file of its latest
+    attempt, ``attempt`` (from 1) once cut, ``rail_reason`` why it waits for an operator."""
     payout_currency = row["payout_currency"]
     payout_minor = row["payout_amount_minor"]
     doc: dict[str, Any] = {
@@ -42,10 +49,15 @@ def payout_json(row: dict[str, Any] | asyncpg.Record) -> dict[str, Any]:
         if payout_minor is None or payout_currency is None
         else format_minor(payout_minor, payout_currency),
         "held": format_minor(row["held_minor"], row["currency"]),
-        "rail": row["rail"],
+        "rail": _get(row, "sent_rail") or row["rail"],
         "state": row["state"],
         "planned_at": row["planned_at"].isoformat().replace("+00:00", "Z"),
+        "file_id": _get(row, "file_id"),
     }
+    if _get(row, "attempt"):
+        doc["attempt"] = row["attempt"]
+    if _get(row, "rail_reason") is not None:
+        doc["rail_reason"] = row["rail_reason"]
     if row["rate_id"] is not None:
         doc["rate_id"] = row["rate_id"]
         doc["rate"] = format(row["rate"], "f")
@@ -172,3 +184,62 @@ async def hold(conn: asyncpg.Connection, payout_id: str, *, reason: str, actor: 
 async def release(conn: asyncpg.Connection, payout_id: str, *, reason: str, actor: str) -> ActionResult:
     """An on-hold payout becomes planned again (the rails may send it). The caller owns the transaction."""
     return await _act(conn, payout_id, hold=False, reason=reason, actor=actor)
+
+
+# --- payout files (R16) -----------------------------------------------------------------------------------
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def file_json(row: asyncpg.Record) -> dict[str, Any]:
+    currency = row["currency"]
+    return {
+        "file_id": row["file_id"],
+        "rail": row["rail"],
+        "state": row["state"],
+        "count": row["entry_count"],
+        "currency": currency,
+        "total": format_minor(row["total_minor"], currency) if "," not in currency else str(row["total_minor"]),
+        "effective_date": row["effective_date"].isoformat(),
+        "created": _iso(row["tick"]),
+        "sha256": row["sha256"],
+        "name": row["name"],
+    }
+
+
+async def list_files(conn: asyncpg.Connection, *, state: str | None = None) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """select file_id, rail, state, entry_count, currency, total_minor, effective_date, tick, sha256, name
+             from payouts.payout_files where ($1::text is null or state = $1) order by tick, rail, sequence""",
+        state,
+    )
+    return [file_json(r) for r in rows]
+
+
+async def show_file(conn: asyncpg.Connection, file_id: str) -> dict[str, Any]:
+    row = await conn.fetchrow("select * from payouts.payout_files where file_id = $1", file_id)
+    if row is None:
+        raise OperatorRequestError(f"no payout file {file_id!r} (settle payouts files list shows them)")
+    doc = file_json(row)
+    doc["path"] = row["path"]
+    doc["batch_id"] = row["batch_id"]
+    doc["payouts"] = [
+        {
+            "payout_id": i["payout_id"],
+            "attempt": i["attempt"],
+            "ref": i["ref"],
+            "rail_reference": i["rail_reference"],
+            "amount": format_minor(i["amount_minor"], i["currency"]),
+            "currency": i["currency"],
+            "outcome": i["outcome"],
+            "code": i["code"],
+        }
+        for i in await conn.fetch(
+            "select * from payouts.payout_file_items where file_id = $1 order by payout_id", file_id
+        )
+    ]
+    doc["history"] = [
+        {"state": h["state"], "at": _iso(h["at"]), "detail": h["detail"]}
+        for h in await conn.fetch("select * from payouts.payout_file_states where file_id = $1 order by id", file_id)
+    ]
+    return doc
