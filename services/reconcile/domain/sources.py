@@ -184,6 +184,12 @@ def _references(posting: LedgerPosting) -> tuple[str, ...]:
     return normalize_references(refs)
 
 
+def _compact_uuid(payout_id: str) -> str | None:
+    """The rails carry a first attempt's payout id (a UUID) without its dashes (ISO's 35 characters)."""
+    compact = payout_id.replace("-", "")
+    return compact if len(compact) == 32 and compact != payout_id else None
+
+
 def ledger_records(postings: Iterable[LedgerPosting], rules: Iterable[LedgerRule] = LEDGER_RULES) -> list[Record]:
     """Records of the postings on reconciled accounts (others are ignored); see the module docstring."""
     rules = tuple(rules)
@@ -230,8 +236,7 @@ def ledger_records(postings: Iterable[LedgerPosting], rules: Iterable[LedgerRule
                 currency=currency,
                 on=max(p.occurred_at for p in group).date(),
                 direction="in" if minor > 0 else "out",
-                # the rails carry a first attempt's payout id without its dashes (ISO's 35 characters)
-                references=normalize_references([payout_id, payout_id.replace("-", "")]),
+                references=normalize_references([payout_id, _compact_uuid(payout_id)]),
                 counterpart=rule.counterpart,
                 kind=min(p.kind for p in group),
                 note=f"payout {payout_id} · {account} ({len(group)} entr{'y' if len(group) == 1 else 'ies'})",
