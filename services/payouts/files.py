@@ -247,7 +247,9 @@ async def cut_files(
     by_rail: dict[str, list[tuple[Candidate, PayoutInstruction]]] = defaultdict(list)
     for c in await _candidates(conn, tick):
         p = c.payout
-        routed = route(p["payout_amount_minor"], p["payout_currency"], c.payee["rail"], None, configs)
+        routed = route(
+            p["payout_amount_minor"], p["payout_currency"], c.payee["rail"], c.payee["fallback_rail"], configs
+        )
         if routed.rail is None or routed.rail not in rail_impls:
             await _wait_for_operator(conn, p["payout_id"], routed.reason)
             continue

@@ -10,7 +10,8 @@ Four suppliers, January 2026 statements final at the Feb 2 tick (a Monday):
 * ``sup-sepa`` (EUR, SEPA) 80.00: sent in a pain.001; the bank's statement shows the debit; ``settle
   reconcile`` matches it and confirms it: ``completed``, in transit → cash;
 * ``sup-rej`` (EUR, SEPA) 45.50: in the same pain.001, rejected by a pacs.002 (AC04): reversed, flagged;
-* ``sup-big`` (USD, ACH) 100,000,000.00: over ACH's limit, no fallback: ``waiting_operator``.
+* ``sup-big`` (USD, ACH) 100,000,000.00: over ACH's limit, no fallback: ``waiting_operator``;
+* ``sup-wide`` (USD, ACH, fallback wire) 100,000,000.00: over ACH's limit, sent by wire (pain.001).
 
 And the crash story: a file built and committed, its transmission killed; the restart sends the very same
 bytes under the same name, and there is one file row.
@@ -52,8 +53,18 @@ SEPA_2 = {"holder_name": "Rej SARL", "iban": "FR1420041010050500013M02606"}
 UNITS = 10**8  # ledger units per major unit (USD and EUR: minor × 10^6)
 
 
-def payee(supplier: str, currency: str, rail: str, account: dict[str, str], *, at: datetime, n: int) -> tuple:
+def payee(
+    supplier: str,
+    currency: str,
+    rail: str,
+    account: dict[str, str],
+    *,
+    at: datetime,
+    n: int,
+    fallback: str | None = None,
+) -> tuple:
     data = PayeeUpdated(
+        fallback_rail=fallback,
         supplier_id=supplier,
         payout_currency=currency,
         rail=rail,
@@ -174,23 +185,26 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
             payee("sup-sepa", "EUR", "sepa", SEPA_1, at=jan1, n=1),
             payee("sup-rej", "EUR", "sepa", SEPA_2, at=jan1, n=1),
             payee("sup-big", "USD", "ach", ACH_1, at=jan1, n=1),
+            payee("sup-wide", "USD", "ach", ACH_2, at=jan1, n=1, fallback="wire"),
             statement("sup-ach", "USD", "120.00", 1),
             statement("sup-sepa", "EUR", "80.00", 2),
             statement("sup-rej", "EUR", "45.50", 3),
             statement("sup-big", "USD", "100000000.00", 4),
+            statement("sup-wide", "USD", "100000000.00", 5),
         ],
     )
     async with running(stack, [PAYOUTS], relays=1):
-        await wait_rows(stack, "select count(*) from payouts.statements", 4, "four statements at payouts")
-        await wait_rows(stack, "select count(*) from payouts.payees", 4, "four payees")
+        await wait_rows(stack, "select count(*) from payouts.statements", 5, "five statements at payouts")
+        await wait_rows(stack, "select count(*) from payouts.payees", 5, "five payees")
         await publish(stack, [tick(FEB2)])
-        await wait_rows(stack, "select count(*) from payouts.payout_files where state = 'submitted'", 2, "two files")
+        await wait_rows(stack, "select count(*) from payouts.payout_files where state = 'submitted'", 3, "three files")
 
         # --- what left: one NACHA file, one pain.001, exactly the stored bytes --------------------------------
         listed = await file_docs(stack)
         assert sorted((d["rail"], d["state"], d["count"], d["currency"], d["total"]) for d in listed.values()) == [
             ("ach", "submitted", 1, "USD", "120.00"),
             ("sepa", "submitted", 2, "EUR", "125.50"),
+            ("wire", "submitted", 1, "USD", "100000000.00"),
         ]
         ach_id = next(k for k, d in listed.items() if d["rail"] == "ach")
         sepa_id = next(k for k, d in listed.items() if d["rail"] == "sepa")
@@ -208,6 +222,8 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         pain = (bank_dir / listed[sepa_id]["name"]).read_text()
         assert "DE89370400440532013000" in pain and '<InstdAmt Ccy="EUR">80.00</InstdAmt>' in pain
 
+        wide = await payout_of(stack, "sup-wide")
+        assert (wide["state"], wide["rail"]) == ("sent", "wire")
         big = await payout_of(stack, "sup-big")
         assert big["state"] == "waiting_operator" and "over its limit" in big["rail_reason"]
         ach = await payout_of(stack, "sup-ach")
@@ -245,7 +261,7 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         await publish(stack, [tick(datetime(2026, 2, 3, tzinfo=UTC))])
         await wait_rows(stack, "select count(*) from payouts.clock where at = '2026-02-03T00:00:00Z'", 1, "tick")
         await asyncio.sleep(1.5)  # seven file rounds at 0.2 s: each had the chance to send again
-        assert await count(stack, "select count(*) from payouts.payout_files") == 2
+        assert await count(stack, "select count(*) from payouts.payout_files") == 3
 
         # --- the payee changes its account: attempt 2 in a new file ------------------------------------------
         await publish(stack, [payee("sup-ach", "USD", "ach", ACH_2, at=datetime(2026, 2, 3, 12, tzinfo=UTC), n=2)])
@@ -255,7 +271,7 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
             stack, "select count(*) from payouts.payout_files where state = 'submitted'", 2, "the retry file"
         )
         ach = await payout_of(stack, "sup-ach")
-        assert (ach["state"], ach["attempt"]) == ("sent", 2) and ach["file_id"] not in (ach_id, sepa_id)
+        assert (ach["state"], ach["attempt"]) == ("sent", 2) and ach["file_id"] not in listed
         retry = read_nacha((bank_dir / (await file_docs(stack))[ach["file_id"]]["name"]).read_bytes())
         [again] = [e for b in retry.batches for e in b.entries]
         assert (again.routing_number, again.account_number.strip()) == ("011000015", "000555666777")
@@ -291,12 +307,12 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
     assert await balance_units(stack, "platform:cash_clearing:EUR") == -80 * UNITS
     assert await balance_units(stack, chart.payable("sup-rej", "EUR").code) == 0  # planned, then rejected
     assert await balance_units(stack, chart.payable("sup-ach", "USD").code) == 120 * UNITS  # returned, then retried
-    assert await balance_units(stack, "platform:payouts_in_transit:USD") == -(120 + 100_000_000) * UNITS
+    assert await balance_units(stack, "platform:payouts_in_transit:USD") == -(120 + 2 * 100_000_000) * UNITS
     await assert_ledger_sound(stack)
 
     events = await outbox_events(stack, topics.PAYOUTS)
     kinds = sorted(e["type"] for e in events if e["type"] not in ("payout.planned",))
-    assert kinds == sorted(["payout.sent"] * 4 + ["payout.returned", "payout.rejected", "payout.completed"]), kinds
+    assert kinds == sorted(["payout.sent"] * 5 + ["payout.returned", "payout.rejected", "payout.completed"]), kinds
     returned_event = next(e for e in events if e["type"] == "payout.returned")
     assert (returned_event["data"]["return_code"], returned_event["data"]["file_id"]) == ("R03", ach_id)
     assert returned_event["data"]["state"] == "returned"

@@ -9,6 +9,9 @@ alter table payouts.payouts add column file_id text;
 alter table payouts.payouts add column sent_rail text;
 alter table payouts.payouts add column rail_reason text;
 
+-- supplier.payee_updated may name a fallback rail (R16: an amount over the rail's limit goes by it).
+alter table payouts.payees add column fallback_rail text;
+
 -- One artefact of one rail, cut at a tick: id, batch id and sequence derive from (rail, tick, sequence).
 create table payouts.payout_files (
     file_id        text primary key,
