@@ -550,9 +550,17 @@ async def _resolve_return(conn: asyncpg.Connection, rail: str, answer: RailRetur
     )
     if not rows:
         return []
-    if any(r["rail_reference"] == answer.rail_reference for r in rows):  # one entry (latest file first)
-        return [next(r for r in rows if r["rail_reference"] == answer.rail_reference)]
-    return list(rows)  # a whole file refused
+    entries_named = [r for r in rows if r["rail_reference"] == answer.rail_reference]
+    if not entries_named:
+        return list(rows)  # a whole file refused (the answer names its message id)
+    # NACHA trace numbers restart in every file: among live attempts with this trace, the one whose amount
+    # the return states; still more than one → ambiguous, never guessed (an operator reads the log).
+    if len(entries_named) > 1 and answer.amount_minor is not None:
+        entries_named = [r for r in entries_named if r["amount_minor"] == answer.amount_minor]
+    if len(entries_named) != 1:
+        log.error("bank answer matches several payouts: not applied", rail=rail, reference=answer.rail_reference)
+        return []
+    return entries_named
 
 
 async def apply_returns(tx: Tx, data: PayoutReturnsReceived, event: Envelope[Any]) -> int:

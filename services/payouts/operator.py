@@ -98,6 +98,24 @@ async def show_payout(conn: asyncpg.Connection, payout_id: str) -> dict[str, Any
         }
         for a in await store.actions(conn, payout_id)
     ]
+    doc["attempts"] = [  # R16: each time it went out, and what the bank said
+        {
+            "attempt": i["attempt"],
+            "file_id": i["file_id"],
+            "ref": i["ref"],
+            "outcome": i["outcome"],
+            "code": i["code"],
+            "payee_event_id": i["payee_event_id"],
+        }
+        for i in await conn.fetch(
+            "select * from payouts.payout_file_items where payout_id = $1 order by attempt", payout_id
+        )
+    ]
+    doc["notices"] = [
+        # a NOC's corrected data may be an account number: shown masked, like the payee's account
+        {"attempt": n["attempt"], "code": n["code"], "corrected": "…" + (n["corrected_data"] or "")[-4:]}
+        for n in await conn.fetch("select * from payouts.payee_notices where payout_id = $1 order by 1, 2", payout_id)
+    ]
     return doc
 
 
@@ -134,6 +152,8 @@ async def _act(conn: asyncpg.Connection, payout_id: str, *, hold: bool, reason: 
     if row["state"] != want_from:
         verb = "hold" if hold else "release"
         raise OperatorRequestError(f"payout {payout_id} is {row['state']}: {verb} applies to {want_from} payouts only")
+    if hold and row["file_id"] is not None:  # R16: cut into a file (committed before it leaves): it goes
+        raise OperatorRequestError(f"payout {payout_id} is in payout file {row['file_id']}: too late to hold it")
     at = await store.clock_now(conn)
     assert at is not None, "a payout exists, so a tick planned it"
     action_id: int = await conn.fetchval(

@@ -31,10 +31,11 @@ import asyncpg
 import pytest
 
 from domain.contracts import chart
+from libs.errors import OperatorRequestError
 from schemas import topics
 from schemas.events import PayoutReturnsReceived, StatementFinalized
 from schemas.inputs import PayeeUpdated
-from services.payouts import files
+from services.payouts import files, operator
 from services.payouts.main import SERVICE as PAYOUTS
 from services.payouts.rails.nacha import read_nacha
 from tests.conftest import Stack
@@ -275,10 +276,14 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         retry = read_nacha((bank_dir / (await file_docs(stack))[ach["file_id"]]["name"]).read_bytes())
         [again] = [e for b in retry.batches for e in b.entries]
         assert (again.routing_number, again.account_number.strip()) == ("011000015", "000555666777")
-        assert (
-            await count(stack, "select count(*) from payouts.payout_file_items where payout_id = $1", ach["payout_id"])
-            == 2
-        )
+        code, out, err = await settle_cli(stack, "payouts", "show", ach["payout_id"])
+        assert code == 0, err
+        attempts = json.loads(out)["attempts"]
+        assert [(a["attempt"], a["outcome"], a["code"], a["payee_event_id"]) for a in attempts] == [
+            (1, "returned", "R03", "payee-sup-ach-1"),
+            (2, None, None, "payee-sup-ach-2"),
+        ]
+        assert "000555666777" not in out and "000123456789" not in out
 
         # --- the bank's statement shows the SEPA payout; reconciliation confirms it --------------------------
         sepa = next(p for p in shown["payouts"] if p["amount"] == "80.00")
@@ -363,6 +368,10 @@ async def test_a_crash_between_build_and_submit_resends_the_identical_file(stack
     assert row["state"] == "built" and row["entry_count"] == 2  # committed before anything left
     assert await count(stack, "select count(*) from payouts.payouts where state = 'planned'") == 2
     assert not (bank / row["name"]).exists()
+    planned_id = await stack.pool.fetchval("select payout_id from payouts.payouts order by payout_id limit 1")
+    async with stack.pool.acquire() as conn, conn.transaction():  # in a file: too late to hold it
+        with pytest.raises(OperatorRequestError, match="too late to hold"):
+            await operator.hold(conn, planned_id, reason="stop it", actor="ops")
 
     with pytest.raises(ConnectionError):  # restart: sent in full, killed before the database knew
         await files.run_round(stack.pool, RenamedThenKilled(bank))

@@ -121,7 +121,8 @@ def test_rail_entries_balance_and_derive_their_ids(kind: str) -> None:
     entry, specs = entries.rail_entry(
         kind, ledger_key=PAYOUT, supplier_id="sup-a", payout_currency="USD", amount_minor=120_00, at=TICK
     )
-    assert sum(p.amount_units for p in entry.postings) == 0 and {p.account for p in entry.postings} == {s.code for s in specs}
+    assert sum(p.amount_units for p in entry.postings) == 0
+    assert {p.account for p in entry.postings} == {s.code for s in specs}
     same, _ = entries.rail_entry(
         kind, ledger_key=PAYOUT, supplier_id="sup-a", payout_currency="USD", amount_minor=120_00, at=TICK
     )
