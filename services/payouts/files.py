@@ -275,8 +275,13 @@ async def cut_files(
     posted: list[Entry] = []
     for rail_name in sorted(by_rail):
         items = by_rail[rail_name]
+        # The file's number among this rail's files of the tick's UTC day: NACHA's file id modifier (a second
+        # file of a day must never look like a resend of the first). Ticks only move forward: deterministic.
         sequence: int = await conn.fetchval(
-            "select count(*) from payouts.payout_files where rail = $1 and tick = $2", rail_name, tick
+            """select count(*) from payouts.payout_files
+                where rail = $1 and (tick at time zone 'UTC')::date = ($2::timestamptz at time zone 'UTC')::date""",
+            rail_name,
+            tick,
         )
         ident = file_identity(rail_name, tick, sequence)
         batch = PayoutBatch(ident.batch_id, tick, tuple(i for _, i in items), sequence=sequence)
