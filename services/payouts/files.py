@@ -244,7 +244,7 @@ async def cut_files(
     tick: datetime | None = await conn.fetchval("select at from payouts.clock where id for update")
     if tick is None:
         return []
-    by_rail: dict[str, list[tuple[Candidate, PayoutInstruction]]] = defaultdict(list)
+    by_rail: dict[tuple[str, str], list[tuple[Candidate, PayoutInstruction]]] = defaultdict(list)
     for c in await _candidates(conn, tick):
         p = c.payout
         routed = route(
@@ -270,11 +270,11 @@ async def cut_files(
         if problems:
             await _wait_for_operator(conn, p["payout_id"], f"{routed.rail}: " + "; ".join(problems))
             continue
-        by_rail[routed.rail].append((c, instruction))
+        by_rail[(routed.rail, instruction.currency)].append((c, instruction))  # one currency a file: its total
     built: list[str] = []
     posted: list[Entry] = []
-    for rail_name in sorted(by_rail):
-        items = by_rail[rail_name]
+    for rail_name, currency in sorted(by_rail):
+        items = by_rail[(rail_name, currency)]
         # The file's number among this rail's files of the tick's UTC day: NACHA's file id modifier (a second
         # file of a day must never look like a resend of the first). Ticks only move forward: deterministic.
         sequence: int = await conn.fetchval(
@@ -286,7 +286,6 @@ async def cut_files(
         ident = file_identity(rail_name, tick, sequence)
         batch = PayoutBatch(ident.batch_id, tick, tuple(i for _, i in items), sequence=sequence)
         built_file = rail_impls[rail_name].build(batch)
-        currencies = {i.currency for _, i in items}
         await conn.execute(
             """insert into payouts.payout_files (file_id, rail, tick, sequence, batch_id, name, effective_date, state,
                    content, sha256, media_type, entry_count, total_minor, currency)
@@ -303,7 +302,7 @@ async def cut_files(
             built_file.media_type,
             built_file.count,
             sum(i.amount_minor for _, i in items),
-            ",".join(sorted(currencies)),
+            currency,
         )
         await _file_state(conn, ident.file_id, "built", f"{built_file.count} payouts, sha256 {built_file.digest}")
         for c, instruction in items:

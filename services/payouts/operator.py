@@ -219,7 +219,7 @@ def file_json(row: asyncpg.Record) -> dict[str, Any]:
         "state": row["state"],
         "count": row["entry_count"],
         "currency": currency,
-        "total": format_minor(row["total_minor"], currency) if "," not in currency else str(row["total_minor"]),
+        "total": format_minor(row["total_minor"], currency),
         "effective_date": row["effective_date"].isoformat(),
         "created": _iso(row["tick"]),
         "sha256": row["sha256"],
