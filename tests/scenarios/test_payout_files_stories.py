@@ -35,7 +35,7 @@ from libs.errors import OperatorRequestError
 from schemas import topics
 from schemas.events import PayoutReturnsReceived, StatementFinalized
 from schemas.inputs import PayeeUpdated
-from services.payouts import files, operator
+from services.payouts import files, metrics, operator
 from services.payouts.main import SERVICE as PAYOUTS
 from services.payouts.rails.nacha import read_nacha
 from tests.conftest import Stack
@@ -388,6 +388,11 @@ async def test_a_crash_between_build_and_submit_resends_the_identical_file(stack
     assert sorted(p.name for p in bank.iterdir() if not p.name.startswith(".")) == [row["name"]]
 
     assert await files.run_round(stack.pool, files.DirectoryTransport(bank)) == ([], [])  # nothing twice
+    # The gauges the worker exports, from the database: two ACH payouts sent, 127.25 USD in transit, the
+    # file waiting for the bank's acknowledgement.
+    assert metrics.PAYOUTS.labels("sent", "ach")._value.get() == 2
+    assert metrics.IN_TRANSIT.labels("USD")._value.get() == 127.25
+    assert metrics.OLDEST_UNACKNOWLEDGED._value.get() > 0 and metrics.WAITING_OPERATOR._value.get() == 0
     # A different file under a sent file's name is refused, never overwritten.
     with pytest.raises(files.TransportError):
         files.DirectoryTransport(bank).send(row["name"], b"other bytes", hashlib.sha256(b"other bytes").hexdigest())
@@ -411,3 +416,47 @@ async def test_a_crash_between_build_and_submit_resends_the_identical_file(stack
                 other,
                 item["payout_id"],
             )
+
+
+async def test_an_r01_return_is_presented_again_at_most_twice(stack: Stack, tmp_path: Path) -> None:
+    bank_dir = tmp_path / "bank-outbox"
+    stack.settings = stack.settings.model_copy(update={"payout_outbox_dir": bank_dir, "payout_files_interval_s": 0.2})
+    await publish(
+        stack,
+        [
+            payee("sup-nsf", "USD", "ach", ACH_1, at=datetime(2026, 1, 1, tzinfo=UTC), n=1),
+            statement("sup-nsf", "USD", "64.00", 1),
+            tick(FEB2),
+        ],
+    )
+    async with running(stack, [PAYOUTS], relays=1):
+        for attempt in (1, 2, 3):
+            await wait_rows(
+                stack,
+                f"select count(*) from payouts.payouts where state = 'sent' and attempt = {attempt}",
+                1,
+                f"attempt {attempt} sent",
+            )
+            item = await stack.pool.fetchrow(
+                "select i.*, f.name from payouts.payout_file_items i join payouts.payout_files f using (file_id)"
+                " where i.attempt = $1",
+                attempt,
+            )
+            [entry] = [e for b in read_nacha((bank_dir / item["name"]).read_bytes()).batches for e in b.entries]
+            assert entry.trace_number == "021000020000001"  # every file's first trace: resolved by the live attempt
+            returned = nacha_return(entry.trace_number, "021000021", "000123456789", 64_00, "R01")
+            await publish(stack, [returns_message("ach", returned, 10 + attempt)])
+            await wait_rows(
+                stack,
+                f"select count(*) from payouts.payee_flags where code = 'R01' and attempt = {attempt}",
+                1,
+                f"attempt {attempt} returned",
+            )
+        await asyncio.sleep(1.5)  # rounds pass: a third R01 is not presented again
+        assert await count(stack, "select count(*) from payouts.payout_files") == 3
+        assert await count(stack, "select count(*) from payouts.payouts where state = 'returned' and attempt = 3") == 1
+        names = sorted(p.name for p in bank_dir.iterdir())
+        assert len(names) == 3 and len({read_nacha((bank_dir / n).read_bytes()).file_id_modifier for n in names}) == 3
+    assert await balance_units(stack, chart.payable("sup-nsf", "USD").code) == 0  # out three times, back three times
+    assert await balance_units(stack, "platform:payouts_in_transit:USD") == 0
+    await assert_ledger_sound(stack)
