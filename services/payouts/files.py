@@ -376,13 +376,21 @@ async def send_built(pool: asyncpg.Pool, transport: DirectoryTransport) -> list[
                 where state = 'built' order by built_at, file_id"""
         )
     sent: list[str] = []
+    failed: Exception | None = None
     for f in files:
         content = bytes(f["content"])
         assert hashlib.sha256(content).hexdigest() == f["sha256"], "a stored file is what was built"
-        path = await asyncio.to_thread(transport.send, f["name"], content, f["sha256"])
+        try:
+            path = await asyncio.to_thread(transport.send, f["name"], content, f["sha256"])
+        except Exception as error:  # this file stays built (sent again next round); the others go on
+            log.error("payout file not sent", file_id=f["file_id"], error=f"{type(error).__name__}: {error}")
+            failed = failed or error
+            continue
         async with transaction(pool) as conn:
             if await mark_submitted(conn, f["file_id"], str(path)):
                 sent.append(f["file_id"])
+    if failed is not None:
+        raise failed
     return sent
 
 
