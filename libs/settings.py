@@ -105,6 +105,18 @@ class Settings(BaseSettings):
         description="YAML file of payment gateways (kinds, currencies, limits, costs), hard decline codes and "
         "circuit breaker; unset: the defaults in services/payments/config.py.",
     )
+    # payout files (issue 10, R16)
+    payout_outbox_dir: Path | None = Field(
+        default=None,
+        description="Directory the payouts worker hands payout files to (the bank transport); unset: planned "
+        "payouts are not cut into files or sent.",
+    )
+    payout_files_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds between the payouts worker's rounds of cutting and sending files.",
+    )
     # saga coordinator (issue 11)
     saga_dispute_lost: Literal["platform_absorbs", "supplier_charged_back"] = Field(
         default="platform_absorbs",

@@ -416,6 +416,40 @@ class PaymentCommand(EventModel):
     reason: Text
 
 
+# --- payouts.bank_results.v1 (key: file_id, else the payout reference) ---------------------------------
+
+
+class PayoutFileAcknowledged(EventModel):
+    """``payout_file.acknowledged``: the bank accepted a payout file we sent (``settle payouts files ack``)."""
+
+    file_id: Id
+    acknowledged_by: Text = "bank"
+
+
+class PayoutReturnsReceived(EventModel):
+    """``payout_returns.received``: a file from the bank about our payouts — a NACHA return/NOC file or a
+    pacs.002/pain.002 status report — as sent, base64 (``settle payouts returns import PATH --rail R``).
+    The payouts worker reads it with the rail's ``parse_returns``."""
+
+    rail: Literal["ach", "wire", "sepa", "rtp", "fednow", "stablecoin"]
+    name: Text
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    content_b64: str = Field(max_length=700_000)
+
+
+class PayoutSettlementConfirmed(EventModel):
+    """``payout.settlement_confirmed``: reconciliation (R17) matched a supplier payout in the ledger to a
+    posted bank transaction. ``reference`` is the ledger's payout key: the payout id (first attempt) or
+    the attempt's rail reference (a retry)."""
+
+    reference: Id
+    amount_minor: int = Field(gt=0)
+    currency: Currency
+    booked_on: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+    bank_record: Text
+    run_id: int | None = None
+
+
 # --- processor.events.v1 (key: payment_id, else attempt_id, else object_id) -----------------------------
 
 
@@ -507,14 +541,16 @@ class SagaEvent(EventModel):
 # --- payouts.v1 (key: supplier_id) ----------------------------------------------------------------------
 
 
-PayoutState = Literal["planned", "on_hold"]
-PayoutReason = Literal["below_minimum", "no_payee", "no_fx_rate", "nothing_payable", "on_hold"]
+PayoutState = Literal["planned", "on_hold", "sent", "completed", "returned", "rejected", "waiting_operator"]
+PayoutReason = Literal["below_minimum", "no_payee", "no_fx_rate", "nothing_payable", "on_hold", "rail_limit"]
 
 
 class PayoutEvent(EventModel):
     """Types on ``payouts.v1`` (R15): ``payout.planned`` (to be sent by its rail), ``payout.held`` (planned
     on hold: never sent until an operator releases it), ``payout.released`` (an operator released a
-    held payout), ``payout.waiting`` (statement months final and unpaid, no payout: ``reason``).
+    held payout), ``payout.waiting`` (statement months final and unpaid, no payout: ``reason``); R16:
+    ``payout.sent`` (in a rail file handed to the bank: ``file_id``), ``payout.completed`` (matched to a
+    posted bank transaction, R17), ``payout.returned`` / ``payout.rejected`` (``return_code``; reversed).
 
     ``amount`` is in the statement ``currency``; ``payout_amount`` in ``payout_currency``, converted at
     ``rate`` (``rate_id``) when the two differ. ``months`` are the statement months it pays. Account
@@ -537,6 +573,12 @@ class PayoutEvent(EventModel):
     held_minor: int = Field(ge=0)
     """Pay-when-paid earnings held at planning (statement currency, minor units)."""
     planned_at: UtcTime
+    file_id: Id | None = None
+    """The rail file the payout (its latest attempt) went out in: ``payout.sent`` and after (R16)."""
+    return_code: str | None = Field(default=None, max_length=16)
+    """The bank's code of a ``payout.returned`` (ACH R-code) or ``payout.rejected`` (pacs.002 reason)."""
+    invoices: list[Id] = Field(default_factory=list, max_length=10_000)
+    """The renter invoices whose supplier earnings this payout pays (from the per-invoice earnings)."""
 
 
 ClawbackKind = Literal["clawback", "reverse_supplier_share"]

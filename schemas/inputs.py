@@ -380,15 +380,23 @@ class PayeeUpdated(InputModel):
     minimum_payout: NonNegativeDecimalStr
     pay_when_paid: bool
     on_hold: bool
+    fallback_rail: PayoutRail | None = None
+    """R16: the rail an amount over ``rail``'s limit (or in a currency it does not carry) goes by; the same
+    ``account`` must reach it (e.g. ``ach`` → ``wire``/``rtp``/``fednow`` with a US account)."""
 
     @model_validator(mode="after")
     def _check(self) -> PayeeUpdated:
         try:
             parse_account(self.rail, self.account)
+            if self.fallback_rail is not None:
+                fields = ACCOUNT_MODELS[self.fallback_rail].model_fields
+                parse_account(self.fallback_rail, {k: v for k, v in self.account.items() if k in fields})
         except ValidationError as exc:
             # Only field names and messages: pydantic would echo the input (the account number).
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"account is not a {self.rail} account: {problems}") from None
+            raise ValueError(f"account is not a {self.rail} (or fallback) account: {problems}") from None
+        if self.fallback_rail == self.rail:
+            raise ValueError("fallback_rail is the payee's rail")
         if self.minimum_payout.as_tuple().exponent < -currency_exponent(self.payout_currency):  # type: ignore[operator]
             raise ValueError(f"minimum_payout has more places than {self.payout_currency} has minor digits")
         return self

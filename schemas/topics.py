@@ -330,17 +330,43 @@ PAYOUTS = Topic(
     key="supplier_id",
     partitions=3,
     producer="payouts",
-    description="Supplier payouts planned, held, released, or waiting with a reason (R15); clawbacks for the "
-    "supplier's next statement and the answers to the saga's compensation requests (issues 10, 11).",
+    description="Supplier payouts planned, held, released, or waiting with a reason (R15); sent, completed, "
+    "returned or rejected (R16); clawbacks for the supplier's next statement and the answers to the saga's "
+    "compensation requests (issues 10, 11).",
     types=MappingProxyType(
         {
             **{
                 name: events.PayoutEvent
-                for name in ("payout.planned", "payout.held", "payout.released", "payout.waiting")
+                for name in (
+                    "payout.planned",
+                    "payout.held",
+                    "payout.released",
+                    "payout.waiting",
+                    "payout.sent",
+                    "payout.completed",
+                    "payout.returned",
+                    "payout.rejected",
+                )
             },
             "payout.clawback": events.PayoutClawback,
             "payout.compensation_applied": events.CompensationAnswered,
             "payout.compensation_failed": events.CompensationAnswered,
+        }
+    ),
+)
+PAYOUT_BANK_RESULTS = Topic(
+    "payouts.bank_results.v1",
+    key="file_id",
+    partitions=1,
+    producer="operator",
+    archive=True,
+    description="What the bank said about our payout files (acknowledged; returns, NOCs and rejects as the "
+    "bank's file) and settlement confirmations of payouts from reconciliation (R16, R17).",
+    types=MappingProxyType(
+        {
+            "payout_file.acknowledged": events.PayoutFileAcknowledged,
+            "payout_returns.received": events.PayoutReturnsReceived,
+            "payout.settlement_confirmed": events.PayoutSettlementConfirmed,
         }
     ),
 )
@@ -370,6 +396,7 @@ REGISTRY: tuple[Topic, ...] = (
     SUPPLIERS,
     FX_RATES,
     PAYOUTS,
+    PAYOUT_BANK_RESULTS,
     SAGAS,
 )
 BY_NAME: Mapping[str, Topic] = MappingProxyType({t.name: t for t in REGISTRY})

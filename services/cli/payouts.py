@@ -8,16 +8,26 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from libs.errors import ConfigurationError
+from libs.messaging.broker import publish_keyed, start_producer, stop_client
+from libs.settings import get_settings
 from libs.times import parse_utc
+from schemas import topics
+from schemas.envelope import encode
+from schemas.events import PayoutFileAcknowledged, PayoutReturnsReceived
 from services.cli.app import payouts_app
-from services.cli.runtime import console, database, read_only, run_async
+from services.cli.runtime import console, database, read_only, resolve, run_async
 from services.operations import audit
 from services.payouts import operator
 
@@ -116,3 +126,102 @@ async def payouts_release(payout_id: str, reason: ReasonOption, actor: ActorOpti
     async with database() as pool, pool.acquire() as conn, conn.transaction():
         result = await operator.release(conn, payout_id, reason=reason, actor=actor or audit.default_actor())
     console.print(f"released {result.payout_id} (audit #{result.action_id}): {result.from_state} → {result.to_state}")
+
+
+# --- payout files (R16) -----------------------------------------------------------------------------------
+files_app = typer.Typer(help="Payout files (R16): list, show, ack (the bank accepted a file).", no_args_is_help=True)
+returns_app = typer.Typer(help="The bank's returns, NOCs and rejects of payout files (R16).", no_args_is_help=True)
+payouts_app.add_typer(files_app, name="files")
+payouts_app.add_typer(returns_app, name="returns")
+
+
+async def _publish_bank_result(key: str, event_type: str, data: Any, event_id: str) -> None:
+    """Publish one message on payouts.bank_results.v1 (the payouts worker applies it)."""
+    settings = get_settings()
+    targets = await resolve(settings)
+    assert targets.bootstrap_servers is not None
+    value = encode(
+        event_id=event_id,
+        source="/settle/cli/" + (os.environ.get("USER") or "operator"),
+        type=event_type,
+        time=datetime.now(UTC),
+        data=data,
+    )
+    producer = await start_producer(targets.bootstrap_servers, client_id="settle-payouts-cli")
+    try:
+        await publish_keyed(producer, [(topics.PAYOUT_BANK_RESULTS, key.encode(), value)], prefix=settings.topic_prefix)
+    finally:
+        await stop_client(producer)
+
+
+@files_app.command("list")
+@run_async
+async def files_list(
+    state: Annotated[
+        str | None, typer.Option("--state", help="built, submitted, acknowledged, settled, rejected.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Payout files: id, rail, state, payouts, total, created (the tick it was cut at), SHA-256."""
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
+        docs = await operator.list_files(conn, state=state)
+    if as_json:
+        for doc in docs:
+            print(json.dumps(doc))
+        return
+    table = Table("file", "rail", "state", "payouts", "total", "created", "sha256", title="payout files")
+    for d in docs:
+        table.add_row(
+            d["file_id"],
+            d["rail"],
+            d["state"],
+            str(d["count"]),
+            f"{d['currency']} {d['total']}",
+            d["created"],
+            d["sha256"][:16] + "…",
+        )
+    console.print(table)
+
+
+@files_app.command("show")
+@run_async
+async def files_show(file_id: Annotated[str, typer.Argument(help="A file id (settle payouts files list).")]) -> None:
+    """One payout file as JSON: totals, its payouts and their outcomes, its state history, its path."""
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
+        doc = await operator.show_file(conn, file_id)
+    print(json.dumps(doc, indent=2))
+
+
+@files_app.command("ack")
+@run_async
+async def files_ack(file_id: Annotated[str, typer.Argument(help="The file the bank acknowledged.")]) -> None:
+    """The bank acknowledged a file: publishes payout_file.acknowledged (the payouts worker applies it)."""
+    data = PayoutFileAcknowledged(file_id=file_id, acknowledged_by=os.environ.get("USER") or "operator")
+    await _publish_bank_result(file_id, "payout_file.acknowledged", data, f"ack-{file_id}")
+    console.print(f"payout_file.acknowledged {file_id} sent; see `settle payouts files show {file_id}`")
+
+
+@returns_app.command("import")
+@run_async
+async def returns_import(
+    path: Annotated[Path, typer.Argument(help="The bank's file: NACHA returns/NOCs, pacs.002/pain.002, receipts.")],
+    rail: Annotated[str, typer.Option("--rail", help="ach, wire, sepa, rtp, fednow or stablecoin.")],
+) -> None:
+    """Publish a returns/rejects file from the bank (checked with the rail's reader first: a file that does
+    not parse is refused here, before anything is published)."""
+    from services.payouts.files import RAILS  # the rails' readers (lxml, NACHA) only when importing
+
+    if rail not in RAILS:
+        raise typer.BadParameter(f"unknown rail {rail!r}; one of {', '.join(sorted(RAILS))}")
+    content = path.read_bytes()
+    answers = RAILS[rail].parse_returns(content)
+    digest = hashlib.sha256(content).hexdigest()
+    data = PayoutReturnsReceived(
+        rail=rail,
+        name=path.name[:200],
+        sha256=digest,
+        content_b64=base64.b64encode(content).decode(),
+    )
+    await _publish_bank_result(f"returns-{digest[:16]}", "payout_returns.received", data, f"returns-{rail}-{digest}")
+    kinds = sorted({a.kind for a in answers})
+    console.print(f"{path.name}: {len(answers)} answer(s) ({', '.join(kinds) or 'none'}) published for the {rail} rail")

@@ -145,3 +145,49 @@ def hold_entry(
     )
     assert entry is not None
     return entry, [transit, held]
+
+
+# --- R16: the rails' movements ----------------------------------------------------------------------------
+# Causes are the payout's *ledger key* (the payout id for its first attempt, the attempt's rail reference
+# for a retry) followed by what happened, so reconciliation nets a reject with the attempt it undoes and
+# reads a return (money back from the bank) on its own. All amounts are in the payout currency P: a
+# reversal credits the supplier's payable in P (an FX payout's conversion is not unwound).
+
+
+def rail_entry(
+    kind: str, *, ledger_key: str, supplier_id: str, payout_currency: str, amount_minor: int, at: datetime
+) -> tuple[Entry, list[AccountSpec]]:
+    """One rail movement of a payout attempt:
+
+    * ``payout.retried`` — a failed payout goes again: ``Dr supplier payable:P / Cr payouts_in_transit:P``;
+    * ``payout.rejected`` — refused before settlement (pacs.002 RJCT): ``Dr payouts_in_transit:P / Cr
+      supplier payable:P`` (nets with the attempt it undoes: nothing reached the bank);
+    * ``payout.returned`` — the money came back (ACH return): the same postings, read on its own by
+      reconciliation (the bank shows the return as a credit);
+    * ``payout.returned_after_completion`` — a return after completion: ``Dr cash_clearing:P / Cr supplier
+      payable:P`` (the cash that left comes back);
+    * ``payout.completed`` — matched to a posted bank transaction (R16, R17): ``Dr payouts_in_transit:P /
+      Cr cash_clearing:P``.
+    """
+    assert amount_minor > 0
+    payable = chart.payable(supplier_id, payout_currency)
+    transit = payouts_in_transit(payout_currency)
+    cash = chart.cash_clearing(payout_currency)
+    source, target = {
+        "payout.retried": (payable, transit),
+        "payout.rejected": (transit, payable),
+        "payout.returned": (transit, payable),
+        "payout.returned_after_completion": (cash, payable),
+        "payout.completed": (transit, cash),
+    }[kind]
+    units = minor_to_ledger(amount_minor, payout_currency)
+    entry = build_entry(
+        id=derive_id("entry", kind, ledger_key),
+        cause_id=f"{ledger_key}:{kind.removeprefix('payout.')}" if kind != "payout.retried" else ledger_key,
+        kind=kind,
+        occurred_at=at,
+        postings=[debit(source.code, units, payout_currency), credit(target.code, units, payout_currency)],
+        description=f"R16 {kind} {ledger_key} ({supplier_id})",
+    )
+    assert entry is not None
+    return entry, [source, target]

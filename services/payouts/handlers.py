@@ -141,6 +141,7 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
                     "minimum_payout": data.minimum_payout,
                     "pay_when_paid": data.pay_when_paid,
                     "on_hold": data.on_hold,
+                    "fallback_rail": data.fallback_rail,  # R16 (payout files)
                 },
             )
         elif isinstance(data, FxRate):

@@ -26,9 +26,16 @@ from services.payouts import entries, planner, store
 from services.payouts.domain.planning import plan_payouts
 
 
+def _get(row: dict[str, Any] | asyncpg.Record, name: str) -> Any:
+    """A column added by migration 0071 (``planner.row_of`` dicts of a dry run do not carry it)."""
+    return row.get(name)
+
+
 def payout_json(row: dict[str, Any] | asyncpg.Record) -> dict[str, Any]:
     """``amount`` is in the statement ``currency``; ``payout_amount`` in ``payout_currency`` (what the
-    rail sends); ``rate_id``/``rate`` only when converted; ``reason`` only when not payable (or on hold)."""
+    rail sends); ``rate_id``/``rate`` only when converted; ``reason`` only when not payable (or on hold).
+    R16: ``rail`` is the rail it went by once in a file (else the payee's), ``file_id`` the file of its latest
+    attempt, ``attempt`` (from 1) once cut, ``rail_reason`` why it waits for an operator."""
     payout_currency = row["payout_currency"]
     payout_minor = row["payout_amount_minor"]
     doc: dict[str, Any] = {
@@ -42,10 +49,15 @@ def payout_json(row: dict[str, Any] | asyncpg.Record) -> dict[str, Any]:
         if payout_minor is None or payout_currency is None
         else format_minor(payout_minor, payout_currency),
         "held": format_minor(row["held_minor"], row["currency"]),
-        "rail": row["rail"],
+        "rail": _get(row, "sent_rail") or row["rail"],
         "state": row["state"],
         "planned_at": row["planned_at"].isoformat().replace("+00:00", "Z"),
+        "file_id": _get(row, "file_id"),
     }
+    if _get(row, "attempt"):
+        doc["attempt"] = row["attempt"]
+    if _get(row, "rail_reason") is not None:
+        doc["rail_reason"] = row["rail_reason"]
     if row["rate_id"] is not None:
         doc["rate_id"] = row["rate_id"]
         doc["rate"] = format(row["rate"], "f")
@@ -86,6 +98,24 @@ async def show_payout(conn: asyncpg.Connection, payout_id: str) -> dict[str, Any
         }
         for a in await store.actions(conn, payout_id)
     ]
+    doc["attempts"] = [  # R16: each time it went out, and what the bank said
+        {
+            "attempt": i["attempt"],
+            "file_id": i["file_id"],
+            "ref": i["ref"],
+            "outcome": i["outcome"],
+            "code": i["code"],
+            "payee_event_id": i["payee_event_id"],
+        }
+        for i in await conn.fetch(
+            "select * from payouts.payout_file_items where payout_id = $1 order by attempt", payout_id
+        )
+    ]
+    doc["notices"] = [
+        # a NOC's corrected data may be an account number: shown masked, like the payee's account
+        {"attempt": n["attempt"], "code": n["code"], "corrected": "…" + (n["corrected_data"] or "")[-4:]}
+        for n in await conn.fetch("select * from payouts.payee_notices where payout_id = $1 order by 1, 2", payout_id)
+    ]
     return doc
 
 
@@ -122,6 +152,8 @@ async def _act(conn: asyncpg.Connection, payout_id: str, *, hold: bool, reason: 
     if row["state"] != want_from:
         verb = "hold" if hold else "release"
         raise OperatorRequestError(f"payout {payout_id} is {row['state']}: {verb} applies to {want_from} payouts only")
+    if hold and row["file_id"] is not None:  # R16: cut into a file (committed before it leaves): it goes
+        raise OperatorRequestError(f"payout {payout_id} is in payout file {row['file_id']}: too late to hold it")
     at = await store.clock_now(conn)
     assert at is not None, "a payout exists, so a tick planned it"
     action_id: int = await conn.fetchval(
@@ -172,3 +204,62 @@ async def hold(conn: asyncpg.Connection, payout_id: str, *, reason: str, actor: 
 async def release(conn: asyncpg.Connection, payout_id: str, *, reason: str, actor: str) -> ActionResult:
     """An on-hold payout becomes planned again (the rails may send it). The caller owns the transaction."""
     return await _act(conn, payout_id, hold=False, reason=reason, actor=actor)
+
+
+# --- payout files (R16) -----------------------------------------------------------------------------------
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def file_json(row: asyncpg.Record) -> dict[str, Any]:
+    currency = row["currency"]
+    return {
+        "file_id": row["file_id"],
+        "rail": row["rail"],
+        "state": row["state"],
+        "count": row["entry_count"],
+        "currency": currency,
+        "total": format_minor(row["total_minor"], currency),
+        "effective_date": row["effective_date"].isoformat(),
+        "created": _iso(row["tick"]),
+        "sha256": row["sha256"],
+        "name": row["name"],
+    }
+
+
+async def list_files(conn: asyncpg.Connection, *, state: str | None = None) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """select file_id, rail, state, entry_count, currency, total_minor, effective_date, tick, sha256, name
+             from payouts.payout_files where ($1::text is null or state = $1) order by tick, rail, sequence""",
+        state,
+    )
+    return [file_json(r) for r in rows]
+
+
+async def show_file(conn: asyncpg.Connection, file_id: str) -> dict[str, Any]:
+    row = await conn.fetchrow("select * from payouts.payout_files where file_id = $1", file_id)
+    if row is None:
+        raise OperatorRequestError(f"no payout file {file_id!r} (settle payouts files list shows them)")
+    doc = file_json(row)
+    doc["path"] = row["path"]
+    doc["batch_id"] = row["batch_id"]
+    doc["payouts"] = [
+        {
+            "payout_id": i["payout_id"],
+            "attempt": i["attempt"],
+            "ref": i["ref"],
+            "rail_reference": i["rail_reference"],
+            "amount": format_minor(i["amount_minor"], i["currency"]),
+            "currency": i["currency"],
+            "outcome": i["outcome"],
+            "code": i["code"],
+        }
+        for i in await conn.fetch(
+            "select * from payouts.payout_file_items where file_id = $1 order by payout_id", file_id
+        )
+    ]
+    doc["history"] = [
+        {"state": h["state"], "at": _iso(h["at"]), "detail": h["detail"]}
+        for h in await conn.fetch("select * from payouts.payout_file_states where file_id = $1 order by id", file_id)
+    ]
+    return doc

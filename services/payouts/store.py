@@ -23,8 +23,9 @@ from services.payouts.domain.planning import (
 )
 
 SCHEMA = "payouts"
-PAYOUT_STATES = ("planned", "on_hold")
-"""States this service gives a payout; the rails move it on (their states are not ``waiting``)."""
+PAYOUT_STATES = ("planned", "on_hold", "sent", "completed", "returned", "rejected", "waiting_operator")
+"""States of a payout: planning gives ``planned`` / ``on_hold``; the files (R16, ``files.py``) move a planned
+one on. None of them is ``waiting`` (a plan without a payout)."""
 
 
 # --- clock ---------------------------------------------------------------------------------------------------
@@ -105,8 +106,8 @@ async def clock_now(conn: asyncpg.Connection) -> datetime | None:
 async def save_payee(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
     await conn.execute(
         """insert into payouts.payees (event_id, supplier_id, at, payout_currency, rail, account, account_masked,
-               minimum_payout, pay_when_paid, on_hold)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) on conflict do nothing""",
+               minimum_payout, pay_when_paid, on_hold, fallback_rail)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) on conflict do nothing""",
         row["event_id"],
         row["supplier_id"],
         row["at"],
@@ -117,6 +118,7 @@ async def save_payee(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
         row["minimum_payout"],
         row["pay_when_paid"],
         row["on_hold"],
+        row.get("fallback_rail"),
     )
 
 

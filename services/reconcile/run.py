@@ -6,15 +6,27 @@ import contextlib
 import gc
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time
 
 import asyncpg
 
+from libs.ids import derive_id
 from libs.ledger import ensure_accounts, post
+from libs.messaging.outbox import Emitter, write_outbox
+from schemas import topics
+from schemas.events import PayoutSettlementConfirmed
 from services.reconcile import store
 from services.reconcile.domain.entries import ProcessorLine, report_entries
 from services.reconcile.domain.matching import DEFAULT_WINDOW_DAYS, Reconciliation, reconcile
-from services.reconcile.domain.sources import BankEntry, LedgerPosting, bank_record, ledger_records, processor_record
+from services.reconcile.domain.sources import (
+    BankEntry,
+    LedgerPosting,
+    PayoutConfirmation,
+    bank_record,
+    ledger_records,
+    payout_confirmations,
+    processor_record,
+)
 from services.reconcile.imports import BankFile
 from services.reconcile.ledger_source import LedgerSource, PostgresLedgerSource
 
@@ -102,4 +114,32 @@ async def run_reconciliation(
     if save:
         async with conn.transaction():
             run_id = await store.save_run(conn, result)
+            await confirm_payouts(conn, payout_confirmations(result.matches), run_id)
     return result, run_id, not_booked
+
+
+async def confirm_payouts(conn: asyncpg.Connection, confirmations: Sequence[PayoutConfirmation], run_id: int) -> None:
+    """R16/R17 feedback: each supplier payout matched to a posted bank transaction is confirmed to the
+    payouts worker (``payout.settlement_confirmed`` on ``payouts.bank_results.v1``, through the outbox, in
+    the run's transaction). Ids derive from the payout key and the bank line: a later run confirming the
+    same match repeats the same event, which the payouts worker has already taken."""
+    emitter = Emitter("reconcile")
+    for c in confirmations:
+        emitter.emit(
+            topics.PAYOUT_BANK_RESULTS,
+            key=c.reference,
+            type="payout.settlement_confirmed",
+            time=datetime.combine(c.booked_on, time(0), UTC),
+            cause=None,
+            event_id=derive_id("event", "payout.settlement_confirmed", c.reference, c.bank_record),
+            data=PayoutSettlementConfirmed(
+                reference=c.reference,
+                amount_minor=c.amount_minor,
+                currency=c.currency,
+                booked_on=c.booked_on.isoformat(),
+                bank_record=c.bank_record,
+                run_id=run_id,
+            ),
+            correlation_id=c.reference,
+        )
+    await write_outbox(conn, emitter.drain())

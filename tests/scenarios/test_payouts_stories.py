@@ -34,7 +34,9 @@ from typing import Any
 import pytest
 
 from domain.contracts import chart
+from libs.messaging.partitioner import partition_for
 from schemas import topics
+from schemas.events import StatementsClosed, Watermark
 from schemas.inputs import ClockTicked, FxRate, PayeeUpdated, PaymentReceived
 from services.invoicing.main import SERVICE as INVOICING
 from services.payments.main import SERVICE as PAYMENTS
@@ -85,6 +87,50 @@ def fx(rate_id: str, base: str, quote: str, rate: str, as_of: datetime) -> tuple
 
 def tick(at: datetime) -> tuple:
     return (topics.CLOCK_TICKS, "clock", event_bytes("clock.ticked", ClockTicked(at=at), id=f"tick-{at:%m%d}", time=at))
+
+
+def _key_on(partition: int, topic: topics.Topic, stem: str) -> str:
+    """A key the relay's partitioner puts on ``partition`` (markers address each partition)."""
+    return next(
+        k for k in (f"{stem}-{i}" for i in range(10_000)) if partition_for(k.encode(), topic.partitions) == partition
+    )
+
+
+def statements_closed(month: str, issued_at: datetime) -> list[tuple]:
+    """What invoicing sends after a month's last statement: ``statements.closed`` on every partition."""
+    topic = topics.STATEMENTS_FINALIZED
+    return [
+        (
+            topic,
+            _key_on(p, topic, "statements-closed"),
+            event_bytes(
+                "statements.closed",
+                StatementsClosed(month=month, issued_at=issued_at, partition=p),
+                id=f"closed-{month}-{p}",
+                time=issued_at,
+            ),
+        )
+        for p in range(topic.partitions)
+    ]
+
+
+def ticked(at: datetime) -> list[tuple]:
+    """A tick, then what payments sends once it answered it (``payments.watermark`` on every partition of
+    invoices.payments.v1): for stories that run payouts without payments."""
+    topic = topics.INVOICE_PAYMENTS
+    return [tick(at)] + [
+        (
+            topic,
+            _key_on(p, topic, "watermark"),
+            event_bytes(
+                "payments.watermark",
+                Watermark(through=at, partition=p, source="payments"),
+                id=f"paid-mark-{at:%m%d%H}-{p}",
+                time=at,
+            ),
+        )
+        for p in range(topic.partitions)
+    ]
 
 
 def receipt(renter: str, receipt_id: str, amount: str, at: datetime, reference: str) -> tuple:

@@ -75,11 +75,12 @@ def test_every_worker_has_a_kubernetes_deployment() -> None:
 def test_alert_rules_only_use_exported_metrics() -> None:
     rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
     from services.payments import metrics as payments_metrics
+    from services.payouts import metrics as payouts_metrics
     from services.saga import metrics as saga_metrics
 
     exported = {
         m._name
-        for module in (metrics, payments_metrics, saga_metrics)
+        for module in (metrics, payments_metrics, saga_metrics, payouts_metrics)
         for m in vars(module).values()
         if hasattr(m, "_name")
     }

@@ -18,8 +18,9 @@
                                                                  disputes (Cr = out); the report's
                                                                  own fee/payout entries are skipped
   ``platform:payouts_in_transit:<CUR>``            bank          payouts (Cr = out) netted per payout
-                                                                 id over planned/held/released;
-                                                                 reversals (returns) one by one
+                                                                 key over planned/held/released/
+                                                                 retried/rejected; returns one by
+                                                                 one; completions skipped
   ===============================================  ============  ===================================
 
   A posting's references are its entry's cause id (our attempt id for a collection, the payout id for
@@ -152,12 +153,17 @@ class LedgerRule:
     """Entries of these kinds are summed per payout id (the cause id up to its first ``:``)."""
 
 
+PAYOUT_NET_KINDS = ("payout.planned", "payout.held", "payout.released", "payout.retried", "payout.rejected")
+"""Per payout attempt (its ledger key: the payout id, or a retry's rail reference) one movement to the bank:
+planned/held/released and a retry put it in transit, a reject (refused before settlement) takes it back."""
+
 LEDGER_RULES: tuple[LedgerRule, ...] = (
-    LedgerRule("platform:cash_clearing:", "bank"),
+    # payout.completed is the consequence of a match (in transit → cash), never a movement to match again.
+    LedgerRule("platform:cash_clearing:", "bank", skip_kinds=("payout.completed",)),
     # Fees are checked where they are ledgered (the report's own entries; payments' dispute fees come from
     # the processor's dispute webhook and are part of its dispute line): never matched as movements.
     LedgerRule("platform:processor_clearing:", "processor", skip_kinds=(*REPORT_KINDS, "payments.dispute_fee")),
-    LedgerRule("platform:payouts_in_transit:", "bank", net_kinds=("payout.planned", "payout.held", "payout.released")),
+    LedgerRule("platform:payouts_in_transit:", "bank", skip_kinds=("payout.completed",), net_kinds=PAYOUT_NET_KINDS),
 )
 
 
@@ -176,6 +182,12 @@ def _references(posting: LedgerPosting) -> tuple[str, ...]:
     if posting.kind in REPORT_KINDS and ":" in posting.cause_id:
         refs.append(posting.cause_id.split(":", 1)[1])
     return normalize_references(refs)
+
+
+def _compact_uuid(payout_id: str) -> str | None:
+    """The rails carry a first attempt's payout id (a UUID) without its dashes (ISO's 35 characters)."""
+    compact = payout_id.replace("-", "")
+    return compact if len(compact) == 32 and compact != payout_id else None
 
 
 def ledger_records(postings: Iterable[LedgerPosting], rules: Iterable[LedgerRule] = LEDGER_RULES) -> list[Record]:
@@ -224,7 +236,7 @@ def ledger_records(postings: Iterable[LedgerPosting], rules: Iterable[LedgerRule
                 currency=currency,
                 on=max(p.occurred_at for p in group).date(),
                 direction="in" if minor > 0 else "out",
-                references=normalize_references([payout_id]),
+                references=normalize_references([payout_id, _compact_uuid(payout_id)]),
                 counterpart=rule.counterpart,
                 kind=min(p.kind for p in group),
                 note=f"payout {payout_id} · {account} ({len(group)} entr{'y' if len(group) == 1 else 'ies'})",
@@ -236,10 +248,42 @@ def ledger_records(postings: Iterable[LedgerPosting], rules: Iterable[LedgerRule
 __all__ = [
     "LEDGER_RULES",
     "PAYOUT_KIND",
+    "PAYOUT_NET_KINDS",
     "BankEntry",
     "LedgerPosting",
     "LedgerRule",
+    "PayoutConfirmation",
     "bank_record",
     "ledger_records",
     "processor_record",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutConfirmation:
+    """A supplier payout (one attempt, by its ledger key) matched to a posted bank transaction (R16: only
+    then is it ``completed``)."""
+
+    reference: str
+    amount_minor: int
+    currency: str
+    booked_on: date
+    bank_record: str
+
+
+def payout_confirmations(matches: Iterable[object]) -> list[PayoutConfirmation]:
+    """From the bank-leg matches of a run: every netted payout record (``payout:<key>:<account>``, money
+    out) matched with a booked bank line. Sorted; one per key."""
+    found: dict[str, PayoutConfirmation] = {}
+    for match in matches:
+        records = getattr(match, "records", ())
+        bank = sorted((r for r in records if r.source == "bank"), key=lambda r: r.source_id)
+        if not bank:
+            continue
+        for r in records:
+            if r.source == "ledger" and r.source_id.startswith("payout:") and r.direction == "out":
+                key = r.source_id.split(":", 2)[1]
+                found.setdefault(
+                    key, PayoutConfirmation(key, r.amount_minor, r.currency, bank[0].on, bank[0].source_id)
+                )
+    return [found[k] for k in sorted(found)]

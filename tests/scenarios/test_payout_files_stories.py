@@ -1,0 +1,465 @@
+"""Payout files stories (R16, R17), end to end over Kafka and PostgreSQL: the payouts worker (its planning
+consumer, its bank-results consumer and its file task) runs with the real runtime and relay; invoicing's
+``statement.finalized``, the platform's payees and ticks, and the bank's answers are real CloudEvents;
+the operator's and reconciliation's commands are ``settle …`` run as processes.
+
+Four suppliers, January 2026 statements final at the Feb 2 tick (a Monday):
+
+* ``sup-ach`` (USD, ACH) 120.00: sent in a NACHA file, acknowledged, returned R03 (no account): reversed,
+  payee flagged, not resent at the next tick; a payee update with a new account → attempt 2 in a new file;
+* ``sup-sepa`` (EUR, SEPA) 80.00: sent in a pain.001; the bank's statement shows the debit; ``settle
+  reconcile`` matches it and confirms it: ``completed``, in transit → cash;
+* ``sup-rej`` (EUR, SEPA) 45.50: in the same pain.001, rejected by a pacs.002 (AC04): reversed, flagged;
+* ``sup-big`` (USD, ACH) 100,000,000.00: over ACH's limit, no fallback: ``waiting_operator``;
+* ``sup-wide`` (USD, ACH, fallback wire) 100,000,000.00: over ACH's limit, sent by wire (pain.001).
+
+And the crash story: a file built and committed, its transmission killed; the restart sends the very same
+bytes under the same name, and there is one file row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from domain.contracts import chart
+from libs.errors import OperatorRequestError
+from schemas import topics
+from schemas.events import PayoutReturnsReceived, StatementFinalized
+from schemas.inputs import PayeeUpdated
+from services.payouts import files, metrics, operator
+from services.payouts.main import SERVICE as PAYOUTS
+from services.payouts.rails.nacha import read_nacha
+from tests.conftest import Stack
+from tests.fleet import event_bytes, publish, running
+from tests.integration.test_invoicing_service import assert_ledger_sound, balance_units, count, outbox_events
+from tests.scenarios.test_payouts_stories import settle_cli, statements_closed, ticked, wait_rows
+from tests.unit.test_rails_nacha import place
+
+pytestmark = pytest.mark.integration
+
+FEB2 = datetime(2026, 2, 2, tzinfo=UTC)
+ACH_1 = {"holder_name": "Ach Supplier Inc", "routing_number": "021000021", "account_number": "000123456789"}
+ACH_2 = {"holder_name": "Ach Supplier Inc", "routing_number": "011000015", "account_number": "000555666777"}
+SEPA_1 = {"holder_name": "Sepa GmbH", "iban": "DE89370400440532013000"}
+SEPA_2 = {"holder_name": "Rej SARL", "iban": "FR1420041010050500013M02606"}
+UNITS = 10**8  # ledger units per major unit (USD and EUR: minor × 10^6)
+
+
+def payee(
+    supplier: str,
+    currency: str,
+    rail: str,
+    account: dict[str, str],
+    *,
+    at: datetime,
+    n: int,
+    fallback: str | None = None,
+) -> tuple:
+    data = PayeeUpdated(
+        fallback_rail=fallback,
+        supplier_id=supplier,
+        payout_currency=currency,
+        rail=rail,
+        account=account,
+        minimum_payout="0",
+        pay_when_paid=False,
+        on_hold=False,
+    )
+    return topics.SUPPLIERS, supplier, event_bytes("supplier.payee_updated", data, id=f"payee-{supplier}-{n}", time=at)
+
+
+def statement(supplier: str, currency: str, net: str, n: int) -> tuple:
+    data = StatementFinalized(
+        statement_id=f"stm-{supplier}",
+        number=f"STM-2026-{n:06d}",
+        supplier_id=supplier,
+        currency=currency,
+        month="2026-01",
+        earnings={},
+        earnings_total=net,
+        sla_chargebacks="0",
+        carried="0",
+        net=net,
+        issued_at=datetime(2026, 2, 1, tzinfo=UTC),
+    )
+    return (
+        topics.STATEMENTS_FINALIZED,
+        supplier,
+        event_bytes("statement.finalized", data, id=f"stm-{supplier}", time=FEB2),
+    )
+
+
+def nacha_return(original_trace: str, routing: str, account: str, amount: int, code: str) -> bytes:
+    """A bank's return file (one returned credit, addenda 99) from the published layouts."""
+    records = [
+        place({(1, 1): "1", (2, 3): "01", (4, 13): " 021000021", (14, 23): " 011000015", (24, 29): "260205",
+               (30, 33): "0600", (34, 34): "A", (35, 37): "094", (38, 39): "10", (40, 40): "1",
+               (41, 63): "SETTLE PLATFORM".ljust(23), (64, 86): "RETURNING BANK".ljust(23)}),
+        place({(1, 1): "5", (2, 4): "220", (5, 20): "SETTLE".ljust(16), (41, 50): "1234567890", (51, 53): "CCD",
+               (54, 63): "PAYOUT".ljust(10), (70, 75): "260204", (79, 79): "1", (80, 87): "01100001",
+               (88, 94): "0000001"}),
+        place({(1, 1): "6", (2, 3): "21", (4, 11): routing[:8], (12, 12): routing[8], (13, 29): account.ljust(17),
+               (30, 39): f"{amount:010d}", (40, 54): "RETURN".ljust(15), (55, 76): "ACH SUPPLIER INC".ljust(22),
+               (79, 79): "1", (80, 94): "011000010000001"}),
+        place({(1, 1): "7", (2, 3): "99", (4, 6): code, (7, 21): original_trace, (28, 35): "01100001",
+               (80, 94): "011000010000001"}),
+        place({(1, 1): "8", (2, 4): "220", (5, 10): "000002", (11, 20): f"{int(routing[:8]):010d}",
+               (21, 32): "0" * 12, (33, 44): f"{amount:012d}", (45, 54): "1234567890", (80, 87): "01100001",
+               (88, 94): "0000001"}),
+        place({(1, 1): "9", (2, 7): "000001", (8, 13): "000001", (14, 21): "00000002",
+               (22, 31): f"{int(routing[:8]):010d}", (32, 43): "0" * 12, (44, 55): f"{amount:012d}"}),
+    ]  # fmt: skip
+    records += ["9" * 94] * (10 - len(records))
+    return "\n".join(records).encode("ascii")
+
+
+def pacs002_reject(original_msg: str, end_to_end: str, code: str) -> bytes:
+    ns = "urn:iso:std:iso:20022:tech:xsd:pacs.002.001.10"
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><Document xmlns="{ns}"><FIToFIPmtStsRpt>'
+        f"<GrpHdr><MsgId>STS-0001</MsgId><CreDtTm>2026-02-03T09:00:00Z</CreDtTm></GrpHdr>"
+        f"<OrgnlGrpInfAndSts><OrgnlMsgId>{original_msg}</OrgnlMsgId><OrgnlMsgNmId>pain.001.001.09</OrgnlMsgNmId>"
+        f"</OrgnlGrpInfAndSts><TxInfAndSts><OrgnlEndToEndId>{end_to_end}</OrgnlEndToEndId><TxSts>RJCT</TxSts>"
+        f"<StsRsnInf><Rsn><Cd>{code}</Cd></Rsn></StsRsnInf></TxInfAndSts></FIToFIPmtStsRpt></Document>"
+    ).encode()
+
+
+def bai2_debit(amount_minor: int, reference: str) -> bytes:
+    """Our EUR account's statement of Feb 3: one outgoing payment, with the controls computed."""
+    detail = f"16,495,{amount_minor},Z,BK7001,{reference},SEPA CREDIT TRANSFER"
+    account = ["03,DE89370400440532013000,EUR,010,5000000,,Z/", f"{detail}/"]
+    account.append(f"49,{amount_minor + 5000000},{len(account) + 1}/")
+    group = ["02,SETTLE,COBADEFF,1,260203,0600,EUR,2/", *account]
+    group.append(f"98,{amount_minor + 5000000},1,{len(group) + 1}/")
+    lines = ["01,COBADEFF,SETTLE,260203,0600,1,,,2/", *group]
+    lines.append(f"99,{amount_minor + 5000000},1,{len(lines) + 1}/")
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def bank_result(kind: str, data: Any, key: str, n: int) -> tuple:
+    return (
+        topics.PAYOUT_BANK_RESULTS,
+        key,
+        event_bytes(kind, data, id=f"bank-{n}", time=datetime(2026, 2, 3, tzinfo=UTC)),
+    )
+
+
+def returns_message(rail: str, content: bytes, n: int) -> tuple:
+    digest = hashlib.sha256(content).hexdigest()
+    data = PayoutReturnsReceived(
+        rail=rail, name=f"answer-{n}", sha256=digest, content_b64=base64.b64encode(content).decode()
+    )
+    return bank_result("payout_returns.received", data, f"returns-{n}", n)
+
+
+async def payout_of(stack: Stack, supplier: str) -> dict[str, Any]:
+    code, out, err = await settle_cli(stack, "payouts", "list", "--json", "--supplier", supplier)
+    assert code == 0, err
+    docs = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(docs) == 1, docs
+    return docs[0]
+
+
+async def file_docs(stack: Stack) -> dict[str, dict[str, Any]]:
+    code, out, err = await settle_cli(stack, "payouts", "files", "list", "--json")
+    assert code == 0, err
+    return {d["file_id"]: d for d in (json.loads(line) for line in out.splitlines() if line.strip())}
+
+
+async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(stack: Stack, tmp_path: Path) -> None:
+    bank_dir = tmp_path / "bank-outbox"
+    stack.settings = stack.settings.model_copy(update={"payout_outbox_dir": bank_dir, "payout_files_interval_s": 0.2})
+    jan1 = datetime(2026, 1, 1, tzinfo=UTC)
+    await publish(
+        stack,
+        [
+            payee("sup-ach", "USD", "ach", ACH_1, at=jan1, n=1),
+            payee("sup-sepa", "EUR", "sepa", SEPA_1, at=jan1, n=1),
+            payee("sup-rej", "EUR", "sepa", SEPA_2, at=jan1, n=1),
+            payee("sup-big", "USD", "ach", ACH_1, at=jan1, n=1),
+            payee("sup-wide", "USD", "ach", ACH_2, at=jan1, n=1, fallback="wire"),
+            statement("sup-ach", "USD", "120.00", 1),
+            statement("sup-sepa", "EUR", "80.00", 2),
+            statement("sup-rej", "EUR", "45.50", 3),
+            statement("sup-big", "USD", "100000000.00", 4),
+            statement("sup-wide", "USD", "100000000.00", 5),
+            *statements_closed("2026-01", datetime(2026, 2, 1, tzinfo=UTC)),
+        ],
+    )
+    async with running(stack, [PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.statements", 5, "five statements at payouts")
+        await wait_rows(stack, "select count(*) from payouts.payees", 5, "five payees")
+        await publish(stack, ticked(FEB2))
+        await wait_rows(stack, "select count(*) from payouts.payout_files where state = 'submitted'", 3, "three files")
+
+        # --- what left: one NACHA file, one pain.001, exactly the stored bytes --------------------------------
+        listed = await file_docs(stack)
+        assert sorted((d["rail"], d["state"], d["count"], d["currency"], d["total"]) for d in listed.values()) == [
+            ("ach", "submitted", 1, "USD", "120.00"),
+            ("sepa", "submitted", 2, "EUR", "125.50"),
+            ("wire", "submitted", 1, "USD", "100000000.00"),
+        ]
+        ach_id = next(k for k, d in listed.items() if d["rail"] == "ach")
+        sepa_id = next(k for k, d in listed.items() if d["rail"] == "sepa")
+        on_disk = sorted(p.name for p in bank_dir.iterdir())
+        assert on_disk == sorted(d["name"] for d in listed.values())  # no temp file left
+        for d in listed.values():
+            assert hashlib.sha256((bank_dir / d["name"]).read_bytes()).hexdigest() == d["sha256"]
+        nacha = read_nacha((bank_dir / listed[ach_id]["name"]).read_bytes())
+        [entry] = [e for b in nacha.batches for e in b.entries]
+        assert (entry.amount_minor, entry.routing_number, entry.account_number.strip()) == (
+            120_00,
+            "021000021",
+            "000123456789",
+        )
+        pain = (bank_dir / listed[sepa_id]["name"]).read_text()
+        assert "DE89370400440532013000" in pain and '<InstdAmt Ccy="EUR">80.00</InstdAmt>' in pain
+
+        wide = await payout_of(stack, "sup-wide")
+        assert (wide["state"], wide["rail"]) == ("sent", "wire")
+        big = await payout_of(stack, "sup-big")
+        assert big["state"] == "waiting_operator" and "over its limit" in big["rail_reason"]
+        ach = await payout_of(stack, "sup-ach")
+        assert (ach["state"], ach["file_id"], ach["rail"], ach["attempt"]) == ("sent", ach_id, "ach", 1)
+
+        # --- the bank acknowledges the ACH file (operator CLI publishes) ------------------------------------
+        code, out, err = await settle_cli(stack, "payouts", "files", "ack", ach_id)
+        assert code == 0, err
+        await wait_rows(
+            stack,
+            f"select count(*) from payouts.payout_files where file_id = '{ach_id}' and state = 'acknowledged'",
+            1,
+            "ack",
+        )
+
+        # --- ACH return R03 ----------------------------------------------------------------------------------
+        returned = nacha_return(entry.trace_number, "021000021", "000123456789", 120_00, "R03")
+        path = tmp_path / "returns.ach"
+        path.write_bytes(returned)
+        code, out, err = await settle_cli(stack, "payouts", "returns", "import", str(path), "--rail", "ach")
+        assert code == 0 and "1 answer(s) (return)" in " ".join(out.split()), out + err
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'returned'", 1, "the ACH return")
+        flag = await stack.pool.fetchrow("select * from payouts.payee_flags where supplier_id = 'sup-ach'")
+        assert (flag["kind"], flag["code"], flag["payee_event_id"]) == ("return", "R03", "payee-sup-ach-1")
+        # planning debited the payable (no invoicing here: it started at zero); the return credits it back
+        assert await balance_units(stack, chart.payable("sup-ach", "USD").code) == 0
+
+        # --- pacs.002 reject of sup-rej ----------------------------------------------------------------------
+        shown = json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
+        rej_ref = next(p["ref"] for p in shown["payouts"] if p["amount"] == "45.50")
+        await publish(stack, [returns_message("sepa", pacs002_reject(shown["batch_id"], rej_ref, "AC04"), 2)])
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'rejected'", 1, "the reject")
+
+        # --- a new tick without a payee change: nothing is sent again ----------------------------------------
+        await publish(stack, ticked(datetime(2026, 2, 3, tzinfo=UTC)))
+        await wait_rows(stack, "select count(*) from payouts.clock where at = '2026-02-03T00:00:00Z'", 1, "tick")
+        await asyncio.sleep(1.5)  # seven file rounds at 0.2 s: each had the chance to send again
+        assert await count(stack, "select count(*) from payouts.payout_files") == 3
+
+        # --- the payee changes its account: attempt 2 in a new file ------------------------------------------
+        await publish(stack, [payee("sup-ach", "USD", "ach", ACH_2, at=datetime(2026, 2, 3, 12, tzinfo=UTC), n=2)])
+        await wait_rows(stack, "select count(*) from payouts.payees where supplier_id = 'sup-ach'", 2, "payee v2")
+        await publish(stack, ticked(datetime(2026, 2, 4, tzinfo=UTC)))
+        await wait_rows(
+            stack, "select count(*) from payouts.payout_files where state = 'submitted'", 2, "the retry file"
+        )
+        ach = await payout_of(stack, "sup-ach")
+        assert (ach["state"], ach["attempt"]) == ("sent", 2) and ach["file_id"] not in listed
+        retry = read_nacha((bank_dir / (await file_docs(stack))[ach["file_id"]]["name"]).read_bytes())
+        [again] = [e for b in retry.batches for e in b.entries]
+        assert (again.routing_number, again.account_number.strip()) == ("011000015", "000555666777")
+        code, out, err = await settle_cli(stack, "payouts", "show", ach["payout_id"])
+        assert code == 0, err
+        attempts = json.loads(out)["attempts"]
+        assert [(a["attempt"], a["outcome"], a["code"], a["payee_event_id"]) for a in attempts] == [
+            (1, "returned", "R03", "payee-sup-ach-1"),
+            (2, None, None, "payee-sup-ach-2"),
+        ]
+        assert "000555666777" not in out and "000123456789" not in out
+
+        # --- the bank's statement shows the SEPA payout; reconciliation confirms it --------------------------
+        sepa = next(p for p in shown["payouts"] if p["amount"] == "80.00")
+        statement_path = tmp_path / "statement.bai"
+        statement_path.write_bytes(bai2_debit(80_00, sepa["ref"]))
+        code, _, err = await settle_cli(stack, "bank", "import", str(statement_path))
+        assert code == 0, err
+        code, _, err = await settle_cli(stack, "reconcile", "--date", "2026-02-04", "--json")
+        assert code in (0, 1), err
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'completed'", 1, "completion", 60)
+        assert (await payout_of(stack, "sup-sepa"))["state"] == "completed"
+        await wait_rows(
+            stack,
+            f"select count(*) from payouts.payout_files where file_id = '{sepa_id}' and state = 'settled'",
+            1,
+            "settled",
+        )
+        shown = json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
+        assert [h["state"] for h in shown["history"]] == ["built", "submitted", "settled"]
+        # reconciliation runs again: the same confirmation changes nothing
+        code, _, err = await settle_cli(stack, "reconcile", "--date", "2026-02-04")
+        assert code in (0, 1), err
+
+    # --- ledger: returns and rejects reversed, the completion moved to cash, nothing counted twice ---------
+    assert await balance_units(stack, "platform:payouts_in_transit:EUR") == 0  # completed 80.00 + rejected 45.50
+    assert await balance_units(stack, "platform:cash_clearing:EUR") == -80 * UNITS
+    assert await balance_units(stack, chart.payable("sup-rej", "EUR").code) == 0  # planned, then rejected
+    assert await balance_units(stack, chart.payable("sup-ach", "USD").code) == 120 * UNITS  # returned, then retried
+    assert await balance_units(stack, "platform:payouts_in_transit:USD") == -(120 + 2 * 100_000_000) * UNITS
+    await assert_ledger_sound(stack)
+
+    events = await outbox_events(stack, topics.PAYOUTS)
+    kinds = sorted(e["type"] for e in events if e["type"] not in ("payout.planned",))
+    assert kinds == sorted(["payout.sent"] * 5 + ["payout.returned", "payout.rejected", "payout.completed"]), kinds
+    returned_event = next(e for e in events if e["type"] == "payout.returned")
+    assert (returned_event["data"]["return_code"], returned_event["data"]["file_id"]) == ("R03", ach_id)
+    assert returned_event["data"]["state"] == "returned"
+    rows = await stack.pool.fetch(
+        """select payout_id, count(*) as n from payouts.payout_file_items
+            where outcome is null or outcome = 'completed' group by 1"""
+    )
+    assert all(r["n"] == 1 for r in rows)
+
+
+class KilledTransport(files.DirectoryTransport):
+    """Writes part of the temp file, then 'dies' before the rename (the process was killed)."""
+
+    def send(self, name: str, content: bytes, sha256: str) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f".{name}.tmp").write_bytes(content[: len(content) // 2])
+        raise ConnectionError("killed")
+
+
+class RenamedThenKilled(files.DirectoryTransport):
+    """Sends the whole file, then dies before the database hears of it."""
+
+    def send(self, name: str, content: bytes, sha256: str) -> Path:
+        super().send(name, content, sha256)
+        raise ConnectionError("killed after the rename")
+
+
+async def test_a_crash_between_build_and_submit_resends_the_identical_file(stack: Stack, tmp_path: Path) -> None:
+    jan1 = datetime(2026, 1, 1, tzinfo=UTC)
+    await publish(
+        stack,
+        [
+            payee("sup-ach", "USD", "ach", ACH_1, at=jan1, n=1),
+            payee("sup-two", "USD", "ach", ACH_2, at=jan1, n=1),
+            statement("sup-ach", "USD", "120.00", 1),
+            statement("sup-two", "USD", "7.25", 2),
+            *statements_closed("2026-01", datetime(2026, 2, 1, tzinfo=UTC)),
+            *ticked(FEB2),
+        ],
+    )
+    async with running(stack, [PAYOUTS], relays=1):  # no outbox dir: planned, nothing cut
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'planned'", 2, "two planned")
+    assert await count(stack, "select count(*) from payouts.payout_files") == 0
+
+    bank = tmp_path / "bank"
+    with pytest.raises(ConnectionError):
+        await files.run_round(stack.pool, KilledTransport(bank))
+    row = await stack.pool.fetchrow("select * from payouts.payout_files")
+    assert row["state"] == "built" and row["entry_count"] == 2  # committed before anything left
+    assert await count(stack, "select count(*) from payouts.payouts where state = 'planned'") == 2
+    assert not (bank / row["name"]).exists()
+    planned_id = await stack.pool.fetchval("select payout_id from payouts.payouts order by payout_id limit 1")
+    async with stack.pool.acquire() as conn, conn.transaction():  # in a file: too late to hold it
+        with pytest.raises(OperatorRequestError, match="too late to hold"):
+            await operator.hold(conn, planned_id, reason="stop it", actor="ops")
+
+    with pytest.raises(ConnectionError):  # restart: sent in full, killed before the database knew
+        await files.run_round(stack.pool, RenamedThenKilled(bank))
+    first_bytes = (bank / row["name"]).read_bytes()
+    assert first_bytes == bytes(row["content"])
+
+    built, sent = await files.run_round(stack.pool, files.DirectoryTransport(bank))  # restart: a recognised resend
+    assert built == [] and sent == [row["file_id"]]
+    assert (bank / row["name"]).read_bytes() == first_bytes
+    assert hashlib.sha256(first_bytes).hexdigest() == row["sha256"]
+    assert await count(stack, "select count(*) from payouts.payout_files") == 1
+    assert await count(stack, "select count(*) from payouts.payout_file_items") == 2
+    assert await count(stack, "select count(*) from payouts.payouts where state = 'sent'") == 2
+    assert sorted(p.name for p in bank.iterdir() if not p.name.startswith(".")) == [row["name"]]
+
+    assert await files.run_round(stack.pool, files.DirectoryTransport(bank)) == ([], [])  # nothing twice
+    # The gauges the worker exports, from the database: two ACH payouts sent, 127.25 USD in transit, the
+    # file waiting for the bank's acknowledgement.
+    assert metrics.PAYOUTS.labels("sent", "ach")._value.get() == 2
+    assert metrics.IN_TRANSIT.labels("USD")._value.get() == 127.25
+    assert metrics.OLDEST_UNACKNOWLEDGED._value.get() > 0 and metrics.WAITING_OPERATOR._value.get() == 0
+    # A different file under a sent file's name is refused, never overwritten.
+    with pytest.raises(files.TransportError):
+        files.DirectoryTransport(bank).send(row["name"], b"other bytes", hashlib.sha256(b"other bytes").hexdigest())
+    # The database refuses a payout in a second live file.
+    item = await stack.pool.fetchrow("select * from payouts.payout_file_items limit 1")
+    other = row["file_id"] + "-other"
+    async with stack.pool.acquire() as conn:
+        await conn.execute(
+            """insert into payouts.payout_files (file_id, rail, tick, sequence, batch_id, name, effective_date, state,
+                   content, sha256, media_type, entry_count, total_minor, currency)
+               select $2, rail, tick, sequence + 1, batch_id || 'X', name || '.x', effective_date, 'built', content,
+                      sha256, media_type, entry_count, total_minor, currency
+                 from payouts.payout_files where file_id = $1""",
+            row["file_id"],
+            other,
+        )
+        with pytest.raises(asyncpg.UniqueViolationError, match="payout_file_items_one_live"):
+            await conn.execute(
+                """insert into payouts.payout_file_items (file_id, payout_id, attempt, ref, rail_reference,
+                       payee_event_id, amount_minor, currency) values ($1, $2, 2, 'x', 'y', 'z', 1, 'USD')""",
+                other,
+                item["payout_id"],
+            )
+
+
+async def test_an_r01_return_is_presented_again_at_most_twice(stack: Stack, tmp_path: Path) -> None:
+    bank_dir = tmp_path / "bank-outbox"
+    stack.settings = stack.settings.model_copy(update={"payout_outbox_dir": bank_dir, "payout_files_interval_s": 0.2})
+    await publish(
+        stack,
+        [
+            payee("sup-nsf", "USD", "ach", ACH_1, at=datetime(2026, 1, 1, tzinfo=UTC), n=1),
+            statement("sup-nsf", "USD", "64.00", 1),
+            *statements_closed("2026-01", datetime(2026, 2, 1, tzinfo=UTC)),
+            *ticked(FEB2),
+        ],
+    )
+    async with running(stack, [PAYOUTS], relays=1):
+        for attempt in (1, 2, 3):
+            await wait_rows(
+                stack,
+                f"select count(*) from payouts.payouts where state = 'sent' and attempt = {attempt}",
+                1,
+                f"attempt {attempt} sent",
+            )
+            item = await stack.pool.fetchrow(
+                "select i.*, f.name from payouts.payout_file_items i join payouts.payout_files f using (file_id)"
+                " where i.attempt = $1",
+                attempt,
+            )
+            [entry] = [e for b in read_nacha((bank_dir / item["name"]).read_bytes()).batches for e in b.entries]
+            assert entry.trace_number == "021000020000001"  # every file's first trace: resolved by the live attempt
+            returned = nacha_return(entry.trace_number, "021000021", "000123456789", 64_00, "R01")
+            await publish(stack, [returns_message("ach", returned, 10 + attempt)])
+            await wait_rows(
+                stack,
+                f"select count(*) from payouts.payee_flags where code = 'R01' and attempt = {attempt}",
+                1,
+                f"attempt {attempt} returned",
+            )
+        await asyncio.sleep(1.5)  # rounds pass: a third R01 is not presented again
+        assert await count(stack, "select count(*) from payouts.payout_files") == 3
+        assert await count(stack, "select count(*) from payouts.payouts where state = 'returned' and attempt = 3") == 1
+        names = sorted(p.name for p in bank_dir.iterdir())
+        assert len(names) == 3 and len({read_nacha((bank_dir / n).read_bytes()).file_id_modifier for n in names}) == 3
+    assert await balance_units(stack, chart.payable("sup-nsf", "USD").code) == 0  # out three times, back three times
+    assert await balance_units(stack, "platform:payouts_in_transit:USD") == 0
+    await assert_ledger_sound(stack)
