@@ -579,6 +579,8 @@ class PayoutEvent(EventModel):
     """The bank's code of a ``payout.returned`` (ACH R-code) or ``payout.rejected`` (pacs.002 reason)."""
     invoices: list[Id] = Field(default_factory=list, max_length=10_000)
     """The renter invoices whose supplier earnings this payout pays (from the per-invoice earnings)."""
+    invoice_numbers: list[str] = Field(default_factory=list, max_length=10_000)
+    """The same invoices' numbers, in the same order (the saga follows a cycle by its invoice number)."""
 
 
 ClawbackKind = Literal["clawback", "reverse_supplier_share"]

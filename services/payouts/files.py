@@ -163,10 +163,11 @@ async def _latest_payee(conn: asyncpg.Connection, supplier_id: str, at: datetime
     return row
 
 
-async def invoices_of(conn: asyncpg.Connection, payout: Mapping[str, Any]) -> list[str]:
-    """The renter invoices whose earnings this payout pays: the per-invoice earnings of its months."""
+async def invoices_of(conn: asyncpg.Connection, payout: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The renter invoices whose earnings this payout pays (ids, numbers): the per-invoice earnings of its
+    months."""
     rows = await conn.fetch(
-        """select distinct i.invoice_id from payouts.invoice_earnings e
+        """select distinct i.invoice_id, i.number from payouts.invoice_earnings e
              join payouts.invoices i on i.contract_id = e.contract_id and i.period_start = e.period_start
             where e.supplier_id = $1 and e.currency = $2 and e.month = any ($3::text[])
             order by 1""",
@@ -174,7 +175,7 @@ async def invoices_of(conn: asyncpg.Connection, payout: Mapping[str, Any]) -> li
         payout["currency"],
         list(payout["months"]),
     )
-    return [r["invoice_id"] for r in rows]
+    return [r["invoice_id"] for r in rows], [r["number"] for r in rows]
 
 
 async def _failed_attempts(conn: asyncpg.Connection, payout_id: str) -> list[FailedAttempt]:
@@ -361,10 +362,16 @@ async def _file_state(conn: asyncpg.Connection, file_id: str, state: str, detail
 
 # --- 2. send ------------------------------------------------------------------------------------------------
 def _event(
-    payout: Mapping[str, Any], state: str, invoices: list[str], *, file_id: str | None, code: str | None = None
+    payout: Mapping[str, Any],
+    state: str,
+    invoices: tuple[list[str], list[str]],
+    *,
+    file_id: str | None,
+    code: str | None = None,
 ) -> Any:
+    ids, numbers = invoices
     return planner.event_of(dict(payout) | {"state": state}).model_copy(
-        update={"file_id": file_id, "return_code": code, "invoices": invoices}
+        update={"file_id": file_id, "return_code": code, "invoices": ids, "invoice_numbers": numbers}
     )
 
 

@@ -11,9 +11,13 @@
 * ``payout.compensation_applied|failed`` (payouts, on ``payouts.v1``): the answer to a compensation request
   (its invoice, kind, ref and attempt) → a ``CompensationResult``.
 
-The other ``payouts.v1`` events (planned, held, released, waiting, clawback) are not read: they name a
-supplier and statement months, not the invoice a saga follows, and nothing publishes sent, settled or
-returned (README, "Saga coordinator", gaps).
+* ``payout.sent|completed|returned|rejected`` (payouts, on ``payouts.v1``): the payout step of every saga
+  whose invoice the payout's earnings come from (``invoice_numbers``); one attempt of a payout is
+  ``payout_id@file_id`` (a retry after a return goes out in another file). Followed when
+  ``SETTLE_SAGA_FOLLOW_PAYOUTS`` is on.
+
+The other ``payouts.v1`` events (planned, held, released, waiting, clawback) are not read: a payout is
+a step once it left.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from schemas.events import (
     InvoiceFinalized,
     InvoicePaymentStatus,
     PaymentEvent,
+    PayoutEvent,
 )
 from schemas.inputs import ClockTicked
 from services.saga import domain, store
@@ -119,6 +124,31 @@ def to_input(event: Envelope[Any]) -> tuple[str, domain.Input] | None:
     return None
 
 
+PAYOUT_STEPS = frozenset({"payout.sent", "payout.completed", "payout.returned", "payout.rejected"})
+
+
+def payout_inputs(event: Envelope[Any]) -> list[tuple[str, domain.Input]]:
+    """The payout step for the saga of every invoice the payout pays (a saga not started yet keeps it,
+    like any fact that arrives before its invoice)."""
+    data: PayoutEvent = event.data
+    if event.type not in PAYOUT_STEPS:
+        return []
+    attempt = f"{data.payout_id}@{data.file_id or '-'}"
+    fact: domain.Input
+    match event.type:
+        case "payout.sent":
+            fact = domain.PayoutSent(payout_id=attempt, at=event.time)
+        case "payout.completed":
+            fact = domain.PayoutSettled(payout_id=attempt, at=event.time)
+        case _:
+            fact = domain.PayoutReturned(
+                payout_id=attempt,
+                reason=f"{event.type.removeprefix('payout.')} {data.return_code or ''}".strip(),
+                at=event.time,
+            )
+    return [(number, fact) for number in sorted(set(data.invoice_numbers))]
+
+
 async def on_batch(policy: domain.Policy, tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     by_invoice: dict[str, list[tuple[store.Cause, domain.Input]]] = defaultdict(list)
     ticks: list[tuple[store.Cause, datetime]] = []
@@ -126,6 +156,10 @@ async def on_batch(policy: domain.Policy, tx: Tx, events: Sequence[Envelope[Any]
         cause = store.Cause(event.id, event.type, event.time, event)
         if isinstance(event.data, ClockTicked):
             ticks.append((cause, event.data.at))
+            continue
+        if isinstance(event.data, PayoutEvent):
+            for number, fact in payout_inputs(event):
+                by_invoice[number].append((cause, fact))
             continue
         mapped = to_input(event)
         if mapped is not None:

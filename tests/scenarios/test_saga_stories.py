@@ -27,7 +27,7 @@ from libs.ledger import verify
 from libs.messaging.worker import Service
 from libs.money import minor_to_ledger
 from schemas import topics
-from schemas.events import InvoicePaymentStatus, PaymentEvent
+from schemas.events import InvoicePaymentStatus, PaymentEvent, PayoutEvent
 from schemas.inputs import ClockTicked
 from services.cli.sagas import retry
 from services.payments.main import SERVICE as PAYMENTS
@@ -359,3 +359,83 @@ async def test_refund_clawback_lost_dispute_per_policy_and_an_operator_retry(sta
         "invoice.payment_status",
     ]
     assert detail["operator_commands"][0]["requested_by"] == "ops@settle"
+
+
+def _payout(type: str, payout_id: str, numbers: list[str], file_id: str, at: datetime, code: str = "") -> bytes:
+    state = {"payout.sent": "sent", "payout.completed": "completed"}.get(type, type.removeprefix("payout."))
+    data = PayoutEvent(
+        payout_id=payout_id,
+        supplier_id="sup-1",
+        currency="USD",
+        months=["2026-01"],
+        amount=Decimal("60.00"),
+        payout_currency="USD",
+        payout_amount=Decimal("60.00"),
+        rail="ach",
+        payee_event_id="payee-1",
+        state=state,  # type: ignore[arg-type]
+        held_minor=0,
+        planned_at=at,
+        file_id=file_id,
+        return_code=code or None,
+        invoices=[f"inv-{n}" for n in numbers],
+        invoice_numbers=numbers,
+    )
+    return event_bytes(type, data, id=f"po-{type}-{payout_id}-{file_id}", time=at)
+
+
+async def test_a_followed_payout_returned_then_resent_and_settled_completes_the_cycle(stack: Stack) -> None:
+    """With payouts followed, a paid cycle ends only when a payout of its earnings settled at the bank. The
+    saga reads payouts.v1's steps for every invoice a payout names: sent → returned (R03: reversed, payee
+    flagged) → waits for the payee's new details, seen as the retry's send in another file → completed by
+    the settlement (R16/R17). Every event twice: no effect."""
+    policy = domain.Policy(follow_payouts=True)
+    saga = Service(name="saga", subscriptions=(subscription(policy),))
+    start, end = FEB - timedelta(days=31), FEB
+    inv = invoice("INV-2026-000201", "ctr-p", "rnt-p", due="100.00", start=start, end=end)
+    paid = DUE
+    first = [
+        (topics.INVOICES_FINALIZED, "ctr-p", event_bytes("invoice.finalized", inv, id="i-201", time=end)),
+        (topics.INVOICE_PAYMENTS, "ctr-p", _status(inv.number, "ctr-p", "rnt-p", 2, "paid", "100.00", paid)),
+        (topics.PAYOUTS, "sup-1", _payout("payout.sent", "po-1", [inv.number], "file-a", paid + timedelta(days=1))),
+    ]
+    returned = [
+        (
+            topics.PAYOUTS,
+            "sup-1",
+            _payout("payout.returned", "po-1", [inv.number], "file-a", paid + timedelta(days=3), "R03"),
+        )
+    ]
+    resent = [
+        (topics.PAYOUTS, "sup-1", _payout("payout.sent", "po-1", [inv.number], "file-b", paid + timedelta(days=5))),
+        (
+            topics.PAYOUTS,
+            "sup-1",
+            _payout("payout.completed", "po-1", [inv.number], "file-b", paid + timedelta(days=6)),
+        ),
+    ]
+
+    async def state_is(state: str) -> bool:
+        return (await _sagas(stack)).get(inv.number, {}).get("state") == state
+
+    async with running(stack, [saga]):
+        await publish(stack, first)
+        await publish(stack, first)
+        await wait_until(lambda: state_is("payout_sent"), timeout_s=60, what="the payout sent")
+        await publish(stack, returned)
+        await wait_until(lambda: state_is("payout_returned"), timeout_s=60, what="the payout returned")
+        await publish(stack, resent)
+        await publish(stack, resent)
+        await wait_until(lambda: state_is("completed"), timeout_s=60, what="settled at the bank")
+        async with stack.pool.acquire() as conn:
+            shown = await read_model.saga_detail(conn, inv.number)
+    assert shown is not None
+    assert shown["reason"] == "paid and settled at the bank"
+    moves = [(t["to_state"], t["event_type"]) for t in shown["transitions"]]
+    # (the first send may share a batch with the payment: that transition names the batch's cause)
+    assert [m[0] for m in moves][-4:] == ["payout_sent", "payout_returned", "payout_sent", "completed"], moves
+    assert moves[-3:] == [
+        ("payout_returned", "payout.returned"),
+        ("payout_sent", "payout.sent"),
+        ("completed", "payout.completed"),
+    ], moves
