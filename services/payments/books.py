@@ -179,7 +179,19 @@ async def _write_status(
             balance.paid_at,
             revision,
         )
-        emit_status(tx, inv.invoice_id, number, inv.contract_id, renter_id, currency, new, revision, cause=cause, at=at)
+        # as_of: when the facts changed it (not the batch's time: a batch may also hold later facts)
+        emit_status(
+            tx,
+            inv.invoice_id,
+            number,
+            inv.contract_id,
+            renter_id,
+            currency,
+            new,
+            revision,
+            cause=cause,
+            at=balance.changed_at,
+        )
 
 
 def emit_status(

@@ -53,6 +53,20 @@ def test_money_before_the_invoice_waits_on_credit_balance_and_pays_it_at_issue()
     assert result.credit_balance_minor == 2_000
 
 
+def test_a_status_is_dated_by_the_fact_that_changed_it_not_by_later_facts() -> None:
+    """The as_of of an invoice's status: the last receipt that paid it — a later invoice of the same renter
+    (or any later fact that leaves it alone) does not move it, however the facts were batched."""
+    jan = inv("INV-2026-000010", day=0, amount=20_000)
+    feb = inv("INV-2026-000011", day=28, amount=1_500)
+    paid_part = receipt("r1", 3_333, day=5, reference=jan.number)
+    paid_rest = receipt("r2", 16_667, day=20, reference=jan.number)
+    alone = allocate([jan], [paid_part])
+    assert alone.invoices[jan.number].changed_at == paid_part.at
+    both = allocate([jan, feb], [paid_part, paid_rest])
+    assert both.invoices[jan.number].changed_at == paid_rest.at  # not feb's issue, the batch's last fact
+    assert both.invoices[feb.number].changed_at == feb.exists_at  # issued, nothing paid yet
+
+
 def test_same_instant_invoice_comes_first_and_receipts_in_receipt_id_order() -> None:
     a = inv("INV-2026-000006", day=5, amount=1_000)
     # both at the invoice's instant: the invoice exists; r-a then r-b by receipt id

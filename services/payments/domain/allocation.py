@@ -103,6 +103,10 @@ class InvoiceBalance:
     remaining_minor: int
     paid_at: datetime | None
     """When the remaining amount last reached zero (None while something remains)."""
+    changed_at: datetime
+    """The instant of the last fact that changed what is due, paid or remaining (the invoice's own
+    instant when nothing did): a status's ``as_of`` — a function of the facts, never of how they were
+    batched."""
 
     @property
     def status(self) -> Literal["open", "partially_paid", "paid"]:
@@ -140,6 +144,7 @@ class _Open:
     due: int
     paid: int = 0
     paid_at: datetime | None = None
+    changed_at: datetime | None = None
 
     @property
     def remaining(self) -> int:
@@ -162,6 +167,7 @@ class _Walk:
         take = min(amount, inv.remaining)
         if take > 0:
             inv.paid += take
+            inv.changed_at = at
             if inv.remaining == 0:
                 inv.paid_at = at
             self.applications.append(Application(source_id, inv.fact.number, take, at))
@@ -188,6 +194,7 @@ class _Walk:
         inv = self.invoices.get(note.invoice_number)
         if inv is None:  # the caller keeps a note until its invoice is known
             return
+        inv.changed_at = note.at
         if note.total_minor >= 0:
             inv.due += note.total_minor
             if inv.remaining > 0:
@@ -215,6 +222,7 @@ class _Walk:
         if inv is None or take == 0:
             return
         inv.paid -= take
+        inv.changed_at = out.at
         inv.paid_at = None if inv.remaining > 0 else inv.paid_at
         self.applications.append(Application(out.source_id, inv.fact.number, -take, out.at))
 
@@ -250,7 +258,7 @@ def allocate(
         issued = False
         for _, _, fact in sorted(by_instant[at], key=lambda e: (e[0], e[1])):
             if isinstance(fact, InvoiceFact):
-                walk.invoices[fact.number] = _Open(fact, fact.amount_due_minor, paid_at=None)
+                walk.invoices[fact.number] = _Open(fact, fact.amount_due_minor, paid_at=None, changed_at=at)
                 issued = True
                 if fact.amount_due_minor <= 0:
                     walk.invoices[fact.number].paid_at = at
@@ -271,7 +279,14 @@ def allocate(
             walk.use_credit(at)
 
     balances = {
-        number: InvoiceBalance(o.fact, max(o.due, 0), o.paid, o.remaining, o.paid_at if o.remaining == 0 else None)
+        number: InvoiceBalance(
+            o.fact,
+            max(o.due, 0),
+            o.paid,
+            o.remaining,
+            o.paid_at if o.remaining == 0 else None,
+            o.changed_at or o.fact.exists_at,
+        )
         for number, o in walk.invoices.items()
     }
     result = Allocation(
