@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         description="Directory the payouts worker hands payout files to (the bank transport); unset: planned "
         "payouts are not cut into files or sent.",
     )
+    payouts_config: Path | None = Field(
+        default=None,
+        description="YAML file of our side of each payout rail (NACHA originator, debtor accounts, stablecoin "
+        "wallet) and per-rail cut-offs and limits; unset: the defaults in services/payouts/config.py "
+        "(placeholder accounts).",
+    )
     payout_files_interval_s: float = Field(
         default=5.0,
         gt=0,

@@ -53,6 +53,7 @@ from libs.money import currency_exponent
 from schemas import topics
 from schemas.envelope import Envelope
 from schemas.events import PayoutFileAcknowledged, PayoutReturnsReceived, PayoutSettlementConfirmed
+from services.payouts import config as payouts_config
 from services.payouts import entries, metrics, planner
 from services.payouts.domain.dispatch import (
     FailedAttempt,
@@ -62,55 +63,21 @@ from services.payouts.domain.dispatch import (
     route,
 )
 from services.payouts.rails.calendar import DEFAULT_RAILS, RailConfig, effective_date
-from services.payouts.rails.iso20022 import Debtor, InstantRail, Pain001Rail
-from services.payouts.rails.nacha import NachaOriginator, NachaRail
 from services.payouts.rails.port import (
     BankFileError,
-    IbanAccount,
     InvalidBatchError,
     PayoutBatch,
     PayoutInstruction,
     Rail,
     RailReturn,
-    UsBankAccount,
 )
-from services.payouts.rails.stablecoin import StablecoinRail, TokenConfig
 
 log = structlog.get_logger("settle.payouts.files")
 
-# Our side of each rail. PLACEHOLDERS (valid formats, not our bank's): the originator and debtor accounts
-# come from the bank agreement; they belong in configuration before a real bank sees a file.
-ORIGINATOR = NachaOriginator(
-    immediate_destination="021000021",
-    immediate_destination_name="ODFI BANK",
-    immediate_origin="1234567890",
-    immediate_origin_name="SETTLE PLATFORM",
-    company_name="SETTLE",
-    company_id="1234567890",
-    odfi_routing="021000021",
-)
-DEBTOR_EUR = Debtor("Settle Platform", IbanAccount("DE89370400440532013000", "COBADEFFXXX"), "SETTLE")
-DEBTOR_USD = Debtor("Settle Platform", UsBankAccount("021000021", "000111222333"), "SETTLE")
-TOKEN = TokenConfig(
-    network="ethereum",
-    chain_id=1,
-    token_address="0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48",
-    sender_address="0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
-)
-
-
-def rails() -> dict[str, Rail]:
-    return {
-        "ach": NachaRail(ORIGINATOR),
-        "wire": Pain001Rail(DEBTOR_USD, scheme="wire"),
-        "sepa": Pain001Rail(DEBTOR_EUR, scheme="sepa"),
-        "rtp": InstantRail(DEBTOR_USD, name="rtp", max_per_message=10_000),
-        "fednow": InstantRail(DEBTOR_USD, name="fednow", max_per_message=10_000),
-        "stablecoin": StablecoinRail(TOKEN),
-    }
-
-
-RAILS: dict[str, Rail] = rails()
+RAILS: dict[str, Rail] = payouts_config.parse({}).rail_impls
+"""The rails with the built-in (placeholder) originator: what readers (returns, acknowledgements) use, since
+reading a bank's answer does not depend on our side of the file. Writers come from the worker's
+:class:`~services.payouts.config.PayoutsConfig` (``SETTLE_PAYOUTS_CONFIG``)."""
 
 
 # --- transport -------------------------------------------------------------------------------------------
@@ -673,13 +640,18 @@ async def refresh_gauges(conn: asyncpg.Connection) -> None:
     )
 
 
-async def run_round(pool: asyncpg.Pool, transport: DirectoryTransport | None) -> tuple[list[str], list[str]]:
+async def run_round(
+    pool: asyncpg.Pool, transport: DirectoryTransport | None, config: payouts_config.PayoutsConfig | None = None
+) -> tuple[list[str], list[str]]:
     """Cut, then send: one round of the worker's task (also what a test drives directly)."""
     built: list[str] = []
     sent: list[str] = []
     if transport is not None:
         async with transaction(pool) as conn:
-            built = await cut_files(conn)
+            if config is None:
+                built = await cut_files(conn)
+            else:
+                built = await cut_files(conn, configs=config.rails, rail_impls=config.rail_impls)
         sent = await send_built(pool, transport)
     async with pool.acquire() as conn:
         await refresh_gauges(conn)
@@ -689,9 +661,15 @@ async def run_round(pool: asyncpg.Pool, transport: DirectoryTransport | None) ->
 async def files_task(runtime: Runtime) -> None:
     directory = runtime.settings.payout_outbox_dir
     transport = DirectoryTransport(directory) if directory is not None else None
+    config = payouts_config.load(runtime.settings.payouts_config)
+    if transport is not None and config.placeholder_originator:
+        log.warning(
+            "payout files use the built-in PLACEHOLDER originator and debtor accounts; "
+            "set SETTLE_PAYOUTS_CONFIG before a real bank sees a file"
+        )
     while not runtime.stop.is_set():
         try:
-            await run_round(runtime.pool, transport)
+            await run_round(runtime.pool, transport, config)
         except Exception as error:  # the task must not stop the worker: log, try again next round
             log.error("payout files round failed", error=f"{type(error).__name__}: {error}")
         with contextlib.suppress(TimeoutError):
