@@ -298,10 +298,15 @@ async def on_lifecycle_events(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             await _on_contract(tx, event)
             terms_cache.clear()
         elif event.type == "clock.ticked":
-            target = await store.advance_target(tx.conn, event.data.at)
-            if event.data.barrier is not None:
-                _, _, tick_offset = tx.source_of(event)
-                await store.raise_barrier(tx.conn, event.data.at, dict(event.data.barrier), tick_offset)
+            _, _, tick_offset = tx.source_of(event)
+            barrier = dict(event.data.barrier) if event.data.barrier is not None else None
+            current, _ = await store.clock(tx.conn)
+            if (current is None or event.data.at > current) and await store.close_pending(tx.conn):
+                # A later tick while a close runs (or ticks wait): it waits its turn (run_closer applies it).
+                await store.queue_tick(tx.conn, event.data.at, barrier, tick_offset)
+                log.info("clock tick queued", at=format_utc(event.data.at))
+                continue
+            target = await apply_tick(tx.conn, event.data.at, barrier, tick_offset)
             log.info("clock tick", at=format_utc(event.data.at), target=format_utc(target) if target else None)
         else:
             await _on_lifecycle(tx, event, rows[event.data.allocation_id], touched)
@@ -310,6 +315,16 @@ async def on_lifecycle_events(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
         if row.changed:
             await store.save_allocation(tx.conn, row)
     await store.save_held(tx.conn, [row for row in rows.values() if row.changed])
+
+
+async def apply_tick(
+    conn: asyncpg.Connection, at: datetime, barrier: dict[str, list[int]] | None, tick_offset: int
+) -> datetime | None:
+    """Move the close target to ``at`` (never back) and attach the tick's barrier to its close."""
+    target = await store.advance_target(conn, at)
+    if barrier is not None:
+        await store.raise_barrier(conn, at, barrier, tick_offset)
+    return target
 
 
 async def _terms(
@@ -536,6 +551,13 @@ async def send_watermark_if_done(conn: asyncpg.Connection) -> datetime | None:
         )
     await write_outbox(conn, emitter.drain())
     await conn.execute("update metering.clock set watermark_sent = $1 where id = 1", target)
+    # The next queued tick (if any) starts its own close: one close per tick, whatever the batching.
+    while (queued := await store.pop_queued_tick(conn)) is not None:
+        at, barrier, tick_offset = queued
+        if at > target:
+            await apply_tick(conn, at, barrier, tick_offset)
+            log.info("queued clock tick applied", at=format_utc(at))
+            break
     return target
 
 

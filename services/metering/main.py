@@ -18,13 +18,14 @@ from services.metering.handlers import (
 
 
 async def pending(conn: asyncpg.Connection) -> int:
-    """Allocations behind the clock, plus one while the watermark for the target is unsent."""
+    """Allocations behind the clock, plus one while the watermark for the target is unsent, plus the
+    ticks queued behind that close."""
     row = await conn.fetchrow("select target, watermark_sent from metering.clock where id = 1")
     if row is None or row["target"] is None:
         return 0
-    from services.metering.store import count_behind
+    from services.metering.store import count_behind, queued_ticks
 
-    behind = await count_behind(conn, row["target"])
+    behind = await count_behind(conn, row["target"]) + await queued_ticks(conn)
     return behind + (0 if row["watermark_sent"] is not None and row["watermark_sent"] >= row["target"] else 1)
 
 

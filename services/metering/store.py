@@ -308,6 +308,42 @@ async def advance_target(conn: asyncpg.Connection, at: datetime) -> datetime | N
     return target
 
 
+async def close_pending(conn: asyncpg.Connection) -> bool:
+    """True while the target's watermark is unsent (a close is running) or ticks wait behind it."""
+    row = await conn.fetchrow(
+        """select c.target, c.watermark_sent, exists(select 1 from metering.queued_ticks) as queued
+             from metering.clock c where c.id = 1"""
+    )
+    assert row is not None
+    if row["queued"]:
+        return True
+    return row["target"] is not None and (row["watermark_sent"] is None or row["watermark_sent"] < row["target"])
+
+
+async def queue_tick(conn: asyncpg.Connection, at: datetime, barrier: dict[str, list[int]] | None, offset: int) -> None:
+    await conn.execute(
+        """insert into metering.queued_ticks (tick_offset, at, barrier) values ($1, $2, $3)
+           on conflict (tick_offset) do nothing""",
+        offset,
+        at,
+        barrier,
+    )
+
+
+async def pop_queued_tick(conn: asyncpg.Connection) -> tuple[datetime, dict[str, list[int]] | None, int] | None:
+    """The earliest queued tick (removed), or None."""
+    row = await conn.fetchrow(
+        """delete from metering.queued_ticks
+            where tick_offset = (select min(tick_offset) from metering.queued_ticks)
+        returning tick_offset, at, barrier"""
+    )
+    return None if row is None else (row["at"], row["barrier"], int(row["tick_offset"]))
+
+
+async def queued_ticks(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("select count(*) from metering.queued_ticks"))
+
+
 async def raise_barrier(
     conn: asyncpg.Connection, at: datetime, barrier: dict[str, list[int]], tick_offset: int
 ) -> None:

@@ -391,3 +391,32 @@ async def test_telemetry_samples_are_deduplicated_and_aggregated_per_hour(stack:
     assert by_key[("2026-12-01T09:00:00Z", 1)]["quantity"] == "75.00"
     correction = by_key[("2026-12-01T09:00:00Z", 2)]
     assert (correction["quantity"], correction["delta_quantity"]) == ("76.50", "1.50")
+
+
+async def test_two_ticks_read_in_one_batch_close_one_after_the_other(stack: Stack) -> None:
+    """Metering was down while two ticks arrived: both are read in its first batch. Each still gets its own
+    close and watermark, in order (a lagging worker must not merge 12:00's close into 14:00's)."""
+    await publish(
+        stack,
+        [contract(), lifecycle("gpu.allocation.provisioned", at(10, 15), gpu_count=2), tick(at(12)), tick(at(14))],
+    )
+    async with running(stack, [METERING]):
+        await wait_until(lambda: watermarks_through(stack, at(14)), what="watermark at 14:00")
+    assert await stack.pool.fetchval("select count(*) from metering.queued_ticks") == 0
+    records = sorted(await read_topic(stack, topics.USAGE_METERED), key=lambda r: (r.partition, r.offset))
+    for partition in range(topics.USAGE_METERED.partitions):
+        marks = [
+            orjson.loads(r.value)["data"]["through"]
+            for r in records
+            if r.partition == partition and orjson.loads(r.value)["type"] == "usage.watermark"
+        ]
+        assert marks == ["2026-12-01T12:00:00Z", "2026-12-01T14:00:00Z"], (partition, marks)
+    usage = [orjson.loads(r.value) for r in records if orjson.loads(r.value)["type"] == "usage.metered"]
+    partition = next(r.partition for r in records if orjson.loads(r.value)["type"] == "usage.metered")
+    in_order = [
+        (d["type"], d["data"].get("hour_start") or d["data"].get("through"))
+        for d in (orjson.loads(r.value) for r in records if r.partition == partition)
+    ]
+    first_mark = in_order.index(("usage.watermark", "2026-12-01T12:00:00Z"))
+    assert {h for t, h in in_order[:first_mark]} == {"2026-12-01T10:00:00Z", "2026-12-01T11:00:00Z"}, in_order
+    assert {d["data"]["hour_start"] for d in usage} == {f"2026-12-01T{h}:00:00Z" for h in (10, 11, 12, 13)}
