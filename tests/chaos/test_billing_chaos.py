@@ -1,10 +1,14 @@
-"""Issue 8: the billing workers SIGKILLed mid-batch and mid-close bill exactly what a calm run bills.
+"""Issue 8 (and wave two): the whole fleet SIGKILLed mid-batch and mid-close bills, collects and pays out
+exactly what a calm run does.
 
 The same marketplace is billed twice, each on a fresh database and broker, by `settle run`
-processes: calm, and with a random worker SIGKILLed (and restarted) every 2–6 s while the input is
-published, the first month's closing tick arrives mid-publish, the second month's right after, and
-both closes run (tools.demo.chaos). Every invoice and statement must be equal, the ledger must
-verify, nothing may be left in a gap and every worker was really killed. `settle bench chaos` runs
+processes — metering, rating, invoicing, payments, payouts and saga: calm, and with a random worker
+SIGKILLed (and restarted) every 2–6 s while the input is published, the first month's closing tick
+arrives mid-publish, the second month's right after, and both closes run (tools.demo.chaos). The money
+inputs are payees (ACH in USD: one pay-when-paid, one with an unreachable minimum), FX rates and wires
+from half of the postpaid renters. Every invoice and statement must be equal, and so must every
+invoice's payment status, every payout and every saga with its compensations; the ledger must verify,
+nothing may be left in a gap and every worker was really killed. `settle bench chaos` runs
 the demo-sized version with a backlog beyond what the old mock broker kept per partition.
 """
 
@@ -15,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Servers, fresh_stack
-from tools.demo.chaos import differences, drive
+from tools.demo.chaos import differences, drive, settlement_roles
 from tools.demo.scenario import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -42,11 +46,23 @@ async def test_killed_billing_workers_bill_exactly_what_a_calm_fleet_bills(
                 seed=SEED,
                 log_dir=folder / "logs",
                 chaos_after_publish_s=15.0,
+                settle=True,
             )
     calm, chaos = results[False], results[True]
     assert calm.kills == 0 and chaos.kills >= 5, (calm.kills, chaos.kills)
     assert calm.invoices and calm.statements, "the calm run billed something"
     assert differences(calm, chaos) == []
+    kinds = {key.split("|")[0] for key in calm.settlement}
+    assert kinds == {"payment", "payout", "saga"}, kinds
+    payouts = [v for k, v in calm.settlement.items() if k.startswith("payout|")]
+    assert any(v[-3] == "planned" for v in payouts), payouts
+    _, minimum = settlement_roles(scenario)
+    below = [v for v in payouts if v[0] == minimum]  # the minimum nobody reaches
+    assert below and all(v[-3] == "waiting" and v[-2] == "below_minimum" for v in below), [
+        (v[0], v[1], v[-3], v[-2]) for v in payouts
+    ]
+    paid = [v for k, v in calm.settlement.items() if k.startswith("payment|") and v[0] in ("paid", "partially_paid")]
+    assert paid, "the wires were applied"
     assert chaos.ledger_ok and calm.ledger_ok
     assert chaos.open_gaps == 0
     assert chaos.dead_letters == calm.dead_letters, "no message was dead-lettered because of a kill"

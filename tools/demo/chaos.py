@@ -21,9 +21,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +31,21 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from libs.ids import derive_id
 from libs.ledger import verify
 from libs.messaging.broker import publish_keyed, read_all, start_producer, stop_client
 from libs.settings import Settings
 from schemas import topics
+from schemas.envelope import encode
+from schemas.inputs import PayeeUpdated, PaymentReceived
 from services import catalog
 from services.clock.main import publish_tick
-from tools.demo.scenario import Delivery, Scenario, deliveries_as_items, month_after
+from tools.demo.scenario import PLATFORM, Delivery, Scenario, deliveries_as_items, month_after
 from tools.fleet import ROOT, wait_idle, worker_env
 
 FLEET = ("metering", "rating", "invoicing")
+SETTLEMENT_FLEET = (*FLEET, "payments", "payouts", "saga")
+"""With ``settle``: the whole fleet, money included (payments applies wires only: no gateway is built)."""
 IDLE_TIMEOUT_S = 900.0
 VOLATILE_FIELDS = frozenset({"number", "credit_note_number"})
 """Assigned in close order (gapless per series): the same set of numbers, not the same owner."""
@@ -50,6 +55,8 @@ VOLATILE_FIELDS = frozenset({"number", "credit_note_number"})
 class ChaosResult:
     invoices: dict[str, Any]
     statements: dict[str, Any]
+    settlement: dict[str, Any]
+    """With ``settle``: payment status per invoice, payouts, sagas (by contract and period)."""
     kills: int
     elapsed_s: float
     ledger_ok: bool
@@ -61,8 +68,9 @@ class ChaosResult:
 class Fleet:
     """`settle run <worker> --relays 1` processes that can be SIGKILLed and restarted."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_dir: Path, names: Sequence[str] = FLEET) -> None:
         self.env = dict(env)
+        self.names = tuple(names)
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -105,10 +113,10 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def running_fleet(env: Mapping[str, str], log_dir: Path) -> Iterator[Fleet]:
-    fleet = Fleet(env, log_dir)
+def running_fleet(env: Mapping[str, str], log_dir: Path, names: Sequence[str] = FLEET) -> Iterator[Fleet]:
+    fleet = Fleet(env, log_dir, names)
     try:
-        for name in FLEET:
+        for name in fleet.names:
             fleet.start(name)
         yield fleet
     finally:
@@ -143,12 +151,12 @@ async def _killer(fleet: Fleet, rng: random.Random, interval_s: tuple[float, flo
             await asyncio.wait_for(stop.wait(), rng.uniform(*interval_s))
         if stop.is_set():
             return
-        await asyncio.to_thread(fleet.kill, rng.choice(FLEET))
+        await asyncio.to_thread(fleet.kill, rng.choice(fleet.names))
 
 
 async def wait_quiet(pool: asyncpg.Pool, settings: Settings, bootstrap: str, fleet: Fleet) -> None:
     """Until nothing is left to consume, publish or close (tools.fleet.wait_idle), every worker alive."""
-    services = [catalog.load(name) for name in FLEET]
+    services = [catalog.load(name) for name in fleet.names]
     await wait_idle(
         pool,
         bootstrap,
@@ -157,6 +165,68 @@ async def wait_quiet(pool: asyncpg.Pool, settings: Settings, bootstrap: str, fle
         timeout_s=IDLE_TIMEOUT_S,
         alive=list(fleet.procs.values()),
     )
+
+
+ACH_ACCOUNT = {"holder_name": "Demo Data Center", "routing_number": "021000021", "account_number": "000123456789"}
+PAYOUT_RATES = {"EUR": ("1.0842", "1.0901"), "JPY": ("0.0067", "0.0066")}
+"""1 EUR / 1 JPY in USD, as of the first month's start and the day after its close."""
+
+
+def settlement_roles(scenario: Scenario) -> tuple[str | None, str | None]:
+    """(the pay-when-paid supplier, the supplier with a minimum nobody reaches): the first two suppliers
+    that have servers in the scenario."""
+    busy: set[str] = set()
+    for d in scenario.initial:
+        with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            busy.add(orjson.loads(d.value)["data"]["supplier_id"])
+    active = [s for s in scenario.suppliers if s in busy] + [None, None]
+    return active[0], active[1]
+
+
+def settlement_inputs(scenario: Scenario) -> list[Delivery]:
+    """The money inputs of a settlement run, derived from the scenario without randomness: every supplier
+    paid in USD by ACH (:func:`settlement_roles`: one pay-when-paid, one with a minimum nobody reaches), direct rates
+    to USD for the other statement currencies (one change after the first close), and a wire from every
+    other renter of a postpaid contract three weeks into the second month (R11 applies it oldest first)."""
+    out: list[Delivery] = []
+
+    def event(topic: str, key: str, type_: str, data: dict[str, Any], at: datetime) -> Delivery:
+        body = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+        event_id = derive_id("chaos-settlement", scenario.tag, topic, type_, body, at.isoformat())
+        return Delivery(topic, key, encode(event_id=event_id, source=PLATFORM, type=type_, time=at, data=data))
+
+    pay_when_paid, minimum = settlement_roles(scenario)
+    for supplier in scenario.suppliers:
+        data = PayeeUpdated(
+            supplier_id=supplier,
+            payout_currency="USD",
+            rail="ach",
+            account=ACH_ACCOUNT,
+            minimum_payout="1000000" if supplier == minimum else "0",
+            pay_when_paid=supplier == pay_when_paid,
+            on_hold=False,
+        ).model_dump(mode="json", exclude_none=True)
+        out.append(event(topics.SUPPLIERS.name, supplier, "supplier.payee_updated", data, scenario.start))
+    close = month_after(scenario.start)
+    for currency, rates in PAYOUT_RATES.items():
+        for n, (rate, at) in enumerate(zip(rates, (scenario.start, close + timedelta(days=1)), strict=True)):
+            data = {"rate_id": f"{scenario.tag}-{currency.lower()}-usd-{n}", "base": currency, "quote": "USD",
+                    "rate": rate, "as_of": at.strftime("%Y-%m-%dT%H:%M:%SZ")}  # fmt: skip
+            out.append(event(topics.FX_RATES.name, f"{currency}/USD", "fx.rate", data, at))
+    postpaid = sorted({(c["renter_id"], c["currency"]) for c in scenario.contracts if c["billing_mode"] == "postpaid"})
+    received = close + timedelta(days=21)
+    for renter, currency in postpaid[::2]:
+        amount = "15000" if currency == "JPY" else "150.00"
+        data = PaymentReceived(
+            renter_id=renter,
+            receipt_id=f"{scenario.tag}-wire-{renter}-{currency}",
+            amount=amount,
+            currency=currency,
+            received_at=received,
+            rail="wire",
+        ).model_dump(mode="json")
+        out.append(event(topics.PAYMENTS_RECEIVED.name, renter, "payment.received", data, received))
+    return out
 
 
 def _normalized(document: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +248,31 @@ async def collect(pool: asyncpg.Pool) -> tuple[dict[str, Any], dict[str, Any]]:
         doc = orjson.loads(row["doc"])
         statements[f"{doc['supplier_id']}|{doc['currency']}|{doc['month']}"] = _normalized(doc)
     return invoices, statements
+
+
+async def collect_settlement(pool: asyncpg.Pool) -> dict[str, Any]:
+    """What the money services decided, keyed by what does not depend on close order: each invoice's payment
+    status by (contract, period start), every payout (ids derive from supplier, currency and months) and
+    every saga's state by (contract, period start) with its compensations."""
+    out: dict[str, Any] = {}
+    for r in await pool.fetch(
+        """select i.contract_id, i.period_start, s.status, s.paid_minor, s.remaining_minor, s.past_due, s.paid_at
+             from payments.invoice_status s join payments.invoices i using (invoice_id)"""
+    ):
+        out[f"payment|{r['contract_id']}|{r['period_start'].isoformat()}"] = [str(v) for v in list(r)[2:]]
+    for r in await pool.fetch(
+        """select payout_id, supplier_id, currency, months, amount_minor, held_minor, payout_currency,
+                  payout_amount_minor, rate_id, rail, state, reason, planned_at from payouts.payouts"""
+    ):
+        out[f"payout|{r['payout_id']}"] = [str(v) for v in list(r)[1:]]
+    for r in await pool.fetch(
+        """select s.contract_id, s.period_start, s.state, s.waits_for,
+                  array(select c.kind || ':' || c.state from saga.compensations c
+                         where c.saga_id = s.saga_id order by 1) as compensations
+             from saga.sagas s"""
+    ):
+        out[f"saga|{r['contract_id']}|{r['period_start'].isoformat()}"] = [str(v) for v in list(r)[2:]]
+    return out
 
 
 async def largest_partitions(bootstrap: str, prefix: str) -> dict[str, int]:
@@ -203,14 +298,19 @@ async def drive(
     log_dir: Path,
     kill_interval_s: tuple[float, float] = (2.0, 6.0),
     chaos_after_publish_s: float = 20.0,
+    settle: bool = False,
 ) -> ChaosResult:
-    """Bill ``scenario`` once (see the module docstring); with ``kill``, under SIGKILL."""
+    """Bill ``scenario`` once (see the module docstring); with ``kill``, under SIGKILL. With ``settle`` the
+    whole fleet runs (payments, payouts, saga too) on :func:`settlement_inputs` as well."""
     rng = random.Random(seed)
     first_close = month_after(scenario.start)
-    before, after = split_at(scenario.initial, first_close)
+    inputs = scenario.initial + (settlement_inputs(scenario) if settle else [])
+    before, after = split_at(inputs, first_close)
     env = worker_env(database_url, bootstrap, settings.topic_prefix, SETTLE_STATE_DIR=str(settings.state_dir))
+    if settle:
+        env["SETTLE_GATEWAYS_ENABLED"] = ""  # money arrives as wires: no processor is called
     began = time.perf_counter()
-    with running_fleet(env, log_dir) as fleet:
+    with running_fleet(env, log_dir, SETTLEMENT_FLEET if settle else FLEET) as fleet:
         producer = await start_producer(bootstrap, client_id="settle-chaos")
         stop_killing = asyncio.Event()
         killer = asyncio.create_task(_killer(fleet, rng, kill_interval_s, stop_killing)) if kill else None
@@ -238,6 +338,7 @@ async def drive(
             await stop_client(producer)
         kills = fleet.kills
     invoices, statements = await collect(pool)
+    settlement = await collect_settlement(pool) if settle else {}
     async with pool.acquire() as conn:
         ledger_ok = (await verify(conn)).ok
         open_gaps = int(await conn.fetchval("select count(*) from settle.consumer_gaps where resolved_at is null"))
@@ -245,6 +346,7 @@ async def drive(
     return ChaosResult(
         invoices=invoices,
         statements=statements,
+        settlement=settlement,
         kills=kills,
         elapsed_s=time.perf_counter() - began,
         ledger_ok=ledger_ok,
@@ -257,8 +359,17 @@ async def drive(
 def differences(calm: ChaosResult, chaos: ChaosResult, limit: int = 10) -> list[str]:
     """What differs between two runs' documents (empty when they are identical)."""
     out: list[str] = []
-    for kind, a, b in (("invoice", calm.invoices, chaos.invoices), ("statement", calm.statements, chaos.statements)):
+    pairs = (
+        ("invoice", calm.invoices, chaos.invoices),
+        ("statement", calm.statements, chaos.statements),
+        ("settlement", calm.settlement, chaos.settlement),
+    )
+    for kind, a, b in pairs:
         for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.append(f"{kind} {key}: calm {a.get(key)} ≠ chaos {b.get(key)}")
+            x, y = a.get(key), b.get(key)
+            if x == y:
+                continue
+            if isinstance(x, dict) and isinstance(y, dict):  # only the fields that differ
+                x, y = ({k: d.get(k) for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)} for d in (x, y))
+            out.append(f"{kind} {key}: calm {x} ≠ chaos {y}")
     return out[:limit]
