@@ -354,7 +354,7 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
     pay-when-paid supplier's earnings on the late renter's invoice are released once it paid; the files
     on disk parse with the rails' readers; the returned payout is reversed and its payee flagged; the
     bank's statement confirms every other payout; the only bank breaks are the fee and the unexplained
-    credit; the sagas requested the compensations of the hard decline and of the lost dispute."""
+    credit; the sagas requested the compensations of the hard decline, the refund and the lost dispute."""
     from services.payouts import operator
     from services.payouts.rails.iso20022 import schema
     from services.payouts.rails.nacha import read_nacha
@@ -438,4 +438,5 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
     assert "MONTHLY ACCOUNT FEE" in printed and "WIRE FROM UNKNOWN ORDERING PARTY" in printed
 
     # Sagas: the hard decline silent past its deadline → hold_earnings; the lost dispute → both reversals.
-    assert {"hold_earnings", "reverse_revenue", "reverse_supplier_share"} <= kinds, kinds
+    # The refund of an invoice whose supplier was already paid out → clawback.
+    assert {"hold_earnings", "clawback", "reverse_revenue", "reverse_supplier_share"} <= kinds, kinds

@@ -335,7 +335,7 @@ async def print_collections(
 
 COMPENSATION_KINDS = {
     "hold_earnings": "collection failed (hard decline, silent past the deadline and the inquiry's grace)",
-    "clawback": "refund after the supplier was paid",
+    "clawback": "refund after the supplier was paid out",
     "reverse_revenue": "dispute lost",
     "reverse_supplier_share": "dispute lost (policy supplier_charged_back)",
 }
@@ -379,7 +379,7 @@ def expected_break(b: Any, settled: dict[str, Any], breaks: list[Any] | None = N
                 and record.on == line.on
                 and line.text in record.note
             ):
-                return f"expected: {line.expected_break} (bank fees are not ledgered)"
+                return f"expected: {line.expected_break}"
     return ""
 
 
@@ -537,12 +537,18 @@ async def print_settlement(pool: asyncpg.Pool, scenario: Scenario, settled: dict
         table.add_row(
             c["invoice_number"], c["saga_state"], c["kind"], _short(c["ref"], tag), c["state"], c["last_reason"][:70]
         )
-    if returned:
-        for s in sagas:
-            if s["state"] == "payout_returned":
-                table.add_row(s["invoice_number"], s["state"], "(payout returned)", returned["payout_id"][:8], "—",
-                              "reversed by payouts, payee flagged; waits for new payee details")  # fmt: skip
     console.print(table)
+    if returned:
+        async with pool.acquire() as conn:
+            following = await conn.fetch(
+                "select invoice_number, state from saga.sagas where facts::text like '%' || $1 || '%' order by 1",
+                returned["payout_id"],
+            )
+        console.print(
+            f"payout {returned['payout_id'][:8]} returned (reversed by payouts, payee flagged; no compensation is "
+            f"requested): recorded by the sagas of "
+            + (", ".join(f"{r['invoice_number']} ({r['state']})" for r in following) or "no invoice")
+        )
     seen = {c["kind"] for c in compensations}
     for kind, why in COMPENSATION_KINDS.items():
         if kind not in seen:

@@ -462,7 +462,16 @@ async def play_the_bank(
     last = max(x.on for x in bank)
     odd = (end - timedelta(days=7)).date()  # older than the window at the statement's last day: overdue breaks
     bank.append(
-        BankLine(ACCOUNTS["USD"], "USD", _minor(BANK_FEE, "USD"), False, odd, "", "MONTHLY ACCOUNT FEE", "bank fee")
+        BankLine(
+            ACCOUNTS["USD"],
+            "USD",
+            _minor(BANK_FEE, "USD"),
+            False,
+            odd,
+            "",
+            "MONTHLY ACCOUNT FEE",
+            "bank fee (not ledgered)",
+        )
     )
     bank.append(
         BankLine(
@@ -473,7 +482,7 @@ async def play_the_bank(
             odd,
             "",
             "WIRE FROM UNKNOWN ORDERING PARTY",
-            "unexplained credit",
+            "unexplained credit (nobody posted it)",
         )
     )
     created = datetime.combine(last + timedelta(days=1), datetime.min.time(), end.tzinfo) + timedelta(hours=6)
