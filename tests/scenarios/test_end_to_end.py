@@ -23,8 +23,9 @@ import io
 import re
 from collections import defaultdict
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, get_args
 
 import orjson
@@ -37,7 +38,7 @@ from services import catalog
 from tests.conftest import Stack
 from tests.scenarios import oracle
 from tools.demo.run import run_demo
-from tools.demo.scenario import generate
+from tools.demo.scenario import FX_RATES, generate
 
 pytestmark = pytest.mark.integration
 
@@ -295,6 +296,7 @@ async def test_every_demo_invoice_and_statement_matches_the_oracle(stack: Stack)
     assert not problems, f"{len(problems)} disagreement(s) with the oracle:\n" + "\n".join(problems)
 
     await _check_collections(stack, scenario, invoices, printed.getvalue())
+    await _check_settlement(stack, scenario, want, stack.settings.state_dir / "demo", printed.getvalue())
 
 
 async def _check_collections(stack: Stack, scenario: Any, invoices: list[dict[str, Any]], printed: str) -> None:
@@ -344,3 +346,97 @@ async def _check_collections(stack: Stack, scenario: Any, invoices: list[dict[st
     # The dispute lost is written off (dispute losses): its invoice stays paid and is not dunned again.
     assert [(r["state"], status[r["invoice_number"]]["status"]) for r in disputes] == [("lost", "paid")]
     assert "equal: no double charge" in printed, "the processor's charges equal the succeeded attempts"
+
+
+async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path, printed: str) -> None:
+    """R15-R17 and the sagas in the demo: every positive statement net the oracle expects is paid once, in
+    the payee's rail and currency at the published rate; the below-minimum supplier gets nothing; the
+    pay-when-paid supplier's earnings on the late renter's invoice are released once it paid; the files
+    on disk parse with the rails' readers; the returned payout is reversed and its payee flagged; the
+    bank's statement confirms every other payout; the only bank breaks are the fee and the unexplained
+    credit; the sagas requested the compensations of the hard decline, the refund and the lost dispute."""
+    from services.payouts import operator
+    from services.payouts.rails.iso20022 import schema
+    from services.payouts.rails.nacha import read_nacha
+
+    async with stack.pool.acquire() as conn:
+        payouts = await operator.list_payouts(conn)
+        files = await operator.list_files(conn)
+        flags = await conn.fetch("select supplier_id, kind, code from payouts.payee_flags")
+        kinds = {r["kind"] for r in await conn.fetch("select kind from saga.compensations where state = 'done'")}
+        late_holdings = []
+        for p in payouts:
+            if p["supplier_id"] == scenario.pay_when_paid and p["months"] == [
+                f"{scenario.end - timedelta(days=1):%Y-%m}"
+            ]:
+                late_holdings += (await operator.show_payout(conn, p["payout_id"]))["holdings"]
+    paid = [p for p in payouts if p["state"] != "waiting"]
+
+    # Below its minimum: waiting with that reason, never paid.
+    assert scenario.below_minimum and not [p for p in paid if p["supplier_id"] == scenario.below_minimum]
+    assert {p["reason"] for p in payouts if p["supplier_id"] == scenario.below_minimum} == {"below_minimum"}
+
+    # Every positive net of the oracle's statements is paid in the payee's rail and currency.
+    for (supplier, currency, month), statement in sorted(want.statements.items()):
+        if supplier == scenario.below_minimum or statement.net_minor <= 0:
+            continue
+        payee = scenario.payees[supplier]
+        found = [p for p in paid if p["supplier_id"] == supplier and p["currency"] == currency and month in p["months"]]
+        assert len(found) == 1, (supplier, currency, month, found)
+        (payout,) = found
+        assert (payout["rail"], payout["payout_currency"]) == (payee["rail"], payee["payout_currency"]), payout
+        if supplier == scenario.pay_when_paid or payout["months"] != [month]:
+            continue
+        net = Decimal(statement.shown()["net"])
+        assert Decimal(payout["amount"]) == net, (payout, net)
+        quantum = Decimal(1).scaleb(-(0 if payee["payout_currency"] == "JPY" else 2))
+        rate = Decimal(FX_RATES[(currency, payee["payout_currency"])]) if currency != payee["payout_currency"] else 1
+        assert Decimal(payout["payout_amount"]) == (net * rate).quantize(quantum, rounding=ROUND_HALF_EVEN), payout
+
+    # Pay-when-paid: the late renter's first-month invoice paid after its due date releases its earnings.
+    late = [c["contract_id"] for c in scenario.contracts if c["renter_id"] == scenario.late_renter]
+    released = [
+        h for h in late_holdings if h["contract_id"] in late and h["period_start"].startswith(f"{scenario.start:%Y-%m}")
+    ]
+    assert released and all(h["released"] == h["earnings"] and Decimal(h["earnings"]) > 0 for h in released), (
+        late_holdings
+    )
+
+    # Files on disk, beside the invoices, read back with the rails' readers; their totals add up.
+    ours = [f for f in files if f["created"] >= f"{scenario.start:%Y-%m-%d}"]
+    assert {f["rail"] for f in ours} == {d["rail"] for s, d in scenario.payees.items() if s != scenario.below_minimum}
+    for f in ours:
+        content = (folder / "payouts" / f["name"]).read_bytes()
+        total = Decimal(f["total"])
+        if f["rail"] == "ach":
+            entries = [e for b in read_nacha(content).batches for e in b.entries]
+            assert sum(e.amount_minor for e in entries) == int(total * 100) and len(entries) == f["count"]
+        elif f["rail"] == "sepa":
+            from lxml import etree
+
+            document = etree.fromstring(content)
+            assert schema("pain.001.001.09").validate(document)
+            amounts = [Decimal(x.text) for x in document.iter("{*}InstdAmt")]
+            assert sum(amounts) == total and len(amounts) == f["count"]
+        else:
+            transfers = orjson.loads(content)["transfers"]
+            assert sum(int(t["amount_units"]) for t in transfers) == int(total * 10**6) and len(transfers) == f["count"]
+    assert list((folder / "bank").glob("camt053-*.xml")) and list((folder / "bank").glob("returns-*.ach"))
+
+    # One ACH payout returned R03: reversed, payee flagged; every other payout sent was confirmed by the bank.
+    returned = [p for p in paid if p["state"] == "returned"]
+    assert len(returned) == 1 and returned[0]["rail"] == "ach", returned
+    assert [(f["kind"], f["code"]) for f in flags if f["supplier_id"] == returned[0]["supplier_id"]] == [
+        ("return", "R03")
+    ]
+    assert all(p["state"] == "completed" for p in paid if p is not returned[0]), [
+        (p["supplier_id"], p["state"]) for p in paid
+    ]
+
+    # Reconciliation: the bank breaks are exactly the fee and the unexplained credit; nothing unexpected.
+    assert "UNEXPECTED" not in printed and " 0 unexpected" in printed
+    assert "MONTHLY ACCOUNT FEE" in printed and "WIRE FROM UNKNOWN ORDERING PARTY" in printed
+
+    # Sagas: the hard decline silent past its deadline → hold_earnings; the lost dispute → both reversals.
+    # The refund of an invoice whose supplier was already paid out → clawback.
+    assert {"hold_earnings", "clawback", "reverse_revenue", "reverse_supplier_share"} <= kinds, kinds

@@ -122,8 +122,10 @@ async def by_hand(pool: asyncpg.Pool, producer: Any, prefix: str, scenario: Scen
         (d for d in documents if Decimal(d["amount_due"]) > 0 and d["number"] in owed),
         key=lambda d: (d["due_at"], d["period_start"], d["contract_id"]),
     )
-    if open_docs:
-        renter, currency = open_docs[0]["renter_id"], open_docs[0]["currency"]
+    if documents:
+        # Nothing open (the late wire of tools.demo.settlement paid it all): the 250.00 alone, on account.
+        first = open_docs[0] if open_docs else documents[0]
+        renter, currency = first["renter_id"], first["currency"]
         paid = [d for d in open_docs if (d["renter_id"], d["currency"]) == (renter, currency)]
         amount = sum((Decimal(d["amount_due"]) for d in paid), Decimal(0)) + WIRE_OVERPAYMENT
         amount = amount.quantize(Decimal(1).scaleb(-currency_exponent(currency)))
@@ -134,12 +136,20 @@ async def by_hand(pool: asyncpg.Pool, producer: Any, prefix: str, scenario: Scen
             currency=currency,
             received_at=at,
             rail="wire",
-            reference=f"Payment for {paid[0]['number']}",
+            reference=f"Payment for {paid[0]['number']}" if paid else "Payment on account",
         )
         items.append(
             (topics.PAYMENTS_RECEIVED, renter.encode(), _envelope(scenario.tag, "payment.received", wire, at, "wire"))
         )
-        done["wire"] = {"renter_id": renter, "currency": currency, "amount": str(amount), "invoices": paid}
+        done["wire"] = {
+            "renter_id": renter,
+            "currency": currency,
+            "amount": str(amount),
+            "invoices": paid,
+            "receipt_id": wire.receipt_id,
+            "reference": wire.reference,
+            "received_at": at,
+        }
 
     # Card charges of renters whose card simply pays.
     async with pool.acquire() as conn:
@@ -151,6 +161,16 @@ async def by_hand(pool: asyncpg.Pool, producer: Any, prefix: str, scenario: Scen
             [r for r, token in scenario.methods.items() if token == "tok_visa"],
         )
     if charges:
+        # Charges whose billing cycle already paid the supplier out (the saga followed the payout to the
+        # bank) come first: a refund there is clawed back from the supplier (R15, the saga's clawback).
+        async with pool.acquire() as conn:
+            paid_out = {
+                r["invoice_number"]
+                for r in await conn.fetch(
+                    "select invoice_number from saga.sagas where state in ('completed', 'payout_sent')"
+                )
+            }
+        charges = sorted(charges, key=lambda c: c["invoice_number"] not in paid_out)  # stable: keeps the order
         # An operator refund of a third of a card-collected invoice (to the card that paid it).
         first = charges[0]
         places = currency_exponent(first["currency"])
@@ -208,6 +228,11 @@ async def by_hand(pool: asyncpg.Pool, producer: Any, prefix: str, scenario: Scen
             what="the operator refund",
         )
     return done
+
+
+def wire_receipt(scenario: Scenario, done: dict[str, Any]) -> dict[str, Any] | None:
+    """The by-hand wire as the bank saw it (None when nobody owed anything)."""
+    return done.get("wire")
 
 
 def _dispute_event(gateway: str, dispute: dict[str, Any], processor_type: str, at: datetime) -> ProcessorEventReceived:

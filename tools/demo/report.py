@@ -24,6 +24,7 @@ from services.invoicing import read_model as invoicing
 from services.payments import read_model as payments
 from tools.demo.collect import WIRE_OVERPAYMENT
 from tools.demo.scenario import Scenario
+from tools.demo.settlement import RETURN_CODE
 
 
 async def read_events(bootstrap_servers: str, prefix: str, topic: topics.Topic) -> list[dict[str, Any]]:
@@ -45,6 +46,7 @@ async def print_report(
     elapsed_s: float,
     console: Console,
     collections: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    settled: dict[str, Any] | None = None,
 ) -> bool:
     tag = scenario.tag
     async with pool.acquire() as conn:
@@ -165,6 +167,10 @@ async def print_report(
     if collections is not None:
         collected_ok = await print_collections(pool, scenario, invoices, collections[0], collections[1], console)
 
+    settled_ok = True
+    if settled is not None:
+        settled_ok = await print_settlement(pool, scenario, settled, console)
+
     table = Table(title="Ledger", title_justify="left")
     table.add_column("asset")
     table.add_column("trial balance (units)", justify="right")
@@ -195,7 +201,7 @@ async def print_report(
             progress.advance(task)
     console.print(f"documents (JSON + PDF): {folder}")
     console.print(f"demo finished in {elapsed_s:.0f} s (fleet) — run it again: it bills the next two months")
-    return report.ok and collected_ok
+    return report.ok and collected_ok and settled_ok
 
 
 async def print_collections(
@@ -283,7 +289,7 @@ async def print_collections(
 
     wire = done.get("wire")
     if wire:
-        numbers = ", ".join(d["number"] + " " + d["amount_due"] for d in wire["invoices"])
+        numbers = ", ".join(d["number"] + " " + d["amount_due"] for d in wire["invoices"]) or "nothing open"
         console.print(
             f"wire from {_short(wire['renter_id'], tag)} (no card): {wire['amount']} {wire['currency']} for {numbers} "
             f"+ {WIRE_OVERPAYMENT} over"
@@ -324,4 +330,227 @@ async def print_collections(
             else f"[bold red]MISMATCH[/] charges by attempt {theirs}, succeeded {[a['attempt_id'] for a in succeeded]}"
         )
     )
+    return ok
+
+
+COMPENSATION_KINDS = {
+    "hold_earnings": "collection failed (hard decline, silent past the deadline and the inquiry's grace)",
+    "clawback": "refund after the supplier was paid out",
+    "reverse_revenue": "dispute lost",
+    "reverse_supplier_share": "dispute lost (policy supplier_charged_back)",
+}
+
+
+WALL_CLOCK = "expected: fakepsp dates its lines by the wall clock, the demo's ledger by the simulated months"
+
+
+def expected_break(b: Any, settled: dict[str, Any], breaks: list[Any] | None = None) -> str:
+    """Why a reconciliation break is expected in the demo, or "" when it is not (the demo fails then).
+
+    Expected: the bank fee and the unexplained credit (one bank line each, missing in the ledger); on the
+    processor leg, a ledger movement and the processor's line of the same amount, currency and direction
+    that differ only by date (a ``timing`` pair by reference, or two single breaks): fakepsp has no
+    simulated clock."""
+    if b.leg == "processor":
+        sources = {r.source for r in b.records}
+        if len(b.records) == 2 and sources == {"ledger", "processor"} and b.reason == "timing":
+            one, two = b.records
+            if (one.amount_minor, one.currency, one.direction) == (two.amount_minor, two.currency, two.direction):
+                return WALL_CLOCK
+        if len(b.records) == 1:
+            (record,) = b.records
+            for other in breaks or []:
+                if other is not b and other.leg == "processor" and len(other.records) == 1:
+                    (twin,) = other.records
+                    if twin.source != record.source and (twin.amount_minor, twin.currency, twin.direction) == (
+                        record.amount_minor,
+                        record.currency,
+                        record.direction,
+                    ):
+                        return WALL_CLOCK
+        return ""
+    if b.leg == "bank" and b.reason in ("missing_in_ledger", "timing") and len(b.records) == 1:
+        record = b.records[0]
+        for line in settled.get("bank_lines", []):
+            if (
+                line.expected_break
+                and record.amount_minor == line.amount_minor
+                and record.currency == line.currency
+                and record.on == line.on
+                and line.text in record.note
+            ):
+                return f"expected: {line.expected_break}"
+    return ""
+
+
+async def print_settlement(pool: asyncpg.Pool, scenario: Scenario, settled: dict[str, Any], console: Console) -> bool:
+    """The Payouts, Reconciliation and Sagas sections; True when nothing is inconsistent."""
+    from services.payouts import operator
+    from services.saga import read_model as saga_read
+
+    tag = scenario.tag
+    ok = True
+    async with pool.acquire() as conn:
+        payouts_ = [p for p in await operator.list_payouts(conn) if p["supplier_id"].startswith(tag)]
+        sagas = [s for s in await saga_read.sagas(conn) if str(s["renter_id"] or "").startswith(tag)]
+        compensations = await conn.fetch(
+            """select s.invoice_number, s.state as saga_state, c.kind, c.ref, c.state, c.attempts, c.last_reason
+                 from saga.compensations c join saga.sagas s using (saga_id)
+                where s.renter_id like $1 || '%' order by c.requested_at, s.invoice_number, c.kind""",
+            tag,
+        )
+        flags = await conn.fetch(
+            "select supplier_id, kind, code from payouts.payee_flags where supplier_id like $1 || '%'", tag
+        )
+
+    table = Table(title=f"Payouts ({len(payouts_)})", title_justify="left")
+    for column in ("payout", "supplier", "months", "statement", "pays", "rail", "state", "rate", "why / file"):
+        table.add_column(column, justify="right" if column in ("statement", "pays") else "left")
+    for p in sorted(payouts_, key=lambda p: (p["planned_at"], p["supplier_id"], p["currency"])):
+        why = p.get("reason") or ""
+        if Decimal(p["held"]):
+            why = f"{why} held {p['held']} (pay-when-paid)".strip()
+        table.add_row(
+            p["payout_id"][:8],
+            _short(p["supplier_id"], tag),
+            ",".join(p["months"]),
+            f"{p['amount']} {p['currency']}",
+            f"{p['payout_amount']} {p['payout_currency']}" if p.get("payout_amount") else "—",
+            str(p["rail"] or "—"),
+            p["state"],
+            p.get("rate_id", "").removeprefix(tag + "-") + (f" @ {p['rate']}" if p.get("rate") else ""),
+            why or str(p.get("file_id") or ""),
+        )
+    console.print(table)
+    payees = ", ".join(
+        f"{_short(s, tag)} {d['rail']} {d['payout_currency']}"
+        + (" pay-when-paid" if d["pay_when_paid"] else "")
+        + (f" minimum {d['minimum_payout']}" if Decimal(d["minimum_payout"]) else "")
+        for s, d in sorted(scenario.payees.items())
+    )
+    console.print(f"payees (suppliers.v1): {payees}")
+    late = settled.get("late_wire")
+    if late:
+        console.print(
+            f"late payment: {_short(late['renter_id'], tag)} wired {late['amount']} {late['currency']} on "
+            f"{late['received_at']:%Y-%m-%d %H:%M} for {', '.join(f'{n} (due {d[:10]})' for n, d in late['invoices'])}"
+            f" — releases {_short(scenario.pay_when_paid or '', tag)}'s held earnings at the next planning"
+        )
+    table = Table(title=f"Payout files ({len(settled['files'])}) in payouts/", title_justify="left")
+    for column in ("file", "rail", "payouts", "total", "effective", "state", "name"):
+        table.add_column(column, justify="right" if column in ("payouts", "total") else "left")
+    async with pool.acquire() as conn:
+        states = {f["file_id"]: f["state"] for f in await operator.list_files(conn)}
+    for f in settled["files"]:
+        table.add_row(
+            f["file_id"],
+            f["rail"],
+            str(f["count"]),
+            f"{f['total']} {f['currency']}",
+            f["effective_date"],
+            states.get(f["file_id"], f["state"]),
+            f["name"],
+        )
+    console.print(table)
+    returned = settled.get("returned")
+    if returned:
+        state = next((p["state"] for p in payouts_ if p["payout_id"] == returned["payout_id"]), "?")
+        flagged = [f for f in flags if f["supplier_id"] == returned["supplier_id"]]
+        console.print(
+            f"ACH return {RETURN_CODE} of {returned['payout_id'][:8]} ({_short(returned['supplier_id'], tag)}, "
+            f"{returned['amount']} USD) imported from {Path(returned['path']).name}: payout {state}, payee flagged "
+            f"{[(f['kind'], f['code']) for f in flagged]}"
+        )
+        if state != "returned" or not flagged:
+            console.print("[bold red]the returned payout was not reversed and flagged[/]")
+            ok = False
+    stuck = [p for p in payouts_ if p["state"] in ("planned", "waiting_operator")]
+    if stuck:
+        console.print(f"[bold red]payouts not sent:[/] {[(p['payout_id'][:8], p['state']) for p in stuck]}")
+        ok = False
+
+    result, run_id, _ = settled["reconciliation"]
+    processor = settled["processor"]
+    console.print(
+        f"[bold]Reconciliation[/] (R17) as of {result.as_of} · window {result.window_days} business days · run "
+        f"{run_id}: bank statement {Path(settled['statement']).name} ({len(settled['bank_lines'])} lines), "
+        f"processor: {processor['lines']} balance transactions ({processor['entries']} fee/payout entries posted), "
+        + "processor payouts "
+        + (
+            ", ".join(
+                f"{p['id']} {format_minor(p['amount'], p['currency'])} {p['currency']}" for p in processor["payouts"]
+            )
+            or "none"
+        )
+    )
+    table = Table(title="Reconciliation per source", title_justify="left")
+    for column in ("source", "currency", "matched", "amount", "unmatched", "amount "):
+        table.add_column(column, justify="left" if column in ("source", "currency") else "right")
+    for (source, currency), t in sorted(result.totals.items()):
+        table.add_row(
+            source,
+            currency,
+            str(t.matched_count),
+            format_minor(t.matched_minor, currency),
+            str(t.unmatched_count),
+            format_minor(t.unmatched_minor, currency),
+        )
+    console.print(table)
+    by_how = Counter(f"{m.leg} by {m.how}" for m in result.matches)
+    console.print(f"{len(result.matches)} matches (" + ", ".join(f"{n} {k}" for k, n in sorted(by_how.items())) + ")")
+    table = Table(title=f"Reconciliation breaks ({len(result.breaks)})", title_justify="left")
+    for column in ("reason", "leg", "age", "records", "verdict"):
+        table.add_column(column)
+    unexpected = 0
+    for b in result.breaks:
+        label = expected_break(b, settled, list(result.breaks))
+        unexpected += not label
+        table.add_row(
+            b.reason,
+            b.leg,
+            f"{b.age_days} d",
+            "\n".join(
+                f"{r.source} {'+' if r.direction == 'in' else '−'}{format_minor(r.amount_minor, r.currency)} "
+                f"{r.currency} {r.on} {r.note[:60]}"
+                for r in b.records
+            ),
+            label or "[bold red]UNEXPECTED[/]",
+        )
+    console.print(table)
+    if unexpected:
+        ok = False
+    completed = sum(1 for p in payouts_ if p["state"] == "completed")
+    console.print(
+        f"{len(result.breaks) - unexpected} expected break(s), {unexpected} unexpected; "
+        f"{completed} payouts completed by the bank's statement (payout.settlement_confirmed)"
+    )
+
+    by_state = Counter(s["state"] for s in sagas)
+    console.print(
+        f"[bold]Sagas[/] ({len(sagas)} billing cycles): "
+        + ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()))
+    )
+    table = Table(title=f"Compensations ({len(compensations)})", title_justify="left")
+    for column in ("invoice", "saga", "compensation", "ref", "state", "answer"):
+        table.add_column(column)
+    for c in compensations:
+        table.add_row(
+            c["invoice_number"], c["saga_state"], c["kind"], _short(c["ref"], tag), c["state"], c["last_reason"][:70]
+        )
+    console.print(table)
+    if returned:
+        async with pool.acquire() as conn:
+            following = await conn.fetch(
+                "select invoice_number, state from saga.sagas where facts::text like '%' || $1 || '%' order by 1",
+                returned["payout_id"],
+            )
+        console.print(
+            f"payout {returned['payout_id'][:8]} returned (reversed by payouts, payee flagged; no compensation is "
+            f"requested): recorded by the sagas of "
+            + (", ".join(f"{r['invoice_number']} ({r['state']})" for r in following) or "no invoice")
+        )
+    seen = {c["kind"] for c in compensations}
+    for kind, why in COMPENSATION_KINDS.items():
+        if kind not in seen:
+            console.print(f"[yellow]no {kind} compensation in this run[/] ({why} did not happen)")
     return ok

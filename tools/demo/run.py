@@ -34,11 +34,11 @@ from libs.settings import Settings
 from libs.times import format_utc
 from services import catalog
 from services.clock.main import publish_tick
-from tools.demo import collect
+from tools.demo import collect, settlement
 from tools.demo.scenario import Delivery, Scenario, deliveries_as_items, generate, month_after
 from tools.fleet import fakepsp_process, wait_idle, worker_env, worker_processes
 
-FLEET = ("metering", "rating", "invoicing", "payments")
+FLEET = ("metering", "rating", "invoicing", "payments", "payouts", "saga")
 
 
 async def _first_month(pool: Any) -> datetime:
@@ -94,7 +94,7 @@ async def run_demo(
         with (
             fakepsp_process(env, ["--hang-ms", str(collect.HANG_MS)], log_dir=folder / "logs") as (psp, psp_proc),
             worker_processes(
-                {**env, **collect.worker_env_extra(psp, payments_config)},
+                {**env, **collect.worker_env_extra(psp, payments_config), **settlement.worker_env_extra(folder)},
                 [[name, "--relays", "1"] for name in FLEET],
                 log_dir=folder / "logs",
             ) as procs,
@@ -108,6 +108,9 @@ async def run_demo(
         ):
             producer = await start_producer(bootstrap_servers, client_id="settle-demo")
 
+            async def busy(pool: Any) -> int:
+                return await collect.gateway_work(pool) + await settlement.payout_work(pool)
+
             async def idle() -> None:
                 await wait_idle(
                     pool,
@@ -115,18 +118,23 @@ async def run_demo(
                     services,
                     topic_prefix=settings.topic_prefix,
                     alive=procs,
-                    also_busy=collect.gateway_work,
+                    also_busy=busy,
                 )
                 if psp_proc.poll() is not None:
                     raise RuntimeError(f"settle fakepsp exited with status {psp_proc.returncode}")
 
             try:
-                first = scenario.initial + scenario.payments
+                first = scenario.initial + scenario.payments + scenario.settlement
                 publishing = progress.add_task("publishing events", total=len(first))
                 await _publish(producer, settings.topic_prefix, first, progress, publishing)
                 await idle()
                 clock = progress.add_task("ticking the clock", total=len(scenario.ticks))
+                late_wire: dict[str, Any] | None = None
                 for tick in scenario.ticks:
+                    if late_wire is None:
+                        late_wire = await settlement.late_wire(pool, producer, settings.topic_prefix, scenario, tick)
+                        if late_wire is not None:
+                            await idle()
                     await publish_tick(producer, bootstrap_servers, settings.topic_prefix, tick)
                     progress.update(clock, description=f"clock at {format_utc(tick)}")
                     await idle()
@@ -140,6 +148,16 @@ async def run_demo(
                 await idle()
                 progress.advance(by_hand)
                 processor = await collect.admin(psp, "GET", "/_admin/stats")
+                for tick in settlement.bank_days(scenario):  # the clock runs on while the bank answers
+                    await publish_tick(producer, bootstrap_servers, settings.topic_prefix, tick)
+                    await idle()
+                bank = progress.add_task("the bank: acks, a return, statements, reconciliation", total=1)
+                wires = [w for w in (late_wire, collect.wire_receipt(scenario, done)) if w is not None]
+                banked = await settlement.play_the_bank(
+                    pool, producer, settings.topic_prefix, settings, scenario, psp, folder, wires, idle
+                )
+                banked["late_wire"] = late_wire
+                progress.advance(bank)
             finally:
                 await stop_client(producer)
         elapsed = time.perf_counter() - began
@@ -155,6 +173,7 @@ async def run_demo(
             elapsed,
             console,
             collections=(done, processor),
+            settled=banked,
         )
     finally:
         await pool.close()

@@ -84,6 +84,17 @@ class Scenario:
     """Renter → the fake processor token of its default card (renters of postpaid contracts)."""
     without_method: list[str] = field(default_factory=list)
     """Renters of postpaid contracts with no payment method (they pay by wire)."""
+    settlement: list[Delivery] = field(default_factory=list)
+    """Supplier payees (suppliers.v1) and FX rates (fx.rates.v1), published with the initial deliveries.
+    Not billing inputs either: payouts plans with them (R15), nothing that bills reads them."""
+    payees: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Supplier → its ``supplier.payee_updated`` data."""
+    pay_when_paid: str | None = None
+    """The pay-when-paid supplier: it earns on a first-month invoice of :attr:`late_renter`."""
+    below_minimum: str | None = None
+    """The supplier whose minimum payout its earnings never reach."""
+    late_renter: str | None = None
+    """The renter (without a card) who pays its first-month invoices by a wire after their due date."""
 
     @property
     def deliveries(self) -> list[Delivery]:
@@ -482,6 +493,7 @@ def generate(seed: int = 7, start: datetime | None = None, contracts: int = 30) 
         scenario.ticks = sorted({*scenario.ticks, middle + timedelta(days=1)})
         scenario.late_after_tick = middle + timedelta(days=1)
     _payment_methods(b, scenario)
+    _settlement(b, scenario, lifecycle)
     return scenario
 
 
@@ -520,3 +532,64 @@ def _payment_methods(b: _Builder, scenario: Scenario) -> None:
             at = min(datetime.fromisoformat(c["starts_at"].replace("Z", "+00:00")) for c in contracts)
             scenario.payments.append(b.event("payments.methods.v1", renter, "payment_method.attached", data, at))
     return None
+
+
+FX_RATES = {("EUR", "USD"): "1.0850", ("JPY", "USD"): "0.006700", ("USD", "EUR"): "0.9200", ("JPY", "EUR"): "0.006150"}
+"""Direct pairs (1 base = rate quote) for every statement currency a payout currency differs from."""
+PAYEES: dict[str, tuple[str, str, dict[str, str]]] = {  # supplier name: (rail, payout currency, account)
+    "frankfurt": ("sepa", "EUR", {"holder_name": "Frankfurt DC GmbH", "iban": "DE02120300000000202051",
+                                  "bic": "BYLADEM1001"}),
+    "oregon": ("ach", "USD", {"holder_name": "Oregon DC Inc", "routing_number": "011000015",
+                              "account_number": "000444555666"}),
+    "tokyo": ("stablecoin", "USD", {"network": "ethereum", "token": "USDC",
+                                    "address": "0x5aB1c2d3E4F5061728394A5B6C7D8E9f00112233"}),
+    "virginia": ("ach", "USD", {"holder_name": "Virginia DC LLC", "routing_number": "026009593",
+                                "account_number": "000777888999"}),
+    "paris": ("sepa", "EUR", {"holder_name": "Paris DC SAS", "iban": "FR1420041010050500013M02606"}),
+    "osaka": ("ach", "USD", {"holder_name": "Osaka DC KK", "routing_number": "121000358",
+                             "account_number": "000222333444"}),
+}  # fmt: skip
+"""How each demo supplier is paid (valid routing numbers, IBANs and an EIP-55 address; not our own accounts)."""
+BELOW_MINIMUM = "1000000.00"
+"""The minimum payout of :attr:`Scenario.below_minimum` (USD): its earnings never reach it."""
+
+
+def _settlement(b: _Builder, scenario: Scenario, lifecycle: dict[str, list[Delivery]]) -> None:
+    """Payees and rates (no random draw: the billing inputs stay exactly what they were). The late renter is
+    the renter without a method; the pay-when-paid supplier is the first that delivers to it in the first
+    month; the below-minimum one is the first of osaka, paris, oregon that is neither that supplier nor an
+    ACH payee that may be returned."""
+    at = scenario.start
+    scenario.late_renter = scenario.without_method[0] if scenario.without_method else None
+    late_contracts = {c["contract_id"] for c in scenario.contracts if c["renter_id"] == scenario.late_renter}
+    middle = month_after(scenario.start)
+    for events in lifecycle.values():
+        for d in events:
+            data = orjson.loads(d.value)
+            if (
+                data["type"] == "gpu.allocation.provisioned"
+                and data["data"]["contract_id"] in late_contracts
+                and datetime.fromisoformat(data["time"].replace("Z", "+00:00")) < middle - timedelta(days=2)
+            ):
+                scenario.pay_when_paid = scenario.pay_when_paid or data["data"]["supplier_id"]
+    names = {s.removeprefix(scenario.tag + "-dc-"): s for s in scenario.suppliers}
+    scenario.below_minimum = next(
+        (names[n] for n in ("osaka", "paris", "oregon") if names[n] != scenario.pay_when_paid), None
+    )
+    for (base, quote), rate in sorted(FX_RATES.items()):
+        data = {"rate_id": f"{scenario.tag}-fx-{base}{quote}", "base": base, "quote": quote, "rate": rate,
+                "as_of": _fmt(at)}  # fmt: skip
+        scenario.settlement.append(b.event("fx.rates.v1", f"{base}/{quote}", "fx.rate", data, at))
+    for name, supplier in names.items():
+        rail, currency, account = PAYEES[name]
+        data = {
+            "supplier_id": supplier,
+            "payout_currency": currency,
+            "rail": rail,
+            "account": account,
+            "minimum_payout": BELOW_MINIMUM if supplier == scenario.below_minimum else "0",
+            "pay_when_paid": supplier == scenario.pay_when_paid,
+            "on_hold": False,
+        }
+        scenario.payees[supplier] = data
+        scenario.settlement.append(b.event("suppliers.v1", supplier, "supplier.payee_updated", data, at))
