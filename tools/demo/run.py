@@ -64,7 +64,11 @@ async def run_demo(
     contracts: int,
     out: Path | None,
     console: Console,
+    settle: bool = True,
 ) -> bool:
+    """Bill, collect and (with ``settle``) pay the suppliers, play the bank and reconcile; False when
+    something does not add up."""
+    fleet = FLEET if settle else FLEET[:4]
     await check_topics(bootstrap_servers, settings.topic_prefix)
     pool = await create_pool(database_url, max_size=4)
     try:
@@ -72,7 +76,7 @@ async def run_demo(
         scenario = generate(seed=seed, start=start, contracts=contracts)
         folder = out or (settings.documents_dir or settings.state_dir / "documents") / f"demo-{scenario.tag}"
         first_letter = int(await pool.fetchval("select coalesce(max(id), 0) from settle.dead_letters"))
-        services = [catalog.load(name) for name in FLEET]
+        services = [catalog.load(name) for name in fleet]
         console.print(
             f"[bold]Settle demo[/] · seed {seed} · {len(scenario.contracts)} contracts · "
             f"{len(scenario.suppliers)} suppliers · {len(scenario.deliveries)} input messages · "
@@ -95,7 +99,7 @@ async def run_demo(
             fakepsp_process(env, ["--hang-ms", str(collect.HANG_MS)], log_dir=folder / "logs") as (psp, psp_proc),
             worker_processes(
                 {**env, **collect.worker_env_extra(psp, payments_config), **settlement.worker_env_extra(folder)},
-                [[name, "--relays", "1"] for name in FLEET],
+                [[name, "--relays", "1"] for name in fleet],
                 log_dir=folder / "logs",
             ) as procs,
             Progress(
@@ -109,7 +113,7 @@ async def run_demo(
             producer = await start_producer(bootstrap_servers, client_id="settle-demo")
 
             async def busy(pool: Any) -> int:
-                return await collect.gateway_work(pool) + await settlement.payout_work(pool)
+                return await collect.gateway_work(pool) + (await settlement.payout_work(pool) if settle else 0)
 
             async def idle() -> None:
                 await wait_idle(
@@ -124,14 +128,14 @@ async def run_demo(
                     raise RuntimeError(f"settle fakepsp exited with status {psp_proc.returncode}")
 
             try:
-                first = scenario.initial + scenario.payments + scenario.settlement
+                first = scenario.initial + scenario.payments + (scenario.settlement if settle else [])
                 publishing = progress.add_task("publishing events", total=len(first))
                 await _publish(producer, settings.topic_prefix, first, progress, publishing)
                 await idle()
                 clock = progress.add_task("ticking the clock", total=len(scenario.ticks))
                 late_wire: dict[str, Any] | None = None
                 for tick in scenario.ticks:
-                    if late_wire is None:
+                    if settle and late_wire is None:
                         late_wire = await settlement.late_wire(pool, producer, settings.topic_prefix, scenario, tick)
                         if late_wire is not None:
                             await idle()
@@ -148,16 +152,18 @@ async def run_demo(
                 await idle()
                 progress.advance(by_hand)
                 processor = await collect.admin(psp, "GET", "/_admin/stats")
-                for tick in settlement.bank_days(scenario):  # the clock runs on while the bank answers
-                    await publish_tick(producer, bootstrap_servers, settings.topic_prefix, tick)
-                    await idle()
-                bank = progress.add_task("the bank: acks, a return, statements, reconciliation", total=1)
-                wires = [w for w in (late_wire, collect.wire_receipt(scenario, done)) if w is not None]
-                banked = await settlement.play_the_bank(
-                    pool, producer, settings.topic_prefix, settings, scenario, psp, folder, wires, idle
-                )
-                banked["late_wire"] = late_wire
-                progress.advance(bank)
+                banked: dict[str, Any] | None = None
+                if settle:
+                    for tick in settlement.bank_days(scenario):  # the clock runs on while the bank answers
+                        await publish_tick(producer, bootstrap_servers, settings.topic_prefix, tick)
+                        await idle()
+                    bank = progress.add_task("the bank: acks, a return, statements, reconciliation", total=1)
+                    wires = [w for w in (late_wire, collect.wire_receipt(scenario, done)) if w is not None]
+                    banked = await settlement.play_the_bank(
+                        pool, producer, settings.topic_prefix, settings, scenario, psp, folder, wires, idle
+                    )
+                    banked["late_wire"] = late_wire
+                    progress.advance(bank)
             finally:
                 await stop_client(producer)
         elapsed = time.perf_counter() - began
