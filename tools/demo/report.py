@@ -200,7 +200,7 @@ async def print_report(
             write_documents(model, folder)
             progress.advance(task)
     console.print(f"documents (JSON + PDF): {folder}")
-    console.print(f"demo finished in {elapsed_s:.0f} s (fleet) — run it again: it bills the next two months")
+    console.print(f"demo finished in {elapsed_s:.0f} s (fleet) — run it again: it bills two later months")
     return report.ok and collected_ok and settled_ok
 
 

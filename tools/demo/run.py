@@ -2,7 +2,7 @@
 
 1. stack up (PostgreSQL + broker), migrations, topic check;
 2. generate the marketplace from the seed; its first month follows whatever the database's clock
-   already passed, so a second run bills the next two months and is as correct as the first;
+   already passed, so a second run bills two later months and is as correct as the first;
 3. start `settle fakepsp` (the fake processor) and metering, rating, invoicing and payments as
    `settle run` processes (each with its relay), payments pointed at the fake processor with a
    shortened inquiry schedule;
