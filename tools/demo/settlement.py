@@ -40,6 +40,7 @@ from services.payouts import operator
 from services.payouts.files import RAILS
 from services.payouts.rails.iso20022 import schema
 from services.payouts.rails.nacha import read_nacha
+from services.reconcile.domain.entries import ProcessorLine
 from services.reconcile.imports import line_of_transaction, read_bank_file
 from services.reconcile.run import import_bank_file, import_processor_lines, run_reconciliation
 from tools.demo.collect import admin
@@ -258,7 +259,8 @@ def camt053(lines: list[BankLine], created: datetime, tag: str) -> bytes:
     xsd = schema("camt.053.001.08")
     if not xsd.validate(document):
         raise ValueError(f"the demo's camt.053 does not validate: {xsd.error_log}")
-    return etree.tostring(document, xml_declaration=True, encoding="UTF-8")
+    content: bytes = etree.tostring(document, xml_declaration=True, encoding="UTF-8")
+    return content
 
 
 def _minor(amount: str | Decimal, currency: str) -> int:
@@ -400,7 +402,7 @@ async def play_the_bank(
         ),
         None,
     )
-    lines = []
+    lines: list[ProcessorLine] = []
     try:
         for name in sorted(gateways):
             lines.extend(line_of_transaction(name, t) for t in await gateways[name].balance_transactions(since=None))
