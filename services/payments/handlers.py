@@ -14,8 +14,8 @@ allocation of every renter-currency the batch touched (R11), start collections t
   first try, every retry that fell due its next try (the collector sends them). A tick waits until
   receipts and methods are read up to its barrier (published before the tick: applied before it is
   answered); then ``payments.watermark`` goes to every partition of invoices.payments.v1, after the
-  batch's statuses, so payouts knows which statuses came before the tick (R15: only money applied at or
-  before planning releases anything).
+  statuses of what came before the tick, so payouts knows which statuses came before it (R15: only money
+  applied at or before planning releases anything). Several ticks in one batch are answered one by one.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ CONSUMER = "payments"
 async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     conn = tx.conn
     touched: set[books.Touched] = set()
-    ticks: list[datetime] = []
+    invoices_added = False  # or a default method attached: what is due may start without another tick
     last = events[-1]
     for event in events:
         data = event.data
@@ -74,6 +74,7 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
                 event.id,
             )
             touched.add(books.Touched(data.renter_id, data.currency))
+            invoices_added = True
         elif isinstance(data, CreditNoteIssued):
             await conn.execute(
                 """insert into payments.credit_notes (credit_note_id, invoice_number, renter_id, currency, at,
@@ -92,7 +93,8 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
             if await _receipt(tx, event, data):
                 touched.add(books.Touched(data.renter_id, data.currency))
         elif isinstance(data, PaymentMethodEvent):
-            await _method(tx, event, data)
+            if await _method(tx, event, data):
+                invoices_added = True  # intents without a method (or hard declined) may start now
         elif isinstance(data, PaymentCommand):
             if touched:  # commands see the allocation as of the facts before them in the batch
                 await books.recompute_all(tx, touched, cause=last, at=last.time)
@@ -101,26 +103,38 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
         elif isinstance(data, ProcessorEventReceived):
             touched |= await processor_events.apply(tx, config, event, data)
         elif isinstance(data, ClockTicked):
-            ticks.append(data.at)
+            # Each tick on its own, in order: the statuses of what came before it, then its collections and
+            # its watermark (several ticks in one batch — a lagging worker — answer as one at a time would).
+            if touched:
+                await books.recompute_all(tx, touched, cause=last, at=last.time)
+                touched = set()
+            await _answer_tick(tx, config, event, data.at)
     if touched:
         await books.recompute_all(tx, touched, cause=last, at=last.time)
-    if ticks:
-        through = max(ticks)
-        await store.advance_clock(conn, through)
-        now = await store.event_now(conn)
-        assert now is not None
+    if invoices_added and (now := await store.event_now(conn)) is not None:
+        # An invoice read after a tick that made it due (a worker that lagged on invoices.finalized.v1 but
+        # not on the clock) starts now, on its due date, as if read before the tick: lag changes nothing.
         await collection.start_due(tx, config, now, cause=last)
-        for partition in range(topics.INVOICE_PAYMENTS.partitions):
-            tx.emit(
-                topics.INVOICE_PAYMENTS,
-                key=f"watermark-{partition}",
-                type="payments.watermark",
-                time=through,
-                cause=last,
-                event_id=derive_id("payments.watermark", partition, format_utc(through)),
-                partition=partition,
-                data=Watermark(through=through, partition=partition, source="payments"),
-            )
+
+
+async def _answer_tick(tx: Tx, config: PaymentsConfig, event: Envelope[Any], at: datetime) -> None:
+    """A tick: event time moves on (never back), whatever fell due by then starts, and ``payments.watermark``
+    tells every partition of invoices.payments.v1 that the statuses before it are out."""
+    await store.advance_clock(tx.conn, at)
+    now = await store.event_now(tx.conn)
+    assert now is not None
+    await collection.start_due(tx, config, now, cause=event)
+    for partition in range(topics.INVOICE_PAYMENTS.partitions):
+        tx.emit(
+            topics.INVOICE_PAYMENTS,
+            key=f"watermark-{partition}",
+            type="payments.watermark",
+            time=at,
+            cause=event,
+            event_id=derive_id("payments.watermark", partition, format_utc(at)),
+            partition=partition,
+            data=Watermark(through=at, partition=partition, source="payments"),
+        )
 
 
 async def _receipt(tx: Tx, event: Envelope[Any], data: PaymentReceived) -> bool:
@@ -172,7 +186,8 @@ async def _receipt(tx: Tx, event: Envelope[Any], data: PaymentReceived) -> bool:
     return True
 
 
-async def _method(tx: Tx, event: Envelope[Any], data: PaymentMethodEvent) -> None:
+async def _method(tx: Tx, event: Envelope[Any], data: PaymentMethodEvent) -> bool:
+    """Store the method; True when it became a renter's default (intents waiting for one may go now)."""
     attached = event.type == "payment_method.attached"
     won = await store.save_method(
         tx.conn,
@@ -191,9 +206,12 @@ async def _method(tx: Tx, event: Envelope[Any], data: PaymentMethodEvent) -> Non
     if won and attached and data.default:
         # R14: a hard decline stops retries until the method changes; a renter without a method gets one.
         await tx.conn.execute(
-            """update payments.intents set state = 'waiting_retry', next_try_at = greatest($3::timestamptz,
-                       coalesce(first_try_at, $3::timestamptz)),
-                   first_try_at = coalesce(first_try_at, $3::timestamptz),
+            """update payments.intents t set state = 'waiting_retry', next_try_at = greatest($3::timestamptz,
+                       coalesce(first_try_at, (select greatest($3::timestamptz, i.due_at) from payments.invoices i
+                                                where i.invoice_id = t.invoice_id))),
+                   first_try_at = coalesce(first_try_at, (select greatest($3::timestamptz, i.due_at)
+                                                            from payments.invoices i
+                                                           where i.invoice_id = t.invoice_id)),
                    reason = 'payment method changed', updated_at = now()
              where renter_id = $1 and currency = $2
                and (state = 'no_method' or (state = 'hard_declined' and hard_method is distinct from $4))""",
@@ -202,6 +220,8 @@ async def _method(tx: Tx, event: Envelope[Any], data: PaymentMethodEvent) -> Non
             event.time,
             data.method_id,
         )
+        return True
+    return False
 
 
 def subscription(config: PaymentsConfig) -> Subscription:

@@ -150,7 +150,10 @@ async def test_sigkill_between_send_and_commit_never_charges_twice(stack: Stack,
 async def _state_dump(stack: Stack) -> str:
     """What the attempts and intents look like when collection did not finish: the failure's evidence."""
     async with stack.pool.acquire() as conn:
-        intents = await conn.fetch("select state, count(*) from payments.intents group by state order by state")
+        intents = await conn.fetch(
+            "select state || ' (' || coalesce(reason, '') || ')' as state, count(*) from payments.intents"
+            " group by 1 order by 1"
+        )
         attempts = await conn.fetch(
             "select attempt_id, intent_id, state, claim, gateway, code, sent_at, inquiries, next_inquiry_at,"
             " now() as db_now from payments.attempts where state not in ('succeeded') order by attempt_id limit 40"

@@ -220,3 +220,44 @@ def _latest(records: list[Any]) -> dict[str, dict[str, Any]]:
         if data["revision"] > best.get(data["number"], {}).get("revision", 0):
             best[data["number"]] = data
     return best
+
+
+async def test_an_invoice_read_after_the_tick_that_made_it_due_is_collected_on_its_due_date(stack: Stack) -> None:
+    """Payments read the clock before an invoice already due by it (it lagged on invoices.finalized.v1, not on
+    the clock): the invoice still gets its intent and first try on its due date, without waiting for another
+    tick — so how far behind a worker was does not change when money is collected."""
+    with fakepsp() as base:
+        settings = stack.settings.model_copy(
+            update={
+                "stripe_api_base": base,
+                "stripe_api_key": "sk_test_settle",
+                "ledgerpay_api_base": base + "/ledgerpay",
+            }
+        )
+        story = dataclasses.replace(stack, settings=settings)
+        m = method("rnt-late", "tok_visa", "pm-late")
+        inv = invoice("INV-2026-000001", "ctr-late", "rnt-late", due="100.00", start=FEB - timedelta(days=31), end=FEB)
+        await publish(
+            story, [(topics.PAYMENT_METHODS, "rnt-late", event_bytes("payment_method.attached", m, id="m-l", time=FEB))]
+        )
+        async with running(story, [PAYMENTS]):
+            await _tick(story, DUE)  # nothing is due yet: payments knows no invoice
+            assert await _intents(story) == {}
+            await publish(
+                story,
+                [
+                    (
+                        topics.INVOICES_FINALIZED,
+                        inv.contract_id,
+                        event_bytes("invoice.finalized", inv, id="i-l", time=FEB),
+                    )
+                ],
+            )
+
+            async def collected() -> bool:
+                return (await _intents(story)).get("rnt-late", {}).get("state") == "succeeded"
+
+            await wait_until(collected, timeout_s=60, what="the late-read invoice collected without another tick")
+        intent = (await _intents(story))["rnt-late"]
+        assert intent["first_try_at"] == inv.due_at and intent["tries"] == 1
+        assert [a["state"] for a in await _attempts(story, "rnt-late")] == ["succeeded"]
