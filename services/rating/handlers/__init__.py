@@ -40,7 +40,7 @@ per allocation-hour delta, several may come from one contract event), wallet run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from domain.contracts import store as contracts_store
@@ -73,10 +73,14 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     await store.lock_batch(tx.conn, sorted(partitions), [])
     contract_ids |= set(await store.prepaid_contracts(tx.conn, sorted(partitions)))
     await store.lock_batch(tx.conn, [], sorted(contract_ids))
-    for event in events:
+    for n, event in enumerate(events):
         if event.type == "usage.metered":
+            if n == 0 or events[n - 1].type != "usage.metered":
+                await batch.prefetch(_hours_of_run(events, n))
             await on_usage(batch, event)
-        elif event.type == "usage.watermark":
+            continue
+        await batch.flush()  # what follows may read the rows the usage before it wrote
+        if event.type == "usage.watermark":
             await on_watermark(batch, event)
         elif event.type in CONTRACT_TYPES:
             await on_contract(batch, event)
@@ -90,7 +94,16 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             continue  # for payouts (R15 planning); exposure follows the statuses alone
         else:  # the topic registry decodes nothing else for these topics
             raise DomainRuleError(f"rating does not handle {event.type!r}")
+    await batch.flush()
     await ensure_accounts(tx.conn, batch.accounts.values())
+
+
+def _hours_of_run(events: Sequence[Envelope[Any]], start: int) -> Iterator[store.HourKey]:
+    """The (allocation, meter, hour) of each usage record from ``start`` to the next other event."""
+    for event in events[start:]:
+        if event.type != "usage.metered":
+            return
+        yield (event.data.allocation_id, event.data.meter, event.data.hour_start)
 
 
 WATERMARK_WAITS_FOR = (topics.CONTRACTS, topics.WALLETS)

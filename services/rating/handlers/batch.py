@@ -3,7 +3,9 @@ used), exact x3600 sums, alert display amounts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
 from fractions import Fraction
 from typing import Any
@@ -38,11 +40,26 @@ def display_amount(amount: Exact) -> Decimal:
 
 @dataclass
 class Batch:
-    """What one batch shares: the transaction, the terms loaded so far, the ledger accounts used."""
+    """What one batch shares: the transaction, the terms loaded so far, the ledger accounts used, and
+    the rating rows written in bulk.
+
+    Usage is the hot path (one record per allocation-hour): its priced hours are fetched for a run of
+    records at once (:meth:`prefetch`) and its writes — priced hours, charges, exposures — wait in the
+    batch and go out in pipelined round trips at :meth:`flush`. Anything that reads those tables
+    another way (a contract's re-pricing, a watermark's wallet run, an invoice) runs after a flush:
+    :func:`services.rating.handlers.on_batch` flushes before every event that is not usage, and
+    :meth:`flush` forgets what it cached, so nothing is read stale.
+    """
 
     tx: Tx
     terms: dict[str, ContractTerms | None] = field(default_factory=dict)
     accounts: dict[str, AccountSpec] = field(default_factory=dict)
+    _priced: dict[store.HourKey, store.PricedHour | None] = field(default_factory=dict)
+    _priced_dirty: dict[store.HourKey, store.PricedHour] = field(default_factory=dict)
+    _charges: list[tuple[store.ChargeRow, bool]] = field(default_factory=list)
+    _exposures: dict[str, store.Exposure] = field(default_factory=dict)
+    _exposures_dirty: set[str] = field(default_factory=set)
+    _invoiced: dict[tuple[str, datetime], bool] = field(default_factory=dict)
 
     async def terms_of(self, contract_id: str) -> ContractTerms | None:
         if contract_id not in self.terms:
@@ -53,6 +70,54 @@ class Batch:
         for spec in specs:
             self.accounts[spec.code] = spec
         return tuple(spec.code for spec in specs)
+
+    async def prefetch(self, keys: Iterable[store.HourKey]) -> None:
+        """Load the priced hours of ``keys`` not known yet, in one round trip."""
+        missing = sorted({k for k in keys if k not in self._priced})
+        found = await store.load_priced_many(self.tx.conn, missing)
+        for key in missing:
+            self._priced[key] = found.get(key)
+
+    async def priced(self, key: store.HourKey) -> store.PricedHour | None:
+        if key not in self._priced:
+            await self.prefetch((key,))
+        return self._priced[key]
+
+    def save_priced(self, hour: store.PricedHour) -> None:
+        key = (hour.allocation_id, hour.meter, hour.hour_start)
+        self._priced[key] = self._priced_dirty[key] = hour
+
+    def insert_charge(self, charge: store.ChargeRow, *, invoiced: bool) -> None:
+        self._charges.append((charge, invoiced))
+
+    async def exposure(self, contract_id: str) -> store.Exposure:
+        if contract_id not in self._exposures:
+            self._exposures[contract_id] = await store.load_exposure(self.tx.conn, contract_id)
+        return self._exposures[contract_id]
+
+    def save_exposure(self, contract_id: str, exposure: store.Exposure) -> None:
+        self._exposures[contract_id] = exposure
+        self._exposures_dirty.add(contract_id)
+
+    async def period_invoiced(self, contract_id: str, period_start: datetime) -> bool:
+        key = (contract_id, period_start)
+        if key not in self._invoiced:
+            self._invoiced[key] = await store.period_invoiced(self.tx.conn, contract_id, period_start)
+        return self._invoiced[key]
+
+    async def flush(self) -> None:
+        """Write what waits (priced hours, then charges in booking order, then exposures) and forget
+        every cached row, so what runs next reads the tables."""
+        conn = self.tx.conn
+        await store.save_priced_many(conn, list(self._priced_dirty.values()))
+        await store.insert_charges(conn, self._charges)
+        await store.save_exposures(conn, {c: self._exposures[c] for c in self._exposures_dirty})
+        self._priced.clear()
+        self._priced_dirty.clear()
+        self._charges.clear()
+        self._exposures.clear()
+        self._exposures_dirty.clear()
+        self._invoiced.clear()
 
 
 def contract_of(event: Envelope[Any]) -> str | None:

@@ -41,13 +41,14 @@ async def _reprice(batch: Batch, before: ContractTerms, after: ContractTerms, ev
     since = affected_since(before, after)
     if since is None:
         return
+    await batch.flush()  # re-price what is stored, including this batch's usage
     for hour in await store.priced_hours_ending_after(batch.tx.conn, after.contract_id, since):
         if not reprice_needed(before, after, hour.hour_start, meter=hour.meter):
             continue
         delta = rate_revision(hour.priced, hour.state, after)
         if delta.priced == hour.priced:
             continue
-        await store.save_priced(batch.tx.conn, replace(hour, priced=delta.priced))
+        batch.save_priced(replace(hour, priced=delta.priced))
         if delta.charge_x3600.is_zero() and delta.earning_x3600.is_zero():
             continue  # same money (e.g. only the version numbers moved): nothing to tell anyone
         await book_charge(

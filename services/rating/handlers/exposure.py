@@ -41,11 +41,11 @@ async def track_exposure(
     The charge itself is booked either way (R9: nothing is dropped or deferred). ``terms`` is None
     only for an invoice of a contract rating does not know yet: the exposure moves, no limit is known.
     """
-    before = await store.load_exposure(batch.tx.conn, contract_id)
+    before = await batch.exposure(contract_id)
     after = store.Exposure(
         add_x3600(before.invoiced_due, invoiced_due), add_x3600(before.uninvoiced_x3600, uninvoiced_x3600)
     )
-    await store.save_exposure(batch.tx.conn, contract_id, after)
+    batch.save_exposure(contract_id, after)
     if terms is None:
         return
     limit = terms.fields_at(limit_at).credit_limit

@@ -45,7 +45,7 @@ async def on_usage(batch: Batch, event: Envelope[Any]) -> None:
     if terms is None:
         await store.hold_usage(batch.tx.conn, event, contracts_store.contract_partition(usage.contract_id))
         return
-    previous = await store.load_priced(batch.tx.conn, usage.allocation_id, usage.meter, usage.hour_start)
+    previous = await batch.priced((usage.allocation_id, usage.meter, usage.hour_start))
     if previous is not None and usage.revision <= previous.revision:
         # Metering emits an hour's revisions in order on one partition: an older revision arriving
         # after a newer one was priced carries a state that is already superseded.
@@ -57,8 +57,7 @@ async def on_usage(batch: Batch, event: Envelope[Any]) -> None:
         )
         return
     delta = rate_revision(None if previous is None else previous.priced, state, terms)
-    await store.save_priced(
-        batch.tx.conn,
+    batch.save_priced(
         store.PricedHour(
             usage.allocation_id,
             usage.meter,
@@ -191,7 +190,7 @@ async def book_charge(
         return
     postpaid = terms.billing_mode == "postpaid"
     # R9 counts as uninvoiced only the charges of periods without a finalized invoice.
-    invoiced = postpaid and await store.period_invoiced(batch.tx.conn, terms.contract_id, period_start)
+    invoiced = postpaid and await batch.period_invoiced(terms.contract_id, period_start)
     row = store.ChargeRow(
         charge_id,
         terms.contract_id,
@@ -205,7 +204,7 @@ async def book_charge(
         delta.charge_x3600,
         delta.earning_x3600,
     )
-    await store.insert_charge(batch.tx.conn, row, invoiced=invoiced)
+    batch.insert_charge(row, invoiced=invoiced)
     if postpaid and not invoiced:
         await track_exposure(
             batch,

@@ -38,6 +38,7 @@ async def on_watermark(batch: Batch, event: Envelope[Any]) -> None:
 async def forward_watermark(batch: Batch, partition: int, cause: Envelope[Any]) -> None:
     """Forward the partition's latest received watermark unless usage is held for it (KERNEL.md):
     first every prepaid wallet of the partition runs up to it, so its draws precede it on the topic."""
+    await batch.flush()  # the wallet run reads the charges booked before it
     row = await store.load_watermark(batch.tx.conn, partition)
     if row is None or (row.forwarded_through is not None and row.forwarded_through >= row.received_through):
         return
@@ -65,6 +66,7 @@ async def forward_ungated(tx: Tx, partition: int, cause: Envelope[Any]) -> None:
     (:func:`store.lock_batch`: the partition, then its prepaid contracts)."""
     batch = Batch(tx)
     await forward_watermark(batch, partition, cause)
+    await batch.flush()
     await ensure_accounts(tx.conn, batch.accounts.values())
 
 
@@ -76,5 +78,6 @@ async def rate_held_now(tx: Tx, contract_id: str, cause: Envelope[Any]) -> int:
     for held in released:
         await on_usage(batch, held)
     await forward_watermark(batch, contracts_store.contract_partition(contract_id), cause)
+    await batch.flush()
     await ensure_accounts(tx.conn, batch.accounts.values())
     return len(released)

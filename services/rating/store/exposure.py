@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -33,16 +34,18 @@ async def load_exposure(conn: asyncpg.Connection, contract_id: str) -> Exposure:
     return Exposure(row["invoiced_due"], row["uninvoiced_x3600"])
 
 
-async def save_exposure(conn: asyncpg.Connection, contract_id: str, exposure: Exposure) -> None:
-    await conn.execute(
-        """insert into rating.credit_exposure (contract_id, invoiced_due, uninvoiced_x3600)
-           values ($1, $2, $3)
-           on conflict (contract_id) do update set invoiced_due = excluded.invoiced_due,
-               uninvoiced_x3600 = excluded.uninvoiced_x3600""",
-        contract_id,
-        exposure.invoiced_due,
-        exposure.uninvoiced_x3600,
-    )
+_SAVE_EXPOSURE = """insert into rating.credit_exposure (contract_id, invoiced_due, uninvoiced_x3600)
+   values ($1, $2, $3)
+   on conflict (contract_id) do update set invoiced_due = excluded.invoiced_due,
+       uninvoiced_x3600 = excluded.uninvoiced_x3600"""
+
+
+async def save_exposures(conn: asyncpg.Connection, exposures: Mapping[str, Exposure]) -> None:
+    """Save several contracts' exposures in one pipelined round trip."""
+    if exposures:
+        await conn.executemany(
+            _SAVE_EXPOSURE, [(c, e.invoiced_due, e.uninvoiced_x3600) for c, e in sorted(exposures.items())]
+        )
 
 
 async def insert_invoice(

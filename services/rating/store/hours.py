@@ -62,16 +62,23 @@ def _priced_hour(row: asyncpg.Record) -> PricedHour:
     )
 
 
-async def load_priced(
-    conn: asyncpg.Connection, allocation_id: str, meter: str, hour_start: datetime
-) -> PricedHour | None:
-    row = await conn.fetchrow(
-        "select * from rating.priced_hours where allocation_id = $1 and meter = $2 and hour_start = $3",
-        allocation_id,
-        meter,
-        hour_start,
+HourKey = tuple[str, str, datetime]
+"""(allocation, meter, hour start): the key of a priced hour."""
+
+
+async def load_priced_many(conn: asyncpg.Connection, keys: Sequence[HourKey]) -> dict[HourKey, PricedHour]:
+    """The stored hours among ``keys``, in one round trip (a batch of usage prefetches its hours)."""
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        """select p.* from rating.priced_hours p
+             join unnest($1::text[], $2::text[], $3::timestamptz[]) as k(allocation_id, meter, hour_start)
+               on p.allocation_id = k.allocation_id and p.meter = k.meter and p.hour_start = k.hour_start""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
     )
-    return None if row is None else _priced_hour(row)
+    return {(r["allocation_id"], r["meter"], r["hour_start"]): _priced_hour(r) for r in rows}
 
 
 async def priced_hours_ending_after(conn: asyncpg.Connection, contract_id: str, since: datetime) -> list[PricedHour]:
@@ -86,18 +93,20 @@ async def priced_hours_ending_after(conn: asyncpg.Connection, contract_id: str, 
     return [_priced_hour(r) for r in rows]
 
 
-async def save_priced(conn: asyncpg.Connection, hour: PricedHour) -> None:
-    await conn.execute(
-        """insert into rating.priced_hours
-               (allocation_id, meter, hour_start, contract_id, renter_id, supplier_id, usage_id, revision,
-                gpu_count, segments, quantity, charge_x3600, earning_x3600, versions, gpu_seconds)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-           on conflict (allocation_id, meter, hour_start) do update set
-               usage_id = excluded.usage_id, revision = excluded.revision, gpu_count = excluded.gpu_count,
-               segments = excluded.segments, quantity = excluded.quantity,
-               charge_x3600 = excluded.charge_x3600, earning_x3600 = excluded.earning_x3600,
-               versions = excluded.versions,
-               gpu_seconds = excluded.gpu_seconds""",
+_SAVE_PRICED = """insert into rating.priced_hours
+       (allocation_id, meter, hour_start, contract_id, renter_id, supplier_id, usage_id, revision,
+        gpu_count, segments, quantity, charge_x3600, earning_x3600, versions, gpu_seconds)
+   values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+   on conflict (allocation_id, meter, hour_start) do update set
+       usage_id = excluded.usage_id, revision = excluded.revision, gpu_count = excluded.gpu_count,
+       segments = excluded.segments, quantity = excluded.quantity,
+       charge_x3600 = excluded.charge_x3600, earning_x3600 = excluded.earning_x3600,
+       versions = excluded.versions,
+       gpu_seconds = excluded.gpu_seconds"""
+
+
+def _priced_args(hour: PricedHour) -> tuple[object, ...]:
+    return (
         hour.allocation_id,
         hour.meter,
         hour.hour_start,
@@ -116,6 +125,12 @@ async def save_priced(conn: asyncpg.Connection, hour: PricedHour) -> None:
     )
 
 
+async def save_priced_many(conn: asyncpg.Connection, hours: Sequence[PricedHour]) -> None:
+    """Upsert several hours in one pipelined round trip (keys distinct)."""
+    if hours:
+        await conn.executemany(_SAVE_PRICED, [_priced_args(h) for h in hours])
+
+
 @dataclass(frozen=True)
 class ChargeRow:
     charge_id: str
@@ -131,12 +146,14 @@ class ChargeRow:
     earning_x3600: Decimal
 
 
-async def insert_charge(conn: asyncpg.Connection, charge: ChargeRow, *, invoiced: bool = False) -> None:
-    await conn.execute(
-        """insert into rating.charges (charge_id, contract_id, allocation_id, meter, hour_start, at,
-                                       period_start, period_end, billing_mode, charge_x3600, earning_x3600,
-                                       invoiced)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
+_INSERT_CHARGE = """insert into rating.charges (charge_id, contract_id, allocation_id, meter, hour_start, at,
+                                   period_start, period_end, billing_mode, charge_x3600, earning_x3600,
+                                   invoiced)
+   values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
+
+
+def _charge_args(charge: ChargeRow, invoiced: bool) -> tuple[object, ...]:
+    return (
         charge.charge_id,
         charge.contract_id,
         charge.allocation_id,
@@ -150,6 +167,12 @@ async def insert_charge(conn: asyncpg.Connection, charge: ChargeRow, *, invoiced
         charge.earning_x3600,
         invoiced,
     )
+
+
+async def insert_charges(conn: asyncpg.Connection, charges: Sequence[tuple[ChargeRow, bool]]) -> None:
+    """Insert (charge, invoiced) rows in order (their ``seq`` follows it), one pipelined round trip."""
+    if charges:
+        await conn.executemany(_INSERT_CHARGE, [_charge_args(c, invoiced) for c, invoiced in charges])
 
 
 @dataclass(frozen=True)
