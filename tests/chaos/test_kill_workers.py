@@ -49,11 +49,12 @@ def _env(stack: Stack) -> dict[str, str]:
     return env
 
 
-def _start(stack: Stack, *names: str, log: Path) -> subprocess.Popen[bytes]:
+def _start(stack: Stack, *names: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``settle run NAMES`` as a process of its own (``env``: the stack's, unless given), output to ``log``."""
     handle = log.open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "run", *names],
-        env=_env(stack),
+        env=_env(stack) if env is None else env,
         stdout=handle,
         stderr=subprocess.STDOUT,
         cwd=ROOT,

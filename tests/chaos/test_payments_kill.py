@@ -21,7 +21,7 @@ import pytest
 from libs.ledger import verify
 from schemas import topics
 from schemas.inputs import ClockTicked
-from tests.chaos.test_kill_workers import _env, _kill
+from tests.chaos.test_kill_workers import _env, _kill, _start
 from tests.conftest import Stack
 from tests.fleet import event_bytes, publish, read_topic, wait_until
 from tests.integration.test_payments_service import FEB, invoice
@@ -36,11 +36,6 @@ TOKENS = ("tok_slow", "tok_visa", "tok_chain_500_then_ok")
 
 
 async def test_sigkill_between_send_and_commit_never_charges_twice(stack: Stack, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.chaos.test_kill_workers import ROOT
-
     rng = random.Random(9)
     config = tmp_path / "payments.yaml"
     config.write_text(
@@ -61,15 +56,6 @@ async def test_sigkill_between_send_and_commit_never_charges_twice(stack: Stack,
             "SETTLE_GATEWAY_TIMEOUT_S": "2",
             "SETTLE_PAYMENTS_CONFIG": str(config),
         }
-
-        def start() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                [sys.executable, "-m", "services.cli.main", "run", "payments"],
-                env=env,
-                stdout=log.open("ab"),
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
 
         items: list[tuple[Any, str, bytes]] = []
         for n in range(1, RENTERS + 1):
@@ -97,12 +83,12 @@ async def test_sigkill_between_send_and_commit_never_charges_twice(stack: Stack,
         kills = 0
         async with stack.pool.acquire() as conn:
             for _ in range(KILLS):
-                worker = start()
+                worker = _start(stack, "payments", log=log, env=env)
                 await asyncio.sleep(rng.uniform(1.5, 3.5))
                 _kill(worker)
                 kills += 1
             in_flight = await conn.fetchval("select count(*) from payments.attempts where state = 'sending'")
-        worker = start()
+        worker = _start(stack, "payments", log=log, env=env)
         try:
 
             async def collected() -> bool:

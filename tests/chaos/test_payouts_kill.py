@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,7 +20,7 @@ import pytest
 
 from schemas import topics
 from services.payouts.rails.nacha import read_nacha
-from tests.chaos.test_kill_workers import ROOT, _env, _kill
+from tests.chaos.test_kill_workers import _env, _kill, _start
 from tests.conftest import Stack
 from tests.fleet import publish, read_topic, wait_until
 from tests.integration.test_invoicing_service import assert_ledger_sound, balance_units
@@ -66,15 +64,6 @@ async def test_payouts_worker_killed_while_planning_and_cutting_pays_everyone_on
     kills = 0
     phases: list[tuple[int, int, int]] = []  # (planned, files, sent) when each kill landed
 
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "run", "payouts"],
-            env=env,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-
     async def progress() -> int:
         return int(
             await stack.pool.fetchval(
@@ -93,7 +82,7 @@ async def test_payouts_worker_killed_while_planning_and_cutting_pays_everyone_on
         return bool(sent == N and unsent == 0)
 
     for _ in range(20):
-        process = start()
+        process = _start(stack, "payouts", log=log, env=env)
         before = await progress()
         for _ in range(400):  # wait until it works, then kill it a random moment later
             now = await progress()
@@ -120,7 +109,7 @@ async def test_payouts_worker_killed_while_planning_and_cutting_pays_everyone_on
         f"kills landed while consuming and between planning and the last file sent: {phases}"
     )
 
-    process = start()
+    process = _start(stack, "payouts", log=log, env=env)
     try:
         await wait_until(all_sent, timeout_s=240, what="every payout sent and announced")
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.conftest import Stack
 
 STARTUP_TIMEOUT_S = 30
 
@@ -37,6 +40,17 @@ def fakepsp(*args: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def against_fakepsp(stack: Stack, base: str, **settings: Any) -> Stack:
+    """The stack with both gateways pointed at the fake processor at ``base`` (plus ``settings``)."""
+    update = {
+        "stripe_api_base": base,
+        "stripe_api_key": "sk_test_settle",
+        "ledgerpay_api_base": base + "/ledgerpay",
+        **settings,
+    }
+    return dataclasses.replace(stack, settings=stack.settings.model_copy(update=update))
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ processor: one per invoice collected, none twice.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +24,7 @@ from services.payments.main import SERVICE as PAYMENTS
 from tests.conftest import Stack
 from tests.fleet import event_bytes, publish, read_topic, running, wait_until
 from tests.integration.test_payments_service import FEB, invoice
-from tests.payments.processes import admin, fakepsp
+from tests.payments.processes import admin, against_fakepsp, fakepsp
 
 pytestmark = pytest.mark.integration
 
@@ -79,15 +78,7 @@ async def _attempts(stack: Stack, renter: str) -> list[dict[str, Any]]:
 
 async def test_r14_collects_each_invoice_once_through_declines_errors_and_unknown_outcomes(stack: Stack) -> None:
     with fakepsp("--hang-ms", "4000") as base:
-        settings = stack.settings.model_copy(
-            update={
-                "stripe_api_base": base,
-                "stripe_api_key": "sk_test_settle",
-                "ledgerpay_api_base": base + "/ledgerpay",
-                "gateway_timeout_s": 1.0,
-            }
-        )
-        story = dataclasses.replace(stack, settings=settings)
+        story = against_fakepsp(stack, base, gateway_timeout_s=1.0)
         items: list[tuple[Any, str, bytes]] = []
         for n, (renter, token) in enumerate(RENTERS.items(), start=1):
             m = method(renter, token, f"pm-{renter}")
@@ -227,14 +218,7 @@ async def test_an_invoice_read_after_the_tick_that_made_it_due_is_collected_on_i
     the clock): the invoice still gets its intent and first try on its due date, without waiting for another
     tick — so how far behind a worker was does not change when money is collected."""
     with fakepsp() as base:
-        settings = stack.settings.model_copy(
-            update={
-                "stripe_api_base": base,
-                "stripe_api_key": "sk_test_settle",
-                "ledgerpay_api_base": base + "/ledgerpay",
-            }
-        )
-        story = dataclasses.replace(stack, settings=settings)
+        story = against_fakepsp(stack, base)
         m = method("rnt-late", "tok_visa", "pm-late")
         inv = invoice("INV-2026-000001", "ctr-late", "rnt-late", due="100.00", start=FEB - timedelta(days=31), end=FEB)
         await publish(

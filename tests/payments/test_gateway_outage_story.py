@@ -6,7 +6,6 @@ gateway, each decision stored with its reason. Every invoice is paid once.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 from datetime import timedelta
@@ -19,7 +18,7 @@ from services.payments.main import SERVICE as PAYMENTS
 from tests.conftest import Stack
 from tests.fleet import event_bytes, publish, running, wait_until
 from tests.integration.test_payments_service import FEB, invoice
-from tests.payments.processes import admin, fakepsp
+from tests.payments.processes import admin, against_fakepsp, fakepsp
 from tests.payments.test_collection_stories import _tick, method
 
 pytestmark = pytest.mark.integration
@@ -40,14 +39,7 @@ async def _decisions(stack: Stack) -> list[dict[str, Any]]:
 
 async def test_routing_fails_over_and_then_steers_around_a_gateway_that_is_down(stack: Stack) -> None:
     with fakepsp() as base:
-        settings = stack.settings.model_copy(
-            update={
-                "stripe_api_base": base,
-                "stripe_api_key": "sk_test_settle",
-                "ledgerpay_api_base": base + "/ledgerpay",
-            }
-        )
-        story = dataclasses.replace(stack, settings=settings)
+        story = against_fakepsp(stack, base)
         await admin(base, "POST", "/_admin/outage", {"on": True, "dialect": "ledgerpay"})
         items: list[tuple[Any, str, bytes]] = []
         for n in range(1, 13):

@@ -7,7 +7,6 @@ processor.
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,7 +24,7 @@ from services.payments.main import SERVICE as PAYMENTS
 from tests.conftest import Stack
 from tests.fleet import event_bytes, publish, read_topic, running, wait_until
 from tests.integration.test_payments_service import FEB, invoice, receipt
-from tests.payments.processes import admin, fakepsp
+from tests.payments.processes import admin, against_fakepsp, fakepsp
 from tests.payments.test_collection_stories import _tick, method
 
 pytestmark = pytest.mark.integration
@@ -48,14 +47,7 @@ async def _status(stack: Stack, number: str) -> dict[str, Any]:
 
 async def test_refunds_disputes_receipts_and_operator_commands(stack: Stack) -> None:
     with fakepsp() as base:
-        settings = stack.settings.model_copy(
-            update={
-                "stripe_api_base": base,
-                "stripe_api_key": "sk_test_settle",
-                "ledgerpay_api_base": base + "/ledgerpay",
-            }
-        )
-        story = dataclasses.replace(stack, settings=settings)
+        story = against_fakepsp(stack, base)
         start, end = FEB - timedelta(days=31), FEB
         invoices = {
             "card": invoice("INV-2026-000001", "ctr-card", "rnt-card", due="100.00", start=start, end=end),

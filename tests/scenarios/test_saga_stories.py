@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -37,7 +36,7 @@ from services.saga.main import SERVICE as SAGA
 from tests.conftest import Stack
 from tests.fleet import event_bytes, publish, read_topic, running, wait_until
 from tests.integration.test_payments_service import FEB, invoice
-from tests.payments.processes import fakepsp
+from tests.payments.processes import against_fakepsp, fakepsp
 from tests.payments.test_collection_stories import method
 from tests.scenarios.test_payouts_stories import settle_cli
 
@@ -67,15 +66,7 @@ async def _requests(stack: Stack) -> list[dict[str, Any]]:
 async def test_collection_paid_completes_and_past_due_is_compensated(stack: Stack) -> None:
     renters = {"rnt-ok": "tok_visa", "rnt-dun": "tok_insufficient_funds"}
     with fakepsp() as base:
-        settings = stack.settings.model_copy(
-            update={
-                "stripe_api_base": base,
-                "stripe_api_key": "sk_test_settle",
-                "ledgerpay_api_base": base + "/ledgerpay",
-                "gateway_timeout_s": 2.0,
-            }
-        )
-        story = dataclasses.replace(stack, settings=settings)
+        story = against_fakepsp(stack, base, gateway_timeout_s=2.0)
         items: list[tuple[Any, str, bytes]] = []
         numbers = {}
         for n, (renter, token) in enumerate(renters.items(), start=1):
