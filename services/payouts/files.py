@@ -193,6 +193,30 @@ async def _candidates(conn: asyncpg.Connection, tick: datetime) -> list[Candidat
     return out
 
 
+TRACES_PER_PAYOUT = 2
+"""Trace numbers a file reserves per payout: its entry, and at most one offset entry per batch."""
+
+
+async def _first_trace(conn: asyncpg.Connection, rail: str) -> int:
+    """Where the rail's next file starts its trace numbers: after the previous file's reservation (files of
+    a rail are cut one after another, under the clock row's lock: deterministic). Files from before
+    migration 0075 carry no reservation: continue after the highest trace among their entries."""
+    reserved = await conn.fetchval(
+        """select next_trace from payouts.payout_files where rail = $1 and next_trace is not null
+            order by tick desc, sequence desc limit 1""",
+        rail,
+    )
+    if reserved is not None:
+        return int(reserved)
+    highest = await conn.fetchval(
+        """select max(right(i.rail_reference, 7)::bigint) from payouts.payout_file_items i
+             join payouts.payout_files f using (file_id)
+            where f.rail = $1 and i.rail_reference ~ '^[0-9]{15}$'""",
+        rail,
+    )
+    return 1 if highest is None else int(highest) + TRACES_PER_PAYOUT
+
+
 async def _wait_for_operator(conn: asyncpg.Connection, payout_id: str, reason: str) -> None:
     await conn.execute(
         """update payouts.payouts set state = 'waiting_operator', rail_reason = $2, updated_at = now()
@@ -252,12 +276,15 @@ async def cut_files(
             tick,
         )
         ident = file_identity(rail_name, tick, sequence)
-        batch = PayoutBatch(ident.batch_id, tick, tuple(i for _, i in items), sequence=sequence)
+        first_trace = await _first_trace(conn, rail_name)
+        batch = PayoutBatch(
+            ident.batch_id, tick, tuple(i for _, i in items), sequence=sequence, first_trace=first_trace
+        )
         built_file = rail_impls[rail_name].build(batch)
         await conn.execute(
             """insert into payouts.payout_files (file_id, rail, tick, sequence, batch_id, name, effective_date, state,
-                   content, sha256, media_type, entry_count, total_minor, currency)
-               values ($1, $2, $3, $4, $5, $6, $7, 'built', $8, $9, $10, $11, $12, $13)""",
+                   content, sha256, media_type, entry_count, total_minor, currency, next_trace)
+               values ($1, $2, $3, $4, $5, $6, $7, 'built', $8, $9, $10, $11, $12, $13, $14)""",
             ident.file_id,
             rail_name,
             tick,
@@ -271,6 +298,7 @@ async def cut_files(
             built_file.count,
             sum(i.amount_minor for _, i in items),
             currency,
+            first_trace + TRACES_PER_PAYOUT * len(items),
         )
         await _file_state(conn, ident.file_id, "built", f"{built_file.count} payouts, sha256 {built_file.digest}")
         for c, instruction in items:
@@ -539,8 +567,9 @@ async def _resolve_return(conn: asyncpg.Connection, rail: str, answer: RailRetur
     entries_named = [r for r in rows if r["rail_reference"] == answer.rail_reference]
     if not entries_named:
         return list(rows)  # a whole file refused (the answer names its message id)
-    # NACHA trace numbers restart in every file: among live attempts with this trace, the one whose amount
-    # the return states; still more than one → ambiguous, never guessed (an operator reads the log).
+    # NACHA trace numbers continue across a rail's files (first_trace), but files built before migration 0075
+    # restarted theirs: among live attempts with this trace, the one whose amount the return states; still
+    # more than one → ambiguous, never guessed (an operator reads the log).
     if len(entries_named) > 1 and answer.amount_minor is not None:
         entries_named = [r for r in entries_named if r["amount_minor"] == answer.amount_minor]
     if len(entries_named) != 1:

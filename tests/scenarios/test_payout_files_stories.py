@@ -277,6 +277,9 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         retry = read_nacha((bank_dir / (await file_docs(stack))[ach["file_id"]]["name"]).read_bytes())
         [again] = [e for b in retry.batches for e in b.entries]
         assert (again.routing_number, again.account_number.strip()) == ("011000015", "000555666777")
+        # R16: trace numbers continue across the rail's files (the first reserved 2 for its one payout), so a
+        # return naming this trace can only mean the retry
+        assert (entry.trace_number[8:], again.trace_number[8:]) == ("0000001", "0000003")
         code, out, err = await settle_cli(stack, "payouts", "show", ach["payout_id"])
         assert code == 0, err
         attempts = json.loads(out)["attempts"]
@@ -446,7 +449,8 @@ async def test_an_r01_return_is_presented_again_at_most_twice(stack: Stack, tmp_
                 attempt,
             )
             [entry] = [e for b in read_nacha((bank_dir / item["name"]).read_bytes()).batches for e in b.entries]
-            assert entry.trace_number == "021000020000001"  # every file's first trace: resolved by the live attempt
+            # each presentation has a trace of its own: files continue the rail's trace numbers (2 a payout)
+            assert entry.trace_number == f"02100002{2 * attempt - 1:07d}"
             returned = nacha_return(entry.trace_number, "021000021", "000123456789", 64_00, "R01")
             await publish(stack, [returns_message("ach", returned, 10 + attempt)])
             await wait_rows(

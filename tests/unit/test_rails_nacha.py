@@ -283,6 +283,30 @@ def test_rebuild_is_byte_identical_whatever_the_input_order() -> None:
     assert second.file_id.endswith("-B")
 
 
+def test_trace_numbers_continue_from_first_trace_and_wrap_after_seven_digits() -> None:
+    offset = UsBankAccount("021000021", "998877", "checking")
+    rail = NachaRail(replace(ORIGINATOR, offset_account=offset))
+    items = (payout(1, 100_00, kind="individual"), payout(2, 50_00), payout(3, 25_00))
+    built = rail.build(PayoutBatch("b-1", T, items, first_trace=41))
+    traces = [fields(r)["trace"] for r in built.content.decode().split("\n") if r[:1] == "6"]
+    # CCD 2, 3, its offset; PPD 1, its offset: one sequence through the file, from 41
+    assert [t[8:] for t in traces] == [f"{n:07d}" for n in range(41, 46)]
+    assert sorted(built.references.values()) == [traces[0], traces[1], traces[3]]
+    addenda = [r for r in built.content.decode().split("\n") if r[:1] == "7"]
+    assert {a[87:94] for a in addenda} <= {t[8:] for t in traces}  # an addenda names its entry's sequence
+    wrapped = rail.build(PayoutBatch("b-2", T, items, first_trace=9_999_998))
+    assert [fields(r)["trace"][8:] for r in wrapped.content.decode().split("\n") if r[:1] == "6"] == [
+        "9999998",
+        "9999999",
+        "0000001",
+        "0000002",
+        "0000003",
+    ]
+    read_nacha(wrapped.content)  # still a valid file
+    with pytest.raises(InvalidBatchError):
+        PayoutBatch("b-3", T, items, first_trace=0)
+
+
 def test_creation_time_is_written_in_utc() -> None:
     local = T.astimezone(__import__("zoneinfo").ZoneInfo("America/New_York"))
     built = NachaRail(ORIGINATOR).build(PayoutBatch("b-1", local, (payout(1, 100),)))

@@ -15,10 +15,11 @@ The entry hash is the sum of the 8-digit RDFI identifications (routing number wi
 digit) of the entries, keeping its rightmost 10 digits.
 
 Determinism: entries are ordered by (effective date, SEC code, payout id), batch numbers and trace
-numbers follow that order, the creation date and time come from :attr:`PayoutBatch.created_at` (in
-UTC) and the file id modifier from :attr:`PayoutBatch.sequence` (0 → ``A`` … 25 → ``Z``, 26 → ``0`` …
-35 → ``9``). The same batch therefore always gives the same bytes, and a resend carries the same
-header fields, which is how the bank recognises a duplicate.
+numbers follow that order from :attr:`PayoutBatch.first_trace` (7 digits, wrapping from 9999999 to 1),
+the creation date and time come from :attr:`PayoutBatch.created_at` (in UTC) and the file id modifier
+from :attr:`PayoutBatch.sequence` (0 → ``A`` … 25 → ``Z``, 26 → ``0`` … 35 → ``9``). The same batch
+therefore always gives the same bytes, and a resend carries the same header fields, which is how the
+bank recognises a duplicate.
 
 The reader accepts LF or CRLF line ends and a missing last block's padding, checks every record's
 length, the batch and file control totals and the entry hash, and raises :class:`BankFileError` on
@@ -264,6 +265,11 @@ def _text(value: str, width: int) -> str:
     return cleaned[:width].ljust(width)
 
 
+def _trace_digits(sequence: int) -> str:
+    """A trace number's 7-digit sequence part: 1 … 9999999, then 1 again."""
+    return _num((sequence - 1) % 9_999_999 + 1, 7)
+
+
 def _num(value: int, width: int) -> str:
     digits = str(value)
     assert value >= 0 and len(digits) <= width, f"{value} does not fit {width} digits"
@@ -328,7 +334,7 @@ class NachaRail:
         ]
         ordered = sorted(batch.instructions, key=lambda i: (i.effective_date, sec_code_for(i), i.payout_id))
         references: dict[str, str] = {}
-        trace_sequence = 0
+        trace_sequence = batch.first_trace - 1
         file_hash = 0
         file_credit = 0
         file_debit = 0
@@ -359,7 +365,7 @@ class NachaRail:
                 account = i.account
                 assert isinstance(account, UsBankAccount)  # validate() above
                 trace_sequence += 1
-                trace = odfi8 + _num(trace_sequence, 7)
+                trace = odfi8 + _trace_digits(trace_sequence)
                 references[i.payout_id] = trace
                 has_addenda = bool(i.reference.strip())
                 lines.append(
@@ -399,7 +405,7 @@ class NachaRail:
                     + "  "
                     + "0"
                     + odfi8
-                    + _num(trace_sequence, 7)
+                    + _trace_digits(trace_sequence)
                 )
                 batch_records += 1
                 batch_hash += int(offset.routing_number[:8])

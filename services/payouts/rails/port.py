@@ -134,18 +134,24 @@ class PayoutBatch:
     batch's own time (e.g. the cut-off it was cut at), never the wall clock, so a rebuild is identical.
     ``sequence`` numbers the files cut for the same originator on the same day (0, 1, …): NACHA's
     file id modifier is derived from it, so two different files of a day never look like a resend.
+    ``first_trace`` is the sequence number of the file's first NACHA entry: the caller continues after
+    the rail's earlier files, so a trace number names one entry across files (a return names only
+    its trace); other rails ignore it.
     """
 
     batch_id: str
     created_at: datetime
     instructions: tuple[PayoutInstruction, ...]
     sequence: int = 0
+    first_trace: int = 1
 
     def __post_init__(self) -> None:
         if self.created_at.tzinfo is None:
             raise InvalidBatchError(f"batch {self.batch_id}: created_at must be timezone-aware")
         if not self.instructions:
             raise InvalidBatchError(f"batch {self.batch_id}: no instructions")
+        if self.first_trace < 1:
+            raise InvalidBatchError(f"batch {self.batch_id}: first_trace must be at least 1")
         ids = [i.payout_id for i in self.instructions]
         if len(set(ids)) != len(ids):
             raise InvalidBatchError(f"batch {self.batch_id}: a payout id appears twice (R16: sent once)")
