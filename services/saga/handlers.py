@@ -23,10 +23,9 @@ a step once it left.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 from libs.errors import InvalidAmountError
@@ -173,7 +172,14 @@ async def on_batch(policy: domain.Policy, tx: Tx, events: Sequence[Envelope[Any]
             await store.advance(tx, number, [(cause, domain.Tick(at=at))], policy)
 
 
-def subscription(policy: domain.Policy) -> Subscription:
+def subscription(policy: domain.Policy | Callable[[], domain.Policy]) -> Subscription:
+    """The saga's consumer. ``policy``: fixed, or read when each batch runs (the worker's settings are
+    read when it runs, never when the module is imported)."""
+    source: Callable[[], domain.Policy] = policy if callable(policy) else (lambda: policy)
+
+    async def handle(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
+        await on_batch(source(), tx, events)
+
     return Subscription(
         consumer=CONSUMER,
         topics=(
@@ -184,6 +190,6 @@ def subscription(policy: domain.Policy) -> Subscription:
             topics.CLOCK_TICKS,
             topics.PAYOUTS,
         ),
-        handler=partial(on_batch, policy),
+        handler=handle,
         batch_max=500,
     )

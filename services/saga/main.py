@@ -53,7 +53,7 @@ async def gauges_task(runtime: Runtime) -> None:
 
 SERVICE = Service(
     name="saga",
-    subscriptions=(subscription(policy_of(get_settings())),),
+    subscriptions=(subscription(lambda: policy_of(get_settings())),),
     tasks=(gauges_task,),
     description="Billing-cycle sagas (issue 11): invoices, payment status, payments, credit notes and ticks → "
     "sagas.v1 (steps, compensation requests, completed / compensated / needs_operator)",
