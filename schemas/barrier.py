@@ -12,10 +12,15 @@ consume() still validates the record as usual).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
 
 import orjson
 
 from libs.messaging.consume import Waits
+from libs.messaging.envelope import Envelope
+from libs.messaging.outbox import Emitter
+from schemas.events import Watermark
 from schemas.topics import Topic
 
 
@@ -49,3 +54,31 @@ def watermark_waits(topic: Topic, event_type: str, inputs: Sequence[Topic]) -> W
         }
 
     return waits
+
+
+def emit_watermark(
+    emitter: Emitter,
+    topic: Topic,
+    *,
+    type: str,
+    source: Literal["metering", "rating", "payments"],
+    through: datetime,
+    partition: int,
+    event_id: str,
+    cause: Envelope[Any] | None,
+    barrier: dict[str, list[int]] | None = None,
+    correlation_id: str | None = None,
+) -> None:
+    """Queue the watermark ``through`` for one partition of ``topic`` (keyed ``watermark-<partition>``,
+    timed at ``through``). The caller names its id: each producer's ids are part of the replayed log."""
+    emitter.emit(
+        topic,
+        key=f"watermark-{partition}",
+        type=type,
+        time=through,
+        cause=cause,
+        event_id=event_id,
+        correlation_id=correlation_id,
+        partition=partition,
+        data=Watermark(through=through, partition=partition, source=source, barrier=barrier),
+    )

@@ -394,15 +394,18 @@ class PaymentEvent(EventModel):
 
 class PaymentCommand(EventModel):
     """An operator's instruction to the payments service (``settle payments retry|refund``,
-    ``settle receipts apply``), types ``payment.retry_requested``, ``payment.refund_requested`` and
-    ``receipt.apply_requested``. ``command_id`` is the operator's idempotency key: a repeated command
-    has no effect. ``requested_by`` and ``reason`` are kept with the effect for the audit trail.
+    ``settle receipts apply``, ``settle payments refund-paid``), types ``payment.retry_requested``,
+    ``payment.refund_requested``, ``receipt.apply_requested`` and ``refund.mark_paid_requested``.
+    ``command_id`` is the operator's idempotency key: a repeated command has no effect. ``requested_by``
+    and ``reason`` are kept with the effect for the audit trail.
 
     * retry: ``invoice_number`` — a new try now for an intent that waits, stopped or went past due;
     * refund: ``invoice_number``, ``amount`` — money paid on the invoice given back (never more than
       paid, R11), to the card charge that paid it, else as a manual (bank) refund;
     * apply: ``receipt_id``, ``to_renter_id`` (and ``reference``) — a receipt recorded for the wrong
-      renter moves to the right one; both renters' allocations are recomputed (R11)."""
+      renter moves to the right one; both renters' allocations are recomputed (R11);
+    * mark paid: ``refund_id``, ``reference`` (the bank's), ``paid_at`` — a ``manual`` refund (the
+      invoice was paid by a bank receipt) was paid back over the bank by finance."""
 
     command_id: Id
     renter_id: Id
@@ -411,6 +414,8 @@ class PaymentCommand(EventModel):
     amount: DecimalStr | None = None
     receipt_id: Id | None = None
     to_renter_id: Id | None = None
+    refund_id: Id | None = None
+    paid_at: UtcTime | None = None
     reference: str = Field(default="", max_length=limits.MAX_TEXT_CHARS)
     requested_by: Text
     reason: Text

@@ -257,11 +257,17 @@ PAYMENT_COMMANDS = Topic(
     partitions=3,
     producer="operator",
     archive=True,
-    description="Operators' payment instructions: retry a collection, refund, apply a receipt to a renter.",
+    description="Operators' payment instructions: retry a collection, refund, apply a receipt to a renter, "
+    "report a manual refund paid over the bank.",
     types=MappingProxyType(
         {
             name: events.PaymentCommand
-            for name in ("payment.retry_requested", "payment.refund_requested", "receipt.apply_requested")
+            for name in (
+                "payment.retry_requested",
+                "payment.refund_requested",
+                "receipt.apply_requested",
+                "refund.mark_paid_requested",
+            )
         }
     ),
 )

@@ -1,5 +1,5 @@
 """``settle payments`` and ``settle receipts``: what collections, refunds and receipts did, and the
-operator's instructions (retry, refund, apply), which go to the payments service as commands on
+operator's instructions (retry, refund, refund paid, apply), which go to the payments service as commands on
 ``payments.commands.v1`` — applied once per command id, audited in ``payments.commands``."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
@@ -146,6 +146,38 @@ async def payments_refund(
         "payment.refund_requested",
         _command(command_id, by, reason, renter_id=renter, currency=currency, invoice_number=invoice, amount=value),
     )
+
+
+@payments_app.command("refund-paid")
+@run_async
+async def payments_refund_paid(
+    refund: Annotated[str, typer.Argument(help="The refund id (`settle payments list --refunds --state manual`).")],
+    renter: Annotated[str, typer.Option("--renter", help="The refund's renter.")],
+    currency: Annotated[str, typer.Option("--currency", help="The refund's currency.")],
+    reference: Annotated[str, typer.Option("--reference", help="The bank's reference of the payment out.")],
+    by: ByOption,
+    reason: ReasonOption,
+    paid_on: Annotated[
+        str | None, typer.Option("--paid-on", help="Day the money left (YYYY-MM-DD, UTC; default: now).")
+    ] = None,
+    command_id: CommandIdOption = None,
+) -> None:
+    """Report a manual refund (the invoice was paid by a bank receipt) paid back over the bank: the
+    refund is done, ``Dr refunds_payable / Cr cash_clearing`` on that day with the bank reference
+    (reconciliation matches the bank's debit line), ``payment.refunded`` published."""
+    paid_at = None
+    if paid_on is not None:
+        try:
+            paid_at = datetime.combine(date.fromisoformat(paid_on), time(12), UTC)
+        except ValueError:
+            raise typer.BadParameter(f"{paid_on!r} is not a YYYY-MM-DD day") from None
+    await _send(
+        "refund.mark_paid_requested",
+        _command(
+            command_id, by, reason, renter_id=renter, currency=currency, refund_id=refund, reference=reference,
+            paid_at=paid_at,
+        ),
+    )  # fmt: skip
 
 
 @payments_app.command("commands")

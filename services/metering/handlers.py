@@ -57,9 +57,9 @@ from libs.messaging.worker import Runtime
 from libs.observability import metrics
 from libs.times import HOUR, format_utc
 from schemas import topics
-from schemas.barrier import barrier_offsets
+from schemas.barrier import barrier_offsets, emit_watermark
 from schemas.envelope import Envelope
-from schemas.events import MeteringAnomaly, Segment, UsageMetered, Watermark
+from schemas.events import MeteringAnomaly, Segment, UsageMetered
 from schemas.topics import Topic
 from services.metering import store
 from services.metering.domain import (
@@ -538,16 +538,17 @@ async def send_watermark_if_done(conn: asyncpg.Connection) -> datetime | None:
     downstream = barrier_offsets(pending[0] if pending is not None else None, DOWNSTREAM_INPUTS)
     emitter = Emitter("metering")
     for partition in range(topics.USAGE_METERED.partitions):
-        emitter.emit(
+        emit_watermark(
+            emitter,
             topics.USAGE_METERED,
-            key=f"watermark-{partition}",
             type="usage.watermark",
-            time=target,
-            cause=None,
+            source="metering",
+            through=target,
             partition=partition,
             event_id=derive_id("watermark", "metering", format_utc(target), partition),
+            cause=None,
+            barrier=downstream,
             correlation_id=f"tick:{format_utc(target)}",
-            data=Watermark(through=target, partition=partition, source="metering", barrier=downstream),
         )
     await write_outbox(conn, emitter.drain())
     await conn.execute("update metering.clock set watermark_sent = $1 where id = 1", target)

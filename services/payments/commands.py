@@ -6,6 +6,8 @@ recorded in ``payments.commands`` with who asked, why and what happened.
   operator's override, recorded as such.
 * ``payment.refund_requested``: money paid on an invoice given back, capped at what was paid (R11),
   by the allocation; the refund row then goes to the card that paid it (or is ``manual``).
+* ``refund.mark_paid_requested``: a ``manual`` refund reported paid over the bank, with the bank's
+  reference (:func:`services.payments.refunds.record_paid_by_bank`).
 * ``receipt.apply_requested``: a receipt recorded for the wrong renter moves to the right one —
   ``Dr unapplied(from) / Cr unapplied(to)`` — and both renters' allocations are recomputed.
 """
@@ -22,7 +24,7 @@ from libs.messaging.consume import Tx
 from libs.money import minor_to_ledger
 from schemas.envelope import Envelope
 from schemas.events import PaymentCommand
-from services.payments import books, collection, store
+from services.payments import books, collection, refunds, store
 from services.payments.config import PaymentsConfig
 from services.payments.money import to_minor
 
@@ -52,6 +54,8 @@ async def apply(tx: Tx, config: PaymentsConfig, event: Envelope[Any], data: Paym
         outcome = await _refund(tx, event, data)
         if outcome.startswith("refund "):
             touched.add(books.Touched(data.renter_id, data.currency))
+    elif event.type == "refund.mark_paid_requested":
+        outcome = await _refund_paid(tx, event, data)
     else:
         outcome = await _move_receipt(tx, event, data)
     await conn.execute("update payments.commands set outcome = $2 where command_id = $1", data.command_id, outcome)
@@ -110,6 +114,20 @@ async def _refund(tx: Tx, event: Envelope[Any], data: PaymentCommand) -> str:
         event.id,
     )
     return f"refund {derive_id('refund', data.command_id)} of {data.amount} {data.currency}"
+
+
+async def _refund_paid(tx: Tx, event: Envelope[Any], data: PaymentCommand) -> str:
+    if data.refund_id is None:
+        return "refused: mark paid names a refund"
+    return await refunds.record_paid_by_bank(
+        tx,
+        refund_id=data.refund_id,
+        renter_id=data.renter_id,
+        currency=data.currency,
+        reference=data.reference,
+        paid_at=data.paid_at or event.time,
+        by=data.requested_by,
+    )
 
 
 async def _move_receipt(tx: Tx, event: Envelope[Any], data: PaymentCommand) -> str:

@@ -30,7 +30,7 @@ from libs.ledger import ensure_accounts
 from libs.messaging.consume import Subscription, Tx
 from libs.times import format_utc
 from schemas import topics
-from schemas.barrier import watermark_waits
+from schemas.barrier import emit_watermark, watermark_waits
 from schemas.envelope import Envelope
 from schemas.events import (
     CreditNoteIssued,
@@ -38,7 +38,6 @@ from schemas.events import (
     PaymentCommand,
     PaymentEvent,
     ProcessorEventReceived,
-    Watermark,
 )
 from schemas.inputs import ClockTicked, PaymentMethodEvent, PaymentReceived
 from services.payments import books, collection, commands, processor_events, store
@@ -125,15 +124,15 @@ async def _answer_tick(tx: Tx, config: PaymentsConfig, event: Envelope[Any], at:
     assert now is not None
     await collection.start_due(tx, config, now, cause=event)
     for partition in range(topics.INVOICE_PAYMENTS.partitions):
-        tx.emit(
+        emit_watermark(
+            tx.emitter,
             topics.INVOICE_PAYMENTS,
-            key=f"watermark-{partition}",
             type="payments.watermark",
-            time=at,
-            cause=event,
-            event_id=derive_id("payments.watermark", partition, format_utc(at)),
+            source="payments",
+            through=at,
             partition=partition,
-            data=Watermark(through=at, partition=partition, source="payments"),
+            event_id=derive_id("payments.watermark", partition, format_utc(at)),
+            cause=event,
         )
 
 

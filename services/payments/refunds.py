@@ -10,7 +10,9 @@ into one ``payments.refunds`` row, created once (its id derives from what caused
   success, posts ``Dr refunds_payable / Cr processor_clearing:<gateway>`` and publishes
   ``payment.refunded``;
 * it was paid by a bank receipt (wire, ACH or SEPA credit, stablecoin) → ``manual``: finance pays it
-  back over the bank and it stays on ``settle payments list --refunds`` until then.
+  back over the bank and it stays on ``settle payments list --refunds`` until an operator reports it
+  paid (``settle payments refund-paid``: ``Dr refunds_payable / Cr cash_clearing``, published as
+  ``payment.refunded``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import asyncpg
 
 from domain.contracts import chart
 from libs.ids import derive_id
-from libs.ledger import ensure_accounts
+from libs.ledger import AccountSpec, ensure_accounts
 from libs.ledger.postings import build_entry, credit, debit
 from libs.messaging.consume import Tx
 from libs.money import minor_to_ledger
@@ -118,22 +120,80 @@ async def record(tx: Tx, refund: asyncpg.Record, result: RefundResult) -> str:
         row["refund_id"],
         result.refund_id,
     )
+    clearing = chart.processor_clearing(row["gateway"], row["currency"])
+    _book(
+        tx,
+        dict(row),
+        clearing,
+        entry_id=derive_id("payments.refunded", row["refund_id"]),
+        kind="payments.refunded",
+        at=row["at"],
+        description=f"refund {row['refund_id']} of {row['invoice_number']} ({row['reason']})",
+    )
+    await ensure_accounts(conn, [chart.refunds_payable(row["renter_id"], row["currency"]), clearing])
+    return "succeeded"
+
+
+async def record_paid_by_bank(
+    tx: Tx, *, refund_id: str, renter_id: str, currency: str, reference: str, paid_at: datetime, by: str
+) -> str:
+    """An operator reports a ``manual`` refund paid over the bank (``settle payments refund-paid``):
+    ``Dr refunds_payable / Cr cash_clearing`` on the day it left, the bank reference in the entry's
+    description (reconciliation matches it with the bank's debit line) and ``payment.refunded``
+    published. Returns the outcome kept with the command."""
+    conn = tx.conn
+    row = await conn.fetchrow(
+        "select * from payments.refunds where refund_id = $1 and renter_id = $2 and currency = $3 for update",
+        refund_id,
+        renter_id,
+        currency,
+    )
+    if row is None:
+        return f"refused: no refund {refund_id} of {renter_id} in {currency}"
+    if row["state"] != "manual":
+        return f"refused: refund {refund_id} is {row['state']}, not waiting for a bank payment"
+    if not reference.strip():
+        return "refused: a bank payment names the bank's reference"
+    await conn.execute(
+        "update payments.refunds set state = 'succeeded', processor_id = $2, message = $3 where refund_id = $1",
+        refund_id,
+        reference,
+        f"paid over the bank on {paid_at.date().isoformat()} (reported by {by})"[:500],
+    )
+    cash = chart.cash_clearing(currency)
+    _book(
+        tx,
+        dict(row),
+        cash,
+        entry_id=derive_id("payments.refund_paid", refund_id),
+        kind="payments.refund_paid",
+        at=paid_at,
+        description=f"refund {refund_id} of {row['invoice_number']} paid over the bank, reference {reference}",
+    )
+    await ensure_accounts(conn, [chart.refunds_payable(renter_id, currency), cash])
+    return f"refund {refund_id} paid over the bank ({reference})"
+
+
+def _book(
+    tx: Tx, row: dict[str, Any], counterpart: AccountSpec, *, entry_id: str, kind: str, at: datetime, description: str
+) -> None:
+    """``Dr refunds_payable / Cr counterpart`` for a refund that left, and ``payment.refunded`` published."""
     currency = row["currency"]
-    specs = [chart.refunds_payable(row["renter_id"], currency), chart.processor_clearing(row["gateway"], currency)]
     units = minor_to_ledger(row["amount_minor"], currency)
     entry = build_entry(
-        id=derive_id("payments.refunded", row["refund_id"]),
+        id=entry_id,
         cause_id=row["refund_id"],
-        kind="payments.refunded",
-        occurred_at=row["at"],
-        description=f"refund {row['refund_id']} of {row['invoice_number']} ({row['reason']})",
-        postings=[debit(specs[0].code, units, currency), credit(specs[1].code, units, currency)],
+        kind=kind,
+        occurred_at=at,
+        description=description,
+        postings=[
+            debit(chart.refunds_payable(row["renter_id"], currency).code, units, currency),
+            credit(counterpart.code, units, currency),
+        ],
     )
     assert entry is not None
-    await ensure_accounts(conn, specs)
     tx.post(entry)
-    emit(tx, "payment.refunded", dict(row), reason=row["reason"])
-    return "succeeded"
+    emit(tx, "payment.refunded", row, reason=row["reason"])
 
 
 def emit(tx: Tx, type: str, row: dict[str, Any], *, reason: str) -> None:

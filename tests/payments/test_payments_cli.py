@@ -36,15 +36,27 @@ async def test_retry_refund_and_apply_publish_audited_commands(stack: Stack) -> 
                "--reference", "INV-2026-000002", "--command-id", "c-apply"),
         settle(stack, "payments", "refund", "INV-2026-000001", "--amount", "twelve", "--renter", "r1",
                "--currency", "USD", *who),
+        settle(stack, "payments", "refund-paid", "rf-1", "--renter", "r1", "--currency", "USD",
+               "--reference", "BANK-1", "--paid-on", "2026-03-04", *who, "--command-id", "c-paid"),
+        settle(stack, "payments", "refund-paid", "rf-1", "--renter", "r1", "--currency", "USD",
+               "--reference", "BANK-1", "--paid-on", "March 4th", *who),
     ]  # fmt: skip
-    assert [r.returncode for r in runs[:3]] == [0, 0, 0], [r.stderr for r in runs]
+    assert [r.returncode for r in (*runs[:3], runs[4])] == [0, 0, 0, 0], [r.stderr for r in runs]
     assert runs[3].returncode != 0 and "not a decimal amount" in runs[3].stderr + runs[3].stdout
+    assert runs[5].returncode != 0 and "not a YYYY-MM-DD day" in runs[5].stderr + runs[5].stdout
     sent = {
         (e := orjson.loads(r.value))["data"]["command_id"]: e for r in await read_topic(stack, topics.PAYMENT_COMMANDS)
     }
-    assert set(sent) == {"c-retry", "c-refund", "c-apply"}, "a refused amount publishes nothing"
+    assert set(sent) == {"c-retry", "c-refund", "c-apply", "c-paid"}, "a refused amount or day publishes nothing"
     assert sent["c-retry"]["type"] == "payment.retry_requested"
     assert (sent["c-refund"]["type"], sent["c-refund"]["data"]["amount"]) == ("payment.refund_requested", "12.50")
     apply = sent["c-apply"]["data"]
     assert (apply["receipt_id"], apply["to_renter_id"], apply["reference"]) == ("w-9", "r2", "INV-2026-000002")
+    paid = sent["c-paid"]
+    assert (paid["type"], paid["data"]["refund_id"], paid["data"]["reference"], paid["data"]["paid_at"]) == (
+        "refund.mark_paid_requested",
+        "rf-1",
+        "BANK-1",
+        "2026-03-04T12:00:00Z",
+    )
     assert all(e["data"]["requested_by"] == "finance@test" for e in sent.values())

@@ -184,9 +184,16 @@ async def test_refunds_disputes_receipts_and_operator_commands(stack: Stack) -> 
 
             await wait_until(effects, timeout_s=60, what="the credit note refunded, the dispute, the commands")
             assert (await _status(story, "INV-2026-000003"))["status"] == "open", "a dispute takes the payment back"
+            async with story.pool.acquire() as conn:
+                manual_id = await conn.fetchval("select refund_id from payments.refunds where state = 'manual'")
+                cash_before = {b.code: b.balance_units for b in await balances(conn)}[chart.cash_clearing("USD").code]
+            paid = {"renter_id": "rnt-wire", "currency": "USD", "refund_id": manual_id, "paid_at": LATER}
             await publish(
                 story,
                 [
+                    # Finance paid the wire's 20.00 back over the bank; the same report again is refused.
+                    command("refund.mark_paid_requested", 5, reference="BANKREF-77", **paid),
+                    command("refund.mark_paid_requested", 6, reference="BANKREF-77", **paid),
                     (
                         topics.PROCESSOR_EVENTS,
                         charge_id,
@@ -215,7 +222,11 @@ async def test_refunds_disputes_receipts_and_operator_commands(stack: Stack) -> 
                     moved = await conn.fetchval(
                         "select count(*) from payments.commands where command_id = 'cmd-4' and outcome like 'moved%'"
                     )
-                return lost_ == 1 and moved == 1
+                    marked = await conn.fetchval(
+                        "select count(*) from payments.commands where command_id in ('cmd-5', 'cmd-6')"
+                        " and outcome <> 'received'"
+                    )
+                return lost_ == 1 and moved == 1 and marked == 2
 
             await wait_until(closed, timeout_s=60, what="the dispute lost and the receipt moved")
             stats = await admin(base, "GET", "/_admin/stats")
@@ -233,16 +244,26 @@ async def test_refunds_disputes_receipts_and_operator_commands(stack: Stack) -> 
     assert refunds["INV-2026-000001"]["state"] == "succeeded" and refunds["INV-2026-000001"]["amount"] == "30.00"
     assert stats["refunds"] == 1
     # The wire: 20.00 given back by hand (manual), then the stray 20.00 receipt, moved to this renter, pays it again.
-    assert refunds["INV-2026-000002"]["state"] == "manual" and refunds["INV-2026-000002"]["amount"] == "20.00"
+    assert refunds["INV-2026-000002"]["amount"] == "20.00"
     assert (wire_inv["paid_minor"], wire_inv["status"]) == (5000, "paid")
     assert outcomes["cmd-2"].startswith("refused"), outcomes
+    # Reported paid over the bank: done, the bank's reference kept, the cash gone out of clearing, the
+    # renter owed nothing more; reported twice, the second is refused.
+    assert outcomes["cmd-5"] == f"refund {manual_id} paid over the bank (BANKREF-77)", outcomes
+    assert outcomes["cmd-6"] == f"refused: refund {manual_id} is succeeded, not waiting for a bank payment"
+    assert (refunds["INV-2026-000002"]["state"], refunds["INV-2026-000002"]["processor_id"]) == (
+        "succeeded",
+        "BANKREF-77",
+    )
+    assert ledger[chart.refunds_payable("rnt-wire", "USD").code] == 0
+    assert ledger[chart.cash_clearing("USD").code] == cash_before - minor_to_ledger(2000, "USD")
     # The dispute lost: the 80.00 is written off to dispute losses, so the invoice is not dunned again.
     assert (disp["paid_minor"], disp["status"]) == (8000, "paid")
     # The operator's retry after the hard decline: tok_chain_hard_ok succeeds on the second charge.
     assert outcomes["cmd-3"].startswith("retry started"), outcomes
     assert hard["status"] == "paid"
     types = [e["type"] for e in events]
-    assert types.count("payment.refunded") == 1
+    assert types.count("payment.refunded") == 2, "the card refund and the one paid over the bank"
     assert types.count("payment.disputed") == 1
     assert types.count("payment.dispute_closed") == 1
     assert report.ok, report

@@ -11,7 +11,7 @@ from libs.ledger import ensure_accounts
 from libs.messaging.consume import Tx
 from libs.times import format_utc
 from schemas import topics
-from schemas.barrier import barrier_offsets
+from schemas.barrier import barrier_offsets, emit_watermark
 from schemas.envelope import Envelope
 from schemas.events import (
     Watermark,
@@ -47,15 +47,16 @@ async def forward_watermark(batch: Batch, partition: int, cause: Envelope[Any]) 
     through = row.received_through
     for contract_id in await store.prepaid_contracts(batch.tx.conn, [partition]):
         await run_wallet(batch, contract_id, through, cause)
-    batch.tx.emit(
+    emit_watermark(
+        batch.tx.emitter,
         topics.CHARGES_RATED,
-        key=f"watermark-{partition}",
         type="charges.watermark",
-        time=through,
-        cause=cause,
-        event_id=derive_id("charges.watermark", partition, format_utc(through)),
+        source="rating",
+        through=through,
         partition=partition,
-        data=Watermark(through=through, partition=partition, source="rating", barrier=row.received_barrier),
+        event_id=derive_id("charges.watermark", partition, format_utc(through)),
+        cause=cause,
+        barrier=row.received_barrier,
     )
     await store.save_forwarded(batch.tx.conn, partition, through)
 
