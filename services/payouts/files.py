@@ -63,6 +63,7 @@ from services.payouts.domain.dispatch import (
     route,
 )
 from services.payouts.rails.calendar import DEFAULT_RAILS, RailConfig, effective_date
+from services.payouts.rails.iso20022 import message_id as iso_message_id
 from services.payouts.rails.port import (
     BankFileError,
     InvalidBatchError,
@@ -473,6 +474,22 @@ async def acknowledge(conn: asyncpg.Connection, file_id: str) -> bool:
     return True
 
 
+async def _acknowledge_message(conn: asyncpg.Connection, rail: str, message: str) -> None:
+    """A status report about one of our messages (ISO: its MsgId, derived from the file's batch id) that
+    did not reject it: the bank has the file. Only a ``submitted`` file moves (a repeat does nothing)."""
+    rows = await conn.fetch(
+        """select file_id, batch_id from payouts.payout_files
+            where rail = $1 and (batch_id = $2 or length(batch_id) > 35)""",  # a longer id is hashed (MsgId)
+        rail,
+        message,
+    )
+    named = [r["file_id"] for r in rows if message in (r["batch_id"], iso_message_id(r["batch_id"]))]
+    if not named:
+        log.warning("status report about no payout file of ours", rail=rail, message=message)
+    for file_id in named:
+        await acknowledge(conn, file_id)
+
+
 async def _outcome(
     tx: Tx, item: asyncpg.Record, outcome: str, *, code: str | None, reason: str, at: datetime, cause: Envelope[Any]
 ) -> None:
@@ -585,6 +602,9 @@ async def apply_returns(tx: Tx, data: PayoutReturnsReceived, event: Envelope[Any
     answers = RAILS[data.rail].parse_returns(content)
     applied = 0
     for answer in answers:
+        if answer.kind == "acknowledgement":
+            await _acknowledge_message(tx.conn, data.rail, answer.rail_reference)
+            continue
         items = await _resolve_return(tx.conn, data.rail, answer)
         if not items:
             log.warning("bank answer about no payout of ours", rail=data.rail, code=answer.code, file=data.name)

@@ -258,6 +258,8 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         rej_ref = next(p["ref"] for p in shown["payouts"] if p["amount"] == "45.50")
         await publish(stack, [returns_message("sepa", pacs002_reject(shown["batch_id"], rej_ref, "AC04"), 2)])
         await wait_rows(stack, "select count(*) from payouts.payouts where state = 'rejected'", 1, "the reject")
+        # the report rejects one transaction, not the message: the bank has the file (acknowledged)
+        assert (await file_docs(stack))[sepa_id]["state"] == "acknowledged"
 
         # --- a new tick without a payee change: nothing is sent again ----------------------------------------
         await publish(stack, ticked(datetime(2026, 2, 3, tzinfo=UTC)))
@@ -306,7 +308,7 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
             "settled",
         )
         shown = json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
-        assert [h["state"] for h in shown["history"]] == ["built", "submitted", "settled"]
+        assert [h["state"] for h in shown["history"]] == ["built", "submitted", "acknowledged", "settled"]
         # reconciliation runs again: the same confirmation changes nothing
         code, _, err = await settle_cli(stack, "reconcile", "--date", "2026-02-04")
         assert code in (0, 1), err

@@ -279,6 +279,7 @@ PAIN002 = b"""<?xml version="1.0" encoding="UTF-8"?>
 def test_pacs002_rejects() -> None:
     found = InstantRail(US_DEBTOR, name="fednow").parse_returns(PACS002)
     assert [(r.kind, r.code, r.payout_id, r.amount_minor, r.reason) for r in found] == [
+        ("acknowledgement", "", None, None, "status report"),  # no group status: the message arrived
         ("reject", "AC04", "po-77", 2_500_00, "closed account number"),
         ("reject", "X99", "po-79", None, "creditor bank offline"),
     ]
@@ -287,10 +288,20 @@ def test_pacs002_rejects() -> None:
 
 def test_pain002_rejects_by_transaction_and_by_block() -> None:
     found = read_status_report(PAIN002)
-    assert [(r.code, r.rail_reference, r.payout_id, r.amount_minor) for r in found] == [
-        ("FF01", "batch-2026-12-07-eu-000002", None, None),
-        ("AM04", "po-0003", "po-0003", 99_999_99),
+    assert [(r.kind, r.code, r.rail_reference, r.payout_id, r.amount_minor) for r in found] == [
+        ("acknowledgement", "PART", "batch-2026-12-07-eu", None, None),
+        ("reject", "FF01", "batch-2026-12-07-eu-000002", None, None),
+        ("reject", "AM04", "po-0003", "po-0003", 99_999_99),
     ]
+
+
+def test_a_report_that_accepts_the_message_acknowledges_it_and_returns_nothing() -> None:
+    accepted = PAIN002.split(b"<OrgnlPmtInfAndSts>")[0].replace(b"PART", b"ACTC") + b"</CstmrPmtStsRpt></Document>"
+    found = read_status_report(accepted)
+    assert [(r.kind, r.code, r.rail_reference, r.original_message_id) for r in found] == [
+        ("acknowledgement", "ACTC", "batch-2026-12-07-eu", "batch-2026-12-07-eu")
+    ]
+    assert found[0].reason == "status report: group status ACTC"
 
 
 def test_group_reject_and_garbage() -> None:
@@ -299,7 +310,8 @@ def test_group_reject_and_garbage() -> None:
         b"<OrgnlMsgNmId>pacs.008.001.08</OrgnlMsgNmId><GrpSts>RJCT</GrpSts><StsRsnInf><Rsn><Cd>FF01</Cd></Rsn></StsRsnInf>",
     )
     first = read_status_report(whole)[0]
-    assert (first.code, first.rail_reference, first.payout_id) == ("FF01", "fn-po-77", None)
+    assert (first.kind, first.code, first.rail_reference, first.payout_id) == ("reject", "FF01", "fn-po-77", None)
+    assert "acknowledgement" not in {r.kind for r in read_status_report(whole)}, "a rejected message is not acked"
     with pytest.raises(BankFileError, match="well-formed"):
         read_status_report(b"<Document>")
     with pytest.raises(BankFileError, match="status report"):

@@ -435,6 +435,11 @@ def read_status_report(content: bytes) -> list[RailReturn]:
     end-to-end id is our payout id), and one per group or payment-information block rejected as a
     whole (``rail_reference`` is then the original message or PmtInf id, ``payout_id`` None: every
     payout of it is rejected). Accepted statuses (ACSC, ACCP, ACTC, PDNG …) are not returns.
+
+    A report about a message that the bank did not reject as a whole (a group status other than
+    ``RJCT``, or none) also proves the message arrived: one ``acknowledgement`` first, its
+    ``rail_reference`` and ``original_message_id`` the original message id (the file's MsgId). The
+    payouts worker moves a ``submitted`` file to ``acknowledged`` on it; its rejects still apply.
     Raises BankFileError when the bytes are not such a report.
     """
     try:
@@ -447,9 +452,20 @@ def read_status_report(content: bytes) -> list[RailReturn]:
     found: list[RailReturn] = []
     group = _child(report, "OrgnlGrpInfAndSts")
     original_msg = _text(group, "OrgnlMsgId")
-    if _text(group, "GrpSts") == "RJCT":
+    group_status = _text(group, "GrpSts")
+    if group_status == "RJCT":
         code, words = _reason(group)
         found.append(RailReturn("reject", code, original_msg or "", words, original_message_id=original_msg))
+    elif original_msg:
+        found.append(
+            RailReturn(
+                "acknowledgement",
+                group_status or "",
+                original_msg,
+                f"status report: group status {group_status}" if group_status else "status report",
+                original_message_id=original_msg,
+            )
+        )
     blocks = [c for c in report if isinstance(c.tag, str) and _local(c) == "OrgnlPmtInfAndSts"]
     transactions = [c for c in report if isinstance(c.tag, str) and _local(c) == "TxInfAndSts"]
     for block in blocks:

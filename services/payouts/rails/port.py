@@ -44,7 +44,7 @@ __all__ = [
 PayeeKind = Literal["individual", "business"]
 """Who receives the money: decides e.g. the NACHA SEC code (PPD for individuals, CCD for businesses)."""
 
-ReturnKind = Literal["return", "notification_of_change", "reject"]
+ReturnKind = Literal["return", "notification_of_change", "reject", "acknowledgement"]
 """``return``: the money came back (ACH return, R-code). ``notification_of_change``: the payment went
 through but the payee's details must be corrected (ACH NOC, C-code). ``reject``: the payment was
 refused before settlement (pacs.002/pain.002 ``RJCT``)."""
