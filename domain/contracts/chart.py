@@ -247,6 +247,16 @@ def processor_clearing(gateway: str, currency: str) -> AccountSpec:
     )
 
 
+def bank_fees(currency: str) -> AccountSpec:
+    return AccountSpec(
+        f"{PLATFORM}:bank_fees:{currency}",
+        currency,
+        "expense",
+        PLATFORM,
+        description="fees the bank charged on our accounts (posted from reconciled statement lines)",
+    )
+
+
 def processor_fees(gateway: str, currency: str) -> AccountSpec:
     return AccountSpec(
         f"{PLATFORM}:processor_fees:{gateway}:{currency}",

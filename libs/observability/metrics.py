@@ -76,8 +76,13 @@ WEBHOOK_EVENTS = Counter(
 )
 RECONCILE_BREAKS = Gauge(
     "settle_reconcile_breaks",
-    "Breaks of the last reconciliation run (R17) by reason and age bucket (0-3d, 4-7d, 8-30d, 31d+)",
+    "Unexplained breaks of the last reconciliation run (R17) by reason and age bucket (0-3d, 4-7d, 8-30d, 31d+)",
     ["reason", "age_bucket"],
+)
+RECONCILE_EXPLAINED = Gauge(
+    "settle_reconcile_explained_breaks",
+    "Breaks of the last reconciliation run that an operator explained (settle breaks explain), by reason",
+    ["reason"],
 )
 RECONCILE_OVERDUE = Gauge(
     "settle_reconcile_overdue_breaks",

@@ -35,6 +35,9 @@ sagas_app = typer.Typer(
 payouts_app = typer.Typer(
     help="Supplier payouts (R15): list, show, plan --dry-run, hold, release.", no_args_is_help=True
 )
+breaks_app = typer.Typer(
+    help="Reconciliation breaks (R17): explain one, post a bank fee the ledger does not know.", no_args_is_help=True
+)
 bank_app = typer.Typer(help="Bank statements (camt.053, BAI2) for reconciliation (R17).", no_args_is_help=True)
 processor_app = typer.Typer(
     help="Processor reports (balance transactions) for reconciliation (R17).", no_args_is_help=True

@@ -71,9 +71,10 @@ def build_app() -> typer.Typer:
     app.command("rebuild")(replay.rebuild)
     app.add_typer(replay.archive_app, name="archive")
     from services.cli import reconcile  # noqa: F401
-    from services.cli.app import bank_app, processor_app
+    from services.cli.app import bank_app, breaks_app, processor_app
 
     app.add_typer(bank_app, name="bank")
+    app.add_typer(breaks_app, name="breaks")
     app.add_typer(processor_app, name="processor")
     return app
 

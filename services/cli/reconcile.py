@@ -19,13 +19,20 @@ from rich.table import Table
 from libs.errors import ConfigurationError
 from libs.money import format_minor
 from libs.times import parse_utc
-from services.cli.app import app, bank_app, processor_app
+from services.cli.app import app, bank_app, breaks_app, processor_app
 from services.cli.runtime import console, database, run_async
 from services.payouts.rails.port import BankFileError
 from services.reconcile import metrics as reconcile_metrics
 from services.reconcile.domain.matching import MAX_WINDOW_DAYS, Reconciliation, Record
 from services.reconcile.imports import line_of_transaction, read_bank_file, read_processor_file
-from services.reconcile.run import import_bank_file, import_processor_lines, run_reconciliation
+from services.reconcile.run import (
+    BreakActionRefused,
+    explain_break,
+    import_bank_file,
+    import_processor_lines,
+    post_bank_fee,
+    run_reconciliation,
+)
 from services.reconcile.store import record_json, totals_json
 
 EXIT_BREAKS = 1
@@ -168,16 +175,19 @@ def report_json(result: Reconciliation, run_id: int | None, not_booked: int, *, 
         "matches": {"count": len(result.matches), "by_leg_and_how": dict(sorted(by_how.items()))},
         "breaks": [
             {
+                "break_no": n,
                 "reason": b.reason,
                 "leg": b.leg,
                 "age_days": b.age_days,
                 "overdue": b.overdue,
+                "explanation": b.explanation,
                 "records": [_amount_json(r) for r in b.records],
             }
-            for b in result.breaks
+            for n, b in enumerate(result.breaks, start=1)
         ],
         "breaks_by_reason": dict(sorted(Counter(b.reason for b in result.breaks).items())),
         "overdue": len(result.overdue_breaks),
+        "explained": len(result.explained_breaks),
         "bank_lines_not_booked": not_booked,
     }
     if with_matches:
@@ -210,15 +220,18 @@ def print_report(result: Reconciliation, run_id: int | None, not_booked: int, *,
         + f"); {not_booked} bank line(s) pending or informational, not matched"
     )
     if result.breaks:
-        table = Table("reason", "leg", "age (d)", "overdue", "records involved", title="Breaks")
-        ordered = sorted(result.breaks, key=lambda b: (not b.overdue, -b.age_days, b.reason))
-        for b in ordered[:max_breaks]:
+        table = Table("#", "reason", "leg", "age (d)", "overdue", "records involved", title="Breaks")
+        numbered = list(enumerate(result.breaks, start=1))  # the number `settle breaks explain` takes
+        ordered = sorted(numbered, key=lambda nb: (not nb[1].overdue, bool(nb[1].explanation), -nb[1].age_days))
+        for n, b in ordered[:max_breaks]:
+            records = "\n".join(_record_text(r) for r in b.records)
             table.add_row(
+                str(n),
                 b.reason,
                 b.leg,
                 str(b.age_days),
-                "[bold red]yes[/]" if b.overdue else "no",
-                escape("\n".join(_record_text(r) for r in b.records)),  # ids and texts are not markup
+                "[bold red]yes[/]" if b.overdue else "explained" if b.explanation else "no",
+                escape(records + (f"\nexplained: {b.explanation}" if b.explanation else "")),  # not markup
             )
         console.print(table)
         if len(ordered) > max_breaks:
@@ -227,7 +240,8 @@ def print_report(result: Reconciliation, run_id: int | None, not_booked: int, *,
     console.print(
         f"{len(result.breaks):,} break(s)"
         + (" (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")" if reasons else "")
-        + f"; [bold]{len(result.overdue_breaks)} overdue[/] (older than the window, not timing)"
+        + f"; [bold]{len(result.overdue_breaks)} overdue[/] (older than the window, not timing, not explained)"
+        + (f"; {len(result.explained_breaks)} explained by an operator" if result.explained_breaks else "")
     )
 
 
@@ -276,3 +290,42 @@ async def reconcile_cmd(
         print_report(result, run_id, not_booked, max_breaks=max_breaks)
     if result.overdue_breaks:
         raise typer.Exit(EXIT_BREAKS)
+
+
+RunArgument = Annotated[int, typer.Argument(help="The run id (`settle reconcile` prints it).")]
+BreakArgument = Annotated[int, typer.Argument(help="The break's number in that run (the # column, `break_no`).")]
+ByOption = Annotated[str, typer.Option("--by", help="Who acts (kept in the audit trail).")]
+WhyOption = Annotated[str, typer.Option("--reason", help="Why (kept in the audit trail and shown on the break).")]
+
+
+@breaks_app.command("explain")
+@run_async
+async def reconcile_explain(run_id: RunArgument, break_no: BreakArgument, reason: WhyOption, by: ByOption) -> None:
+    """Explain a break: its records stay unmatched, but while no unexplained record joins it the break is
+    listed as explained with your reason and is never overdue (the run's exit code and alert ignore it)."""
+    if not reason.strip() or not by.strip():
+        raise ConfigurationError("--reason and --by must not be empty (the audit trail)")
+    async with database() as pool, pool.acquire() as conn:
+        try:
+            n = await explain_break(conn, run_id, break_no, reason=reason.strip(), by=by.strip())
+        except BreakActionRefused as exc:
+            raise ConfigurationError(str(exc)) from None
+    console.print(f"break {break_no} of run {run_id}: {n} record(s) explained" + ("" if n else " (already were)"))
+
+
+@breaks_app.command("post-fee")
+@run_async
+async def reconcile_post_fee(run_id: RunArgument, break_no: BreakArgument, reason: WhyOption, by: ByOption) -> None:
+    """Post a bank fee the ledger does not know: a missing_in_ledger break of one bank debit becomes
+    Dr bank_fees / Cr cash_clearing on the line's date; the next run matches it. Once per bank line."""
+    if not reason.strip() or not by.strip():
+        raise ConfigurationError("--reason and --by must not be empty (the audit trail)")
+    async with database() as pool, pool.acquire() as conn:
+        try:
+            entry_id = await post_bank_fee(conn, run_id, break_no, reason=reason.strip(), by=by.strip())
+        except BreakActionRefused as exc:
+            raise ConfigurationError(str(exc)) from None
+    if entry_id is None:
+        console.print(f"break {break_no} of run {run_id}: that bank line's fee was posted before; nothing changed")
+    else:
+        console.print(f"break {break_no} of run {run_id}: bank fee posted (entry {entry_id}); reconcile again")

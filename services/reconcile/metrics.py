@@ -15,10 +15,12 @@ AGE_BUCKETS = ("0-3d", "4-7d", "8-30d", "31d+")
 
 def observe(result: Reconciliation) -> None:
     """Set every gauge (zero for the reason/bucket pairs the run did not find: series stay continuous)."""
-    counts = Counter((b.reason, age_bucket(b.age_days)) for b in result.breaks)
+    counts = Counter((b.reason, age_bucket(b.age_days)) for b in result.breaks if not b.explanation)
+    explained = Counter(b.reason for b in result.explained_breaks)
     for reason in REASONS:
         for bucket in AGE_BUCKETS:
             metrics.RECONCILE_BREAKS.labels(reason=reason, age_bucket=bucket).set(counts[(reason, bucket)])
+        metrics.RECONCILE_EXPLAINED.labels(reason=reason).set(explained[reason])
     metrics.RECONCILE_OVERDUE.set(len(result.overdue_breaks))
     matched = Counter(r.source for m in result.matches for r in m.records)
     for source in ("ledger", "processor", "bank"):

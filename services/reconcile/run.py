@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
+from typing import Any
 
 import asyncpg
 
@@ -16,8 +18,8 @@ from libs.messaging.outbox import Emitter, write_outbox
 from schemas import topics
 from schemas.events import PayoutSettlementConfirmed
 from services.reconcile import store
-from services.reconcile.domain.entries import ProcessorLine, report_entries
-from services.reconcile.domain.matching import DEFAULT_WINDOW_DAYS, Reconciliation, reconcile
+from services.reconcile.domain.entries import ProcessorLine, bank_fee_entry, report_entries
+from services.reconcile.domain.matching import DEFAULT_WINDOW_DAYS, Reconciliation, explain, reconcile
 from services.reconcile.domain.sources import (
     BankEntry,
     LedgerPosting,
@@ -110,6 +112,7 @@ async def run_reconciliation(
         as_of=as_of,
         window_days=window_days,
     )
+    result = explain(result, await store.explanations(conn))
     run_id = None
     if save:
         async with conn.transaction():
@@ -143,3 +146,66 @@ async def confirm_payouts(conn: asyncpg.Connection, confirmations: Sequence[Payo
             correlation_id=c.reference,
         )
     await write_outbox(conn, emitter.drain())
+
+
+class BreakActionRefused(Exception):
+    """An operator action that does not fit the break (the message says why)."""
+
+
+async def _break_keys(conn: asyncpg.Connection, run_id: int, break_no: int) -> tuple[asyncpg.Record, list[Any]]:
+    row = await store.stored_break(conn, run_id, break_no)
+    if row is None:
+        raise BreakActionRefused(f"run {run_id} has no break {break_no} (see `settle reconcile --json`)")
+    records = row["records"]  # jsonb: decoded by the pool's codec, or text on a bare connection
+    return row, json.loads(records) if isinstance(records, str) else list(records)
+
+
+async def explain_break(conn: asyncpg.Connection, run_id: int, break_no: int, *, reason: str, by: str) -> int:
+    """An operator explains a stored break: each of its records is explained (audited), so the break —
+    in this and every later run, while no unexplained record joins it — is never overdue. Returns the
+    records newly explained (0: all were already)."""
+    async with conn.transaction():
+        _, records = await _break_keys(conn, run_id, break_no)
+        keys = [(r["source"], r["source_id"]) for r in records]
+        return await store.save_explanations(
+            conn, keys, action="explained", reason=reason, by=by, run_id=run_id, break_no=break_no
+        )
+
+
+async def post_bank_fee(conn: asyncpg.Connection, run_id: int, break_no: int, *, reason: str, by: str) -> str | None:
+    """Post the fee of a stored ``missing_in_ledger`` break made of one bank debit (``Dr bank_fees / Cr
+    cash_clearing`` on the line's date, :func:`~services.reconcile.domain.entries.bank_fee_entry`),
+    audited. The next run matches the entry with the line. Returns the entry id, None when that line's
+    fee was posted before."""
+    async with conn.transaction():
+        row, records = await _break_keys(conn, run_id, break_no)
+        if row["reason"] != "missing_in_ledger" or len(records) != 1:
+            raise BreakActionRefused(f"break {break_no} is {row['reason']} of {len(records)} record(s): a bank fee is "
+                                     "one bank line the ledger does not know (missing_in_ledger)")  # fmt: skip
+        [line] = records
+        if (line["source"], line["direction"]) != ("bank", "out"):
+            raise BreakActionRefused(f"break {break_no} is a {line['source']} record going {line['direction']}: "
+                                     "a bank fee is a bank debit")  # fmt: skip
+        entry, specs = bank_fee_entry(
+            line_id=line["source_id"],
+            amount_minor=int(line["amount_minor"]),
+            currency=line["currency"],
+            on=datetime.combine(date.fromisoformat(line["date"]), time(0), UTC),
+            references=line["references"],
+            reason=reason,
+        )
+        written = await store.save_explanations(
+            conn,
+            [("bank", line["source_id"])],
+            action="bank_fee_posted",
+            reason=reason,
+            by=by,
+            run_id=run_id,
+            break_no=break_no,
+            entry_id=entry.id,
+        )
+        if not written:
+            return None
+        await ensure_accounts(conn, specs)
+        await post(conn, [entry])
+        return entry.id

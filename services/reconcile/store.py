@@ -220,10 +220,10 @@ async def save_run(conn: asyncpg.Connection, result: Reconciliation) -> int:
         [json.dumps([record_json(r) for r in m.records]) for m in result.matches],
     )
     await conn.execute(
-        """insert into reconcile.breaks (run_id, break_no, reason, leg, age_days, overdue, records)
-           select $1, n, reason, leg, age, overdue, records::jsonb
-             from unnest($2::int[], $3::text[], $4::text[], $5::int[], $6::bool[], $7::text[])
-                  as t (n, reason, leg, age, overdue, records)""",
+        """insert into reconcile.breaks (run_id, break_no, reason, leg, age_days, overdue, records, explanation)
+           select $1, n, reason, leg, age, overdue, records::jsonb, explanation
+             from unnest($2::int[], $3::text[], $4::text[], $5::int[], $6::bool[], $7::text[], $8::text[])
+                  as t (n, reason, leg, age, overdue, records, explanation)""",
         run_id,
         list(range(1, len(result.breaks) + 1)),
         [b.reason for b in result.breaks],
@@ -231,5 +231,47 @@ async def save_run(conn: asyncpg.Connection, result: Reconciliation) -> int:
         [b.age_days for b in result.breaks],
         [b.overdue for b in result.breaks],
         [json.dumps([record_json(r) for r in b.records]) for b in result.breaks],
+        [b.explanation for b in result.breaks],
     )
     return run_id
+
+
+async def explanations(conn: asyncpg.Connection) -> dict[tuple[str, str], str]:
+    """Every record an operator explained: (source, source id) → "reason (by)"."""
+    rows = await conn.fetch(
+        "select source, source_id, reason, requested_by from reconcile.explanations where action = 'explained'"
+    )
+    return {(r["source"], r["source_id"]): f"{r['reason']} ({r['requested_by']})" for r in rows}
+
+
+async def stored_break(conn: asyncpg.Connection, run_id: int, break_no: int) -> asyncpg.Record | None:
+    return await conn.fetchrow("select * from reconcile.breaks where run_id = $1 and break_no = $2", run_id, break_no)
+
+
+async def save_explanations(
+    conn: asyncpg.Connection,
+    keys: Sequence[tuple[str, str]],
+    *,
+    action: str,
+    reason: str,
+    by: str,
+    run_id: int,
+    break_no: int,
+    entry_id: str | None = None,
+) -> int:
+    """One audit row per record (the first action on a record stays); returns the rows written."""
+    status = await conn.execute(
+        """insert into reconcile.explanations (source, source_id, action, reason, requested_by, run_id, break_no,
+               entry_id)
+           select source, source_id, $3, $4, $5, $6, $7, $8 from unnest($1::text[], $2::text[]) as t (source, source_id)
+           on conflict do nothing""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        action,
+        reason,
+        by,
+        run_id,
+        break_no,
+        entry_id,
+    )
+    return int(status.split()[-1])

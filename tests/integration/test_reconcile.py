@@ -24,7 +24,7 @@ from lxml import etree
 from lxml.builder import ElementMaker
 
 from domain.contracts import chart
-from libs.ledger import AccountSpec, build_entry, credit, debit, ensure_accounts, post, reverse
+from libs.ledger import AccountSpec, balances, build_entry, credit, debit, ensure_accounts, post, reverse, verify
 from libs.money import minor_to_ledger
 from services.payouts.rails.iso20022 import schema
 from tests.conftest import Stack
@@ -286,6 +286,51 @@ async def test_reconciliation_story(stack: Stack, tmp_path: Path) -> None:
         "3 overdue",
     ):
         assert text in table.stdout, table.stdout
+
+    # --- an operator acts on the three breaks of the first run ------------------------------------------
+    numbered = {b["records"][0]["amount"]: b["break_no"] for b in body["breaks"]}
+    run_id = str(body["run_id"])
+    who = ("--by", "finance@test")
+    refused = settle(stack, "breaks", "post-fee", run_id, str(numbered["77.77"]), "--reason", "fee?", *who)
+    assert refused.returncode == 2 and "bank debit" in refused.stderr + refused.stdout  # a credit is no fee
+    fee = settle(stack, "breaks", "post-fee", run_id, str(numbered["25.00"]), "--reason", "monthly fee", *who)
+    assert fee.returncode == 0 and "bank fee posted" in fee.stdout, fee.stderr
+    again = settle(stack, "breaks", "post-fee", run_id, str(numbered["25.00"]), "--reason", "monthly fee", *who)
+    assert again.returncode == 0 and "posted before" in again.stdout, again.stderr
+    assert settle(stack, "breaks", "explain", run_id, "99", "--reason", "x", *who).returncode == 2
+    credit = settle(stack, "breaks", "explain", run_id, str(numbered["77.77"]), "--reason", "interest, INC-9", *who)
+    assert credit.returncode == 0, credit.stderr
+    after = settle(stack, "reconcile", "--date", "2026-12-10", "--json")
+    after_body = json.loads(after.stdout)
+    # The fee now matches its line (by amount and date); the credit is still a break, explained, not overdue;
+    # the missing receipt is still overdue: exit 1 until it is explained too.
+    assert (after_body["matches"]["count"], after_body["overdue"], after_body["explained"]) == (8, 1, 1)
+    [explained] = [b for b in after_body["breaks"] if b["explanation"]]
+    assert (explained["reason"], explained["overdue"], explained["explanation"]) == (
+        "missing_in_ledger",
+        False,
+        "interest, INC-9 (finance@test)",
+    )
+    assert after.returncode == 1
+    receipt = settle(stack, "breaks", "explain", str(after_body["run_id"]),
+                     str(next(b["break_no"] for b in after_body["breaks"] if b["reason"] == "missing_in_bank")),
+                     "--reason", "wire recalled by the renter's bank", *who)  # fmt: skip
+    assert receipt.returncode == 0, receipt.stderr
+    final = settle(stack, "reconcile", "--date", "2026-12-10")
+    assert final.returncode == 0, final.stdout
+    assert "0 overdue" in final.stdout and "2 explained by an operator" in final.stdout, final.stdout
+    async with stack.pool.acquire() as conn:
+        audit = await conn.fetch(
+            "select source, action, requested_by from reconcile.explanations order by action, source"
+        )
+        ledger = {b.code: b.balance_units for b in await balances(conn)}
+        assert (await verify(conn)).ok
+    assert ledger[chart.bank_fees("USD").code] == minor_to_ledger(2500, "USD")
+    assert [(a["source"], a["action"]) for a in audit] == [
+        ("bank", "bank_fee_posted"),
+        ("bank", "explained"),
+        ("ledger", "explained"),
+    ]
 
 
 async def test_processor_import_pulls_balance_transactions_from_fakepsp_over_http(stack: Stack, tmp_path: Path) -> None:

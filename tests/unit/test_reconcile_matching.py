@@ -15,6 +15,7 @@ from services.reconcile.domain.matching import (
     Record,
     age_bucket,
     business_days_between,
+    explain,
     normalize_references,
     reconcile,
 )
@@ -122,6 +123,37 @@ def test_young_leftovers_are_timing_old_ones_are_missing_and_overdue() -> None:
     assert (by_id["L-new"].reason, by_id["L-new"].age_days, by_id["L-new"].overdue) == ("timing", 1, False)
     assert (by_id["B-old"].reason, by_id["B-old"].age_days) == ("missing_in_ledger", 33)
     assert len(result.overdue_breaks) == 2
+
+
+def test_an_explained_break_keeps_its_records_and_reason_but_is_never_overdue() -> None:
+    result = reconcile(
+        [ledger("L-old", 100, date(2026, 11, 20)), ledger("L-mis", 500, date(2026, 11, 2), refs=("inv-000123",))],
+        [],
+        [bank("B-old", 300, date(2026, 11, 1)), bank("B-mis", 600, date(2026, 11, 2), refs=("inv-000123",))],
+        as_of=AS_OF,
+    )
+    assert len(result.overdue_breaks) == 3  # two missing, one amount mismatch holding L-mis and B-mis
+    done = explain(result, {("bank", "B-old"): "interest (ops)", ("ledger", "L-mis"): "being checked (ops)"})
+    by_id = {b.records[0].source_id: b for b in done.breaks}
+    old = by_id["B-old"]
+    assert (old.reason, old.age_days, old.overdue, old.explanation) == (
+        "missing_in_ledger",
+        33,
+        False,
+        "interest (ops)",
+    )
+    # one record of the mismatch is explained, not the other: still overdue, still unexplained
+    [mismatch] = [b for b in done.breaks if b.reason == "amount_mismatch"]
+    assert (mismatch.overdue, mismatch.explanation) == (True, "")
+    assert {b.records[0].source_id for b in done.overdue_breaks} == {"L-old", mismatch.records[0].source_id}
+    assert [b.records for b in done.explained_breaks] == [old.records]
+    # explanations change nothing else: matches, totals and every break's records stay
+    assert (done.matches, done.totals, [b.records for b in done.breaks]) == (
+        result.matches,
+        result.totals,
+        [b.records for b in result.breaks],
+    )
+    assert explain(result, {}) is result
 
 
 def test_a_repeated_line_with_a_matched_reference_is_a_duplicate() -> None:

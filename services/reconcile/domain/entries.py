@@ -31,6 +31,7 @@ from libs.ids import derive_id
 from libs.ledger.postings import AccountSpec, Entry, build_entry, credit, debit
 from libs.money import minor_to_ledger
 
+BANK_FEE_KIND = "reconcile.bank_fee"
 FEE_KIND = "reconcile.processor_fee"
 PAYOUT_KIND = "reconcile.processor_payout"
 REPORT_KINDS = (FEE_KIND, PAYOUT_KIND)
@@ -103,3 +104,28 @@ def report_entries(lines: Iterable[ProcessorLine]) -> tuple[list[Entry], list[Ac
             entries.append(entry)
             specs[cash.code], specs[clearing.code] = cash, clearing
     return entries, list(specs.values())
+
+
+def bank_fee_entry(
+    *, line_id: str, amount_minor: int, currency: str, on: datetime, references: Iterable[str], reason: str
+) -> tuple[Entry, list[AccountSpec]]:
+    """A fee the bank took from our account, seen only on its statement (a ``missing_in_ledger`` bank
+    debit) and posted by an operator (``settle reconcile post-fee``)::
+
+        Dr platform bank_fees   f      Cr platform cash_clearing   f
+
+    Once per bank line (id and cause derive from the line's hash). The description names the line's
+    references, so the next run matches the entry with the line by reference."""
+    fees, cash = chart.bank_fees(currency), chart.cash_clearing(currency)
+    units = minor_to_ledger(amount_minor, currency)
+    refs = " ".join(references)
+    entry = build_entry(
+        id=derive_id("reconcile.bank_fee", line_id),
+        cause_id=f"bank:{line_id}",
+        kind=BANK_FEE_KIND,
+        occurred_at=on,
+        description=f"bank fee {refs} ({reason})"[:500] if refs else f"bank fee ({reason})"[:500],
+        postings=[debit(fees.code, units, currency), credit(cash.code, units, currency)],
+    )
+    assert entry is not None, "a fee is never zero"
+    return entry, [fees, cash]

@@ -41,7 +41,7 @@ A break's age is in calendar days from its oldest record's date to the reconcili
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
@@ -129,7 +129,14 @@ class Break:
     """Calendar days from the oldest record's date to the reconciliation date."""
     records: tuple[Record, ...]
     overdue: bool
-    """Older than the window (business days): an operator must act; ``timing`` breaks never are."""
+    """Older than the window (business days): an operator must act; ``timing`` breaks never are, nor
+    explained ones."""
+    explanation: str = ""
+    """An operator's explanation of every record of the break (:func:`explain`); empty: unexplained."""
+
+    @property
+    def keys(self) -> tuple[tuple[str, str], ...]:
+        return tuple((r.source, r.source_id) for r in self.records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +159,26 @@ class Reconciliation:
     @property
     def overdue_breaks(self) -> tuple[Break, ...]:
         return tuple(b for b in self.breaks if b.overdue)
+
+    @property
+    def explained_breaks(self) -> tuple[Break, ...]:
+        return tuple(b for b in self.breaks if b.explanation)
+
+
+def explain(result: Reconciliation, explanations: Mapping[tuple[str, str], str]) -> Reconciliation:
+    """Operators' explanations applied: a break *every* record of which (source, source id) an operator
+    explained keeps its reason, age and records — it is still a break, its amounts still unmatched — but
+    carries the explanation and is never overdue. A break with one record nobody explained (a new line
+    joined it) stays as it is. Matching never reads explanations: they cannot make anything match."""
+    if not explanations:
+        return result
+    breaks = []
+    for b in result.breaks:
+        if all(k in explanations for k in b.keys):
+            text = "; ".join(dict.fromkeys(explanations[k] for k in b.keys))
+            b = Break(b.reason, b.leg, b.age_days, b.records, False, text)
+        breaks.append(b)
+    return Reconciliation(result.as_of, result.window_days, result.matches, tuple(breaks), result.totals)
 
 
 # ------------------------------------------------------------------------------------------ calendar
