@@ -128,6 +128,20 @@ async def payouts_release(payout_id: str, reason: ReasonOption, actor: ActorOpti
     console.print(f"released {result.payout_id} (audit #{result.action_id}): {result.from_state} → {result.to_state}")
 
 
+@payouts_app.command("retry")
+@run_async
+async def payouts_retry(payout_id: str, reason: ReasonOption, actor: ActorOption = None) -> None:
+    """One more attempt of a returned or rejected payout that R16 would not send again (its details did not
+    change): the next file round sends it with the supplier's latest payee details. Audited; once per
+    failed attempt."""
+    async with database() as pool, pool.acquire() as conn, conn.transaction():
+        result = await operator.retry(conn, payout_id, reason=reason, actor=actor or audit.default_actor())
+    console.print(
+        f"retry of {result.payout_id} asked (audit #{result.action_id}); the next file round sends it — "
+        f"`settle payouts show {result.payout_id}`"
+    )
+
+
 # --- payout files (R16) -----------------------------------------------------------------------------------
 files_app = typer.Typer(help="Payout files (R16): list, show, ack (the bank accepted a file).", no_args_is_help=True)
 returns_app = typer.Typer(help="The bank's returns, NOCs and rejects of payout files (R16).", no_args_is_help=True)

@@ -166,7 +166,8 @@ class Candidate:
 
 async def _candidates(conn: asyncpg.Connection, tick: datetime) -> list[Candidate]:
     """Payouts to put in a file now: planned ones not in a live file item (their planning payee), those
-    waiting for an operator (routed again with the latest payee) and failed ones R16 lets go again."""
+    waiting for an operator (routed again with the latest payee) and failed ones R16 — or an operator's
+    ``settle payouts retry`` — lets go again."""
     out: list[Candidate] = []
     rows = await conn.fetch(
         """select p.* from payouts.payouts p
@@ -187,11 +188,20 @@ async def _candidates(conn: asyncpg.Connection, tick: datetime) -> list[Candidat
         if row["state"] == "waiting_operator":
             out.append(Candidate(row, max(row["attempt"], 0) + 1, latest, retry=row["attempt"] > 0))
             continue
-        if row["state"] in ("returned", "rejected") and may_retry(
-            await _failed_attempts(conn, row["payout_id"]), latest["event_id"]
+        if row["state"] in ("returned", "rejected") and (
+            may_retry(await _failed_attempts(conn, row["payout_id"]), latest["event_id"])
+            or await _operator_retry(conn, row["payout_id"], row["attempt"])
         ):
             out.append(Candidate(row, row["attempt"] + 1, latest, retry=True))
     return out
+
+
+async def _operator_retry(conn: asyncpg.Connection, payout_id: str, attempt: int) -> bool:
+    """``settle payouts retry``: an operator asked for one more attempt after this failed one."""
+    found = await conn.fetchval(
+        "select 1 from payouts.retry_overrides where payout_id = $1 and after_attempt = $2", payout_id, attempt
+    )
+    return found is not None
 
 
 TRACES_PER_PAYOUT = 2

@@ -4,7 +4,9 @@
 * :func:`dry_run` — what planning would decide at an instant, read-only (nothing written);
 * :func:`hold` / :func:`release` — an operator's hold or release of a payout, in ONE transaction
   with its audit row (``payouts.operator_actions``), the ledger move between in transit and on hold, and
-  the ``payout.held`` / ``payout.released`` event in the outbox (the relay publishes it).
+  the ``payout.held`` / ``payout.released`` event in the outbox (the relay publishes it);
+* :func:`retry` — one more attempt of a returned or rejected payout that R16 would not send again
+  (audited; the file round sends it, ledgered as any retry).
 """
 
 from __future__ import annotations
@@ -204,6 +206,44 @@ async def hold(conn: asyncpg.Connection, payout_id: str, *, reason: str, actor: 
 async def release(conn: asyncpg.Connection, payout_id: str, *, reason: str, actor: str) -> ActionResult:
     """An on-hold payout becomes planned again (the rails may send it). The caller owns the transaction."""
     return await _act(conn, payout_id, hold=False, reason=reason, actor=actor)
+
+
+async def retry(conn: asyncpg.Connection, payout_id: str, *, reason: str, actor: str) -> ActionResult:
+    """An operator's retry of a returned or rejected payout R16 would not send again (its details did not
+    change; e.g. the supplier confirmed them, or the reject was the bank's outage): the next file round
+    sends one more attempt with the supplier's latest payee details (``Dr payable / Cr in transit`` then,
+    as for any retry). Once per failed attempt. The caller owns the transaction."""
+    text = reason.strip()
+    if not text:
+        raise OperatorRequestError("say why (--reason TEXT): the audit keeps it")
+    if len(text) > limits.MAX_TEXT_CHARS * 4:
+        raise OperatorRequestError(f"the reason is {len(text)} characters; at most {limits.MAX_TEXT_CHARS * 4}")
+    row = await store.payout(conn, payout_id, lock=True)
+    if row is None:
+        raise OperatorRequestError(f"no payout {payout_id!r} (settle payouts list shows them)")
+    state = row["state"]
+    if state not in ("returned", "rejected"):
+        raise OperatorRequestError(f"payout {payout_id} is {state}: retry applies to returned or rejected payouts")
+    attempt = int(_get(row, "attempt") or 0)
+    if await conn.fetchval(
+        "select 1 from payouts.retry_overrides where payout_id = $1 and after_attempt = $2", payout_id, attempt
+    ):
+        raise OperatorRequestError(f"payout {payout_id}: attempt {attempt} was already retried by an operator")
+    action_id: int = await conn.fetchval(
+        """insert into payouts.operator_actions (actor, action, payout_id, reason, from_state, to_state)
+           values ($1, 'retry', $2, $3, $4, $4) returning id""",
+        actor[: limits.MAX_ID_CHARS],
+        payout_id,
+        text,
+        state,
+    )
+    await conn.execute(
+        "insert into payouts.retry_overrides (payout_id, after_attempt, action_id) values ($1, $2, $3)",
+        payout_id,
+        attempt,
+        action_id,
+    )
+    return ActionResult(payout_id, action_id, state, state)
 
 
 # --- payout files (R16) -----------------------------------------------------------------------------------

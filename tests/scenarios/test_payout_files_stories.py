@@ -334,6 +334,65 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
     assert all(r["n"] == 1 for r in rows)
 
 
+async def test_an_operator_retries_a_rejected_payout_r16_would_not_send_again(stack: Stack, tmp_path: Path) -> None:
+    """pacs.002 rejects a SEPA payout (AC04, details unchanged): R16 keeps it; `settle payouts retry` sends
+    attempt 2 to the same account in a new file, once; a payout that did not fail cannot be retried."""
+    bank_dir = tmp_path / "bank-outbox"
+    stack.settings = stack.settings.model_copy(update={"payout_outbox_dir": bank_dir, "payout_files_interval_s": 0.2})
+    jan1 = datetime(2026, 1, 1, tzinfo=UTC)
+    await publish(
+        stack,
+        [
+            payee("sup-rej", "EUR", "sepa", SEPA_2, at=jan1, n=1),
+            payee("sup-sepa", "EUR", "sepa", SEPA_1, at=jan1, n=1),
+            statement("sup-rej", "EUR", "45.50", 1),
+            statement("sup-sepa", "EUR", "80.00", 2),
+            *statements_closed("2026-01", datetime(2026, 2, 1, tzinfo=UTC)),
+        ],
+    )
+    async with running(stack, [PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.statements", 2, "two statements at payouts")
+        await wait_rows(stack, "select count(*) from payouts.payees", 2, "two payees")
+        await publish(stack, ticked(FEB2))
+        await wait_rows(stack, "select count(*) from payouts.payout_files where state = 'submitted'", 1, "the file")
+        [sepa_id] = list(await file_docs(stack))
+        shown = json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
+        rej = next(p for p in shown["payouts"] if p["amount"] == "45.50")
+        await publish(stack, [returns_message("sepa", pacs002_reject(shown["batch_id"], rej["ref"], "AC04"), 1)])
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'rejected'", 1, "the reject")
+        rejected = await payout_of(stack, "sup-rej")
+
+        refused = await settle_cli(stack, "payouts", "retry", (await payout_of(stack, "sup-sepa"))["payout_id"],
+                                   "--reason", "why not")  # fmt: skip
+        assert refused[0] != 0 and "returned or rejected" in refused[1] + refused[2], refused
+        await publish(stack, ticked(datetime(2026, 2, 3, tzinfo=UTC)))
+        await asyncio.sleep(1.0)  # five file rounds: R16 alone sends nothing (same payee)
+        assert len(await file_docs(stack)) == 1
+
+        code, out, err = await settle_cli(
+            stack, "payouts", "retry", rejected["payout_id"], "--reason", "bank confirmed the IBAN", "--actor", "ops"
+        )
+        assert code == 0 and "retry of" in out, out + err
+        again = await settle_cli(stack, "payouts", "retry", rejected["payout_id"], "--reason", "twice")
+        # refused: already asked, or (the round at 0.2 s was quicker) already sent again
+        assert again[0] != 0 and ("already retried" in again[2] or "is sent" in again[2]), again
+        await wait_rows(stack, "select count(*) from payouts.payout_files", 2, "the retry's file")
+        retried = await payout_of(stack, "sup-rej")
+        assert (retried["state"], retried["attempt"]) == ("sent", 2) and retried["file_id"] != sepa_id
+        pain = (bank_dir / (await file_docs(stack))[retried["file_id"]]["name"]).read_text()
+        assert "FR1420041010050500013M02606" in pain and '<InstdAmt Ccy="EUR">45.50</InstdAmt>' in pain
+        audit = await stack.pool.fetchrow(
+            "select actor, action, reason, from_state from payouts.operator_actions where payout_id = $1",
+            rejected["payout_id"],
+        )
+        assert tuple(audit) == ("ops", "retry", "bank confirmed the IBAN", "rejected")
+    # planned 45.50 (no invoicing here: the payable started at zero), rejected (credited back), retried
+    # (debited again, in transit again): in transit 80.00 + 45.50
+    assert await balance_units(stack, chart.payable("sup-rej", "EUR").code) == 4550 * UNITS // 100
+    assert await balance_units(stack, "platform:payouts_in_transit:EUR") == -(80 * UNITS + 4550 * UNITS // 100)
+    await assert_ledger_sound(stack)
+
+
 class KilledTransport(files.DirectoryTransport):
     """Writes part of the temp file, then 'dies' before the rename (the process was killed)."""
 
