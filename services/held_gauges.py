@@ -73,6 +73,8 @@ async def count_held(conn: asyncpg.Connection, service: str) -> list[HeldCount]:
             select 'quarantined_close' as kind, count(*) as n, min(updated_at) as oldest
               from invoicing.contract_state where blocked_reason is not null
             union all
+            select 'blocked_statement', count(*), min(blocked_at) from invoicing.statements_blocked
+            union all
             select 'contract_event', count(*), min(held_at) from invoicing.contract_events_held"""
     else:
         raise OperatorRequestError(f"no held data in service {service!r} (known: {', '.join(GAUGED)})")

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from services.cli.app import app, held_app, quarantine_app
+from services.cli.app import app, held_app, quarantine_app, statements_app
 from services.cli.runtime import console, database, run_async
 from services.operations import audit, held, quarantine
 
@@ -130,6 +130,28 @@ async def quarantine_retry(
     async with database() as pool, pool.acquire() as conn, conn.transaction():
         action_id = await quarantine.retry(conn, contract_id, reason=reason, actor=actor or audit.default_actor())
     console.print(f"{contract_id}: block cleared (audit #{action_id}); the closer retries it on its next round")
+
+
+@statements_app.command("blocked")
+@run_async
+async def statements_blocked(as_json: JsonOption = False) -> None:
+    """Supplier statements the close set aside (a rule broken, a bug): the reason, since when, and the
+    later statement that took their items (R12: nothing is lost, the next month's statement carries them)."""
+    async with database() as pool, pool.acquire() as conn:
+        rows = await quarantine.list_blocked_statements(conn)
+    if as_json:
+        for row in rows:
+            print(json.dumps(row.as_json()))
+        return
+    table = Table("supplier", "currency", "month", "blocked at", "items went to", "reason")
+    for row in rows:
+        doc = row.as_json()
+        table.add_row(
+            row.supplier_id, row.currency, row.month, doc["blocked_at"][:19] + "Z", row.carried_to or "(waiting)",
+            row.reason,
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"{len(rows)} blocked statement(s); fix the cause: the pair's next close states their items")
 
 
 # --- audit --------------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Quarantined invoice closes: a contract whose close broke a rule (or hit a bug) is set aside with the
 reason in ``invoicing.contract_state.blocked_reason`` and holds back its month's supplier statements
-(:mod:`services.invoicing.closer`). ``settle invoices quarantine list | retry``.
+(:mod:`services.invoicing.closer`). ``settle invoices quarantine list | retry``. A supplier statement
+whose close failed is set aside too (``invoicing.statements_blocked``; ``settle statements blocked``):
+read-only here — its items go to the pair's next statement.
 
 Retry clears the block (audited in ``settle.operator_actions``); the closer's next round picks the
 contract up like any due contract. If the cause is still there, the close fails again and the
@@ -96,3 +98,43 @@ async def retry(conn: asyncpg.Connection, contract_id: str, *, reason: str, acto
         contract_id,
     )
     return action_id
+
+
+@dataclass(frozen=True)
+class BlockedStatement:
+    """A supplier's statement of a month set aside by the close (it broke a rule, or hit a bug): the month
+    closed for everyone else, and this pair's items wait for its next month's statement."""
+
+    supplier_id: str
+    currency: str
+    month: str
+    reason: str
+    blocked_at: datetime
+    carried_to: str | None
+    """The month of the pair's next statement, if one was issued since (it took the blocked items)."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "supplier_id": self.supplier_id,
+            "currency": self.currency,
+            "month": self.month,
+            "reason": self.reason,
+            "blocked_at": self.blocked_at.astimezone(UTC).isoformat(),
+            "carried_to": self.carried_to,
+        }
+
+
+async def list_blocked_statements(conn: asyncpg.Connection) -> list[BlockedStatement]:
+    rows = await conn.fetch(
+        """select b.supplier_id, b.currency, b.month, b.reason, b.blocked_at,
+                  (select min(s.month) from invoicing.statements s
+                    where s.supplier_id = b.supplier_id and s.currency = b.currency and s.month > b.month)
+                    as carried_to
+             from invoicing.statements_blocked b
+            order by b.blocked_at, b.supplier_id, b.currency, b.month limit $1""",
+        limits.HELD_LIST_MAX,
+    )
+    return [
+        BlockedStatement(r["supplier_id"], r["currency"], r["month"], r["reason"], r["blocked_at"], r["carried_to"])
+        for r in rows
+    ]

@@ -341,8 +341,21 @@ async def test_quarantined_closes_are_listed_and_retried_with_an_audit(stack: St
                values ('c-bad', 0, '2026-03-01Z', '2026-04-01Z', 'R10: negative tax'),
                       ('c-good', 1, '2026-03-01Z', '2026-04-01Z', null)"""
         )
+        await conn.execute(
+            """insert into invoicing.statements_blocked (supplier_id, currency, month, reason)
+               values ('sup-x', 'EUR', '2026-02', 'R12: chargeback split does not sum')"""
+        )
         counts = {c.kind: c.count for c in await held_gauges.count_held(conn, "invoicing")}
-        assert counts == {"quarantined_close": 1, "contract_event": 0}
+        assert counts == {"quarantined_close": 1, "blocked_statement": 1, "contract_event": 0}
+        (blocked,) = await quarantine.list_blocked_statements(conn)
+        assert blocked.as_json() | {"blocked_at": None} == {
+            "supplier_id": "sup-x",
+            "currency": "EUR",
+            "month": "2026-02",
+            "reason": "R12: chargeback split does not sum",
+            "blocked_at": None,
+            "carried_to": None,  # no later statement of the pair yet
+        }
         (row,) = await quarantine.list_quarantined(conn)
         assert row.contract_id == "c-bad" and row.reason == "R10: negative tax"
         assert row.as_json()["next_close_at"] == "2026-04-01T00:00:00Z"
