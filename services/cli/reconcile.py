@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
@@ -36,6 +37,7 @@ from services.reconcile.run import (
 from services.reconcile.store import record_json, totals_json
 
 EXIT_BREAKS = 1
+T = TypeVar("T")
 
 
 @bank_app.command("import")
@@ -298,18 +300,23 @@ ByOption = Annotated[str, typer.Option("--by", help="Who acts (kept in the audit
 WhyOption = Annotated[str, typer.Option("--reason", help="Why (kept in the audit trail and shown on the break).")]
 
 
+async def _on_break(action: Callable[..., Awaitable[T]], run_id: int, break_no: int, reason: str, by: str) -> T:
+    """Run an operator's action on a stored break (reason and actor required); a refusal exits 2 with why."""
+    if not reason.strip() or not by.strip():
+        raise ConfigurationError("--reason and --by must not be empty (the audit trail)")
+    async with database() as pool, pool.acquire() as conn:
+        try:
+            return await action(conn, run_id, break_no, reason=reason.strip(), by=by.strip())
+        except BreakActionRefused as exc:
+            raise ConfigurationError(str(exc)) from None
+
+
 @breaks_app.command("explain")
 @run_async
 async def reconcile_explain(run_id: RunArgument, break_no: BreakArgument, reason: WhyOption, by: ByOption) -> None:
     """Explain a break: its records stay unmatched, but while no unexplained record joins it the break is
     listed as explained with your reason and is never overdue (the run's exit code and alert ignore it)."""
-    if not reason.strip() or not by.strip():
-        raise ConfigurationError("--reason and --by must not be empty (the audit trail)")
-    async with database() as pool, pool.acquire() as conn:
-        try:
-            n = await explain_break(conn, run_id, break_no, reason=reason.strip(), by=by.strip())
-        except BreakActionRefused as exc:
-            raise ConfigurationError(str(exc)) from None
+    n = await _on_break(explain_break, run_id, break_no, reason, by)
     console.print(f"break {break_no} of run {run_id}: {n} record(s) explained" + ("" if n else " (already were)"))
 
 
@@ -318,13 +325,7 @@ async def reconcile_explain(run_id: RunArgument, break_no: BreakArgument, reason
 async def reconcile_post_fee(run_id: RunArgument, break_no: BreakArgument, reason: WhyOption, by: ByOption) -> None:
     """Post a bank fee the ledger does not know: a missing_in_ledger break of one bank debit becomes
     Dr bank_fees / Cr cash_clearing on the line's date; the next run matches it. Once per bank line."""
-    if not reason.strip() or not by.strip():
-        raise ConfigurationError("--reason and --by must not be empty (the audit trail)")
-    async with database() as pool, pool.acquire() as conn:
-        try:
-            entry_id = await post_bank_fee(conn, run_id, break_no, reason=reason.strip(), by=by.strip())
-        except BreakActionRefused as exc:
-            raise ConfigurationError(str(exc)) from None
+    entry_id = await _on_break(post_bank_fee, run_id, break_no, reason, by)
     if entry_id is None:
         console.print(f"break {break_no} of run {run_id}: that bank line's fee was posted before; nothing changed")
     else:

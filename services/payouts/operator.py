@@ -141,7 +141,8 @@ class ActionResult:
     to_state: str
 
 
-async def _act(conn: asyncpg.Connection, payout_id: str, *, hold: bool, reason: str, actor: str) -> ActionResult:
+async def _request(conn: asyncpg.Connection, payout_id: str, reason: str) -> tuple[str, asyncpg.Record]:
+    """An operator's request on a payout: its reason checked (the audit keeps it), the payout locked."""
     text = reason.strip()
     if not text:
         raise OperatorRequestError("say why (--reason TEXT): the audit keeps it")
@@ -150,6 +151,11 @@ async def _act(conn: asyncpg.Connection, payout_id: str, *, hold: bool, reason: 
     row = await store.payout(conn, payout_id, lock=True)
     if row is None:
         raise OperatorRequestError(f"no payout {payout_id!r} (settle payouts list shows them)")
+    return text, row
+
+
+async def _act(conn: asyncpg.Connection, payout_id: str, *, hold: bool, reason: str, actor: str) -> ActionResult:
+    text, row = await _request(conn, payout_id, reason)
     want_from, to_state = ("planned", "on_hold") if hold else ("on_hold", "planned")
     if row["state"] != want_from:
         verb = "hold" if hold else "release"
@@ -213,14 +219,7 @@ async def retry(conn: asyncpg.Connection, payout_id: str, *, reason: str, actor:
     change; e.g. the supplier confirmed them, or the reject was the bank's outage): the next file round
     sends one more attempt with the supplier's latest payee details (``Dr payable / Cr in transit`` then,
     as for any retry). Once per failed attempt. The caller owns the transaction."""
-    text = reason.strip()
-    if not text:
-        raise OperatorRequestError("say why (--reason TEXT): the audit keeps it")
-    if len(text) > limits.MAX_TEXT_CHARS * 4:
-        raise OperatorRequestError(f"the reason is {len(text)} characters; at most {limits.MAX_TEXT_CHARS * 4}")
-    row = await store.payout(conn, payout_id, lock=True)
-    if row is None:
-        raise OperatorRequestError(f"no payout {payout_id!r} (settle payouts list shows them)")
+    text, row = await _request(conn, payout_id, reason)
     state = row["state"]
     if state not in ("returned", "rejected"):
         raise OperatorRequestError(f"payout {payout_id} is {state}: retry applies to returned or rejected payouts")
