@@ -124,17 +124,32 @@ async def run_reconciliation(
 async def confirm_payouts(conn: asyncpg.Connection, confirmations: Sequence[PayoutConfirmation], run_id: int) -> None:
     """R16/R17 feedback: each supplier payout matched to a posted bank transaction is confirmed to the
     payouts worker (``payout.settlement_confirmed`` on ``payouts.bank_results.v1``, through the outbox, in
-    the run's transaction). Ids derive from the payout key and the bank line: a later run confirming the
-    same match repeats the same event, which the payouts worker has already taken."""
+    the run's transaction). Ids derive from the payout key and the bank line, and each is sent once
+    (``reconcile.confirmations``): a later run confirming the same match sends nothing again."""
     emitter = Emitter("reconcile")
-    for c in confirmations:
+    ids = [derive_id("event", "payout.settlement_confirmed", c.reference, c.bank_record) for c in confirmations]
+    new = set(
+        await conn.fetchval(
+            """with sent as (
+                   insert into reconcile.confirmations (event_id, reference, run_id)
+                   select * from unnest($1::text[], $2::text[]) as t, (select $3::bigint) as r
+                   on conflict do nothing returning event_id)
+               select coalesce(array_agg(event_id), '{}') from sent""",
+            ids,
+            [c.reference for c in confirmations],
+            run_id,
+        )
+    )
+    for event_id, c in zip(ids, confirmations, strict=True):
+        if event_id not in new:
+            continue  # an earlier run sent it (with its own run id): never the same id with another payload
         emitter.emit(
             topics.PAYOUT_BANK_RESULTS,
             key=c.reference,
             type="payout.settlement_confirmed",
             time=datetime.combine(c.booked_on, time(0), UTC),
             cause=None,
-            event_id=derive_id("event", "payout.settlement_confirmed", c.reference, c.bank_record),
+            event_id=event_id,
             data=PayoutSettlementConfirmed(
                 reference=c.reference,
                 amount_minor=c.amount_minor,

@@ -309,9 +309,17 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         )
         shown = json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
         assert [h["state"] for h in shown["history"]] == ["built", "submitted", "acknowledged", "settled"]
-        # reconciliation runs again: the same confirmation changes nothing
+        # reconciliation runs again: the confirmation is not sent again (one outbox row for its event id: a
+        # resend carrying the second run's id would be another payload under the same id — a dead letter)
         code, _, err = await settle_cli(stack, "reconcile", "--date", "2026-02-04")
         assert code in (0, 1), err
+        confirmations = await count(
+            stack, "select count(*) from settle.outbox where topic = 'payouts.bank_results.v1' and event_id in "
+            "(select event_id from reconcile.confirmations)",
+        )  # fmt: skip
+        assert confirmations == 1
+        await asyncio.sleep(1.0)  # what the second run might have sent reaches the worker
+        assert await count(stack, "select count(*) from settle.dead_letters") == 0
 
     # --- ledger: returns and rejects reversed, the completion moved to cash, nothing counted twice ---------
     assert await balance_units(stack, "platform:payouts_in_transit:EUR") == 0  # completed 80.00 + rejected 45.50

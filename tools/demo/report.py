@@ -524,6 +524,16 @@ async def print_settlement(pool: asyncpg.Pool, scenario: Scenario, settled: dict
         f"{len(result.breaks) - unexpected} expected break(s), {unexpected} unexpected; "
         f"{completed} payouts completed by the bank's statement (payout.settlement_confirmed)"
     )
+    after, after_id, _ = settled["reconciliation_after"]
+    console.print(
+        "Finance acts on the bank's breaks: " + ("; ".join(settled["actions"]) or "nothing to do")
+        + f". Run {after_id}: {len(after.matches)} matches (was {len(result.matches)}), {len(after.breaks)} breaks, "
+        f"{len(after.explained_breaks)} explained by an operator"
+    )  # fmt: skip
+    explained_now = len(after.explained_breaks) - len(result.explained_breaks)
+    if len(settled["actions"]) != 2 or len(after.matches) != len(result.matches) + 1 or explained_now != 1:
+        console.print("[bold red]the bank fee did not match after it was posted, or the credit was not explained[/]")
+        ok = False
 
     by_state = Counter(s["state"] for s in sagas)
     console.print(

@@ -42,7 +42,13 @@ from services.payouts.rails.iso20022 import schema
 from services.payouts.rails.nacha import read_nacha
 from services.reconcile.domain.entries import ProcessorLine
 from services.reconcile.imports import line_of_transaction, read_bank_file
-from services.reconcile.run import import_bank_file, import_processor_lines, run_reconciliation
+from services.reconcile.run import (
+    explain_break,
+    import_bank_file,
+    import_processor_lines,
+    post_bank_fee,
+    run_reconciliation,
+)
 from tools.demo.collect import admin
 from tools.demo.scenario import PLATFORM, Scenario
 
@@ -502,4 +508,25 @@ async def play_the_bank(
         result, run_id, not_booked = await run_reconciliation(conn, as_of=last, window_days=WINDOW_DAYS)
     await idle()
     done["reconciliation"] = (result, run_id, not_booked)
+
+    # 6. Finance acts on the bank's two breaks (`settle breaks post-fee` / `explain`), then reconciles again:
+    # the fee is ledgered and matches its line; the unknown credit stays a break, explained, never overdue.
+    assert run_id is not None
+    actions: list[str] = []
+    async with pool.acquire() as conn:
+        for n, b in enumerate(result.breaks, start=1):
+            [record] = b.records if len(b.records) == 1 else (None,)
+            if record is None or b.reason != "missing_in_ledger" or record.source != "bank" or b.explanation:
+                continue  # (an earlier demo run's credit stays explained)
+            if record.direction == "out" and record.amount_minor == _minor(BANK_FEE, "USD"):
+                entry_id = await post_bank_fee(conn, run_id, n, reason="monthly account fee", by="demo finance")
+                actions.append(f"break {n}: bank fee posted (entry {str(entry_id)[:8]})")
+            elif record.direction == "in" and record.amount_minor == _minor(UNEXPLAINED, "USD"):
+                why = "wire from an unknown party, asked the bank"
+                await explain_break(conn, run_id, n, reason=why, by="demo finance")
+                actions.append(f"break {n}: unknown credit explained")
+        again = await run_reconciliation(conn, as_of=last, window_days=WINDOW_DAYS)
+    await idle()
+    done["actions"] = actions
+    done["reconciliation_after"] = again
     return done
