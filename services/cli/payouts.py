@@ -210,8 +210,11 @@ async def files_show(file_id: Annotated[str, typer.Argument(help="A file id (set
 @run_async
 async def files_ack(file_id: Annotated[str, typer.Argument(help="The file the bank acknowledged.")]) -> None:
     """The bank acknowledged a file: publishes payout_file.acknowledged (the payouts worker applies it)."""
-    data = PayoutFileAcknowledged(file_id=file_id, acknowledged_by=os.environ.get("USER") or "operator")
-    await _publish_bank_result(file_id, "payout_file.acknowledged", data, f"ack-{file_id}")
+    by = os.environ.get("USER") or "operator"
+    data = PayoutFileAcknowledged(file_id=file_id, acknowledged_by=by)
+    # One event id per (file, operator): a second operator's ack is another fact (a no-op for the worker),
+    # not the same id with another payload.
+    await _publish_bank_result(file_id, "payout_file.acknowledged", data, f"ack-{file_id}-{by}")
     console.print(f"payout_file.acknowledged {file_id} sent; see `settle payouts files show {file_id}`")
 
 

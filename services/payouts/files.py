@@ -569,13 +569,15 @@ async def _outcome(
 
 
 async def _resolve_return(conn: asyncpg.Connection, rail: str, answer: RailReturn) -> list[asyncpg.Record]:
-    """The live (or completed) attempts an answer of the bank is about. An ISO answer names our end-to-end
+    """The live (or completed) attempts an answer of the bank is about — an attempt already returned or
+    rejected is not answered twice (the same report imported again changes nothing). An ISO answer names our end-to-end
     id (the attempt's ref) or, for a whole-message reject, the message id (the file's batch id); a NACHA
     return names the trace number, looked up among that rail's attempts, latest file first."""
     if answer.payout_id is not None:
         rows = await conn.fetch(
             """select i.* from payouts.payout_file_items i join payouts.payout_files f using (file_id)
-                where i.ref = $1 and f.rail = $2 for update of i""",
+                where i.ref = $1 and f.rail = $2 and (i.outcome is null or i.outcome = 'completed')
+                for update of i""",
             answer.payout_id,
             rail,
         )

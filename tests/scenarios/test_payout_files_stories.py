@@ -260,6 +260,10 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         await wait_rows(stack, "select count(*) from payouts.payouts where state = 'rejected'", 1, "the reject")
         # the report rejects one transaction, not the message: the bank has the file (acknowledged)
         assert (await file_docs(stack))[sepa_id]["state"] == "acknowledged"
+        # the same report imported again (another message): nothing is answered twice (ledger checked below)
+        await publish(stack, [returns_message("sepa", pacs002_reject(shown["batch_id"], rej_ref, "AC04"), 3)])
+        await wait_rows(stack, "select count(*) from settle.inbox where event_id = 'bank-3'", 1, "the repeat")
+        assert await count(stack, "select count(*) from payouts.payee_flags where supplier_id = 'sup-rej'") == 1
 
         # --- a new tick without a payee change: nothing is sent again ----------------------------------------
         await publish(stack, ticked(datetime(2026, 2, 3, tzinfo=UTC)))
