@@ -13,13 +13,17 @@ webhooks``) mean for our books.
   (``Dr dispute_losses / Cr unapplied``, applied the same way, so the renter is not dunned for money
   the card network gave back). Published as ``payment.dispute_closed``. Who finally bears a lost
   dispute (platform or supplier) is the saga's policy.
-* ``processor.charge_refunded``: confirmation of a refund we sent; its effect was posted when the
-  refund call succeeded.
+* ``processor.charge_refunded``: the processor's total refunded on one of our collections. What our own
+  refunds explain is a confirmation (their effect was posted when each call succeeded); the rest was
+  refunded at the processor by someone else and is recorded as a refund already done
+  (:func:`_charge_refunded`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import structlog
 
 from domain.contracts import chart
 from libs.ids import derive_id
@@ -30,10 +34,12 @@ from libs.money import minor_to_ledger
 from schemas import topics
 from schemas.envelope import Envelope
 from schemas.events import PaymentEvent, ProcessorEventReceived
-from services.payments import books, collection
+from services.payments import books, collection, refunds
 from services.payments.config import PaymentsConfig
 from services.payments.gateways.port import ChargeResult
 from services.payments.money import shown
+
+log = structlog.get_logger("settle.payments")
 
 
 async def apply(
@@ -46,7 +52,103 @@ async def apply(
         return await _dispute_opened(tx, config, event, data)
     if event.type == "processor.dispute_closed":
         return await _dispute_closed(tx, config, event, data)
+    if event.type == "processor.charge_refunded":
+        return await _charge_refunded(tx, event, data)
     return set()
+
+
+async def _charge_refunded(tx: Tx, event: Envelope[Any], data: ProcessorEventReceived) -> set[books.Touched]:
+    """The processor says how much of one of our collections it has refunded in all. What our own refunds
+    of that collection (``succeeded``, or ``sending``: the webhook can beat the call's answer) do not
+    explain was refunded at the processor by someone else (its dashboard, its support): recorded as a
+    refund already done — money out of the invoice (R11 recomputes), ``Dr refunds_payable / Cr
+    processor_clearing``, ``payment.refunded`` — never sent again. Its id derives from the charge and the
+    cumulative amount, so the same webhook twice (or out of order, lower) records nothing more. More than
+    was paid on the invoice is not applied: logged, and left to reconciliation as a processor line."""
+    conn = tx.conn
+    charge = await _charge(tx, data)
+    if charge is None or data.amount_refunded_minor is None:
+        return set()  # not one of our collections (the reconciliation shows it as a processor-only line)
+    ours = await conn.fetchval(
+        """select coalesce(sum(amount_minor), 0) from payments.refunds
+            where attempt_id = $1 and state in ('succeeded', 'sending')""",
+        charge["attempt_id"],
+    )
+    outside = data.amount_refunded_minor - int(ours)
+    if outside <= 0:
+        return set()  # a confirmation of refunds we sent (posted when each call succeeded)
+    cur, invoice = charge["currency"], charge["invoice_number"]
+    paid = await conn.fetchval(
+        "select paid_minor from payments.invoice_status where number = $1 and renter_id = $2 and currency = $3",
+        invoice,
+        charge["renter_id"],
+        cur,
+    )
+    if paid is None or outside > paid:
+        log.error(
+            "processor refund above what was paid on the invoice: not applied",
+            attempt_id=charge["attempt_id"],
+            invoice=invoice,
+            refunded_minor=outside,
+            paid_minor=paid,
+        )
+        return set()
+    refund_id = derive_id("refund", "processor", data.gateway, charge["attempt_id"], data.amount_refunded_minor)
+    row = {
+        "refund_id": refund_id,
+        "renter_id": charge["renter_id"],
+        "currency": cur,
+        "invoice_number": invoice,
+        "amount_minor": outside,
+        "at": event.time,
+        "reason": "refunded at the processor",
+        "gateway": data.gateway,
+    }
+    inserted = await conn.execute(
+        """insert into payments.refunds (refund_id, renter_id, currency, invoice_number, amount_minor, at, reason,
+               attempt_id, gateway, idempotency_key, state, charge_id, processor_id, message)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'succeeded', $11, $12, $13) on conflict do nothing""",
+        refund_id,
+        charge["renter_id"],
+        cur,
+        invoice,
+        outside,
+        event.time,
+        row["reason"],
+        charge["attempt_id"],
+        data.gateway,
+        derive_id("idempotency", "refund", refund_id),
+        data.charge_id,
+        data.object_id,
+        f"seen in {data.processor_type} {data.processor_event_id}; never sent by us",
+    )
+    if not inserted.endswith("1"):
+        return set()
+    # Money out of the invoice under the refund's own id: the allocation's refund row for it is this one.
+    await conn.execute(
+        """insert into payments.money_out (source_id, renter_id, currency, kind, invoice_number, amount_minor, at,
+               event_id)
+           values ($1, $2, $3, 'refund', $4, $5, $6, $7) on conflict do nothing""",
+        f"refund:{refund_id}",
+        charge["renter_id"],
+        cur,
+        invoice,
+        outside,
+        event.time,
+        event.id,
+    )
+    clearing = chart.processor_clearing(data.gateway, cur)
+    await ensure_accounts(conn, [chart.refunds_payable(charge["renter_id"], cur), clearing])
+    refunds.book(
+        tx,
+        row,
+        clearing,
+        entry_id=derive_id("payments.refunded", refund_id),
+        kind="payments.refunded",
+        at=event.time,
+        description=f"refund {refund_id} of {invoice} made at {data.gateway} ({data.object_id})",
+    )
+    return {books.Touched(charge["renter_id"], cur)}
 
 
 async def _attempt_outcome(tx: Tx, config: PaymentsConfig, event: Envelope[Any], data: ProcessorEventReceived) -> None:

@@ -121,7 +121,7 @@ async def record(tx: Tx, refund: asyncpg.Record, result: RefundResult) -> str:
         result.refund_id,
     )
     clearing = chart.processor_clearing(row["gateway"], row["currency"])
-    _book(
+    book(
         tx,
         dict(row),
         clearing,
@@ -161,7 +161,7 @@ async def record_paid_by_bank(
         f"paid over the bank on {paid_at.date().isoformat()} (reported by {by})"[:500],
     )
     cash = chart.cash_clearing(currency)
-    _book(
+    book(
         tx,
         dict(row),
         cash,
@@ -174,7 +174,7 @@ async def record_paid_by_bank(
     return f"refund {refund_id} paid over the bank ({reference})"
 
 
-def _book(
+def book(
     tx: Tx, row: dict[str, Any], counterpart: AccountSpec, *, entry_id: str, kind: str, at: datetime, description: str
 ) -> None:
     """``Dr refunds_payable / Cr counterpart`` for a refund that left, and ``payment.refunded`` published."""
