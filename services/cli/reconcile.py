@@ -34,7 +34,7 @@ from services.reconcile.run import (
     post_bank_fee,
     run_reconciliation,
 )
-from services.reconcile.store import record_json, totals_json
+from services.reconcile.store import record_json, stored_breaks, totals_json
 
 EXIT_BREAKS = 1
 T = TypeVar("T")
@@ -309,6 +309,44 @@ async def _on_break(action: Callable[..., Awaitable[T]], run_id: int, break_no: 
             return await action(conn, run_id, break_no, reason=reason.strip(), by=by.strip())
         except BreakActionRefused as exc:
             raise ConfigurationError(str(exc)) from None
+
+
+@breaks_app.command("list")
+@run_async
+async def breaks_list(
+    run_id: Annotated[int | None, typer.Option("--run", help="A run id (default: the latest run).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per break.")] = False,
+) -> None:
+    """The breaks a stored run found, numbered as `explain` and `post-fee` take them, with their
+    explanations — read-only (`settle reconcile` runs the matching again)."""
+    async with database() as pool, pool.acquire() as conn:
+        run, rows = await stored_breaks(conn, run_id)
+    if run is None:
+        raise ConfigurationError("no reconciliation run" + (f" {run_id}" if run_id is not None else " yet"))
+    docs = []
+    for r in rows:
+        records = r["records"] if not isinstance(r["records"], str) else json.loads(r["records"])
+        docs.append({
+            "run_id": run["run_id"], "break_no": r["break_no"], "reason": r["reason"], "leg": r["leg"],
+            "age_days": r["age_days"], "overdue": r["overdue"], "explanation": r["explanation"],
+            "records": records,
+        })  # fmt: skip
+    if as_json:
+        for doc in docs:
+            print(json.dumps(doc))
+        return
+    table = Table("#", "reason", "leg", "age (d)", "overdue", "records", "explanation",
+                  title=f"Breaks of run {run['run_id']} (as of {run['as_of']})")  # fmt: skip
+    for d in docs:
+        records = "\n".join(
+            f"{x['source']} {'+' if x['direction'] == 'in' else '−'}{format_minor(x['amount_minor'], x['currency'])} "
+            f"{x['currency']} {x['date']} {x['note'][:50]}"
+            for x in d["records"]
+        )
+        table.add_row(str(d["break_no"]), d["reason"], d["leg"], str(d["age_days"]),
+                      "yes" if d["overdue"] else "no", escape(records), escape(d["explanation"]))  # fmt: skip
+    console.print(table)
+    console.print(f"{len(docs)} break(s), {run['overdue']} overdue")
 
 
 @breaks_app.command("explain")

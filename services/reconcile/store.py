@@ -275,3 +275,18 @@ async def save_explanations(
         entry_id,
     )
     return int(status.split()[-1])
+
+
+async def stored_breaks(
+    conn: asyncpg.Connection, run_id: int | None
+) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+    """A stored run (the latest when ``run_id`` is None) and its breaks in ``break_no`` order."""
+    run = await conn.fetchrow(
+        """select run_id, as_of, window_days, matches, breaks, overdue, started_at from reconcile.runs
+            where ($1::bigint is null or run_id = $1) order by run_id desc limit 1""",
+        run_id,
+    )
+    if run is None:
+        return None, []
+    rows = await conn.fetch("select * from reconcile.breaks where run_id = $1 order by break_no", run["run_id"])
+    return run, list(rows)

@@ -319,6 +319,15 @@ async def test_reconciliation_story(stack: Stack, tmp_path: Path) -> None:
     final = settle(stack, "reconcile", "--date", "2026-12-10")
     assert final.returncode == 0, final.stdout
     assert "0 overdue" in final.stdout and "2 explained by an operator" in final.stdout, final.stdout
+    # the stored breaks, read back without running the matching again (the latest run, then the first)
+    latest = [json.loads(x) for x in settle(stack, "breaks", "list", "--json").stdout.splitlines()]
+    assert sorted((b["reason"], b["overdue"], b["explanation"]) for b in latest) == [
+        ("missing_in_bank", False, "wire recalled by the renter's bank (finance@test)"),
+        ("missing_in_ledger", False, "interest, INC-9 (finance@test)"),
+    ]
+    first = settle(stack, "breaks", "list", "--run", run_id)
+    assert first.returncode == 0 and "3 break(s), 3 overdue" in first.stdout, first.stdout
+    assert settle(stack, "breaks", "list", "--run", "999").returncode == 2
     async with stack.pool.acquire() as conn:
         audit = await conn.fetch(
             "select source, action, requested_by from reconcile.explanations order by action, source"
