@@ -20,6 +20,7 @@ import typer
 from rich.table import Table
 
 from libs.errors import ConfigurationError
+from libs.ids import derive_id
 from libs.messaging.broker import publish_keyed, start_producer, stop_client
 from libs.settings import get_settings
 from libs.times import parse_utc
@@ -239,6 +240,9 @@ async def returns_import(
         sha256=digest,
         content_b64=base64.b64encode(content).decode(),
     )
-    await _publish_bank_result(f"returns-{digest[:16]}", "payout_returns.received", data, f"returns-{rail}-{digest}")
+    # The id names the file as imported (rail, bytes, name): the same import again is deduplicated; the same
+    # bytes under another name are another message, which answers nothing twice (an attempt answered once).
+    event_id = derive_id("payout_returns.received", rail, digest, data.name)
+    await _publish_bank_result(f"returns-{digest[:16]}", "payout_returns.received", data, event_id)
     kinds = sorted({a.kind for a in answers})
     console.print(f"{path.name}: {len(answers)} answer(s) ({', '.join(kinds) or 'none'}) published for the {rail} rail")

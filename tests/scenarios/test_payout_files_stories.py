@@ -252,6 +252,15 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         assert (flag["kind"], flag["code"], flag["payee_event_id"]) == ("return", "R03", "payee-sup-ach-1")
         # planning debited the payable (no invoicing here: it started at zero); the return credits it back
         assert await balance_units(stack, chart.payable("sup-ach", "USD").code) == 0
+        # the bank's file imported again under another name: another message, nothing answered twice (the
+        # ledger and the dead letters are checked at the end)
+        again = tmp_path / "returns-copy.ach"
+        again.write_bytes(returned)
+        handled = "select count(*) from settle.inbox where consumer = 'payouts-bank'"
+        before = await count(stack, handled)  # the ack and the first import
+        code, out, err = await settle_cli(stack, "payouts", "returns", "import", str(again), "--rail", "ach")
+        assert code == 0, out + err
+        await wait_rows(stack, handled, before + 1, "the copy")
 
         # --- pacs.002 reject of sup-rej ----------------------------------------------------------------------
         shown = json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
@@ -323,7 +332,8 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         )  # fmt: skip
         assert confirmations == 1
         await asyncio.sleep(1.0)  # what the second run might have sent reaches the worker
-        assert await count(stack, "select count(*) from settle.dead_letters") == 0
+        letters = await stack.pool.fetch("select consumer, reason from settle.dead_letters")
+        assert not letters, [tuple(x) for x in letters]
 
     # --- ledger: returns and rejects reversed, the completion moved to cash, nothing counted twice ---------
     assert await balance_units(stack, "platform:payouts_in_transit:EUR") == 0  # completed 80.00 + rejected 45.50
