@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from libs.errors import ConfigurationError
+from libs.errors import ConfigurationError, SettleError
 from libs.messaging.broker import publish_keyed, start_producer, stop_client
 from libs.settings import get_settings
 from schemas import topics
@@ -86,8 +86,24 @@ def _command(command_id: str | None, by: str, reason: str, **fields: Any) -> Pay
     return PaymentCommand(command_id=command_id or uuid.uuid4().hex, requested_by=by, reason=reason, **fields)
 
 
+async def _already_applied(command_id: str) -> str | None:
+    """The outcome of a command the payments worker has already applied under this id, if any (a re-run of
+    the same command would publish the same event id with a new time: a dead letter, not a second effect).
+    Best effort: with no database to ask, None (the worker still applies a command id once)."""
+    try:
+        async with read_only() as ctx, ctx.pool.acquire() as conn:
+            row = await conn.fetchrow("select type, outcome from payments.commands where command_id = $1", command_id)
+    except SettleError:
+        return None
+    return None if row is None else f"{row['type']}: {row['outcome']}"
+
+
 async def _send(command_type: str, data: PaymentCommand) -> None:
     settings = get_settings()
+    done = await _already_applied(data.command_id)
+    if done is not None:
+        console.print(f"command {data.command_id} was already applied ({done}); nothing sent")
+        return
     targets = await resolve(settings)
     assert targets.bootstrap_servers is not None
     value = encode(

@@ -27,6 +27,15 @@ def settle(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
 
 async def test_retry_refund_and_apply_publish_audited_commands(stack: Stack) -> None:
     who = ("--by", "finance@test", "--reason", "renter asked")
+    async with stack.pool.acquire() as conn:  # a command the worker applied before: a re-run sends nothing
+        await conn.execute(
+            """insert into payments.commands (command_id, type, renter_id, requested_by, reason, at, outcome, event_id)
+               values ('c-done', 'payment.refund_requested', 'r1', 'finance@test', 'x', now(),
+                       'refund rf-9 of 5.00 USD', 'cmd-c-done')"""
+        )
+    rerun = settle(stack, "payments", "refund", "INV-2026-000001", "--amount", "5.00", "--renter", "r1",
+                   "--currency", "USD", *who, "--command-id", "c-done")  # fmt: skip
+    assert rerun.returncode == 0 and "already applied" in rerun.stdout and "rf-9" in rerun.stdout, rerun
     runs = [
         settle(stack, "payments", "retry", "INV-2026-000001", "--renter", "r1", "--currency", "USD", *who,
                "--command-id", "c-retry"),
