@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from libs.errors import ConfigurationError
+from libs.errors import ConfigurationError, SettleError
 from libs.ids import derive_id
 from libs.messaging.broker import publish_keyed, start_producer, stop_client
 from libs.settings import get_settings
@@ -150,8 +150,25 @@ payouts_app.add_typer(files_app, name="files")
 payouts_app.add_typer(returns_app, name="returns")
 
 
-async def _publish_bank_result(key: str, event_type: str, data: Any, event_id: str) -> None:
-    """Publish one message on payouts.bank_results.v1 (the payouts worker applies it)."""
+async def _handled(event_id: str) -> bool:
+    """Whether the payouts worker already took this message (a re-run would send the same id with a new
+    time: an id-conflict dead letter). Best effort: with no database to ask, False."""
+    try:
+        async with read_only() as ctx, ctx.pool.acquire() as conn:
+            found = await conn.fetchval(
+                "select 1 from settle.inbox where consumer = 'payouts-bank' and event_id = $1", event_id
+            )
+    except SettleError:
+        return False
+    return found is not None
+
+
+async def _publish_bank_result(key: str, event_type: str, data: Any, event_id: str) -> bool:
+    """Publish one message on payouts.bank_results.v1 (the payouts worker applies it); False (nothing sent)
+    when the worker already took this very message."""
+    if await _handled(event_id):
+        console.print(f"{event_type} {event_id} was already handled by the payouts worker; nothing sent")
+        return False
     settings = get_settings()
     targets = await resolve(settings)
     assert targets.bootstrap_servers is not None
@@ -167,6 +184,7 @@ async def _publish_bank_result(key: str, event_type: str, data: Any, event_id: s
         await publish_keyed(producer, [(topics.PAYOUT_BANK_RESULTS, key.encode(), value)], prefix=settings.topic_prefix)
     finally:
         await stop_client(producer)
+    return True
 
 
 @files_app.command("list")
@@ -215,8 +233,8 @@ async def files_ack(file_id: Annotated[str, typer.Argument(help="The file the ba
     data = PayoutFileAcknowledged(file_id=file_id, acknowledged_by=by)
     # One event id per (file, operator): a second operator's ack is another fact (a no-op for the worker),
     # not the same id with another payload.
-    await _publish_bank_result(file_id, "payout_file.acknowledged", data, f"ack-{file_id}-{by}")
-    console.print(f"payout_file.acknowledged {file_id} sent; see `settle payouts files show {file_id}`")
+    if await _publish_bank_result(file_id, "payout_file.acknowledged", data, f"ack-{file_id}-{by}"):
+        console.print(f"payout_file.acknowledged {file_id} sent; see `settle payouts files show {file_id}`")
 
 
 @returns_app.command("import")
@@ -243,6 +261,7 @@ async def returns_import(
     # The id names the file as imported (rail, bytes, name): the same import again is deduplicated; the same
     # bytes under another name are another message, which answers nothing twice (an attempt answered once).
     event_id = derive_id("payout_returns.received", rail, digest, data.name)
-    await _publish_bank_result(f"returns-{digest[:16]}", "payout_returns.received", data, event_id)
+    if not await _publish_bank_result(f"returns-{digest[:16]}", "payout_returns.received", data, event_id):
+        return
     kinds = sorted({a.kind for a in answers})
     console.print(f"{path.name}: {len(answers)} answer(s) ({', '.join(kinds) or 'none'}) published for the {rail} rail")

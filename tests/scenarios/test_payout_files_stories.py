@@ -261,6 +261,10 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         code, out, err = await settle_cli(stack, "payouts", "returns", "import", str(again), "--rail", "ach")
         assert code == 0, out + err
         await wait_rows(stack, handled, before + 1, "the copy")
+        # the very same import and ack again: the worker took them, nothing is sent (no id-conflict dead letter)
+        for rerun in (("returns", "import", str(path), "--rail", "ach"), ("files", "ack", ach_id)):
+            code, out, err = await settle_cli(stack, "payouts", *rerun)
+            assert code == 0 and "already handled" in out and "nothing sent" in out, out + err
 
         # --- pacs.002 reject of sup-rej ----------------------------------------------------------------------
         shown = json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
