@@ -125,18 +125,7 @@ async def _charge_refunded(tx: Tx, event: Envelope[Any], data: ProcessorEventRec
     if not inserted.endswith("1"):
         return set()
     # Money out of the invoice under the refund's own id: the allocation's refund row for it is this one.
-    await conn.execute(
-        """insert into payments.money_out (source_id, renter_id, currency, kind, invoice_number, amount_minor, at,
-               event_id)
-           values ($1, $2, $3, 'refund', $4, $5, $6, $7) on conflict do nothing""",
-        f"refund:{refund_id}",
-        charge["renter_id"],
-        cur,
-        invoice,
-        outside,
-        event.time,
-        event.id,
-    )
+    await _money_out(tx, "refund", refund_id, charge, outside, event)
     clearing = chart.processor_clearing(data.gateway, cur)
     await ensure_accounts(conn, [chart.refunds_payable(charge["renter_id"], cur), clearing])
     refunds.book(
@@ -175,6 +164,23 @@ async def _charge(tx: Tx, data: ProcessorEventReceived) -> Any:
         data.charge_id,
         data.payment_id,
         data.attempt_id,
+    )
+
+
+async def _money_out(tx: Tx, kind: str, ref: str, charge: Any, amount_minor: int, event: Envelope[Any]) -> None:
+    """Money taken out of a collected invoice (``<kind>:<ref>``, once): R11's allocation gives it back."""
+    await tx.conn.execute(
+        """insert into payments.money_out (source_id, renter_id, currency, kind, invoice_number, amount_minor, at,
+               event_id)
+           values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict do nothing""",
+        f"{kind}:{ref}",
+        charge["renter_id"],
+        charge["currency"],
+        kind,
+        charge["invoice_number"],
+        amount_minor,
+        event.time,
+        event.id,
     )
 
 
@@ -220,18 +226,7 @@ async def _dispute_opened(
     )
     if not inserted.endswith("1"):
         return set()
-    await conn.execute(
-        """insert into payments.money_out (source_id, renter_id, currency, kind, invoice_number, amount_minor, at,
-               event_id)
-           values ($1, $2, $3, 'dispute', $4, $5, $6, $7) on conflict do nothing""",
-        f"dispute:{dispute_id}",
-        charge["renter_id"],
-        cur,
-        charge["invoice_number"],
-        data.amount_minor,
-        event.time,
-        event.id,
-    )
+    await _money_out(tx, "dispute", dispute_id, charge, data.amount_minor, event)
     payable = chart.refunds_payable(charge["renter_id"], cur)
     clearing = chart.processor_clearing(data.gateway, cur)
     losses = chart.dispute_losses(cur)
