@@ -17,7 +17,9 @@ tick that may be planned (R15: planning runs at each close, planning time = the 
   status counts at a planning only if it came before that tick's watermark;
 * ``statements.closed`` (invoicing, on every partition after a month's last statement): the month
   whose statements are all in is the least over the partitions;
-* ``clock.ticked``: recorded. Ticks are planned one by one, in order, each at its own planning time,
+* ``clock.ticked``: recorded once ``suppliers.v1`` and ``fx.rates.v1`` are read up to the tick's barrier
+  (``Subscription.waits``: a payee or rate published before the tick is seen by its planning). Ticks
+  are planned one by one, in order, each at its own planning time,
   once every statement final by the tick is in: a tick before the end of the month after the closed
   one cannot finalize another statement. So a month-closing tick waits for that month's
   ``statements.closed`` — what arrived first (the tick, the statements) changes nothing, nor does a
@@ -39,6 +41,7 @@ from libs.messaging.consume import Subscription, Tx
 from libs.messaging.partitioner import partition_for
 from libs.money import currency_exponent
 from schemas import topics
+from schemas.barrier import watermark_waits
 from schemas.envelope import Envelope
 from schemas.events import (
     ChargeRated,
@@ -207,4 +210,7 @@ SUBSCRIPTION = Subscription(
     ),
     handler=on_batch,
     batch_max=1000,
+    # R15 "the latest payee update (and rate) at or before planning": a tick waits until the payees and
+    # rates published before it (its barrier) are read, however the partitions race or a worker lagged.
+    waits=watermark_waits(topics.CLOCK_TICKS, "clock.ticked", (topics.SUPPLIERS, topics.FX_RATES)),
 )

@@ -32,6 +32,7 @@ import pytest
 
 from domain.contracts import chart
 from libs.errors import OperatorRequestError
+from libs.messaging.partitioner import partition_for
 from schemas import topics
 from schemas.events import PayoutReturnsReceived, StatementFinalized
 from schemas.inputs import PayeeUpdated
@@ -553,4 +554,37 @@ async def test_an_r01_return_is_presented_again_at_most_twice(stack: Stack, tmp_
         assert len(names) == 3 and len({read_nacha((bank_dir / n).read_bytes()).file_id_modifier for n in names}) == 3
     assert await balance_units(stack, chart.payable("sup-nsf", "USD").code) == 0  # out three times, back three times
     assert await balance_units(stack, "platform:payouts_in_transit:USD") == 0
+    await assert_ledger_sound(stack)
+
+
+async def test_a_tick_waits_for_the_payees_and_rates_published_before_it(stack: Stack) -> None:
+    """R15: the latest payee update (and FX rate) at or before planning applies — whichever partition the
+    worker happens to read first. A tick carries its barrier (`settle clock tick`: the end offsets of
+    ``suppliers.v1`` and ``fx.rates.v1`` among others); payouts plans it only after reading those up to
+    it. Here the tick's barrier counts a payee and a rate the worker has not read yet (published just
+    before the tick; a lagging or restarted worker reads the tick's partition first — the chaos test's
+    flake): nothing is planned, then one payout at that rate once they are read, never ``no_payee``."""
+    from services.clock.domain import tick_bytes
+    from services.clock.main import input_barrier
+    from tests.scenarios.test_payouts_stories import fx
+
+    jan1 = datetime(2026, 1, 1, tzinfo=UTC)
+    await publish(stack, [statement("sup-late-payee", "EUR", "100.00", 1), *statements_closed("2026-01", FEB2)])
+    await publish(stack, ticked(FEB2)[1:])  # payments' answers to the tick (payments does not run here)
+    barrier = await input_barrier(stack.bootstrap_servers, stack.settings.topic_prefix)
+    late = [payee("sup-late-payee", "USD", "ach", ACH_1, at=jan1, n=1), fx("eur-usd-1", "EUR", "USD", "1.1", jan1)]
+    for topic, key, _ in late:  # the payee and the rate were published before the tick: its barrier counts them
+        barrier[topic.name][partition_for(key.encode(), topic.partitions)] += 1
+    await publish(stack, [(topics.CLOCK_TICKS, "clock", tick_bytes(FEB2, barrier))])
+    async with running(stack, [PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.statements", 1, "January's statement at payouts")
+        await asyncio.sleep(1.5)
+        assert await count(stack, "select count(*) from payouts.payouts") == 0, "planned before its payee was read"
+        assert await count(stack, "select count(*) from payouts.ticks") == 0, "the tick waits for its barrier"
+        await publish(stack, late)
+        await wait_rows(stack, "select count(*) from payouts.ticks where planned", 1, "the Feb 2 planning")
+        rows = await stack.pool.fetch(
+            "select state, currency, payout_currency, payout_amount_minor, rate_id from payouts.payouts"
+        )
+    assert [tuple(r) for r in rows] == [("planned", "EUR", "USD", 11000, "eur-usd-1")], rows
     await assert_ledger_sound(stack)
