@@ -15,6 +15,9 @@ tick that may be planned (R15: planning runs at each close, planning time = the 
 * ``payments.watermark`` (payments, on every partition once it answered a tick): the latest tick
   payments answered is the least over the partitions; a tick is planned only once it is answered, and a
   status counts at a planning only if it came before that tick's watermark;
+* ``charges.watermark`` (rating, on every partition of charges.rated.v1): a month's hours are all read
+  here once the least watermark over the partitions is past its end; a month is paid out only then, so
+  the pay-when-paid earnings held are every hour of it, however far the charges partitions lag;
 * ``statements.closed`` (invoicing, on every partition after a month's last statement): the month
   whose statements are all in is the least over the partitions;
 * ``clock.ticked``: recorded once ``suppliers.v1`` and ``fx.rates.v1`` are read up to the tick's barrier
@@ -67,6 +70,7 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     answered = False
     requests: list[Envelope[Any]] = []
     earnings: list[tuple[str, str, str, datetime, str, Decimal]] = []
+    charge_marks: list[tuple[int, datetime]] = []
     for event in events:
         data = event.data
         if isinstance(data, ChargeRated):
@@ -103,6 +107,8 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
                 paid_marks[data.partition] = data.through
                 await store.save_payment_mark(conn, data.partition, data.through)
             answered = True
+        elif isinstance(data, Watermark) and data.source == "rating":
+            charge_marks.append((data.partition, data.through))
         elif isinstance(data, InvoiceFinalized):
             await store.save_invoice(
                 conn,
@@ -160,15 +166,18 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     await store.add_earnings(conn, earnings)
     for request in requests:  # after the batch's facts, before its planning
         await compensations.on_request(tx, request)
-    if not ticks and not marks and not answered:
+    if not ticks and not marks and not answered and not charge_marks:
         return
     await store.lock_planning(conn)
     await store.record_ticks(conn, ticks)
     await store.record_statement_marks(conn, marks)
+    await store.save_charge_marks(conn, charge_marks)
     closed = await store.closed_month(conn, topics.STATEMENTS_FINALIZED.partitions)
     answered_through = await store.payments_answered(conn, topics.INVOICE_PAYMENTS.partitions)
-    if closed is None or answered_through is None:
-        return  # no month's statements are complete yet, or payments answered no tick yet
+    rated_through = await store.charges_through(conn, topics.CHARGES_RATED.partitions)
+    if closed is None or answered_through is None or rated_through is None:
+        return  # no month's statements are complete yet, payments answered no tick, or no month is rated
+    closed = min(closed, month_before(rated_through))  # a month is paid once its hours' earnings are read
     for at in await store.ticks_before(conn, plannable_before(closed), answered_through):
         await store.advance_clock(conn, at)
         await planner.plan_at(tx, at, cause=events[-1])
@@ -181,6 +190,12 @@ def plannable_before(closed_month: str) -> datetime:
     year, month = (int(x) for x in closed_month.split("-"))
     year, month = (year, month + 2) if month <= 10 else (year + 1, month - 10)
     return datetime(year, month, 1, tzinfo=UTC)
+
+
+def month_before(at: datetime) -> str:
+    """The last calendar month that ends at or before ``at``."""
+    year, month = (at.year, at.month - 1) if at.month > 1 else (at.year - 1, 12)
+    return f"{year:04d}-{month:02d}"
 
 
 def to_minor(amount: Decimal, currency: str) -> int:

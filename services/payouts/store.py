@@ -83,6 +83,26 @@ async def payments_answered(conn: asyncpg.Connection, partitions: int) -> dateti
     return through
 
 
+async def save_charge_marks(conn: asyncpg.Connection, marks: Sequence[tuple[int, datetime]]) -> None:
+    """Rating's ``charges.watermark`` per partition of charges.rated.v1 (the latest wins)."""
+    await conn.executemany(
+        """insert into payouts.charge_marks (partition, through) values ($1, $2)
+           on conflict (partition) do update set through = excluded.through
+            where payouts.charge_marks.through < excluded.through""",
+        marks,
+    )
+
+
+async def charges_through(conn: asyncpg.Connection, partitions: int) -> datetime | None:
+    """Every hour before this instant has been rated and read here, on every partition (None: not yet
+    a watermark on all)."""
+    row = await conn.fetchrow("select count(*) as n, min(through) as through from payouts.charge_marks")
+    if row is None or row["n"] < partitions:
+        return None
+    through: datetime = row["through"]
+    return through
+
+
 async def ticks_before(conn: asyncpg.Connection, bound: datetime, answered: datetime) -> list[datetime]:
     """Unplanned ticks earlier than ``bound`` and answered by payments, in order."""
     return [

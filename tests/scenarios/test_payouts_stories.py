@@ -96,10 +96,30 @@ def _key_on(partition: int, topic: topics.Topic, stem: str) -> str:
     )
 
 
-def statements_closed(month: str, issued_at: datetime) -> list[tuple]:
-    """What invoicing sends after a month's last statement: ``statements.closed`` on every partition."""
-    topic = topics.STATEMENTS_FINALIZED
+def charges_rated_through(at: datetime) -> list[tuple]:
+    """Rating's ``charges.watermark`` at ``at`` on every partition of charges.rated.v1."""
+    topic = topics.CHARGES_RATED
     return [
+        (
+            topic,
+            _key_on(p, topic, "watermark"),
+            event_bytes(
+                "charges.watermark",
+                Watermark(through=at, partition=p, source="rating"),
+                id=f"rated-mark-{at:%Y%m%d%H}-{p}",
+                time=at,
+            ),
+        )
+        for p in range(topic.partitions)
+    ]
+
+
+def statements_closed(month: str, issued_at: datetime, *, rated: bool = True) -> list[tuple]:
+    """What invoicing sends after a month's last statement: ``statements.closed`` on every partition —
+    after rating's ``charges.watermark`` past the month's end on every partition of charges.rated.v1
+    (``rated=False``: without those, as a worker whose charges partitions lag sees it)."""
+    topic = topics.STATEMENTS_FINALIZED
+    return (charges_rated_through(issued_at) if rated else []) + [
         (
             topic,
             _key_on(p, topic, "statements-closed"),
@@ -435,4 +455,42 @@ async def test_money_received_before_a_tick_releases_at_that_tick(stack: Stack) 
     payout = plans["sup-pwp:2026-01"]
     assert (payout["state"], payout["amount"], payout["held"]) == ("planned", "150.00", "0.00")
     assert payout["planned_at"].startswith("2026-02-10")
+    await assert_ledger_sound(stack)
+
+
+async def test_a_month_is_paid_out_only_once_its_hours_earnings_are_read(stack: Stack) -> None:
+    """R15 pay-when-paid: the earnings held are every hour of the final months. Payouts reads charges.rated
+    itself, and a restarted or lagging worker can read a month's statement, its ``statements.closed`` and
+    the tick before that month's charges (another partition, a big backlog). Planning waits for rating's
+    ``charges.watermark`` past the month's end on every partition: here the charges arrive after
+    everything else, and the planning then holds all 150.00 (the invoice is not issued) instead of paying
+    the statement's 150.00 out before it knew the hours were unpaid."""
+    from tests.scenarios.test_payout_files_stories import statement
+
+    feb2 = datetime(2026, 2, 2, tzinfo=UTC)
+    story = Story()
+    story.contract("ctr-lag", renter="rnt-lag", price="2", rate="1.5")
+    for n in range(10):  # 150.00 earned, on an invoice never issued here
+        story.charge("ctr-lag", "alloc-lag", "sup-lag", datetime(2026, 1, 12, tzinfo=UTC) + n * HOUR, billable=36_000)
+    await publish(
+        stack, [payee("sup-lag", at=JAN[0], n=1, pay_when_paid=True), statement("sup-lag", "USD", "150.00", 1)]
+    )
+    await publish(stack, statements_closed("2026-01", FEB[0], rated=False) + ticked(feb2))
+    async with running(stack, [PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.ticks", 1, "the tick at payouts")
+        await wait_rows(
+            stack, "select count(*) from payouts.statement_marks", topics.STATEMENTS_FINALIZED.partitions, "marks"
+        )
+        await asyncio.sleep(1.5)
+        assert await count(stack, "select count(*) from payouts.ticks where planned") == 0, "planned unrated"
+        await story.publish(stack)
+        await publish(stack, charges_rated_through(FEB[0]))
+        await wait_rows(stack, "select count(*) from payouts.ticks where planned", 1, "the Feb 2 planning")
+        plans = await payouts_list(stack)
+    assert (plans["sup-lag"]["state"], plans["sup-lag"]["reason"], plans["sup-lag"]["held"]) == (
+        "waiting",
+        "nothing_payable",
+        "150.00",
+    )
+    assert await count(stack, "select count(*) from payouts.payouts where state <> 'waiting'") == 0
     await assert_ledger_sound(stack)
