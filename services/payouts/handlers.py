@@ -26,7 +26,8 @@ tick that may be planned (R15: planning runs at each close, planning time = the 
   once every statement final by the tick is in: a tick before the end of the month after the closed
   one cannot finalize another statement. So a month-closing tick waits for that month's
   ``statements.closed`` — what arrived first (the tick, the statements) changes nothing, nor does a
-  backlog of ticks after a crash.
+  backlog of ticks after a crash. A tick older than one already planned (sent again, or by a clock
+  that restarted behind) is recorded and plans nothing: planning time never goes back.
 * ``saga.compensation_requested`` (saga, ``sagas.v1``): applied once and answered
   (:mod:`services.payouts.compensations`), in event order, after the batch's facts and before its planning.
 """
@@ -179,8 +180,10 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
         return  # no month's statements are complete yet, payments answered no tick, or no month is rated
     closed = min(closed, month_before(rated_through))  # a month is paid once its hours' earnings are read
     for at in await store.ticks_before(conn, plannable_before(closed), answered_through):
-        await store.advance_clock(conn, at)
-        await planner.plan_at(tx, at, cause=events[-1])
+        if await store.advance_clock(conn, at) == at:
+            await planner.plan_at(tx, at, cause=events[-1])
+        # else: a tick older than a planning already done (sent again, read late) changes nothing —
+        # planning time never goes back, and the latest plan of a waiting supplier stays the latest.
         await store.mark_planned(conn, at)
 
 

@@ -588,3 +588,65 @@ async def test_a_tick_waits_for_the_payees_and_rates_published_before_it(stack: 
         )
     assert [tuple(r) for r in rows] == [("planned", "EUR", "USD", 11000, "eur-usd-1")], rows
     await assert_ledger_sound(stack)
+
+
+async def test_a_tick_older_than_the_last_planning_changes_nothing(stack: Stack) -> None:
+    """R15 planning time never goes back. ``sup-small`` (minimum 1,000.00) waits below its minimum: at the
+    Feb 2 tick with January's 100.00, at Mar 2 with January and February, 250.00. A Feb 20 tick read
+    after that (the clock sent it again, or a worker read it late) used to plan again *at Feb 20*: the
+    waiting plan went back to January alone. Now it is recorded and plans nothing."""
+    from tests.scenarios.test_payouts_stories import payee as payee_with
+
+    mar2 = datetime(2026, 3, 2, tzinfo=UTC)
+    february = StatementFinalized(
+        statement_id="stm-sup-small-02",
+        number="STM-2026-000002",
+        supplier_id="sup-small",
+        currency="USD",
+        month="2026-02",
+        earnings={},
+        earnings_total="150.00",
+        sla_chargebacks="0",
+        carried="0",
+        net="150.00",
+        issued_at=datetime(2026, 3, 1, tzinfo=UTC),
+    )
+    await publish(
+        stack,
+        [
+            payee_with("sup-small", at=datetime(2026, 1, 1, tzinfo=UTC), n=1, minimum="1000.00"),
+            statement("sup-small", "USD", "100.00", 1),
+            *statements_closed("2026-01", datetime(2026, 2, 1, tzinfo=UTC)),
+            *ticked(FEB2),
+        ],
+    )
+
+    async def waiting() -> tuple[Any, ...]:
+        row = await stack.pool.fetchrow(
+            "select months, amount_minor, reason, planned_at from payouts.payouts where supplier_id = 'sup-small'"
+        )
+        return tuple(row) if row is not None else ()
+
+    async with running(stack, [PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.ticks where planned", 1, "the Feb 2 planning")
+        assert await waiting() == (["2026-01"], 10000, "below_minimum", FEB2)
+        await publish(
+            stack,
+            [
+                (
+                    topics.STATEMENTS_FINALIZED,
+                    "sup-small",
+                    event_bytes("statement.finalized", february, id="stm-2", time=mar2),
+                ),
+                *statements_closed("2026-02", datetime(2026, 3, 1, tzinfo=UTC)),
+                *ticked(mar2),
+            ],
+        )
+        await wait_rows(stack, "select count(*) from payouts.ticks where planned", 2, "the Mar 2 planning")
+        assert await waiting() == (["2026-01", "2026-02"], 25000, "below_minimum", mar2)
+        await publish(stack, ticked(datetime(2026, 2, 20, tzinfo=UTC)))
+        await wait_rows(stack, "select count(*) from payouts.ticks where planned", 3, "the Feb 20 tick handled")
+        assert await waiting() == (["2026-01", "2026-02"], 25000, "below_minimum", mar2)
+        assert await stack.pool.fetchval("select at from payouts.clock") == mar2
+    waits = [e for e in await outbox_events(stack, topics.PAYOUTS) if e["type"] == "payout.waiting"]
+    assert len(waits) == 2, waits
