@@ -5,9 +5,10 @@ input archive; :func:`snapshot` reads what both hold and :func:`differences` lis
 
 Compared, each by its natural key (never by row ids or the time a row was written):
 
-* invoices (contract, period start), credit notes (contract, period start) and statements (supplier,
-  currency, month): the finalized document, less its number; numbers are given in close order
-  (gapless per series), so only the set of numbers per series is compared;
+* invoices (contract, period start), credit notes (contract, period start, issue time) and statements
+  (supplier, currency, month): the finalized document, less its number; numbers are given in close
+  order (gapless per series), so only the set of numbers per series is compared, and the invoice a
+  credit note corrects is compared as (contract, period start), not by its number;
 * rated charges (charge id): contract, allocation, meter, hour, exact charge and earning;
 * ledger balances per account, and the journal entries by canonical content: (cause, kind) → occurred
   time, correlation, description, reversed entry and the postings (account, asset, amount) in order.
@@ -62,6 +63,14 @@ def _document(text: str) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k not in NUMBER_FIELDS}
 
 
+def naming_corrected_invoice(note: dict[str, Any], invoice_by_number: Mapping[str, str]) -> dict[str, Any]:
+    """A credit note with the invoice it corrects named by what it is — its key (contract and period
+    start) — rather than by its number, which is given in close order: two runs that close in another
+    order name the same invoice with different numbers. A number no invoice has stays, marked unknown."""
+    number = note["invoice_number"]
+    return {**note, "invoice_number": invoice_by_number.get(number, f"unknown invoice {number}")}
+
+
 BILLING_KINDS: tuple[str, ...] = ("rating.%", "invoice.%", "credit_note.%", "statement.%", "metering.%")
 """Journal entry kinds (LIKE patterns) the billing fleet — metering, rating, invoicing — writes: what a
 rebuild recomputes. Money-movement services (payments, payouts) are not rebuilt: they act on the outside
@@ -76,13 +85,16 @@ async def snapshot(conn: asyncpg.Connection, *, kinds: tuple[str, ...] | None = 
     out = Snapshot()
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         numbers: dict[str, list[str]] = {}
+        invoice_by_number: dict[str, str] = {}
         for row in await conn.fetch("select number, document::text as doc from invoicing.invoices"):
             doc = _document(row["doc"])
-            out.invoices[f"{doc['contract_id']}|{doc['period_start']}"] = doc
+            key = invoice_by_number[row["number"]] = f"{doc['contract_id']}|{doc['period_start']}"
+            out.invoices[key] = doc
             numbers.setdefault(row["number"][:8], []).append(row["number"])
         with contextlib.suppress(asyncpg.UndefinedTableError):
             for row in await conn.fetch("select number, document::text as doc from invoicing.credit_notes"):
                 doc = _document(row["doc"])
+                doc = naming_corrected_invoice(doc, invoice_by_number)
                 key = f"{doc['contract_id']}|{doc.get('period_start')}|{doc.get('issued_at')}"
                 out.credit_notes[key] = doc
                 numbers.setdefault(row["number"][:7], []).append(row["number"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from libs.messaging.archive import MonthPartition, dated, expired_months, month_of, next_month, partition_name
-from services.operations.compare import Snapshot, differences
+from services.operations.compare import Snapshot, differences, naming_corrected_invoice
 
 
 def months(*pairs: tuple[int, int]) -> list[MonthPartition]:
@@ -52,3 +52,16 @@ def test_differences_name_every_kind_and_ignore_document_numbers_only_per_docume
     assert "balance renter:c1:receivable: only in rebuilt: 5" in found
     assert "entry ev-1|charge: only in rebuilt: {}" in found
     assert a.entries_digest() != b.entries_digest()
+
+
+def test_a_credit_note_names_the_invoice_it_corrects_by_contract_and_period_not_by_number() -> None:
+    calm = {"INV-2027-000026": "c5|2026-12-01", "INV-2027-000010": "c1|2026-12-01"}
+    killed = {"INV-2027-000010": "c5|2026-12-01", "INV-2027-000026": "c1|2026-12-01"}  # closed in another order
+    note = {"contract_id": "c5", "total": "-3.00"}
+    a = naming_corrected_invoice({**note, "invoice_number": "INV-2027-000026"}, calm)
+    b = naming_corrected_invoice({**note, "invoice_number": "INV-2027-000010"}, killed)
+    assert a == b == {**note, "invoice_number": "c5|2026-12-01"}
+    other = naming_corrected_invoice({**note, "invoice_number": "INV-2027-000026"}, killed)
+    assert other["invoice_number"] == "c1|2026-12-01" != a["invoice_number"]  # another invoice still differs
+    lost = naming_corrected_invoice({**note, "invoice_number": "INV-2027-000099"}, calm)
+    assert lost["invoice_number"] == "unknown invoice INV-2027-000099"

@@ -40,6 +40,7 @@ from schemas.envelope import encode
 from schemas.inputs import PayeeUpdated, PaymentReceived
 from services import catalog
 from services.clock.main import publish_tick
+from services.operations.compare import naming_corrected_invoice
 from tools.demo.scenario import PLATFORM, Delivery, Scenario, deliveries_as_items, month_after
 from tools.fleet import ROOT, wait_idle, worker_env
 
@@ -236,13 +237,17 @@ def _normalized(document: dict[str, Any]) -> dict[str, Any]:
 async def collect(pool: asyncpg.Pool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every invoice (and credit note) by contract and period, every statement by supplier, currency, month."""
     invoices: dict[str, Any] = {}
+    invoice_by_number: dict[str, str] = {}
     for row in await pool.fetch("select document::text as doc from invoicing.invoices"):
         doc = orjson.loads(row["doc"])
-        invoices[f"{doc['contract_id']}|{doc['period_start']}"] = _normalized(doc)
+        key = f"{doc['contract_id']}|{doc['period_start']}"
+        invoice_by_number[doc["number"]] = key
+        invoices[key] = _normalized(doc)
     with contextlib.suppress(asyncpg.UndefinedTableError):
         for row in await pool.fetch("select document::text as doc from invoicing.credit_notes"):
             doc = orjson.loads(row["doc"])
-            invoices[f"credit-note|{doc['contract_id']}|{doc.get('period_start')}"] = _normalized(doc)
+            doc = naming_corrected_invoice(doc, invoice_by_number)
+            invoices[f"credit-note|{doc['contract_id']}|{doc['credit_note_id']}"] = _normalized(doc)
     statements: dict[str, Any] = {}
     for row in await pool.fetch("select document::text as doc from invoicing.statements"):
         doc = orjson.loads(row["doc"])
