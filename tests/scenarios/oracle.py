@@ -790,12 +790,17 @@ def period_totals(market: Market, contract: Contract, period: Span) -> Totals:
     return totals
 
 
-def month_earnings(market: Market, allocation: Allocation, month: str) -> tuple[Fraction, int]:
-    """R12: (exact earnings, billable GPU-seconds) the allocation delivered in the month."""
+def earnings_within(market: Market, allocation: Allocation, spans: Sequence[Span]) -> tuple[Fraction, int]:
+    """R12: (exact earnings, billable GPU-seconds) the allocation delivered within ``spans`` (sorted, disjoint)."""
     contract = market.contracts[allocation.contract_id]
-    billable = intersect(classify(allocation, contract.term).billable, [month_span(month)])
+    billable = intersect(classify(allocation, contract.term).billable, spans)
     earning = _priced(contract, billable, allocation.gpu_count, "supplier_rate_per_gpu_hour")
     return earning, allocation.gpu_count * seconds_of(billable)
+
+
+def month_earnings(market: Market, allocation: Allocation, month: str) -> tuple[Fraction, int]:
+    """R12: (exact earnings, billable GPU-seconds) the allocation delivered in the month."""
+    return earnings_within(market, allocation, [month_span(month)])
 
 
 # --- invoices (R5, R6, R7, R8, R10, R3) -----------------------------------------------------------------
@@ -1171,11 +1176,15 @@ __all__ = [
     "build_market",
     "classify",
     "decode",
+    "earnings_within",
     "epoch",
     "expected",
+    "exponent_of",
     "instant",
     "intersect",
     "month_earnings",
+    "month_key",
+    "month_span",
     "period_of",
     "period_totals",
     "prorated_commitment",

@@ -348,6 +348,35 @@ async def _check_collections(stack: Stack, scenario: Any, invoices: list[dict[st
     assert "equal: no double charge" in printed, "the processor's charges equal the succeeded attempts"
 
 
+def _months(start: datetime, end: datetime) -> list[str]:
+    """The calendar months wholly inside [start, end)."""
+    out: list[str] = []
+    cursor = oracle.epoch(start)
+    while cursor < oracle.epoch(end):
+        span = oracle.month_span(oracle.month_key(cursor))
+        if span[0] >= oracle.epoch(start) and span[1] <= oracle.epoch(end):
+            out.append(oracle.month_key(cursor))
+        cursor = span[1]
+    return out
+
+
+def _held_earnings(want: Any, supplier: str, holding: dict[str, Any], final: list[oracle.Span]) -> Decimal:
+    """R15: E(supplier, invoice) = the exact earnings of the supplier's allocation-hours billed by the
+    invoice (its contract's period) within the final months, rounded half-even once."""
+    contract = want.market.contracts[holding["contract_id"]]
+    start = oracle.epoch(_parse(holding["period_start"]))
+    (period,) = [p for p in want.periods[contract.contract_id] if p[0] == start]
+    exact = sum(
+        (
+            oracle.earnings_within(want.market, a, oracle.intersect([period], final))[0]
+            for a in want.market.allocations.values()
+            if a.contract_id == contract.contract_id and a.supplier_id == supplier
+        ),
+        Fraction(0),
+    )
+    return Decimal(oracle.round_minor(exact, contract.currency)).scaleb(-oracle.exponent_of(contract.currency))
+
+
 async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path, printed: str) -> None:
     """R15-R17 and the sagas in the demo: every positive statement net the oracle expects is paid once, in
     the payee's rail and currency at the published rate; the below-minimum supplier gets nothing; the
@@ -401,6 +430,11 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
     assert released and all(h["released"] == h["earnings"] and Decimal(h["earnings"]) > 0 for h in released), (
         late_holdings
     )
+    # ... and what it held is R15's E, computed here from the allocations: the exact supplier-rate earnings
+    # of the supplier's allocation-hours that invoice bills, within the months final at that planning.
+    final = oracle.union(oracle.month_span(m) for m in _months(scenario.start, scenario.end))
+    for h in released:
+        assert Decimal(h["earnings"]) == _held_earnings(want, scenario.pay_when_paid, h, final), (h, final)
 
     # Files on disk, beside the invoices, read back with the rails' readers; their totals add up.
     ours = [f for f in files if f["created"] >= f"{scenario.start:%Y-%m-%d}"]
