@@ -775,6 +775,14 @@ async def bench_chaos(
     kill_min_s: Annotated[float, typer.Option(help="Shortest pause between two kills.")] = 2.0,
     kill_max_s: Annotated[float, typer.Option(help="Longest pause between two kills.")] = 6.0,
     chaos_s: Annotated[float, typer.Option(help="Seconds of killing after the input is published.")] = 30.0,
+    settle: Annotated[
+        bool,
+        typer.Option(
+            "--settle",
+            help="The whole fleet, money included: payments, payouts and saga run and are killed too; payees, "
+            "FX rates and wires are published, and payment statuses, payouts and sagas are compared as well.",
+        ),
+    ] = False,
 ) -> None:
     """The demo marketplace billed twice on fresh stacks — calm, then with a random billing worker
     SIGKILLed every KILL_MIN_S–KILL_MAX_S seconds while the input is published, the closing ticks
@@ -800,6 +808,7 @@ async def bench_chaos(
                 log_dir=stack.settings.state_dir / "logs",
                 kill_interval_s=(kill_min_s, kill_max_s),
                 chaos_after_publish_s=chaos_s,
+                settle=settle,
             )
     calm, chaos = results[False], results[True]
     table = Table(
@@ -807,6 +816,7 @@ async def bench_chaos(
         "kills",
         "invoices",
         "statements",
+        "payment statuses / payouts / sagas",
         "largest partition (usage.metered / charges.rated)",
         "ledger",
         "open gaps",
@@ -821,6 +831,9 @@ async def bench_chaos(
             str(r.kills),
             str(len(r.invoices)),
             str(len(r.statements)),
+            " / ".join(
+                str(sum(1 for k in r.settlement if k.startswith(f"{kind}|"))) for kind in ("payment", "payout", "saga")
+            ),
             sizes,
             "verified" if r.ledger_ok else "BROKEN",
             str(r.open_gaps),
