@@ -8,24 +8,36 @@ arrives mid-publish, the second month's right after, and both closes run (tools.
 inputs are payees (ACH in USD: one pay-when-paid, one with an unreachable minimum), FX rates and wires
 from half of the postpaid renters. Every invoice and statement must be equal, and so must every
 invoice's payment status, every payout and every saga with its compensations; the ledger must verify,
-nothing may be left in a gap and every worker was really killed. `settle bench chaos` runs
-the demo-sized version with a backlog beyond what the old mock broker kept per partition.
+nothing may be left in a gap and every worker was really killed. The payment statuses are also checked
+against an independent R11 walk of the wires over the invoices (:mod:`tests.scenarios.money_oracle`).
+`settle bench chaos [--settle]` runs the demo-sized version with a backlog beyond what the old mock broker
+kept per partition.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
+from schemas import topics
 from tests.conftest import Servers, fresh_stack
-from tools.demo.chaos import differences, drive, settlement_roles
+from tests.scenarios import money_oracle
+from tools.demo.chaos import differences, drive, settlement_inputs, settlement_roles
 from tools.demo.scenario import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 SEED = 26
 CONTRACTS = 8
+
+
+def _invoice_key(key: str) -> tuple[str, datetime]:
+    """``payment|contract|period start`` → (contract, period start), whatever the time's spelling."""
+    _, contract_id, start = key.split("|")
+    return contract_id, datetime.fromisoformat(start.replace("Z", "+00:00"))
 
 
 async def test_killed_billing_workers_bill_exactly_what_a_calm_fleet_bills(
@@ -63,6 +75,22 @@ async def test_killed_billing_workers_bill_exactly_what_a_calm_fleet_bills(
     ]
     paid = [v for k, v in calm.settlement.items() if k.startswith("payment|") and v[0] in ("paid", "partially_paid")]
     assert paid, "the wires were applied"
+    # R11 checked independently: what every wire paid, walked by the money oracle over the calm run's
+    # invoices and credit notes, is each invoice's payment status in both runs (equal above).
+    wires = [
+        orjson.loads(d.value)["data"] for d in settlement_inputs(scenario) if d.topic == topics.PAYMENTS_RECEIVED.name
+    ]
+    documents = {k: v for k, v in calm.invoices.items() if not k.startswith("credit-note|")}
+    notes = [v for k, v in calm.invoices.items() if k.startswith("credit-note|")]
+    walked = money_oracle.walk(documents, notes, wires)
+    statuses = {
+        _invoice_key(k): (v[0], int(v[1]), int(v[2])) for k, v in calm.settlement.items() if k.startswith("payment|")
+    }
+    expected = {
+        _invoice_key(f"payment|{k}"): (i.status, i.paid_minor, i.remaining_minor) for k, i in walked.invoices.items()
+    }
+    assert statuses == expected, sorted(set(statuses.items()) ^ set(expected.items()))
+    assert any(i.status == "partially_paid" for i in walked.invoices.values()), "a wire left an invoice open"
     assert chaos.ledger_ok and calm.ledger_ok
     assert chaos.open_gaps == 0
     assert chaos.dead_letters == calm.dead_letters, "no message was dead-lettered because of a kill"

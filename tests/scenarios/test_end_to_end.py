@@ -43,7 +43,8 @@ from tools.demo.scenario import FX_RATES, generate
 
 pytestmark = pytest.mark.integration
 
-SEED = int(os.environ.get("SETTLE_E2E_SEED", "374"))
+DEFAULT_SEED = 374
+SEED = int(os.environ.get("SETTLE_E2E_SEED", DEFAULT_SEED))
 """The default, 374, is a seed whose 12 contracts exercise a commitment true-up (of a commitment amended
 mid-period), SLA credits of all three tiers, a credit carried from one invoice to the next (prepaid draws above a
 credited total), partial prepaid draws, and a late outage that moves its contract's first-month SLA
@@ -180,7 +181,8 @@ async def test_every_demo_invoice_and_statement_matches_the_oracle(stack: Stack)
     refused = {value for _, value, _ in everything.rejected}
     assert refused == malformed, "the oracle refuses exactly the malformed deliveries"
     assert len(malformed) == 5
-    assert scenario.late, "the scenario has late events"
+    if SEED == DEFAULT_SEED:
+        assert scenario.late, "the scenario has late events"
     assert scenario.late_after_tick is not None
     true_up_adjustments = "commitment_true_up" in get_args(AdjustmentLine.model_fields["kind"].annotation)
     want = oracle.expected(
@@ -191,9 +193,10 @@ async def test_every_demo_invoice_and_statement_matches_the_oracle(stack: Stack)
         true_up_adjustments=true_up_adjustments,
     )
     # The story the seed was picked for (so the test keeps exercising these rules).
-    assert any(i.true_up_minor for i in want.invoices.values())
-    assert any(i.credit_applied_minor for i in want.invoices.values())
-    assert any(a.kind == "sla_credit" for i in want.invoices.values() for a in i.adjustments)
+    if SEED == DEFAULT_SEED:
+        assert any(i.true_up_minor for i in want.invoices.values())
+        assert any(i.credit_applied_minor for i in want.invoices.values())
+        assert any(a.kind == "sla_credit" for i in want.invoices.values() for a in i.adjustments)
 
     printed = io.StringIO()
     console = Console(file=printed, width=200)
@@ -396,10 +399,9 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
         flags = await conn.fetch("select supplier_id, kind, code from payouts.payee_flags")
         kinds = {r["kind"] for r in await conn.fetch("select kind from saga.compensations where state = 'done'")}
         late_holdings = []
+        last_month = f"{scenario.end - timedelta(days=1):%Y-%m}"
         for p in payouts:
-            if p["supplier_id"] == scenario.pay_when_paid and p["months"] == [
-                f"{scenario.end - timedelta(days=1):%Y-%m}"
-            ]:
+            if p["supplier_id"] == scenario.pay_when_paid and last_month in p["months"]:
                 late_holdings += (await operator.show_payout(conn, p["payout_id"]))["holdings"]
     paid = [p for p in payouts if p["state"] != "waiting"]
 
@@ -412,8 +414,14 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
         if supplier == scenario.below_minimum or statement.net_minor <= 0:
             continue
         payee = scenario.payees[supplier]
-        found = [p for p in paid if p["supplier_id"] == supplier and p["currency"] == currency and month in p["months"]]
-        assert len(found) == 1, (supplier, currency, month, found)
+        mine = [p for p in payouts if p["supplier_id"] == supplier and p["currency"] == currency]
+        found = [p for p in mine if p["state"] != "waiting" and month in p["months"]]
+        if supplier == scenario.pay_when_paid and not found:
+            # Everything of it still held (its renter has not paid): planned, waiting with nothing payable.
+            found = [p for p in mine if month in p["months"]]
+            assert found and {p["reason"] for p in found} == {"nothing_payable"}, (month, mine)
+            continue
+        assert len(found) == 1, (supplier, currency, month, mine)
         (payout,) = found
         assert (payout["rail"], payout["payout_currency"]) == (payee["rail"], payee["payout_currency"]), payout
         if supplier == scenario.pay_when_paid or payout["months"] != [month]:
@@ -423,6 +431,30 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
         quantum = Decimal(1).scaleb(-(0 if payee["payout_currency"] == "JPY" else 2))
         rate = Decimal(FX_RATES[(currency, payee["payout_currency"])]) if currency != payee["payout_currency"] else 1
         assert Decimal(payout["payout_amount"]) == (net * rate).quantize(quantum, rounding=ROUND_HALF_EVEN), payout
+
+    # Pay-when-paid (R15), cumulatively per (supplier, currency): what its payouts paid so far is the sum of
+    # the positive nets of every month they cover minus what is held at the latest planning; a planning at
+    # which that leaves nothing new to pay waits with nothing payable.
+    pairs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in payouts:
+        if p["supplier_id"] == scenario.pay_when_paid:
+            pairs[p["currency"]].append(p)
+    for currency, planned in pairs.items():
+        exponent = oracle.exponent_of(currency)
+        paid_so_far, months_so_far = 0, set()
+        for p in sorted(planned, key=lambda p: p["planned_at"]):
+            months = months_so_far | set(p["months"])
+            nets = sum(
+                want.statements[key].net_minor
+                for key in ((scenario.pay_when_paid, currency, m) for m in months)
+                if key in want.statements and want.statements[key].net_minor > 0
+            )
+            payable = nets - int(Decimal(p["held"]).scaleb(exponent)) - paid_so_far
+            if p["state"] == "waiting":
+                assert p["reason"] == "nothing_payable" and payable <= 0, (p, payable)
+                continue
+            assert int(Decimal(p["amount"]).scaleb(exponent)) == payable > 0, (p, payable)
+            paid_so_far, months_so_far = paid_so_far + payable, months
 
     # Pay-when-paid: the late renter's first-month invoice paid after its due date releases its earnings.
     late = [c["contract_id"] for c in scenario.contracts if c["renter_id"] == scenario.late_renter]
