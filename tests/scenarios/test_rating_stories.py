@@ -360,6 +360,34 @@ async def test_a_postpaid_contract_crosses_its_credit_limit_and_every_charge_is_
     await assert_ledger_ok(stack)
 
 
+async def test_a_credit_limit_lowered_below_the_exposure_alerts_at_the_next_charge_once(stack: Stack) -> None:
+    """Credit limit 100.00; 2 GPUs at 5.00 = 10.00 an hour. After four hours the exposure is 40. The limit
+    is amended to 25.00 from 04:00: the hour 04:00-05:00 (exposure 50, charged at 05:00) finds it over a
+    limit it was under, so it alerts and asks for a suspension once; the next hour (60) is still over and
+    changes nothing (R9). Comparing the exposures before and after one charge with one limit never fired."""
+    cid = "c-lowered"
+    hours = [Hour(cid, "alloc-l", DEC_1 + h * HOUR, gpu_count=2) for h in range(6)]
+    async with running(stack, [SERVICE]):
+        await publish(stack, [contract_created(cid, starts_at=DEC_1, price="5.00", rate="3.00", credit_limit="100")])
+        await wait_until(lambda: handled(stack, 1), what="contract")
+        await publish(stack, [usage(h) for h in hours[:4]])
+        await wait_sent(stack, topics.CHARGES_RATED, 4, "charge.rated")
+        await publish(stack, [contract_amended(cid, DEC_1 + 4 * HOUR, event_id="limit-25", credit_limit="25")])
+        await wait_until(lambda: handled(stack, 6), what="the amendment")
+        await publish(stack, [usage(h) for h in hours[4:]])
+        await wait_sent(stack, topics.CHARGES_RATED, 6, "charge.rated")
+        await wait_sent(stack, topics.PLATFORM_COMMANDS, 1)
+
+    assert [charge(o) for o in await charges_of(stack)] == [10] * 6
+    alerts = await outputs(stack, topics.BILLING_ALERTS)
+    assert [(a.type, a.data["credit_limit"], a.data["exposure"], a.data["at"]) for a in alerts] == [
+        ("credit.limit_exceeded", "25", "50", "2026-12-01T05:00:00Z")
+    ]
+    commands = await outputs(stack, topics.PLATFORM_COMMANDS)
+    assert [(c.type, c.data["reason"]) for c in commands] == [("platform.suspend_requested", "credit_limit_exceeded")]
+    await assert_ledger_ok(stack)
+
+
 # --- Watermarks ----------------------------------------------------------------------------------------
 
 

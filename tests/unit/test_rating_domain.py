@@ -41,6 +41,7 @@ from services.rating.domain import (
     credit_exposure,
     exact_from_x3600,
     ledger_delta,
+    limit_crossed,
     period_at,
     period_of_hour,
     platform_take,
@@ -637,6 +638,35 @@ def test_credit_fires_exactly_on_each_upward_crossing(limit: Decimal, steps: lis
         crossings += (exposure > limit) is False and (after > limit) is True
         exposure = after
     assert fired == crossings
+
+
+@given(
+    limits=st.lists(st.one_of(st.none(), st.integers(0, 5000).map(Decimal)), min_size=1, max_size=40),
+    steps=st.lists(st.integers(-3000, 3000), max_size=40),
+)
+def test_a_changing_limit_fires_whenever_the_exposure_is_found_over_it_after_being_under(
+    limits: list[Decimal | None], steps: list[int]
+) -> None:
+    """R9 with amendments: each movement is judged against the limit in force then. It fires exactly when
+    the exposure is above that limit and was not above the limit of the previous movement; with one
+    limit throughout it is the two-exposure comparison."""
+    exposure, was_over, previous_limit = Fraction(0), False, limits[0]
+    for n, step in enumerate(steps):
+        limit = limits[n % len(limits)]
+        after = max(Fraction(0), exposure + step)
+        fires, over = limit_crossed(limit, was_over=was_over, exposure_after=after)
+        assert over == (limit is not None and after > limit)
+        assert fires == (over and not was_over)
+        if limit == previous_limit:
+            assert fires == check_credit(limit, exposure, after)
+        exposure, was_over, previous_limit = after, over, limit
+
+
+def test_a_lowered_limit_fires_once_where_comparing_two_exposures_never_would() -> None:
+    fires, over = limit_crossed(Decimal(25), was_over=False, exposure_after=Fraction(50))  # was under 100
+    assert (fires, over) == (True, True)
+    assert not check_credit(Decimal(25), Fraction(40), Fraction(50))
+    assert limit_crossed(Decimal(25), was_over=True, exposure_after=Fraction(60)) == (False, True)
 
 
 def test_exposure_is_unpaid_invoices_plus_uninvoiced_charges() -> None:

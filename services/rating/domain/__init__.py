@@ -30,6 +30,7 @@ Extensions to the billing rules made here (docs/billing-rules.md, "Settle extens
 from services.rating.domain.credit import (
     check_credit,
     credit_exposure,
+    limit_crossed,
 )
 from services.rating.domain.pricing import (
     GPU_METER,
@@ -84,6 +85,7 @@ __all__ = [
     "credit_exposure",
     "exact_from_x3600",
     "ledger_delta",
+    "limit_crossed",
     "period_at",
     "period_of_hour",
     "platform_take",

@@ -1,5 +1,7 @@
 """Credit limits (R9): exposure tracked on charges and finalized invoices; crossing the limit emits
-``credit.limit_exceeded`` and a suspend request."""
+``credit.limit_exceeded`` and a suspend request. "Crossing" is a movement that finds the exposure above
+the limit in force when the previous movement did not (``over_limit`` is kept with the exposure): so a
+limit lowered below the exposure fires at the next movement too."""
 
 from __future__ import annotations
 
@@ -18,9 +20,7 @@ from schemas.events import (
     SuspendRequested,
 )
 from services.rating import store
-from services.rating.domain import (
-    check_credit,
-)
+from services.rating.domain import limit_crossed
 from services.rating.handlers.batch import Batch, add_x3600, display_amount
 
 
@@ -42,14 +42,17 @@ async def track_exposure(
     only for an invoice of a contract rating does not know yet: the exposure moves, no limit is known.
     """
     before = await batch.exposure(contract_id)
-    after = store.Exposure(
-        add_x3600(before.invoiced_due, invoiced_due), add_x3600(before.uninvoiced_x3600, uninvoiced_x3600)
-    )
-    batch.save_exposure(contract_id, after)
+    invoiced = add_x3600(before.invoiced_due, invoiced_due)
+    uninvoiced = add_x3600(before.uninvoiced_x3600, uninvoiced_x3600)
     if terms is None:
+        batch.save_exposure(contract_id, store.Exposure(invoiced, uninvoiced, before.over_limit))
         return
     limit = terms.fields_at(limit_at).credit_limit
-    if not check_credit(limit, before.exact, after.exact):
+    after = store.Exposure(invoiced, uninvoiced)
+    fires, over = limit_crossed(limit, was_over=before.over_limit, exposure_after=after.exact)
+    after = store.Exposure(invoiced, uninvoiced, over)
+    batch.save_exposure(contract_id, after)
+    if not fires:
         return
     assert limit is not None
     renter_id, currency = terms.renter_id, terms.currency

@@ -18,6 +18,8 @@ class Exposure:
     invoiced_due: Decimal
     """Σ ``amount_due`` of the contract's finalized invoices (major units, minor digits)."""
     uninvoiced_x3600: Decimal
+    over_limit: bool = False
+    """Whether the exposure was above the credit limit in force at its last movement (R9)."""
 
     @property
     def exact(self) -> Fraction:
@@ -26,25 +28,26 @@ class Exposure:
 
 async def load_exposure(conn: asyncpg.Connection, contract_id: str) -> Exposure:
     row = await conn.fetchrow(
-        "select invoiced_due, uninvoiced_x3600 from rating.credit_exposure where contract_id = $1",
+        "select invoiced_due, uninvoiced_x3600, over_limit from rating.credit_exposure where contract_id = $1",
         contract_id,
     )
     if row is None:
         return Exposure(Decimal(0), Decimal(0))
-    return Exposure(row["invoiced_due"], row["uninvoiced_x3600"])
+    return Exposure(row["invoiced_due"], row["uninvoiced_x3600"], row["over_limit"])
 
 
-_SAVE_EXPOSURE = """insert into rating.credit_exposure (contract_id, invoiced_due, uninvoiced_x3600)
-   values ($1, $2, $3)
+_SAVE_EXPOSURE = """insert into rating.credit_exposure (contract_id, invoiced_due, uninvoiced_x3600, over_limit)
+   values ($1, $2, $3, $4)
    on conflict (contract_id) do update set invoiced_due = excluded.invoiced_due,
-       uninvoiced_x3600 = excluded.uninvoiced_x3600"""
+       uninvoiced_x3600 = excluded.uninvoiced_x3600, over_limit = excluded.over_limit"""
 
 
 async def save_exposures(conn: asyncpg.Connection, exposures: Mapping[str, Exposure]) -> None:
     """Save several contracts' exposures in one pipelined round trip."""
     if exposures:
         await conn.executemany(
-            _SAVE_EXPOSURE, [(c, e.invoiced_due, e.uninvoiced_x3600) for c, e in sorted(exposures.items())]
+            _SAVE_EXPOSURE,
+            [(c, e.invoiced_due, e.uninvoiced_x3600, e.over_limit) for c, e in sorted(exposures.items())],
         )
 
 
