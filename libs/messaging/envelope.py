@@ -70,14 +70,24 @@ class Envelope(BaseModel, Generic[D]):
     schemaversion: int = 1
     data: D
     fingerprint: bytes = b""
-    """SHA-256 of the canonical (type, source, subject, time, data): the inbox's payload check."""
+    """SHA-256 of the canonical (type, source, subject, time, data) — type, subject and data alone for an
+    operator command: the inbox's payload check (:func:`fingerprint_of`)."""
+
+
+OPERATOR_SOURCE_PREFIX = "/settle/cli/"
+"""Sources of operator commands (``/settle/cli/<user>``). Such a command is named by its command id, and its
+envelope time and source are when and by whom it was sent, not what it is: the same command re-run (the
+same id and data, another minute, another login) is a duplicate, not an id conflict."""
 
 
 def fingerprint_of(raw: RawEnvelope) -> bytes:
-    """Canonical hash of what makes an event *this* event (ids aside); redelivery keeps it equal."""
-    canonical = orjson.dumps(
-        [raw.type, raw.source, raw.subject, format_utc(raw.time), raw.data], option=orjson.OPT_SORT_KEYS
-    )
+    """Canonical hash of what makes an event *this* event (ids aside); redelivery keeps it equal. For an
+    operator command (:data:`OPERATOR_SOURCE_PREFIX`) only its type, subject and data count."""
+    if raw.source.startswith(OPERATOR_SOURCE_PREFIX):
+        identity = [raw.type, OPERATOR_SOURCE_PREFIX, raw.subject, None, raw.data]
+    else:
+        identity = [raw.type, raw.source, raw.subject, format_utc(raw.time), raw.data]
+    canonical = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).digest()
 
 

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from libs.errors import ConfigurationError, SettleError
 from libs.messaging.broker import publish_keyed, start_producer, stop_client
+from libs.messaging.envelope import OPERATOR_SOURCE_PREFIX
 from libs.settings import get_settings
 from schemas import topics
 from schemas.envelope import encode
@@ -108,7 +109,7 @@ async def _send(command_type: str, data: PaymentCommand) -> None:
     assert targets.bootstrap_servers is not None
     value = encode(
         event_id=f"cmd-{data.command_id}",
-        source="/settle/cli/" + (os.environ.get("USER") or "operator"),
+        source=OPERATOR_SOURCE_PREFIX + (os.environ.get("USER") or "operator"),
         type=command_type,
         time=datetime.now(UTC),
         data=data,

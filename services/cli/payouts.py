@@ -22,6 +22,7 @@ from rich.table import Table
 from libs.errors import ConfigurationError, SettleError
 from libs.ids import derive_id
 from libs.messaging.broker import publish_keyed, start_producer, stop_client
+from libs.messaging.envelope import OPERATOR_SOURCE_PREFIX
 from libs.settings import get_settings
 from libs.times import parse_utc
 from schemas import topics
@@ -174,7 +175,7 @@ async def _publish_bank_result(key: str, event_type: str, data: Any, event_id: s
     assert targets.bootstrap_servers is not None
     value = encode(
         event_id=event_id,
-        source="/settle/cli/" + (os.environ.get("USER") or "operator"),
+        source=OPERATOR_SOURCE_PREFIX + (os.environ.get("USER") or "operator"),
         type=event_type,
         time=datetime.now(UTC),
         data=data,

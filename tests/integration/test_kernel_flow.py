@@ -7,12 +7,14 @@ quarantined with its reason and the partition keeps flowing).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import orjson
 import pytest
 
 from libs.ledger import balances, verify
 from libs.messaging import deadletters
+from libs.messaging.envelope import OPERATOR_SOURCE_PREFIX
 from schemas import topics
 from schemas.events import TransferRequested
 from services.journal.main import SERVICE as JOURNAL
@@ -95,6 +97,44 @@ async def test_each_event_has_its_effect_once_and_bad_input_is_dead_lettered(sta
     dlq = await read_topic(stack, topics.Topic(topics.JOURNAL_REQUESTS.dlq, "key", 1, ""))
     assert len(dlq) == 5
     assert all(dict(r.headers).get("settle-dlq-reason") for r in dlq)
+
+
+async def test_an_operator_command_sent_again_later_by_someone_else_is_a_duplicate_not_a_conflict(
+    stack: Stack,
+) -> None:
+    """An operator command (source ``/settle/cli/<user>``) is named by its id: the same command re-run a
+    minute later from another login, before the worker read the first, has its effect once and
+    dead-letters nothing. The same id with other data still is a conflict; a platform event sent again
+    with another time still is one too."""
+    data = TransferRequested(transfer_id="tr-op", from_account="ops:cash", to_account="ops:fees", amount="7.00",
+                             currency="USD", memo="operator", from_type="asset", to_type="asset")  # fmt: skip
+    other = data.model_copy(update={"amount": Decimal("8.00")})
+    kind = "journal.transfer_requested"
+    sent = [
+        event_bytes(kind, data, id="cmd-op-1", time=T0, source=OPERATOR_SOURCE_PREFIX + "alice"),
+        event_bytes(kind, data, id="cmd-op-1", time=T0 + timedelta(minutes=1), source=OPERATOR_SOURCE_PREFIX + "bob"),
+        event_bytes(kind, other, id="cmd-op-1", time=T0 + timedelta(minutes=2), source=OPERATOR_SOURCE_PREFIX + "bob"),
+        event_bytes(kind, data.model_copy(update={"transfer_id": "tr-pl"}), id="pl-1", time=T0, source="/platform"),
+        event_bytes(kind, data.model_copy(update={"transfer_id": "tr-pl"}), id="pl-1", time=T0 + timedelta(minutes=1),
+                    source="/platform"),
+    ]  # fmt: skip
+    await publish(stack, [(topics.JOURNAL_REQUESTS, "op", value) for value in sent])
+    async with running(stack, [JOURNAL]):
+        await wait_until(lambda: _posted(stack, 2), what="the command and the platform event posted")
+        await wait_until(lambda: _dead(stack, 2), what="the two conflicts dead-lettered")
+        await wait_until(lambda: _no_lag(stack), what="consumer group caught up")
+
+    async with stack.pool.acquire() as conn:
+        letters = await deadletters.list_dead_letters(conn)
+        posted = await conn.fetchval("select count(*) from ledger.entries where kind = 'journal.transfer'")
+    assert posted == 2
+    assert sorted((letter["event_id"], letter["error_class"]) for letter in letters) == [
+        ("cmd-op-1", "IdempotencyConflictError"),
+        ("pl-1", "IdempotencyConflictError"),
+    ]
+    async with stack.pool.acquire() as conn:
+        by_code = {b.code: b for b in await balances(conn)}
+    assert by_code["ops:fees"].normal_units == 2 * 700 * 10**6  # 7.00 once for the command, once for pl-1
 
 
 async def _no_lag(stack: Stack) -> bool:

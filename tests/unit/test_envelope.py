@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from libs import limits
 from libs.errors import InvalidEventError, PermanentError
+from libs.messaging.envelope import OPERATOR_SOURCE_PREFIX
 from schemas.envelope import CONTENT_TYPE, decode_data, decode_raw, encode, fingerprint_of
 from schemas.inputs import AllocationProvisioned, ContractCreated
 
@@ -321,6 +322,15 @@ def test_fingerprint_is_equal_for_equal_instants_written_differently() -> None:
 )
 def test_fingerprint_changes_with_what_makes_the_event(change: dict[str, Any]) -> None:
     assert fingerprint(raw_bytes(a_body())) != fingerprint(raw_bytes(a_body(**change)))
+
+
+def test_an_operator_command_is_the_same_command_whenever_and_by_whomever_it_is_sent() -> None:
+    command = a_body(source=OPERATOR_SOURCE_PREFIX + "alice", type="payment.retry_requested", data={"command_id": "c"})
+    again = {**command, "source": OPERATOR_SOURCE_PREFIX + "bob", "time": "2026-12-02T09:30:00Z", "id": "x"}
+    assert fingerprint(raw_bytes(command)) == fingerprint(raw_bytes(again))
+    assert fingerprint(raw_bytes(command)) != fingerprint(raw_bytes({**command, "data": {"command_id": "d"}}))
+    assert fingerprint(raw_bytes(command)) != fingerprint(raw_bytes({**command, "type": "payment.refund_requested"}))
+    assert fingerprint(raw_bytes(command)) != fingerprint(raw_bytes({**command, "source": "/platform/payments"}))
 
 
 def test_fingerprint_distinguishes_number_from_string() -> None:
