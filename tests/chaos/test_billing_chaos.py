@@ -65,7 +65,7 @@ async def test_killed_billing_workers_bill_exactly_what_a_calm_fleet_bills(
     assert calm.invoices and calm.statements, "the calm run billed something"
     assert differences(calm, chaos) == []
     kinds = {key.split("|")[0] for key in calm.settlement}
-    assert kinds == {"payment", "payout", "saga"}, kinds
+    assert kinds == {"payment", "credit", "payout", "saga"}, kinds
     payouts = [v for k, v in calm.settlement.items() if k.startswith("payout|")]
     assert any(v[-3] == "planned" for v in payouts), payouts
     _, minimum = settlement_roles(scenario)
@@ -90,6 +90,11 @@ async def test_killed_billing_workers_bill_exactly_what_a_calm_fleet_bills(
         _invoice_key(f"payment|{k}"): (i.status, i.paid_minor, i.remaining_minor) for k, i in walked.invoices.items()
     }
     assert statuses == expected, sorted(set(statuses.items()) ^ set(expected.items()))
+    assert any(walked.credit_minor.values()), "one wire leaves a credit balance"
+    books = {tuple(k.split("|")[1:]): int(v[1]) for k, v in calm.settlement.items() if k.startswith("credit|")}
+    assert {book: credit for book, credit in books.items() if credit} == {
+        book: credit for book, credit in walked.credit_minor.items() if credit
+    }, (books, walked.credit_minor)
     assert any(i.status == "partially_paid" for i in walked.invoices.values()), "a wire left an invoice open"
     assert chaos.ledger_ok and calm.ledger_ok
     assert chaos.open_gaps == 0

@@ -188,7 +188,8 @@ def settlement_inputs(scenario: Scenario) -> list[Delivery]:
     """The money inputs of a settlement run, derived from the scenario without randomness: every supplier
     paid in USD by ACH (:func:`settlement_roles`: one pay-when-paid, one with a minimum nobody reaches), direct rates
     to USD for the other statement currencies (one change after the first close), and a wire from every
-    other renter of a postpaid contract three weeks into the second month (R11 applies it oldest first)."""
+    other renter of a postpaid contract three weeks into the second month (R11 applies it oldest first; the
+    first of them sends far more than it owes, leaving a credit balance)."""
     out: list[Delivery] = []
 
     def event(topic: str, key: str, type_: str, data: dict[str, Any], at: datetime) -> Delivery:
@@ -216,8 +217,10 @@ def settlement_inputs(scenario: Scenario) -> list[Delivery]:
             out.append(event(topics.FX_RATES.name, f"{currency}/USD", "fx.rate", data, at))
     postpaid = sorted({(c["renter_id"], c["currency"]) for c in scenario.contracts if c["billing_mode"] == "postpaid"})
     received = close + timedelta(days=21)
-    for renter, currency in postpaid[::2]:
+    for n, (renter, currency) in enumerate(postpaid[::2]):
         amount = "15000" if currency == "JPY" else "150.00"
+        if n == 0:  # more than it owes: the rest is a credit balance that pays its next invoices as issued
+            amount = "1500000" if currency == "JPY" else "15000.00"
         data = PaymentReceived(
             renter_id=renter,
             receipt_id=f"{scenario.tag}-wire-{renter}-{currency}",
@@ -257,14 +260,17 @@ async def collect(pool: asyncpg.Pool) -> tuple[dict[str, Any], dict[str, Any]]:
 
 async def collect_settlement(pool: asyncpg.Pool) -> dict[str, Any]:
     """What the money services decided, keyed by what does not depend on close order: each invoice's payment
-    status by (contract, period start), every payout (ids derive from supplier, currency and months) and
-    every saga's state by (contract, period start) with its compensations."""
+    status by (contract, period start), each renter's money in and credit balance per currency, every
+    payout (ids derive from supplier, currency and months) and every saga's state by (contract, period
+    start) with its compensations."""
     out: dict[str, Any] = {}
     for r in await pool.fetch(
         """select i.contract_id, i.period_start, s.status, s.paid_minor, s.remaining_minor, s.past_due, s.paid_at
              from payments.invoice_status s join payments.invoices i using (invoice_id)"""
     ):
         out[f"payment|{r['contract_id']}|{r['period_start'].isoformat()}"] = [str(v) for v in list(r)[2:]]
+    for r in await pool.fetch("select renter_id, currency, money_in_minor, credit_minor from payments.books"):
+        out[f"credit|{r['renter_id']}|{r['currency']}"] = [str(r["money_in_minor"]), str(r["credit_minor"])]
     for r in await pool.fetch(
         """select payout_id, supplier_id, currency, months, amount_minor, held_minor, payout_currency,
                   payout_amount_minor, rate_id, rail, state, reason, planned_at from payouts.payouts"""
