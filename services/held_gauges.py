@@ -87,7 +87,8 @@ async def count_held(conn: asyncpg.Connection, service: str) -> list[HeldCount]:
 def metrics_task(service: str) -> BackgroundTask:
     """A background task (``Service.tasks``) keeping the ``settle_held_*`` gauges of one service fresh:
     one cheap query every :data:`libs.limits.HELD_METRICS_INTERVAL_S`, and a warning in the log when
-    the oldest item of a kind becomes older than ``SETTLE_HELD_ALERT_AFTER_S``."""
+    the oldest item of a kind becomes older than ``SETTLE_HELD_ALERT_AFTER_S``. Metering's also keeps
+    ``settle_clock_latest_tick_timestamp_seconds`` (the latest tick it applied: alert SettleClockSilent)."""
     if service not in GAUGED:
         raise ValueError(f"no held data in service {service!r}")
 
@@ -99,6 +100,10 @@ def metrics_task(service: str) -> BackgroundTask:
             try:
                 async with transaction(runtime.pool) as conn:
                     counts = await count_held(conn, service)
+                    if service == "metering":
+                        tick = await conn.fetchval("select target from metering.clock where id = 1")
+                        if tick is not None:
+                            metrics.CLOCK_LATEST_TICK.set(tick.timestamp())
                 for c in counts:
                     metrics.HELD_ITEMS.labels(service, c.kind).set(c.count)
                     metrics.HELD_OLDEST_AGE.labels(service, c.kind).set(c.oldest_age_s)

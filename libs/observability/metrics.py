@@ -47,6 +47,10 @@ RELAY_ROUND_SECONDS = Histogram(
     "Time of one relay round (claim, publish, mark sent)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+CLOCK_LATEST_TICK = Gauge(
+    "settle_clock_latest_tick_timestamp_seconds",
+    "Event time (Unix seconds) of the latest clock tick the metering worker applied: closes follow it",
+)
 DEAD_LETTERS_OPEN = Gauge("settle_dead_letters_open", "Dead letters not redriven", ["consumer"])
 LEDGER_ENTRIES = Counter("settle_ledger_entries_total", "Journal entries posted", ["kind"])
 DOMAIN_EVENTS = Counter(

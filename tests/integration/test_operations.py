@@ -328,6 +328,22 @@ async def test_held_metrics_task_exports_counts_and_oldest_age(stack: Stack) -> 
     assert metrics.HELD_ALERT_AFTER._value.get() == 3600
 
 
+async def test_metering_gauges_the_latest_tick_it_applied_for_the_silent_clock_alert(stack: Stack) -> None:
+    async with stack.pool.acquire() as conn:
+        await conn.execute("update metering.clock set target = '2026-12-01T05:00:00Z' where id = 1")
+    stop = asyncio.Event()
+    settings = Settings(database_url=stack.database_url)
+    task = asyncio.create_task(held_gauges.metrics_task("metering")(Runtime(settings, stack.pool, "", stop)))
+    want = datetime(2026, 12, 1, 5, tzinfo=UTC).timestamp()
+    for _ in range(100):
+        if metrics.CLOCK_LATEST_TICK._value.get() == want:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert metrics.CLOCK_LATEST_TICK._value.get() == want
+
+
 # ====================================================================================================
 # Quarantined invoice closes
 # ====================================================================================================
