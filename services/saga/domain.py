@@ -292,8 +292,8 @@ def apply(facts: Facts, event: Input) -> Facts:
             return facts if facts.invoice is not None else facts.model_copy(update={"invoice": event})
         case PaymentStatus():
             update: dict[str, object] = {}
-            if facts.status is None or event.revision > facts.status.revision:
-                update["status"] = event
+            if facts.status is None or (event.revision, event.status) > (facts.status.revision, facts.status.status):
+                update["status"] = event  # the highest revision (ties, never sent by payments: a fixed order)
             if event.status == "paid":
                 update["paid_at"] = _min(facts.paid_at, event.at)
             if event.status == "past_due":
@@ -417,7 +417,13 @@ def evaluate(facts: Facts, policy: Policy) -> Status:
         return Status("pending", "events seen before the invoice", "invoice.finalized", None, (), ())
     steps: list[str] = [f"invoice {inv.number} finalized"]
     required: list[Compensation] = []
-    paid = facts.paid_at is not None or inv.amount_due_minor == 0
+    # Paid = the latest payment status says so. R11 walks money in event time, so a status can be revised
+    # back: credit or a receipt first applied to this invoice goes to an older one that arrived later
+    # (the renter's invoices of one close come on several partitions). Only money going out (a refund, a
+    # credit note, a dispute) keeps a once-paid cycle past payment: that is a compensation, not a re-opening.
+    money_out = bool(facts.refunds or facts.credit_notes or facts.disputes_open)
+    latest_paid = facts.status is not None and facts.status.status == "paid"
+    paid = latest_paid or inv.amount_due_minor == 0 or (facts.paid_at is not None and money_out)
     now = facts.now
     if facts.collected:
         steps.append(f"collected {sum(facts.collected.values())} minor in {len(facts.collected)} payment(s)")

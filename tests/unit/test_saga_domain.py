@@ -74,6 +74,19 @@ def test_paid_cycle_completes_when_earnings_are_released() -> None:
     assert any("earnings released" in step for step in s.steps)
 
 
+def test_a_paid_status_revised_back_by_an_older_invoice_reopens_the_cycle_but_money_out_does_not() -> None:
+    """R11 in event time: a wire first applied to this invoice goes to an older invoice of the renter that
+    arrived later, so payments revises the status from paid back to open. The cycle follows the latest
+    status (whichever order the two statuses came in); a refund after payment is a compensation instead."""
+    paid, reopened = status(1, "paid", 10_000, DUE), status(2, "open", 0, DUE)
+    for events in ([invoice(), paid, reopened], [invoice(), reopened, paid]):
+        s, _, requested = run(events)
+        assert s.state == "collecting" and requested == {}, s
+    refund = d.Refunded(refund_id="rf_1", amount_minor=10_000, at=DUE + timedelta(days=1))
+    s, _, requested = run([invoice(), paid, status(2, "open", 0, DUE + timedelta(days=1)), refund])
+    assert s.state == "compensated" and requested == {"clawback:rf_1": 1}, s
+
+
 def test_before_payment_the_saga_waits_for_collection_with_an_event_time_deadline() -> None:
     s, _, _ = run([invoice(), d.Tick(at=DUE + timedelta(days=3))])
     assert s.state == "collecting"
