@@ -62,7 +62,8 @@ def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _minor(amount: str, currency: str) -> int:
+def to_minor(amount: str, currency: str) -> int:
+    """A document amount (at most the currency's digits) in minor units, exactly."""
     value = Decimal(amount).scaleb(exponent_of(currency))
     assert value == value.to_integral_value(), (amount, currency)
     return int(value)
@@ -86,12 +87,12 @@ def walk(
             due_at=_time(doc["due_at"]),
             period_start=_time(doc["period_start"]),
             contract_id=doc["contract_id"],
-            amount_due_minor=_minor(doc["amount_due"], doc["currency"]),
+            amount_due_minor=to_minor(doc["amount_due"], doc["currency"]),
         )
         events[(paid.renter_id, paid.currency)].append((_time(doc["period_end"]), 0, paid.order(), paid))
     for note in credit_notes:
         target = invoices[note["invoice_number"]]
-        total = _minor(note["total"], note["currency"])
+        total = to_minor(note["total"], note["currency"])
         events[(target["renter_id"], target["currency"])].append(
             (_time(note["issued_at"]), 1, (note["invoice_number"],), (note["invoice_number"], total))
         )
@@ -100,7 +101,7 @@ def walk(
         if (receipt["renter_id"], receipt["receipt_id"]) in seen:
             continue
         seen.add((receipt["renter_id"], receipt["receipt_id"]))
-        minor = _minor(receipt["amount"], receipt["currency"])
+        minor = to_minor(receipt["amount"], receipt["currency"])
         events[(receipt["renter_id"], receipt["currency"])].append(
             (_time(receipt["received_at"]), 2, (receipt["receipt_id"],), (receipt.get("reference") or "", minor))
         )
@@ -141,4 +142,4 @@ def walk(
     return Walked(state, credit)
 
 
-__all__ = ["InvoicePaid", "Walked", "walk"]
+__all__ = ["InvoicePaid", "Walked", "to_minor", "walk"]

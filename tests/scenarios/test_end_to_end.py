@@ -37,7 +37,7 @@ from libs.ledger import verify
 from schemas.events import AdjustmentLine
 from services import catalog
 from tests.conftest import Stack
-from tests.scenarios import oracle
+from tests.scenarios import money_oracle, oracle
 from tools.demo.run import run_demo
 from tools.demo.scenario import FX_RATES, generate
 
@@ -381,7 +381,7 @@ def _held_earnings(want: Any, supplier: str, holding: dict[str, Any], final: lis
         ),
         Fraction(0),
     )
-    return Decimal(oracle.round_minor(exact, contract.currency)).scaleb(-oracle.exponent_of(contract.currency))
+    return Decimal(oracle.show_minor(oracle.round_minor(exact, contract.currency), contract.currency))
 
 
 async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path, printed: str) -> None:
@@ -453,7 +453,6 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
         if p["supplier_id"] != scenario.below_minimum:
             pairs[(p["supplier_id"], p["currency"])].append(p)
     for (supplier, currency), planned in sorted(pairs.items()):
-        exponent = oracle.exponent_of(currency)
         paid_so_far, months_so_far = 0, set()
         for p in sorted(planned, key=lambda p: p["planned_at"]):
             months = months_so_far | set(p["months"])
@@ -462,11 +461,11 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
                 for key in ((supplier, currency, m) for m in months)
                 if key in want.statements and want.statements[key].net_minor > 0
             )
-            payable = nets - int(Decimal(p["held"]).scaleb(exponent)) - paid_so_far
+            payable = nets - money_oracle.to_minor(p["held"], currency) - paid_so_far
             if p["state"] == "waiting":
                 assert p["reason"] == "nothing_payable" and payable <= 0, (p, payable)
                 continue
-            assert int(Decimal(p["amount"]).scaleb(exponent)) == payable > 0, (p, payable)
+            assert money_oracle.to_minor(p["amount"], currency) == payable > 0, (p, payable)
             paid_so_far, months_so_far = paid_so_far + payable, months
     # Earnings held from a supplier that is not pay-when-paid were held by a saga's compensation.
     if any(Decimal(p["held"]) > 0 for p in payouts if p["supplier_id"] != scenario.pay_when_paid):

@@ -48,10 +48,9 @@ async def track_exposure(
         batch.save_exposure(contract_id, store.Exposure(invoiced, uninvoiced, before.over_limit))
         return
     limit = terms.fields_at(limit_at).credit_limit
-    after = store.Exposure(invoiced, uninvoiced)
-    fires, over = limit_crossed(limit, was_over=before.over_limit, exposure_after=after.exact)
-    after = store.Exposure(invoiced, uninvoiced, over)
-    batch.save_exposure(contract_id, after)
+    exact = store.Exposure(invoiced, uninvoiced).exact
+    fires, over = limit_crossed(limit, was_over=before.over_limit, exposure_after=exact)
+    batch.save_exposure(contract_id, store.Exposure(invoiced, uninvoiced, over))
     if not fires:
         return
     assert limit is not None
@@ -68,7 +67,7 @@ async def track_exposure(
             renter_id=renter_id,
             currency=currency,
             credit_limit=limit,
-            exposure=display_amount(after.exact),
+            exposure=display_amount(exact),
             at=at,
         ),
     )
