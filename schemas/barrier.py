@@ -61,7 +61,7 @@ def emit_watermark(
     topic: Topic,
     *,
     type: str,
-    source: Literal["metering", "rating", "payments"],
+    source: Literal["metering", "rating", "invoicing", "payments"],
     through: datetime,
     partition: int,
     event_id: str,

@@ -76,11 +76,13 @@ class Watermark(EventModel):
     at or before ``through`` has been emitted before this record. Sent to every partition.
     ``payments.watermark`` (invoices.payments.v1): payments has handled the tick ``through`` — every
     receipt published before it applied — and every payment status before this record was published
-    before that tick was handled."""
+    before that tick was handled. ``invoices.watermark`` (invoices.finalized.v1, invoicing): every invoice
+    of a contract period ending at or before ``through`` was published on this partition before this
+    record (a contract whose close is quarantined excepted: it waits for an operator)."""
 
     through: UtcTime
     partition: int = Field(ge=0)
-    source: Literal["metering", "rating", "payments"]
+    source: Literal["metering", "rating", "invoicing", "payments"]
     barrier: Barrier | None = None
     """From the tick that closed ``through``: end offsets of the input topics a downstream consumer
     must have read before it acts on this watermark (rating: contracts and wallets)."""

@@ -152,8 +152,11 @@ INVOICES_FINALIZED = Topic(
     key="contract_id",
     partitions=3,
     producer="invoicing",
-    description="Finalized renter invoices (immutable, gapless numbers).",
-    types=MappingProxyType({"invoice.finalized": events.InvoiceFinalized}),
+    description=(
+        "Finalized renter invoices (immutable, gapless numbers); `invoices.watermark` on every partition once"
+        " every invoice of the periods ending by then is out."
+    ),
+    types=MappingProxyType({"invoice.finalized": events.InvoiceFinalized, "invoices.watermark": events.Watermark}),
 )
 CREDIT_NOTES_ISSUED = Topic(
     "credit_notes.issued.v1",

@@ -8,6 +8,8 @@ How work is found (the consumer only records; see :mod:`services.invoicing.handl
   :data:`libs.limits.CLOSE_CHUNK_CONTRACTS` contracts are locked ``for update skip locked`` per
   transaction, so two invoicing workers share the work and a first-of-month close of 100,000
   contracts is 200 short transactions, never one giant one, while the consumer keeps flowing;
+* once no contract is due up to the least partition watermark, ``invoices.watermark`` tells every
+  partition of invoices.finalized.v1 so (:mod:`~services.invoicing.invoice_marks`);
 * month M's statements close when every partition's watermark reached the first instant of M+1 and
   every known contract's periods ending by then are invoiced (invoices first, then statements).
 
@@ -40,7 +42,7 @@ from libs import limits
 from libs.db.pool import transaction
 from libs.errors import InfrastructureError, RetryableError, SettleError
 from libs.messaging.worker import Runtime
-from services.invoicing import store
+from services.invoicing import invoice_marks, store
 from services.invoicing.entries import RenterAmounts, invoice_amounts, renter_entry, statement_entry
 from services.invoicing.invoice_close import ContractPlan, finalize_plans, plan_contract
 from services.invoicing.statement_close import close_statement_chunk
@@ -70,6 +72,9 @@ class Closer:
         """One unit of work (a chunk of contracts, else a chunk of statements). False: nothing to do."""
         if await self.close_invoices():
             return True
+        async with transaction(self.pool) as conn:
+            if await invoice_marks.announce(conn):  # after the invoices it vouches for committed
+                return True
         return await self.close_statements()
 
     async def close_invoices(self) -> bool:

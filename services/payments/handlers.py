@@ -13,9 +13,11 @@ allocation of every renter-currency the batch touched (R11), start collections t
 * ``clock.ticked``: event time for payments — every postpaid invoice due by then gets its intent and
   first try, every retry that fell due its next try (the collector sends them). A tick waits until
   receipts and methods are read up to its barrier (published before the tick: applied before it is
-  answered); then ``payments.watermark`` goes to every partition of invoices.payments.v1, after the
-  statuses of what came before the tick, so payouts knows which statuses came before it (R15: only money
-  applied at or before planning releases anything). Several ticks in one batch are answered one by one.
+  answered), and is answered only once invoicing's ``invoices.watermark`` at or past it came from every
+  partition of invoices.finalized.v1 (the invoices of its close are read; before any such mark, at once);
+  then ``payments.watermark`` goes to every partition of invoices.payments.v1, after the statuses of what
+  came before, so payouts knows which statuses came before it (R15: only money applied at or before
+  planning releases anything). Several ticks in one batch are answered one by one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from schemas.events import (
     PaymentCommand,
     PaymentEvent,
     ProcessorEventReceived,
+    Watermark,
 )
 from schemas.inputs import ClockTicked, PaymentMethodEvent, PaymentReceived
 from services.payments import books, collection, commands, processor_events, store
@@ -101,13 +104,18 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
             touched |= await commands.apply(tx, config, event, data)
         elif isinstance(data, ProcessorEventReceived):
             touched |= await processor_events.apply(tx, config, event, data)
-        elif isinstance(data, ClockTicked):
-            # Each tick on its own, in order: the statuses of what came before it, then its collections and
-            # its watermark (several ticks in one batch — a lagging worker — answer as one at a time would).
+        elif isinstance(data, ClockTicked | Watermark):
+            # Each tick on its own, in order, once invoicing's mark says its close is read: the statuses of
+            # what came before, then its collections and its watermark (several ticks in one batch — a
+            # lagging worker — answer as one at a time would).
             if touched:
                 await books.recompute_all(tx, touched, cause=last, at=last.time)
                 touched = set()
-            await _answer_tick(tx, config, event, data.at)
+            if isinstance(data, ClockTicked):
+                await store.queue_tick(conn, data.at)
+            else:
+                await store.save_invoice_mark(conn, data.partition, data.through)
+            await _answer_ticks(tx, config, event)
     if touched:
         await books.recompute_all(tx, touched, cause=last, at=last.time)
     if invoices_added and (now := await store.event_now(conn)) is not None:
@@ -116,9 +124,25 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
         await collection.start_due(tx, config, now, cause=last)
 
 
+async def _answer_ticks(tx: Tx, config: PaymentsConfig, cause: Envelope[Any]) -> None:
+    """Answer every queued tick whose close invoicing has announced (``invoices.watermark`` at or past it
+    from every partition of invoices.finalized.v1), in order: event time moves on (never back), whatever
+    fell due by then starts, and ``payments.watermark`` tells every partition of invoices.payments.v1 that
+    the statuses before it are out — including those of the invoices that tick's close issued, so their
+    money (credit balance applied at issue, R11) counts at that tick's planning (R15). Before invoicing
+    sent any mark (payments without invoicing upstream), a tick is answered when it is read."""
+    marks = await store.invoice_marks(tx.conn)
+    if not marks:
+        ready = None  # no invoicing upstream yet: nothing to wait for
+    elif len(marks) < topics.INVOICES_FINALIZED.partitions:
+        return
+    else:
+        ready = min(marks.values())
+    for at in await store.ticks_to_answer(tx.conn, ready):
+        await _answer_tick(tx, config, cause, at)
+
+
 async def _answer_tick(tx: Tx, config: PaymentsConfig, event: Envelope[Any], at: datetime) -> None:
-    """A tick: event time moves on (never back), whatever fell due by then starts, and ``payments.watermark``
-    tells every partition of invoices.payments.v1 that the statuses before it are out."""
     await store.advance_clock(tx.conn, at)
     now = await store.event_now(tx.conn)
     assert now is not None

@@ -32,6 +32,35 @@ async def advance_clock(conn: asyncpg.Connection, at: datetime) -> None:
     )
 
 
+async def queue_tick(conn: asyncpg.Connection, at: datetime) -> None:
+    """A tick read; answered once invoicing's close of it is read too (``ticks_to_answer``)."""
+    await conn.execute("insert into payments.ticks_unanswered (at) values ($1) on conflict do nothing", at)
+
+
+async def save_invoice_mark(conn: asyncpg.Connection, partition: int, through: datetime) -> None:
+    """invoicing's ``invoices.watermark`` of one partition (only moves forward)."""
+    await conn.execute(
+        """insert into payments.invoice_marks (partition, through) values ($1, $2)
+           on conflict (partition) do update
+           set through = greatest(payments.invoice_marks.through, excluded.through)""",
+        partition,
+        through,
+    )
+
+
+async def invoice_marks(conn: asyncpg.Connection) -> dict[int, datetime]:
+    rows = await conn.fetch("select partition, through from payments.invoice_marks")
+    return {r["partition"]: r["through"] for r in rows}
+
+
+async def ticks_to_answer(conn: asyncpg.Connection, ready: datetime | None) -> list[datetime]:
+    """Queued ticks at or before ``ready`` (None: all), oldest first, taken off the queue."""
+    rows = await conn.fetch(
+        "delete from payments.ticks_unanswered where $1::timestamptz is null or at <= $1 returning at", ready
+    )
+    return sorted(r["at"] for r in rows)
+
+
 async def save_method(conn: asyncpg.Connection, row: dict[str, Any]) -> bool:
     """The latest event per method (event time, then event id) wins; True when this one did."""
     status = await conn.execute(

@@ -385,6 +385,10 @@ async def statement_of(stack: Stack, supplier_id: str, month: str) -> dict[str, 
     return dict(row["document"])
 
 
+def marks_of(published: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in published if e["type"] == "invoices.watermark"]
+
+
 async def outbox_events(stack: Stack, topic: topics.Topic) -> list[dict[str, Any]]:
     """The CloudEvents written to the outbox for a topic; checks each row's partition against its key."""
     events = []
@@ -392,7 +396,7 @@ async def outbox_events(stack: Stack, topic: topics.Topic) -> list[dict[str, Any
         "select partition, key, value from settle.outbox where topic = $1 order by id", topic.name
     ):
         event = orjson.loads(bytes(row["value"]))
-        if event["type"] != "statements.closed":  # markers address each partition, not a key's
+        if event["type"] not in ("statements.closed", "invoices.watermark"):  # markers address each partition
             assert row["partition"] == partition_for(bytes(row["key"]), topic.partitions)
         assert event["subject"] == bytes(row["key"]).decode()
         events.append(event)
@@ -492,9 +496,17 @@ async def test_watermark_closes_every_period_with_documents_events_and_a_sound_l
 
     # Events: one outbox row per document, written with it (the relay publishes rows; kernel-tested),
     # keyed as the registry says, event time = the finalization instant.
-    invoices = await outbox_events(stack, topics.INVOICES_FINALIZED)
+    published = await outbox_events(stack, topics.INVOICES_FINALIZED)
+    invoices = [e for e in published if e["type"] == "invoice.finalized"]
     assert sorted(e["data"]["number"] for e in invoices) == numbers
-    assert {e["type"] for e in invoices} == {"invoice.finalized"}
+    # invoicing's mark on every partition once every invoice of a period ending by then is out (the late
+    # contract, published after the watermark, is late data: its invoice comes after the mark)
+    mark_events = marks_of(published)
+    marks = {(e["data"]["through"], e["data"]["partition"]): i for i, e in enumerate(published) if e in mark_events}
+    partitions = range(topics.INVOICES_FINALIZED.partitions)
+    assert set(marks) == {(t, p) for t in ("2026-01-31T23:00:00Z", "2026-02-01T00:00:00Z") for p in partitions}
+    on_time = [i for i, e in enumerate(published) if e.get("subject") in ("ctr-a", "ctr-zero")]
+    assert len(on_time) == 2 and max(on_time) < min(marks[("2026-02-01T00:00:00Z", p)] for p in partitions)
     assert {e["time"] for e in invoices if e["data"]["contract_id"] == "ctr-a"} == {"2026-02-01T00:00:00Z"}
     published = await outbox_events(stack, topics.STATEMENTS_FINALIZED)
     statements = [e for e in published if e["type"] == "statement.finalized"]
@@ -586,7 +598,14 @@ async def test_a_close_that_dies_before_commit_leaves_nothing_and_the_next_run_c
     assert numbers == [f"INV-2026-{n:06d}" for n in range(1, 13)]
     assert await count(stack, "select count(*) from invoicing.statements") == 1
     assert await count(stack, "select count(*) from ledger.entries where kind = 'invoice.finalized'") == 12
-    assert await count(stack, "select count(*) from settle.outbox where topic = 'invoices.finalized.v1'") == 12
+    assert (
+        await count(
+            stack,
+            "select count(*) from settle.outbox where topic = 'invoices.finalized.v1'"
+            " and convert_from(key, 'UTF8') not like 'watermark-%'",
+        )
+        == 12
+    )
     await assert_ledger_sound(stack)
 
 

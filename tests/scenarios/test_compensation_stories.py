@@ -60,7 +60,7 @@ from tests.integration.test_invoicing_service import (
     outbox_events,
     statement_of,
 )
-from tests.scenarios.test_payouts_stories import payee, payouts_list, receipt, tick, wait_rows
+from tests.scenarios.test_payouts_stories import charges_rated_through, payee, payouts_list, receipt, tick, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +136,7 @@ async def test_hold_clawback_supplier_share_once_and_acknowledged(stack: Stack) 
         await wait_rows(stack, "select count(*) from saga.sagas where state = 'compensated'", 1, "hold answered")
 
         # --- Feb 1, 02:00: January's planning ---------------------------------------------------------------
-        await publish(stack, [tick(FEB[0] + 2 * HOUR)])
+        await publish(stack, [tick(FEB[0] + 2 * HOUR), *charges_rated_through(FEB[0] + 2 * HOUR)])
         await wait_rows(stack, "select count(*) from payouts.payouts", 3, "a plan per supplier")
         plans = await payouts_list(stack)
         held = plans["sup-h"]  # not paid when paid: held by the saga's request alone

@@ -294,7 +294,10 @@ async def test_payouts_minimum_hold_pay_when_paid_and_fx(stack: Stack) -> None:
         # A payee update dated Feb 15 is published now but is not "at or before" the Feb 10 planning.
         await publish(stack, [payee("sup-min", at=datetime(2026, 2, 15, tzinfo=UTC), n=2, minimum="50")])
         await wait_rows(stack, "select count(*) from payouts.payees where supplier_id = 'sup-min'", 2, "payee v2")
-        await publish(stack, [tick(datetime(2026, 2, 10, tzinfo=UTC))])
+        # a tick, and (what the fleet's rating sends after every tick) the charges watermark that lets
+        # invoicing say its close is done — payments answers the tick only then
+        feb10 = datetime(2026, 2, 10, tzinfo=UTC)
+        await publish(stack, [tick(feb10), *charges_rated_through(feb10)])
         await wait_rows(
             stack, "select count(*) from payouts.payouts where supplier_id = 'sup-pwp' and state = 'planned'", 1, "pwp"
         )
@@ -446,6 +449,7 @@ async def test_money_received_before_a_tick_releases_at_that_tick(stack: Stack) 
             await publish_tick(producer, stack.bootstrap_servers, stack.settings.topic_prefix, FEB[0] + 9 * 24 * HOUR)
         finally:
             await stop_client(producer)
+        await publish(stack, charges_rated_through(FEB[0] + 9 * 24 * HOUR))  # rating's, after the tick
         await wait_rows(stack, "select count(*) from payouts.ticks", 2, "the Feb 10 tick at payouts")
         await asyncio.sleep(1.5)
         assert await count(stack, "select count(*) from payouts.ticks where planned") == 1, "planned before payments"
@@ -455,6 +459,48 @@ async def test_money_received_before_a_tick_releases_at_that_tick(stack: Stack) 
     payout = plans["sup-pwp:2026-01"]
     assert (payout["state"], payout["amount"], payout["held"]) == ("planned", "150.00", "0.00")
     assert payout["planned_at"].startswith("2026-02-10")
+    await assert_ledger_sound(stack)
+
+
+async def test_credit_applied_to_an_invoice_at_its_issue_releases_at_that_ticks_planning(stack: Stack) -> None:
+    """R11 + R15: money on the renter's credit balance pays the next invoice as it is issued (an invoice
+    exists from the end of its period), and money applied at or before planning releases the earnings.
+    The month-closing tick reaches payments before its close issued the invoice — as it always can, the
+    close comes after the tick. Payments answers the tick only once invoicing's ``invoices.watermark`` says
+    the invoices of that close are out, so the status "paid from credit at Feb 1" is before the tick's
+    ``payments.watermark`` and the Feb 1 planning pays all 150.00 (before: held until the next month)."""
+    story = Story()
+    story.contract("ctr-k", renter="rnt-k", price="2", rate="1.5")
+    story.watermark(JAN[0])  # invoicing is upstream: its first mark (nothing due yet) reaches payments
+    await story.publish(stack)
+    await publish(stack, [payee("sup-k", at=JAN[0], n=1, pay_when_paid=True)])
+    stack.settings = stack.settings.model_copy(update={"gateways_enabled": ""})
+    async with running(stack, [INVOICING, PAYMENTS, PAYOUTS], relays=1):
+        await wait_rows(
+            stack, "select count(*) from payments.invoice_marks", topics.INVOICES_FINALIZED.partitions, "marks"
+        )
+    # The renter pays 250.00 ahead (no invoice yet: credit balance); the Feb 1 tick arrives while the
+    # close of January is not done (invoicing down).
+    await publish(stack, [receipt("rnt-k", "r-k", "250.00", datetime(2026, 1, 20, tzinfo=UTC), "advance")])
+    async with running(stack, [PAYMENTS, PAYOUTS], relays=1):
+        await publish(stack, [tick(FEB[0])])
+        await wait_rows(stack, "select count(*) from payments.ticks_unanswered", 1, "the tick waiting at payments")
+        await wait_rows(stack, "select count(*) from payouts.ticks", 1, "the tick at payouts")
+        await asyncio.sleep(1.5)
+        assert await count(stack, "select count(*) from payouts.ticks where planned") == 0, "planned unanswered"
+        assert await count(stack, "select count(*) from payments.ticks_unanswered") == 1
+    for n in range(10):  # 150.00 earned on an invoice of 200.00
+        story.charge("ctr-k", "alloc-k1", "sup-k", datetime(2026, 1, 12, tzinfo=UTC) + n * HOUR, billable=36_000)
+    story.watermark(JAN[1])
+    await story.publish(stack)
+    async with running(stack, [INVOICING, PAYMENTS, PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.ticks where planned", 1, "the Feb 1 planning")
+        plans = await payouts_list(stack)
+        status = await stack.pool.fetchrow("select * from payments.invoice_status")
+    assert (status["status"], status["paid_minor"], status["remaining_minor"]) == ("paid", 20_000, 0), dict(status)
+    payout = plans["sup-k:2026-01"]
+    assert (payout["state"], payout["amount"], payout["held"]) == ("planned", "150.00", "0.00")
+    assert payout["planned_at"].startswith("2026-02-01")
     await assert_ledger_sound(stack)
 
 

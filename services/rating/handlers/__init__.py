@@ -90,8 +90,8 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             await on_invoice(batch, event)
         elif event.type == "invoice.payment_status":
             await on_payment_status(batch, event)
-        elif event.type == "payments.watermark":
-            continue  # for payouts (R15 planning); exposure follows the statuses alone
+        elif event.type in ("payments.watermark", "invoices.watermark"):
+            continue  # for payouts and payments (R15 planning); exposure follows invoices and statuses alone
         else:  # the topic registry decodes nothing else for these topics
             raise DomainRuleError(f"rating does not handle {event.type!r}")
     await batch.flush()
