@@ -367,6 +367,54 @@ def _months(start: datetime, end: datetime) -> list[str]:
     return out
 
 
+def _paid_at(money: dict[str, Any], invoice: dict[str, Any], at: datetime) -> int:
+    """R15's "paid" of ``invoice`` at planning time ``at``: its total minus what remains after the R11 walk
+    (tests.scenarios.money_oracle) of the renter's money applied by then, in minor units."""
+    renter, currency = invoice["renter_id"], invoice["currency"]
+
+    def shown(minor: int) -> str:
+        return oracle.show_minor(minor, currency)
+
+    documents = {
+        i["number"]: {
+            "renter_id": renter,
+            "currency": currency,
+            "contract_id": i["contract_id"],
+            "period_start": i["period_start"].isoformat(),
+            "period_end": i["exists_at"].isoformat(),
+            "due_at": i["due_at"].isoformat(),
+            "amount_due": shown(i["amount_due_minor"]),
+        }
+        for i in money["invoices"]
+        if (i["renter_id"], i["currency"]) == (renter, currency) and i["exists_at"] <= at
+    }
+    notes = [
+        {
+            "invoice_number": n["invoice_number"],
+            "currency": currency,
+            "issued_at": n["at"].isoformat(),
+            "total": shown(n["total_minor"]),
+        }
+        for n in money["notes"]
+        if n["invoice_number"] in documents and n["at"] <= at
+    ]
+    receipts = [
+        {
+            "renter_id": renter,
+            "receipt_id": m["order_key"],
+            "amount": shown(m["amount_minor"]),
+            "currency": currency,
+            "received_at": m["at"].isoformat(),
+            "reference": m["reference"],
+        }
+        for m in money["in"]
+        if (m["renter_id"], m["currency"]) == (renter, currency)
+        and (m["at"] <= at if m["kind"] == "receipt" else m["at"] < at)
+    ]
+    walked = money_oracle.walk(documents, notes, receipts).invoices[invoice["number"]]
+    return int(money["totals"][invoice["number"]] - walked.remaining_minor)
+
+
 def _held_earnings(want: Any, supplier: str, holding: dict[str, Any], final: list[oracle.Span]) -> Decimal:
     """R15: E(supplier, invoice) = the exact earnings of the supplier's allocation-hours billed by the
     invoice (its contract's period) within the final months, rounded half-even once."""
@@ -413,7 +461,25 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
         last_month = f"{scenario.end - timedelta(days=1):%Y-%m}"
         for p in payouts:
             if p["supplier_id"] == scenario.pay_when_paid and last_month in p["months"]:
-                late_holdings += (await operator.show_payout(conn, p["payout_id"]))["holdings"]
+                late_holdings += [
+                    {**h, "planned_at": p["planned_at"]}
+                    for h in (await operator.show_payout(conn, p["payout_id"]))["holdings"]
+                ]
+        money: dict[str, Any] = {
+            "invoices": [dict(r) for r in await conn.fetch("select * from payments.invoices")],
+            "totals": {r["number"]: r["total_minor"] for r in await conn.fetch("select * from payouts.invoices")},
+            "notes": [dict(r) for r in await conn.fetch("select * from payments.credit_notes")],
+            "in": [dict(r) for r in await conn.fetch("select * from payments.money_in")],
+            "out": {
+                r["renter_id"]
+                for r in await conn.fetch(
+                    """select i.renter_id from payments.refunds f
+                               join payments.invoices i on i.number = f.invoice_number
+                       union select i.renter_id from payments.disputes d
+                               join payments.invoices i on i.number = d.invoice_number"""
+                )
+            },
+        }
     paid = [p for p in payouts if p["state"] != "waiting"]
 
     # Below its minimum: waiting with that reason, never paid.
@@ -484,6 +550,26 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
     final = oracle.union(oracle.month_span(m) for m in _months(scenario.start, scenario.end))
     for h in late_holdings:
         assert Decimal(h["earnings"]) == _held_earnings(want, scenario.pay_when_paid, h, final), (h, final)
+    # ... and what it released of each is R15's floor(E × paid / total) (all of E once nothing remains), with
+    # "paid" at planning time from the independent R11 walk of the money applied by then: receipts received
+    # at or before the tick, collections before it (a card collected because of the tick itself releases at
+    # the next planning), credit balance applied to invoices as they are issued — including the invoices
+    # the planning tick's own close issued.
+    checked = 0
+    for h in late_holdings:
+        invoice = next(
+            i
+            for i in money["invoices"]
+            if (i["contract_id"], i["period_start"]) == (h["contract_id"], _parse(h["period_start"]))
+        )
+        if invoice["renter_id"] in money["out"]:
+            continue  # refunds and disputes are outside the walk
+        paid_minor, total = _paid_at(money, invoice, _parse(h["planned_at"])), money["totals"][invoice["number"]]
+        earnings = money_oracle.to_minor(h["earnings"], invoice["currency"])
+        want_released = earnings if paid_minor == total else earnings * paid_minor // total
+        assert money_oracle.to_minor(h["released"], invoice["currency"]) == want_released, (h, paid_minor, total)
+        checked += 1
+    assert checked or not late_holdings, late_holdings
 
     # Files on disk, beside the invoices, read back with the rails' readers; their totals add up.
     ours = [f for f in files if f["created"] >= f"{scenario.start:%Y-%m-%d}"]
