@@ -188,6 +188,12 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
         metrics.PAST_DUE.set(
             await conn.fetchval("select count(*) from payments.invoice_status where status = 'past_due'")
         )
+        waiting = await conn.fetchrow(
+            "select count(*) as n, min(at) as oldest, max(at) as latest from payments.ticks_unanswered"
+        )
+        metrics.TICKS_WAITING.set(waiting["n"])
+        span = (waiting["latest"] - waiting["oldest"]).total_seconds() if waiting["n"] else 0.0
+        metrics.TICKS_WAITING_SPAN.set(span)
         for row in await conn.fetch(
             "select gateway, coalesce(open_until > now(), false) as open from payments.circuits"
         ):

@@ -27,3 +27,11 @@ REFUNDS_WAITING = Gauge(
 )
 DISPUTES_OPEN = Gauge("settle_payment_disputes_open", "Disputes opened by processors and not yet closed")
 PAST_DUE = Gauge("settle_invoices_past_due", "Invoices whose dunning is exhausted and still unpaid")
+TICKS_WAITING = Gauge(
+    "settle_payment_ticks_waiting",
+    "Clock ticks read but not answered: invoicing has not announced their close (invoices.watermark)",
+)
+TICKS_WAITING_SPAN = Gauge(
+    "settle_payment_ticks_waiting_event_seconds",
+    "Event time from the oldest tick waiting for invoicing's close to the latest tick read (0: none waits)",
+)

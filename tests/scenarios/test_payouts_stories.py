@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from domain.contracts import chart
 from libs.messaging.partitioner import partition_for
@@ -39,6 +40,7 @@ from schemas import topics
 from schemas.events import StatementsClosed, Watermark
 from schemas.inputs import ClockTicked, FxRate, PayeeUpdated, PaymentReceived
 from services.invoicing.main import SERVICE as INVOICING
+from services.payments.collector import refresh_gauges
 from services.payments.main import SERVICE as PAYMENTS
 from services.payouts.main import SERVICE as PAYOUTS
 from tests.conftest import Stack
@@ -489,6 +491,10 @@ async def test_credit_applied_to_an_invoice_at_its_issue_releases_at_that_ticks_
         await asyncio.sleep(1.5)
         assert await count(stack, "select count(*) from payouts.ticks where planned") == 0, "planned unanswered"
         assert await count(stack, "select count(*) from payments.ticks_unanswered") == 1
+        await refresh_gauges(stack.pool)  # what an SRE sees meanwhile (alert SettlePaymentsWaitingForInvoicing)
+        assert REGISTRY.get_sample_value("settle_payment_ticks_waiting") == 1
+    await refresh_gauges(stack.pool)
+    assert REGISTRY.get_sample_value("settle_payment_ticks_waiting") == 1
     for n in range(10):  # 150.00 earned on an invoice of 200.00
         story.charge("ctr-k", "alloc-k1", "sup-k", datetime(2026, 1, 12, tzinfo=UTC) + n * HOUR, billable=36_000)
     story.watermark(JAN[1])
@@ -501,6 +507,8 @@ async def test_credit_applied_to_an_invoice_at_its_issue_releases_at_that_ticks_
     payout = plans["sup-k:2026-01"]
     assert (payout["state"], payout["amount"], payout["held"]) == ("planned", "150.00", "0.00")
     assert payout["planned_at"].startswith("2026-02-01")
+    await refresh_gauges(stack.pool)
+    assert REGISTRY.get_sample_value("settle_payment_ticks_waiting") == 0
     await assert_ledger_sound(stack)
 
 
