@@ -291,6 +291,7 @@ async def rebuild_into(
                                 chunk = chunk[: late[0]] if late else chunk
                             if not chunk:
                                 break
+                            await settle_ticks()  # the ticks before this segment are done first
                             await _send(producer, prefix, chunk)
                             sent[key] = chunk[-1].offset + 1
                             count += len(chunk)
@@ -302,6 +303,17 @@ async def rebuild_into(
                     await wait_idle(
                         into, bootstrap_servers, services, topic_prefix=prefix, timeout_s=idle_timeout_s, alive=procs
                     )
+
+                ticks_unsettled = False
+
+                async def settle_ticks() -> None:
+                    """Wait until the fleet is idle if a tick went out since it last was. Consecutive ticks
+                    with no input between them go out back to back: the workers take ticks in order anyway,
+                    and nothing can land between them (most of an hourly clock's ticks)."""
+                    nonlocal ticks_unsettled
+                    if ticks_unsettled:
+                        await idle()
+                        ticks_unsettled = False
 
                 for tick in ticks:
                     if tick.barrier is not None:
@@ -320,7 +332,7 @@ async def rebuild_into(
                     published += 1
                     if progress is not None and task is not None:
                         progress.advance(task, 1)
-                    await idle()
+                    ticks_unsettled = True
                 published += await publish_inputs({}, set(), None)
                 await idle()
             finally:
