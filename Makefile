@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/settle demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check libs schemas domain services tools tests
