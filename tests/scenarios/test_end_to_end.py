@@ -34,6 +34,7 @@ import pytest
 from rich.console import Console
 
 from libs.ledger import verify
+from schemas import topics
 from schemas.events import AdjustmentLine
 from services import catalog
 from tests.conftest import Stack
@@ -398,6 +399,15 @@ def _paid_at(money: dict[str, Any], invoice: dict[str, Any], at: datetime) -> in
         for n in money["notes"]
         if n["invoice_number"] in documents and n["at"] <= at
     ]
+    barrier = money["barriers"].get(at, {}).get(topics.PAYMENTS_RECEIVED.name)
+
+    def published_before_the_tick(m: dict[str, Any]) -> bool:
+        """A receipt published after the tick is late data: it releases at the next planning (README)."""
+        if barrier is None or m["event_id"] not in money["positions"]:
+            return True
+        partition, offset = money["positions"][m["event_id"]]
+        return bool(offset < barrier[partition])
+
     receipts = [
         {
             "renter_id": renter,
@@ -409,7 +419,7 @@ def _paid_at(money: dict[str, Any], invoice: dict[str, Any], at: datetime) -> in
         }
         for m in money["in"]
         if (m["renter_id"], m["currency"]) == (renter, currency)
-        and (m["at"] <= at if m["kind"] == "receipt" else m["at"] < at)
+        and (m["at"] <= at and published_before_the_tick(m) if m["kind"] == "receipt" else m["at"] < at)
     ]
     walked = money_oracle.walk(documents, notes, receipts).invoices[invoice["number"]]
     return int(money["totals"][invoice["number"]] - walked.remaining_minor)
@@ -470,6 +480,26 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
             "totals": {r["number"]: r["total_minor"] for r in await conn.fetch("select * from payouts.invoices")},
             "notes": [dict(r) for r in await conn.fetch("select * from payments.credit_notes")],
             "in": [dict(r) for r in await conn.fetch("select * from payments.money_in")],
+            # where each receipt sits in its topic, and each tick's barrier (the end offsets of the money
+            # topics when it was sent): a receipt counts at a tick's planning only if published before it
+            "positions": {
+                r["event_id"]: (r["partition"], r["offset"])
+                for r in await conn.fetch(
+                    """select event_id, partition, "offset" from settle.input_archive
+                        where topic like '%payments.received.v1' and event_id is not null"""
+                )
+            },
+            "barriers": {
+                _parse(tick["data"]["at"]): tick["data"].get("barrier") or {}
+                for tick in (
+                    orjson.loads(bytes(r["value"]))
+                    for r in await conn.fetch(
+                        """select value from settle.input_archive
+                            where topic like '%clock.ticks.v1' and value is not null"""
+                    )
+                )
+                if isinstance(tick, dict) and tick.get("type") == "clock.ticked"
+            },
             "out": {
                 r["renter_id"]
                 for r in await conn.fetch(
