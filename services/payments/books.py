@@ -16,7 +16,7 @@ collections and dispute reversals ``Dr processor_clearing:<gateway>``, ``Cr rent
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,147 +50,177 @@ class Touched:
     currency: str
 
 
-async def load_facts(
-    conn: asyncpg.Connection, renter_id: str, currency: str
-) -> tuple[list[InvoiceFact], list[CreditNoteFact], list[MoneyIn], list[MoneyOut]]:
-    invoices = [
-        InvoiceFact(
-            r["invoice_id"],
-            r["number"],
-            r["contract_id"],
-            r["exists_at"],
-            r["due_at"],
-            r["period_start"],
-            r["amount_due_minor"],
+Facts = tuple[list[InvoiceFact], list[CreditNoteFact], list[MoneyIn], list[MoneyOut]]
+
+
+def _keys(touched: Sequence[Touched]) -> tuple[list[str], list[str]]:
+    return [t.renter_id for t in touched], [t.currency for t in touched]
+
+
+_KEYS = "join unnest($1::text[], $2::text[]) as k (renter_id, currency) using (renter_id, currency)"
+
+
+async def load_facts(conn: asyncpg.Connection, renter_id: str, currency: str) -> Facts:
+    return (await load_facts_many(conn, [Touched(renter_id, currency)]))[Touched(renter_id, currency)]
+
+
+async def load_facts_many(conn: asyncpg.Connection, touched: Sequence[Touched]) -> dict[Touched, Facts]:
+    """Every renter-currency's facts, four statements whatever their number."""
+    keys = _keys(touched)
+    facts: dict[Touched, Facts] = {t: ([], [], [], []) for t in touched}
+    for r in await conn.fetch(
+        f"""select renter_id, currency, invoice_id, number, contract_id, exists_at, due_at, period_start,
+                   amount_due_minor from payments.invoices {_KEYS}""",
+        *keys,
+    ):
+        facts[Touched(r["renter_id"], r["currency"])][0].append(
+            InvoiceFact(
+                r["invoice_id"],
+                r["number"],
+                r["contract_id"],
+                r["exists_at"],
+                r["due_at"],
+                r["period_start"],
+                r["amount_due_minor"],
+            )
         )
-        for r in await conn.fetch(
-            """select invoice_id, number, contract_id, exists_at, due_at, period_start, amount_due_minor
-                 from payments.invoices where renter_id = $1 and currency = $2""",
-            renter_id,
-            currency,
+    known = {t: {i.number for i in f[0]} for t, f in facts.items()}
+    for r in await conn.fetch(
+        f"""select renter_id, currency, credit_note_id, invoice_number, at, total_minor
+              from payments.credit_notes {_KEYS}""",
+        *keys,
+    ):
+        t = Touched(r["renter_id"], r["currency"])
+        if r["invoice_number"] in known[t]:  # a note waits (unapplied) until its invoice is known here
+            facts[t][1].append(CreditNoteFact(r["credit_note_id"], r["invoice_number"], r["at"], r["total_minor"]))
+    for r in await conn.fetch(
+        f"""select renter_id, currency, source_id, kind, amount_minor, at, reference, order_key
+              from payments.money_in {_KEYS}""",
+        *keys,
+    ):
+        facts[Touched(r["renter_id"], r["currency"])][2].append(
+            MoneyIn(r["source_id"], r["kind"], r["amount_minor"], r["at"], r["reference"], r["order_key"])
         )
-    ]
-    known = {i.number for i in invoices}
-    notes = [
-        CreditNoteFact(r["credit_note_id"], r["invoice_number"], r["at"], r["total_minor"])
-        for r in await conn.fetch(
-            """select credit_note_id, invoice_number, at, total_minor from payments.credit_notes
-                where renter_id = $1 and currency = $2""",
-            renter_id,
-            currency,
+    for r in await conn.fetch(
+        f"""select renter_id, currency, source_id, kind, invoice_number, amount_minor, at
+              from payments.money_out {_KEYS}""",
+        *keys,
+    ):
+        facts[Touched(r["renter_id"], r["currency"])][3].append(
+            MoneyOut(r["source_id"], r["kind"], r["invoice_number"], r["amount_minor"], r["at"])
         )
-        if r["invoice_number"] in known  # a note waits (unapplied) until its invoice is known here
-    ]
-    money_in = [
-        MoneyIn(r["source_id"], r["kind"], r["amount_minor"], r["at"], r["reference"], r["order_key"])
-        for r in await conn.fetch(
-            """select source_id, kind, amount_minor, at, reference, order_key from payments.money_in
-                where renter_id = $1 and currency = $2""",
-            renter_id,
-            currency,
-        )
-    ]
-    money_out = [
-        MoneyOut(r["source_id"], r["kind"], r["invoice_number"], r["amount_minor"], r["at"])
-        for r in await conn.fetch(
-            """select source_id, kind, invoice_number, amount_minor, at from payments.money_out
-                where renter_id = $1 and currency = $2""",
-            renter_id,
-            currency,
-        )
-    ]
-    return invoices, notes, money_in, money_out
+    return facts
 
 
 async def lock_books(conn: asyncpg.Connection, touched: Iterable[Touched]) -> list[Touched]:
-    """Create and lock the books rows, in sorted order (no deadlock between batches)."""
-    ordered = sorted(set(touched), key=lambda t: (t.renter_id, t.currency))
-    for t in ordered:
-        await conn.execute(
-            "insert into payments.books (renter_id, currency) values ($1, $2) on conflict do nothing",
-            t.renter_id,
-            t.currency,
-        )
-        await conn.execute(
-            "select 1 from payments.books where renter_id = $1 and currency = $2 for update", t.renter_id, t.currency
-        )
+    """Create and lock the books rows, in one fixed order (no deadlock between batches): two statements."""
+    ordered = sorted(set(touched), key=lambda t: (t.renter_id.encode(), t.currency.encode()))
+    if not ordered:
+        return []
+    keys = _keys(ordered)
+    await conn.execute(
+        "insert into payments.books (renter_id, currency) select * from unnest($1::text[], $2::text[]) "
+        "on conflict do nothing",
+        *keys,
+    )
+    await conn.execute(
+        f"""select 1 from payments.books {_KEYS}
+             order by renter_id collate "C", currency collate "C" for update of books""",
+        *keys,
+    )
     return ordered
 
 
-async def recompute_all(tx: Tx, touched: Iterable[Touched], *, cause: Envelope[Any] | None, at: datetime) -> None:
-    for t in await lock_books(tx.conn, touched):
-        await recompute(tx, t.renter_id, t.currency, cause=cause, at=at)
+async def recompute_all(
+    tx: Tx,
+    touched: Iterable[Touched],
+    *,
+    cause: Envelope[Any] | None,
+    at: datetime | Mapping[Touched, datetime],
+) -> dict[Touched, Allocation]:
+    """Recompute every touched renter-currency's allocation and write what changed, in a fixed number
+    of statements whatever their number (a batch of results or events costs what one does). ``at``:
+    when the ledger sees the movement — one time for all, or one per renter-currency."""
+    conn = tx.conn
+    ordered = await lock_books(conn, touched)
+    if not ordered:
+        return {}
+    facts = await load_facts_many(conn, ordered)
+    results = {
+        t: allocate(invoices, money_in, credit_notes=notes, money_out=money_out)
+        for t, (invoices, notes, money_in, money_out) in facts.items()
+    }
+    await _write_status(tx, ordered, results, cause=cause)
+    await _write_applications(conn, ordered, results)
+    await _post_totals(tx, ordered, results, cause=cause, at=at)
+    for t in ordered:
+        await refunds.ensure_rows(conn, t.renter_id, t.currency, results[t])
+    return results
 
 
 async def recompute(tx: Tx, renter_id: str, currency: str, *, cause: Envelope[Any] | None, at: datetime) -> Allocation:
-    """The caller holds the books row lock (:func:`lock_books`)."""
-    conn = tx.conn
-    invoices, notes, money_in, money_out = await load_facts(conn, renter_id, currency)
-    result = allocate(invoices, money_in, credit_notes=notes, money_out=money_out)
-    await _write_status(tx, renter_id, currency, result, cause=cause, at=at)
-    await _write_applications(conn, renter_id, currency, result)
-    await _post_totals(tx, renter_id, currency, result, cause=cause, at=at)
-    await refunds.ensure_rows(conn, renter_id, currency, result)
-    return result
+    """One renter-currency (locks its books row if the caller has not)."""
+    t = Touched(renter_id, currency)
+    return (await recompute_all(tx, [t], cause=cause, at=at))[t]
 
 
 async def _write_status(
-    tx: Tx, renter_id: str, currency: str, result: Allocation, *, cause: Envelope[Any] | None, at: datetime
+    tx: Tx, ordered: Sequence[Touched], results: Mapping[Touched, Allocation], *, cause: Envelope[Any] | None
 ) -> None:
     conn = tx.conn
     rows = {
-        r["number"]: r
+        (r["renter_id"], r["currency"], r["number"]): r
         for r in await conn.fetch(
-            """select number, amount_due_minor, paid_minor, remaining_minor, status, past_due, revision
-                 from payments.invoice_status where renter_id = $1 and currency = $2""",
-            renter_id,
-            currency,
+            f"""select renter_id, currency, number, amount_due_minor, paid_minor, remaining_minor, status,
+                       past_due, revision from payments.invoice_status {_KEYS}""",
+            *_keys(ordered),
         )
     }
-    for number in sorted(result.invoices):
-        balance = result.invoices[number]
-        old = rows.get(number)
-        past_due = bool(old["past_due"]) and balance.remaining_minor > 0 if old is not None else False
-        status = "past_due" if past_due else balance.status
-        new = (balance.amount_due_minor, balance.paid_minor, balance.remaining_minor, status)
-        if (
-            old is not None
-            and (old["amount_due_minor"], old["paid_minor"], old["remaining_minor"], old["status"]) == new
-        ):
-            continue
-        revision = 1 if old is None else old["revision"] + 1
-        inv = balance.invoice
+    upserts: list[tuple[Any, ...]] = []
+    for t in ordered:
+        result = results[t]
+        for number in sorted(result.invoices):
+            balance = result.invoices[number]
+            old = rows.get((t.renter_id, t.currency, number))
+            past_due = bool(old["past_due"]) and balance.remaining_minor > 0 if old is not None else False
+            status = "past_due" if past_due else balance.status
+            new = (balance.amount_due_minor, balance.paid_minor, balance.remaining_minor, status)
+            if (
+                old is not None
+                and (old["amount_due_minor"], old["paid_minor"], old["remaining_minor"], old["status"]) == new
+            ):
+                continue
+            revision = 1 if old is None else old["revision"] + 1
+            inv = balance.invoice
+            upserts.append(
+                (inv.invoice_id, number, inv.contract_id, t.renter_id, t.currency, *new, past_due,
+                 balance.paid_at, revision)
+            )  # fmt: skip
+            # as_of: when the facts changed it (not the batch's time: a batch may also hold later facts)
+            emit_status(
+                tx,
+                inv.invoice_id,
+                number,
+                inv.contract_id,
+                t.renter_id,
+                t.currency,
+                new,
+                revision,
+                cause=cause,
+                at=balance.changed_at,
+            )
+    if upserts:
         await conn.execute(
             """insert into payments.invoice_status (invoice_id, number, contract_id, renter_id, currency,
                    amount_due_minor, paid_minor, remaining_minor, status, past_due, paid_at, revision)
-               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+               select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                                    $7::bigint[], $8::bigint[], $9::text[], $10::bool[], $11::timestamptz[],
+                                    $12::bigint[])
                on conflict (invoice_id) do update set amount_due_minor = excluded.amount_due_minor,
                    paid_minor = excluded.paid_minor, remaining_minor = excluded.remaining_minor,
                    status = excluded.status, past_due = excluded.past_due, paid_at = excluded.paid_at,
                    revision = excluded.revision, updated_at = now()""",
-            inv.invoice_id,
-            number,
-            inv.contract_id,
-            renter_id,
-            currency,
-            *new[:3],
-            status,
-            past_due,
-            balance.paid_at,
-            revision,
-        )
-        # as_of: when the facts changed it (not the batch's time: a batch may also hold later facts)
-        emit_status(
-            tx,
-            inv.invoice_id,
-            number,
-            inv.contract_id,
-            renter_id,
-            currency,
-            new,
-            revision,
-            cause=cause,
-            at=balance.changed_at,
+            *(list(column) for column in zip(*upserts, strict=True)),
         )
 
 
@@ -231,79 +261,102 @@ def emit_status(
     )
 
 
-async def _write_applications(conn: asyncpg.Connection, renter_id: str, currency: str, result: Allocation) -> None:
-    await conn.execute("delete from payments.applications where renter_id = $1 and currency = $2", renter_id, currency)
-    if result.applications:
+async def _write_applications(
+    conn: asyncpg.Connection, ordered: Sequence[Touched], results: Mapping[Touched, Allocation]
+) -> None:
+    await conn.execute(
+        """delete from payments.applications a using unnest($1::text[], $2::text[]) as k (renter_id, currency)
+            where a.renter_id = k.renter_id and a.currency = k.currency""",
+        *_keys(ordered),
+    )
+    records = [
+        (t.renter_id, t.currency, seq, a.source_id, a.invoice_number, a.amount_minor, a.at)
+        for t in ordered
+        for seq, a in enumerate(results[t].applications)
+    ]
+    if records:
         await conn.copy_records_to_table(
             "applications",
             schema_name="payments",
-            records=[
-                (renter_id, currency, seq, a.source_id, a.invoice_number, a.amount_minor, a.at)
-                for seq, a in enumerate(result.applications)
-            ],
+            records=records,
             columns=["renter_id", "currency", "seq", "source_id", "invoice_number", "amount_minor", "at"],
         )
 
 
 async def _post_totals(
-    tx: Tx, renter_id: str, currency: str, result: Allocation, *, cause: Envelope[Any] | None, at: datetime
+    tx: Tx,
+    ordered: Sequence[Touched],
+    results: Mapping[Touched, Allocation],
+    *,
+    cause: Envelope[Any] | None,
+    at: datetime | Mapping[Touched, datetime],
 ) -> None:
     conn = tx.conn
-    book = await conn.fetchrow(
-        "select * from payments.books where renter_id = $1 and currency = $2", renter_id, currency
-    )
-    assert book is not None, "lock_books creates the row"
-    given_back = result.refunded_by_credit_notes_minor + sum(result.money_out_taken.values())
-    d_applied = result.applied_minor - book["applied_minor"]
-    d_excess = result.credit_note_excess_minor - book["note_excess_minor"]
-    d_back = given_back - (book["note_refund_minor"] + book["taken_minor"])
-    if d_applied or d_excess or d_back:
-        version = book["version"] + 1
-        specs = [
-            chart.unapplied(renter_id, currency),
-            chart.receivable(renter_id, currency),
-            chart.refunds_payable(renter_id, currency),
-        ]
-        unapplied, receivable, payable = (s.code for s in specs)
-
-        def units(minor: int) -> int:
-            return minor_to_ledger(minor, currency)
-
-        entry_id = derive_id("payments.books", renter_id, currency, version)
-        entry = build_entry(
-            id=entry_id,
-            cause_id=entry_id,  # entries are unique per (cause, kind): one batch may move many renters
-            kind="payments.applied",
-            occurred_at=at,
-            description=f"R11 allocation of {renter_id} in {currency}, version {version}",
-            postings=[
-                debit(unapplied, units(d_applied), currency),
-                credit(receivable, units(d_applied), currency),
-                debit(receivable, units(d_excess), currency),
-                credit(unapplied, units(d_excess), currency),
-                debit(unapplied, units(d_back), currency),
-                credit(payable, units(d_back), currency),
-            ],
-        )
-        if entry is not None:
-            await ensure_accounts(conn, specs)
-            tx.post(entry)
-            await tx.flush()  # the unapplied floor is checked with the rest of the batch's entries
-    else:
+    books = {
+        Touched(r["renter_id"], r["currency"]): r
+        for r in await conn.fetch(f"select * from payments.books {_KEYS}", *_keys(ordered))
+    }
+    specs: list[Any] = []
+    entries: list[Entry] = []
+    updates: list[tuple[Any, ...]] = []
+    for t in ordered:
+        result, book = results[t], books[t]  # lock_books creates the rows
+        renter_id, currency = t.renter_id, t.currency
+        given_back = result.refunded_by_credit_notes_minor + sum(result.money_out_taken.values())
+        d_applied = result.applied_minor - book["applied_minor"]
+        d_excess = result.credit_note_excess_minor - book["note_excess_minor"]
+        d_back = given_back - (book["note_refund_minor"] + book["taken_minor"])
         version = book["version"]
+        if d_applied or d_excess or d_back:
+            version += 1
+            accounts = [
+                chart.unapplied(renter_id, currency),
+                chart.receivable(renter_id, currency),
+                chart.refunds_payable(renter_id, currency),
+            ]
+            unapplied, receivable, payable = (s.code for s in accounts)
+
+            def units(minor: int, currency: str = currency) -> int:
+                return minor_to_ledger(minor, currency)
+
+            entry_id = derive_id("payments.books", renter_id, currency, version)
+            entry = build_entry(
+                id=entry_id,
+                cause_id=entry_id,  # entries are unique per (cause, kind): one batch may move many renters
+                kind="payments.applied",
+                occurred_at=at if isinstance(at, datetime) else at[t],
+                description=f"R11 allocation of {renter_id} in {currency}, version {version}",
+                postings=[
+                    debit(unapplied, units(d_applied), currency),
+                    credit(receivable, units(d_applied), currency),
+                    debit(receivable, units(d_excess), currency),
+                    credit(unapplied, units(d_excess), currency),
+                    debit(unapplied, units(d_back), currency),
+                    credit(payable, units(d_back), currency),
+                ],
+            )
+            if entry is not None:
+                specs.extend(accounts)
+                entries.append(entry)
+        updates.append(
+            (renter_id, currency, result.money_in_minor, result.applied_minor, result.credit_balance_minor,
+             result.refunded_by_credit_notes_minor, result.credit_note_excess_minor,
+             sum(result.money_out_taken.values()), version)
+        )  # fmt: skip
+    if entries:
+        await ensure_accounts(conn, specs)
+        # Posted with the rest of the transaction's entries (the money in before them, in one statement:
+        # the unapplied floor is checked on the sum).
+        tx.post(*entries)
     await conn.execute(
-        """update payments.books set money_in_minor = $3, applied_minor = $4, credit_minor = $5,
-               note_refund_minor = $6, note_excess_minor = $7, taken_minor = $8, version = $9
-             where renter_id = $1 and currency = $2""",
-        renter_id,
-        currency,
-        result.money_in_minor,
-        result.applied_minor,
-        result.credit_balance_minor,
-        result.refunded_by_credit_notes_minor,
-        result.credit_note_excess_minor,
-        sum(result.money_out_taken.values()),
-        version,
+        """update payments.books b set money_in_minor = v.money_in, applied_minor = v.applied,
+               credit_minor = v.credit, note_refund_minor = v.note_refund, note_excess_minor = v.note_excess,
+               taken_minor = v.taken, version = v.version
+             from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                         $7::bigint[], $8::bigint[], $9::bigint[])
+                  as v (renter_id, currency, money_in, applied, credit, note_refund, note_excess, taken, version)
+            where b.renter_id = v.renter_id and b.currency = v.currency""",
+        *(list(column) for column in zip(*updates, strict=True)),
     )
 
 

@@ -130,12 +130,17 @@ async def record_result(
     *,
     inquiry: bool = False,
     claim: int | None = None,
+    touched: dict[books.Touched, datetime] | None = None,
 ) -> str:
     """Commit what the gateway said about an attempt (its call or an inquiry). Returns the new state.
 
     ``claim``: the claim the answering send or inquiry held. When the attempt has been claimed again
     since (an inquiry gave it back to pending and it was re-sent with the same key), an old answer
-    decides nothing — unless it says the processor charged, which is a fact whoever asked."""
+    decides nothing — unless it says the processor charged, which is a fact whoever asked.
+
+    ``touched``: a caller recording several answers in one transaction collects here the books to
+    recompute (renter-currency → latest money time) and recomputes them once; without it, the books of a
+    collected payment are recomputed here."""
     conn = tx.conn
     attempt = await conn.fetchrow(
         """select a.*, t.invoice_id, t.invoice_number, t.contract_id, t.renter_id, t.first_try_at, t.tries,
@@ -231,7 +236,11 @@ async def record_result(
             tx.post(entry)
         await store.update_intent(conn, attempt["intent_id"], state="succeeded", reason="")
         _emit(tx, "payment.succeeded", event, reason="collected")
-        await books.recompute_all(tx, [books.Touched(attempt["renter_id"], currency)], cause=None, at=cause_time)
+        key = books.Touched(attempt["renter_id"], currency)
+        if touched is None:
+            await books.recompute_all(tx, [key], cause=None, at=cause_time)
+        else:
+            touched[key] = max(cause_time, touched.get(key, cause_time))
         return "succeeded"
 
     reason = f"{outcome}: {result.code or result.message or 'no code'}"

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,7 +27,7 @@ from libs.errors import InfrastructureError
 from libs.messaging.consume import Tx
 from libs.messaging.worker import Runtime
 from libs.settings import Settings
-from services.payments import collection, metrics, refunds
+from services.payments import books, collection, metrics, refunds
 from services.payments.config import PaymentsConfig
 from services.payments.gateways.port import ChargeRequest, ChargeResult, Gateway, RefundResult
 
@@ -70,21 +71,111 @@ async def record(
         return state
 
 
+@dataclass
+class _Answer:
+    attempt_id: str
+    result: ChargeResult
+    inquiry: bool
+    claim: int | None
+    done: asyncio.Future[str]
+
+
+class Recorder:
+    """Commits gateway answers in batches: whatever answers arrived while the last batch was being
+    written go into the next one — one transaction, one books recompute and one ledger post (one wait
+    on the currency's chain head) for all of them, instead of one each. An answer is still only
+    committed after its call returned; a worker killed with answers waiting leaves their attempts
+    ``sending``, which the interrupted-send inquiry resolves, as for a kill during the call.
+
+    A batch that fails (a deadlock, a bad row) is recorded again one answer per transaction, so one
+    answer's failure is its own."""
+
+    def __init__(self, pool: asyncpg.Pool, config: PaymentsConfig, *, max_batch: int = 64) -> None:
+        self.pool = pool
+        self.config = config
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Answer] = asyncio.Queue()
+
+    async def record(self, attempt_id: str, result: ChargeResult, *, inquiry: bool, claim: int | None) -> str:
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Answer(attempt_id, result, inquiry, claim, done))
+        return await done
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write(batch)
+
+    async def _write(self, batch: list[_Answer]) -> None:
+        try:
+            states = await record_many(self.pool, self.config, batch)
+        except Exception as error:  # each answer is retried on its own below
+            if len(batch) > 1:
+                log.info("a batch of payment results failed; recording them one by one", error=str(error))
+            for answer in batch:
+                try:
+                    state = await record(
+                        self.pool, self.config, answer.attempt_id, answer.result, inquiry=answer.inquiry,
+                        claim=answer.claim,
+                    )  # fmt: skip
+                except Exception as single:  # handed to the waiting send
+                    if not answer.done.done():
+                        answer.done.set_exception(single)
+                else:
+                    if not answer.done.done():
+                        answer.done.set_result(state)
+            return
+        for answer, state in zip(batch, states, strict=True):
+            if not answer.done.done():
+                answer.done.set_result(state)
+
+
+async def record_many(pool: asyncpg.Pool, config: PaymentsConfig, batch: list[_Answer]) -> list[str]:
+    async with pool.acquire() as conn, conn.transaction():
+        tx = Tx(conn, "payments")
+        touched: dict[books.Touched, datetime] = {}
+        states = [
+            await collection.record_result(
+                tx, config, a.attempt_id, a.result, inquiry=a.inquiry, claim=a.claim, touched=touched
+            )
+            for a in batch
+        ]
+        if touched:
+            await books.recompute_all(tx, touched, cause=None, at=touched)
+        await tx.flush()
+        return states
+
+
+RESEND_CHECK_AFTER_S = 1.0
+"""A send that starts later than this after its claim first checks that it still holds the claim."""
+
+
 async def send_one(
-    pool: asyncpg.Pool, config: PaymentsConfig, gateways: Mapping[str, Gateway], row: asyncpg.Record
+    pool: asyncpg.Pool,
+    config: PaymentsConfig,
+    gateways: Mapping[str, Gateway],
+    row: asyncpg.Record,
+    recorder: Recorder | None = None,
+    claimed_at: float | None = None,
 ) -> str:
     gateway = gateways.get(row["gateway"])
-    # The send starts now: its clock (for the interrupted-send inquiry) starts now too, and only if this
-    # worker still holds the claim (an inquiry may have given the attempt back to pending meanwhile).
-    async with pool.acquire() as conn:
-        held = await conn.execute(
-            """update payments.attempts set sent_at = now()
-                where attempt_id = $1 and state = 'sending' and claim = $2""",
-            row["attempt_id"],
-            row["claim"],
-        )
-    if not held.endswith("1"):
-        return "overtaken"
+    loop = asyncio.get_running_loop()
+    if claimed_at is None or loop.time() - claimed_at > RESEND_CHECK_AFTER_S:
+        # The send starts now: its clock (for the interrupted-send inquiry) starts now too, and only if this
+        # worker still holds the claim (an inquiry may have given the attempt back to pending meanwhile).
+        # A send that starts at once needs no check: the claim set that clock, and an inquiry only takes
+        # a send older than the gateway timeout plus ``interrupted_after_s``.
+        async with pool.acquire() as conn:
+            held = await conn.execute(
+                """update payments.attempts set sent_at = now()
+                    where attempt_id = $1 and state = 'sending' and claim = $2""",
+                row["attempt_id"],
+                row["claim"],
+            )
+        if not held.endswith("1"):
+            return "overtaken"
     if gateway is None:
         result = ChargeResult("error", code="gateway_not_configured", message=f"no adapter for {row['gateway']}")
     else:
@@ -100,8 +191,9 @@ async def send_one(
             )
         )
     metrics.ATTEMPTS.labels(row["gateway"], row["kind"] or "unknown", row["currency"], result.outcome).inc()
-    state = await record(pool, config, row["attempt_id"], result, inquiry=False, claim=row["claim"])
-    return state
+    if recorder is not None:
+        return await recorder.record(row["attempt_id"], result, inquiry=False, claim=row["claim"])
+    return await record(pool, config, row["attempt_id"], result, inquiry=False, claim=row["claim"])
 
 
 async def claim_inquiries(
@@ -129,7 +221,11 @@ async def claim_inquiries(
 
 
 async def inquire_one(
-    pool: asyncpg.Pool, config: PaymentsConfig, gateways: Mapping[str, Gateway], row: asyncpg.Record
+    pool: asyncpg.Pool,
+    config: PaymentsConfig,
+    gateways: Mapping[str, Gateway],
+    row: asyncpg.Record,
+    recorder: Recorder | None = None,
 ) -> str:
     gateway = gateways.get(row["gateway"])
     if gateway is None:
@@ -153,6 +249,8 @@ async def inquire_one(
         if status.endswith("1"):
             return "pending"
         result = ChargeResult("error", code="not_found", message="the processor has no charge for this attempt")
+    if recorder is not None:
+        return await recorder.record(row["attempt_id"], result, inquiry=True, claim=row["claim"])
     return await record(pool, config, row["attempt_id"], result, inquiry=True, claim=row["claim"])
 
 
@@ -201,11 +299,13 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
 
 
 def collector_task(
-    config: PaymentsConfig, factory: GatewayFactory, *, concurrency: int = 64
+    config: PaymentsConfig, factory: GatewayFactory, *, concurrency: int = 64, writers: int = 2
 ) -> Callable[[Runtime], object]:
     async def run(runtime: Runtime) -> None:
         gateways = factory(runtime.settings)
         pool = runtime.pool
+        recorder = Recorder(pool, config)
+        writing = [asyncio.create_task(recorder.run()) for _ in range(writers)]
         slots = asyncio.Semaphore(concurrency)
         running: set[asyncio.Task[str]] = set()
         timeout_s = float(getattr(runtime.settings, "gateway_timeout_s", 10.0))
@@ -226,9 +326,11 @@ def collector_task(
                     # Claim only what can be sent now: a claimed attempt waiting in this process would
                     # age towards the interrupted-send inquiry while nothing was sent.
                     free = concurrency - len(running)
-                    for row in await claim(pool, min(CLAIM_BATCH, free)) if free > 0 else []:
+                    claimed = await claim(pool, min(CLAIM_BATCH, free)) if free > 0 else []
+                    claimed_at = asyncio.get_running_loop().time()
+                    for row in claimed:
                         work += 1
-                        task = asyncio.create_task(guarded(send_one(pool, config, gateways, row)))
+                        task = asyncio.create_task(guarded(send_one(pool, config, gateways, row, recorder, claimed_at)))
                         running.add(task)
                         task.add_done_callback(running.discard)
                     free = concurrency - len(running)
@@ -243,7 +345,7 @@ def collector_task(
                     if rounds % 10 == 0:
                         for row in await claim_inquiries(pool, timeout_s, config.interrupted_after_s):
                             work += 1
-                            task = asyncio.create_task(guarded(inquire_one(pool, config, gateways, row)))
+                            task = asyncio.create_task(guarded(inquire_one(pool, config, gateways, row, recorder)))
                             running.add(task)
                             task.add_done_callback(running.discard)
                         await refresh_gauges(pool)
@@ -256,8 +358,8 @@ def collector_task(
             if running:
                 await asyncio.wait(running, timeout=timeout_s + 5)
         finally:
-            for task in running:
-                task.cancel()
+            for pending in [*running, *writing]:
+                pending.cancel()
             for gateway in gateways.values():
                 with contextlib.suppress(Exception):
                     await gateway.close()

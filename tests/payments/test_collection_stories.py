@@ -10,6 +10,7 @@ processor: one per invoice collected, none twice.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,10 +21,11 @@ import pytest
 from libs.ledger import verify
 from schemas import topics
 from schemas.inputs import ClockTicked, PaymentMethodEvent
+from services.payments.gateways.port import ChargeResult
 from services.payments.main import SERVICE as PAYMENTS
 from tests.conftest import Stack
 from tests.fleet import event_bytes, publish, read_topic, running, wait_until
-from tests.integration.test_payments_service import FEB, invoice
+from tests.integration.test_payments_service import FEB, invoice, receipt
 from tests.payments.processes import admin, against_fakepsp, fakepsp
 
 pytestmark = pytest.mark.integration
@@ -245,3 +247,98 @@ async def test_an_invoice_read_after_the_tick_that_made_it_due_is_collected_on_i
         intent = (await _intents(story))["rnt-late"]
         assert intent["first_try_at"] == inv.due_at and intent["tries"] == 1
         assert [a["state"] for a in await _attempts(story, "rnt-late")] == ["succeeded"]
+
+
+async def test_answers_committed_in_batches_are_each_recorded_as_if_alone(stack: Stack) -> None:
+    """The collector commits the gateway answers that arrive together in one transaction (one books
+    recompute, one ledger post). Forty renters' invoices collected at one tick — one renter with two
+    invoices, one who had already paid part by wire — end exactly as one answer at a time would leave
+    them, and the answers did share transactions. A batch that fails is recorded again answer by answer:
+    the bad answer fails alone."""
+    from services.payments import config as payments_config
+    from services.payments.collector import Recorder
+
+    renters = [f"rnt-b{n:02d}" for n in range(40)]
+    invoices = [
+        invoice(f"INV-2026-{n:06d}", f"ctr-{r}", r, due="100.00", start=FEB - timedelta(days=31), end=FEB)
+        for n, r in enumerate(renters, start=1)
+    ]
+    invoices.append(
+        invoice("INV-2026-000099", "ctr-rnt-b00-2", "rnt-b00", due="7.25", start=FEB - timedelta(days=31), end=FEB)
+    )
+    wire = receipt("rnt-b01", "rcpt-b01", "40.00", FEB + timedelta(days=2))
+    attached = [method(r, "tok_visa", f"pm-{r}") for r in renters]
+    items: list[tuple[Any, str, bytes]] = [
+        (
+            topics.PAYMENT_METHODS,
+            m.renter_id,
+            event_bytes("payment_method.attached", m, id=f"m-{m.renter_id}", time=FEB),
+        )
+        for m in attached
+    ]
+    items += [
+        (topics.INVOICES_FINALIZED, i.contract_id, event_bytes("invoice.finalized", i, id=f"i-{i.number}", time=FEB))
+        for i in invoices
+    ]
+    items.append(
+        (topics.PAYMENTS_RECEIVED, "rnt-b01", event_bytes("payment.received", wire, id="w-b01", time=wire.received_at))
+    )
+    with fakepsp() as base:
+        story = against_fakepsp(stack, base)
+        async with running(story, [PAYMENTS]):
+            await publish(story, items)
+
+            async def stored() -> bool:
+                async with stack.pool.acquire() as conn:
+                    invoices_in = await conn.fetchval("select count(*) from payments.invoices")
+                    money_in = await conn.fetchval("select count(*) from payments.money_in")
+                return invoices_in == len(invoices) and money_in == 1
+
+            await wait_until(stored, what="invoices and the wire stored")
+            await _tick(story, DUE)
+            stats = await admin(base, "GET", "/_admin/stats")
+        statuses = _latest(await read_topic(story, topics.INVOICE_PAYMENTS))
+        async with story.pool.acquire() as conn:
+            attempts = {
+                r["renter_id"]: r
+                for r in await conn.fetch(
+                    """select t.renter_id, a.attempt_id, a.amount_minor, a.state from payments.attempts a
+                         join payments.intents t using (intent_id) where t.invoice_number <> 'INV-2026-000099'"""
+                )
+            }
+            books = {r["renter_id"]: r for r in await conn.fetch("select * from payments.books")}
+            collected_in = await conn.fetch(
+                "select txid, count(*) as n from ledger.entries where kind = 'payments.money_in' group by txid"
+            )
+            report = await verify(conn)
+
+        assert {s["number"]: (s["status"], s["amount_remaining"]) for s in statuses.values()} == {
+            i.number: ("paid", "0.00") for i in invoices
+        }
+        assert {r: a["state"] for r, a in attempts.items()} == {r: "succeeded" for r in renters}
+        assert attempts["rnt-b01"]["amount_minor"] == 6000, "the card pays what the wire left"
+        assert books["rnt-b00"]["money_in_minor"] == 10725 and books["rnt-b00"]["applied_minor"] == 10725
+        assert books["rnt-b01"]["money_in_minor"] == 10000 and books["rnt-b01"]["credit_minor"] == 0
+        assert all(b["applied_minor"] == b["money_in_minor"] and b["credit_minor"] == 0 for b in books.values())
+        assert stats["charges"] == len(invoices) and all(n == 1 for n in stats["charges_by_attempt"].values())
+        assert report.ok, report
+        # 41 collections and the wire's receipt, and collections shared transactions.
+        assert sum(r["n"] for r in collected_in) == len(invoices) + 1
+        assert max(r["n"] for r in collected_in) > 1, "answers that arrived together were committed together"
+
+        # A failing batch: an answer for no known attempt fails alone; the other is still recorded (here:
+        # already succeeded, so it stays so).
+        config = payments_config.load(None)
+        recorder = Recorder(story.pool, config)
+        writer = asyncio.create_task(recorder.run())
+        try:
+            known = attempts["rnt-b05"]["attempt_id"]
+            ok = ChargeResult("succeeded", charge_id="ch_again")
+            results = await asyncio.gather(
+                recorder.record("no-such-attempt", ok, inquiry=True, claim=None),
+                recorder.record(known, ok, inquiry=True, claim=None),
+                return_exceptions=True,
+            )
+        finally:
+            writer.cancel()
+        assert isinstance(results[0], AssertionError) and results[1] == "succeeded", results
