@@ -30,46 +30,117 @@ from services.payments.money import shown
 
 async def start_due(tx: Tx, config: PaymentsConfig, through: datetime, *, cause: Envelope[Any] | None) -> int:
     """Open an intent (first try on the due date) for every postpaid invoice due by ``through``, and
-    start every retry that fell due. Returns the attempts created."""
+    start every retry that fell due. Returns the attempts created.
+
+    A fixed number of statements however many fall due (a month's close makes thousands due at one
+    tick): the routing health and the default methods are read once — nothing this transaction does
+    changes them — and the new intents and attempts are written in one round trip each."""
     conn = tx.conn
-    created = 0
-    for inv in await store.due_without_intent(conn, through, 10_000):
+    due = await store.due_without_intent(conn, through, 10_000)
+    retries = await store.retries_due(conn, through, 10_000)
+    if not due and not retries:
+        return 0
+    health = await store.health(conn, [g.name for g in config.gateways])
+    methods = await store.default_methods(conn, [(r["renter_id"], r["currency"]) for r in [*due, *retries]])
+    intents: list[dict[str, Any]] = []
+    attempts: list[dict[str, Any]] = []
+    for inv in due:
         intent_id = derive_id("payment_intent", inv["invoice_id"])
-        method = await store.default_method(conn, inv["renter_id"], inv["currency"])
-        await store.insert_intent(
-            conn,
-            {
-                "intent_id": intent_id,
-                "invoice_id": inv["invoice_id"],
-                "invoice_number": inv["number"],
-                "contract_id": inv["contract_id"],
-                "renter_id": inv["renter_id"],
-                "currency": inv["currency"],
-                "state": "collecting" if method else "no_method",
-                "tries": 1 if method else 0,
-                "first_try_at": inv["due_at"] if method else None,
-                "next_try_at": None,
-                "reason": "" if method else "no default payment method in this currency at the due date",
-            },
-        )
+        method = methods.get((inv["renter_id"], inv["currency"]))
+        intent = {
+            "intent_id": intent_id,
+            "invoice_id": inv["invoice_id"],
+            "invoice_number": inv["number"],
+            "contract_id": inv["contract_id"],
+            "renter_id": inv["renter_id"],
+            "currency": inv["currency"],
+            "state": "collecting" if method else "no_method",
+            "tries": 1 if method else 0,
+            "first_try_at": inv["due_at"] if method else None,
+            "next_try_at": None,
+            "reason": "" if method else "no default payment method in this currency at the due date",
+        }
         if method is not None:
-            created += await _attempt(tx, config, intent_id, 1, 1, inv["due_at"], inv["remaining_minor"], method)
-    for intent in await store.retries_due(conn, through, 10_000):
+            attempt, reason = _plan(
+                config, intent_id, inv["currency"], 1, 1, inv["due_at"], inv["remaining_minor"], method, health
+            )
+            if attempt is None:
+                intent.update(state="no_method", reason=reason)
+            else:
+                attempts.append(attempt)
+        intents.append(intent)
+    for intent in retries:
         if intent["remaining_minor"] <= 0:
             await store.update_intent(conn, intent["intent_id"], state="settled_otherwise", reason="paid otherwise")
             continue
-        method = await store.default_method(conn, intent["renter_id"], intent["currency"])
+        method = methods.get((intent["renter_id"], intent["currency"]))
         if method is None:
             await store.update_intent(
                 conn, intent["intent_id"], state="no_method", reason="the default payment method was removed"
             )
             continue
         try_no = intent["tries"] + 1
-        await store.update_intent(conn, intent["intent_id"], state="collecting", tries=try_no)
-        created += await _attempt(
-            tx, config, intent["intent_id"], try_no, 1, intent["next_try_at"], intent["remaining_minor"], method
+        attempt, reason = _plan(
+            config,
+            intent["intent_id"],
+            intent["currency"],
+            try_no,
+            1,
+            intent["next_try_at"],
+            intent["remaining_minor"],
+            method,
+            health,
         )
-    return created
+        if attempt is None:
+            await store.update_intent(conn, intent["intent_id"], state="no_method", tries=try_no, reason=reason)
+        else:
+            await store.update_intent(conn, intent["intent_id"], state="collecting", tries=try_no)
+            attempts.append(attempt)
+    await store.insert_intents(conn, intents)
+    await store.insert_attempts(conn, attempts)
+    return len(attempts)
+
+
+def _plan(
+    config: PaymentsConfig,
+    intent_id: str,
+    currency: str,
+    try_no: int,
+    call_no: int,
+    at: datetime,
+    amount_minor: int,
+    method: store.Method,
+    health: dict[str, routing.Health],
+    tried: frozenset[str] = frozenset(),
+) -> tuple[dict[str, Any] | None, str]:
+    """The attempt routing chooses for one call (its row), or None and why no gateway can take it."""
+    attempt_id = derive_id("payment_attempt", intent_id, try_no, call_no)
+    decision = routing.choose(
+        attempt_id,
+        kind=method.kind,
+        currency=currency,
+        amount_minor=amount_minor,
+        gateways=list(config.gateways),
+        health=health,
+        tried=tried,
+        explore_every=config.explore_every,
+    )
+    if decision.gateway is None:
+        return None, decision.reason
+    return {
+        "attempt_id": attempt_id,
+        "intent_id": intent_id,
+        "try_no": try_no,
+        "call_no": call_no,
+        "idempotency_key": derive_id("idempotency", attempt_id),
+        "gateway": decision.gateway,
+        "method_id": method.method_id,
+        "token": method.token,
+        "amount_minor": amount_minor,
+        "currency": currency,
+        "at": at,
+        "decision": decision.as_json(),
+    }, ""
 
 
 async def _attempt(
@@ -83,42 +154,18 @@ async def _attempt(
     method: store.Method,
     tried: frozenset[str] = frozenset(),
 ) -> int:
+    """One more call within a try (a fail-over): routed on the health as it is now."""
     conn = tx.conn
     intent = await conn.fetchrow("select currency from payments.intents where intent_id = $1", intent_id)
     assert intent is not None
-    attempt_id = derive_id("payment_attempt", intent_id, try_no, call_no)
-    decision = routing.choose(
-        attempt_id,
-        kind=method.kind,
-        currency=intent["currency"],
-        amount_minor=amount_minor,
-        gateways=list(config.gateways),
-        health=await store.health(conn, [g.name for g in config.gateways]),
-        tried=tried,
-        explore_every=config.explore_every,
+    health = await store.health(conn, [g.name for g in config.gateways])
+    attempt, reason = _plan(
+        config, intent_id, intent["currency"], try_no, call_no, at, amount_minor, method, health, tried
     )
-    if decision.gateway is None:
-        await store.update_intent(
-            conn, intent_id, state="waiting_retry" if tried else "no_method", reason=decision.reason
-        )
+    if attempt is None:
+        await store.update_intent(conn, intent_id, state="waiting_retry" if tried else "no_method", reason=reason)
         return 0
-    await store.insert_attempt(
-        conn,
-        {
-            "attempt_id": attempt_id,
-            "intent_id": intent_id,
-            "try_no": try_no,
-            "call_no": call_no,
-            "idempotency_key": derive_id("idempotency", attempt_id),
-            "gateway": decision.gateway,
-            "method_id": method.method_id,
-            "token": method.token,
-            "amount_minor": amount_minor,
-            "currency": intent["currency"],
-            "at": at,
-            "decision": decision.as_json(),
-        },
-    )
+    await store.insert_attempt(conn, attempt)
     return 1
 
 
@@ -196,17 +243,7 @@ async def record_result(
     cause_time: datetime = attempt["at"]
     amount = attempt["amount_minor"]
     currency = attempt["currency"]
-    event = {
-        "payment_id": attempt_id,
-        "renter_id": attempt["renter_id"],
-        "currency": currency,
-        "amount": shown(amount, currency),
-        "invoice_number": attempt["invoice_number"],
-        "contract_id": attempt["contract_id"],
-        "gateway": attempt["gateway"],
-        "code": result.code,
-        "at": cause_time,
-    }
+    event = _event(attempt, result)
     if outcome == "succeeded":
         inserted = await conn.execute(
             """insert into payments.money_in (renter_id, source_id, currency, kind, amount_minor, at, reference,
@@ -274,6 +311,107 @@ async def record_result(
             return "error"  # failed over within the same try
     await schedule_next(tx, attempt, reason=reason)
     return str(outcome)
+
+
+async def lock_attempts(conn: asyncpg.Connection, attempt_ids: list[str]) -> dict[str, asyncpg.Record]:
+    """The attempts (with their intents) of a batch of answers, locked in attempt order — the order
+    every batch locks in, so two batches never deadlock on them."""
+    rows = await conn.fetch(
+        """select a.*, t.invoice_id, t.invoice_number, t.contract_id, t.renter_id, t.first_try_at, t.tries,
+                  t.state as intent_state
+             from payments.attempts a join payments.intents t using (intent_id)
+            where a.attempt_id = any($1::text[]) order by a.attempt_id collate "C" for update of a, t""",
+        attempt_ids,
+    )
+    return {r["attempt_id"]: r for r in rows}
+
+
+async def record_successes(
+    tx: Tx,
+    config: PaymentsConfig,
+    answers: list[tuple[asyncpg.Record, ChargeResult, bool]],
+    touched: dict[books.Touched, datetime],
+) -> None:
+    """What :func:`record_result` does for a charge the processor made, for many open attempts at once
+    (locked by :func:`lock_attempts`; each ``(attempt, result, inquiry)``, one per attempt): the same
+    rows, entries and events in a fixed number of statements."""
+    if not answers:
+        return
+    conn = tx.conn
+    await conn.execute(
+        """update payments.attempts a set state = 'succeeded', code = v.code, decline_kind = null,
+               charge_id = v.charge_id, message = v.message, resolved_at = now(), next_inquiry_at = null,
+               inquiries = a.inquiries + v.inquiry
+             from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])
+                  as v (attempt_id, code, charge_id, message, inquiry)
+            where a.attempt_id = v.attempt_id""",
+        [a["attempt_id"] for a, _, _ in answers],
+        [r.code for _, r, _ in answers],
+        [r.charge_id for _, r, _ in answers],
+        [r.message[:500] for _, r, _ in answers],
+        [1 if inquiry else 0 for _, _, inquiry in answers],
+    )
+    for gateway in sorted({a["gateway"] for a, _, _ in answers}):
+        await _circuit(conn, gateway, ok=True, config=config)
+    inserted = {
+        r["source_id"]
+        for r in await conn.fetch(
+            """insert into payments.money_in (renter_id, source_id, currency, kind, amount_minor, at, reference,
+                   order_key, gateway, event_id)
+               select v.renter_id, v.source_id, v.currency, 'collection', v.amount_minor, v.at, v.reference,
+                      v.source_id, v.gateway, v.event_id
+                 from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[], $6::text[],
+                             $7::text[], $8::text[])
+                      as v (renter_id, source_id, currency, amount_minor, at, reference, gateway, event_id)
+               on conflict do nothing returning source_id""",
+            [a["renter_id"] for a, _, _ in answers],
+            [f"attempt:{a['attempt_id']}" for a, _, _ in answers],
+            [a["currency"] for a, _, _ in answers],
+            [a["amount_minor"] for a, _, _ in answers],
+            [a["at"] for a, _, _ in answers],
+            [a["invoice_number"] for a, _, _ in answers],
+            [a["gateway"] for a, _, _ in answers],
+            [a["attempt_id"] for a, _, _ in answers],
+        )
+    }
+    specs: list[Any] = []
+    for attempt, result, _ in answers:
+        attempt_id, currency, cause_time = attempt["attempt_id"], attempt["currency"], attempt["at"]
+        if f"attempt:{attempt_id}" in inserted:
+            entry, accounts = books.money_in_entry(
+                entry_id=derive_id("payments.collected", attempt_id),
+                cause_id=attempt_id,
+                renter_id=attempt["renter_id"],
+                currency=currency,
+                amount_minor=attempt["amount_minor"],
+                at=cause_time,
+                gateway=attempt["gateway"],
+            )
+            specs.extend(accounts)
+            tx.post(entry)
+        _emit(tx, "payment.succeeded", _event(attempt, result), reason="collected")
+        key = books.Touched(attempt["renter_id"], currency)
+        touched[key] = max(cause_time, touched.get(key, cause_time))
+    await ensure_accounts(conn, specs)
+    await conn.execute(
+        """update payments.intents set state = 'succeeded', reason = '', updated_at = now()
+            where intent_id = any($1::text[])""",
+        sorted({a["intent_id"] for a, _, _ in answers}),
+    )
+
+
+def _event(attempt: asyncpg.Record, result: ChargeResult) -> dict[str, Any]:
+    return {
+        "payment_id": attempt["attempt_id"],
+        "renter_id": attempt["renter_id"],
+        "currency": attempt["currency"],
+        "amount": shown(attempt["amount_minor"], attempt["currency"]),
+        "invoice_number": attempt["invoice_number"],
+        "contract_id": attempt["contract_id"],
+        "gateway": attempt["gateway"],
+        "code": result.code,
+        "at": attempt["at"],
+    }
 
 
 async def _kind_of(conn: asyncpg.Connection, attempt: asyncpg.Record) -> str:

@@ -136,8 +136,28 @@ async def record_many(pool: asyncpg.Pool, config: PaymentsConfig, batch: list[_A
     async with pool.acquire() as conn, conn.transaction():
         tx = Tx(conn, "payments")
         touched: dict[books.Touched, datetime] = {}
+        attempts = await collection.lock_attempts(conn, sorted({a.attempt_id for a in batch}))
+        # Charges made on open attempts (almost every answer) are recorded together; any other answer —
+        # a decline, an error, an unknown outcome, a second answer about one attempt — one by one.
+        together: dict[str, _Answer] = {}
+        seen: set[str] = set()
+        for answer in batch:
+            attempt = attempts.get(answer.attempt_id)
+            if (
+                attempt is not None
+                and answer.result.outcome == "succeeded"
+                and attempt["state"] in ("pending", "sending", "unknown")
+                and answer.attempt_id not in seen
+            ):
+                together[answer.attempt_id] = answer
+            seen.add(answer.attempt_id)
+        await collection.record_successes(
+            tx, config, [(attempts[a.attempt_id], a.result, a.inquiry) for a in together.values()], touched
+        )
         states = [
-            await collection.record_result(
+            "succeeded"
+            if together.get(a.attempt_id) is a
+            else await collection.record_result(
                 tx, config, a.attempt_id, a.result, inquiry=a.inquiry, claim=a.claim, touched=touched
             )
             for a in batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -150,43 +151,61 @@ async def health(conn: asyncpg.Connection, names: list[str], window: int = 100) 
     return result
 
 
-async def insert_intent(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
-    await conn.execute(
-        """insert into payments.intents (intent_id, invoice_id, invoice_number, contract_id, renter_id, currency,
-               state, tries, first_try_at, next_try_at, reason)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) on conflict do nothing""",
-        row["intent_id"],
-        row["invoice_id"],
-        row["invoice_number"],
-        row["contract_id"],
-        row["renter_id"],
-        row["currency"],
-        row["state"],
-        row["tries"],
-        row["first_try_at"],
-        row["next_try_at"],
-        row["reason"],
+async def default_methods(conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Method]:
+    """:func:`default_method` of many (renter, currency) pairs in one statement."""
+    pairs = sorted(set(keys))
+    if not pairs:
+        return {}
+    rows = await conn.fetch(
+        """select distinct on (m.renter_id, m.currency) m.renter_id, m.currency, m.method_id, m.kind, m.token
+             from payments.methods m
+             join unnest($1::text[], $2::text[]) as k (renter_id, currency) using (renter_id, currency)
+            where m.attached and m.is_default
+            order by m.renter_id, m.currency, m.at desc, m.event_id desc""",
+        [r for r, _ in pairs],
+        [c for _, c in pairs],
     )
+    return {(r["renter_id"], r["currency"]): Method(r["method_id"], r["kind"], r["token"]) for r in rows}
+
+
+_INTENT_COLUMNS = (
+    "intent_id", "invoice_id", "invoice_number", "contract_id", "renter_id", "currency", "state", "tries",
+    "first_try_at", "next_try_at", "reason",
+)  # fmt: skip
+_ATTEMPT_COLUMNS = (
+    "attempt_id", "intent_id", "try_no", "call_no", "idempotency_key", "gateway", "method_id", "token",
+    "amount_minor", "currency", "at", "decision",
+)  # fmt: skip
+
+
+async def insert_intents(conn: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """New intents (one pipelined round trip for all; an intent already there is kept)."""
+    if rows:
+        await conn.executemany(
+            """insert into payments.intents (intent_id, invoice_id, invoice_number, contract_id, renter_id, currency,
+                   state, tries, first_try_at, next_try_at, reason)
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) on conflict do nothing""",
+            [tuple(row[c] for c in _INTENT_COLUMNS) for row in rows],
+        )
+
+
+async def insert_intent(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
+    await insert_intents(conn, [row])
+
+
+async def insert_attempts(conn: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """New ``pending`` attempts (one pipelined round trip for all; an attempt already there is kept)."""
+    if rows:
+        await conn.executemany(
+            """insert into payments.attempts (attempt_id, intent_id, try_no, call_no, idempotency_key, gateway,
+                   method_id, token, amount_minor, currency, at, state, decision)
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12) on conflict do nothing""",
+            [tuple(json.dumps(row[c]) if c == "decision" else row[c] for c in _ATTEMPT_COLUMNS) for row in rows],
+        )
 
 
 async def insert_attempt(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
-    await conn.execute(
-        """insert into payments.attempts (attempt_id, intent_id, try_no, call_no, idempotency_key, gateway,
-               method_id, token, amount_minor, currency, at, state, decision)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12) on conflict do nothing""",
-        row["attempt_id"],
-        row["intent_id"],
-        row["try_no"],
-        row["call_no"],
-        row["idempotency_key"],
-        row["gateway"],
-        row["method_id"],
-        row["token"],
-        row["amount_minor"],
-        row["currency"],
-        row["at"],
-        json.dumps(row["decision"]),
-    )
+    await insert_attempts(conn, [row])
 
 
 async def update_intent(conn: asyncpg.Connection, intent_id: str, **fields: Any) -> None:
