@@ -43,7 +43,7 @@ ASSIGNMENT_INTERVAL_S = 1.0
 CONSUMER_POLL_MS = 200
 """Longest a consumer waits for records before it looks at its leases, holds and gaps again."""
 CONSUMER_IDLE_POLL_MS = 20
-"""While idle, how long one poll listens before the partitions rest again."""
+"""How long one poll listens before the partitions rest (an empty answer) or the records are handled."""
 CONSUMER_IDLE_BACKOFF_MAX_MS = 200
 """Longest rest of an idle consumer between polls (the most a new record waits for it)."""
 GAP_REFILL_MAX = 1_000_000
