@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import uuid
 import warnings
@@ -139,11 +140,17 @@ async def fresh_stack(servers: Servers, template_db: str, folder: Path) -> Async
         yield Stack(url, bootstrap, settings, pool)
     finally:
         stuck = False
-        try:  # a connection still held (a worker task that outlived its stop) must not hang the suite
-            await asyncio.wait_for(pool.close(), 30)
-        except TimeoutError:
+        held = ""
+        # A connection still held (a worker task that outlived its stop) must not hang the suite.
+        closing = asyncio.ensure_future(pool.close())
+        await asyncio.wait([closing], timeout=30)
+        if not closing.done():
             stuck = True
+            held = await _who_holds(servers.admin_dsn, database)  # before anything is torn down
+            closing.cancel()
             pool.terminate()
+        elif closing.exception() is not None:
+            raise closing.exception()  # type: ignore[misc]
         if broker is not None:
             broker.stop()
         admin = await asyncpg.connect(servers.admin_dsn)
@@ -152,7 +159,33 @@ async def fresh_stack(servers: Servers, template_db: str, folder: Path) -> Async
         finally:
             await admin.close()
         if stuck:  # an error under the suite's filterwarnings: the test that leaked a connection is named
-            warnings.warn("the test's pool did not close within 30 s: connections were still held", stacklevel=1)
+            warnings.warn(
+                f"the test's pool did not close within 30 s: connections were still held\n{held}", stacklevel=1
+            )
+
+
+async def _who_holds(admin_dsn: str, database: str) -> str:
+    """What a pool that would not close was doing: the database's sessions (state, wait, query) and
+    this process's tasks with their stacks — so a leaked connection names its holder."""
+    lines = ["sessions:"]
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        for r in await admin.fetch(
+            """select pid, state, wait_event_type, wait_event, now() - xact_start as in_xact, left(query, 200) as q
+                 from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()""",
+            database,
+        ):
+            lines.append(f"  {r['pid']} {r['state']} {r['wait_event_type']}/{r['wait_event']} {r['in_xact']}: {r['q']}")
+    finally:
+        await admin.close()
+    lines.append("tasks:")
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        stack = io.StringIO()
+        task.print_stack(limit=12, file=stack)
+        lines.append(stack.getvalue())
+    return "\n".join(lines)[:20_000]
 
 
 @pytest.fixture
