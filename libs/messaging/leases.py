@@ -22,6 +22,7 @@ slots of its records (:meth:`Leases.check_owned`, run inside the batch transacti
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import zlib
 
@@ -141,7 +142,12 @@ class Leases:
         self._member = None
         self._pid = None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.execute("select pg_advisory_unlock_all()")
-            with contextlib.suppress(Exception):
-                await self.pool.release(conn)
+            try:
+                with contextlib.suppress(Exception):
+                    await conn.execute("select pg_advisory_unlock_all()")
+            finally:
+                # A second cancellation (a worker's shutdown gives its tasks 10 s, then cancels again) may
+                # land here: the connection must still go back — or be closed — or its session keeps this
+                # worker's locks and the group's partitions stay leased to no one alive.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.pool.release(conn))

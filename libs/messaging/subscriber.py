@@ -455,8 +455,12 @@ class PartitionReader:
                         await asyncio.wait_for(stop.wait(), self._backoff_s * (0.5 + random.random()))
                     self._backoff_s = min(self._backoff_s * 2, limits.INFRA_BACKOFF_MAX_S)
         finally:
-            await self._drop_client()
-            await self.leases.close()
+            # The leases first (one statement): stopping the Kafka client can take seconds, and a worker
+            # cancels a task again after 10 s — the leases must not wait behind it.
+            try:
+                await self.leases.close()
+            finally:
+                await self._drop_client()
 
     async def _drop_client(self) -> None:
         client, self._kafka = self._kafka, None

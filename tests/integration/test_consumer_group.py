@@ -4,6 +4,7 @@ libs.messaging.leases) and every event has its effect once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -64,3 +65,33 @@ async def test_a_group_of_the_same_name_in_another_database_is_not_a_member(
         await asyncio.sleep(2.5)
         assert here.readers[0].owned_slots == topics.JOURNAL_REQUESTS.partitions
         assert elsewhere.readers[0].owned_slots == topics.JOURNAL_REQUESTS.partitions
+
+
+@pytest.mark.parametrize("yields", [1, 2, 3])
+async def test_a_lease_close_cancelled_midway_still_gives_the_connection_and_its_locks_back(
+    stack: Stack, yields: int
+) -> None:
+    """A worker's shutdown cancels its readers, and cancels them again after 10 s: a reader may be
+    cancelled while it gives its leases back. The lease connection must still return to the pool (or be
+    closed): held, its session would keep the group's partitions leased to no one alive — the next worker
+    of the group in that process could read none of them, and the pool could never close."""
+    from libs.messaging.leases import Leases, group_key
+
+    leases = Leases(stack.pool, "grp-cancelled-close", 3)
+    assert await leases.refresh() == frozenset({0, 1, 2})
+    closing = asyncio.create_task(leases.close())
+    for _ in range(yields):  # cancelled at one of its first steps
+        await asyncio.sleep(0)
+    closing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+
+    async def given_back() -> bool:
+        held = await stack.pool.fetchval(
+            "select count(*) from pg_locks where locktype = 'advisory' and classid::bigint = $1",
+            group_key("grp-cancelled-close"),
+        )
+        return held == 0 and stack.pool.get_size() - stack.pool.get_idle_size() == 0
+
+    await wait_until(given_back, timeout_s=10, what="the lease connection back in the pool and its locks gone")
+    await asyncio.wait_for(stack.pool.expire_connections(), 10)
