@@ -805,3 +805,49 @@ async def test_list_show_and_pdf_commands(stack: Stack, tmp_path: Any) -> None:
         for n in [d["number"] for d in parsed] + [s["number"] for s in statements]
         for ext in ("json", "pdf")
     )
+
+
+async def test_a_quarantined_close_does_not_hold_back_the_invoices_mark(stack: Stack) -> None:
+    """``invoices.watermark`` vouches that every invoice of a period ending by the mark is out — except the
+    contracts whose close is quarantined: they wait for an operator, and payments (which answers a tick
+    only behind this mark) must not stop collecting and planning for everyone meanwhile. Once the operator
+    retries, the invoice comes, after the mark."""
+    from services.operations import quarantine
+
+    story = Story()
+    story.contract("ctr-ok", renter="rnt-ok")
+    story.contract("ctr-stuck", renter="rnt-stuck")
+    hour = datetime(2026, 1, 5, 10, tzinfo=UTC)
+    story.charge("ctr-ok", "alloc-ok", "sup-1", hour, billable=3600)
+    story.charge("ctr-stuck", "alloc-stuck", "sup-1", hour, billable=3600)
+    story.watermark(JAN[1] - timedelta(hours=1))
+    await story.publish(stack)
+    async with running(stack, [INVOICING], relays=0):
+        await wait_for_count(stack, "select count(*) from invoicing.contract_state", 2, "both contracts")
+        await wait_for_count(stack, "select count(*) from invoicing.watermarks", 6, "first watermarks")
+        async with stack.pool.acquire() as conn:  # what a failed close does (Closer._close_alone)
+            await conn.execute(
+                "update invoicing.contract_state set blocked_reason = 'test: R10 tax rate missing' "
+                "where contract_id = 'ctr-stuck'"
+            )
+        story.watermark(JAN[1])
+        await story.publish(stack)
+        await wait_invoices(stack, 1)
+
+        async def marked() -> bool:
+            through = {e["data"]["through"] for e in marks_of(await outbox_events(stack, topics.INVOICES_FINALIZED))}
+            return "2026-02-01T00:00:00Z" in through
+
+        await wait_until(marked, what="the mark through Feb 1 despite the quarantined close")
+        assert [i["contract_id"] for i in await invoices_of(stack, "ctr-stuck")] == []
+        async with stack.pool.acquire() as conn, conn.transaction():
+            await quarantine.retry(conn, "ctr-stuck", reason="tax rate published", actor="ops")
+        await wait_invoices(stack, 2)
+    published = await outbox_events(stack, topics.INVOICES_FINALIZED)
+    feb = {
+        i for i, e in enumerate(published) if e in marks_of(published) and e["data"]["through"].startswith("2026-02-01")
+    }
+    assert len(feb) == topics.INVOICES_FINALIZED.partitions, "one mark per partition, once"
+    (stuck,) = [i for i, e in enumerate(published) if e.get("subject") == "ctr-stuck"]
+    (ok,) = [i for i, e in enumerate(published) if e.get("subject") == "ctr-ok"]
+    assert ok < min(feb) < max(feb) < stuck, "the on-time invoice before the mark, the quarantined one after"
