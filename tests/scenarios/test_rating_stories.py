@@ -360,11 +360,13 @@ async def test_a_postpaid_contract_crosses_its_credit_limit_and_every_charge_is_
     await assert_ledger_ok(stack)
 
 
-async def test_a_credit_limit_lowered_below_the_exposure_alerts_at_the_next_charge_once(stack: Stack) -> None:
+async def test_a_credit_limit_lowered_below_the_exposure_alerts_at_the_amendment_once(stack: Stack) -> None:
     """Credit limit 100.00; 2 GPUs at 5.00 = 10.00 an hour. After four hours the exposure is 40. The limit
-    is amended to 25.00 from 04:00: the hour 04:00-05:00 (exposure 50, charged at 05:00) finds it over a
-    limit it was under, so it alerts and asks for a suspension once; the next hour (60) is still over and
-    changes nothing (R9). Comparing the exposures before and after one charge with one limit never fired."""
+    is amended to 25.00 from 04:00: the exposure is now over a limit it was under — a crossing (R9), so
+    the amendment itself alerts and asks for a suspension, at its time, once; the next hours (50, 60) are
+    still over and change nothing. (Comparing the exposures before and after one charge with one limit
+    never fires here; checking only at the next charge would alert an hour late, and never for a contract
+    with no more usage.)"""
     cid = "c-lowered"
     hours = [Hour(cid, "alloc-l", DEC_1 + h * HOUR, gpu_count=2) for h in range(6)]
     async with running(stack, [SERVICE]):
@@ -381,7 +383,7 @@ async def test_a_credit_limit_lowered_below_the_exposure_alerts_at_the_next_char
     assert [charge(o) for o in await charges_of(stack)] == [10] * 6
     alerts = await outputs(stack, topics.BILLING_ALERTS)
     assert [(a.type, a.data["credit_limit"], a.data["exposure"], a.data["at"]) for a in alerts] == [
-        ("credit.limit_exceeded", "25", "50", "2026-12-01T05:00:00Z")
+        ("credit.limit_exceeded", "25", "40", "2026-12-01T04:00:00Z")
     ]
     commands = await outputs(stack, topics.PLATFORM_COMMANDS)
     assert [(c.type, c.data["reason"]) for c in commands] == [("platform.suspend_requested", "credit_limit_exceeded")]
@@ -420,4 +422,38 @@ async def test_usage_for_an_unknown_contract_is_held_and_the_watermark_waits_for
         "source": "rating",
         "barrier": None,  # the watermark of a tick without a barrier carries none
     }
+    await assert_ledger_ok(stack)
+
+
+async def test_a_limit_lowered_on_a_contract_with_no_more_usage_still_alerts_and_a_raised_one_rearms(
+    stack: Stack,
+) -> None:
+    """R9: three hours (exposure 30) under a 100.00 limit, then no more usage. Lowered to 20.00: the
+    amendment alerts (nothing else would ever move this exposure). Raised to 50.00, then lowered to 10.00
+    again: the raise re-arms the alert and the second lowering is a second crossing."""
+    cid = "c-idle"
+    hours = [Hour(cid, "alloc-i", DEC_1 + h * HOUR, gpu_count=2) for h in range(3)]
+    async with running(stack, [SERVICE]):
+        await publish(stack, [contract_created(cid, starts_at=DEC_1, price="5.00", rate="3.00", credit_limit="100")])
+        await wait_until(lambda: handled(stack, 1), what="contract")
+        await publish(stack, [usage(h) for h in hours])
+        await wait_sent(stack, topics.CHARGES_RATED, 3, "charge.rated")
+        await publish(
+            stack,
+            [
+                contract_amended(cid, DEC_1 + 5 * HOUR, event_id="limit-20", credit_limit="20"),
+                contract_amended(cid, DEC_1 + 6 * HOUR, event_id="limit-50", credit_limit="50"),
+                contract_amended(cid, DEC_1 + 7 * HOUR, event_id="limit-10", credit_limit="10"),
+            ],
+        )
+        await wait_sent(stack, topics.PLATFORM_COMMANDS, 2)
+        await wait_until(lambda: handled(stack, 7), what="the amendments")
+
+    alerts = await outputs(stack, topics.BILLING_ALERTS)
+    assert [(a.data["credit_limit"], a.data["exposure"], a.data["at"]) for a in alerts] == [
+        ("20", "30", "2026-12-01T05:00:00Z"),
+        ("10", "30", "2026-12-01T07:00:00Z"),
+    ]
+    commands = await outputs(stack, topics.PLATFORM_COMMANDS)
+    assert [c.data["reason"] for c in commands] == ["credit_limit_exceeded"] * 2
     await assert_ledger_ok(stack)

@@ -4,6 +4,7 @@ terminations re-pricing the stored hours they affect (R4)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 from domain.contracts import store as contracts_store
@@ -17,6 +18,7 @@ from services.rating.domain import (
     reprice_needed,
 )
 from services.rating.handlers.batch import Batch
+from services.rating.handlers.exposure import track_exposure
 from services.rating.handlers.usage import NO_USAGE_CHANGE, HourRef, book_charge, on_usage
 from services.rating.handlers.wallets import release_topups
 from services.rating.handlers.watermarks import forward_watermark
@@ -34,6 +36,26 @@ async def on_contract(batch: Batch, event: Envelope[Any]) -> None:
         await forward_watermark(batch, contracts_store.contract_partition(change.contract_id), event)
     elif change.after != change.before:
         await _reprice(batch, change.before, change.after, event)
+        if change.after.billing_mode == "postpaid":
+            await _recheck_limit(batch, change.after, event)
+
+
+async def _recheck_limit(batch: Batch, terms: ContractTerms, event: Envelope[Any]) -> None:
+    """R9 at an amendment: a limit lowered below the exposure is a crossing now (alert and suspend
+    request, at the amendment's time), not at the exposure's next movement — a contract with no more
+    usage would otherwise never be alerted. A limit raised above it re-arms the alert. The limit in force
+    at the amendment's time decides: one that takes effect later is checked at the next movement after."""
+    await track_exposure(
+        batch,
+        terms.contract_id,
+        terms,
+        event,
+        Decimal(0),
+        Decimal(0),
+        at=event.time,
+        limit_at=event.time,
+        trigger_id=derive_id("limit_amended", event.id),
+    )
 
 
 async def _reprice(batch: Batch, before: ContractTerms, after: ContractTerms, event: Envelope[Any]) -> None:

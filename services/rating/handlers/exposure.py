@@ -1,7 +1,8 @@
 """Credit limits (R9): exposure tracked on charges and finalized invoices; crossing the limit emits
 ``credit.limit_exceeded`` and a suspend request. "Crossing" is a movement that finds the exposure above
-the limit in force when the previous movement did not (``over_limit`` is kept with the exposure): so a
-limit lowered below the exposure fires at the next movement too."""
+the limit in force when the previous movement did not (``over_limit`` is kept with the exposure). An
+amendment is checked as a movement of zero (:mod:`services.rating.handlers.contracts`): a limit lowered
+below the exposure fires at the amendment; one that takes effect later, at the next movement after."""
 
 from __future__ import annotations
 
