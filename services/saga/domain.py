@@ -157,12 +157,16 @@ class DisputeClosed(Fact):
 class PayoutSent(Fact):
     kind: Literal["payout_sent"] = "payout_sent"
     payout_id: str
+    supplier_id: str = ""
+    """Whose payout (an invoice's earnings may go to several suppliers); empty when not known."""
     at: datetime
 
 
 class PayoutSettled(Fact):
     kind: Literal["payout_settled"] = "payout_settled"
     payout_id: str
+    supplier_id: str = ""
+    """Whose payout (an invoice's earnings may go to several suppliers); empty when not known."""
     at: datetime
 
 
@@ -172,6 +176,7 @@ class PayoutReturned(Fact):
     kind: Literal["payout_returned"] = "payout_returned"
     payout_id: str
     reason: str
+    supplier_id: str = ""
     at: datetime
 
 
@@ -250,6 +255,9 @@ class Facts(BaseModel):
     payouts_sent: dict[str, datetime] = {}
     payouts_settled: dict[str, datetime] = {}
     payouts_returned: dict[str, datetime] = {}
+    payout_suppliers: dict[str, str] = {}
+    """payout attempt → its supplier (when the event named one): the cycle is paid out once every
+    supplier's latest payout settled."""
     payee_updated_at: datetime | None = None
     now: datetime | None = None
     """Event time: the latest tick (or event) seen."""
@@ -285,6 +293,10 @@ def _add(d: dict[str, _V], key: str, value: _V) -> dict[str, _V]:
     return d if key in d else {**d, key: value}
 
 
+def _supplier(facts: Facts, payout_id: str, supplier_id: str) -> dict[str, str]:
+    return _add(facts.payout_suppliers, payout_id, supplier_id) if supplier_id else facts.payout_suppliers
+
+
 def apply(facts: Facts, event: Input) -> Facts:
     """Merge one input into the facts; commutative and idempotent."""
     match event:
@@ -316,13 +328,20 @@ def apply(facts: Facts, event: Input) -> Facts:
             opened = _add(facts.disputes_open, event.dispute_id, event.amount_minor)
             return facts.model_copy(update={"disputes_closed": closed, "disputes_open": opened})
         case PayoutSent():
-            return facts.model_copy(update={"payouts_sent": _add(facts.payouts_sent, event.payout_id, event.at)})
+            return facts.model_copy(
+                update={
+                    "payouts_sent": _add(facts.payouts_sent, event.payout_id, event.at),
+                    "payout_suppliers": _supplier(facts, event.payout_id, event.supplier_id),
+                }
+            )
         case PayoutSettled():
             settled = _add(facts.payouts_settled, event.payout_id, event.at)
-            return facts.model_copy(update={"payouts_settled": settled})
+            suppliers = _supplier(facts, event.payout_id, event.supplier_id)
+            return facts.model_copy(update={"payouts_settled": settled, "payout_suppliers": suppliers})
         case PayoutReturned():
             returned = _add(facts.payouts_returned, event.payout_id, event.at)
-            return facts.model_copy(update={"payouts_returned": returned})
+            suppliers = _supplier(facts, event.payout_id, event.supplier_id)
+            return facts.model_copy(update={"payouts_returned": returned, "payout_suppliers": suppliers})
         case PayeeUpdated():
             return facts.model_copy(update={"payee_updated_at": _max(facts.payee_updated_at, event.at)})
         case Tick():
@@ -514,28 +533,54 @@ def evaluate(facts: Facts, policy: Policy) -> Status:
 
 
 def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | None:
-    """The payout side (when followed): None once a payout of the cycle settled."""
-    if facts.payouts_settled:
-        steps.append("payout settled at the bank")
-        return None
+    """The payout side (when followed): None once every supplier's payout of the cycle settled.
+
+    An invoice's earnings may go to several suppliers, each paid by its own payout: each supplier's
+    payouts are followed on their own (a payout whose event names no supplier is one supplier), and the
+    cycle waits for the one furthest behind — a payout returned before one in flight before one to
+    (re)send. A supplier whose payout was never sent at all is not known here: with others settled, the
+    cycle completes (README, saga gaps)."""
+    suppliers: dict[str, list[str]] = {}
+    for pid in {*facts.payouts_sent, *facts.payouts_settled, *facts.payouts_returned}:
+        suppliers.setdefault(facts.payout_suppliers.get(pid, ""), []).append(pid)
     released = facts.paid_at or (facts.invoice.issued_at if facts.invoice else None)
     assert released is not None
     now = facts.now
-    returned_last = max(facts.payouts_returned.values(), default=None)
-    sent_after = [at for pid, at in facts.payouts_sent.items() if pid not in facts.payouts_returned]
-    if returned_last is not None and not sent_after:
+    returned_waiting: list[datetime] = []
+    in_flight: list[datetime] = []
+    to_retry: list[datetime] = []
+    settled = 0
+    for pids in suppliers.values():
+        if any(pid in facts.payouts_settled for pid in pids):
+            settled += 1
+            continue
+        returned_last = max((facts.payouts_returned[p] for p in pids if p in facts.payouts_returned), default=None)
+        sent_after = [
+            facts.payouts_sent[p] for p in pids if p in facts.payouts_sent and p not in facts.payouts_returned
+        ]
+        if sent_after:
+            in_flight.append(max(sent_after))
+        elif returned_last is not None:
+            if facts.payee_updated_at is None or facts.payee_updated_at < returned_last:
+                returned_waiting.append(returned_last)
+            else:
+                to_retry.append(facts.payee_updated_at)
+    if suppliers and settled == len(suppliers):
+        steps.append("payout settled at the bank" if settled == 1 else f"payouts of {settled} suppliers settled")
+        return None
+    if settled:
+        steps.append(f"payouts settled for {settled} of {len(suppliers)} suppliers")
+    if returned_waiting:
         steps.append("payout returned: reversed, payee flagged")
-        if facts.payee_updated_at is None or facts.payee_updated_at < returned_last:
-            return Status(
-                "payout_returned", "payout returned or rejected", "payee details changed", None, tuple(steps), ()
-            )
-        steps.append("payee details changed; payout to retry")
-        released = facts.payee_updated_at
-    if sent_after:
-        sent = max(sent_after)
+        return Status("payout_returned", "payout returned or rejected", "payee details changed", None, tuple(steps), ())
+    if in_flight:
         steps.append("payout sent")
-        deadline = sent + timedelta(days=policy.settle_deadline_days)
+        deadline = max(in_flight) + timedelta(days=policy.settle_deadline_days)
         return _maybe_inquiry(now, deadline, policy, "payout_sent", "payout settled at the bank", "settlement", steps)
+    if to_retry:
+        steps.append("payout returned: reversed, payee flagged")
+        steps.append("payee details changed; payout to retry")
+        released = max(to_retry)
     deadline = released + timedelta(days=policy.payout_deadline_days)
     return _maybe_inquiry(now, deadline, policy, "awaiting_payout", "payout sent", "payout", steps)
 

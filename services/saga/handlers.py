@@ -136,12 +136,13 @@ def payout_inputs(event: Envelope[Any]) -> list[tuple[str, domain.Input]]:
     fact: domain.Input
     match event.type:
         case "payout.sent":
-            fact = domain.PayoutSent(payout_id=attempt, at=event.time)
+            fact = domain.PayoutSent(payout_id=attempt, supplier_id=data.supplier_id, at=event.time)
         case "payout.completed":
-            fact = domain.PayoutSettled(payout_id=attempt, at=event.time)
+            fact = domain.PayoutSettled(payout_id=attempt, supplier_id=data.supplier_id, at=event.time)
         case _:
             fact = domain.PayoutReturned(
                 payout_id=attempt,
+                supplier_id=data.supplier_id,
                 reason=f"{event.type.removeprefix('payout.')} {data.return_code or ''}".strip(),
                 at=event.time,
             )

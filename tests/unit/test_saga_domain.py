@@ -228,6 +228,33 @@ def test_payout_steps_when_followed() -> None:
     assert s.state == "compensated" and requested == {"clawback:rf_1": 1}
 
 
+def test_an_invoice_paying_two_suppliers_completes_when_both_payouts_settled() -> None:
+    """Each supplier's payout is followed on its own: the first settlement does not complete the cycle,
+    a return of the other waits for its payee, and only when both settled is the cycle done."""
+    policy = d.Policy(follow_payouts=True)
+    base: list[d.Input] = [invoice(), status(2, "paid", 10_000, DUE)]
+    day = DUE + timedelta(days=20)
+    a_sent = d.PayoutSent(payout_id="po_a@f1", supplier_id="sup-a", at=day)
+    b_sent = d.PayoutSent(payout_id="po_b@f1", supplier_id="sup-b", at=day)
+    a_settled = d.PayoutSettled(payout_id="po_a@f1", supplier_id="sup-a", at=day + timedelta(days=2))
+    s = run([*base, a_sent, b_sent, a_settled], policy)[0]
+    assert (s.state, s.waits_for) == ("payout_sent", "payout settled at the bank")
+    assert "payouts settled for 1 of 2 suppliers" in s.steps
+    b_returned = d.PayoutReturned(payout_id="po_b@f1", supplier_id="sup-b", reason="R03", at=day + timedelta(days=3))
+    assert run([*base, a_sent, b_sent, a_settled, b_returned], policy)[0].state == "payout_returned"
+    payee = d.PayeeUpdated(at=day + timedelta(days=4))
+    s = run([*base, a_sent, b_sent, a_settled, b_returned, payee], policy)[0]
+    assert s.state == "awaiting_payout"
+    b_resent = d.PayoutSent(payout_id="po_b@f2", supplier_id="sup-b", at=day + timedelta(days=5))
+    b_settled = d.PayoutSettled(payout_id="po_b@f2", supplier_id="sup-b", at=day + timedelta(days=6))
+    assert run([*base, a_sent, b_sent, a_settled, b_returned, payee, b_resent], policy)[0].state == "payout_sent"
+    everything = [*base, a_sent, b_sent, a_settled, b_returned, payee, b_resent, b_settled]
+    s = run(everything, policy)[0]
+    assert (s.state, s.reason) == ("completed", "paid and settled at the bank")
+    assert "payouts of 2 suppliers settled" in s.steps
+    assert run(list(reversed(everything)), policy)[0].state == "completed", "facts merge in any order"
+
+
 def test_a_payout_that_never_comes_is_asked_about_then_needs_an_operator() -> None:
     policy = d.Policy(follow_payouts=True)
     base: list[d.Input] = [invoice(), status(2, "paid", 10_000, DUE)]
