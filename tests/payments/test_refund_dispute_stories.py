@@ -323,3 +323,75 @@ async def test_refunds_disputes_receipts_and_operator_commands(stack: Stack) -> 
     assert report.ok, report
     # The processor took 80.00 and a 15.00 fee; the loss and the fee are the platform's.
     assert ledger[chart.dispute_losses("USD").code] == minor_to_ledger(8000 + 1500, "USD")
+
+
+async def test_a_refund_not_yet_paid_follows_the_allocation_when_a_late_invoice_moves_the_money(stack: Stack) -> None:
+    """R11 in event time: a wire with no reference pays the oldest open invoice first. Each renter's
+    100.00 wire paid its February invoice in full, and a 30.00 credit note on it was due back (a manual
+    refund: a bank receipt is refunded over the bank). Then an older invoice of the renter arrives late:
+    the wire paid it first, so less was paid on February's invoice and less (or nothing) is due back. The
+    refund rows follow — 10.00 for one renter, cancelled for the other — and refunds_payable holds what
+    the rows say, before finance pays anything by hand."""
+    jan = FEB - timedelta(days=31)
+    dec = jan - timedelta(days=31)
+    stack.settings = stack.settings.model_copy(update={"gateways_enabled": ""})
+    cases = {"rnt-less": ("20.00", 1000), "rnt-none": ("50.00", None)}
+    first: list[tuple[Any, str, bytes]] = []
+    late: list[tuple[Any, str, bytes]] = []
+    for n, (renter, (older, _)) in enumerate(cases.items()):
+        feb = invoice(f"INV-2026-00010{n}", f"ctr-{renter}", renter, due="100.00", start=jan, end=FEB)
+        wire = receipt(renter, f"w-{renter}", "100.00", FEB + timedelta(days=1))
+        note = CreditNoteIssued(
+            credit_note_id=f"cn-{renter}",
+            number=f"CN-2026-00010{n}",
+            contract_id=f"ctr-{renter}",
+            renter_id=renter,
+            currency="USD",
+            invoice_number=feb.number,
+            adjustment_lines=[AdjustmentLine(period_start=jan, period_end=FEB, kind="usage", amount=Decimal("-30.00"))],
+            subtotal=Decimal("-30.00"),
+            tax=Decimal("0.00"),
+            total=Decimal("-30.00"),
+            issued_at=FEB + timedelta(days=2),
+        )
+        first += [
+            (
+                topics.INVOICES_FINALIZED,
+                feb.contract_id,
+                event_bytes("invoice.finalized", feb, id=feb.number, time=FEB),
+            ),
+            (topics.PAYMENTS_RECEIVED, renter, event_bytes("payment.received", wire, id=wire.receipt_id, time=FEB)),
+            (
+                topics.CREDIT_NOTES_ISSUED,
+                note.contract_id,
+                event_bytes("credit_note.issued", note, id=note.number, time=FEB),
+            ),
+        ]
+        old = invoice(f"INV-2025-00020{n}", f"ctr-{renter}", renter, due=older, start=dec, end=jan)
+        late.append(
+            (topics.INVOICES_FINALIZED, old.contract_id, event_bytes("invoice.finalized", old, id=old.number, time=jan))
+        )
+
+    async def refunds() -> dict[str, tuple[str, int]]:
+        rows = await stack.pool.fetch("select renter_id, state, amount_minor from payments.refunds")
+        return {r["renter_id"]: (r["state"], r["amount_minor"]) for r in rows}
+
+    async with running(stack, [PAYMENTS]):
+        await publish(stack, first)
+
+        async def owed() -> bool:
+            return await refunds() == {r: ("manual", 3000) for r in cases}
+
+        await wait_until(owed, what="30.00 due back to each renter")
+        await publish(stack, late)
+
+        async def followed() -> bool:
+            return await refunds() == {"rnt-less": ("manual", 1000), "rnt-none": ("cancelled", 3000)}
+
+        await wait_until(followed, what="the refunds following the late invoices")
+    async with stack.pool.acquire() as conn:
+        report = await verify(conn)
+        held = {b.code: b.balance_units for b in await balances(conn)}
+    assert report.ok, report
+    for renter, (_, back) in cases.items():
+        assert -held.get(chart.refunds_payable(renter, "USD").code, 0) == minor_to_ledger(back or 0, "USD"), renter
