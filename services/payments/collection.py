@@ -18,7 +18,9 @@ import asyncpg
 from libs.ids import derive_id
 from libs.ledger import ensure_accounts
 from libs.messaging.consume import Tx
+from libs.times import format_utc
 from schemas import topics
+from schemas.barrier import emit_watermark
 from schemas.envelope import Envelope
 from schemas.events import PaymentEvent, SuspendRequested
 from services.payments import books, store
@@ -26,6 +28,41 @@ from services.payments.config import PaymentsConfig
 from services.payments.domain import dunning, routing
 from services.payments.gateways.port import ChargeResult
 from services.payments.money import shown
+
+
+async def release_marks(tx: Tx, *, cause: Envelope[Any] | None) -> list[datetime]:
+    """Send ``payments.watermark(T)`` to every partition of invoices.payments.v1 for each answered tick T
+    that no collection still waits for: no attempt dated at or before T is ``pending`` or ``sending``.
+
+    R14 collects on the due date and R15 releases what was applied at or before planning: a card charged
+    because of tick T (due at or before it) is money of T's planning, so the mark T waits for its answer
+    (a gateway timeout at most). An unknown outcome does not hold the mark (its inquiry follows the
+    processor's clock): if it turns out charged, it counts at the next planning. Called when a tick is
+    answered and after answers are recorded (and now and then by the collector), in the caller's
+    transaction; the ``delete … returning`` makes each mark go out once."""
+    conn = tx.conn
+    oldest_open = await conn.fetchval("select min(at) from payments.attempts where state in ('pending', 'sending')")
+    released = sorted(
+        r["at"]
+        for r in await conn.fetch(
+            """delete from payments.ticks_collecting
+                where $1::timestamptz is null or at < $1 returning at""",
+            oldest_open,
+        )
+    )
+    for at in released:
+        for partition in range(topics.INVOICE_PAYMENTS.partitions):
+            emit_watermark(
+                tx.emitter,
+                topics.INVOICE_PAYMENTS,
+                type="payments.watermark",
+                source="payments",
+                through=at,
+                partition=partition,
+                event_id=derive_id("payments.watermark", partition, format_utc(at)),
+                cause=cause,
+            )
+    return released
 
 
 async def start_due(tx: Tx, config: PaymentsConfig, through: datetime, *, cause: Envelope[Any] | None) -> int:

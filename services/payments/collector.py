@@ -67,6 +67,7 @@ async def record(
     async with pool.acquire() as conn, conn.transaction():
         tx = Tx(conn, "payments")
         state = await collection.record_result(tx, config, attempt_id, result, inquiry=inquiry, claim=claim)
+        await collection.release_marks(tx, cause=None)
         await tx.flush()
         return state
 
@@ -164,6 +165,7 @@ async def record_many(pool: asyncpg.Pool, config: PaymentsConfig, batch: list[_A
         ]
         if touched:
             await books.recompute_all(tx, touched, cause=None, at=touched)
+        await collection.release_marks(tx, cause=None)
         await tx.flush()
         return states
 
@@ -290,6 +292,15 @@ async def refund_one(pool: asyncpg.Pool, gateways: Mapping[str, Gateway], row: a
         return state
 
 
+async def release_waiting_marks(pool: asyncpg.Pool) -> None:
+    """The ticks whose collections all answered: a safety net for a tick answered while its last
+    collection's answer was being committed (each transaction saw the other's work as not yet there)."""
+    async with pool.acquire() as conn, conn.transaction():
+        tx = Tx(conn, "payments")
+        if await collection.release_marks(tx, cause=None):
+            await tx.flush()
+
+
 async def refresh_gauges(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         metrics.UNKNOWN_OPEN.set(await conn.fetchval("select count(*) from payments.attempts where state = 'unknown'"))
@@ -369,6 +380,7 @@ def collector_task(
                             running.add(task)
                             task.add_done_callback(running.discard)
                         await refresh_gauges(pool)
+                        await release_waiting_marks(pool)
                 rounds += 1
                 if not work:
                     with contextlib.suppress(TimeoutError):

@@ -30,9 +30,8 @@ from typing import Any
 from libs.ids import derive_id
 from libs.ledger import ensure_accounts
 from libs.messaging.consume import Subscription, Tx
-from libs.times import format_utc
 from schemas import topics
-from schemas.barrier import emit_watermark, watermark_waits
+from schemas.barrier import watermark_waits
 from schemas.envelope import Envelope
 from schemas.events import (
     CreditNoteIssued,
@@ -147,17 +146,8 @@ async def _answer_tick(tx: Tx, config: PaymentsConfig, event: Envelope[Any], at:
     now = await store.event_now(tx.conn)
     assert now is not None
     await collection.start_due(tx, config, now, cause=event)
-    for partition in range(topics.INVOICE_PAYMENTS.partitions):
-        emit_watermark(
-            tx.emitter,
-            topics.INVOICE_PAYMENTS,
-            type="payments.watermark",
-            source="payments",
-            through=at,
-            partition=partition,
-            event_id=derive_id("payments.watermark", partition, format_utc(at)),
-            cause=event,
-        )
+    await tx.conn.execute("insert into payments.ticks_collecting (at) values ($1) on conflict do nothing", at)
+    await collection.release_marks(tx, cause=event)
 
 
 async def _receipt(tx: Tx, event: Envelope[Any], data: PaymentReceived) -> bool:

@@ -419,7 +419,8 @@ def _paid_at(money: dict[str, Any], invoice: dict[str, Any], at: datetime) -> in
         }
         for m in money["in"]
         if (m["renter_id"], m["currency"]) == (renter, currency)
-        and (m["at"] <= at and published_before_the_tick(m) if m["kind"] == "receipt" else m["at"] < at)
+        and m["at"] <= at
+        and (published_before_the_tick(m) if m["kind"] == "receipt" else True)
     ]
     walked = money_oracle.walk(documents, notes, receipts).invoices[invoice["number"]]
     return int(money["totals"][invoice["number"]] - walked.remaining_minor)
@@ -430,7 +431,10 @@ def _held_earnings(want: Any, supplier: str, holding: dict[str, Any], final: lis
     invoice (its contract's period) within the final months, rounded half-even once."""
     contract = want.market.contracts[holding["contract_id"]]
     start = oracle.epoch(_parse(holding["period_start"]))
-    (period,) = [p for p in want.periods[contract.contract_id] if p[0] == start]
+    closed = [p for p in want.periods[contract.contract_id] if p[0] == start]
+    # An invoice not issued by the end of the run (its period is still open) holds its hours' earnings
+    # within the final months too (R15): its period is the contract's period starting there (R1).
+    (period,) = closed or [oracle.period_of(contract.anchor_day, start)]
     exact = sum(
         (
             oracle.earnings_within(want.market, a, oracle.intersect([period], final))[0]
@@ -506,7 +510,9 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
                     """select i.renter_id from payments.refunds f
                                join payments.invoices i on i.number = f.invoice_number
                        union select i.renter_id from payments.disputes d
-                               join payments.invoices i on i.number = d.invoice_number"""
+                               join payments.invoices i on i.number = d.invoice_number
+                       union select t.renter_id from payments.attempts a join payments.intents t using (intent_id)
+                               where a.inquiries > 0 or a.state in ('unknown', 'needs_operator')"""
                 )
             },
         }
@@ -582,22 +588,38 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
         assert Decimal(h["earnings"]) == _held_earnings(want, scenario.pay_when_paid, h, final), (h, final)
     # ... and what it released of each is R15's floor(E × paid / total) (all of E once nothing remains), with
     # "paid" at planning time from the independent R11 walk of the money applied by then: receipts received
-    # at or before the tick, collections before it (a card collected because of the tick itself releases at
-    # the next planning), credit balance applied to invoices as they are issued — including the invoices
-    # the planning tick's own close issued.
+    # at or before the tick (and published before it), card collections dated at or before it (R14 collects
+    # on the due date; payments holds the tick's mark until its collections answered), credit balance
+    # applied to invoices as they are issued — including the invoices the planning tick's own close issued.
+    # Renters with refunds, disputes or an outcome once unknown (resolved on the processor's clock) are
+    # outside this walk.
     checked = 0
     for h in late_holdings:
         invoice = next(
-            i
-            for i in money["invoices"]
-            if (i["contract_id"], i["period_start"]) == (h["contract_id"], _parse(h["period_start"]))
+            (
+                i
+                for i in money["invoices"]
+                if (i["contract_id"], i["period_start"]) == (h["contract_id"], _parse(h["period_start"]))
+            ),
+            None,
         )
+        if invoice is None:  # not issued by the end of the run: all its hours' earnings held (R15)
+            assert Decimal(h["released"]) == 0, h
+            checked += 1
+            continue
         if invoice["renter_id"] in money["out"]:
-            continue  # refunds and disputes are outside the walk
+            continue  # refunds, disputes and unknown outcomes are outside the walk
         paid_minor, total = _paid_at(money, invoice, _parse(h["planned_at"])), money["totals"][invoice["number"]]
         earnings = money_oracle.to_minor(h["earnings"], invoice["currency"])
         want_released = earnings if paid_minor == total else earnings * paid_minor // total
-        assert money_oracle.to_minor(h["released"], invoice["currency"]) == want_released, (h, paid_minor, total)
+        assert money_oracle.to_minor(h["released"], invoice["currency"]) == want_released, (
+            h,
+            paid_minor,
+            total,
+            invoice,
+            [m for m in money["in"] if m["renter_id"] == invoice["renter_id"]],
+            h.get("planned_at"),
+        )
         checked += 1
     assert checked or not late_holdings, late_holdings
 

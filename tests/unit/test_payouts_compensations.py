@@ -101,11 +101,17 @@ def test_a_saga_hold_holds_all_tied_earnings_of_a_supplier_not_paid_when_paid() 
     assert [(h.ref, h.earnings_minor, h.released_minor) for h in plan.holdings] == [(REF, 6_000, 0)]
 
 
-def test_a_saga_hold_is_not_pro_rata_even_for_pay_when_paid() -> None:
+def test_a_saga_hold_holds_what_was_not_paid_and_releases_the_paid_part_pro_rata() -> None:
     hold = SagaHold(held_at=AT - timedelta(hours=1), released_at=None)
     pwp = {"sup-1": payee(pay_when_paid=True)}
-    # half paid: pay-when-paid alone would release 30.00; the saga's hold keeps all 60.00
-    [plan] = plan_payouts(inputs(earnings=E_60, invoices={REF: invoice(8_000, 4_000)}, holds={REF: hold}, payees=pwp))
+    # half paid: R15 releases 30.00 of 60.00 to a pay-when-paid supplier, and the saga's hold (for what the
+    # renter did not pay) keeps the other 30.00 — from any supplier, pay-when-paid or not
+    for payees in (pwp, None):
+        kwargs = {"payees": payees} if payees else {}
+        [plan] = plan_payouts(inputs(earnings=E_60, invoices={REF: invoice(8_000, 4_000)}, holds={REF: hold}, **kwargs))
+        assert plan.held_minor == 3_000, payees
+    # nothing paid: all of it held
+    [plan] = plan_payouts(inputs(earnings=E_60, invoices={REF: invoice(8_000, 8_000)}, holds={REF: hold}))
     assert plan.held_minor == 6_000
 
 

@@ -228,7 +228,8 @@ def holdings_of(
     at: datetime | None = None,
 ) -> tuple[HeldEarnings, ...]:
     """Per invoice of the supplier: E and what of it is released at ``at``. Pay-when-paid: every invoice,
-    pro rata (R15). Any supplier: an invoice under an active saga hold releases nothing."""
+    pro rata (R15). Any supplier: an invoice under an active saga hold releases only what its renter paid
+    (the same pro rata) — the hold is for the unpaid part."""
     per_invoice: dict[InvoiceRef, Fraction] = defaultdict(Fraction)
     for e in earnings:
         if (e.supplier_id, e.currency) == (supplier_id, currency):
@@ -240,7 +241,9 @@ def holdings_of(
         e_minor = invoice_earnings_minor(per_invoice[ref], currency)
         hold = holds.get(ref)
         if hold is not None and at is not None and hold.active(at):
-            out.append(HeldEarnings(ref, e_minor, min(e_minor, 0)))  # all of E held (a negative E: nothing)
+            # The saga holds what the renter has not paid: the part its money covers is released pro rata,
+            # as R15 releases a pay-when-paid supplier's (a negative E: nothing to hold).
+            out.append(HeldEarnings(ref, e_minor, released_minor(e_minor, invoices.get(ref), settled_back.get(ref, 0))))
         elif pay_when_paid:
             out.append(HeldEarnings(ref, e_minor, released_minor(e_minor, invoices.get(ref), settled_back.get(ref, 0))))
     return tuple(out)
