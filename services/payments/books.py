@@ -60,10 +60,6 @@ def _keys(touched: Sequence[Touched]) -> tuple[list[str], list[str]]:
 _KEYS = "join unnest($1::text[], $2::text[]) as k (renter_id, currency) using (renter_id, currency)"
 
 
-async def load_facts(conn: asyncpg.Connection, renter_id: str, currency: str) -> Facts:
-    return (await load_facts_many(conn, [Touched(renter_id, currency)]))[Touched(renter_id, currency)]
-
-
 async def load_facts_many(conn: asyncpg.Connection, touched: Sequence[Touched]) -> dict[Touched, Facts]:
     """Every renter-currency's facts, four statements whatever their number."""
     keys = _keys(touched)
@@ -153,15 +149,10 @@ async def recompute_all(
     await _write_status(tx, ordered, results, cause=cause)
     await _write_applications(conn, ordered, results)
     await _post_totals(tx, ordered, results, cause=cause, at=at)
+    known = await refunds.open_rows(conn, [(t.renter_id, t.currency) for t in ordered])
     for t in ordered:
-        await refunds.ensure_rows(conn, t.renter_id, t.currency, results[t])
+        await refunds.ensure_rows(conn, t.renter_id, t.currency, results[t], known.get((t.renter_id, t.currency), {}))
     return results
-
-
-async def recompute(tx: Tx, renter_id: str, currency: str, *, cause: Envelope[Any] | None, at: datetime) -> Allocation:
-    """One renter-currency (locks its books row if the caller has not)."""
-    t = Touched(renter_id, currency)
-    return (await recompute_all(tx, [t], cause=cause, at=at))[t]
 
 
 async def _write_status(

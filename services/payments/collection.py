@@ -264,6 +264,13 @@ async def record_result(
         await _circuit(conn, attempt["gateway"], ok=False, config=config)
         return "unknown"
 
+    if outcome == "succeeded":
+        collected: dict[books.Touched, datetime] = {} if touched is None else touched
+        await record_successes(tx, config, [(attempt, result, inquiry)], collected)
+        if touched is None:
+            await books.recompute_all(tx, collected, cause=None, at=collected)
+        return "succeeded"
+
     kind = config.codes.kind(attempt["gateway"], result.code) if outcome == "declined" else None
     await conn.execute(
         f"""update payments.attempts set state = $2, code = $3, decline_kind = $4, charge_id = $5, message = $6,
@@ -279,44 +286,7 @@ async def record_result(
     await _circuit(conn, attempt["gateway"], ok=outcome != "error", config=config)
     cause_time: datetime = attempt["at"]
     amount = attempt["amount_minor"]
-    currency = attempt["currency"]
     event = _event(attempt, result)
-    if outcome == "succeeded":
-        inserted = await conn.execute(
-            """insert into payments.money_in (renter_id, source_id, currency, kind, amount_minor, at, reference,
-                   order_key, gateway, event_id)
-               values ($1, $2, $3, 'collection', $4, $5, $6, $7, $8, $9) on conflict do nothing""",
-            attempt["renter_id"],
-            f"attempt:{attempt_id}",
-            currency,
-            amount,
-            cause_time,
-            attempt["invoice_number"],
-            f"attempt:{attempt_id}",
-            attempt["gateway"],
-            attempt_id,
-        )
-        if inserted.endswith("1"):
-            entry, specs = books.money_in_entry(
-                entry_id=derive_id("payments.collected", attempt_id),
-                cause_id=attempt_id,
-                renter_id=attempt["renter_id"],
-                currency=currency,
-                amount_minor=amount,
-                at=cause_time,
-                gateway=attempt["gateway"],
-            )
-            await ensure_accounts(conn, specs)
-            tx.post(entry)
-        await store.update_intent(conn, attempt["intent_id"], state="succeeded", reason="")
-        _emit(tx, "payment.succeeded", event, reason="collected")
-        key = books.Touched(attempt["renter_id"], currency)
-        if touched is None:
-            await books.recompute_all(tx, [key], cause=None, at=cause_time)
-        else:
-            touched[key] = max(cause_time, touched.get(key, cause_time))
-        return "succeeded"
-
     reason = f"{outcome}: {result.code or result.message or 'no code'}"
     _emit(tx, "payment.failed", event, reason=reason)
     if outcome == "declined" and kind == "hard":
@@ -369,9 +339,10 @@ async def record_successes(
     answers: list[tuple[asyncpg.Record, ChargeResult, bool]],
     touched: dict[books.Touched, datetime],
 ) -> None:
-    """What :func:`record_result` does for a charge the processor made, for many open attempts at once
-    (locked by :func:`lock_attempts`; each ``(attempt, result, inquiry)``, one per attempt): the same
-    rows, entries and events in a fixed number of statements."""
+    """A charge the processor made, for one or many open attempts at once (locked; each ``(attempt,
+    result, inquiry)``, one per attempt): the attempt, the money in and its entry, the intent, the
+    ``payment.succeeded`` event, in a fixed number of statements. The books to recompute are added to
+    ``touched`` (renter-currency → latest money time)."""
     if not answers:
         return
     conn = tx.conn

@@ -38,8 +38,31 @@ from services.payments.money import shown
 log = structlog.get_logger("settle.payments.refunds")
 
 
-async def ensure_rows(conn: asyncpg.Connection, renter_id: str, currency: str, result: Allocation) -> int:
-    """One refund row per amount the allocation gives back. Returns rows created.
+async def open_rows(
+    conn: asyncpg.Connection, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, asyncpg.Record]]:
+    """(renter, currency) → its refund rows not failed or cancelled, by refund id: one statement for a batch."""
+    found: dict[tuple[str, str], dict[str, asyncpg.Record]] = {}
+    for r in await conn.fetch(
+        """select f.renter_id, f.currency, f.refund_id, f.state, f.amount_minor from payments.refunds f
+             join unnest($1::text[], $2::text[]) as k (renter_id, currency) using (renter_id, currency)
+            where f.state not in ('failed', 'cancelled')""",
+        [r for r, _ in keys],
+        [c for _, c in keys],
+    ):
+        found.setdefault((r["renter_id"], r["currency"]), {})[r["refund_id"]] = r
+    return found
+
+
+async def ensure_rows(
+    conn: asyncpg.Connection,
+    renter_id: str,
+    currency: str,
+    result: Allocation,
+    open_rows: dict[str, asyncpg.Record],
+) -> int:
+    """One refund row per amount the allocation gives back. Returns rows created. ``open_rows``: the
+    renter-currency's rows not failed or cancelled (:func:`open_rows`).
 
     A row not sent yet (``pending``) or not paid by hand yet (``manual``) follows the allocation: another
     amount replaces its amount (and the charge it goes to), and a refund the allocation no longer gives
@@ -57,15 +80,6 @@ async def ensure_rows(conn: asyncpg.Connection, renter_id: str, currency: str, r
             continue
         app = taken[source_id]
         wanted.append((source_id.split(":", 1)[1], app.invoice_number, amount, app.at, "operator refund"))
-    open_rows = {
-        r["refund_id"]: r
-        for r in await conn.fetch(
-            """select refund_id, state, amount_minor from payments.refunds
-                where renter_id = $1 and currency = $2 and state not in ('failed', 'cancelled')""",
-            renter_id,
-            currency,
-        )
-    }
     wanted_ids = {w[0] for w in wanted}
     for refund_id, row in sorted(open_rows.items()):
         if refund_id in wanted_ids or row["state"] not in ("pending", "manual"):

@@ -85,17 +85,6 @@ async def save_method(conn: asyncpg.Connection, row: dict[str, Any]) -> bool:
     return bool(status.endswith("1"))
 
 
-async def default_method(conn: asyncpg.Connection, renter_id: str, currency: str) -> Method | None:
-    row = await conn.fetchrow(
-        """select method_id, kind, token from payments.methods
-            where renter_id = $1 and currency = $2 and attached and is_default
-            order by at desc, event_id desc limit 1""",
-        renter_id,
-        currency,
-    )
-    return None if row is None else Method(row["method_id"], row["kind"], row["token"])
-
-
 async def due_without_intent(conn: asyncpg.Connection, through: datetime, limit: int) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
@@ -152,7 +141,7 @@ async def health(conn: asyncpg.Connection, names: list[str], window: int = 100) 
 
 
 async def default_methods(conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Method]:
-    """:func:`default_method` of many (renter, currency) pairs in one statement."""
+    """Each (renter, currency)'s default payment method (the latest attached default), one statement."""
     pairs = sorted(set(keys))
     if not pairs:
         return {}
@@ -187,10 +176,6 @@ async def insert_intents(conn: asyncpg.Connection, rows: Sequence[dict[str, Any]
                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) on conflict do nothing""",
             [tuple(row[c] for c in _INTENT_COLUMNS) for row in rows],
         )
-
-
-async def insert_intent(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
-    await insert_intents(conn, [row])
 
 
 async def insert_attempts(conn: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:
