@@ -20,9 +20,11 @@
     │   ├── UnbalancedEntryError  debits ≠ credits for a currency (a bug: permanent)
     │   ├── LedgerFloorError      an account would go below its floor
     │   └── UnknownAccountError
-    └── ConfigurationError        the operator must act: a missing tool, setting or service
-        ├── MissingDependencyError
-        └── NotMigratedError      the database lacks migrations (a read command never applies them)
+    ├── ConfigurationError        the operator must act: a missing tool, setting or service
+    │   ├── MissingDependencyError
+    │   └── NotMigratedError      the database lacks migrations (a read command never applies them)
+    └── OperatorRequestError      an operator's request cannot be done as asked
+        └── ProcessorReportConflict   a report line reuses an imported line's id for another transaction
 
 An error may carry a ``hint``: the command that fixes it (``settle migrate``), shown by the CLI.
 
@@ -133,3 +135,8 @@ class NotMigratedError(ConfigurationError):
 class OperatorRequestError(SettleError):
     """An operator's request (``settle held``, ``settle invoices quarantine``) cannot be done as asked;
     the reason says what is possible instead."""
+
+
+class ProcessorReportConflict(OperatorRequestError):
+    """A processor report reuses the id of an imported line for another transaction (its books were reset,
+    or it is another account's report): nothing of it is imported until an operator looks."""

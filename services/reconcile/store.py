@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from libs.errors import ProcessorReportConflict
 from services.reconcile.domain.entries import ProcessorLine
 from services.reconcile.domain.matching import Reconciliation, Record
 from services.reconcile.domain.sources import BankEntry
@@ -105,7 +106,51 @@ async def save_processor_lines(conn: asyncpg.Connection, lines: Sequence[Process
         [x.reference for x in lines],
     )
     new = {(r["gateway"], r["txn_id"]) for r in rows}
+    seen = [x for x in lines if (x.gateway, x.txn_id) not in new]
+    if seen:
+        await _refuse_contradictions(conn, seen)
     return [x for x in lines if (x.gateway, x.txn_id) in new]
+
+
+async def _refuse_contradictions(conn: asyncpg.Connection, seen: Sequence[ProcessorLine]) -> None:
+    """A line whose (gateway, id) is stored must be the stored line: a processor that reuses an id for
+    another transaction (a test processor whose books were reset, a report of another account) would
+    otherwise have its new transaction skipped without a word. Raises, naming the first few."""
+    stored = {
+        (r["gateway"], r["txn_id"]): r
+        for r in await conn.fetch(
+            """select gateway, txn_id, type, source, amount_minor, fee_minor, currency, created_at
+                 from reconcile.processor_lines p
+                 join unnest($1::text[], $2::text[]) as k(g, t) on p.gateway = k.g and p.txn_id = k.t""",
+            [x.gateway for x in seen],
+            [x.txn_id for x in seen],
+        )
+    }
+    differ = []
+    for x in seen:
+        r = stored.get((x.gateway, x.txn_id))
+        if r is None:  # the same id twice in this report: the first occurrence was stored
+            continue
+        if (r["type"], r["source"], r["amount_minor"], r["fee_minor"], r["currency"], r["created_at"]) != (
+            x.type,
+            x.source,
+            x.amount_minor,
+            x.fee_minor,
+            x.currency,
+            x.created_at,
+        ):
+            differ.append(
+                f"{x.gateway} {x.txn_id}: stored {r['type']} {r['amount_minor']} {r['currency']} of {r['source']}, "
+                f"now {x.type} {x.amount_minor} {x.currency} of {x.source}"
+            )
+    if differ:
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        raise ProcessorReportConflict(
+            f"{len(differ)} processor line(s) reuse the id of another imported line: "
+            + "; ".join(differ[:3])
+            + more
+            + " — nothing of this report was imported"
+        )
 
 
 async def bank_lines_through(conn: asyncpg.Connection, through: date) -> list[BankEntry]:

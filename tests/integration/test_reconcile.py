@@ -417,3 +417,60 @@ async def test_processor_import_pulls_balance_transactions_from_fakepsp_over_htt
         ("ledger", "processor"),
         ("ledger", "processor"),
     ]
+
+
+async def test_a_processor_report_reusing_an_imported_id_is_refused_not_skipped(stack: Stack, tmp_path: Path) -> None:
+    """A processor that kept its books (fakepsp restarted with its state file) reports the next charge under
+    a new id: only that line is new. One whose books were reset reports another charge under an id already
+    imported: `settle processor import` refuses the whole report with the ids (exit 2) instead of skipping
+    the line as "seen" — before, the second `settle demo` on the same state lost its collections that way
+    and reconciliation showed them `missing_at_processor`."""
+    from services.payments.gateways.port import ChargeRequest
+    from services.payments.gateways.stripe_adapter import StripeGateway
+    from tests.payments.processes import fakepsp
+
+    books = tmp_path / "books.json"
+
+    async def charge(base: str, n: int, amount: int) -> None:
+        gateway = StripeGateway(api_key="sk_test_fake", api_base=base, timeout_s=10, connect_timeout_s=2)
+        try:
+            made = await gateway.charge(
+                ChargeRequest(f"att-r{n}", f"key-r{n}", amount, "USD", "tok_visa", f"INV-{n}", "r-1")
+            )
+            assert made.outcome == "succeeded"
+        finally:
+            await gateway.close()
+
+    def pull(base: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            "SETTLE_STRIPE_API_BASE": base,
+            "SETTLE_STRIPE_API_KEY": "sk_test_fake",
+            "SETTLE_GATEWAYS_ENABLED": "stripe",
+        }
+        return settle(stack, "processor", "import", "--json", env=env)
+
+    async def imported() -> tuple[int, int]:
+        lines = await stack.pool.fetchval("select count(*) from reconcile.processor_lines")
+        entries = await stack.pool.fetchval("select count(*) from ledger.entries where cause_id like 'stripe:%'")
+        return lines, entries
+
+    with fakepsp("--api-key", "sk_test_fake", "--state-file", str(books)) as base:
+        await charge(base, 1, 10_000)
+        first = pull(base)
+        assert first.returncode == 0, first.stderr[-1200:]
+        assert json.loads(first.stdout)["new_lines"] == 1
+    with fakepsp("--api-key", "sk_test_fake", "--state-file", str(books)) as base:  # restarted, books kept
+        await charge(base, 2, 5_000)
+        second = pull(base)
+        assert second.returncode == 0, second.stderr[-1200:]
+        assert (json.loads(second.stdout)["lines"], json.loads(second.stdout)["new_lines"]) == (2, 1)
+    before = await imported()
+    assert before[0] == 2 and before[1] == 2  # a fee entry per charge line
+
+    with fakepsp("--api-key", "sk_test_fake") as base:  # books reset: its first charge takes the first id again
+        await charge(base, 3, 7_000)
+        refused = pull(base)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    said = refused.stdout + refused.stderr
+    assert "reuse the id" in said and "stored charge 10000 USD" in said and "now charge 7000 USD" in said, said
+    assert await imported() == before  # nothing of the refused report was stored or posted

@@ -350,7 +350,9 @@ def expected_break(b: Any, settled: dict[str, Any], breaks: list[Any] | None = N
     Expected: the bank fee and the unexplained credit (one bank line each, missing in the ledger); on the
     processor leg, a ledger movement and the processor's line of the same amount, currency and direction
     that differ only by date (a ``timing`` pair by reference, or two single breaks): fakepsp has no
-    simulated clock."""
+    simulated clock. A break an operator explained (an earlier run's unknown credit) says so."""
+    if b.explanation:
+        return f"explained by an operator: {b.explanation}"
     if b.leg == "processor":
         sources = {r.source for r in b.records}
         if len(b.records) == 2 and sources == {"ledger", "processor"} and b.reason == "timing":

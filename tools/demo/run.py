@@ -96,7 +96,13 @@ async def run_demo(
         payments_config = collect.write_payments_config(folder)
         began = time.perf_counter()
         with (
-            fakepsp_process(env, ["--hang-ms", str(collect.HANG_MS)], log_dir=folder / "logs") as (psp, psp_proc),
+            fakepsp_process(
+                env,
+                # The processor's books outlive a run, like a real processor's: a second demo in the same
+                # state gets new ids, so its report's lines are new lines (not the first run's ids again).
+                ["--hang-ms", str(collect.HANG_MS), "--state-file", str(settings.state_dir / "fakepsp-books.json")],
+                log_dir=folder / "logs",
+            ) as (psp, psp_proc),
             worker_processes(
                 {**env, **collect.worker_env_extra(psp, payments_config), **settlement.worker_env_extra(folder)},
                 [[name, "--relays", "1"] for name in fleet],
