@@ -457,3 +457,47 @@ async def test_a_limit_lowered_on_a_contract_with_no_more_usage_still_alerts_and
     commands = await outputs(stack, topics.PLATFORM_COMMANDS)
     assert [c.data["reason"] for c in commands] == ["credit_limit_exceeded"] * 2
     await assert_ledger_ok(stack)
+
+
+async def test_a_limit_amended_ahead_of_time_alerts_when_the_watermark_passes_the_moment_it_takes_effect(
+    stack: Stack,
+) -> None:
+    """R9: three hours (exposure 30) under a 100.00 limit, then no more usage. At 04:00 an amendment says
+    the limit is 20.00 from 10:00: nothing crosses at 04:00 (100.00 is in force), nor when the usage
+    watermark passes 08:00. The watermark that passes 10:00 checks the exposure against the new limit as a
+    movement of zero at 10:00: one alert and one suspend request, dated 10:00. A later watermark and a
+    redelivered one fire nothing again. (Before: only the exposure's next movement would have checked it,
+    and this contract has none.)"""
+    cid = "c-ahead"
+    part = contract_partition(cid)
+    hours = [Hour(cid, "alloc-h", DEC_1 + h * HOUR, gpu_count=2) for h in range(3)]
+    async with running(stack, [SERVICE]):
+        await publish(stack, [contract_created(cid, starts_at=DEC_1, price="5.00", rate="3.00", credit_limit="100")])
+        await wait_until(lambda: handled(stack, 1), what="contract")
+        await publish(stack, [usage(h) for h in hours])
+        await wait_sent(stack, topics.CHARGES_RATED, 3, "charge.rated")
+        await publish(
+            stack,
+            [
+                contract_amended(
+                    cid, DEC_1 + 10 * HOUR, event_id="limit-20-at-10", credit_limit="20", sent_at=DEC_1 + 4 * HOUR
+                )
+            ],
+        )
+        await wait_until(lambda: handled(stack, 5), what="the amendment")
+        await publish_watermark(stack, DEC_1 + 8 * HOUR, [part])
+        await wait_sent(stack, topics.CHARGES_RATED, 4)  # the forwarded charges.watermark(08:00)
+        assert await outputs(stack, topics.BILLING_ALERTS) == []
+        await publish_watermark(stack, DEC_1 + 12 * HOUR, [part])
+        await wait_sent(stack, topics.PLATFORM_COMMANDS, 1)
+        await publish_watermark(stack, DEC_1 + 12 * HOUR, [part])  # redelivered: watermarks only move forward
+        await publish_watermark(stack, DEC_1 + 16 * HOUR, [part])
+        await wait_sent(stack, topics.CHARGES_RATED, 6)  # charges.watermark(12:00) and (16:00)
+
+    alerts = await outputs(stack, topics.BILLING_ALERTS)
+    assert [(a.data["credit_limit"], a.data["exposure"], a.data["at"]) for a in alerts] == [
+        ("20", "30", "2026-12-01T10:00:00Z")
+    ]
+    commands = await outputs(stack, topics.PLATFORM_COMMANDS)
+    assert [(c.data["reason"], c.data["at"]) for c in commands] == [("credit_limit_exceeded", "2026-12-01T10:00:00Z")]
+    await assert_ledger_ok(stack)

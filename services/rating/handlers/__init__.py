@@ -56,7 +56,13 @@ from services.rating.handlers.contracts import on_contract
 from services.rating.handlers.exposure import on_invoice, on_payment_status
 from services.rating.handlers.usage import on_usage
 from services.rating.handlers.wallets import on_topup
-from services.rating.handlers.watermarks import FORWARDED_BARRIER, forward_ungated, on_watermark, rate_held_now
+from services.rating.handlers.watermarks import (
+    FORWARDED_BARRIER,
+    forward_ungated,
+    limit_contracts,
+    on_watermark,
+    rate_held_now,
+)
 
 
 async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
@@ -72,6 +78,7 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     contract_ids = {c for c in (contract_of(e) for e in events) if c is not None}
     await store.lock_batch(tx.conn, sorted(partitions), [])
     contract_ids |= set(await store.prepaid_contracts(tx.conn, sorted(partitions)))
+    contract_ids |= await limit_contracts(tx.conn, [e for e in events if e.type == "usage.watermark"])
     await store.lock_batch(tx.conn, [], sorted(contract_ids))
     for n, event in enumerate(events):
         if event.type == "usage.metered":

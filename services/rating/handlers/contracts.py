@@ -44,7 +44,8 @@ async def _recheck_limit(batch: Batch, terms: ContractTerms, event: Envelope[Any
     """R9 at an amendment: a limit lowered below the exposure is a crossing now (alert and suspend
     request, at the amendment's time), not at the exposure's next movement — a contract with no more
     usage would otherwise never be alerted. A limit raised above it re-arms the alert. The limit in force
-    at the amendment's time decides: one that takes effect later is checked at the next movement after."""
+    at the amendment's time decides: one that takes effect later is checked when the usage watermark
+    passes that moment (``watermarks.check_limits_taking_effect``), or by a movement after it."""
     await track_exposure(
         batch,
         terms.contract_id,

@@ -2,7 +2,8 @@
 ``credit.limit_exceeded`` and a suspend request. "Crossing" is a movement that finds the exposure above
 the limit in force when the previous movement did not (``over_limit`` is kept with the exposure). An
 amendment is checked as a movement of zero (:mod:`services.rating.handlers.contracts`): a limit lowered
-below the exposure fires at the amendment; one that takes effect later, at the next movement after."""
+below the exposure fires at the amendment; one that takes effect later, at the first movement after that
+moment or when the usage watermark passes it (:mod:`services.rating.handlers.watermarks`)."""
 
 from __future__ import annotations
 

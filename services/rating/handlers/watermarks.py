@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
+
+import asyncpg
 
 from domain.contracts import store as contracts_store
 from libs.ids import derive_id
@@ -18,6 +23,7 @@ from schemas.events import (
 )
 from services.rating import store
 from services.rating.handlers.batch import Batch, watermark_partition
+from services.rating.handlers.exposure import track_exposure
 from services.rating.handlers.usage import on_usage
 from services.rating.handlers.wallets import run_wallet
 
@@ -31,8 +37,50 @@ async def on_watermark(batch: Batch, event: Envelope[Any]) -> None:
     row = await store.load_watermark(batch.tx.conn, partition)
     if row is not None and mark.through <= row.received_through:
         return  # watermarks only move forward
+    after = None if row is None else row.received_through
+    await check_limits_taking_effect(batch, partition, after, mark.through, event)
     await store.save_received(batch.tx.conn, partition, mark.through, barrier_offsets(mark.barrier, FORWARDED_BARRIER))
     await forward_watermark(batch, partition, event)
+
+
+async def check_limits_taking_effect(
+    batch: Batch, partition: int, after: datetime | None, through: datetime, cause: Envelope[Any]
+) -> None:
+    """R9 for a limit amended ahead of time: when the usage watermark passes the instant a credit-limit
+    version takes effect, the exposure is checked against it as a movement of zero at that instant — a
+    contract with no usage after it would otherwise never be alerted (the amendment itself was checked
+    against the limit in force when it arrived). Alerting only on a crossing, a limit the exposure already
+    crossed, or one checked at its amendment, fires nothing again. The contracts are locked by
+    :func:`limit_contracts`."""
+    for contract_id, at in await store.limits_taking_effect(batch.tx.conn, partition, after, through):
+        await track_exposure(
+            batch,
+            contract_id,
+            await batch.terms_of(contract_id),
+            cause,
+            Decimal(0),
+            Decimal(0),
+            at=at,
+            limit_at=at,
+            trigger_id=derive_id("limit_in_force", contract_id, format_utc(at)),
+        )
+
+
+async def limit_contracts(conn: asyncpg.Connection, marks: Sequence[Envelope[Any]]) -> set[str]:
+    """The contracts :func:`check_limits_taking_effect` may touch for these usage watermarks (to lock
+    them with the batch's other contracts)."""
+    upto: dict[int, datetime] = {}
+    for mark in marks:
+        partition = watermark_partition(mark)
+        upto[partition] = max(upto.get(partition, mark.data.through), mark.data.through)
+    found: set[str] = set()
+    for partition, through in sorted(upto.items()):
+        row = await store.load_watermark(conn, partition)
+        if row is not None and through <= row.received_through:
+            continue
+        after = None if row is None else row.received_through
+        found |= {c for c, _ in await store.limits_taking_effect(conn, partition, after, through)}
+    return found
 
 
 async def forward_watermark(batch: Batch, partition: int, cause: Envelope[Any]) -> None:

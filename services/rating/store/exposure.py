@@ -126,3 +126,23 @@ async def save_invoice_remaining(
 async def invoice_amount_due(conn: asyncpg.Connection, invoice_id: str) -> Decimal | None:
     value = await conn.fetchval("select amount_due from rating.invoices where invoice_id = $1", invoice_id)
     return None if value is None else Decimal(value)
+
+
+async def limits_taking_effect(
+    conn: asyncpg.Connection, partition: int, after: datetime | None, through: datetime
+) -> list[tuple[str, datetime]]:
+    """(contract, instant) of every credit-limit version of a postpaid contract of the partition that takes
+    effect in (``after``, ``through``] — ``after`` None: up to ``through`` — in time, then contract, order."""
+    rows = await conn.fetch(
+        """select distinct c.contract_id, (a->>'effective_at')::timestamptz as at
+             from rating.contracts c, jsonb_array_elements(c.terms->'amendments') a
+            where c.partition = $1 and c.billing_mode = 'postpaid'
+              and (a->'changes'->>'credit_limit_set')::boolean
+              and ($2::timestamptz is null or (a->>'effective_at')::timestamptz > $2)
+              and (a->>'effective_at')::timestamptz <= $3
+            order by at, c.contract_id""",
+        partition,
+        after,
+        through,
+    )
+    return [(r["contract_id"], r["at"]) for r in rows]
