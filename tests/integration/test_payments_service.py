@@ -213,3 +213,33 @@ def _latest(records: list[Any]) -> dict[str, dict[str, Any]]:
         if data["revision"] > best.get(data["number"], {}).get("revision", 0):
             best[data["number"]] = data
     return best
+
+
+async def test_a_tick_left_waiting_by_a_lost_race_is_released_once_by_the_collectors_safety_net(stack: Stack) -> None:
+    """A tick answered while the last collection dated before it was being committed: each transaction saw
+    the other's work as not yet there, so neither sent ``payments.watermark(T)`` and T stayed in
+    ``payments.ticks_collecting`` with nothing left to wait for. The collector's periodic
+    ``release_waiting_marks`` sends it on every partition of invoices.payments.v1, once: a second pass (or
+    another worker's) finds nothing to send. A tick still waiting for a collection dated at or before it
+    (``pending``/``sending``) is kept — that side is the stories' (``test_payouts_stories``)."""
+    from services.payments.collector import release_waiting_marks
+
+    tick = FEB + timedelta(days=15)
+    await stack.pool.execute("insert into payments.ticks_collecting (at) values ($1)", tick)
+
+    async def marks() -> list[tuple[int, str, str]]:
+        rows = await stack.pool.fetch(
+            "select partition, value from settle.outbox where topic = $1 order by partition",
+            topics.INVOICE_PAYMENTS.name,
+        )
+        return [(r["partition"], (e := orjson.loads(bytes(r["value"])))["type"], e["data"]["through"]) for r in rows]
+
+    await release_waiting_marks(stack.pool)
+    sent = await marks()
+    assert [p for p, _, _ in sent] == list(range(topics.INVOICE_PAYMENTS.partitions))
+    assert {(t, datetime.fromisoformat(through.replace("Z", "+00:00"))) for _, t, through in sent} == {
+        ("payments.watermark", tick)
+    }
+    assert await stack.pool.fetchval("select count(*) from payments.ticks_collecting") == 0
+    await release_waiting_marks(stack.pool)
+    assert await marks() == sent
