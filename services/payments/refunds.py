@@ -54,6 +54,37 @@ async def open_rows(
     return found
 
 
+def rest_of(refund_id: str) -> str:
+    """The id of the refund that gives back the rest of ``refund_id`` once that one left with less."""
+    return derive_id("refund", refund_id, "rest")
+
+
+def _rests_of_sent(
+    wanted: list[tuple[str, str, int, datetime, str]], open_rows: dict[str, asyncpg.Record]
+) -> list[tuple[str, str, int, datetime, str]]:
+    """``wanted`` with each refund already sent (or being sent) with another amount replaced by what is
+    left of it: the allocation's amount minus what was sent, under :func:`rest_of`'s id — nothing when
+    that is not positive (less is owed than was sent: logged, the renter was paid back too much)."""
+    out: list[tuple[str, str, int, datetime, str]] = []
+    for refund_id, invoice_number, amount, at, reason in wanted:
+        known = open_rows.get(refund_id)
+        if known is None or known["state"] in ("pending", "manual") or known["amount_minor"] == amount:
+            out.append((refund_id, invoice_number, amount, at, reason))
+            continue
+        rest = amount - known["amount_minor"]
+        if rest > 0:
+            out.append((rest_of(refund_id), invoice_number, rest, at, f"{reason}: the rest of refund {refund_id}"))
+        else:
+            log.warning(
+                "refund already sent for more than the allocation now gives back: the renter was paid back "
+                "too much; the difference stays on refunds_payable",
+                refund_id=refund_id,
+                sent_minor=known["amount_minor"],
+                wanted_minor=amount,
+            )
+    return out
+
+
 async def ensure_rows(
     conn: asyncpg.Connection,
     renter_id: str,
@@ -67,7 +98,9 @@ async def ensure_rows(
     A row not sent yet (``pending``) or not paid by hand yet (``manual``) follows the allocation: another
     amount replaces its amount (and the charge it goes to), and a refund the allocation no longer gives
     back is ``cancelled`` — so what leaves is what refunds_payable holds. A row already sent keeps its
-    amount; a difference is logged (README, payments gaps)."""
+    amount: when the allocation then gives back *more*, the rest goes as one more refund (``rest_of``),
+    which follows the allocation like any row not sent; when it gives back less, the renter was paid back
+    too much — logged (README, payments gaps)."""
     wanted: list[tuple[str, str, int, datetime, str]] = []
     for app in result.credit_note_refunds:
         wanted.append(
@@ -80,6 +113,7 @@ async def ensure_rows(
             continue
         app = taken[source_id]
         wanted.append((source_id.split(":", 1)[1], app.invoice_number, amount, app.at, "operator refund"))
+    wanted = _rests_of_sent(wanted, open_rows)
     wanted_ids = {w[0] for w in wanted}
     for refund_id, row in sorted(open_rows.items()):
         if refund_id in wanted_ids or row["state"] not in ("pending", "manual"):
@@ -96,7 +130,7 @@ async def ensure_rows(
         if known is not None and known["amount_minor"] == amount:
             continue
         if known is not None and known["state"] not in ("pending", "manual"):
-            log.warning(
+            log.warning(  # a rest sent too, and the allocation moved again
                 "refund already sent with another amount: the difference stays on refunds_payable",
                 refund_id=refund_id,
                 sent_minor=known["amount_minor"],
