@@ -313,6 +313,9 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
             metrics.REFUNDS_WAITING.labels(state).set(
                 await conn.fetchval("select count(*) from payments.refunds where state = $1", state)
             )
+        metrics.REFUNDS_OVERPAID.set(
+            await conn.fetchval("select count(*) from payments.refunds where overpaid_minor > 0")
+        )
         metrics.DISPUTES_OPEN.set(await conn.fetchval("select count(*) from payments.disputes where state = 'open'"))
         metrics.PAST_DUE.set(
             await conn.fetchval("select count(*) from payments.invoice_status where status = 'past_due'")

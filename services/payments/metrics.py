@@ -25,6 +25,10 @@ REFUNDS = Counter(
 REFUNDS_WAITING = Gauge(
     "settle_payment_refunds_waiting", "Refunds not yet done, by state (pending, sending, manual, failed)", ["state"]
 )
+REFUNDS_OVERPAID = Gauge(
+    "settle_payment_refunds_overpaid",
+    "Refunds sent or paid for more than the allocation now gives back (the renter was paid back too much)",
+)
 DISPUTES_OPEN = Gauge("settle_payment_disputes_open", "Disputes opened by processors and not yet closed")
 PAST_DUE = Gauge("settle_invoices_past_due", "Invoices whose dunning is exhausted and still unpaid")
 TICKS_WAITING = Gauge(

@@ -201,6 +201,7 @@ async def refunds(
             "amount": format_minor(r["amount_minor"], r["currency"]),
             "currency": r["currency"],
             "state": r["state"],
+            "overpaid": format_minor(r["overpaid_minor"], r["currency"]),
             "gateway": r["gateway"],
             "at": r["at"].isoformat(),
             "reason": r["reason"],

@@ -44,7 +44,8 @@ async def open_rows(
     """(renter, currency) → its refund rows not failed or cancelled, by refund id: one statement for a batch."""
     found: dict[tuple[str, str], dict[str, asyncpg.Record]] = {}
     for r in await conn.fetch(
-        """select f.renter_id, f.currency, f.refund_id, f.state, f.amount_minor from payments.refunds f
+        """select f.renter_id, f.currency, f.refund_id, f.state, f.amount_minor, f.overpaid_minor
+             from payments.refunds f
              join unnest($1::text[], $2::text[]) as k (renter_id, currency) using (renter_id, currency)
             where f.state not in ('failed', 'cancelled')""",
         [r for r, _ in keys],
@@ -59,30 +60,61 @@ def rest_of(refund_id: str) -> str:
     return derive_id("refund", refund_id, "rest")
 
 
+_NOT_SENT = ("pending", "manual")
+
+
 def _rests_of_sent(
     wanted: list[tuple[str, str, int, datetime, str]], open_rows: dict[str, asyncpg.Record]
-) -> list[tuple[str, str, int, datetime, str]]:
+) -> tuple[list[tuple[str, str, int, datetime, str]], dict[str, int]]:
     """``wanted`` with each refund already sent (or being sent) with another amount replaced by what is
-    left of it: the allocation's amount minus what was sent, under :func:`rest_of`'s id — nothing when
-    that is not positive (less is owed than was sent: logged, the renter was paid back too much)."""
+    left of it: the allocation's amount minus what was sent, under :func:`rest_of`'s id. Also returns what
+    each refund sent beyond what the allocation now gives back (by refund id; the renter was paid back too
+    much): a refund it no longer gives back at all, or one it gives back less of (its rest included)."""
     out: list[tuple[str, str, int, datetime, str]] = []
+    overpaid: dict[str, int] = {}
     for refund_id, invoice_number, amount, at, reason in wanted:
         known = open_rows.get(refund_id)
-        if known is None or known["state"] in ("pending", "manual") or known["amount_minor"] == amount:
+        if known is None or known["state"] in _NOT_SENT:
             out.append((refund_id, invoice_number, amount, at, reason))
             continue
-        rest = amount - known["amount_minor"]
-        if rest > 0:
-            out.append((rest_of(refund_id), invoice_number, rest, at, f"{reason}: the rest of refund {refund_id}"))
-        else:
+        rest = open_rows.get(rest_of(refund_id))
+        sent = known["amount_minor"] + (
+            rest["amount_minor"] if rest is not None and rest["state"] not in _NOT_SENT else 0
+        )
+        if amount > known["amount_minor"] and (rest is None or rest["state"] in _NOT_SENT):
+            out.append(
+                (rest_of(refund_id), invoice_number, amount - known["amount_minor"], at,
+                 f"{reason}: the rest of refund {refund_id}")
+            )  # fmt: skip
+        elif amount != sent:
             log.warning(
-                "refund already sent for more than the allocation now gives back: the renter was paid back "
-                "too much; the difference stays on refunds_payable",
+                "refund already sent with another amount than the allocation now gives back",
                 refund_id=refund_id,
-                sent_minor=known["amount_minor"],
+                sent_minor=sent,
                 wanted_minor=amount,
             )
-    return out
+        if sent > amount:
+            overpaid[refund_id] = sent - amount
+    followed = {w[0] for w in wanted} | {rest_of(w[0]) for w in wanted}
+    for refund_id, row in open_rows.items():
+        if refund_id not in followed and row["state"] not in _NOT_SENT:
+            overpaid[refund_id] = row["amount_minor"]  # sent, and not given back at all any more
+    return out, overpaid
+
+
+async def _note_overpaid(
+    conn: asyncpg.Connection, open_rows: dict[str, asyncpg.Record], overpaid: dict[str, int]
+) -> None:
+    """Keep each refund's amount sent beyond what the allocation gives back (zero for the others); writes
+    only what changed (nothing, almost always)."""
+    changed = {i: overpaid.get(i, 0) for i, r in open_rows.items() if r["overpaid_minor"] != overpaid.get(i, 0)}
+    if changed:
+        await conn.execute(
+            """update payments.refunds f set overpaid_minor = c.minor
+                 from unnest($1::text[], $2::bigint[]) as c (refund_id, minor) where f.refund_id = c.refund_id""",
+            list(changed),
+            list(changed.values()),
+        )
 
 
 async def ensure_rows(
@@ -113,7 +145,8 @@ async def ensure_rows(
             continue
         app = taken[source_id]
         wanted.append((source_id.split(":", 1)[1], app.invoice_number, amount, app.at, "operator refund"))
-    wanted = _rests_of_sent(wanted, open_rows)
+    wanted, overpaid = _rests_of_sent(wanted, open_rows)
+    await _note_overpaid(conn, open_rows, overpaid)
     wanted_ids = {w[0] for w in wanted}
     for refund_id, row in sorted(open_rows.items()):
         if refund_id in wanted_ids or row["state"] not in ("pending", "manual"):
@@ -129,14 +162,8 @@ async def ensure_rows(
         known = open_rows.get(refund_id)
         if known is not None and known["amount_minor"] == amount:
             continue
-        if known is not None and known["state"] not in ("pending", "manual"):
-            log.warning(  # a rest sent too, and the allocation moved again
-                "refund already sent with another amount: the difference stays on refunds_payable",
-                refund_id=refund_id,
-                sent_minor=known["amount_minor"],
-                wanted_minor=amount,
-            )
-            continue
+        if known is not None and known["state"] not in _NOT_SENT:
+            continue  # a rest already sent, and the allocation moved again (logged above)
         charge = await conn.fetchrow(
             """select a.attempt_id, a.gateway, a.charge_id from payments.applications ap
                  join payments.attempts a on ap.source_id = 'attempt:' || a.attempt_id
@@ -200,7 +227,7 @@ async def record(tx: Tx, refund: asyncpg.Record, result: RefundResult) -> str:
         return str(row["state"])
     if result.outcome != "succeeded":
         await conn.execute(
-            "update payments.refunds set state = 'failed', message = $2 where refund_id = $1",
+            "update payments.refunds set state = 'failed', message = $2, overpaid_minor = 0 where refund_id = $1",
             row["refund_id"],
             f"{result.outcome}: {result.code or result.message}"[:500],
         )

@@ -494,3 +494,96 @@ async def test_a_refund_paid_before_late_money_arrived_gives_back_the_rest_as_on
     assert await payable() == 0
     status = await _status(stack, feb.number)
     assert status["remaining_minor"] == 0, status
+
+
+async def test_a_refund_paid_before_a_late_older_invoice_is_shown_as_overpaid_not_only_logged(stack: Stack) -> None:
+    """The other direction: a 100.00 wire paid February's 100.00 invoice, a 30.00 credit note gave 30.00
+    back (manual) and finance paid it. Then the renter's older 100.00 invoice arrives late: the wire paid
+    that one first, February's invoice was never paid, and the credit note only reduces what is owed —
+    nothing was due back. The 30.00 left anyway: the refund row keeps its amount and says it overpaid
+    30.00 (``settle payments list --refunds``), the gauge counts it and refunds_payable holds it as a debit
+    (before: a line in the log only)."""
+    from prometheus_client import REGISTRY
+
+    from services.payments.collector import refresh_gauges
+
+    jan = FEB - timedelta(days=31)
+    dec = jan - timedelta(days=31)
+    stack.settings = stack.settings.model_copy(update={"gateways_enabled": ""})
+    renter = "rnt-over"
+    feb = invoice("INV-2026-000301", f"ctr-{renter}", renter, due="100.00", start=jan, end=FEB)
+    older = invoice("INV-2025-000301", f"ctr-{renter}", renter, due="100.00", start=dec, end=jan)
+    wire = receipt(renter, "w-over", "100.00", FEB + timedelta(days=1))
+    note = CreditNoteIssued(
+        credit_note_id="cn-over",
+        number="CN-2026-000301",
+        contract_id=feb.contract_id,
+        renter_id=renter,
+        currency="USD",
+        invoice_number=feb.number,
+        adjustment_lines=[AdjustmentLine(period_start=jan, period_end=FEB, kind="usage", amount=Decimal("-30.00"))],
+        subtotal=Decimal("-30.00"),
+        tax=Decimal("0.00"),
+        total=Decimal("-30.00"),
+        issued_at=FEB + timedelta(days=2),
+    )
+
+    async def refunds() -> list[tuple[str, int, int]]:
+        rows = await stack.pool.fetch("select state, amount_minor, overpaid_minor from payments.refunds")
+        return [(r["state"], r["amount_minor"], r["overpaid_minor"]) for r in rows]
+
+    async with running(stack, [PAYMENTS]):
+        await publish(
+            stack,
+            [
+                (
+                    topics.INVOICES_FINALIZED,
+                    feb.contract_id,
+                    event_bytes("invoice.finalized", feb, id=feb.number, time=FEB),
+                ),
+                (topics.PAYMENTS_RECEIVED, renter, event_bytes("payment.received", wire, id="w-over", time=FEB)),
+                (
+                    topics.CREDIT_NOTES_ISSUED,
+                    note.contract_id,
+                    event_bytes("credit_note.issued", note, id=note.number, time=FEB),
+                ),
+            ],
+        )
+
+        async def owed() -> bool:
+            return await refunds() == [("manual", 3000, 0)]
+
+        await wait_until(owed, what="30.00 due back")
+        refund_id = await stack.pool.fetchval("select refund_id from payments.refunds")
+        fields = {"renter_id": renter, "currency": "USD", "refund_id": refund_id, "paid_at": LATER}
+        await publish(stack, [command("refund.mark_paid_requested", 41, reference="BANKREF-41", **fields)])
+
+        async def reported() -> bool:
+            return await refunds() == [("succeeded", 3000, 0)]
+
+        await wait_until(reported, what="the 30.00 reported paid")
+        await publish(
+            stack,
+            [
+                (
+                    topics.INVOICES_FINALIZED,
+                    older.contract_id,
+                    event_bytes("invoice.finalized", older, id=older.number, time=jan),
+                )
+            ],
+        )
+
+        async def overpaid() -> bool:
+            return await refunds() == [("succeeded", 3000, 3000)]
+
+        await wait_until(overpaid, what="the refund marked as overpaid")
+    async with stack.pool.acquire() as conn:
+        [listed] = await read_model.refunds(conn, renter=renter)
+    assert (listed["state"], listed["amount"], listed["overpaid"]) == ("succeeded", "30.00", "30.00")
+    await refresh_gauges(stack.pool)
+    assert REGISTRY.get_sample_value("settle_payment_refunds_overpaid") == 1
+    async with stack.pool.acquire() as conn:
+        report = await verify(conn)
+        held = {b.code: b.balance_units for b in await balances(conn)}
+    assert report.ok, report
+    assert held.get(chart.refunds_payable(renter, "USD").code, 0) == minor_to_ledger(3000, "USD")  # a debit
