@@ -245,7 +245,10 @@ async def record(tx: Tx, refund: asyncpg.Record, result: RefundResult) -> str:
         entry_id=derive_id("payments.refunded", row["refund_id"]),
         kind="payments.refunded",
         at=row["at"],
-        description=f"refund {row['refund_id']} of {row['invoice_number']} ({row['reason']})",
+        # The processor's refund id is a reference reconciliation matches the processor's line by (R17).
+        description=f"refund {row['refund_id']} of {row['invoice_number']}"
+        + (f", processor refund {result.refund_id}" if result.refund_id else "")
+        + f" ({row['reason']})",
     )
     await ensure_accounts(conn, [chart.refunds_payable(row["renter_id"], row["currency"]), clearing])
     return "succeeded"

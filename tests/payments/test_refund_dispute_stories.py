@@ -276,6 +276,7 @@ async def test_refunds_disputes_receipts_and_operator_commands(stack: Stack) -> 
 
             await wait_until(refunded_seen, timeout_s=60, what="the processor's refund webhooks")
             stats = await admin(base, "GET", "/_admin/stats")
+            paired = await _refund_paired_with_its_processor_line(story, 3000)
 
         async with story.pool.acquire() as conn:
             outcomes = {r["command_id"]: r["outcome"] for r in await read_model.commands(conn)}
@@ -297,6 +298,10 @@ async def test_refunds_disputes_receipts_and_operator_commands(stack: Stack) -> 
         ("30.00", "succeeded", "credit note cn-1 on a paid invoice"),
     ]
     assert stats["refunds"] == 1
+    # R17: the card refund's ledger entry names the processor's refund id, so reconciliation pairs it with the
+    # processor's refund line by reference — though fakepsp dates its lines by the wall clock (before: by
+    # amount and date only, two breaks here).
+    assert paired, "the refund's ledger record and the processor's refund line are not one match or break"
     # The wire: 20.00 given back by hand (manual), then the stray 20.00 receipt, moved to this renter, pays it again.
     assert refunds["INV-2026-000002"]["amount"] == "20.00"
     assert (wire_inv["paid_minor"], wire_inv["status"]) == (5000, "paid")
@@ -587,3 +592,32 @@ async def test_a_refund_paid_before_a_late_older_invoice_is_shown_as_overpaid_no
         held = {b.code: b.balance_units for b in await balances(conn)}
     assert report.ok, report
     assert held.get(chart.refunds_payable(renter, "USD").code, 0) == minor_to_ledger(3000, "USD")  # a debit
+
+
+async def _refund_paired_with_its_processor_line(stack: Stack, amount_minor: int) -> bool:
+    """Import the processors' balance reports and reconcile (not saved): is the card refund's ledger record
+    in one match or break with the processor's refund line of the same amount?"""
+    from datetime import UTC, datetime
+
+    from services.payments.gateways.registry import build_gateways
+    from services.reconcile.imports import line_of_transaction
+    from services.reconcile.run import import_processor_lines, run_reconciliation
+
+    gateways = build_gateways(stack.settings, None)
+    lines = []
+    try:
+        for name in sorted(gateways):
+            lines.extend(line_of_transaction(name, t) for t in await gateways[name].balance_transactions(since=None))
+    finally:
+        await gateways.close()
+    as_of = max(datetime.now(UTC).date(), LATER.date()) + timedelta(days=1)  # fakepsp: wall clock; ledger: event time
+    async with stack.pool.acquire() as conn:
+        await import_processor_lines(conn, lines)
+        result, _, _ = await run_reconciliation(conn, as_of=as_of, save=False)
+    groups = [m.records for m in result.matches] + [b.records for b in result.breaks]
+    [group] = [
+        g
+        for g in groups
+        if any(r.source == "ledger" and r.kind == "payments.refunded" and r.amount_minor == amount_minor for r in g)
+    ]
+    return any(r.source == "processor" and r.kind == "refund" and r.amount_minor == amount_minor for r in group)
