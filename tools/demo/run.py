@@ -98,9 +98,9 @@ async def run_demo(
         with (
             fakepsp_process(
                 env,
-                # The processor's books outlive a run, like a real processor's: a second demo in the same
-                # state gets new ids, so its report's lines are new lines (not the first run's ids again).
-                ["--hang-ms", str(collect.HANG_MS), "--state-file", str(settings.state_dir / "fakepsp-books.json")],
+                # Ids carry the run's tag: a second demo against the same database starts a fresh processor
+                # whose report must not reuse the first run's transaction ids (its lines would be refused).
+                ["--hang-ms", str(collect.HANG_MS), "--id-namespace", scenario.tag],
                 log_dir=folder / "logs",
             ) as (psp, psp_proc),
             worker_processes(

@@ -33,8 +33,13 @@ def fakepsp(
     slow_ms: Annotated[int, typer.Option(help="How late tok_slow answers.")] = 1500,
     hang_ms: Annotated[int, typer.Option(help="How long tok_timeout_after_charge holds its answer.")] = 30_000,
     state_file: Annotated[Path | None, typer.Option(help="Keep the books in this JSON file across restarts.")] = None,
+    id_namespace: Annotated[
+        str, typer.Option(help="Letters and digits put into every id (ch_fake<NS>00000001): ids unique across runs.")
+    ] = "",
 ) -> None:
     """Run the fake payment processor: a Stripe API subset under /v1, LedgerPay under /ledgerpay/v1."""
+    if not id_namespace.isalnum() and id_namespace:
+        raise typer.BadParameter("letters and digits only", param_hint="--id-namespace")
     settings = get_settings()
     config = FakeConfig(
         host=host,
@@ -45,6 +50,7 @@ def fakepsp(
         slow_ms=slow_ms,
         hang_ms=hang_ms,
         state_file=state_file,
+        id_namespace=id_namespace,
         webhooks=WebhookConfig(
             url=webhook_url,
             secret=webhook_secret or settings.stripe_webhook_secret or "whsec_fakepsp",

@@ -33,6 +33,8 @@ class FakeConfig:
     hang_ms: int = 30_000
     """How long ``tok_timeout_after_charge`` holds its answer (longer than any client timeout)."""
     state_file: Path | None = None
+    id_namespace: str = ""
+    """See ``Books.namespace``."""
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
 
 
@@ -54,6 +56,7 @@ class Fake:
     def __init__(self, config: FakeConfig) -> None:
         self.config = config
         self.books = Books.load(config.state_file)
+        self.books.namespace = config.id_namespace
         self.sender = Sender(self.books, config.webhooks)
         self.outage = False
         self.outage_dialect: str | None = None

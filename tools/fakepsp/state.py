@@ -86,6 +86,9 @@ class Books:
 
     path: Path | None = None
     clock: Any = None
+    namespace: str = ""
+    """Put into every id after ``fake`` (``ch_fake<namespace>00000001``): a processor started afresh for
+    another run against the same database (the demo's second run) never reuses a reported id."""
 
     # --- basics ---------------------------------------------------------------------------------------
     def now(self) -> int:
@@ -93,7 +96,7 @@ class Books:
 
     def next_id(self, dialect: Dialect, kind: str) -> str:
         self.seq += 1
-        return f"{PREFIXES[dialect][kind]}fake{self.seq:08d}"
+        return f"{PREFIXES[dialect][kind]}fake{self.namespace}{self.seq:08d}"
 
     def count(self, what: str) -> None:
         self.requests[what] = self.requests.get(what, 0) + 1

@@ -68,7 +68,7 @@ class Sender:
     def publish(self, type_: str, obj: dict[str, Any], *, request_key: str | None = None) -> dict[str, Any]:
         """Record an event and schedule its delivery (and maybe a duplicate)."""
         event = {
-            "id": f"evt_fake{len(self.books.events) + 1:08d}",
+            "id": f"evt_fake{self.books.namespace}{len(self.books.events) + 1:08d}",
             "object": "event",
             "api_version": "2024-06-20",
             "created": self.books.now(),
