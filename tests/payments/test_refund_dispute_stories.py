@@ -18,7 +18,7 @@ from domain.contracts import chart
 from libs.ledger import balances, verify
 from libs.money import minor_to_ledger
 from schemas import topics
-from schemas.events import AdjustmentLine, CreditNoteIssued, PaymentCommand, ProcessorEventReceived
+from schemas.events import AdjustmentLine, CreditNoteIssued, InvoiceFinalized, PaymentCommand, ProcessorEventReceived
 from services.payments import read_model
 from services.payments.main import SERVICE as PAYMENTS
 from tests.conftest import Stack
@@ -416,19 +416,7 @@ async def test_a_refund_paid_before_late_money_arrived_gives_back_the_rest_as_on
     feb = invoice("INV-2026-000201", f"ctr-{renter}", renter, due="100.00", start=jan, end=FEB)
     first_wire = receipt(renter, "w-rest-a", "60.00", FEB + timedelta(days=1))
     late_wire = receipt(renter, "w-rest-b", "40.00", FEB + timedelta(days=1))
-    note = CreditNoteIssued(
-        credit_note_id="cn-rest",
-        number="CN-2026-000201",
-        contract_id=feb.contract_id,
-        renter_id=renter,
-        currency="USD",
-        invoice_number=feb.number,
-        adjustment_lines=[AdjustmentLine(period_start=jan, period_end=FEB, kind="usage", amount=Decimal("-100.00"))],
-        subtotal=Decimal("-100.00"),
-        tax=Decimal("0.00"),
-        total=Decimal("-100.00"),
-        issued_at=FEB + timedelta(days=2),
-    )
+    note = _credit_note(feb, "cn-rest", "CN-2026-000201", "100.00")
 
     async def refunds() -> list[tuple[str, str, int]]:
         rows = await stack.pool.fetch("select refund_id, state, amount_minor from payments.refunds order by refund_id")
@@ -519,19 +507,7 @@ async def test_a_refund_paid_before_a_late_older_invoice_is_shown_as_overpaid_no
     feb = invoice("INV-2026-000301", f"ctr-{renter}", renter, due="100.00", start=jan, end=FEB)
     older = invoice("INV-2025-000301", f"ctr-{renter}", renter, due="100.00", start=dec, end=jan)
     wire = receipt(renter, "w-over", "100.00", FEB + timedelta(days=1))
-    note = CreditNoteIssued(
-        credit_note_id="cn-over",
-        number="CN-2026-000301",
-        contract_id=feb.contract_id,
-        renter_id=renter,
-        currency="USD",
-        invoice_number=feb.number,
-        adjustment_lines=[AdjustmentLine(period_start=jan, period_end=FEB, kind="usage", amount=Decimal("-30.00"))],
-        subtotal=Decimal("-30.00"),
-        tax=Decimal("0.00"),
-        total=Decimal("-30.00"),
-        issued_at=FEB + timedelta(days=2),
-    )
+    note = _credit_note(feb, "cn-over", "CN-2026-000301", "30.00")
 
     async def refunds() -> list[tuple[str, int, int]]:
         rows = await stack.pool.fetch("select state, amount_minor, overpaid_minor from payments.refunds")
@@ -621,3 +597,23 @@ async def _refund_paired_with_its_processor_line(stack: Stack, amount_minor: int
         if any(r.source == "ledger" and r.kind == "payments.refunded" and r.amount_minor == amount_minor for r in g)
     ]
     return any(r.source == "processor" and r.kind == "refund" and r.amount_minor == amount_minor for r in group)
+
+
+def _credit_note(inv: InvoiceFinalized, credit_note_id: str, number: str, amount: str) -> CreditNoteIssued:
+    """A credit note of ``amount`` (usage, no tax) on ``inv``'s period, issued two days after February began."""
+    minus = -Decimal(amount)
+    return CreditNoteIssued(
+        credit_note_id=credit_note_id,
+        number=number,
+        contract_id=inv.contract_id,
+        renter_id=inv.renter_id,
+        currency=inv.currency,
+        invoice_number=inv.number,
+        adjustment_lines=[
+            AdjustmentLine(period_start=inv.period_start, period_end=inv.period_end, kind="usage", amount=minus)
+        ],
+        subtotal=minus,
+        tax=Decimal("0.00"),
+        total=minus,
+        issued_at=FEB + timedelta(days=2),
+    )

@@ -432,12 +432,8 @@ async def test_a_limit_lowered_on_a_contract_with_no_more_usage_still_alerts_and
     amendment alerts (nothing else would ever move this exposure). Raised to 50.00, then lowered to 10.00
     again: the raise re-arms the alert and the second lowering is a second crossing."""
     cid = "c-idle"
-    hours = [Hour(cid, "alloc-i", DEC_1 + h * HOUR, gpu_count=2) for h in range(3)]
     async with running(stack, [SERVICE]):
-        await publish(stack, [contract_created(cid, starts_at=DEC_1, price="5.00", rate="3.00", credit_limit="100")])
-        await wait_until(lambda: handled(stack, 1), what="contract")
-        await publish(stack, [usage(h) for h in hours])
-        await wait_sent(stack, topics.CHARGES_RATED, 3, "charge.rated")
+        await _three_hours_under_a_100_limit(stack, cid, "alloc-i")
         await publish(
             stack,
             [
@@ -470,12 +466,8 @@ async def test_a_limit_amended_ahead_of_time_alerts_when_the_watermark_passes_th
     and this contract has none.)"""
     cid = "c-ahead"
     part = contract_partition(cid)
-    hours = [Hour(cid, "alloc-h", DEC_1 + h * HOUR, gpu_count=2) for h in range(3)]
     async with running(stack, [SERVICE]):
-        await publish(stack, [contract_created(cid, starts_at=DEC_1, price="5.00", rate="3.00", credit_limit="100")])
-        await wait_until(lambda: handled(stack, 1), what="contract")
-        await publish(stack, [usage(h) for h in hours])
-        await wait_sent(stack, topics.CHARGES_RATED, 3, "charge.rated")
+        await _three_hours_under_a_100_limit(stack, cid, "alloc-h")
         await publish(
             stack,
             [
@@ -501,3 +493,12 @@ async def test_a_limit_amended_ahead_of_time_alerts_when_the_watermark_passes_th
     commands = await outputs(stack, topics.PLATFORM_COMMANDS)
     assert [(c.data["reason"], c.data["at"]) for c in commands] == [("credit_limit_exceeded", "2026-12-01T10:00:00Z")]
     await assert_ledger_ok(stack)
+
+
+async def _three_hours_under_a_100_limit(stack: Stack, cid: str, allocation: str) -> None:
+    """A postpaid contract with a 100.00 credit limit and three rated hours of two GPUs (exposure 30.00)."""
+    hours = [Hour(cid, allocation, DEC_1 + h * HOUR, gpu_count=2) for h in range(3)]
+    await publish(stack, [contract_created(cid, starts_at=DEC_1, price="5.00", rate="3.00", credit_limit="100")])
+    await wait_until(lambda: handled(stack, 1), what="contract")
+    await publish(stack, [usage(h) for h in hours])
+    await wait_sent(stack, topics.CHARGES_RATED, 3, "charge.rated")
