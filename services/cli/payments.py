@@ -45,12 +45,19 @@ async def payments_list(
     state: Annotated[str | None, typer.Option("--state", help="Only attempts in this state (unknown, …).")] = None,
     refunds: Annotated[bool, typer.Option("--refunds", help="List refunds instead of collection attempts.")] = False,
     disputes: Annotated[bool, typer.Option("--disputes", help="List disputes instead.")] = False,
+    overpaid: Annotated[
+        bool, typer.Option("--overpaid", help="With --refunds: only refunds that gave back more than is now owed.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Collection attempts (every gateway call), or refunds, or disputes, oldest first."""
+    if overpaid and not refunds:
+        raise ConfigurationError("--overpaid lists refunds: add --refunds")
     async with read_only() as ctx, ctx.pool.acquire() as conn:
         if refunds:
             rows = await read_model.refunds(conn, renter=renter, state=state)
+            if overpaid:
+                rows = [r for r in rows if Decimal(r["overpaid"]) > 0]
         elif disputes:
             rows = await read_model.disputes(conn, renter=renter)
         else:

@@ -499,6 +499,7 @@ async def test_a_refund_paid_before_a_late_older_invoice_is_shown_as_overpaid_no
     from prometheus_client import REGISTRY
 
     from services.payments.collector import refresh_gauges
+    from tests.integration.test_reconcile import settle
 
     jan = FEB - timedelta(days=31)
     dec = jan - timedelta(days=31)
@@ -558,9 +559,10 @@ async def test_a_refund_paid_before_a_late_older_invoice_is_shown_as_overpaid_no
             return await refunds() == [("succeeded", 3000, 3000)]
 
         await wait_until(overpaid, what="the refund marked as overpaid")
-    async with stack.pool.acquire() as conn:
-        [listed] = await read_model.refunds(conn, renter=renter)
-    assert (listed["state"], listed["amount"], listed["overpaid"]) == ("succeeded", "30.00", "30.00")
+    listed = settle(stack, "payments", "list", "--refunds", "--overpaid", "--json")
+    assert listed.returncode == 0, listed.stderr[-1200:]
+    [row] = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    assert (row["renter_id"], row["state"], row["amount"], row["overpaid"]) == (renter, "succeeded", "30.00", "30.00")
     await refresh_gauges(stack.pool)
     assert REGISTRY.get_sample_value("settle_payment_refunds_overpaid") == 1
     async with stack.pool.acquire() as conn:
