@@ -132,7 +132,7 @@ async def ensure_rows(
     back is ``cancelled`` — so what leaves is what refunds_payable holds. A row already sent keeps its
     amount: when the allocation then gives back *more*, the rest goes as one more refund (``rest_of``),
     which follows the allocation like any row not sent; when it gives back less, the renter was paid back
-    too much — logged (README, payments gaps)."""
+    too much — kept on the row as ``overpaid_minor`` (listed, counted, alerted; README, payments gaps)."""
     wanted: list[tuple[str, str, int, datetime, str]] = []
     for app in result.credit_note_refunds:
         wanted.append(
