@@ -55,9 +55,10 @@ async def open_rows(
     return found
 
 
-def rest_of(refund_id: str) -> str:
-    """The id of the refund that gives back the rest of ``refund_id`` once that one left with less."""
-    return derive_id("refund", refund_id, "rest")
+def rest_of(refund_id: str, n: int = 1) -> str:
+    """The id of the n-th refund that gives back the rest of ``refund_id`` once it and the rests before left
+    with less than the allocation now gives back."""
+    return derive_id("refund", refund_id, "rest") if n == 1 else derive_id("refund", refund_id, "rest", n)
 
 
 _NOT_SENT = ("pending", "manual")
@@ -67,35 +68,37 @@ def _rests_of_sent(
     wanted: list[tuple[str, str, int, datetime, str]], open_rows: dict[str, asyncpg.Record]
 ) -> tuple[list[tuple[str, str, int, datetime, str]], dict[str, int]]:
     """``wanted`` with each refund already sent (or being sent) with another amount replaced by what is
-    left of it: the allocation's amount minus what was sent, under :func:`rest_of`'s id. Also returns what
-    each refund sent beyond what the allocation now gives back (by refund id; the renter was paid back too
-    much): a refund it no longer gives back at all, or one it gives back less of (its rest included)."""
+    left of it: the allocation's amount minus what it and its rests sent, as the next rest (:func:`rest_of`).
+    Also returns what each refund sent beyond what the allocation now gives back (by refund id; the renter
+    was paid back too much): a refund it no longer gives back at all, or one it gives back less of (its
+    rests included)."""
     out: list[tuple[str, str, int, datetime, str]] = []
     overpaid: dict[str, int] = {}
+    followed: set[str] = set()
     for refund_id, invoice_number, amount, at, reason in wanted:
+        followed.add(refund_id)
         known = open_rows.get(refund_id)
         if known is None or known["state"] in _NOT_SENT:
             out.append((refund_id, invoice_number, amount, at, reason))
             continue
-        rest = open_rows.get(rest_of(refund_id))
-        sent = known["amount_minor"] + (
-            rest["amount_minor"] if rest is not None and rest["state"] not in _NOT_SENT else 0
-        )
-        if amount > known["amount_minor"] and (rest is None or rest["state"] in _NOT_SENT):
+        sent, n = known["amount_minor"], 1  # the chain: rests sent, then at most one not sent (the last)
+        while (rest := open_rows.get(rest_of(refund_id, n))) is not None and rest["state"] not in _NOT_SENT:
+            followed.add(rest_of(refund_id, n))
+            sent += rest["amount_minor"]
+            n += 1
+        followed.add(rest_of(refund_id, n))
+        if amount > sent:
             out.append(
-                (rest_of(refund_id), invoice_number, amount - known["amount_minor"], at,
-                 f"{reason}: the rest of refund {refund_id}")
-            )  # fmt: skip
-        elif amount != sent:
+                (rest_of(refund_id, n), invoice_number, amount - sent, at, f"{reason}: the rest of refund {refund_id}")
+            )
+        elif amount < sent:
+            overpaid[refund_id] = sent - amount
             log.warning(
-                "refund already sent with another amount than the allocation now gives back",
+                "refund already sent for more than the allocation now gives back: the renter was paid back too much",
                 refund_id=refund_id,
                 sent_minor=sent,
                 wanted_minor=amount,
             )
-        if sent > amount:
-            overpaid[refund_id] = sent - amount
-    followed = {w[0] for w in wanted} | {rest_of(w[0]) for w in wanted}
     for refund_id, row in open_rows.items():
         if refund_id not in followed and row["state"] not in _NOT_SENT:
             overpaid[refund_id] = row["amount_minor"]  # sent, and not given back at all any more
@@ -163,7 +166,7 @@ async def ensure_rows(
         if known is not None and known["amount_minor"] == amount:
             continue
         if known is not None and known["state"] not in _NOT_SENT:
-            continue  # a rest already sent, and the allocation moved again (logged above)
+            continue  # sent meanwhile (the chain above took it into account)
         charge = await conn.fetchrow(
             """select a.attempt_id, a.gateway, a.charge_id from payments.applications ap
                  join payments.attempts a on ap.source_id = 'attempt:' || a.attempt_id

@@ -405,31 +405,51 @@ async def test_a_refund_not_yet_paid_follows_the_allocation_when_a_late_invoice_
 async def test_a_refund_paid_before_late_money_arrived_gives_back_the_rest_as_one_more_refund(stack: Stack) -> None:
     """R11 in event time: a 60.00 wire paid February's 100.00 invoice in part, and a 100.00 credit note on
     it first cancels the 40.00 still owed, then gives back the 60.00 paid — a manual refund (a bank receipt
-    is refunded over the bank), which finance pays and reports. Then a second wire of 40.00, received the
-    same day as the first but read late, turns out to have paid the invoice too: the credit note now gives
-    back 100.00. The refund paid keeps its 60.00 and the rest, 40.00, becomes one more manual refund (before:
-    the 40.00 stayed on refunds_payable with a line in the log). Once finance pays the rest too,
-    refunds_payable is empty and the renter got back all it paid."""
+    is refunded over the bank), which finance pays and reports. Then a 25.00 wire, received the same day as
+    the first but read late, turns out to have paid the invoice too: the credit note now gives back 85.00.
+    The refund paid keeps its 60.00 and the rest, 25.00, becomes one more manual refund (before: it stayed
+    on refunds_payable with a line in the log). Finance pays it; a third wire of 15.00 read later still
+    makes a second rest of 15.00. Once that is paid too, refunds_payable is empty and the renter got back
+    all 100.00 it paid, in three refunds."""
     jan = FEB - timedelta(days=31)
     stack.settings = stack.settings.model_copy(update={"gateways_enabled": ""})
     renter = "rnt-rest"
     feb = invoice("INV-2026-000201", f"ctr-{renter}", renter, due="100.00", start=jan, end=FEB)
-    first_wire = receipt(renter, "w-rest-a", "60.00", FEB + timedelta(days=1))
-    late_wire = receipt(renter, "w-rest-b", "40.00", FEB + timedelta(days=1))
     note = _credit_note(feb, "cn-rest", "CN-2026-000201", "100.00")
 
+    def wire(receipt_id: str, amount: str) -> tuple[Any, str, bytes]:
+        data = receipt(renter, receipt_id, amount, FEB + timedelta(days=1))
+        return topics.PAYMENTS_RECEIVED, renter, event_bytes("payment.received", data, id=receipt_id, time=FEB)
+
     async def refunds() -> list[tuple[str, str, int]]:
-        rows = await stack.pool.fetch("select refund_id, state, amount_minor from payments.refunds order by refund_id")
+        rows = await stack.pool.fetch(
+            "select refund_id, state, amount_minor from payments.refunds order by at, amount_minor"
+        )
         return [(r["refund_id"], r["state"], r["amount_minor"]) for r in rows]
+
+    async def states() -> list[tuple[str, int]]:
+        return sorted((state, amount) for _, state, amount in await refunds())
 
     async def payable() -> int:
         async with stack.pool.acquire() as conn:
             held = {b.code: b.balance_units for b in await balances(conn)}
         return -held.get(chart.refunds_payable(renter, "USD").code, 0)
 
-    def paid(n: int, refund_id: str) -> tuple[Any, str, bytes]:
+    async def pay_the_manual_one(n: int, want: list[tuple[str, int]]) -> None:
+        [(refund_id, _, _)] = [r for r in await refunds() if r[1] == "manual"]
         fields = {"renter_id": renter, "currency": "USD", "refund_id": refund_id, "paid_at": LATER}
-        return command("refund.mark_paid_requested", n, reference=f"BANKREF-{n}", **fields)
+        await publish(stack, [command("refund.mark_paid_requested", n, reference=f"BANKREF-{n}", **fields)])
+
+        async def reported() -> bool:
+            return await states() == want
+
+        await wait_until(reported, what=f"refunds {want}")
+
+    async def owed(want: list[tuple[str, int]], what: str) -> None:
+        async def check() -> bool:
+            return await states() == want
+
+        await wait_until(check, what=what)
 
     async with running(stack, [PAYMENTS]):
         await publish(
@@ -440,11 +460,7 @@ async def test_a_refund_paid_before_late_money_arrived_gives_back_the_rest_as_on
                     feb.contract_id,
                     event_bytes("invoice.finalized", feb, id=feb.number, time=FEB),
                 ),
-                (
-                    topics.PAYMENTS_RECEIVED,
-                    renter,
-                    event_bytes("payment.received", first_wire, id="w-rest-a", time=FEB),
-                ),
+                wire("w-rest-a", "60.00"),
                 (
                     topics.CREDIT_NOTES_ISSUED,
                     note.contract_id,
@@ -452,41 +468,22 @@ async def test_a_refund_paid_before_late_money_arrived_gives_back_the_rest_as_on
                 ),
             ],
         )
-
-        async def sixty_back() -> bool:
-            return [(s, a) for _, s, a in await refunds()] == [("manual", 6000)]
-
-        await wait_until(sixty_back, what="60.00 due back")
-        [(first_id, _, _)] = await refunds()
-        await publish(stack, [paid(31, first_id)])
-
-        async def reported() -> bool:
-            return await refunds() == [(first_id, "succeeded", 6000)]
-
-        await wait_until(reported, what="the 60.00 reported paid")
-        await publish(
-            stack,
-            [(topics.PAYMENTS_RECEIVED, renter, event_bytes("payment.received", late_wire, id="w-rest-b", time=FEB))],
-        )
-
-        async def rest_owed() -> bool:
-            return sorted((s, a) for _, s, a in await refunds()) == [("manual", 4000), ("succeeded", 6000)]
-
-        await wait_until(rest_owed, what="the rest, 40.00, as one more refund")
-        assert await payable() == minor_to_ledger(4000, "USD")
-        [(rest_id, _, _)] = [r for r in await refunds() if r[1] == "manual"]
-        await publish(stack, [paid(32, rest_id)])
-
-        async def all_back() -> bool:
-            return sorted((s, a) for _, s, a in await refunds()) == [("succeeded", 4000), ("succeeded", 6000)]
-
-        await wait_until(all_back, what="the rest reported paid")
+        await owed([("manual", 6000)], "60.00 due back")
+        await pay_the_manual_one(31, [("succeeded", 6000)])
+        await publish(stack, [wire("w-rest-b", "25.00")])
+        await owed([("manual", 2500), ("succeeded", 6000)], "the rest, 25.00, as one more refund")
+        assert await payable() == minor_to_ledger(2500, "USD")
+        await pay_the_manual_one(32, [("succeeded", 2500), ("succeeded", 6000)])
+        await publish(stack, [wire("w-rest-c", "15.00")])
+        await owed([("manual", 1500), ("succeeded", 2500), ("succeeded", 6000)], "a second rest, 15.00")
+        await pay_the_manual_one(33, [("succeeded", 1500), ("succeeded", 2500), ("succeeded", 6000)])
     async with stack.pool.acquire() as conn:
         report = await verify(conn)
     assert report.ok, report
     assert await payable() == 0
     status = await _status(stack, feb.number)
     assert status["remaining_minor"] == 0, status
+    assert len({refund_id for refund_id, _, _ in await refunds()}) == 3
 
 
 async def test_a_refund_paid_before_a_late_older_invoice_is_shown_as_overpaid_not_only_logged(stack: Stack) -> None:
