@@ -7,7 +7,7 @@ processor.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -455,17 +455,9 @@ async def test_a_refund_paid_before_late_money_arrived_gives_back_the_rest_as_on
         await publish(
             stack,
             [
-                (
-                    topics.INVOICES_FINALIZED,
-                    feb.contract_id,
-                    event_bytes("invoice.finalized", feb, id=feb.number, time=FEB),
-                ),
+                _finalized(feb, FEB),
                 wire("w-rest-a", "60.00"),
-                (
-                    topics.CREDIT_NOTES_ISSUED,
-                    note.contract_id,
-                    event_bytes("credit_note.issued", note, id=note.number, time=FEB),
-                ),
+                _issued(note),
             ],
         )
         await owed([("manual", 6000)], "60.00 due back")
@@ -515,17 +507,9 @@ async def test_a_refund_paid_before_a_late_older_invoice_is_shown_as_overpaid_no
         await publish(
             stack,
             [
-                (
-                    topics.INVOICES_FINALIZED,
-                    feb.contract_id,
-                    event_bytes("invoice.finalized", feb, id=feb.number, time=FEB),
-                ),
+                _finalized(feb, FEB),
                 (topics.PAYMENTS_RECEIVED, renter, event_bytes("payment.received", wire, id="w-over", time=FEB)),
-                (
-                    topics.CREDIT_NOTES_ISSUED,
-                    note.contract_id,
-                    event_bytes("credit_note.issued", note, id=note.number, time=FEB),
-                ),
+                _issued(note),
             ],
         )
 
@@ -543,13 +527,7 @@ async def test_a_refund_paid_before_a_late_older_invoice_is_shown_as_overpaid_no
         await wait_until(reported, what="the 30.00 reported paid")
         await publish(
             stack,
-            [
-                (
-                    topics.INVOICES_FINALIZED,
-                    older.contract_id,
-                    event_bytes("invoice.finalized", older, id=older.number, time=jan),
-                )
-            ],
+            [_finalized(older, jan)],
         )
 
         async def overpaid() -> bool:
@@ -615,4 +593,16 @@ def _credit_note(inv: InvoiceFinalized, credit_note_id: str, number: str, amount
         tax=Decimal("0.00"),
         total=minus,
         issued_at=FEB + timedelta(days=2),
+    )
+
+
+def _finalized(inv: InvoiceFinalized, at: datetime) -> tuple[Any, str, bytes]:
+    return topics.INVOICES_FINALIZED, inv.contract_id, event_bytes("invoice.finalized", inv, id=inv.number, time=at)
+
+
+def _issued(note: CreditNoteIssued) -> tuple[Any, str, bytes]:
+    return (
+        topics.CREDIT_NOTES_ISSUED,
+        note.contract_id,
+        event_bytes("credit_note.issued", note, id=note.number, time=FEB),
     )

@@ -59,9 +59,9 @@ from services.rating.handlers.wallets import on_topup
 from services.rating.handlers.watermarks import (
     FORWARDED_BARRIER,
     forward_ungated,
-    limit_contracts,
     on_watermark,
     rate_held_now,
+    read_limits_taking_effect,
 )
 
 
@@ -78,7 +78,7 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     contract_ids = {c for c in (contract_of(e) for e in events) if c is not None}
     await store.lock_batch(tx.conn, sorted(partitions), [])
     contract_ids |= set(await store.prepaid_contracts(tx.conn, sorted(partitions)))
-    contract_ids |= await limit_contracts(tx.conn, [e for e in events if e.type == "usage.watermark"])
+    contract_ids |= await read_limits_taking_effect(batch, [e for e in events if e.type == "usage.watermark"])
     await store.lock_batch(tx.conn, [], sorted(contract_ids))
     for n, event in enumerate(events):
         if event.type == "usage.metered":

@@ -60,6 +60,9 @@ class Batch:
     _exposures: dict[str, store.Exposure] = field(default_factory=dict)
     _exposures_dirty: set[str] = field(default_factory=set)
     _invoiced: dict[tuple[str, datetime], bool] = field(default_factory=dict)
+    limits: dict[int, list[tuple[str, datetime]]] = field(default_factory=dict)
+    """Per partition, the credit-limit versions this batch's usage watermarks pass, read once when the
+    batch locks their contracts (``watermarks.read_limits_taking_effect``)."""
 
     async def terms_of(self, contract_id: str) -> ContractTerms | None:
         if contract_id not in self.terms:

@@ -8,8 +8,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
-
 from domain.contracts import store as contracts_store
 from libs.ids import derive_id
 from libs.ledger import ensure_accounts
@@ -50,9 +48,11 @@ async def check_limits_taking_effect(
     version takes effect, the exposure is checked against it as a movement of zero at that instant — a
     contract with no usage after it would otherwise never be alerted (the amendment itself was checked
     against the limit in force when it arrived). Alerting only on a crossing, a limit the exposure already
-    crossed, or one checked at its amendment, fires nothing again. The contracts are locked by
-    :func:`limit_contracts`."""
-    for contract_id, at in await store.limits_taking_effect(batch.tx.conn, partition, after, through):
+    crossed, or one checked at its amendment, fires nothing again. The versions were read, and their
+    contracts locked, with the batch (:func:`read_limits_taking_effect`)."""
+    for contract_id, at in batch.limits.get(partition, []):
+        if (after is not None and at <= after) or at > through:
+            continue
         await track_exposure(
             batch,
             contract_id,
@@ -66,21 +66,22 @@ async def check_limits_taking_effect(
         )
 
 
-async def limit_contracts(conn: asyncpg.Connection, marks: Sequence[Envelope[Any]]) -> set[str]:
-    """The contracts :func:`check_limits_taking_effect` may touch for these usage watermarks (to lock
-    them with the batch's other contracts)."""
+async def read_limits_taking_effect(batch: Batch, marks: Sequence[Envelope[Any]]) -> set[str]:
+    """Read into ``batch.limits`` the credit-limit versions these usage watermarks pass (from each
+    partition's stored watermark to the batch's latest); returns their contracts, to lock with the batch's
+    others."""
     upto: dict[int, datetime] = {}
     for mark in marks:
         partition = watermark_partition(mark)
         upto[partition] = max(upto.get(partition, mark.data.through), mark.data.through)
-    found: set[str] = set()
+    conn = batch.tx.conn
     for partition, through in sorted(upto.items()):
         row = await store.load_watermark(conn, partition)
         if row is not None and through <= row.received_through:
             continue
         after = None if row is None else row.received_through
-        found |= {c for c, _ in await store.limits_taking_effect(conn, partition, after, through)}
-    return found
+        batch.limits[partition] = await store.limits_taking_effect(conn, partition, after, through)
+    return {c for versions in batch.limits.values() for c, _ in versions}
 
 
 async def forward_watermark(batch: Batch, partition: int, cause: Envelope[Any]) -> None:
