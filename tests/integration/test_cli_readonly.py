@@ -291,6 +291,20 @@ def test_a_missing_database_is_one_line(servers: Servers, tmp_path: Path) -> Non
     assert_one_error(run, mentions="does not exist")
 
 
+def test_options_that_cannot_go_together_are_one_line_before_any_connection(tmp_path: Path) -> None:
+    """``--overpaid`` filters refunds: without ``--refunds`` it is refused before the database is asked
+    (here there is none). ``settle fakepsp --id-namespace`` takes letters and digits only (it goes into
+    every id) and refuses anything else before it listens."""
+    state_dir = tmp_path / "state"
+    env = _env("postgresql://postgres@127.0.0.1:1/settle", state_dir)
+    (run,) = invoke_cli([["payments", "list", "--overpaid", "--json"]], env, tmp_path)
+    assert_one_error(run, mentions="--overpaid lists refunds: add --refunds")
+    (fake,) = invoke_cli([["fakepsp", "--port", "0", "--id-namespace", "m-2027"]], env, tmp_path)
+    assert fake.returncode == 2, fake
+    assert "--id-namespace" in fake.stdout + fake.stderr and "letters and digits only" in fake.stdout + fake.stderr
+    assert_nothing_started(state_dir)
+
+
 # --- migrated ---------------------------------------------------------------------------------------------------
 
 
