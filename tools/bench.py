@@ -844,7 +844,13 @@ async def bench_chaos(
     diff = differences(calm, chaos)
     for line in diff:
         console.print(f"[red]differs:[/] {line[:300]}")
+    for name, r in (("calm", calm), ("chaos", chaos)):
+        for violation in r.saga_violations:
+            console.print(f"[red]{name} run, saga invariant:[/] {violation[:300]}")
+    if settle:
+        console.print(f"saga invariant (settle sagas verify): {len(chaos.saga_violations)} violation(s) under SIGKILL")
     ok = not diff and calm.ledger_ok and chaos.ledger_ok and chaos.open_gaps == 0 and chaos.kills > 0
+    ok = ok and not calm.saga_violations and not chaos.saga_violations
     console.print("[bold green]identical documents under SIGKILL[/]" if ok else "[bold red]the chaos run differs[/]")
     if not ok:
         raise typer.Exit(1)

@@ -19,6 +19,7 @@ from libs.messaging.consume import Tx
 from libs.settings import get_settings
 from services.cli.app import sagas_app
 from services.cli.runtime import console, database, read_only, run_async
+from services.operations import saga_check
 from services.saga import domain, read_model, store
 from services.saga.main import policy_of
 
@@ -130,3 +131,27 @@ async def sagas_retry(
             conn, saga, by=by, reason=reason, command_id=cid, policy=policy_of(get_settings()), at=datetime.now(UTC)
         )
     console.print(f"{saga}: {before} → {after}" + ("" if applied else f" (command {cid} was already applied)"))
+
+
+@sagas_app.command("verify")
+@run_async
+async def sagas_verify(as_json: JsonOption = False) -> None:
+    """Issue 11's invariant: every saga's state against payments' books, payouts' records and the ledger
+    (compensated ⇒ the reversal postings exist and balance; see ``services.operations.saga_check``).
+    Exits 1 on any violation; compensations payouts has not answered yet are listed as waiting."""
+    async with read_only() as ctx, ctx.pool.acquire() as conn:
+        result = await saga_check.check(conn)
+    if as_json:
+        print(_line(result.as_json()))
+    else:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(result.sagas.items()))
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(result.compensations.items()))
+        console.print(f"{sum(result.sagas.values())} sagas ({states or 'none'})")
+        console.print(f"compensations checked at payouts and in the ledger: {kinds or 'none'}")
+        if result.waiting:
+            console.print(f"waiting for payouts' answer: {', '.join(result.waiting)}")
+        for v in result.violations:
+            console.print(f"[red]violation[/] {v.line()}", highlight=False)
+        console.print(f"{len(result.violations)} violation(s)")
+    if not result.ok:
+        raise typer.Exit(1)

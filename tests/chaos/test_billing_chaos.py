@@ -97,5 +97,7 @@ async def test_killed_billing_workers_bill_exactly_what_a_calm_fleet_bills(
     }, (books, walked.credit_minor)
     assert any(i.status == "partially_paid" for i in walked.invoices.values()), "a wire left an invoice open"
     assert chaos.ledger_ok and calm.ledger_ok
+    # issue 11's invariant on both runs: every saga's state matches payments, payouts and the ledger
+    assert calm.saga_violations == [] and chaos.saga_violations == [], (calm.saga_violations, chaos.saga_violations)
     assert chaos.open_gaps == 0
     assert chaos.dead_letters == calm.dead_letters, "no message was dead-lettered because of a kill"

@@ -29,6 +29,7 @@ from schemas import topics
 from schemas.events import InvoicePaymentStatus, PaymentEvent, PayoutEvent
 from schemas.inputs import ClockTicked
 from services.cli.sagas import retry
+from services.operations import saga_check
 from services.payments.main import SERVICE as PAYMENTS
 from services.saga import domain, read_model
 from services.saga.handlers import subscription
@@ -174,6 +175,12 @@ async def test_collection_paid_completes_and_past_due_is_compensated(stack: Stac
     # one's was not touched — the exposure is kept
     assert receivable[numbers["rnt-ok"]] == -minor_to_ledger(10_000, "USD")
     assert receivable[numbers["rnt-dun"]] in (None, 0)
+    # the same invariant as an operator reads it (`settle sagas verify`), against payments' own records; the
+    # hold waits for payouts' answer (no payouts worker in this story): waiting, not a violation
+    async with stack.pool.acquire() as conn:
+        checked = await saga_check.check(conn)
+    assert (checked.violations, checked.waiting) == ([], [f"hold_earnings:{numbers['rnt-dun']}"])
+    assert checked.sagas == {"completed": 1, "compensated": 1}
 
 
 def _status(number: str, contract: str, renter: str, revision: int, status: str, paid: str, at: datetime) -> bytes:

@@ -40,6 +40,7 @@ from schemas.envelope import encode
 from schemas.inputs import PayeeUpdated, PaymentReceived
 from services import catalog
 from services.clock.main import publish_tick
+from services.operations import saga_check
 from services.operations.compare import naming_corrected_invoice
 from tools.demo.scenario import PLATFORM, Delivery, Scenario, deliveries_as_items, month_after
 from tools.fleet import ROOT, wait_idle, worker_env
@@ -63,6 +64,8 @@ class ChaosResult:
     ledger_ok: bool
     open_gaps: int
     dead_letters: int
+    saga_violations: list[str] = field(default_factory=list)
+    """With ``settle``: where a saga's state and payments, payouts or the ledger part (``settle sagas verify``)."""
     largest_partition_bytes: dict[str, int] = field(default_factory=dict)
 
 
@@ -354,6 +357,7 @@ async def drive(
         ledger_ok = (await verify(conn)).ok
         open_gaps = int(await conn.fetchval("select count(*) from settle.consumer_gaps where resolved_at is null"))
         dead = int(await conn.fetchval("select count(*) from settle.dead_letters"))
+        sagas = [v.line() for v in (await saga_check.check(conn)).violations] if settle else []
     return ChaosResult(
         invoices=invoices,
         statements=statements,
@@ -363,6 +367,7 @@ async def drive(
         ledger_ok=ledger_ok,
         open_gaps=open_gaps,
         dead_letters=dead,
+        saga_violations=sagas,
         largest_partition_bytes=await largest_partitions(bootstrap, settings.topic_prefix),
     )
 

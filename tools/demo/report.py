@@ -21,6 +21,7 @@ from libs.settings import Settings
 from schemas import topics
 from schemas.events import InvoiceFinalized, StatementFinalized
 from services.invoicing import read_model as invoicing
+from services.operations import saga_check
 from services.payments import read_model as payments
 from tools.demo.collect import WIRE_OVERPAYMENT
 from tools.demo.scenario import Scenario
@@ -565,4 +566,14 @@ async def print_settlement(pool: asyncpg.Pool, scenario: Scenario, settled: dict
     for kind, why in COMPENSATION_KINDS.items():
         if kind not in seen:
             console.print(f"[yellow]no {kind} compensation in this run[/] ({why} did not happen)")
-    return ok
+    async with pool.acquire() as conn:
+        check = await saga_check.check(conn)
+    checked = ", ".join(f"{n} {kind}" for kind, n in sorted(check.compensations.items())) or "none"
+    console.print(
+        f"Saga invariant (settle sagas verify): {sum(check.sagas.values())} sagas against payments, payouts and the "
+        f"ledger; compensations checked: {checked}; {len(check.waiting)} waiting for payouts' answer; "
+        f"{len(check.violations)} violation(s)"
+    )
+    for v in check.violations:
+        console.print(f"[bold red]violation[/] {v.line()}", highlight=False)
+    return ok and check.ok
