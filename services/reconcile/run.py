@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import time as _time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -101,24 +102,53 @@ async def run_reconciliation(
     window_days: int = DEFAULT_WINDOW_DAYS,
     ledger: LedgerSource | None = None,
     save: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> tuple[Reconciliation, int | None, int]:
     """Match everything dated on or before ``as_of``; store the run. Returns (result, run id, bank lines
-    not booked)."""
+    not booked). ``timings``, when given, receives each step's seconds (``settle bench reconcile --stored``)."""
+    with collector_paused():  # reads, records and saving allocate millions of small objects, like matching
+        return await _run(conn, as_of, window_days, ledger, save, _Steps(timings))
+
+
+async def _run(
+    conn: asyncpg.Connection,
+    as_of: date,
+    window_days: int,
+    ledger: LedgerSource | None,
+    save: bool,
+    clock: _Steps,
+) -> tuple[Reconciliation, int | None, int]:
     postings = await (ledger or PostgresLedgerSource(conn)).postings(as_of)
-    result, not_booked = match_rows(
-        postings,
-        await store.processor_lines_through(conn, as_of),
-        await store.bank_lines_through(conn, as_of),
-        as_of=as_of,
-        window_days=window_days,
-    )
+    clock.lap("read ledger postings")
+    processor_lines = await store.processor_lines_through(conn, as_of)
+    clock.lap("read processor lines")
+    bank_lines = await store.bank_lines_through(conn, as_of)
+    clock.lap("read bank lines")
+    result, not_booked = match_rows(postings, processor_lines, bank_lines, as_of=as_of, window_days=window_days)
     result = explain(result, await store.explanations(conn))
+    clock.lap("rows → records → R17 matching")
     run_id = None
     if save:
         async with conn.transaction():
             run_id = await store.save_run(conn, result)
+            clock.lap("save the run (matches, breaks)")
             await confirm_payouts(conn, payout_confirmations(result.matches), run_id)
+        clock.lap("confirm matched payouts (outbox) and commit")
     return result, run_id, not_booked
+
+
+class _Steps:
+    """Seconds per step of a run, into the caller's dict (nothing when it gave none)."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self._into = into
+        self._last = _time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = _time.perf_counter()
+        if self._into is not None:
+            self._into[step] = now - self._last
+        self._last = now
 
 
 async def confirm_payouts(conn: asyncpg.Connection, confirmations: Sequence[PayoutConfirmation], run_id: int) -> None:

@@ -222,6 +222,12 @@ def record_json(r: Record) -> dict[str, Any]:
     }
 
 
+def record_key(r: Record) -> str:
+    """``source:source id``: where a matched record is kept (a bank line's hash, a ledger record's id, a
+    processor line's gateway:txn id)."""
+    return f"{r.source}:{r.source_id}"
+
+
 def totals_json(result: Reconciliation) -> list[dict[str, Any]]:
     return [
         {
@@ -250,20 +256,25 @@ async def save_run(conn: asyncpg.Connection, result: Reconciliation) -> int:
             json.dumps(totals_json(result)),
         )
     )
-    # jsonb has no binary COPY encoder in asyncpg: the records go as text arrays, cast in the statement.
-    await conn.execute(
-        """insert into reconcile.matches (run_id, match_no, leg, how, currency, amount_minor, records)
-           select $1, n, leg, how, currency, amount, records::jsonb
-             from unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[])
-                  as t (n, leg, how, currency, amount, records)""",
-        run_id,
-        list(range(1, len(result.matches) + 1)),
-        [m.leg for m in result.matches],
-        [m.how for m in result.matches],
-        [m.records[0].currency for m in result.matches],
-        [m.records[0].amount_minor for m in result.matches],
-        [json.dumps([record_json(r) for r in m.records]) for m in result.matches],
+    # Matches keep their records' keys only (migration 0100), written by binary COPY.
+    await conn.copy_records_to_table(
+        "matches",
+        schema_name="reconcile",
+        columns=["run_id", "match_no", "leg", "how", "currency", "amount_minor", "record_keys"],
+        records=[
+            (
+                run_id,
+                n,
+                m.leg,
+                m.how,
+                m.records[0].currency,
+                m.records[0].amount_minor,
+                [record_key(r) for r in m.records],
+            )
+            for n, m in enumerate(result.matches, 1)
+        ],
     )
+    # jsonb has no binary COPY encoder in asyncpg: a break's records go as text, cast in the statement.
     await conn.execute(
         """insert into reconcile.breaks (run_id, break_no, reason, leg, age_days, overdue, records, explanation)
            select $1, n, reason, leg, age, overdue, records::jsonb, explanation

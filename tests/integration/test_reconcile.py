@@ -258,7 +258,15 @@ async def test_reconciliation_story(stack: Stack, tmp_path: Path) -> None:
         stored = await conn.fetch(
             "select reason, age_days from reconcile.breaks where run_id = $1 order by break_no", run["run_id"]
         )
+        keys = await conn.fetch(
+            "select record_keys, records from reconcile.matches where run_id = $1 order by match_no", run["run_id"]
+        )
+        bank_hashes = {r["line_hash"] for r in await conn.fetch("select line_hash from reconcile.bank_lines")}
     assert (run["matches"], run["breaks"], run["overdue"]) == (7, 3, 3)
+    # a match keeps where its records are (source:id), not a copy of them; its bank lines are stored lines
+    assert len(keys) == 7 and all(k["records"] is None and len(k["record_keys"]) >= 2 for k in keys)
+    matched_bank = {key.split(":", 1)[1] for k in keys for key in k["record_keys"] if key.startswith("bank:")}
+    assert len(matched_bank) == 5 and matched_bank <= bank_hashes
     assert sorted((r["reason"], r["age_days"]) for r in stored) == [
         ("missing_in_bank", 20),
         ("missing_in_ledger", 7),
