@@ -457,6 +457,19 @@ class PayoutSettlementConfirmed(EventModel):
     run_id: int | None = None
 
 
+CONFIRMATIONS_PER_EVENT = 200
+"""At most this many confirmations per ``payout.settlements_confirmed`` (≈ 30 KiB of JSON, under the event limit)."""
+
+
+class PayoutSettlementsConfirmed(EventModel):
+    """``payout.settlements_confirmed``: a run's new settlement confirmations, in batches (a daily run of a
+    large marketplace confirms hundreds of thousands of payouts; one event each cost most of the run).
+    Each item means what a ``payout.settlement_confirmed`` means, dated by its own ``booked_on``."""
+
+    confirmations: list[PayoutSettlementConfirmed] = Field(min_length=1, max_length=CONFIRMATIONS_PER_EVENT)
+    run_id: int | None = None
+
+
 # --- processor.events.v1 (key: payment_id, else attempt_id, else object_id) -----------------------------
 
 

@@ -376,6 +376,7 @@ PAYOUT_BANK_RESULTS = Topic(
             "payout_file.acknowledged": events.PayoutFileAcknowledged,
             "payout_returns.received": events.PayoutReturnsReceived,
             "payout.settlement_confirmed": events.PayoutSettlementConfirmed,
+            "payout.settlements_confirmed": events.PayoutSettlementsConfirmed,
         }
     ),
 )

@@ -926,8 +926,8 @@ async def _stored_reconcile(
                 conn, as_of=date(2026, 12, 31), window_days=window_days, timings=steps
             )
             saved = await conn.fetchrow(
-                "select matches, breaks, (select count(*) from settle.outbox) as outbox from reconcile.runs"
-                " where run_id = $1",
+                "select matches, breaks, (select count(*) from settle.outbox) as outbox,"
+                " (select count(*) from reconcile.confirmations) as confirmed from reconcile.runs where run_id = $1",
                 run_id,
             )
         total_s = time.perf_counter() - started
@@ -944,7 +944,8 @@ async def _stored_reconcile(
     console.print(table)
     console.print(
         f"run {run_id}: {saved['matches']:,} matches, {saved['breaks']:,} breaks stored; "
-        f"{saved['outbox']:,} payout confirmations in the outbox; ledger {'verified' if verified.ok else 'BROKEN'}"
+        f"{saved['confirmed']:,} payouts confirmed in {saved['outbox']:,} events; "
+        f"ledger {'verified' if verified.ok else 'BROKEN'}"
     )
     console.print("[bold green]within 60 s[/]" if total_s <= 60 else f"[bold red]over 60 s: {total_s:.1f} s[/]")
     if not verified.ok:

@@ -35,7 +35,7 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,12 @@ from libs.messaging.worker import Runtime
 from libs.money import currency_exponent
 from schemas import topics
 from schemas.envelope import Envelope
-from schemas.events import PayoutFileAcknowledged, PayoutReturnsReceived, PayoutSettlementConfirmed
+from schemas.events import (
+    PayoutFileAcknowledged,
+    PayoutReturnsReceived,
+    PayoutSettlementConfirmed,
+    PayoutSettlementsConfirmed,
+)
 from services.payouts import config as payouts_config
 from services.payouts import entries, metrics, planner
 from services.payouts.domain.dispatch import (
@@ -639,7 +644,11 @@ async def apply_returns(tx: Tx, data: PayoutReturnsReceived, event: Envelope[Any
     return applied
 
 
-async def confirm_settlement(tx: Tx, data: PayoutSettlementConfirmed, event: Envelope[Any]) -> bool:
+async def confirm_settlement(
+    tx: Tx, data: PayoutSettlementConfirmed, event: Envelope[Any], at: datetime | None = None
+) -> bool:
+    """One confirmation (alone, or an item of a ``payout.settlements_confirmed``, dated ``at``: its
+    ``booked_on``): the payout's attempt becomes ``completed``, in transit → cash."""
     item = await _item_by_key(tx.conn, data.reference)
     if item is None or item["outcome"] is not None:
         return False  # not ours, or already completed / failed (reconciliation confirms on every run)
@@ -650,7 +659,7 @@ async def confirm_settlement(tx: Tx, data: PayoutSettlementConfirmed, event: Env
     if (item["amount_minor"], item["currency"]) != (data.amount_minor, data.currency):
         log.warning("settlement confirmation disagrees on the amount", reference=data.reference)
         return False
-    await _outcome(tx, item, "completed", code=None, reason=data.bank_record, at=event.time, cause=event)
+    await _outcome(tx, item, "completed", code=None, reason=data.bank_record, at=at or event.time, cause=event)
     return True
 
 
@@ -661,7 +670,11 @@ async def on_bank_results(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             await acknowledge(tx.conn, data.file_id)
         elif isinstance(data, PayoutReturnsReceived):
             await apply_returns(tx, data, event)
-        elif isinstance(data, PayoutSettlementConfirmed):
+        elif isinstance(data, PayoutSettlementsConfirmed):
+            for item in data.confirmations:
+                booked = datetime.combine(date.fromisoformat(item.booked_on), time(0), UTC)
+                await confirm_settlement(tx, item, event, at=booked)
+        elif isinstance(data, PayoutSettlementConfirmed):  # one a message: what runs before 2026-12-07 sent
             await confirm_settlement(tx, data, event)
 
 

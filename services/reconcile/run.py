@@ -17,7 +17,7 @@ from libs.ids import derive_id
 from libs.ledger import ensure_accounts, post
 from libs.messaging.outbox import Emitter, write_outbox
 from schemas import topics
-from schemas.events import PayoutSettlementConfirmed
+from schemas.events import CONFIRMATIONS_PER_EVENT, PayoutSettlementConfirmed, PayoutSettlementsConfirmed
 from services.reconcile import store
 from services.reconcile.domain.entries import ProcessorLine, bank_fee_entry, report_entries
 from services.reconcile.domain.matching import DEFAULT_WINDOW_DAYS, Reconciliation, explain, reconcile
@@ -153,10 +153,11 @@ class _Steps:
 
 async def confirm_payouts(conn: asyncpg.Connection, confirmations: Sequence[PayoutConfirmation], run_id: int) -> None:
     """R16/R17 feedback: each supplier payout matched to a posted bank transaction is confirmed to the
-    payouts worker (``payout.settlement_confirmed`` on ``payouts.bank_results.v1``, through the outbox, in
-    the run's transaction). Ids derive from the payout key and the bank line, and each is sent once
-    (``reconcile.confirmations``): a later run confirming the same match sends nothing again."""
-    emitter = Emitter("reconcile")
+    payouts worker (``payout.settlements_confirmed`` on ``payouts.bank_results.v1``, through the outbox, in
+    the run's transaction), up to ``CONFIRMATIONS_PER_EVENT`` per event in reference order. Each
+    confirmation's id derives from the payout key and the bank line, and each is sent once
+    (``reconcile.confirmations``): a later run confirming the same match sends nothing again. An event's id
+    derives from the ids of the confirmations it carries."""
     ids = [derive_id("event", "payout.settlement_confirmed", c.reference, c.bank_record) for c in confirmations]
     new = set(
         await conn.fetchval(
@@ -170,25 +171,32 @@ async def confirm_payouts(conn: asyncpg.Connection, confirmations: Sequence[Payo
             run_id,
         )
     )
-    for event_id, c in zip(ids, confirmations, strict=True):
-        if event_id not in new:
-            continue  # an earlier run sent it (with its own run id): never the same id with another payload
+    # an earlier run sent the others (with its own run id): never the same id with another payload
+    fresh = [(event_id, c) for event_id, c in zip(ids, confirmations, strict=True) if event_id in new]
+    emitter = Emitter("reconcile")
+    for at in range(0, len(fresh), CONFIRMATIONS_PER_EVENT):
+        chunk = fresh[at : at + CONFIRMATIONS_PER_EVENT]
         emitter.emit(
             topics.PAYOUT_BANK_RESULTS,
-            key=c.reference,
-            type="payout.settlement_confirmed",
-            time=datetime.combine(c.booked_on, time(0), UTC),
+            key=chunk[0][1].reference,
+            type="payout.settlements_confirmed",
+            time=datetime.combine(max(c.booked_on for _, c in chunk), time(0), UTC),
             cause=None,
-            event_id=event_id,
-            data=PayoutSettlementConfirmed(
-                reference=c.reference,
-                amount_minor=c.amount_minor,
-                currency=c.currency,
-                booked_on=c.booked_on.isoformat(),
-                bank_record=c.bank_record,
+            event_id=derive_id("event", "payout.settlements_confirmed", *(event_id for event_id, _ in chunk)),
+            data=PayoutSettlementsConfirmed(
+                confirmations=[
+                    PayoutSettlementConfirmed(
+                        reference=c.reference,
+                        amount_minor=c.amount_minor,
+                        currency=c.currency,
+                        booked_on=c.booked_on.isoformat(),
+                        bank_record=c.bank_record,
+                        run_id=run_id,
+                    )
+                    for _, c in chunk
+                ],
                 run_id=run_id,
             ),
-            correlation_id=c.reference,
         )
     await write_outbox(conn, emitter.drain())
 

@@ -482,3 +482,52 @@ async def test_a_processor_report_reusing_an_imported_id_is_refused_not_skipped(
     said = refused.stdout + refused.stderr
     assert "reuse the id" in said and "stored charge 10000 USD" in said and "now charge 7000 USD" in said, said
     assert await imported() == before  # nothing of the refused report was stored or posted
+
+
+async def test_payout_confirmations_go_in_batches_once_each(stack: Stack) -> None:
+    """A run confirms each matched payout once, up to 200 in an event, in reference order; the next run
+    that matches them again sends nothing; a new match goes alone in its own event."""
+    from datetime import date
+
+    import orjson
+
+    from schemas.events import CONFIRMATIONS_PER_EVENT
+    from services.reconcile.domain.sources import PayoutConfirmation
+    from services.reconcile.run import confirm_payouts
+
+    def confirmations(n: int, first: int = 0) -> list[PayoutConfirmation]:
+        return [
+            PayoutConfirmation(f"po-{k:04d}", 100 + k, "USD", date(2026, 12, 1 + k % 3), f"bank:h{k}")
+            for k in range(first, first + n)
+        ]
+
+    async def sent() -> list[dict]:
+        rows = await stack.pool.fetch(
+            "select value from settle.outbox where topic = 'payouts.bank_results.v1' order by id"
+        )
+        return [orjson.loads(r["value"]) for r in rows]
+
+    async with stack.pool.acquire() as conn:
+        run = await conn.fetchval(
+            "insert into reconcile.runs (as_of, window_days, matches, breaks, overdue, totals)"
+            " values ('2026-12-03', 3, 0, 0, 0, '[]') returning run_id"
+        )
+        async with conn.transaction():
+            await confirm_payouts(conn, confirmations(450), run)
+        first = await sent()
+        assert [len(e["data"]["confirmations"]) for e in first] == [
+            CONFIRMATIONS_PER_EVENT,
+            CONFIRMATIONS_PER_EVENT,
+            50,
+        ]
+        assert {e["type"] for e in first} == {"payout.settlements_confirmed"}
+        references = [c["reference"] for e in first for c in e["data"]["confirmations"]]
+        assert references == [f"po-{k:04d}" for k in range(450)]
+        # an event is dated by the latest bank day it carries; each item keeps its own
+        assert first[2]["time"].startswith("2026-12-03") and first[2]["data"]["confirmations"][0]["booked_on"]
+        assert len({e["id"] for e in first}) == 3
+        async with conn.transaction():  # the next run matches the same 450 and one more
+            await confirm_payouts(conn, confirmations(451), run)
+        second = (await sent())[3:]
+        assert [[c["reference"] for c in e["data"]["confirmations"]] for e in second] == [["po-0450"]]
+    assert await stack.pool.fetchval("select count(*) from reconcile.confirmations") == 451

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from domain.contracts import chart
@@ -331,11 +332,14 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         # resend carrying the second run's id would be another payload under the same id — a dead letter)
         code, _, err = await settle_cli(stack, "reconcile", "--date", "2026-02-04")
         assert code in (0, 1), err
-        confirmations = await count(
-            stack, "select count(*) from settle.outbox where topic = 'payouts.bank_results.v1' and event_id in "
-            "(select event_id from reconcile.confirmations)",
-        )  # fmt: skip
-        assert confirmations == 1
+        sent = await stack.pool.fetch(
+            "select convert_from(value, 'UTF8')::jsonb as e from settle.outbox where topic = 'payouts.bank_results.v1'"
+            " and convert_from(value, 'UTF8')::jsonb ->> 'type' = 'payout.settlements_confirmed'"
+        )
+        assert len(sent) == 1  # one event, with one confirmation: the SEPA payout's
+        [event] = [orjson.loads(r["e"]) if isinstance(r["e"], str) else r["e"] for r in sent]
+        assert [(c["reference"], c["amount_minor"]) for c in event["data"]["confirmations"]] == [(sepa["payout_id"], 80_00)]
+        assert await count(stack, "select count(*) from reconcile.confirmations") == 1
         await asyncio.sleep(1.0)  # what the second run might have sent reaches the worker
         letters = await stack.pool.fetch("select consumer, reason from settle.dead_letters")
         assert not letters, [tuple(x) for x in letters]
