@@ -525,7 +525,7 @@ async def print_settlement(pool: asyncpg.Pool, scenario: Scenario, settled: dict
     completed = sum(1 for p in payouts_ if p["state"] == "completed")
     console.print(
         f"{len(result.breaks) - unexpected} expected break(s), {unexpected} unexpected; "
-        f"{completed} payouts completed by the bank's statement (payout.settlement_confirmed)"
+        f"{completed} payouts completed by the bank's statement (payout.settlements_confirmed)"
     )
     after, after_id, _ = settled["reconciliation_after"]
     console.print(
