@@ -35,7 +35,7 @@ from domain.contracts import chart
 from libs.errors import OperatorRequestError
 from libs.messaging.partitioner import partition_for
 from schemas import topics
-from schemas.events import PayoutReturnsReceived, StatementFinalized
+from schemas.events import PayoutReturnsReceived, PayoutSettlementConfirmed, StatementFinalized
 from schemas.inputs import PayeeUpdated
 from services.payouts import files, metrics, operator
 from services.payouts.main import SERVICE as PAYOUTS
@@ -338,8 +338,32 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         )
         assert len(sent) == 1  # one event, with one confirmation: the SEPA payout's
         [event] = [orjson.loads(r["e"]) if isinstance(r["e"], str) else r["e"] for r in sent]
-        assert [(c["reference"], c["amount_minor"]) for c in event["data"]["confirmations"]] == [(sepa["payout_id"], 80_00)]
+        assert [(c["reference"], c["amount_minor"]) for c in event["data"]["confirmations"]] == [
+            (sepa["payout_id"], 80_00)
+        ]
         assert await count(stack, "select count(*) from reconcile.confirmations") == 1
+        # a single `payout.settlement_confirmed`, what runs before 2026-12-07 sent, is still applied: the wire
+        wide = await payout_of(stack, "sup-wide")
+        legacy = PayoutSettlementConfirmed(
+            reference=wide["payout_id"],
+            amount_minor=100_000_000_00,
+            currency="USD",
+            booked_on="2026-02-04",
+            bank_record="bank:legacy-wire",
+        )
+        at = datetime(2026, 2, 4, tzinfo=UTC)
+        await publish(
+            stack,
+            [
+                (
+                    topics.PAYOUT_BANK_RESULTS,
+                    wide["payout_id"],
+                    event_bytes("payout.settlement_confirmed", legacy, id="legacy-confirm", time=at),
+                )
+            ],
+        )
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'completed'", 2, "wire completed")
+        assert (await payout_of(stack, "sup-wide"))["state"] == "completed"
         await asyncio.sleep(1.0)  # what the second run might have sent reaches the worker
         letters = await stack.pool.fetch("select consumer, reason from settle.dead_letters")
         assert not letters, [tuple(x) for x in letters]
@@ -349,12 +373,16 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
     assert await balance_units(stack, "platform:cash_clearing:EUR") == -80 * UNITS
     assert await balance_units(stack, chart.payable("sup-rej", "EUR").code) == 0  # planned, then rejected
     assert await balance_units(stack, chart.payable("sup-ach", "USD").code) == 120 * UNITS  # returned, then retried
-    assert await balance_units(stack, "platform:payouts_in_transit:USD") == -(120 + 2 * 100_000_000) * UNITS
+    # in transit: the retried ACH payout (120.00) and the one over every limit; the wire went to cash
+    assert await balance_units(stack, "platform:payouts_in_transit:USD") == -(120 + 100_000_000) * UNITS
+    assert await balance_units(stack, "platform:cash_clearing:USD") == -100_000_000 * UNITS
     await assert_ledger_sound(stack)
 
     events = await outbox_events(stack, topics.PAYOUTS)
     kinds = sorted(e["type"] for e in events if e["type"] not in ("payout.planned",))
-    assert kinds == sorted(["payout.sent"] * 5 + ["payout.returned", "payout.rejected", "payout.completed"]), kinds
+    assert kinds == sorted(["payout.sent"] * 5 + ["payout.returned", "payout.rejected"] + ["payout.completed"] * 2), (
+        kinds
+    )
     returned_event = next(e for e in events if e["type"] == "payout.returned")
     assert (returned_event["data"]["return_code"], returned_event["data"]["file_id"]) == ("R03", ach_id)
     assert returned_event["data"]["state"] == "returned"
