@@ -389,6 +389,9 @@ class PaymentEvent(EventModel):
     code: str | None = None
     reason: str = ""
     at: UtcTime
+    outcome: Literal["won", "lost"] | None = None
+    """``payment.dispute_closed`` only: how the dispute ended (events before 2026-12-07 said it only at the
+    end of ``reason``)."""
 
 
 # --- payments.commands.v1 (key: renter_id) --------------------------------------------------------------

@@ -21,7 +21,7 @@ webhooks``) mean for our books.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -244,7 +244,7 @@ async def _dispute_closed(
 ) -> set[books.Touched]:
     conn = tx.conn
     dispute_id = data.dispute_id or data.object_id
-    status = "won" if (data.dispute_status or data.status) == "won" else "lost"
+    status: Literal["won", "lost"] = "won" if (data.dispute_status or data.status) == "won" else "lost"
     touched: set[books.Touched] = set()
     if not await conn.fetchval("select 1 from payments.disputes where dispute_id = $1", dispute_id):
         # Webhooks arrive out of order: a close before its opening opens it first (the close carries the
@@ -280,11 +280,20 @@ async def _dispute_closed(
     await ensure_accounts(conn, [unapplied, source])
     text = f"dispute {dispute_id} on {row['invoice_number']} {status}"
     _post(tx, dispute_id, kind, event, text, source.code, unapplied.code, row["amount_minor"], cur)
-    _emit(tx, "payment.dispute_closed", event, dispute_id, dict(row), row["amount_minor"], text)
+    _emit(tx, "payment.dispute_closed", event, dispute_id, dict(row), row["amount_minor"], text, outcome=status)
     return touched | {books.Touched(row["renter_id"], cur)}
 
 
-def _emit(tx: Tx, type: str, event: Envelope[Any], dispute_id: str, charge: Any, amount: int, text: str) -> None:
+def _emit(
+    tx: Tx,
+    type: str,
+    event: Envelope[Any],
+    dispute_id: str,
+    charge: Any,
+    amount: int,
+    text: str,
+    outcome: Literal["won", "lost"] | None = None,
+) -> None:
     tx.emit(
         topics.PAYMENTS,
         key=charge["renter_id"],
@@ -302,5 +311,6 @@ def _emit(tx: Tx, type: str, event: Envelope[Any], dispute_id: str, charge: Any,
             gateway=charge["gateway"],
             at=event.time,
             reason=text[:500],
+            outcome=outcome,
         ),
     )

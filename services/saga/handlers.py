@@ -28,7 +28,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from libs.errors import InvalidAmountError
+from libs.errors import InvalidAmountError, InvalidEventError
 from libs.messaging.consume import Subscription, Tx
 from libs.money import currency_exponent
 from schemas import topics
@@ -115,12 +115,23 @@ def to_input(event: Envelope[Any]) -> tuple[str, domain.Input] | None:
                     dispute_id=data.payment_id, amount_minor=amount, at=data.at
                 )
             case "payment.dispute_closed":
-                # payments says the outcome only in its reason ("dispute … on INV-… won|lost")
-                won = data.reason.rstrip().endswith(" won")
+                outcome = data.outcome or _outcome_in_reason(data.reason)
+                if outcome is None:  # never guess a loss (it compensates): a dead letter with the reason
+                    raise InvalidEventError(
+                        f"payment.dispute_closed of {data.payment_id} says neither won nor lost "
+                        f"(no outcome; reason {data.reason[:80]!r})"
+                    )
                 return data.invoice_number, domain.DisputeClosed(
-                    dispute_id=data.payment_id, won=won, amount_minor=amount, at=data.at
+                    dispute_id=data.payment_id, won=outcome == "won", amount_minor=amount, at=data.at
                 )
     return None
+
+
+def _outcome_in_reason(reason: str) -> str | None:
+    """How a dispute ended, from a ``payment.dispute_closed`` sent before ``outcome`` existed: payments
+    ended its reason with the outcome (``dispute … on INV-… won|lost``)."""
+    words = reason.split()
+    return words[-1] if words and words[-1] in ("won", "lost") else None
 
 
 PAYOUT_STEPS = frozenset({"payout.sent", "payout.completed", "payout.returned", "payout.rejected"})

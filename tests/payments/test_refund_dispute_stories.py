@@ -325,6 +325,8 @@ async def test_refunds_disputes_receipts_and_operator_commands(stack: Stack) -> 
     assert types.count("payment.refunded") == 3, "the card refund, the one paid over the bank, the processor's"
     assert types.count("payment.disputed") == 1
     assert types.count("payment.dispute_closed") == 1
+    [closed] = [e["data"] for e in events if e["type"] == "payment.dispute_closed"]
+    assert closed["outcome"] == "lost"  # said in a field of its own: the saga compensates on it
     assert report.ok, report
     # The processor took 80.00 and a 15.00 fee; the loss and the fee are the platform's.
     assert ledger[chart.dispute_losses("USD").code] == minor_to_ledger(8000 + 1500, "USD")

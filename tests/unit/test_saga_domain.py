@@ -327,3 +327,37 @@ def test_every_cycle_with_an_invoice_ends_once_time_runs_far_enough(subset: list
     if not any(step.startswith("dispute") and step.endswith("open") for step in s.steps):  # no deadline yet
         assert s.terminal, s
         assert s.reason
+
+
+def test_a_closed_dispute_is_lost_or_won_by_its_outcome_never_by_a_guess() -> None:
+    """``payment.dispute_closed`` says its outcome in ``outcome``; one sent before that field existed says it at
+    the end of its reason; one that says neither is a dead letter (a guessed "lost" would compensate)."""
+    import pytest
+
+    from libs.errors import InvalidEventError
+    from libs.messaging.envelope import decode_data, decode_raw
+    from schemas.events import PaymentEvent
+    from services.saga.handlers import to_input
+    from tests.fleet import event_bytes
+
+    def closed(reason: str, outcome: str | None) -> object:
+        data = PaymentEvent(
+            payment_id="dp_1",
+            renter_id="rnt-1",
+            currency="USD",
+            amount="80.00",
+            invoice_number="INV-2026-000001",
+            at=datetime(2026, 2, 20, tzinfo=UTC),
+            reason=reason,
+            outcome=outcome,
+        )
+        raw = decode_raw(event_bytes("payment.dispute_closed", data, id=f"e-{len(reason)}-{outcome}", time=data.at))
+        return to_input(decode_data(raw, PaymentEvent))
+
+    number, fact = closed("dispute dp_1 on INV-2026-000001 closed", "won")
+    assert (number, fact.won, fact.amount_minor) == ("INV-2026-000001", True, 8000)
+    assert closed("dispute dp_1 on INV-2026-000001 closed", "lost")[1].won is False
+    assert closed("dispute dp_1 on INV-2026-000001 won", None)[1].won is True  # before the field
+    assert closed("dispute dp_1 on INV-2026-000001 lost", None)[1].won is False
+    with pytest.raises(InvalidEventError, match="neither won nor lost"):
+        closed("dispute dp_1 on INV-2026-000001 closed by the network", None)
