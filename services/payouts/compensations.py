@@ -129,7 +129,8 @@ async def _hold(
             order by revision desc limit 1""",
         invoice["invoice_id"],
     )
-    released_at = latest["as_of"] if latest is not None and latest["remaining_minor"] <= 0 else None
+    # already paid (the status came first): released from the hold's own time — it never holds anything
+    released_at = max(at, latest["as_of"]) if latest is not None and latest["remaining_minor"] <= 0 else None
     await conn.execute(
         """insert into payouts.earnings_holds (invoice_id, number, contract_id, period_start, held_at, released_at,
                request_id) values ($1, $2, $3, $4, $5, $6, $7) on conflict (invoice_id) do nothing""",
@@ -312,15 +313,18 @@ async def on_request(tx: Tx, event: Envelope[Any]) -> None:
     log.info("compensation answered", kind=kind, ref=ref, attempt=data.attempt, outcome=outcome, reason=reason)
 
 
-async def on_payment_status(conn: asyncpg.Connection, invoice_id: str, remaining_minor: int, as_of: datetime) -> None:
-    """A payment status with nothing remaining releases the invoice's saga hold (from its ``as_of``)."""
-    if remaining_minor > 0:
-        return
+async def on_payment_status(conn: asyncpg.Connection, invoice_id: str) -> None:
+    """Release the invoice's saga hold once its latest status (the highest revision payouts has) has nothing
+    remaining: from that status's ``as_of``, or from the hold's own time when the money counts from before
+    it — whichever order the hold and the status arrived in. (It released only a status dated after the
+    hold, so money dated before a hold that payouts learnt of after it left the earnings held for good:
+    found by ``settle sagas verify`` on a second demo run.)"""
     await conn.execute(
-        """update payouts.earnings_holds set released_at = least(coalesce(released_at, $2), $2)
-            where invoice_id = $1 and held_at <= $2""",
+        """update payouts.earnings_holds h set released_at = greatest(h.held_at, s.as_of)
+             from (select remaining_minor, as_of from payouts.invoice_status where invoice_id = $1
+                    order by revision desc limit 1) s
+            where h.invoice_id = $1 and h.released_at is null and s.remaining_minor <= 0""",
         invoice_id,
-        as_of,
     )
 
 

@@ -98,9 +98,7 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
                 data.as_of,
                 paid_marks.get(partition),
             )
-            await compensations.on_payment_status(
-                conn, data.invoice_id, to_minor(data.amount_remaining, data.currency), data.as_of
-            )
+            await compensations.on_payment_status(conn, data.invoice_id)
         elif isinstance(data, Watermark) and data.source == "payments":
             if paid_marks is None:
                 paid_marks = await store.payment_marks(conn)

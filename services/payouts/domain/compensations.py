@@ -27,8 +27,8 @@ from libs.money import round_half_even
 
 @dataclass(frozen=True)
 class SagaHold:
-    """``hold_earnings`` applied to an invoice: held from ``held_at``; ``released_at`` is the ``as_of`` of
-    the first payment status with nothing remaining after it (None: still unpaid)."""
+    """``hold_earnings`` applied to an invoice: held from ``held_at``; ``released_at`` is the later of
+    ``held_at`` and the ``as_of`` of the latest payment status once it has nothing remaining (None: unpaid)."""
 
     held_at: datetime
     released_at: datetime | None
