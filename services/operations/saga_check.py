@@ -38,8 +38,8 @@ from typing import Any
 import asyncpg
 
 from domain.contracts import chart
-from libs.ids import derive_id
 from libs.money import format_minor, minor_to_ledger
+from services.payments import processor_events
 
 SUPPLIER_SIDE = ("clawback", "reverse_supplier_share")
 
@@ -88,6 +88,19 @@ async def _entry_postings(conn: asyncpg.Connection, entry_ids: list[str]) -> dic
     return {entry: sorted(p) for entry, p in out.items()}
 
 
+async def _clawback_postings(conn: asyncpg.Connection) -> dict[str, list[tuple[str, int]]]:
+    """Every ``payout.clawback`` entry's postings, by its cause — the clawback id (the ledger's (cause, kind)
+    key, ``services.payouts.compensations.clawback_entry``)."""
+    rows = await conn.fetch(
+        """select e.cause_id, p.account, p.amount from ledger.entries e join ledger.postings p on p.entry_id = e.id
+            where e.kind = 'payout.clawback'"""
+    )
+    out: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for r in rows:
+        out[r["cause_id"]].append((r["account"], int(r["amount"])))
+    return {cause: sorted(p) for cause, p in out.items()}
+
+
 def _pair(debit_account: str, credit_account: str, units: int) -> list[tuple[str, int]]:
     """An entry's postings as the ledger keeps them (in account order): one debit, one credit."""
     return sorted([(debit_account, units), (credit_account, -units)])
@@ -114,9 +127,8 @@ async def check(conn: asyncpg.Connection) -> SagaCheck:
     payout_states = {
         r["payout_id"]: r["state"] for r in await conn.fetch("select payout_id, state from payouts.payouts")
     }
-    entry_ids = [derive_id("entry", "payout.clawback", r["clawback_id"]) for r in clawbacks.values()]
-    entry_ids += [derive_id("payments", "dispute_loss", d) for d in disputes]
-    postings = await _entry_postings(conn, entry_ids)
+    postings = await _entry_postings(conn, [processor_events.entry_id("dispute_loss", d) for d in disputes])
+    clawback_postings = await _clawback_postings(conn)
 
     for saga in sagas:
         number, state = saga["invoice_number"], saga["state"]
@@ -179,10 +191,9 @@ async def check(conn: asyncpg.Connection) -> SagaCheck:
             for line in applied[(kind, ref)]["lines"]:
                 if line["action"] != "clawed_back":
                     continue
-                _check_clawback(result, number, kind, ref, line, clawbacks, postings)
+                _check_clawback(result, number, kind, ref, line, clawbacks, clawback_postings)
 
-    _check_traced(result, comps, clawbacks)
-    await _check_no_stray_entries(conn, result, clawbacks)
+    _check_traced(result, comps, clawbacks, clawback_postings)
     return result
 
 
@@ -201,7 +212,7 @@ def _check_reverse_revenue(
         state = None if dispute is None else dispute["state"]
         result.violations.append(Violation(number, "dispute_not_lost", f"payments has dispute {ref} as {state}"))
         return
-    entry = derive_id("payments", "dispute_loss", ref)
+    entry = processor_events.entry_id("dispute_loss", ref)
     units = minor_to_ledger(dispute["amount_minor"], dispute["currency"])
     expected = _pair(
         chart.dispute_losses(dispute["currency"]).code,
@@ -233,16 +244,14 @@ def _check_clawback(
     units = minor_to_ledger(row["amount_minor"], currency)
     source = chart.dispute_losses(currency) if kind == "reverse_supplier_share" else chart.supplier_clawbacks(currency)
     expected = _pair(chart.supplier_clawbacks_receivable(currency).code, source.code, units)
-    entry = derive_id("entry", "payout.clawback", row["clawback_id"])
-    if postings.get(entry) != expected or Decimal(str(line["amount"])) != Decimal(
-        format_minor(row["amount_minor"], currency)
-    ):
+    posted = postings.get(row["clawback_id"])  # by the entry's cause: the clawback
+    if posted != expected or Decimal(str(line["amount"])) != Decimal(format_minor(row["amount_minor"], currency)):
         result.violations.append(
             Violation(
                 number,
                 "clawback_not_posted",
                 f"{kind} {ref} of {supplier}: answered {line['amount']} {currency}, row {row['amount_minor']} minor, "
-                f"ledger entry {entry} has {postings.get(entry)}",
+                f"its ledger entry has {posted}",
             )
         )
 
@@ -251,6 +260,7 @@ def _check_traced(
     result: SagaCheck,
     comps: dict[str, list[asyncpg.Record]],
     clawbacks: dict[tuple[str, str, str], asyncpg.Record],
+    clawback_postings: dict[str, list[tuple[str, int]]],
 ) -> None:
     asked = {(c["kind"], c["ref"]) for rows in comps.values() for c in rows}
     for (supplier, kind, ref), row in sorted(clawbacks.items()):
@@ -258,14 +268,8 @@ def _check_traced(
             result.violations.append(
                 Violation("", "clawback_without_saga", f"{kind} {ref} of {supplier} ({row['amount_minor']} minor)")
             )
-
-
-async def _check_no_stray_entries(
-    conn: asyncpg.Connection, result: SagaCheck, clawbacks: dict[tuple[str, str, str], asyncpg.Record]
-) -> None:
-    known = {derive_id("entry", "payout.clawback", r["clawback_id"]) for r in clawbacks.values()}
-    for r in await conn.fetch("select id, cause_id from ledger.entries where kind = 'payout.clawback'"):
-        if r["id"] not in known:
-            result.violations.append(
-                Violation("", "clawback_entry_without_clawback", f"ledger entry {r['id']} (cause {r['cause_id']})")
-            )
+    known = {r["clawback_id"] for r in clawbacks.values()}
+    for cause in sorted(set(clawback_postings) - known):
+        result.violations.append(
+            Violation("", "clawback_entry_without_clawback", f"a payout.clawback ledger entry caused by {cause}")
+        )

@@ -184,11 +184,17 @@ async def _money_out(tx: Tx, kind: str, ref: str, charge: Any, amount_minor: int
     )
 
 
+def entry_id(kind: str, entry_key: str) -> str:
+    """The ledger entry a processor event posts (``dispute_loss`` of a dispute id, …): derived, so a check
+    can find it (``settle sagas verify``)."""
+    return derive_id("payments", kind, entry_key)
+
+
 def _post(tx: Tx, entry_key: str, kind: str, event: Envelope[Any], text: str, debit_code: str, credit_code: str,
           amount_minor: int, currency: str) -> None:  # fmt: skip
     units = minor_to_ledger(amount_minor, currency)
     entry = build_entry(
-        id=derive_id("payments", kind, entry_key),
+        id=entry_id(kind, entry_key),
         cause_id=event.id,
         kind=f"payments.{kind}",
         occurred_at=event.time,
