@@ -44,6 +44,7 @@ from services.reconcile.domain.matching import (
     PROCESSOR_PAYOUT,
     Counterpart,
     Direction,
+    Match,
     Record,
     normalize_references,
     reference_tokens,
@@ -53,9 +54,10 @@ LEDGER_EXTRA_FACTOR = 1_000_000
 """Ledger units per minor unit (``libs.money``: the ledger keeps six more digits)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BankEntry:
-    """A bank line as stored (``reconcile.bank_lines``): the rails' ``BankLine`` plus its identity."""
+    """A bank line as stored (``reconcile.bank_lines``): the rails' ``BankLine`` plus its identity. Not
+    frozen, for speed, like :class:`~services.reconcile.domain.matching.Record`."""
 
     line_hash: str
     file_id: str
@@ -128,9 +130,10 @@ def processor_record(line: ProcessorLine) -> Record | None:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LedgerPosting:
-    """One posting on a reconciled account with its entry's identity (``ledger_source`` reads them)."""
+    """One posting on a reconciled account with its entry's identity (``ledger_source`` reads them). Not
+    frozen, for speed, like :class:`~services.reconcile.domain.matching.Record`."""
 
     entry_id: str
     cause_id: str
@@ -271,19 +274,26 @@ class PayoutConfirmation:
     bank_record: str
 
 
-def payout_confirmations(matches: Iterable[object]) -> list[PayoutConfirmation]:
+def payout_confirmations(matches: Iterable[Match]) -> list[PayoutConfirmation]:
     """From the bank-leg matches of a run: every netted payout record (``payout:<key>:<account>``, money
-    out) matched with a booked bank line. Sorted; one per key."""
+    out) matched with a booked bank line (the first by its id when several). Sorted; one per key."""
     found: dict[str, PayoutConfirmation] = {}
     for match in matches:
-        records = getattr(match, "records", ())
-        bank = sorted((r for r in records if r.source == "bank"), key=lambda r: r.source_id)
+        if match.leg != "bank":
+            continue
+        payouts = [
+            r
+            for r in match.records
+            if r.source == "ledger" and r.direction == "out" and r.source_id.startswith("payout:")
+        ]
+        if not payouts:
+            continue
+        bank = [r for r in match.records if r.source == "bank"]
         if not bank:
             continue
-        for r in records:
-            if r.source == "ledger" and r.source_id.startswith("payout:") and r.direction == "out":
-                key = r.source_id.split(":", 2)[1]
-                found.setdefault(
-                    key, PayoutConfirmation(key, r.amount_minor, r.currency, bank[0].on, bank[0].source_id)
-                )
+        line = bank[0] if len(bank) == 1 else min(bank, key=lambda r: r.source_id)
+        for r in payouts:
+            key = r.source_id.split(":", 2)[1]
+            if key not in found:
+                found[key] = PayoutConfirmation(key, r.amount_minor, r.currency, line.on, line.source_id)
     return [found[k] for k in sorted(found)]
