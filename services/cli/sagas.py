@@ -72,7 +72,7 @@ async def sagas_show(
     """One saga (JSON): each step and transition with the event behind it, what it waits for, its
     compensations (kind, state, attempts) and the operator commands applied to it."""
     async with read_only() as ctx, ctx.pool.acquire() as conn:
-        detail = await read_model.saga_detail(conn, saga)
+        detail = await read_model.saga_detail(conn, saga, policy_of(get_settings()))
     if detail is None:
         raise ConfigurationError(f"no saga {saga}")
     print(json.dumps(detail, ensure_ascii=False, indent=2, default=str))

@@ -59,7 +59,7 @@ from schemas.events import (
     PayoutSettlementsConfirmed,
 )
 from services.payouts import config as payouts_config
-from services.payouts import entries, metrics, planner
+from services.payouts import entries, metrics, planner, store
 from services.payouts.domain.dispatch import (
     FailedAttempt,
     file_identity,
@@ -134,21 +134,6 @@ async def _latest_payee(conn: asyncpg.Connection, supplier_id: str, at: datetime
         at,
     )
     return row
-
-
-async def invoices_of(conn: asyncpg.Connection, payout: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """The renter invoices whose earnings this payout pays (ids, numbers): the per-invoice earnings of its
-    months."""
-    rows = await conn.fetch(
-        """select distinct i.invoice_id, i.number from payouts.invoice_earnings e
-             join payouts.invoices i on i.contract_id = e.contract_id and i.period_start = e.period_start
-            where e.supplier_id = $1 and e.currency = $2 and e.month = any ($3::text[])
-            order by 1""",
-        payout["supplier_id"],
-        payout["currency"],
-        list(payout["months"]),
-    )
-    return [r["invoice_id"] for r in rows], [r["number"] for r in rows]
 
 
 async def _failed_attempts(conn: asyncpg.Connection, payout_id: str) -> list[FailedAttempt]:
@@ -438,7 +423,7 @@ async def mark_submitted(conn: asyncpg.Connection, file_id: str, path: str) -> b
             time=row["tick"],
             cause=None,
             event_id=derive_id("event", "payout.sent", item["payout_id"], item["attempt"]),
-            data=_event(payout, "sent", await invoices_of(conn, payout), file_id=file_id),
+            data=_event(payout, "sent", await store.payout_invoices(conn, payout), file_id=file_id),
             correlation_id=item["payout_id"],
         )
     await write_outbox(conn, emitter.drain())
@@ -566,7 +551,7 @@ async def _outcome(
         time=at,
         cause=cause,
         event_id=derive_id("event", event_type, item["payout_id"], item["attempt"]),
-        data=_event(payout, outcome, await invoices_of(conn, payout), file_id=item["file_id"], code=code),
+        data=_event(payout, outcome, await store.payout_invoices(conn, payout), file_id=item["file_id"], code=code),
         correlation_id=item["payout_id"],
     )
     await _settle_file_if_done(conn, item["file_id"])

@@ -55,6 +55,13 @@ def row_of(plan: Plan, at: datetime) -> dict[str, Any]:
     }
 
 
+async def announced(conn: asyncpg.Connection, row: dict[str, Any]) -> PayoutEvent:
+    """A plan's ``payouts.v1`` event with the invoices whose earnings it pays (the saga of each learns
+    that the supplier is owed a payout, sent or not)."""
+    ids, numbers = await store.payout_invoices(conn, row)
+    return event_of(row).model_copy(update={"invoices": ids, "invoice_numbers": numbers})
+
+
 def event_of(row: dict[str, Any] | asyncpg.Record) -> PayoutEvent:
     payout_currency = row["payout_currency"]
     payout_minor = row["payout_amount_minor"]
@@ -120,7 +127,7 @@ async def plan_at(tx: Tx, at: datetime, *, cause: Envelope[Any] | None) -> int:
                 time=at,
                 cause=cause,
                 event_id=derive_id("event", "payout.waiting", plan.payout_id, plan.reason, plan.amount_minor, at),
-                data=event_of(row),
+                data=await announced(conn, row),
                 correlation_id=plan.payout_id,
             )
             continue
@@ -149,7 +156,7 @@ async def plan_at(tx: Tx, at: datetime, *, cause: Envelope[Any] | None) -> int:
             time=at,
             cause=cause,
             event_id=derive_id("event", kind, plan.payout_id),
-            data=event_of(row),
+            data=await announced(conn, row),
             correlation_id=plan.payout_id,
         )
         planned += 1

@@ -3,7 +3,7 @@ planning reads of them. Every function runs in the caller's transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -431,3 +431,19 @@ async def payee_masked(conn: asyncpg.Connection, event_id: str | None) -> str | 
         return None
     value: str | None = await conn.fetchval("select account_masked from payouts.payees where event_id = $1", event_id)
     return value
+
+
+async def payout_invoices(conn: asyncpg.Connection, payout: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The renter invoices whose earnings a payout (or a waiting plan) pays, as (ids, numbers): the
+    per-invoice earnings of its supplier, statement currency and months. The saga follows each invoice's
+    cycle by them (``payout.planned|held|waiting|sent|completed|returned|rejected``)."""
+    rows = await conn.fetch(
+        """select distinct i.invoice_id, i.number from payouts.invoice_earnings e
+             join payouts.invoices i on i.contract_id = e.contract_id and i.period_start = e.period_start
+            where e.supplier_id = $1 and e.currency = $2 and e.month = any ($3::text[])
+            order by 1""",
+        payout["supplier_id"],
+        payout["currency"],
+        list(payout["months"]),
+    )
+    return [r["invoice_id"] for r in rows], [r["number"] for r in rows]

@@ -180,6 +180,16 @@ class PayoutReturned(Fact):
     at: datetime
 
 
+class PayoutOwed(Fact):
+    """Payouts planned the supplier's earnings of the invoice (``payout.planned|held|waiting`` naming the
+    invoice): a payout to this supplier is owed, sent or not — so the cycle knows every supplier it waits
+    for, even one whose payout is never sent (below its minimum, no payee, on hold, no FX rate)."""
+
+    kind: Literal["payout_owed"] = "payout_owed"
+    supplier_id: str = Field(min_length=1)
+    at: datetime
+
+
 class PayeeUpdated(Fact):
     kind: Literal["payee_updated"] = "payee_updated"
     at: datetime
@@ -225,6 +235,7 @@ Input = (
     | PayoutSent
     | PayoutSettled
     | PayoutReturned
+    | PayoutOwed
     | PayeeUpdated
     | Tick
     | CompensationResult
@@ -258,6 +269,8 @@ class Facts(BaseModel):
     payout_suppliers: dict[str, str] = {}
     """payout attempt → its supplier (when the event named one): the cycle is paid out once every
     supplier's latest payout settled."""
+    payouts_owed: dict[str, datetime] = {}
+    """supplier → the earliest planning that owed it a payout of this invoice's earnings."""
     payee_updated_at: datetime | None = None
     now: datetime | None = None
     """Event time: the latest tick (or event) seen."""
@@ -342,6 +355,11 @@ def apply(facts: Facts, event: Input) -> Facts:
             returned = _add(facts.payouts_returned, event.payout_id, event.at)
             suppliers = _supplier(facts, event.payout_id, event.supplier_id)
             return facts.model_copy(update={"payouts_returned": returned, "payout_suppliers": suppliers})
+        case PayoutOwed():
+            owed_at = _min(facts.payouts_owed.get(event.supplier_id), event.at)
+            if facts.payouts_owed.get(event.supplier_id) == owed_at:
+                return facts
+            return facts.model_copy(update={"payouts_owed": {**facts.payouts_owed, event.supplier_id: owed_at}})
         case PayeeUpdated():
             return facts.model_copy(update={"payee_updated_at": _max(facts.payee_updated_at, event.at)})
         case Tick():
@@ -538,9 +556,9 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
     An invoice's earnings may go to several suppliers, each paid by its own payout: each supplier's
     payouts are followed on their own (a payout whose event names no supplier is one supplier), and the
     cycle waits for the one furthest behind — a payout returned before one in flight before one to
-    (re)send. A supplier whose payout was never sent at all is not known here: with others settled, the
-    cycle completes (README, saga gaps)."""
-    suppliers: dict[str, list[str]] = {}
+    (re)send. A supplier payouts owes (:class:`PayoutOwed`) but never sent to is one to send: with the
+    others settled, the cycle waits for it (and asks, then needs an operator, past the payout deadline)."""
+    suppliers: dict[str, list[str]] = {supplier: [] for supplier in facts.payouts_owed}
     for pid in {*facts.payouts_sent, *facts.payouts_settled, *facts.payouts_returned}:
         suppliers.setdefault(facts.payout_suppliers.get(pid, ""), []).append(pid)
     released = facts.paid_at or (facts.invoice.issued_at if facts.invoice else None)

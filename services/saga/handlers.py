@@ -15,9 +15,12 @@
   whose invoice the payout's earnings come from (``invoice_numbers``); one attempt of a payout is
   ``payout_id@file_id`` (a retry after a return goes out in another file). Followed when
   ``SETTLE_SAGA_FOLLOW_PAYOUTS`` is on.
+* ``payout.planned|held|waiting`` (payouts, on ``payouts.v1``, with the same ``invoice_numbers``): the
+  supplier is owed a payout of the invoice's earnings (``PayoutOwed``), so a cycle whose earnings go to
+  several suppliers waits for each, even one whose payout is never sent. A waiting plan with reason
+  ``nothing_payable`` owes nothing.
 
-The other ``payouts.v1`` events (planned, held, released, waiting, clawback) are not read: a payout is
-a step once it left.
+The other ``payouts.v1`` events (released, clawback) are not read.
 """
 
 from __future__ import annotations
@@ -135,12 +138,20 @@ def _outcome_in_reason(reason: str) -> str | None:
 
 
 PAYOUT_STEPS = frozenset({"payout.sent", "payout.completed", "payout.returned", "payout.rejected"})
+PAYOUT_PLANS = frozenset({"payout.planned", "payout.held", "payout.waiting"})
+NOTHING_OWED = frozenset({"nothing_payable"})
+"""A waiting plan with this reason owes nothing (the months' net is not positive): no payout will come."""
 
 
 def payout_inputs(event: Envelope[Any]) -> list[tuple[str, domain.Input]]:
     """The payout step for the saga of every invoice the payout pays (a saga not started yet keeps it,
     like any fact that arrives before its invoice)."""
     data: PayoutEvent = event.data
+    if event.type in PAYOUT_PLANS:
+        if data.reason in NOTHING_OWED:
+            return []
+        owed = domain.PayoutOwed(supplier_id=data.supplier_id, at=event.time)
+        return [(number, owed) for number in sorted(set(data.invoice_numbers))]
     if event.type not in PAYOUT_STEPS:
         return []
     attempt = f"{data.payout_id}@{data.file_id or '-'}"

@@ -29,8 +29,12 @@ async def sagas(conn: asyncpg.Connection, *, stuck: bool = False, state: str | N
     return [dict(r) for r in rows]
 
 
-async def saga_detail(conn: asyncpg.Connection, saga: str) -> dict[str, Any] | None:
-    """By saga id or invoice number: the saga, every step with the event behind it, its compensations."""
+async def saga_detail(
+    conn: asyncpg.Connection, saga: str, policy: domain.Policy | None = None
+) -> dict[str, Any] | None:
+    """By saga id or invoice number: the saga, every step with the event behind it, its compensations.
+    ``steps`` are the saga's facts evaluated under ``policy`` — the worker's (``settle sagas show`` reads
+    it from the settings, so payout steps show when payouts are followed); the default policy otherwise."""
     row = await conn.fetchrow("select * from saga.sagas where saga_id = $1 or invoice_number = $1", saga)
     if row is None:
         return None
@@ -55,5 +59,5 @@ async def saga_detail(conn: asyncpg.Connection, saga: str) -> dict[str, Any] | N
         dict(r)
         for r in await conn.fetch("select * from saga.operator_commands where saga_id = $1 order by at", row["saga_id"])
     ]
-    detail["steps"] = list(domain.evaluate(domain.Facts.model_validate(row["facts"]), domain.Policy()).steps)
+    detail["steps"] = list(domain.evaluate(domain.Facts.model_validate(row["facts"]), policy or domain.Policy()).steps)
     return detail

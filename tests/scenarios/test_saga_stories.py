@@ -59,6 +59,11 @@ async def _sagas(stack: Stack) -> dict[str, dict[str, Any]]:
         return {r["invoice_number"]: r for r in await read_model.sagas(conn)}
 
 
+async def _state_is(stack: Stack, number: str, state: str, *, inquiry: bool = False) -> bool:
+    saga = (await _sagas(stack)).get(number, {})
+    return saga.get("state") == state and (not inquiry or bool(saga.get("inquiry")))
+
+
 async def _requests(stack: Stack) -> list[dict[str, Any]]:
     records = [orjson.loads(r.value) for r in await read_topic(stack, topics.SAGAS, timeout_s=10)]
     return [r["data"] for r in records if r["type"] == "saga.compensation_requested"]
@@ -359,11 +364,23 @@ async def test_refund_clawback_lost_dispute_per_policy_and_an_operator_retry(sta
     assert detail["operator_commands"][0]["requested_by"] == "ops@settle"
 
 
-def _payout(type: str, payout_id: str, numbers: list[str], file_id: str, at: datetime, code: str = "") -> bytes:
-    state = {"payout.sent": "sent", "payout.completed": "completed"}.get(type, type.removeprefix("payout."))
+def _payout(
+    type: str,
+    payout_id: str,
+    numbers: list[str],
+    file_id: str | None,
+    at: datetime,
+    code: str = "",
+    *,
+    supplier: str = "sup-1",
+    reason: str | None = None,
+) -> bytes:
+    state = {"payout.sent": "sent", "payout.completed": "completed", "payout.waiting": None}.get(
+        type, type.removeprefix("payout.")
+    )
     data = PayoutEvent(
         payout_id=payout_id,
-        supplier_id="sup-1",
+        supplier_id=supplier,
         currency="USD",
         months=["2026-01"],
         amount=Decimal("60.00"),
@@ -372,6 +389,7 @@ def _payout(type: str, payout_id: str, numbers: list[str], file_id: str, at: dat
         rail="ach",
         payee_event_id="payee-1",
         state=state,  # type: ignore[arg-type]
+        reason=reason,  # type: ignore[arg-type]
         held_minor=0,
         planned_at=at,
         file_id=file_id,
@@ -437,3 +455,60 @@ async def test_a_followed_payout_returned_then_resent_and_settled_completes_the_
         ("payout_sent", "payout.sent"),
         ("completed", "payout.completed"),
     ], moves
+
+
+async def test_a_followed_cycle_waits_for_a_supplier_whose_payout_is_never_sent(stack: Stack) -> None:
+    """Two suppliers earn on one invoice. Payouts plans sup-1's payout and keeps sup-2's waiting below its
+    minimum; both plans name the invoice. sup-1's payout settles: the cycle does not complete — it waits
+    for sup-2's payout, asks past the payout deadline (45 days of event time after the earnings were
+    released), then needs an operator. Every event twice: no effect."""
+    policy = domain.Policy(follow_payouts=True)
+    saga = Service(name="saga", subscriptions=(subscription(policy),))
+    start, end = FEB - timedelta(days=31), FEB
+    inv = invoice("INV-2026-000301", "ctr-q", "rnt-q", due="100.00", start=start, end=end)
+    plan_at = DUE + timedelta(days=1)
+    events = [
+        (topics.INVOICES_FINALIZED, "ctr-q", event_bytes("invoice.finalized", inv, id="i-301", time=end)),
+        (topics.INVOICE_PAYMENTS, "ctr-q", _status(inv.number, "ctr-q", "rnt-q", 2, "paid", "100.00", DUE)),
+        (topics.PAYOUTS, "sup-1", _payout("payout.planned", "po-q1", [inv.number], None, plan_at)),
+        (
+            topics.PAYOUTS,
+            "sup-2",
+            _payout("payout.waiting", "po-q2", [inv.number], None, plan_at, supplier="sup-2", reason="below_minimum"),
+        ),
+        (topics.PAYOUTS, "sup-1", _payout("payout.sent", "po-q1", [inv.number], "file-q", plan_at)),
+        (
+            topics.PAYOUTS,
+            "sup-1",
+            _payout("payout.completed", "po-q1", [inv.number], "file-q", plan_at + timedelta(days=2)),
+        ),
+    ]
+
+    async def saga_of() -> dict[str, Any]:
+        return (await _sagas(stack)).get(inv.number, {})
+
+    async def sup_1_settled() -> bool:
+        async with stack.pool.acquire() as conn:
+            shown = await read_model.saga_detail(conn, inv.number, policy)
+        return shown is not None and "payouts settled for 1 of 2 suppliers" in shown["steps"]
+
+    async with running(stack, [saga]):
+        await publish(stack, events)
+        await publish(stack, events)
+        await wait_until(sup_1_settled, timeout_s=60, what="sup-1's payout settled")
+        assert (await saga_of())["state"] == "awaiting_payout", "sup-2 is still owed its payout"
+        await publish(stack, [tick(DUE + timedelta(days=45, hours=1))])
+        await wait_until(
+            lambda: _state_is(stack, inv.number, "awaiting_payout", inquiry=True), timeout_s=60, what="asked"
+        )
+        await publish(stack, [tick(DUE + timedelta(days=46, hours=1))] * 2)
+        await wait_until(
+            lambda: _state_is(stack, inv.number, "needs_operator"), timeout_s=60, what="handed to an operator"
+        )
+        async with stack.pool.acquire() as conn:
+            shown = await read_model.saga_detail(conn, inv.number)
+    assert shown is not None
+    assert shown["reason"] == "payout did not answer by its deadline, even after an inquiry"
+    moves = [(t["to_state"], t["event_type"]) for t in shown["transitions"]]
+    assert ("completed", "payout.completed") not in moves, moves
+    assert moves[-1] == ("needs_operator", "clock.ticked"), moves

@@ -255,6 +255,35 @@ def test_an_invoice_paying_two_suppliers_completes_when_both_payouts_settled() -
     assert run(list(reversed(everything)), policy)[0].state == "completed", "facts merge in any order"
 
 
+def test_a_supplier_owed_a_payout_that_is_never_sent_keeps_the_cycle_open() -> None:
+    """Two suppliers earn on the invoice; payouts plans both, but one stays below its minimum (a waiting
+    plan): the other's settlement does not complete the cycle, which asks, then needs an operator past the
+    payout deadline — or completes once the late payout settles. A plan owing nothing changes nothing."""
+    policy = d.Policy(follow_payouts=True)
+    base: list[d.Input] = [invoice(), status(2, "paid", 10_000, DUE)]
+    day = DUE + timedelta(days=20)
+    owed = [d.PayoutOwed(supplier_id="sup-a", at=day), d.PayoutOwed(supplier_id="sup-b", at=day)]
+    a_sent = d.PayoutSent(payout_id="po_a@f1", supplier_id="sup-a", at=day)
+    a_settled = d.PayoutSettled(payout_id="po_a@f1", supplier_id="sup-a", at=day + timedelta(days=2))
+    s = run([*base, *owed, a_sent, a_settled], policy)[0]
+    assert (s.state, s.waits_for) == ("awaiting_payout", "payout sent")
+    assert "payouts settled for 1 of 2 suppliers" in s.steps
+    without_b = run([*base, owed[0], a_sent, a_settled], policy)[0]
+    assert without_b.state == "completed", "a supplier payouts never named is not waited for"
+    late = [*base, *owed, a_sent, a_settled, d.Tick(at=DUE + timedelta(days=45))]
+    assert run(late, policy)[0].inquiry == "payout"
+    s = run([*late, d.Tick(at=DUE + timedelta(days=46))], policy)[0]
+    assert s.state == "needs_operator" and "payout" in s.reason
+    b_sent = d.PayoutSent(payout_id="po_b@f2", supplier_id="sup-b", at=day + timedelta(days=31))
+    b_settled = d.PayoutSettled(payout_id="po_b@f2", supplier_id="sup-b", at=day + timedelta(days=33))
+    everything = [*base, *owed, a_sent, a_settled, b_sent, b_settled]
+    s = run(everything, policy)[0]
+    assert (s.state, s.reason) == ("completed", "paid and settled at the bank")
+    assert run(list(reversed([*everything, *owed])), policy)[0].state == "completed", "any order, repeated"
+    off = run([*base, *owed, a_sent, a_settled], d.Policy(follow_payouts=False))[0]
+    assert off.state == "completed", "payouts not followed: released is the end"
+
+
 def test_a_payout_that_never_comes_is_asked_about_then_needs_an_operator() -> None:
     policy = d.Policy(follow_payouts=True)
     base: list[d.Input] = [invoice(), status(2, "paid", 10_000, DUE)]
@@ -286,6 +315,8 @@ _EVENTS: list[d.Input] = [
     d.PayoutReturned(payout_id="po_1", reason="closed", at=DUE + timedelta(days=22)),
     d.PayeeUpdated(at=DUE + timedelta(days=23)),
     d.PayoutSettled(payout_id="po_2", at=DUE + timedelta(days=30)),
+    d.PayoutOwed(supplier_id="sup-b", at=DUE + timedelta(days=19)),
+    d.PayoutOwed(supplier_id="sup-b", at=DUE + timedelta(days=50)),
 ]
 
 
@@ -361,3 +392,45 @@ def test_a_closed_dispute_is_lost_or_won_by_its_outcome_never_by_a_guess() -> No
     assert closed("dispute dp_1 on INV-2026-000001 lost", None)[1].won is False
     with pytest.raises(InvalidEventError, match="neither won nor lost"):
         closed("dispute dp_1 on INV-2026-000001 closed by the network", None)
+
+
+def test_payout_plans_name_the_suppliers_each_invoice_waits_for() -> None:
+    """``payout.planned|held|waiting`` with the invoices whose earnings they pay become ``PayoutOwed`` for
+    each invoice's saga; a waiting plan that owes nothing (``nothing_payable``) and a release do not."""
+    from decimal import Decimal
+
+    from libs.messaging.envelope import decode_data, decode_raw
+    from schemas.events import PayoutEvent
+    from services.saga.handlers import payout_inputs
+    from tests.fleet import event_bytes
+
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def plan(kind: str, reason: str | None) -> list[tuple[str, d.Input]]:
+        data = PayoutEvent(
+            payout_id="po-1",
+            supplier_id="sup-b",
+            currency="USD",
+            months=["2026-01"],
+            amount=Decimal("12.00"),
+            payout_currency="USD",
+            payout_amount=Decimal("12.00"),
+            rail="ach",
+            payee_event_id=None,
+            state=None if kind == "payout.waiting" else "planned",
+            reason=reason,  # type: ignore[arg-type]
+            held_minor=0,
+            planned_at=at,
+            invoices=["inv-2", "inv-1", "inv-2"],
+            invoice_numbers=["INV-2026-000002", "INV-2026-000001", "INV-2026-000002"],
+        )
+        raw = decode_raw(event_bytes(kind, data, id=f"e-{kind}-{reason}", time=at))
+        return payout_inputs(decode_data(raw, PayoutEvent))
+
+    owed = d.PayoutOwed(supplier_id="sup-b", at=at)
+    expected = [("INV-2026-000001", owed), ("INV-2026-000002", owed)]
+    assert plan("payout.waiting", "below_minimum") == expected
+    assert plan("payout.planned", None) == expected
+    assert plan("payout.held", "on_hold") == expected
+    assert plan("payout.waiting", "nothing_payable") == []
+    assert plan("payout.released", None) == []
