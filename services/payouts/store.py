@@ -434,16 +434,41 @@ async def payee_masked(conn: asyncpg.Connection, event_id: str | None) -> str | 
 
 
 async def payout_invoices(conn: asyncpg.Connection, payout: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """The renter invoices whose earnings a payout (or a waiting plan) pays, as (ids, numbers): the
-    per-invoice earnings of its supplier, statement currency and months. The saga follows each invoice's
-    cycle by them (``payout.planned|held|waiting|sent|completed|returned|rejected``)."""
+    """The renter invoices whose supplier earnings a payout (or a waiting plan) pays, as (ids, numbers);
+    the saga follows each invoice's cycle by them (``payout.planned|held|waiting|sent|completed|returned|
+    rejected``). Those are, for its supplier and statement currency:
+
+    * the invoices with earnings in its months, except one whose earnings it holds entirely (pay-when-paid
+      or a saga's hold: nothing of it released at this planning);
+    * and every invoice whose released earnings grew since the supplier's latest earlier payout — held
+      earnings released now go out in this payout, whatever month they were earned in (R15)."""
     rows = await conn.fetch(
-        """select distinct i.invoice_id, i.number from payouts.invoice_earnings e
-             join payouts.invoices i on i.contract_id = e.contract_id and i.period_start = e.period_start
-            where e.supplier_id = $1 and e.currency = $2 and e.month = any ($3::text[])
+        """with mine as (
+               select contract_id, period_start, earnings_minor, released_minor
+                 from payouts.payout_holdings where payout_id = $4),
+           before as (
+               select h.contract_id, h.period_start, max(h.released_minor) as released_minor
+                 from payouts.payout_holdings h join payouts.payouts p using (payout_id)
+                where p.supplier_id = $1 and p.currency = $2 and p.payout_id <> $4 and p.state <> 'waiting'
+                  and p.planned_at <= $5
+                group by h.contract_id, h.period_start),
+           paid as (
+               select e.contract_id, e.period_start from payouts.invoice_earnings e
+                where e.supplier_id = $1 and e.currency = $2 and e.month = any ($3::text[])
+                  and not exists (select 1 from mine m
+                                   where m.contract_id = e.contract_id and m.period_start = e.period_start
+                                     and m.released_minor = 0 and m.earnings_minor > 0)
+               union
+               select m.contract_id, m.period_start from mine m
+                 left join before b using (contract_id, period_start)
+                where m.released_minor > coalesce(b.released_minor, 0))
+           select distinct i.invoice_id, i.number from paid
+             join payouts.invoices i on i.contract_id = paid.contract_id and i.period_start = paid.period_start
             order by 1""",
         payout["supplier_id"],
         payout["currency"],
         list(payout["months"]),
+        payout["payout_id"],
+        payout["planned_at"],
     )
     return [r["invoice_id"] for r in rows], [r["number"] for r in rows]

@@ -368,6 +368,24 @@ async def test_payouts_minimum_hold_pay_when_paid_and_fx(stack: Stack) -> None:
     events = await outbox_events(stack, topics.PAYOUTS)
     kinds = sorted(e["type"] for e in events)
     assert kinds.count("payout.planned") == 4  # sup-fx, sup-pwp x2, sup-min
+    # Each plan names the renter invoices whose earnings it pays (the saga follows each cycle by them):
+    # a plan holding an invoice's earnings entirely does not name it; the payout that releases them does,
+    # whatever month they were earned in.
+    numbers = {
+        (r["contract_id"], r["period_start"].month): r["number"]
+        for r in await stack.pool.fetch("select contract_id, period_start, number from payouts.invoices")
+    }
+    named = {
+        (e["type"], e["data"]["supplier_id"], tuple(e["data"]["months"])): e["data"]["invoice_numbers"]
+        for e in events
+        if e["type"] in ("payout.planned", "payout.waiting", "payout.held")
+    }
+    jan_c = numbers[("ctr-c", 1)]
+    assert named[("payout.waiting", "sup-pwp", ("2026-01",))] == [], "all of January held: nothing paid yet"
+    assert named[("payout.planned", "sup-pwp", ("2026-01",))] == [jan_c], "24.99 of January released"
+    assert named[("payout.planned", "sup-pwp", ("2026-02",))] == [jan_c], "January's rest, not February's held"
+    assert named[("payout.waiting", "sup-min", ("2026-01",))] == [numbers[("ctr-a", 1)]]
+    assert named[("payout.held", "sup-hold", ("2026-01",))] == [numbers[("ctr-b", 1)]]
     assert kinds.count("payout.held") == 1 and kinds.count("payout.released") == 1
     # Ledger: every payout left the supplier's payable; FX gain = exact − rounded conversion.
     usd_units = 10**8
