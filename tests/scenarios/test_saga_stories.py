@@ -487,14 +487,25 @@ async def test_a_followed_cycle_waits_for_a_supplier_whose_payout_is_never_sent(
     async def saga_of() -> dict[str, Any]:
         return (await _sagas(stack)).get(inv.number, {})
 
+    async def both_plans_seen() -> bool:
+        async with stack.pool.acquire() as conn:
+            facts = await conn.fetchval("select facts from saga.sagas where invoice_number = $1", inv.number)
+        return facts is not None and set(facts.get("payouts_owed", {})) == {"sup-1", "sup-2"}
+
     async def sup_1_settled() -> bool:
         async with stack.pool.acquire() as conn:
             shown = await read_model.saga_detail(conn, inv.number, policy)
         return shown is not None and "payouts settled for 1 of 2 suppliers" in shown["steps"]
 
+    # The plans come from one planning run, days before the bank settles sup-1's payout; they are keyed by
+    # supplier (two partitions), so the story waits until both reached the saga before the payout moves.
+    plans, moves_of_sup_1 = events[:4], events[4:]
     async with running(stack, [saga]):
-        await publish(stack, events)
-        await publish(stack, events)
+        await publish(stack, plans)
+        await publish(stack, plans)
+        await wait_until(both_plans_seen, timeout_s=60, what="both suppliers' plans")
+        await publish(stack, moves_of_sup_1)
+        await publish(stack, moves_of_sup_1)
         await wait_until(sup_1_settled, timeout_s=60, what="sup-1's payout settled")
         assert (await saga_of())["state"] == "awaiting_payout", "sup-2 is still owed its payout"
         await publish(stack, [tick(DUE + timedelta(days=45, hours=1))])

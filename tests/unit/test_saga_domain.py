@@ -270,6 +270,8 @@ def test_a_supplier_owed_a_payout_that_is_never_sent_keeps_the_cycle_open() -> N
     assert "payouts settled for 1 of 2 suppliers" in s.steps
     without_b = run([*base, owed[0], a_sent, a_settled], policy)[0]
     assert without_b.state == "completed", "a supplier payouts never named is not waited for"
+    reopened = run([*base, owed[0], a_sent, a_settled, owed[1]], policy)[0]
+    assert reopened.state == "awaiting_payout", "a plan reaching the saga after it completed reopens the cycle"
     late = [*base, *owed, a_sent, a_settled, d.Tick(at=DUE + timedelta(days=45))]
     assert run(late, policy)[0].inquiry == "payout"
     s = run([*late, d.Tick(at=DUE + timedelta(days=46))], policy)[0]
