@@ -271,6 +271,9 @@ class Facts(BaseModel):
     supplier's latest payout settled."""
     payouts_owed: dict[str, datetime] = {}
     """supplier → the earliest planning that owed it a payout of this invoice's earnings."""
+    payouts_owed_last: dict[str, datetime] = {}
+    """supplier → the latest planning that owed it one: later than everything sent to the supplier, it owes
+    more than what settled (earnings released in parts)."""
     payee_updated_at: datetime | None = None
     now: datetime | None = None
     """Event time: the latest tick (or event) seen."""
@@ -356,10 +359,16 @@ def apply(facts: Facts, event: Input) -> Facts:
             suppliers = _supplier(facts, event.payout_id, event.supplier_id)
             return facts.model_copy(update={"payouts_returned": returned, "payout_suppliers": suppliers})
         case PayoutOwed():
-            owed_at = _min(facts.payouts_owed.get(event.supplier_id), event.at)
-            if facts.payouts_owed.get(event.supplier_id) == owed_at:
+            first, last = facts.payouts_owed.get(event.supplier_id), facts.payouts_owed_last.get(event.supplier_id)
+            new_first, new_last = _min(first, event.at), _max(last, event.at)
+            if (first, last) == (new_first, new_last):
                 return facts
-            return facts.model_copy(update={"payouts_owed": {**facts.payouts_owed, event.supplier_id: owed_at}})
+            return facts.model_copy(
+                update={
+                    "payouts_owed": {**facts.payouts_owed, event.supplier_id: new_first},
+                    "payouts_owed_last": {**facts.payouts_owed_last, event.supplier_id: new_last},
+                }
+            )
         case PayeeUpdated():
             return facts.model_copy(update={"payee_updated_at": _max(facts.payee_updated_at, event.at)})
         case Tick():
@@ -557,7 +566,9 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
     payouts are followed on their own (a payout whose event names no supplier is one supplier), and the
     cycle waits for the one furthest behind — a payout returned before one in flight before one to
     (re)send. A supplier payouts owes (:class:`PayoutOwed`) but never sent to is one to send: with the
-    others settled, the cycle waits for it (and asks, then needs an operator, past the payout deadline)."""
+    others settled, the cycle waits for it (and asks, then needs an operator, past the payout deadline).
+    A supplier whose payout settled is owed again when a later planning names the invoice (its earnings
+    released in parts): the cycle waits for that payout too, its deadline counted from that planning."""
     suppliers: dict[str, list[str]] = {supplier: [] for supplier in facts.payouts_owed}
     for pid in {*facts.payouts_sent, *facts.payouts_settled, *facts.payouts_returned}:
         suppliers.setdefault(facts.payout_suppliers.get(pid, ""), []).append(pid)
@@ -567,15 +578,32 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
     returned_waiting: list[datetime] = []
     in_flight: list[datetime] = []
     to_retry: list[datetime] = []
+    owed_again: list[datetime] = []
     settled = 0
-    for pids in suppliers.values():
-        if any(pid in facts.payouts_settled for pid in pids):
+    for supplier, pids in suppliers.items():
+        settled_at = max((facts.payouts_settled[p] for p in pids if p in facts.payouts_settled), default=None)
+        if _paid_out(facts, pids, settled_at, facts.payouts_owed_last.get(supplier)):
             settled += 1
             continue
-        returned_last = max((facts.payouts_returned[p] for p in pids if p in facts.payouts_returned), default=None)
+        returned_last = max(
+            (
+                at
+                for p in pids
+                if (at := facts.payouts_returned.get(p)) is not None
+                and p not in facts.payouts_settled
+                and (settled_at is None or at > settled_at)
+            ),
+            default=None,
+        )
         sent_after = [
-            facts.payouts_sent[p] for p in pids if p in facts.payouts_sent and p not in facts.payouts_returned
+            at
+            for p in pids
+            if (at := facts.payouts_sent.get(p)) is not None
+            and p not in facts.payouts_returned
+            and p not in facts.payouts_settled
         ]
+        if settled_at is not None and not sent_after and returned_last is None:
+            owed_again.append(facts.payouts_owed_last[supplier])
         if sent_after:
             in_flight.append(max(sent_after))
         elif returned_last is not None:
@@ -599,8 +627,29 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
         steps.append("payout returned: reversed, payee flagged")
         steps.append("payee details changed; payout to retry")
         released = max(to_retry)
+    if owed_again:
+        steps.append("earnings released after the last payout; payout to send")
+        released = max(released, *owed_again)
     deadline = released + timedelta(days=policy.payout_deadline_days)
     return _maybe_inquiry(now, deadline, policy, "awaiting_payout", "payout sent", "payout", steps)
+
+
+def _paid_out(facts: Facts, pids: list[str], settled_at: datetime | None, owed_last: datetime | None) -> bool:
+    """One supplier's payouts of the cycle are done: one settled, none still in flight, none returned after
+    it, and no planning owed the supplier more after everything sent to it (earnings released in parts:
+    the payout of the first part settling does not pay the second)."""
+    if settled_at is None:
+        return False
+    for p in pids:
+        if p in facts.payouts_settled:
+            continue
+        returned = facts.payouts_returned.get(p)
+        if returned is None and p in facts.payouts_sent:
+            return False  # in flight
+        if returned is not None and returned > settled_at:
+            return False
+    last_sent = max(at for p in pids if (at := facts.payouts_sent.get(p) or facts.payouts_settled.get(p)))
+    return owed_last is None or owed_last <= last_sent
 
 
 def _maybe_inquiry(

@@ -286,6 +286,39 @@ def test_a_supplier_owed_a_payout_that_is_never_sent_keeps_the_cycle_open() -> N
     assert off.state == "completed", "payouts not followed: released is the end"
 
 
+def test_earnings_released_in_parts_complete_the_cycle_only_when_the_last_part_settled() -> None:
+    """Pay-when-paid releases a supplier's earnings as the renter pays: the payout of the first part
+    settles, then a later planning names the invoice again (the rest released) — the cycle waits for that
+    payout (its deadline from that planning), and completes when it settles. A payout still in flight, or
+    one returned after the first settled, keeps it open too; a plan no later than the last send does not."""
+    policy = d.Policy(follow_payouts=True)
+    base: list[d.Input] = [invoice(), status(3, "paid", 10_000, DUE)]
+    first = DUE - timedelta(days=10)
+    part_1 = [
+        d.PayoutOwed(supplier_id="sup-a", at=first),
+        d.PayoutSent(payout_id="po_1@f1", supplier_id="sup-a", at=first),
+        d.PayoutSettled(payout_id="po_1@f1", supplier_id="sup-a", at=first + timedelta(days=2)),
+    ]
+    assert run([*base, *part_1], policy)[0].state == "completed"
+    rest = DUE + timedelta(days=1)
+    owed_rest = d.PayoutOwed(supplier_id="sup-a", at=rest)
+    s = run([*base, *part_1, owed_rest], policy)[0]
+    assert (s.state, s.waits_for) == ("awaiting_payout", "payout sent"), s
+    assert "earnings released after the last payout; payout to send" in s.steps
+    assert s.deadline == rest + timedelta(days=policy.payout_deadline_days)
+    assert run([*base, *part_1, owed_rest, d.Tick(at=rest + timedelta(days=44))], policy)[0].inquiry is None
+    sent_2 = d.PayoutSent(payout_id="po_2@f2", supplier_id="sup-a", at=rest)
+    assert run([*base, *part_1, owed_rest, sent_2], policy)[0].state == "payout_sent"
+    settled_2 = d.PayoutSettled(payout_id="po_2@f2", supplier_id="sup-a", at=rest + timedelta(days=2))
+    everything = [*base, *part_1, owed_rest, sent_2, settled_2]
+    assert run(everything, policy)[0].state == "completed"
+    assert run(list(reversed(everything)), policy)[0].state == "completed", "any order"
+    returned_2 = d.PayoutReturned(payout_id="po_2@f2", supplier_id="sup-a", reason="returned R01", at=rest)
+    assert run([*base, *part_1, owed_rest, sent_2, returned_2], policy)[0].state == "payout_returned"
+    early_plan = d.PayoutOwed(supplier_id="sup-a", at=first - timedelta(days=1))
+    assert run([*base, *part_1, early_plan], policy)[0].state == "completed", "a plan before the send owes nothing more"
+
+
 def test_a_payout_that_never_comes_is_asked_about_then_needs_an_operator() -> None:
     policy = d.Policy(follow_payouts=True)
     base: list[d.Input] = [invoice(), status(2, "paid", 10_000, DUE)]
