@@ -188,6 +188,8 @@ class PayoutOwed(Fact):
     kind: Literal["payout_owed"] = "payout_owed"
     supplier_id: str = Field(min_length=1)
     at: datetime
+    plan: str = ""
+    """What the planning said, for an operator: ``planned``, ``held: on_hold``, ``waiting: below_minimum``…"""
 
 
 class PayeeUpdated(Fact):
@@ -274,6 +276,8 @@ class Facts(BaseModel):
     payouts_owed_last: dict[str, datetime] = {}
     """supplier → the latest planning that owed it one: later than everything sent to the supplier, it owes
     more than what settled (earnings released in parts)."""
+    payout_plans: dict[str, tuple[datetime, str]] = {}
+    """supplier → the latest planning's word (the greatest (time, plan)): why a payout owed is not sent."""
     payee_updated_at: datetime | None = None
     now: datetime | None = None
     """Event time: the latest tick (or event) seen."""
@@ -361,12 +365,15 @@ def apply(facts: Facts, event: Input) -> Facts:
         case PayoutOwed():
             first, last = facts.payouts_owed.get(event.supplier_id), facts.payouts_owed_last.get(event.supplier_id)
             new_first, new_last = _min(first, event.at), _max(last, event.at)
-            if (first, last) == (new_first, new_last):
+            plan = facts.payout_plans.get(event.supplier_id)
+            new_plan = max(plan, (event.at, event.plan)) if plan is not None else (event.at, event.plan)
+            if (first, last, plan) == (new_first, new_last, new_plan):
                 return facts
             return facts.model_copy(
                 update={
                     "payouts_owed": {**facts.payouts_owed, event.supplier_id: new_first},
                     "payouts_owed_last": {**facts.payouts_owed_last, event.supplier_id: new_last},
+                    "payout_plans": {**facts.payout_plans, event.supplier_id: new_plan},
                 }
             )
         case PayeeUpdated():
@@ -579,6 +586,7 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
     in_flight: list[datetime] = []
     to_retry: list[datetime] = []
     owed_again: list[datetime] = []
+    unsent: list[str] = []
     settled = 0
     for supplier, pids in suppliers.items():
         settled_at = max((facts.payouts_settled[p] for p in pids if p in facts.payouts_settled), default=None)
@@ -604,6 +612,8 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
         ]
         if settled_at is not None and not sent_after and returned_last is None:
             owed_again.append(facts.payouts_owed_last[supplier])
+        if not sent_after and returned_last is None and supplier in facts.payout_plans:
+            unsent.append(f"{supplier}: {facts.payout_plans[supplier][1] or 'planned'}")
         if sent_after:
             in_flight.append(max(sent_after))
         elif returned_last is not None:
@@ -630,6 +640,8 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
     if owed_again:
         steps.append("earnings released after the last payout; payout to send")
         released = max(released, *owed_again)
+    if unsent:
+        steps.append(f"payouts owed, not sent ({'; '.join(sorted(unsent))})")
     deadline = released + timedelta(days=policy.payout_deadline_days)
     return _maybe_inquiry(now, deadline, policy, "awaiting_payout", "payout sent", "payout", steps)
 

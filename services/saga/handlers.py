@@ -150,7 +150,8 @@ def payout_inputs(event: Envelope[Any]) -> list[tuple[str, domain.Input]]:
     if event.type in PAYOUT_PLANS:
         if data.reason in NOTHING_OWED:
             return []
-        owed = domain.PayoutOwed(supplier_id=data.supplier_id, at=event.time)
+        plan = event.type.removeprefix("payout.") + (f": {data.reason}" if data.reason else "")
+        owed = domain.PayoutOwed(supplier_id=data.supplier_id, at=event.time, plan=plan)
         return [(number, owed) for number in sorted(set(data.invoice_numbers))]
     if event.type not in PAYOUT_STEPS:
         return []

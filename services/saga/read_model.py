@@ -33,12 +33,13 @@ async def saga_detail(
     conn: asyncpg.Connection, saga: str, policy: domain.Policy | None = None
 ) -> dict[str, Any] | None:
     """By saga id or invoice number: the saga, every step with the event behind it, its compensations.
-    ``steps`` are the saga's facts evaluated under ``policy`` — the worker's (``settle sagas show`` reads
-    it from the settings, so payout steps show when payouts are followed); the default policy otherwise."""
+    ``steps`` are those the worker stored with the saga's latest state (evaluated under the worker's
+    policy); for a saga not updated since they were stored, its facts evaluated under ``policy``
+    (``settle sagas show`` passes the settings'), else the default policy."""
     row = await conn.fetchrow("select * from saga.sagas where saga_id = $1 or invoice_number = $1", saga)
     if row is None:
         return None
-    detail = {k: v for k, v in dict(row).items() if k != "facts"}
+    detail = {k: v for k, v in dict(row).items() if k not in ("facts", "steps")}
     detail["transitions"] = [
         dict(r)
         for r in await conn.fetch(
@@ -59,5 +60,9 @@ async def saga_detail(
         dict(r)
         for r in await conn.fetch("select * from saga.operator_commands where saga_id = $1 order by at", row["saga_id"])
     ]
-    detail["steps"] = list(domain.evaluate(domain.Facts.model_validate(row["facts"]), policy or domain.Policy()).steps)
+    if row["steps"] is not None:
+        detail["steps"] = list(row["steps"])
+    else:
+        facts = domain.Facts.model_validate(row["facts"])
+        detail["steps"] = list(domain.evaluate(facts, policy or domain.Policy()).steps)
     return detail

@@ -125,7 +125,7 @@ async def advance(
     await conn.execute(
         """update saga.sagas set invoice_id = $2, contract_id = $3, renter_id = $4, currency = $5,
                period_start = $6, period_end = $7, state = $8, reason = $9, waits_for = $10, deadline = $11,
-               inquiry = $12, facts = $13, version = version + 1, started_at = $14,
+               inquiry = $12, facts = $13, version = version + 1, started_at = $14, steps = $15,
                state_since = case when state is distinct from $8 then now() else state_since end,
                updated_at = now()
            where saga_id = $1""",
@@ -143,6 +143,7 @@ async def advance(
         status.inquiry,
         facts.model_dump(mode="json"),
         inv.issued_at if inv else None,
+        list(status.steps),
     )
     return status
 

@@ -495,7 +495,11 @@ async def test_a_followed_cycle_waits_for_a_supplier_whose_payout_is_never_sent(
     async def sup_1_settled() -> bool:
         async with stack.pool.acquire() as conn:
             shown = await read_model.saga_detail(conn, inv.number, policy)
-        return shown is not None and "payouts settled for 1 of 2 suppliers" in shown["steps"]
+        return (
+            shown is not None
+            and "payouts settled for 1 of 2 suppliers" in shown["steps"]
+            and "payouts owed, not sent (sup-2: waiting: below_minimum)" in shown["steps"]
+        )
 
     # The plans come from one planning run, days before the bank settles sup-1's payout; they are keyed by
     # supplier (two partitions), so the story waits until both reached the saga before the payout moves.
@@ -520,6 +524,9 @@ async def test_a_followed_cycle_waits_for_a_supplier_whose_payout_is_never_sent(
             shown = await read_model.saga_detail(conn, inv.number)
     assert shown is not None
     assert shown["reason"] == "payout did not answer by its deadline, even after an inquiry"
+    assert "payouts owed, not sent (sup-2: waiting: below_minimum)" in shown["steps"], (
+        "the steps the worker stored, under its policy (following payouts), whatever policy the reader has"
+    )
     moves = [(t["to_state"], t["event_type"]) for t in shown["transitions"]]
     assert ("completed", "payout.completed") not in moves, moves
     assert moves[-1] == ("needs_operator", "clock.ticked"), moves

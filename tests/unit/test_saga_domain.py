@@ -268,6 +268,10 @@ def test_a_supplier_owed_a_payout_that_is_never_sent_keeps_the_cycle_open() -> N
     s = run([*base, *owed, a_sent, a_settled], policy)[0]
     assert (s.state, s.waits_for) == ("awaiting_payout", "payout sent")
     assert "payouts settled for 1 of 2 suppliers" in s.steps
+    below = d.PayoutOwed(supplier_id="sup-b", at=day + timedelta(days=1), plan="waiting: below_minimum")
+    shown = run([*base, *owed, a_sent, a_settled, below], policy)[0]
+    assert "payouts owed, not sent (sup-b: waiting: below_minimum)" in shown.steps, "the latest plan says why"
+    assert run([*base, below, *owed, a_sent, a_settled], policy)[0].steps == shown.steps, "any order"
     without_b = run([*base, owed[0], a_sent, a_settled], policy)[0]
     assert without_b.state == "completed", "a supplier payouts never named is not waited for"
     reopened = run([*base, owed[0], a_sent, a_settled, owed[1]], policy)[0]
@@ -462,10 +466,12 @@ def test_payout_plans_name_the_suppliers_each_invoice_waits_for() -> None:
         raw = decode_raw(event_bytes(kind, data, id=f"e-{kind}-{reason}", time=at))
         return payout_inputs(decode_data(raw, PayoutEvent))
 
-    owed = d.PayoutOwed(supplier_id="sup-b", at=at)
-    expected = [("INV-2026-000001", owed), ("INV-2026-000002", owed)]
-    assert plan("payout.waiting", "below_minimum") == expected
-    assert plan("payout.planned", None) == expected
-    assert plan("payout.held", "on_hold") == expected
+    def owed(word: str) -> list[tuple[str, d.Input]]:
+        fact = d.PayoutOwed(supplier_id="sup-b", at=at, plan=word)
+        return [("INV-2026-000001", fact), ("INV-2026-000002", fact)]
+
+    assert plan("payout.waiting", "below_minimum") == owed("waiting: below_minimum")
+    assert plan("payout.planned", None) == owed("planned")
+    assert plan("payout.held", "on_hold") == owed("held: on_hold")
     assert plan("payout.waiting", "nothing_payable") == []
     assert plan("payout.released", None) == []
