@@ -21,3 +21,9 @@ COMPENSATION_FAILURES = Counter(
     "settle_saga_compensation_failures_total", "Compensations the acting side reported failed, by kind", ["kind"]
 )
 ENDED = Counter("settle_sagas_ended_total", "Sagas that reached a terminal state, by state", ["state"])
+REOPENED = Counter(
+    "settle_sagas_reopened_total",
+    "Sagas moved out of a terminal state by a late fact (e.g. a supplier's plan read after the cycle completed),"
+    " by the state left",
+    ["state"],
+)

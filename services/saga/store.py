@@ -224,6 +224,8 @@ async def _transition(
     )
     if new.terminal and new.state != old.state:
         saga_metrics.ENDED.labels(new.state).inc()
+    if old.terminal and not new.terminal:
+        saga_metrics.REOPENED.labels(old.state).inc()
 
 
 async def _request(

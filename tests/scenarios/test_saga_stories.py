@@ -530,3 +530,56 @@ async def test_a_followed_cycle_waits_for_a_supplier_whose_payout_is_never_sent(
     moves = [(t["to_state"], t["event_type"]) for t in shown["transitions"]]
     assert ("completed", "payout.completed") not in moves, moves
     assert moves[-1] == ("needs_operator", "clock.ticked"), moves
+
+
+async def test_a_plan_read_after_the_cycle_completed_reopens_it_and_is_counted(stack: Stack) -> None:
+    """The race a lagging saga worker meets (two suppliers' plans on two partitions), made certain: sup-1's
+    payout settles and the cycle completes before sup-2's plan reaches the saga. The plan reopens the
+    cycle (`completed → awaiting_payout`, caused by the plan), counted by `settle_sagas_reopened_total`;
+    sup-2's payout then settles and the cycle completes again. Every event twice: no effect."""
+    from prometheus_client import REGISTRY
+
+    def reopened() -> float:
+        return REGISTRY.get_sample_value("settle_sagas_reopened_total", {"state": "completed"}) or 0.0
+
+    policy = domain.Policy(follow_payouts=True)
+    saga = Service(name="saga", subscriptions=(subscription(policy),))
+    start, end = FEB - timedelta(days=31), FEB
+    inv = invoice("INV-2026-000302", "ctr-o", "rnt-o", due="100.00", start=start, end=end)
+    plan_at = DUE + timedelta(days=1)
+    sup_1 = [
+        (topics.INVOICES_FINALIZED, "ctr-o", event_bytes("invoice.finalized", inv, id="i-302", time=end)),
+        (topics.INVOICE_PAYMENTS, "ctr-o", _status(inv.number, "ctr-o", "rnt-o", 2, "paid", "100.00", DUE)),
+        (topics.PAYOUTS, "sup-1", _payout("payout.planned", "po-o1", [inv.number], None, plan_at)),
+        (topics.PAYOUTS, "sup-1", _payout("payout.sent", "po-o1", [inv.number], "file-o", plan_at)),
+        (topics.PAYOUTS, "sup-1", _payout("payout.completed", "po-o1", [inv.number], "file-o", plan_at)),
+    ]
+    late_plan = [
+        (
+            topics.PAYOUTS,
+            "sup-2",
+            _payout("payout.planned", "po-o2", [inv.number], None, plan_at, supplier="sup-2"),
+        )
+    ]
+    sup_2 = [
+        (topics.PAYOUTS, "sup-2", _payout("payout.sent", "po-o2", [inv.number], "file-o2", plan_at, supplier="sup-2")),
+        (
+            topics.PAYOUTS,
+            "sup-2",
+            _payout("payout.completed", "po-o2", [inv.number], "file-o2", plan_at, supplier="sup-2"),
+        ),
+    ]
+    reopened_before = reopened()
+    async with running(stack, [saga]):
+        for batch, state in ((sup_1, "completed"), (late_plan, "awaiting_payout"), (sup_2, "completed")):
+            await publish(stack, batch)
+            await publish(stack, batch)
+            await wait_until(lambda s=state: _state_is(stack, inv.number, s), timeout_s=60, what=state)
+        async with stack.pool.acquire() as conn:
+            shown = await read_model.saga_detail(conn, inv.number)
+    assert shown is not None
+    assert shown["reason"] == "paid and settled at the bank"
+    moves = [(t["from_state"], t["to_state"], t["event_type"]) for t in shown["transitions"]]
+    assert ("completed", "awaiting_payout", "payout.planned") in moves, moves
+    assert moves[-1][1:] == ("completed", "payout.completed"), moves
+    assert reopened() == reopened_before + 1
