@@ -589,17 +589,16 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
     unsent: list[str] = []
     settled = 0
     for supplier, pids in suppliers.items():
-        settled_at = max((facts.payouts_settled[p] for p in pids if p in facts.payouts_settled), default=None)
-        if _paid_out(facts, pids, settled_at, facts.payouts_owed_last.get(supplier)):
+        owed_last = facts.payouts_owed_last.get(supplier)
+        if _paid_out(facts, pids, owed_last):
             settled += 1
             continue
+        settled_payouts = {_payout_of(p) for p in pids if p in facts.payouts_settled}
         returned_last = max(
             (
                 at
                 for p in pids
-                if (at := facts.payouts_returned.get(p)) is not None
-                and p not in facts.payouts_settled
-                and (settled_at is None or at > settled_at)
+                if (at := facts.payouts_returned.get(p)) is not None and _payout_of(p) not in settled_payouts
             ),
             default=None,
         )
@@ -610,8 +609,8 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
             and p not in facts.payouts_returned
             and p not in facts.payouts_settled
         ]
-        if settled_at is not None and not sent_after and returned_last is None:
-            owed_again.append(facts.payouts_owed_last[supplier])
+        if settled_payouts and not sent_after and returned_last is None and owed_last is not None:
+            owed_again.append(owed_last)
         if not sent_after and returned_last is None and supplier in facts.payout_plans:
             unsent.append(f"{supplier}: {facts.payout_plans[supplier][1] or 'planned'}")
         if sent_after:
@@ -646,20 +645,19 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
     return _maybe_inquiry(now, deadline, policy, "awaiting_payout", "payout sent", "payout", steps)
 
 
-def _paid_out(facts: Facts, pids: list[str], settled_at: datetime | None, owed_last: datetime | None) -> bool:
-    """One supplier's payouts of the cycle are done: one settled, none still in flight, none returned after
-    it, and no planning owed the supplier more after everything sent to it (earnings released in parts:
-    the payout of the first part settling does not pay the second)."""
-    if settled_at is None:
+def _payout_of(attempt: str) -> str:
+    """An attempt is ``payout_id@file_id``: a payout resent after a return is a new attempt of the same payout."""
+    return attempt.split("@", 1)[0]
+
+
+def _paid_out(facts: Facts, pids: list[str], owed_last: datetime | None) -> bool:
+    """One supplier's payouts of the cycle are done: every payout of it the saga saw settled (in one of its
+    attempts: a returned payout counts once it is resent and settles), and no planning owed the supplier
+    more after everything sent to it (earnings released in parts: the payout of the first part settling
+    does not pay the second)."""
+    settled = {_payout_of(p) for p in pids if p in facts.payouts_settled}
+    if not settled or any(_payout_of(p) not in settled for p in pids):
         return False
-    for p in pids:
-        if p in facts.payouts_settled:
-            continue
-        returned = facts.payouts_returned.get(p)
-        if returned is None and p in facts.payouts_sent:
-            return False  # in flight
-        if returned is not None and returned > settled_at:
-            return False
     last_sent = max(at for p in pids if (at := facts.payouts_sent.get(p) or facts.payouts_settled.get(p)))
     return owed_last is None or owed_last <= last_sent
 

@@ -212,17 +212,23 @@ def test_payout_steps_when_followed() -> None:
     policy = d.Policy(follow_payouts=True)
     base: list[d.Input] = [invoice(), status(2, "paid", 10_000, DUE)]
     assert run(base, policy)[0].state == "awaiting_payout"
-    sent = d.PayoutSent(payout_id="po_1", at=DUE + timedelta(days=20))
+    sent = d.PayoutSent(payout_id="po_1@f1", at=DUE + timedelta(days=20))
     assert run([*base, sent], policy)[0].state == "payout_sent"
-    returned = d.PayoutReturned(payout_id="po_1", reason="account closed", at=DUE + timedelta(days=22))
+    returned = d.PayoutReturned(payout_id="po_1@f1", reason="account closed", at=DUE + timedelta(days=22))
     s = run([*base, sent, returned], policy)[0]
     assert (s.state, s.waits_for) == ("payout_returned", "payee details changed")
     payee = d.PayeeUpdated(at=DUE + timedelta(days=23))
     assert run([*base, sent, returned, payee], policy)[0].state == "awaiting_payout"
-    resent = d.PayoutSent(payout_id="po_2", at=DUE + timedelta(days=24))
-    settled = d.PayoutSettled(payout_id="po_2", at=DUE + timedelta(days=25))
+    resent = d.PayoutSent(payout_id="po_1@f2", at=DUE + timedelta(days=24))
+    settled = d.PayoutSettled(payout_id="po_1@f2", at=DUE + timedelta(days=25))
     s = run([*base, sent, returned, payee, resent, settled], policy)[0]
     assert (s.state, s.reason) == ("completed", "paid and settled at the bank")
+    other = d.PayoutSent(payout_id="po_9@f2", at=DUE + timedelta(days=24))
+    other_settled = d.PayoutSettled(payout_id="po_9@f2", at=DUE + timedelta(days=25))
+    s = run([*base, sent, returned, payee, other, other_settled], policy)[0]
+    assert s.state == "awaiting_payout", "another payout settling does not pay the returned one: it is to resend"
+    s = run([*base, sent, returned, other, other_settled], policy)[0]
+    assert s.state == "payout_returned", "nor does it while the payee is unchanged"
     refund = d.Refunded(refund_id="rf_1", amount_minor=100, at=DUE + timedelta(days=30))
     s, _, requested = run([*base, sent, returned, payee, resent, settled, refund], policy)
     assert s.state == "compensated" and requested == {"clawback:rf_1": 1}
