@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from domain.contracts import chart
 from libs.ledger import verify
@@ -457,6 +458,16 @@ async def test_a_followed_payout_returned_then_resent_and_settled_completes_the_
     ], moves
 
 
+def _paid_cycle(number: str, contract: str, renter: str) -> tuple[Any, list[tuple[str, str, bytes]]]:
+    """A January invoice of 100.00, finalized and paid at its due date: the start of a followed cycle."""
+    start, end = FEB - timedelta(days=31), FEB
+    inv = invoice(number, contract, renter, due="100.00", start=start, end=end)
+    return inv, [
+        (topics.INVOICES_FINALIZED, contract, event_bytes("invoice.finalized", inv, id=f"i-{number}", time=end)),
+        (topics.INVOICE_PAYMENTS, contract, _status(number, contract, renter, 2, "paid", "100.00", DUE)),
+    ]
+
+
 async def test_a_followed_cycle_waits_for_a_supplier_whose_payout_is_never_sent(stack: Stack) -> None:
     """Two suppliers earn on one invoice. Payouts plans sup-1's payout and keeps sup-2's waiting below its
     minimum; both plans name the invoice. sup-1's payout settles: the cycle does not complete — it waits
@@ -464,12 +475,10 @@ async def test_a_followed_cycle_waits_for_a_supplier_whose_payout_is_never_sent(
     released), then needs an operator. Every event twice: no effect."""
     policy = domain.Policy(follow_payouts=True)
     saga = Service(name="saga", subscriptions=(subscription(policy),))
-    start, end = FEB - timedelta(days=31), FEB
-    inv = invoice("INV-2026-000301", "ctr-q", "rnt-q", due="100.00", start=start, end=end)
+    inv, paid = _paid_cycle("INV-2026-000301", "ctr-q", "rnt-q")
     plan_at = DUE + timedelta(days=1)
     events = [
-        (topics.INVOICES_FINALIZED, "ctr-q", event_bytes("invoice.finalized", inv, id="i-301", time=end)),
-        (topics.INVOICE_PAYMENTS, "ctr-q", _status(inv.number, "ctr-q", "rnt-q", 2, "paid", "100.00", DUE)),
+        *paid,
         (topics.PAYOUTS, "sup-1", _payout("payout.planned", "po-q1", [inv.number], None, plan_at)),
         (
             topics.PAYOUTS,
@@ -537,19 +546,16 @@ async def test_a_plan_read_after_the_cycle_completed_reopens_it_and_is_counted(s
     payout settles and the cycle completes before sup-2's plan reaches the saga. The plan reopens the
     cycle (`completed → awaiting_payout`, caused by the plan), counted by `settle_sagas_reopened_total`;
     sup-2's payout then settles and the cycle completes again. Every event twice: no effect."""
-    from prometheus_client import REGISTRY
 
     def reopened() -> float:
         return REGISTRY.get_sample_value("settle_sagas_reopened_total", {"state": "completed"}) or 0.0
 
     policy = domain.Policy(follow_payouts=True)
     saga = Service(name="saga", subscriptions=(subscription(policy),))
-    start, end = FEB - timedelta(days=31), FEB
-    inv = invoice("INV-2026-000302", "ctr-o", "rnt-o", due="100.00", start=start, end=end)
+    inv, paid = _paid_cycle("INV-2026-000302", "ctr-o", "rnt-o")
     plan_at = DUE + timedelta(days=1)
     sup_1 = [
-        (topics.INVOICES_FINALIZED, "ctr-o", event_bytes("invoice.finalized", inv, id="i-302", time=end)),
-        (topics.INVOICE_PAYMENTS, "ctr-o", _status(inv.number, "ctr-o", "rnt-o", 2, "paid", "100.00", DUE)),
+        *paid,
         (topics.PAYOUTS, "sup-1", _payout("payout.planned", "po-o1", [inv.number], None, plan_at)),
         (topics.PAYOUTS, "sup-1", _payout("payout.sent", "po-o1", [inv.number], "file-o", plan_at)),
         (topics.PAYOUTS, "sup-1", _payout("payout.completed", "po-o1", [inv.number], "file-o", plan_at)),
