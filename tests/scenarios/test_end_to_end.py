@@ -524,7 +524,9 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
 
     # Every positive net of the oracle's statements is in exactly one payout that went (or, all of it held,
     # in the pair's payout waiting with nothing payable), in the payee's rail and currency; a single month
-    # with nothing held is paid exactly, at the published rate.
+    # with nothing held, now or by the pair's earlier payouts, is paid exactly, at the published rate (held
+    # earnings released later go out with the next payout — R15's "plus earnings released since the last
+    # payout" — which the cumulative check below counts).
     for (supplier, currency, month), statement in sorted(want.statements.items()):
         if supplier == scenario.below_minimum or statement.net_minor <= 0:
             continue
@@ -538,7 +540,8 @@ async def _check_settlement(stack: Stack, scenario: Any, want: Any, folder: Path
         assert len(found) == 1, (supplier, currency, month, mine)
         (payout,) = found
         assert (payout["rail"], payout["payout_currency"]) == (payee["rail"], payee["payout_currency"]), payout
-        if payout["months"] != [month] or Decimal(payout["held"]) != 0:
+        held_before = any(Decimal(q["held"]) != 0 for q in mine if q["planned_at"] < payout["planned_at"])
+        if payout["months"] != [month] or Decimal(payout["held"]) != 0 or held_before:
             continue
         net = Decimal(statement.shown()["net"])
         assert Decimal(payout["amount"]) == net, (payout, net)
