@@ -140,7 +140,7 @@ async def sagas_verify(as_json: JsonOption = False) -> None:
     (compensated ⇒ the reversal postings exist and balance; see ``services.operations.saga_check``).
     Exits 1 on any violation; compensations payouts has not answered yet are listed as waiting."""
     async with read_only() as ctx, ctx.pool.acquire() as conn:
-        result = await saga_check.check(conn)
+        result = await saga_check.check(conn, follow_payouts=get_settings().saga_follow_payouts)
     if as_json:
         print(_line(result.as_json()))
     else:

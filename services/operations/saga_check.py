@@ -18,7 +18,11 @@ where they part. Checked per saga:
   ``dispute_loss`` entry is in the ledger for the dispute's amount;
 * a compensation payouts answered ``failed`` while the saga counts it done (acknowledgements not awaited)
   is a violation: the saga cannot see it;
-* a payout the saga saw settle (``SETTLE_SAGA_FOLLOW_PAYOUTS``) is ``completed`` at payouts.
+* a payout the saga saw settle (``SETTLE_SAGA_FOLLOW_PAYOUTS``) is ``completed`` at payouts;
+* with payouts followed (``follow_payouts``): a ``completed`` saga has no payout at payouts that is not
+  completed and whose plan named its invoice (``payouts.payouts.invoice_numbers``, kept since migration
+  0103; a waiting plan with nothing payable owes nothing) — the cycle did not end while payouts still owes
+  a supplier of it.
 
 And the other way round, for the whole database: every clawback at payouts, and every clawback entry in
 the ledger, traces back to a saga's compensation — nothing compensated that no saga asked for, nothing
@@ -106,8 +110,22 @@ def _pair(debit_account: str, credit_account: str, units: int) -> list[tuple[str
     return sorted([(debit_account, units), (credit_account, -units)])
 
 
-async def check(conn: asyncpg.Connection) -> SagaCheck:
-    """Every saga against payments, payouts and the ledger (see the module)."""
+async def _payouts_owed(conn: asyncpg.Connection) -> dict[str, list[asyncpg.Record]]:
+    """Invoice number → the payouts not completed whose plan named it (what payouts still owes on it)."""
+    rows = await conn.fetch(
+        """select payout_id, supplier_id, state, reason, unnest(invoice_numbers) as number from payouts.payouts
+            where state <> 'completed' and invoice_numbers is not null
+              and not (state = 'waiting' and reason = 'nothing_payable')"""
+    )
+    out: dict[str, list[asyncpg.Record]] = defaultdict(list)
+    for r in rows:
+        out[r["number"]].append(r)
+    return out
+
+
+async def check(conn: asyncpg.Connection, *, follow_payouts: bool = False) -> SagaCheck:
+    """Every saga against payments, payouts and the ledger (see the module). ``follow_payouts``: the saga
+    worker's policy (``SETTLE_SAGA_FOLLOW_PAYOUTS``); on, a completed cycle must owe no supplier a payout."""
     result = SagaCheck()
     bad = result.violations.append
     sagas = await conn.fetch("select saga_id, invoice_number, invoice_id, state, reason, facts from saga.sagas")
@@ -129,6 +147,7 @@ async def check(conn: asyncpg.Connection) -> SagaCheck:
     }
     postings = await _entry_postings(conn, [processor_events.entry_id("dispute_loss", d) for d in disputes])
     clawback_postings = await _clawback_postings(conn)
+    owed = await _payouts_owed(conn) if follow_payouts else {}
 
     for saga in sagas:
         number, state = saga["invoice_number"], saga["state"]
@@ -151,6 +170,11 @@ async def check(conn: asyncpg.Connection) -> SagaCheck:
                 )
             if book["status"] == "past_due" and ("hold_earnings" not in kinds or state == "completed"):
                 bad(Violation(number, "past_due_not_compensated", f"payments has it past due; the saga is {state}"))
+        if state == "completed" and owed.get(number):
+            names = ", ".join(
+                f"{r['payout_id']} of {r['supplier_id']} ({r['reason'] or r['state']})" for r in owed[number]
+            )
+            bad(Violation(number, "completed_while_payout_owed", f"payouts still owes a payout naming it: {names}"))
         facts = saga["facts"] or {}
         for attempt in facts.get("payouts_settled", {}):
             payout_id = attempt.split("@", 1)[0]

@@ -59,6 +59,9 @@ async def announced(conn: asyncpg.Connection, row: dict[str, Any]) -> PayoutEven
     """A plan's ``payouts.v1`` event with the invoices whose earnings it pays (the saga of each learns
     that the supplier is owed a payout, sent or not)."""
     ids, numbers = await store.payout_invoices(conn, row)
+    await conn.execute(
+        "update payouts.payouts set invoice_numbers = $2 where payout_id = $1", row["payout_id"], numbers
+    )
     return event_of(row).model_copy(update={"invoices": ids, "invoice_numbers": numbers})
 
 

@@ -575,14 +575,46 @@ async def test_a_plan_read_after_the_cycle_completed_reopens_it_and_is_counted(s
             _payout("payout.completed", "po-o2", [inv.number], "file-o2", plan_at, supplier="sup-2"),
         ),
     ]
+
+    async def owed_violations(follow_payouts: bool = True) -> list[str]:
+        async with stack.pool.acquire() as conn:
+            checked = await saga_check.check(conn, follow_payouts=follow_payouts)
+        return [v.detail for v in checked.violations if v.rule == "completed_while_payout_owed"]
+
     reopened_before = reopened()
+    owed_seen: list[list[str]] = []
     async with running(stack, [saga]):
         for batch, state in ((sup_1, "completed"), (late_plan, "awaiting_payout"), (sup_2, "completed")):
             await publish(stack, batch)
             await publish(stack, batch)
             await wait_until(lambda s=state: _state_is(stack, inv.number, s), timeout_s=60, what=state)
+            if batch is sup_1:
+                # payouts has planned sup-2's payout naming the invoice (its own record), the saga has not
+                # read the plan yet: settle sagas verify sees the cycle completed while a payout is owed
+                async with stack.pool.acquire() as conn:
+                    await conn.execute(
+                        """insert into payouts.payouts (payout_id, supplier_id, currency, months, amount_minor,
+                               held_minor, payout_currency, payout_amount_minor, rail, state, planned_at,
+                               invoice_numbers)
+                           values ('po-o2', 'sup-2', 'USD', '{2026-01}', 6000, 0, 'USD', 6000, 'ach', 'planned', $1,
+                                   $2)""",
+                        plan_at,
+                        [inv.number],
+                    )
+                owed_seen += [await owed_violations(), await owed_violations(follow_payouts=False)]
+            elif batch is late_plan:
+                owed_seen.append(await owed_violations())
+        async with stack.pool.acquire() as conn:
+            await conn.execute("update payouts.payouts set state = 'completed' where payout_id = 'po-o2'")
+        owed_seen.append(await owed_violations())
         async with stack.pool.acquire() as conn:
             shown = await read_model.saga_detail(conn, inv.number)
+    assert owed_seen == [
+        ["payouts still owes a payout naming it: po-o2 of sup-2 (planned)"],
+        [],  # the saga does not follow payouts: not checked
+        [],  # reopened: waiting for it
+        [],  # paid
+    ], owed_seen
     assert shown is not None
     assert shown["reason"] == "paid and settled at the bank"
     moves = [(t["from_state"], t["to_state"], t["event_type"]) for t in shown["transitions"]]

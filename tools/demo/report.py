@@ -567,7 +567,7 @@ async def print_settlement(pool: asyncpg.Pool, scenario: Scenario, settled: dict
         if kind not in seen:
             console.print(f"[yellow]no {kind} compensation in this run[/] ({why} did not happen)")
     async with pool.acquire() as conn:
-        check = await saga_check.check(conn)
+        check = await saga_check.check(conn, follow_payouts=True)  # the demo's saga follows payouts
     checked = ", ".join(f"{n} {kind}" for kind, n in sorted(check.compensations.items())) or "none"
     console.print(
         f"Saga invariant (settle sagas verify): {sum(check.sagas.values())} sagas against payments, payouts and the "
