@@ -273,11 +273,10 @@ class Facts(BaseModel):
     supplier's latest payout settled."""
     payouts_owed: dict[str, datetime] = {}
     """supplier → the earliest planning that owed it a payout of this invoice's earnings."""
-    payouts_owed_last: dict[str, datetime] = {}
-    """supplier → the latest planning that owed it one: later than everything sent to the supplier, it owes
-    more than what settled (earnings released in parts)."""
     payout_plans: dict[str, tuple[datetime, str]] = {}
-    """supplier → the latest planning's word (the greatest (time, plan)): why a payout owed is not sent."""
+    """supplier → the latest planning that owed it a payout, and its word (the greatest (time, plan)): later
+    than everything sent to the supplier, it owes more than what settled (earnings released in parts); its
+    word says why a payout owed is not sent."""
     payee_updated_at: datetime | None = None
     now: datetime | None = None
     """Event time: the latest tick (or event) seen."""
@@ -363,16 +362,14 @@ def apply(facts: Facts, event: Input) -> Facts:
             suppliers = _supplier(facts, event.payout_id, event.supplier_id)
             return facts.model_copy(update={"payouts_returned": returned, "payout_suppliers": suppliers})
         case PayoutOwed():
-            first, last = facts.payouts_owed.get(event.supplier_id), facts.payouts_owed_last.get(event.supplier_id)
-            new_first, new_last = _min(first, event.at), _max(last, event.at)
-            plan = facts.payout_plans.get(event.supplier_id)
+            first, plan = facts.payouts_owed.get(event.supplier_id), facts.payout_plans.get(event.supplier_id)
+            new_first = _min(first, event.at)
             new_plan = max(plan, (event.at, event.plan)) if plan is not None else (event.at, event.plan)
-            if (first, last, plan) == (new_first, new_last, new_plan):
+            if (first, plan) == (new_first, new_plan):
                 return facts
             return facts.model_copy(
                 update={
                     "payouts_owed": {**facts.payouts_owed, event.supplier_id: new_first},
-                    "payouts_owed_last": {**facts.payouts_owed_last, event.supplier_id: new_last},
                     "payout_plans": {**facts.payout_plans, event.supplier_id: new_plan},
                 }
             )
@@ -589,11 +586,12 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
     unsent: list[str] = []
     settled = 0
     for supplier, pids in suppliers.items():
-        owed_last = facts.payouts_owed_last.get(supplier)
-        if _paid_out(facts, pids, owed_last):
+        latest_plan = facts.payout_plans.get(supplier)
+        owed_last = latest_plan[0] if latest_plan else None
+        settled_payouts = {_payout_of(p) for p in pids if p in facts.payouts_settled}
+        if _paid_out(facts, pids, settled_payouts, owed_last):
             settled += 1
             continue
-        settled_payouts = {_payout_of(p) for p in pids if p in facts.payouts_settled}
         returned_last = max(
             (
                 at
@@ -611,8 +609,8 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
         ]
         if settled_payouts and not sent_after and returned_last is None and owed_last is not None:
             owed_again.append(owed_last)
-        if not sent_after and returned_last is None and supplier in facts.payout_plans:
-            unsent.append(f"{supplier}: {facts.payout_plans[supplier][1] or 'planned'}")
+        if not sent_after and returned_last is None and latest_plan:
+            unsent.append(f"{supplier}: {latest_plan[1] or 'planned'}")
         if sent_after:
             in_flight.append(max(sent_after))
         elif returned_last is not None:
@@ -650,12 +648,11 @@ def _payout_of(attempt: str) -> str:
     return attempt.split("@", 1)[0]
 
 
-def _paid_out(facts: Facts, pids: list[str], owed_last: datetime | None) -> bool:
+def _paid_out(facts: Facts, pids: list[str], settled: set[str], owed_last: datetime | None) -> bool:
     """One supplier's payouts of the cycle are done: every payout of it the saga saw settled (in one of its
     attempts: a returned payout counts once it is resent and settles), and no planning owed the supplier
     more after everything sent to it (earnings released in parts: the payout of the first part settling
-    does not pay the second)."""
-    settled = {_payout_of(p) for p in pids if p in facts.payouts_settled}
+    does not pay the second). ``settled``: the payouts of ``pids`` with a settled attempt."""
     if not settled or any(_payout_of(p) not in settled for p in pids):
         return False
     last_sent = max(at for p in pids if (at := facts.payouts_sent.get(p) or facts.payouts_settled.get(p)))
