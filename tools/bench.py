@@ -785,6 +785,14 @@ async def bench_chaos(
             "FX rates and wires are published, and payment statuses, payouts and sagas are compared as well.",
         ),
     ] = False,
+    follow_payouts: Annotated[
+        bool,
+        typer.Option(
+            "--follow-payouts",
+            help="With --settle: payouts writes its files and the saga follows them (SETTLE_SAGA_FOLLOW_PAYOUTS), "
+            "as in the demo; `settle sagas verify` checks the payout side too.",
+        ),
+    ] = False,
 ) -> None:
     """The demo marketplace billed twice on fresh stacks — calm, then with a random billing worker
     SIGKILLed every KILL_MIN_S–KILL_MAX_S seconds while the input is published, the closing ticks
@@ -793,6 +801,8 @@ async def bench_chaos(
     from tools.demo.chaos import differences, drive
     from tools.demo.scenario import generate
 
+    if follow_payouts and not settle:
+        raise typer.BadParameter("--follow-payouts needs --settle")
     scenario = generate(seed=seed, contracts=contracts)
     results = {}
     for kill in (False, True):
@@ -811,6 +821,7 @@ async def bench_chaos(
                 kill_interval_s=(kill_min_s, kill_max_s),
                 chaos_after_publish_s=chaos_s,
                 settle=settle,
+                follow_payouts=follow_payouts,
             )
     calm, chaos = results[False], results[True]
     table = Table(

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -43,6 +43,8 @@ from services.clock.main import publish_tick
 from services.operations import saga_check
 from services.operations.compare import naming_corrected_invoice
 from tools.demo.scenario import PLATFORM, Delivery, Scenario, deliveries_as_items, month_after
+from tools.demo.settlement import payout_work
+from tools.demo.settlement import worker_env_extra as payout_files_env
 from tools.fleet import ROOT, wait_idle, worker_env
 
 FLEET = ("metering", "rating", "invoicing")
@@ -158,8 +160,15 @@ async def _killer(fleet: Fleet, rng: random.Random, interval_s: tuple[float, flo
         await asyncio.to_thread(fleet.kill, rng.choice(fleet.names))
 
 
-async def wait_quiet(pool: asyncpg.Pool, settings: Settings, bootstrap: str, fleet: Fleet) -> None:
-    """Until nothing is left to consume, publish or close (tools.fleet.wait_idle), every worker alive."""
+async def wait_quiet(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    bootstrap: str,
+    fleet: Fleet,
+    also_busy: Callable[[asyncpg.Pool], Awaitable[int]] | None = None,
+) -> None:
+    """Until nothing is left to consume, publish or close (tools.fleet.wait_idle), nor ``also_busy``, every
+    worker alive."""
     services = [catalog.load(name) for name in fleet.names]
     await wait_idle(
         pool,
@@ -168,6 +177,7 @@ async def wait_quiet(pool: asyncpg.Pool, settings: Settings, bootstrap: str, fle
         topic_prefix=settings.topic_prefix,
         timeout_s=IDLE_TIMEOUT_S,
         alive=list(fleet.procs.values()),
+        also_busy=also_busy,
     )
 
 
@@ -313,9 +323,15 @@ async def drive(
     kill_interval_s: tuple[float, float] = (2.0, 6.0),
     chaos_after_publish_s: float = 20.0,
     settle: bool = False,
+    follow_payouts: bool = False,
 ) -> ChaosResult:
     """Bill ``scenario`` once (see the module docstring); with ``kill``, under SIGKILL. With ``settle`` the
-    whole fleet runs (payments, payouts, saga too) on :func:`settlement_inputs` as well."""
+    whole fleet runs (payments, payouts, saga too) on :func:`settlement_inputs` as well. With
+    ``follow_payouts`` (and ``settle``) payouts writes its files into the run's state directory and the saga
+    follows them (``SETTLE_SAGA_FOLLOW_PAYOUTS``), as in the demo; the run waits for payouts' planning and
+    files too, and ``settle sagas verify`` checks the payout side."""
+    if follow_payouts and not settle:
+        raise ValueError("follow_payouts needs settle: without payouts there is nothing to follow")
     rng = random.Random(seed)
     first_close = month_after(scenario.start)
     inputs = scenario.initial + (settlement_inputs(scenario) if settle else [])
@@ -323,7 +339,10 @@ async def drive(
     env = worker_env(database_url, bootstrap, settings.topic_prefix, SETTLE_STATE_DIR=str(settings.state_dir))
     if settle:
         env["SETTLE_GATEWAYS_ENABLED"] = ""  # money arrives as wires: no processor is called
+    if follow_payouts:
+        env.update(payout_files_env(settings.state_dir))
     began = time.perf_counter()
+    also_busy = payout_work if follow_payouts else None
     with running_fleet(env, log_dir, SETTLEMENT_FLEET if settle else FLEET) as fleet:
         producer = await start_producer(bootstrap, client_id="settle-chaos")
         stop_killing = asyncio.Event()
@@ -337,14 +356,14 @@ async def drive(
                 await asyncio.sleep(chaos_after_publish_s)  # the closes run while workers die
                 stop_killing.set()
                 await killer
-            await wait_quiet(pool, settings, bootstrap, fleet)
+            await wait_quiet(pool, settings, bootstrap, fleet, also_busy)
             for tick in scenario.ticks:  # again, after draining: nothing left to change
                 await publish_tick(producer, bootstrap, settings.topic_prefix, tick)
-            await wait_quiet(pool, settings, bootstrap, fleet)
+            await wait_quiet(pool, settings, bootstrap, fleet, also_busy)
             if scenario.late:
                 await _publish(producer, settings.topic_prefix, scenario.late, chunks=1)
                 await publish_tick(producer, bootstrap, settings.topic_prefix, scenario.end)
-                await wait_quiet(pool, settings, bootstrap, fleet)
+                await wait_quiet(pool, settings, bootstrap, fleet, also_busy)
         finally:
             stop_killing.set()
             if killer is not None and not killer.done():
@@ -357,7 +376,11 @@ async def drive(
         ledger_ok = (await verify(conn)).ok
         open_gaps = int(await conn.fetchval("select count(*) from settle.consumer_gaps where resolved_at is null"))
         dead = int(await conn.fetchval("select count(*) from settle.dead_letters"))
-        sagas = [v.line() for v in (await saga_check.check(conn)).violations] if settle else []
+        sagas = (
+            [v.line() for v in (await saga_check.check(conn, follow_payouts=follow_payouts)).violations]
+            if settle
+            else []
+        )
     return ChaosResult(
         invoices=invoices,
         statements=statements,
