@@ -394,6 +394,28 @@ class PaymentEvent(EventModel):
     end of ``reason``)."""
 
 
+class CollectionAnswered(EventModel):
+    """Type ``collection.answered`` on ``payments.v1``: payments' answer to a saga's inquiry about an invoice's
+    collection (a ``saga.step`` with ``inquiry`` = ``collection``), from payments' own records when it read
+    the question: what is paid and remaining, how the collection stands (``detail``, for an operator), or
+    that payments has no such invoice (``known`` false). Informational: the payment status events stay the
+    only source of "paid" and "past due"."""
+
+    saga_id: Id
+    invoice_number: str
+    renter_id: Id
+    known: bool
+    status: PaymentStatus | None = None
+    currency: Currency | None = None
+    amount_paid: DecimalStr | None = None
+    amount_remaining: DecimalStr | None = None
+    collection: str | None = Field(default=None, max_length=40)
+    """The collection intent's state (``collecting``, ``waiting_retry``, ``hard_declined``, ``no_method`` …)."""
+    detail: str = Field(max_length=2000)
+    asked_at: UtcTime
+    """Event time of the inquiry (the answer carries it: it is the answer to that question)."""
+
+
 # --- payments.commands.v1 (key: renter_id) --------------------------------------------------------------
 
 
@@ -641,6 +663,32 @@ class CompensationLine(EventModel):
     action: Literal["held", "clawed_back", "nothing"]
     amount: DecimalStr
     """≥ 0, statement currency: held or clawed back."""
+
+
+class PayoutInquiryLine(EventModel):
+    supplier_id: Id
+    payout_id: Id
+    state: str = Field(max_length=40)
+    """The payout's state at payouts (``waiting``, ``planned``, ``on_hold``, ``sent``, ``completed`` …)."""
+    reason: str | None = Field(default=None, max_length=200)
+    file: str | None = Field(default=None, max_length=200)
+    """The file of its latest attempt and that file's state (``name (acknowledged)``), when it was sent."""
+
+
+class PayoutInquiryAnswered(EventModel):
+    """Type ``payout.inquiry_answered`` on ``payouts.v1`` (key ``saga_id``): payouts' answer to a saga's
+    inquiry about the payouts of an invoice's earnings (a ``saga.step`` with ``inquiry`` = ``payout`` or
+    ``settlement``): every payout whose plan named the invoice, with its state, reason and file, as payouts'
+    records stand when it read the question — or ``known`` false: no payout names the invoice. Informational:
+    sent, settled and returned still come only from the payout events."""
+
+    saga_id: Id
+    invoice_number: str
+    inquiry: Literal["payout", "settlement"]
+    known: bool
+    payouts: list[PayoutInquiryLine] = Field(default_factory=list, max_length=1000)
+    detail: str = Field(max_length=2000)
+    asked_at: UtcTime
 
 
 class CompensationAnswered(EventModel):

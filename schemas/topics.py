@@ -279,7 +279,8 @@ PAYMENTS = Topic(
     key="renter_id",
     partitions=3,
     producer="payments",
-    description="Collections succeeded or failed, receipts, refunds, disputes, invoices past due.",
+    description="Collections succeeded or failed, receipts, refunds, disputes, invoices past due; answers to "
+    "the saga's inquiries about a collection.",
     types=MappingProxyType(
         {
             name: events.PaymentEvent
@@ -293,6 +294,7 @@ PAYMENTS = Topic(
                 "invoice.past_due",
             )
         }
+        | {"collection.answered": events.CollectionAnswered}
     ),
 )
 SAGAS = Topic(
@@ -341,7 +343,7 @@ PAYOUTS = Topic(
     producer="payouts",
     description="Supplier payouts planned, held, released, or waiting with a reason (R15); sent, completed, "
     "returned or rejected (R16); clawbacks for the supplier's next statement and the answers to the saga's "
-    "compensation requests (issues 10, 11).",
+    "compensation requests and inquiries (issues 10, 11).",
     types=MappingProxyType(
         {
             **{
@@ -360,6 +362,7 @@ PAYOUTS = Topic(
             "payout.clawback": events.PayoutClawback,
             "payout.compensation_applied": events.CompensationAnswered,
             "payout.compensation_failed": events.CompensationAnswered,
+            "payout.inquiry_answered": events.PayoutInquiryAnswered,
         }
     ),
 )

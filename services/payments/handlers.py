@@ -10,6 +10,8 @@ allocation of every renter-currency the batch touched (R11), start collections t
   :mod:`services.payments.commands`);
 * ``processor.*`` (webhooks, :mod:`services.payments.processor_events`): outcomes of our attempts
   (an unknown attempt resolved without waiting for the next inquiry), refunds, disputes;
+* ``saga.step`` asking about a collection (saga, ``sagas.v1``): answered with ``collection.answered``
+  (:mod:`services.payments.inquiries`); every other saga event is read and ignored;
 * ``clock.ticked``: event time for payments — every postpaid invoice due by then gets its intent and
   first try, every retry that fell due its next try (the collector sends them). A tick waits until
   receipts and methods are read up to its barrier (published before the tick: applied before it is
@@ -39,10 +41,11 @@ from schemas.events import (
     PaymentCommand,
     PaymentEvent,
     ProcessorEventReceived,
+    SagaEvent,
     Watermark,
 )
 from schemas.inputs import ClockTicked, PaymentMethodEvent, PaymentReceived
-from services.payments import books, collection, commands, processor_events, store
+from services.payments import books, collection, commands, inquiries, processor_events, store
 from services.payments.config import PaymentsConfig
 from services.payments.money import to_minor
 
@@ -103,6 +106,12 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
             touched |= await commands.apply(tx, config, event, data)
         elif isinstance(data, ProcessorEventReceived):
             touched |= await processor_events.apply(tx, config, event, data)
+        elif isinstance(data, SagaEvent):
+            if inquiries.is_question(event):
+                if touched:  # the answer tells the allocation as of the facts before the question
+                    await books.recompute_all(tx, touched, cause=last, at=last.time)
+                    touched = set()
+                await inquiries.answer(tx, event)
         elif isinstance(data, ClockTicked | Watermark):
             # Each tick on its own, in order, once invoicing's mark says its close is read: the statuses of
             # what came before, then its collections and its watermark (several ticks in one batch — a
@@ -248,6 +257,7 @@ def subscription(config: PaymentsConfig) -> Subscription:
             topics.CLOCK_TICKS,
             topics.PAYMENT_COMMANDS,
             topics.PROCESSOR_EVENTS,
+            topics.SAGAS,
         ),
         handler=partial(on_batch, config),
         batch_max=500,

@@ -29,7 +29,9 @@ tick that may be planned (R15: planning runs at each close, planning time = the 
   backlog of ticks after a crash. A tick older than one already planned (sent again, or by a clock
   that restarted behind) is recorded and plans nothing: planning time never goes back.
 * ``saga.compensation_requested`` (saga, ``sagas.v1``): applied once and answered
-  (:mod:`services.payouts.compensations`), in event order, after the batch's facts and before its planning.
+  (:mod:`services.payouts.compensations`), in event order, after the batch's facts and before its planning;
+  ``saga.step`` asking about a payout or its settlement: answered with ``payout.inquiry_answered``
+  (:mod:`services.payouts.inquiries`), from the same place.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from schemas.events import (
     Watermark,
 )
 from schemas.inputs import ClockTicked, FxRate, PayeeUpdated, mask_account
-from services.payouts import compensations, planner, store
+from services.payouts import compensations, inquiries, planner, store
 from services.payouts.domain.planning import Rate
 
 CONSUMER = "payouts"
@@ -165,6 +167,8 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     await store.add_earnings(conn, earnings)
     for request in requests:  # after the batch's facts, before its planning
         await compensations.on_request(tx, request)
+        if inquiries.is_question(request):
+            await inquiries.answer(tx, request)
     if not ticks and not marks and not answered and not charge_marks:
         return
     await store.lock_planning(conn)

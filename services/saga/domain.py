@@ -216,6 +216,21 @@ class CompensationResult(Fact):
     """An answer from the acting side (False: the worker's own "done" when acknowledgements are not awaited)."""
 
 
+class InquiryAnswered(Fact):
+    """The answer to an inquiry: payments' to ``collection`` (``collection.answered``), payouts' to ``payout``
+    and ``settlement`` (``payout.inquiry_answered``) — what the asked side knows of the invoice. Informational
+    (paid, past due, sent and settled come only from their own events): it is what an operator reads when
+    the saga gives up."""
+
+    kind: Literal["inquiry_answered"] = "inquiry_answered"
+    inquiry: str = "collection"
+    asked_at: datetime
+    known: bool
+    detail: str
+    by: str = "payments"
+    """Who answered (``payments``, ``payouts``): the reason says it."""
+
+
 class OperatorRetry(Fact):
     """``settle sagas retry``: after an operator's fix, the failed compensations get new attempts and a
     timed-out step is asked again."""
@@ -241,6 +256,7 @@ Input = (
     | PayeeUpdated
     | Tick
     | CompensationResult
+    | InquiryAnswered
     | OperatorRetry
 )
 
@@ -287,6 +303,9 @@ class Facts(BaseModel):
     comp_acked: dict[str, int] = {}
     """``kind:ref`` → the attempt the acting side answered as applied (its acknowledgement)."""
     operator_retries: dict[str, datetime] = {}
+    inquiry_answers: dict[str, tuple[datetime, str]] = {}
+    """inquiry (``collection``, ``payout``, ``settlement``) → the latest answer: (when asked, who answered
+    and what; the greatest pair). Shown only for a question asked at or after the current deadline."""
 
 
 def _max(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -389,6 +408,13 @@ def apply(facts: Facts, event: Input) -> Facts:
                 return facts
             failed[event.attempt] = event.at
             return facts.model_copy(update={"comp_failed": {**facts.comp_failed, key: failed}})
+        case InquiryAnswered():
+            said = f"{event.by} answered: " + (event.detail if event.known else f"unknown invoice: {event.detail}")
+            answer = (event.asked_at, said)
+            latest = facts.inquiry_answers.get(event.inquiry)
+            if latest is not None and latest >= answer:
+                return facts
+            return facts.model_copy(update={"inquiry_answers": {**facts.inquiry_answers, event.inquiry: answer}})
         case OperatorRetry():
             retries = _add(facts.operator_retries, event.command_id, event.at)
             return facts.model_copy(update={"operator_retries": retries})
@@ -496,8 +522,11 @@ def evaluate(facts: Facts, policy: Policy) -> Status:
                 return Status(
                     "collecting", "waiting for collection", "payment (paid or past due)", deadline, tuple(steps), ()
                 )
+            answered = _answer(facts, "collection", deadline)
             if now < grace:
                 steps.append("collection deadline passed; payments asked")
+                if answered is not None:
+                    steps.append(answered)
                 return Status(
                     "inquiring",
                     f"no answer from payments by {deadline.isoformat()}",
@@ -508,14 +537,13 @@ def evaluate(facts: Facts, policy: Policy) -> Status:
                     inquiry="collection",
                 )
             required.append(Compensation("hold_earnings", inv.number))
-            steps.append("no answer after the inquiry; earnings held")
-            return _compensations(
-                facts,
-                policy,
-                steps,
-                required,
-                final=("needs_operator", "collection did not answer by its deadline, even after an inquiry"),
-            )
+            if answered is None:
+                steps.append("no answer after the inquiry; earnings held")
+                why = "collection did not answer by its deadline, even after an inquiry"
+            else:
+                steps.append(f"{answered}; not paid after the grace; earnings held")
+                why = f"collection not finished by its deadline; {answered}"
+            return _compensations(facts, policy, steps, required, final=("needs_operator", why[:2000]))
     # after payment: refunds, credit notes and lost disputes
     paid_out = bool(facts.payouts_sent) if policy.follow_payouts else post_release
     for refund_id in sorted(facts.refunds):
@@ -578,7 +606,6 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
         suppliers.setdefault(facts.payout_suppliers.get(pid, ""), []).append(pid)
     released = facts.paid_at or (facts.invoice.issued_at if facts.invoice else None)
     assert released is not None
-    now = facts.now
     returned_waiting: list[datetime] = []
     in_flight: list[datetime] = []
     to_retry: list[datetime] = []
@@ -629,7 +656,7 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
     if in_flight:
         steps.append("payout sent")
         deadline = max(in_flight) + timedelta(days=policy.settle_deadline_days)
-        return _maybe_inquiry(now, deadline, policy, "payout_sent", "payout settled at the bank", "settlement", steps)
+        return _maybe_inquiry(facts, deadline, policy, "payout_sent", "payout settled at the bank", "settlement", steps)
     if to_retry:
         steps.append("payout returned: reversed, payee flagged")
         steps.append("payee details changed; payout to retry")
@@ -640,7 +667,7 @@ def _payout_status(facts: Facts, policy: Policy, steps: list[str]) -> Status | N
     if unsent:
         steps.append(f"payouts owed, not sent ({'; '.join(sorted(unsent))})")
     deadline = released + timedelta(days=policy.payout_deadline_days)
-    return _maybe_inquiry(now, deadline, policy, "awaiting_payout", "payout sent", "payout", steps)
+    return _maybe_inquiry(facts, deadline, policy, "awaiting_payout", "payout sent", "payout", steps)
 
 
 def _payout_of(attempt: str) -> str:
@@ -659,22 +686,33 @@ def _paid_out(facts: Facts, pids: list[str], settled: set[str], owed_last: datet
     return owed_last is None or owed_last <= last_sent
 
 
+_NOT_DONE = {"payout": "payout not sent", "settlement": "payout not settled at the bank"}
+
+
+def _answer(facts: Facts, inquiry: str, deadline: datetime) -> str | None:
+    """The answer to the question asked at ``deadline`` or later (an older answer was to an earlier question)."""
+    latest = facts.inquiry_answers.get(inquiry)
+    return latest[1] if latest is not None and latest[0] >= deadline else None
+
+
 def _maybe_inquiry(
-    now: datetime | None, deadline: datetime, policy: Policy, state: State, waits: str, step: str, steps: list[str]
+    facts: Facts, deadline: datetime, policy: Policy, state: State, waits: str, step: str, steps: list[str]
 ) -> Status:
+    now = facts.now
     grace = deadline + timedelta(days=policy.inquiry_grace_days)
     if now is None or now < deadline:
         return Status(state, f"waiting for {waits}", waits, deadline, tuple(steps), ())
+    answered = _answer(facts, step, deadline)
     if now < grace:
+        if answered is not None:
+            steps.append(answered)
         return Status(state, f"{step} deadline passed; asked", waits, grace, tuple(steps), (), inquiry=step)
-    return Status(
-        "needs_operator",
-        f"{step} did not answer by its deadline, even after an inquiry",
-        OPERATOR,
-        None,
-        tuple(steps),
-        (),
-    )
+    if answered is None:
+        why = f"{step} did not answer by its deadline, even after an inquiry"
+    else:
+        steps.append(answered)
+        why = f"{_NOT_DONE.get(step, step + ' not done')} by its deadline; {answered}"
+    return Status("needs_operator", why[:2000], OPERATOR, None, tuple(steps), ())
 
 
 def _compensations(

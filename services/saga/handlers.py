@@ -4,7 +4,8 @@
 * ``invoice.payment_status`` (payments): the invoice's status (paid releases the supplier's earnings);
 * ``payments.v1`` naming an invoice: ``payment.succeeded``, ``invoice.past_due`` (payments sent the suspend
   request with it — recorded as the saga's step, never sent again), ``payment.refunded``,
-  ``payment.disputed``, ``payment.dispute_closed``;
+  ``payment.disputed``, ``payment.dispute_closed``; ``collection.answered``, payments' answer to the
+  collection inquiry (kept for the operator: the reason a cycle that gives up shows);
 * ``credit_note.issued`` (invoicing);
 * ``clock.ticked``: event time; every open saga whose deadline (or compensation retry) has come moves.
 
@@ -15,6 +16,8 @@
   whose invoice the payout's earnings come from (``invoice_numbers``); one attempt of a payout is
   ``payout_id@file_id`` (a retry after a return goes out in another file). Followed when
   ``SETTLE_SAGA_FOLLOW_PAYOUTS`` is on.
+* ``payout.inquiry_answered`` (payouts, on ``payouts.v1``): the answer to a ``payout`` or ``settlement``
+  inquiry, kept for the operator like payments' answer;
 * ``payout.planned|held|waiting`` (payouts, on ``payouts.v1``, with the same ``invoice_numbers``): the
   supplier is owed a payout of the invoice's earnings (``PayoutOwed``), so a cycle whose earnings go to
   several suppliers waits for each, even one whose payout is never sent. A waiting plan with reason
@@ -37,12 +40,14 @@ from libs.money import currency_exponent
 from schemas import topics
 from schemas.envelope import Envelope
 from schemas.events import (
+    CollectionAnswered,
     CompensationAnswered,
     CreditNoteIssued,
     InvoiceFinalized,
     InvoicePaymentStatus,
     PaymentEvent,
     PayoutEvent,
+    PayoutInquiryAnswered,
 )
 from schemas.inputs import ClockTicked
 from services.saga import domain, store
@@ -97,6 +102,12 @@ def to_input(event: Envelope[Any]) -> tuple[str, domain.Input] | None:
             ok=data.ok,
             reason=(data.reason or answer_summary(data))[:2000],
             at=data.at,
+        )
+    if isinstance(data, CollectionAnswered):
+        return data.invoice_number, domain.InquiryAnswered(asked_at=data.asked_at, known=data.known, detail=data.detail)
+    if isinstance(data, PayoutInquiryAnswered):
+        return data.invoice_number, domain.InquiryAnswered(
+            inquiry=data.inquiry, asked_at=data.asked_at, known=data.known, detail=data.detail, by="payouts"
         )
     if isinstance(data, CreditNoteIssued):
         return data.invoice_number, domain.CreditNote(

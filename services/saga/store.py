@@ -122,6 +122,9 @@ async def advance(
             )
             saga_metrics.COMPENSATION_FAILURES.labels(event.compensation).inc()
     inv = facts.invoice
+    # the story as the facts now tell it: a fact that changes no state (payments' answer to an inquiry, a
+    # second payment) still adds its step
+    steps = domain.evaluate(facts, policy).steps
     await conn.execute(
         """update saga.sagas set invoice_id = $2, contract_id = $3, renter_id = $4, currency = $5,
                period_start = $6, period_end = $7, state = $8, reason = $9, waits_for = $10, deadline = $11,
@@ -143,7 +146,7 @@ async def advance(
         status.inquiry,
         facts.model_dump(mode="json"),
         inv.issued_at if inv else None,
-        list(status.steps),
+        list(steps),
     )
     return status
 

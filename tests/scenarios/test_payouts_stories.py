@@ -37,14 +37,14 @@ from prometheus_client import REGISTRY
 from domain.contracts import chart
 from libs.messaging.partitioner import partition_for
 from schemas import topics
-from schemas.events import StatementsClosed, Watermark
+from schemas.events import SagaEvent, StatementsClosed, Watermark
 from schemas.inputs import ClockTicked, FxRate, PayeeUpdated, PaymentReceived
 from services.invoicing.main import SERVICE as INVOICING
 from services.payments.collector import refresh_gauges
 from services.payments.main import SERVICE as PAYMENTS
 from services.payouts.main import SERVICE as PAYOUTS
 from tests.conftest import Stack
-from tests.fleet import event_bytes, publish, running, wait_until
+from tests.fleet import event_bytes, publish, read_topic, running, wait_until
 from tests.integration.test_invoicing_service import (
     FEB,
     JAN,
@@ -168,6 +168,33 @@ def receipt(renter: str, receipt_id: str, amount: str, at: datetime, reference: 
     return (topics.PAYMENTS_RECEIVED, renter, event_bytes("payment.received", data, id=f"rcpt-{receipt_id}", time=at))
 
 
+def inquiry(number: str, kind: str, at: datetime) -> tuple:
+    """The saga's question about an invoice's payouts (``saga.step`` with ``inquiry``), as the saga sends it."""
+    saga_id = f"saga-{number}"
+    data = SagaEvent(
+        saga_id=saga_id,
+        invoice_number=number,
+        contract_id=None,
+        renter_id=None,
+        currency=None,
+        period_start=None,
+        state="awaiting_payout" if kind == "payout" else "payout_sent",
+        reason=f"{kind} deadline passed; asked",
+        waits_for="payout sent",
+        inquiry=kind,
+        cause_event_id=f"tick-{at:%m%d}",
+        cause_type="clock.ticked",
+        at=at,
+    )
+    return (topics.SAGAS, saga_id, event_bytes("saga.step", data, id=f"ask-{number}-{kind}", time=at))
+
+
+async def inquiry_answers(stack: Stack) -> dict[str, dict[str, Any]]:
+    """payouts' answers on payouts.v1, by invoice number."""
+    records = [json.loads(r.value) for r in await read_topic(stack, topics.PAYOUTS, timeout_s=10)]
+    return {r["data"]["invoice_number"]: r for r in records if r["type"] == "payout.inquiry_answered"}
+
+
 def cents(value: Decimal) -> str:
     return str(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN))
 
@@ -283,6 +310,34 @@ async def test_payouts_minimum_hold_pay_when_paid_and_fx(stack: Stack) -> None:
         assert (plans["sup-norate"]["state"], plans["sup-norate"]["reason"]) == ("waiting", "no_fx_rate")
         assert (plans["sup-nopayee"]["state"], plans["sup-nopayee"]["reason"]) == ("waiting", "no_payee")
         assert all("rate_id" not in d for k, d in plans.items() if not k.startswith("sup-fx"))
+
+        # --- the saga asks about the payouts of ctr-a's invoice (and of an invoice no plan names): payouts
+        # answers once per question from its records — the two plans that named the invoice, waiting, and why
+        number_a = await stack.pool.fetchval("select number from payouts.invoices where contract_id = 'ctr-a'")
+        asked = datetime(2026, 3, 18, tzinfo=UTC)
+        questions = [inquiry(number_a, "payout", asked), inquiry("INV-NOBODY", "settlement", asked)]
+        await publish(stack, questions)
+        await publish(stack, questions)  # the same questions again: no second answer
+
+        async def both_answered() -> bool:
+            return set(await inquiry_answers(stack)) == {number_a, "INV-NOBODY"}
+
+        await wait_until(both_answered, timeout_s=60, what="payouts' answers to the saga's inquiries")
+        await asyncio.sleep(1)
+        answers = await inquiry_answers(stack)
+        records = [json.loads(r.value) for r in await read_topic(stack, topics.PAYOUTS, timeout_s=10)]
+        assert sum(r["type"] == "payout.inquiry_answered" for r in records) == 2, "one answer per question"
+        said = answers[number_a]["data"]
+        assert (said["inquiry"], said["known"], said["asked_at"]) == ("payout", True, "2026-03-18T00:00:00Z")
+        assert [(p["supplier_id"], p["state"], p["reason"]) for p in said["payouts"]] == [
+            ("sup-min", "waiting", "below_minimum"),
+            ("sup-nopayee", "waiting", "no_payee"),
+        ]
+        assert said["detail"].startswith("sup-min: payout "), said["detail"]
+        assert " waiting (below_minimum); sup-nopayee: payout " in said["detail"]
+        nobody = answers["INV-NOBODY"]["data"]
+        assert (nobody["inquiry"], nobody["known"], nobody["payouts"]) == ("settlement", False, [])
+        assert nobody["detail"].startswith("no payout names invoice INV-NOBODY")
 
         # --- Feb 5: the renter of ctr-c pays 33.33 of its 200.00 invoice ----------------------------------
         number_c = await stack.pool.fetchval("select number from payouts.invoices where contract_id = 'ctr-c'")

@@ -189,6 +189,83 @@ async def test_collection_paid_completes_and_past_due_is_compensated(stack: Stac
     assert checked.sagas == {"completed": 1, "compensated": 1}
 
 
+async def test_payments_answers_the_inquiry_and_the_operator_reads_its_answer(stack: Stack) -> None:
+    """A renter without a payment method: payments can never collect (R14 needs a method), so the invoice is
+    neither paid nor past due at the saga's deadline. The saga asks; the payments worker answers from its
+    records once (``collection.answered`` on payments.v1); the saga hands the cycle to an operator with that
+    answer as its reason — the operator reads "no method", not "payments is silent"."""
+    inv = invoice("INV-2026-000201", "ctr-nom", "rnt-nom", due="100.00", start=FEB - timedelta(days=31), end=FEB)
+    deadline = inv.due_at + timedelta(days=17)
+    with fakepsp() as base:
+        story = against_fakepsp(stack, base, gateway_timeout_s=2.0)
+        async with running(story, [PAYMENTS, SAGA]):
+            await publish(
+                story,
+                [
+                    (
+                        topics.INVOICES_FINALIZED,
+                        inv.contract_id,
+                        event_bytes("invoice.finalized", inv, id="i-nom", time=FEB),
+                    )
+                ],
+            )
+            await wait_until(lambda: _state_is(story, inv.number, "collecting"), timeout_s=90, what="collecting")
+            await publish(story, [tick(inv.due_at)])
+
+            async def no_method() -> bool:
+                async with story.pool.acquire() as conn:
+                    state = await conn.fetchval(
+                        "select state from payments.intents where invoice_number = $1", inv.number
+                    )
+                return state == "no_method"
+
+            await wait_until(no_method, timeout_s=90, what="payments' intent waiting for a method")
+            await publish(story, [tick(deadline)])
+            await wait_until(
+                lambda: _state_is(story, inv.number, "inquiring", inquiry=True), timeout_s=60, what="the saga asking"
+            )
+
+            async def answered() -> list[dict[str, Any]]:
+                records = [orjson.loads(r.value) for r in await read_topic(story, topics.PAYMENTS, timeout_s=10)]
+                return [r for r in records if r["type"] == "collection.answered"]
+
+            async def heard() -> bool:
+                async with story.pool.acquire() as conn:
+                    saga = await read_model.saga_detail(conn, inv.number)
+                return saga is not None and any(step.startswith("payments answered") for step in saga["steps"])
+
+            await wait_until(heard, timeout_s=60, what="payments' answer read by the saga")
+            async with story.pool.acquire() as conn:
+                asking = await read_model.saga_detail(conn, inv.number)
+            await publish(
+                story, [tick(deadline), tick(deadline + timedelta(days=1))]
+            )  # a repeated tick: no new question
+            await wait_until(
+                lambda: _state_is(story, inv.number, "needs_operator"), timeout_s=60, what="handed to an operator"
+            )
+            answers = await answered()
+        async with stack.pool.acquire() as conn:
+            shown = await read_model.saga_detail(conn, inv.number)
+            checked = await saga_check.check(conn)
+    assert len(answers) == 1, "one answer per question"
+    data = answers[0]["data"]
+    assert (data["invoice_number"], data["known"], data["status"], data["collection"]) == (
+        inv.number,
+        True,
+        "open",
+        "no_method",
+    )
+    assert (data["amount_paid"], data["amount_remaining"]) == ("0.00", "100.00")
+    said = "open: paid 0.00 of 100.00 USD, 100.00 remaining; collection no_method after 0 tries"
+    assert data["detail"].startswith(said), data["detail"]
+    assert asking is not None and any(step.startswith(f"payments answered: {said}") for step in asking["steps"])
+    assert shown is not None and shown["state"] == "needs_operator"
+    assert shown["reason"].startswith(f"collection not finished by its deadline; payments answered: {said}")
+    assert "no default payment method" in shown["reason"]
+    assert [(c["kind"], c["ref"]) for c in shown["compensations"]] == [("hold_earnings", inv.number)]
+    assert checked.violations == []
+
+
 def _status(number: str, contract: str, renter: str, revision: int, status: str, paid: str, at: datetime) -> bytes:
     data = InvoicePaymentStatus(
         invoice_id=f"inv-{number}",

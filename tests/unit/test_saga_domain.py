@@ -119,6 +119,29 @@ def test_a_silent_collection_is_asked_before_it_is_compensated() -> None:
     assert requested == {"hold_earnings:INV-2026-000001": 1}
 
 
+def test_payments_answer_to_the_inquiry_is_the_reason_an_operator_reads() -> None:
+    deadline = DUE + timedelta(days=17)
+    said = d.InquiryAnswered(asked_at=deadline, known=True, detail="open: collection no_method after 0 tries")
+    s = run([invoice(), d.Tick(at=deadline), said])[0]
+    assert (s.state, s.inquiry) == ("inquiring", "collection")
+    assert s.steps[-1] == "payments answered: open: collection no_method after 0 tries"
+    s, _, requested = run([said, d.Tick(at=deadline + timedelta(days=1)), invoice()])
+    assert s.state == "needs_operator"
+    assert (
+        s.reason
+        == "collection not finished by its deadline; payments answered: open: collection no_method after 0 tries"
+    )
+    assert requested == {"hold_earnings:INV-2026-000001": 1}
+    # a second question (after an operator's retry) and its answer: the latest answer is the one shown, in
+    # whatever order the two answers are read
+    later = d.InquiryAnswered(asked_at=deadline + timedelta(days=3), known=False, detail="payments has no invoice")
+    for answers in ([said, later], [later, said]):
+        s = run([invoice(), *answers, d.Tick(at=deadline + timedelta(days=1))])[0]
+        assert s.reason.endswith("payments answered: unknown invoice: payments has no invoice"), s.reason
+    # an answer never stands for a payment: a paid status still completes the cycle, unpaid never does
+    assert run([invoice(), said, status(2, "paid", 10_000, deadline)])[0].state == "completed"
+
+
 def test_dispute_lost_per_policy() -> None:
     events: list[d.Input] = [
         invoice(),
@@ -338,6 +361,31 @@ def test_a_payout_that_never_comes_is_asked_about_then_needs_an_operator() -> No
     assert s.state == "needs_operator" and s.reason
 
 
+def test_payouts_answer_to_the_payout_inquiry_is_the_reason_and_an_older_answer_is_not_shown() -> None:
+    policy = d.Policy(follow_payouts=True)
+    asked = DUE + timedelta(days=45)
+    base: list[d.Input] = [
+        invoice(),
+        status(2, "paid", 10_000, DUE),
+        d.PayoutOwed(supplier_id="sup-b", at=DUE + timedelta(days=1), plan="waiting: below_minimum"),
+    ]
+    said = "sup-b: payout po-b waiting (below_minimum)"
+    answer = d.InquiryAnswered(inquiry="payout", asked_at=asked, known=True, detail=said, by="payouts")
+    s = run([*base, d.Tick(at=asked), answer], policy)[0]
+    assert (s.state, s.inquiry, s.steps[-1]) == ("awaiting_payout", "payout", f"payouts answered: {said}")
+    s = run([answer, *base, d.Tick(at=asked + timedelta(days=1))], policy)[0]
+    assert (s.state, s.reason) == ("needs_operator", f"payout not sent by its deadline; payouts answered: {said}")
+    # an answer to a question asked before this deadline (an earlier one) is not this question's answer
+    stale = d.InquiryAnswered(
+        inquiry="payout", asked_at=asked - timedelta(days=1), known=True, detail=said, by="payouts"
+    )
+    s = run([*base, stale, d.Tick(at=asked + timedelta(days=1))], policy)[0]
+    assert s.reason == "payout did not answer by its deadline, even after an inquiry"
+    # payments' answer to the collection inquiry is another question's: it does not answer this one
+    collection = d.InquiryAnswered(asked_at=asked, known=True, detail="paid")
+    assert run([*base, collection, d.Tick(at=asked + timedelta(days=1))], policy)[0].reason == s.reason
+
+
 # --- properties ---------------------------------------------------------------------------------------------
 
 _EVENTS: list[d.Input] = [
@@ -362,6 +410,9 @@ _EVENTS: list[d.Input] = [
     d.PayoutSettled(payout_id="po_2", at=DUE + timedelta(days=30)),
     d.PayoutOwed(supplier_id="sup-b", at=DUE + timedelta(days=19)),
     d.PayoutOwed(supplier_id="sup-b", at=DUE + timedelta(days=50)),
+    d.InquiryAnswered(asked_at=DUE + timedelta(days=17), known=True, detail="open: collection no_method"),
+    d.InquiryAnswered(asked_at=DUE + timedelta(days=19), known=False, detail="payments has no invoice"),
+    d.InquiryAnswered(inquiry="payout", asked_at=DUE + timedelta(days=100), known=True, detail="x", by="payouts"),
 ]
 
 
