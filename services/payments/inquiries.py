@@ -87,7 +87,7 @@ async def _answer(conn: asyncpg.Connection, question: SagaEvent) -> CollectionAn
     if intent is None:
         mode = row["billing_mode"]
         parts.append(
-            "no collection: prepaid, paid from the wallet"
+            "no collection: a prepaid invoice (R14 collects postpaid ones; money received or credit pays it)"
             if mode == "prepaid"
             else f"no collection started (due {row['due_at'].date().isoformat()})"
         )

@@ -296,6 +296,10 @@ class Facts(BaseModel):
     payee_updated_at: datetime | None = None
     now: datetime | None = None
     """Event time: the latest tick (or event) seen."""
+    ticks: list[datetime] = []
+    """Every tick the saga was given (sorted; a saga is given a tick only when a deadline or retry of it has
+    come, so a handful): a question is asked at the first tick at or after its deadline, and its grace runs
+    from then — a tick far past the deadline asks, it does not give up unasked."""
     comp_done: dict[str, int] = {}
     """``kind:ref`` → attempt that succeeded."""
     comp_failed: dict[str, dict[int, datetime]] = {}
@@ -395,7 +399,10 @@ def apply(facts: Facts, event: Input) -> Facts:
         case PayeeUpdated():
             return facts.model_copy(update={"payee_updated_at": _max(facts.payee_updated_at, event.at)})
         case Tick():
-            return facts.model_copy(update={"now": _max(facts.now, event.at)})
+            if event.at in facts.ticks:
+                return facts
+            ticks = sorted({*facts.ticks, event.at})
+            return facts.model_copy(update={"now": _max(facts.now, event.at), "ticks": ticks})
         case CompensationResult():
             key = f"{event.compensation}:{event.ref}"
             if event.ok:
@@ -514,7 +521,7 @@ def evaluate(facts: Facts, policy: Policy) -> Status:
             required.append(Compensation("hold_earnings", inv.number))
         else:
             deadline = collection_deadline(inv, policy)
-            grace = deadline + timedelta(days=policy.inquiry_grace_days)
+            grace = asked_at(facts, deadline) + timedelta(days=policy.inquiry_grace_days)
             asked_again = max(facts.operator_retries.values(), default=None)
             if asked_again is not None:
                 grace = max(grace, asked_again + timedelta(days=policy.inquiry_grace_days))
@@ -686,6 +693,12 @@ def _paid_out(facts: Facts, pids: list[str], settled: set[str], owed_last: datet
     return owed_last is None or owed_last <= last_sent
 
 
+def asked_at(facts: Facts, deadline: datetime) -> datetime:
+    """When the question about a step due by ``deadline`` was asked: at the first tick at or after the
+    deadline (the deadline itself for sagas stored before ticks were kept, and before any such tick)."""
+    return next((t for t in facts.ticks if t >= deadline), deadline)
+
+
 _NOT_DONE = {"payout": "payout not sent", "settlement": "payout not settled at the bank"}
 
 
@@ -699,7 +712,7 @@ def _maybe_inquiry(
     facts: Facts, deadline: datetime, policy: Policy, state: State, waits: str, step: str, steps: list[str]
 ) -> Status:
     now = facts.now
-    grace = deadline + timedelta(days=policy.inquiry_grace_days)
+    grace = asked_at(facts, deadline) + timedelta(days=policy.inquiry_grace_days)
     if now is None or now < deadline:
         return Status(state, f"waiting for {waits}", waits, deadline, tuple(steps), ())
     answered = _answer(facts, step, deadline)

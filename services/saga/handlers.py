@@ -201,8 +201,13 @@ async def on_batch(policy: domain.Policy, tx: Tx, events: Sequence[Envelope[Any]
             by_invoice[number].append((cause, fact))
     for number in sorted(by_invoice):  # a fixed order: row locks are taken in the same order everywhere
         await store.advance(tx, number, by_invoice[number], policy)
-    if ticks:
-        cause, at = max(ticks, key=lambda t: t[1])
+    # Each tick on its own, in event-time order (a lagging worker's batch holds several): a question is asked
+    # at the first tick past its deadline, so skipping one would change when its grace ends.
+    seen: set[datetime] = set()
+    for cause, at in sorted(ticks, key=lambda t: t[1]):
+        if at in seen:
+            continue
+        seen.add(at)
         for number in await store.due_at(tx.conn, at):
             await store.advance(tx, number, [(cause, domain.Tick(at=at))], policy)
 

@@ -113,10 +113,17 @@ def test_a_silent_collection_is_asked_before_it_is_compensated() -> None:
     s, _, requested = run([invoice(), d.Tick(at=deadline)])
     assert (s.state, s.inquiry) == ("inquiring", "collection")
     assert requested == {}
-    s, _, requested = run([invoice(), d.Tick(at=deadline + timedelta(days=1))])
+    s, _, requested = run([invoice(), d.Tick(at=deadline), d.Tick(at=deadline + timedelta(days=1))])
     assert s.state == "needs_operator"
     assert "even after an inquiry" in s.reason
     assert requested == {"hold_earnings:INV-2026-000001": 1}
+    # a first tick far past the deadline (ticks a week apart, a clock that was down) asks first: it never
+    # gives up unasked; the grace runs from that tick
+    late = deadline + timedelta(days=7)
+    s, _, requested = run([invoice(), d.Tick(at=late)])
+    assert (s.state, s.inquiry, s.deadline, requested) == ("inquiring", "collection", late + timedelta(days=1), {})
+    s = run([invoice(), d.Tick(at=late + timedelta(days=1)), d.Tick(at=late)])[0]
+    assert s.state == "needs_operator", "the same ticks in any order"
 
 
 def test_payments_answer_to_the_inquiry_is_the_reason_an_operator_reads() -> None:
@@ -125,7 +132,7 @@ def test_payments_answer_to_the_inquiry_is_the_reason_an_operator_reads() -> Non
     s = run([invoice(), d.Tick(at=deadline), said])[0]
     assert (s.state, s.inquiry) == ("inquiring", "collection")
     assert s.steps[-1] == "payments answered: open: collection no_method after 0 tries"
-    s, _, requested = run([said, d.Tick(at=deadline + timedelta(days=1)), invoice()])
+    s, _, requested = run([said, d.Tick(at=deadline + timedelta(days=1)), invoice(), d.Tick(at=deadline)])
     assert s.state == "needs_operator"
     assert (
         s.reason
@@ -136,7 +143,7 @@ def test_payments_answer_to_the_inquiry_is_the_reason_an_operator_reads() -> Non
     # whatever order the two answers are read
     later = d.InquiryAnswered(asked_at=deadline + timedelta(days=3), known=False, detail="payments has no invoice")
     for answers in ([said, later], [later, said]):
-        s = run([invoice(), *answers, d.Tick(at=deadline + timedelta(days=1))])[0]
+        s = run([invoice(), *answers, d.Tick(at=deadline), d.Tick(at=deadline + timedelta(days=1))])[0]
         assert s.reason.endswith("payments answered: unknown invoice: payments has no invoice"), s.reason
     # an answer never stands for a payment: a paid status still completes the cycle, unpaid never does
     assert run([invoice(), said, status(2, "paid", 10_000, deadline)])[0].state == "completed"
@@ -357,8 +364,10 @@ def test_a_payout_that_never_comes_is_asked_about_then_needs_an_operator() -> No
     base: list[d.Input] = [invoice(), status(2, "paid", 10_000, DUE)]
     s = run([*base, d.Tick(at=DUE + timedelta(days=45))], policy)[0]
     assert s.inquiry == "payout"
-    s = run([*base, d.Tick(at=DUE + timedelta(days=46))], policy)[0]
+    s = run([*base, d.Tick(at=DUE + timedelta(days=45)), d.Tick(at=DUE + timedelta(days=46))], policy)[0]
     assert s.state == "needs_operator" and s.reason
+    s = run([*base, d.Tick(at=DUE + timedelta(days=46))], policy)[0]
+    assert (s.state, s.inquiry) == ("awaiting_payout", "payout"), "asked at the first tick past the deadline"
 
 
 def test_payouts_answer_to_the_payout_inquiry_is_the_reason_and_an_older_answer_is_not_shown() -> None:
@@ -373,17 +382,18 @@ def test_payouts_answer_to_the_payout_inquiry_is_the_reason_and_an_older_answer_
     answer = d.InquiryAnswered(inquiry="payout", asked_at=asked, known=True, detail=said, by="payouts")
     s = run([*base, d.Tick(at=asked), answer], policy)[0]
     assert (s.state, s.inquiry, s.steps[-1]) == ("awaiting_payout", "payout", f"payouts answered: {said}")
-    s = run([answer, *base, d.Tick(at=asked + timedelta(days=1))], policy)[0]
+    s = run([answer, *base, d.Tick(at=asked + timedelta(days=1)), d.Tick(at=asked)], policy)[0]
     assert (s.state, s.reason) == ("needs_operator", f"payout not sent by its deadline; payouts answered: {said}")
     # an answer to a question asked before this deadline (an earlier one) is not this question's answer
     stale = d.InquiryAnswered(
         inquiry="payout", asked_at=asked - timedelta(days=1), known=True, detail=said, by="payouts"
     )
-    s = run([*base, stale, d.Tick(at=asked + timedelta(days=1))], policy)[0]
+    s = run([*base, stale, d.Tick(at=asked), d.Tick(at=asked + timedelta(days=1))], policy)[0]
     assert s.reason == "payout did not answer by its deadline, even after an inquiry"
     # payments' answer to the collection inquiry is another question's: it does not answer this one
     collection = d.InquiryAnswered(asked_at=asked, known=True, detail="paid")
-    assert run([*base, collection, d.Tick(at=asked + timedelta(days=1))], policy)[0].reason == s.reason
+    ticks = [d.Tick(at=asked), d.Tick(at=asked + timedelta(days=1))]
+    assert run([*base, collection, *ticks], policy)[0].reason == s.reason
 
 
 # --- properties ---------------------------------------------------------------------------------------------
@@ -449,7 +459,8 @@ def test_any_order_or_duplication_of_the_same_events_ends_in_the_same_state(
 @given(subset=st.lists(st.sampled_from(_EVENTS), max_size=12))
 def test_every_cycle_with_an_invoice_ends_once_time_runs_far_enough(subset: list[d.Input]) -> None:
     """No saga is stuck unseen: with the invoice and time far past every deadline, it is terminal."""
-    events = [invoice(), *subset, d.Tick(at=DUE + timedelta(days=400))]
+    # time runs on: ticks keep coming (a question is asked at one, given up at a later one)
+    events = [invoice(), *subset, d.Tick(at=DUE + timedelta(days=400)), d.Tick(at=DUE + timedelta(days=402))]
     s, _, _ = run(events, d.Policy(follow_payouts=False))
     if not any(step.startswith("dispute") and step.endswith("open") for step in s.steps):  # no deadline yet
         assert s.terminal, s
