@@ -69,7 +69,9 @@ async def _answer(conn: asyncpg.Connection, question: SagaEvent) -> CollectionAn
     )
     if row is None:
         return CollectionAnswered(
-            **base, known=False, detail=f"payments has no invoice {number}: it never reached payments"
+            **base,
+            known=False,
+            detail=f"payments has no invoice {number}: not received, or not read yet (a lagging consumer)",
         )
     if row["status"] is None:  # stored, not yet allocated (R11 runs in the same batch: not seen in practice)
         return CollectionAnswered(**base, known=True, detail=f"invoice {number} received, not yet allocated")
