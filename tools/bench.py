@@ -1036,6 +1036,9 @@ async def bench_replay(
     days: Annotated[int, typer.Option(help="Days of usage (30: a month).")] = 30,
     tick_hours: Annotated[int, typer.Option(help="Hours between two archived clock ticks.")] = 24,
     runs: Annotated[int, typer.Option(help="Rebuilds of the same archive, compared with each other.")] = 2,
+    rating_workers: Annotated[
+        int, typer.Option(min=1, help="`settle run rating` processes (partitions shared by lease, as in production).")
+    ] = 2,
 ) -> None:
     """A month of a GPU cloud rebuilt from the input archive through metering and rating into a fresh
     database (``settle rebuild``'s path: private topics, worker processes, the clock's ticks as archived),
@@ -1074,7 +1077,7 @@ async def bench_replay(
                 into,
                 stack.bootstrap_servers,
                 log_dir=stack.settings.state_dir / f"rebuild{run}",
-                fleet=("metering", "rating"),
+                fleet=("metering", *["rating"] * rating_workers),
                 idle_timeout_s=4 * 3600,
             )
             pool = await create_pool(into, max_size=2)

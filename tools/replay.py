@@ -252,7 +252,9 @@ async def rebuild_into(
     extra_env: dict[str, str] | None = None,
     fleet: Sequence[str] = FLEET,
 ) -> RebuildResult:
-    """Recompute all derived state in ``into_dsn`` (fresh) from ``source``'s archive (module doc)."""
+    """Recompute all derived state in ``into_dsn`` (fresh) from ``source``'s archive (module doc). ``fleet``
+    names one worker process per entry: a name given twice runs two processes of it (its partitions are
+    shared by lease, as in production)."""
     began = time.perf_counter()
     await check_fresh(into_dsn)
     async with source.acquire() as conn:
@@ -263,7 +265,7 @@ async def rebuild_into(
     prefix = f"rebuild{uuid.uuid4().hex[:8]}."
     await create_topics(bootstrap_servers, prefix)
     task = progress.add_task("rebuilding", total=total) if progress else None
-    services = [catalog.load(name) for name in fleet]
+    services = [catalog.load(name) for name in dict.fromkeys(fleet)]
     env = worker_env(into_dsn, bootstrap_servers, prefix, **(extra_env or {}))
     published = 0
     into = await create_pool(into_dsn, max_size=4)

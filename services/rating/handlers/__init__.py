@@ -83,7 +83,9 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     for n, event in enumerate(events):
         if event.type == "usage.metered":
             if n == 0 or events[n - 1].type != "usage.metered":
-                await batch.prefetch(_hours_of_run(events, n))
+                run = list(_hours_of_run(events, n))
+                await batch.prefetch((hour for hour, _ in run))
+                await batch.prefetch_terms({contract for _, contract in run})
             await on_usage(batch, event)
             continue
         await batch.flush()  # what follows may read the rows the usage before it wrote
@@ -105,12 +107,13 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     await ensure_accounts(tx.conn, batch.accounts.values())
 
 
-def _hours_of_run(events: Sequence[Envelope[Any]], start: int) -> Iterator[store.HourKey]:
-    """The (allocation, meter, hour) of each usage record from ``start`` to the next other event."""
+def _hours_of_run(events: Sequence[Envelope[Any]], start: int) -> Iterator[tuple[store.HourKey, str]]:
+    """The (allocation, meter, hour) and the contract of each usage record from ``start`` to the next other
+    event."""
     for event in events[start:]:
         if event.type != "usage.metered":
             return
-        yield (event.data.allocation_id, event.data.meter, event.data.hour_start)
+        yield (event.data.allocation_id, event.data.meter, event.data.hour_start), event.data.contract_id
 
 
 WATERMARK_WAITS_FOR = (topics.CONTRACTS, topics.WALLETS)

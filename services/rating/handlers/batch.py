@@ -64,6 +64,13 @@ class Batch:
     """Per partition, the credit-limit versions this batch's usage watermarks pass, read once when the
     batch locks their contracts (``watermarks.read_limits_taking_effect``)."""
 
+    async def prefetch_terms(self, contract_ids: Iterable[str]) -> None:
+        """Load the terms of ``contract_ids`` not known yet, in one round trip (a contract with none stays
+        unknown here: :meth:`terms_of` asks again, as it would have)."""
+        missing = sorted({c for c in contract_ids if c not in self.terms})
+        if missing:
+            self.terms.update(await contracts_store.load_many(self.tx.conn, store.SCHEMA, missing))
+
     async def terms_of(self, contract_id: str) -> ContractTerms | None:
         if contract_id not in self.terms:
             self.terms[contract_id] = await contracts_store.load_terms(self.tx.conn, store.SCHEMA, contract_id)
