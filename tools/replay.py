@@ -513,6 +513,9 @@ async def rebuild(
     into: Annotated[str, typer.Option(help="DSN of a fresh, empty database to rebuild into.")],
     compare: Annotated[bool, typer.Option(help="Compare the result with the live database.")] = True,
     operator: Annotated[str | None, typer.Option(help="Who runs it (default: $USER), for the audit.")] = None,
+    rating_workers: Annotated[
+        int, typer.Option(min=1, help="`settle run rating` processes (they share its partitions by lease).")
+    ] = 1,
 ) -> None:
     """Recompute all derived state in a fresh database from the input archive, in the clock's log order,
     with the real workers on a private topic prefix; then compare it with the live state."""
@@ -527,7 +530,7 @@ async def rebuild(
                 conn,
                 operator=operator or audit.default_actor(),
                 command="rebuild",
-                arguments={"into": _redacted(into), "compare": compare},
+                arguments={"into": _redacted(into), "compare": compare, "rating_workers": rating_workers},
             )
         detail: dict[str, Any] = {}
         ok = False
@@ -539,6 +542,7 @@ async def rebuild(
                     targets.bootstrap_servers,
                     log_dir=settings.state_dir / "rebuild-logs",
                     progress=progress,
+                    fleet=("metering", *["rating"] * rating_workers, "invoicing"),
                 )
             detail.update(published=result.published, ticks=result.ticks, elapsed_s=round(result.elapsed_s, 1))
             console.print(
