@@ -57,6 +57,14 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
     touched: set[books.Touched] = set()
     invoices_added = False  # or a default method attached: what is due may start without another tick
     last = events[-1]
+
+    async def recompute_touched() -> None:
+        """The allocation as of the facts so far (R11), before a step that must see it."""
+        nonlocal touched
+        if touched:
+            await books.recompute_all(tx, touched, cause=last, at=last.time)
+            touched = set()
+
     for event in events:
         data = event.data
         if isinstance(data, InvoiceFinalized):
@@ -100,32 +108,25 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
             if await _method(tx, event, data):
                 invoices_added = True  # intents without a method (or hard declined) may start now
         elif isinstance(data, PaymentCommand):
-            if touched:  # commands see the allocation as of the facts before them in the batch
-                await books.recompute_all(tx, touched, cause=last, at=last.time)
-                touched = set()
+            await recompute_touched()  # commands see the allocation as of the facts before them in the batch
             touched |= await commands.apply(tx, config, event, data)
         elif isinstance(data, ProcessorEventReceived):
             touched |= await processor_events.apply(tx, config, event, data)
         elif isinstance(data, SagaEvent):
             if inquiries.is_question(event):
-                if touched:  # the answer tells the allocation as of the facts before the question
-                    await books.recompute_all(tx, touched, cause=last, at=last.time)
-                    touched = set()
+                await recompute_touched()  # the answer tells the allocation as of the facts before the question
                 await inquiries.answer(tx, event)
         elif isinstance(data, ClockTicked | Watermark):
             # Each tick on its own, in order, once invoicing's mark says its close is read: the statuses of
             # what came before, then its collections and its watermark (several ticks in one batch — a
             # lagging worker — answer as one at a time would).
-            if touched:
-                await books.recompute_all(tx, touched, cause=last, at=last.time)
-                touched = set()
+            await recompute_touched()
             if isinstance(data, ClockTicked):
                 await store.queue_tick(conn, data.at)
             else:
                 await store.save_invoice_mark(conn, data.partition, data.through)
             await _answer_ticks(tx, config, event)
-    if touched:
-        await books.recompute_all(tx, touched, cause=last, at=last.time)
+    await recompute_touched()
     if invoices_added and (now := await store.event_now(conn)) is not None:
         # An invoice read after a tick that made it due (a worker that lagged on invoices.finalized.v1 but
         # not on the clock) starts now, on its due date, as if read before the tick: lag changes nothing.

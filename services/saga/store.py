@@ -63,9 +63,10 @@ async def advance(
         f"{r['kind']}:{r['ref']}": r["attempts"]
         for r in await conn.fetch("select kind, ref, attempts from saga.compensations where saga_id = $1", saga_id)
     }
+    latest = status  # the evaluation of the facts as they stand (its steps are stored; ``status`` moves on a change)
     for cause, event in inputs:
         facts = domain.apply(facts, event)
-        new = domain.evaluate(facts, policy)
+        new = latest = domain.evaluate(facts, policy)
         if _status_key(new) != _status_key(status):
             seq += 1
             await _transition(tx, saga_id, invoice_number, facts, status, new, cause, seq)
@@ -95,7 +96,7 @@ async def advance(
                     comp.kind,
                     comp.ref,
                 )
-            new = domain.evaluate(facts, policy)
+            new = latest = domain.evaluate(facts, policy)
             if _status_key(new) != _status_key(status):
                 seq += 1
                 await _transition(tx, saga_id, invoice_number, facts, status, new, cause, seq)
@@ -124,7 +125,7 @@ async def advance(
     inv = facts.invoice
     # the story as the facts now tell it: a fact that changes no state (payments' answer to an inquiry, a
     # second payment) still adds its step
-    steps = domain.evaluate(facts, policy).steps
+    steps = latest.steps
     await conn.execute(
         """update saga.sagas set invoice_id = $2, contract_id = $3, renter_id = $4, currency = $5,
                period_start = $6, period_end = $7, state = $8, reason = $9, waits_for = $10, deadline = $11,
