@@ -27,7 +27,7 @@ from libs.ledger import verify
 from libs.messaging.worker import Service
 from libs.money import minor_to_ledger
 from schemas import topics
-from schemas.events import InvoicePaymentStatus, PaymentEvent, PayoutEvent
+from schemas.events import InvoicePaymentStatus, PaymentEvent, PayoutEvent, SagaEvent
 from schemas.inputs import ClockTicked
 from services.cli.sagas import retry
 from services.operations import saga_check
@@ -243,10 +243,43 @@ async def test_payments_answers_the_inquiry_and_the_operator_reads_its_answer(st
             await wait_until(
                 lambda: _state_is(story, inv.number, "needs_operator"), timeout_s=60, what="handed to an operator"
             )
+            # a question about an invoice payments never received (as a saga would ask it): "known: false"
+            async with story.pool.acquire() as conn:
+                checked = await saga_check.check(conn)
+            stranger = SagaEvent(
+                saga_id="saga-stranger",
+                invoice_number="INV-NOBODY",
+                contract_id="ctr-x",
+                renter_id="rnt-x",
+                currency="USD",
+                period_start=None,
+                state="inquiring",
+                reason="no answer from payments",
+                waits_for="an answer to the inquiry (payment status)",
+                inquiry="collection",
+                cause_event_id="tick-x",
+                cause_type="clock.ticked",
+                at=deadline,
+            )
+            await publish(
+                story, [(topics.SAGAS, "saga-stranger", event_bytes("saga.step", stranger, id="ask-x", time=deadline))]
+            )
+
+            async def both() -> bool:
+                return {a["data"]["invoice_number"] for a in await answered()} == {inv.number, "INV-NOBODY"}
+
+            await wait_until(both, timeout_s=60, what="payments' answer about an invoice it does not know")
             answers = await answered()
         async with stack.pool.acquire() as conn:
             shown = await read_model.saga_detail(conn, inv.number)
-            checked = await saga_check.check(conn)
+    nobody = [a["data"] for a in answers if a["data"]["invoice_number"] == "INV-NOBODY"]
+    assert len(nobody) == 1 and (nobody[0]["known"], nobody[0]["status"], nobody[0]["renter_id"]) == (
+        False,
+        None,
+        "rnt-x",
+    )
+    assert nobody[0]["detail"].startswith("payments has no invoice INV-NOBODY: not received, or not read yet")
+    answers = [a for a in answers if a["data"]["invoice_number"] == inv.number]
     assert len(answers) == 1, "one answer per question"
     data = answers[0]["data"]
     assert (data["invoice_number"], data["known"], data["status"], data["collection"]) == (
