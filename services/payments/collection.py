@@ -10,6 +10,7 @@ processor — never by calling again with a new key.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -212,6 +213,7 @@ async def record_result(
     attempt_id: str,
     result: ChargeResult,
     *,
+    circuits: Circuits,
     inquiry: bool = False,
     claim: int | None = None,
     touched: dict[books.Touched, datetime] | None = None,
@@ -221,6 +223,9 @@ async def record_result(
     ``claim``: the claim the answering send or inquiry held. When the attempt has been claimed again
     since (an inquiry gave it back to pending and it was re-sent with the same key), an old answer
     decides nothing — unless it says the processor charged, which is a fact whoever asked.
+
+    ``circuits``: what the answer says of its gateway's health is noted there, for the caller to write
+    after its commit (:func:`note_circuits`).
 
     ``touched``: a caller recording several answers in one transaction collects here the books to
     recompute (renter-currency → latest money time) and recomputes them once; without it, the books of a
@@ -261,12 +266,12 @@ async def record_result(
             delay,
             result.message[:500],
         )
-        await _circuit(conn, attempt["gateway"], ok=False, config=config)
+        circuits.note(attempt["gateway"], ok=False)
         return "unknown"
 
     if outcome == "succeeded":
         collected: dict[books.Touched, datetime] = {} if touched is None else touched
-        await record_successes(tx, config, [(attempt, result, inquiry)], collected)
+        await record_successes(tx, config, [(attempt, result, inquiry)], collected, circuits)
         if touched is None:
             await books.recompute_all(tx, collected, cause=None, at=collected)
         return "succeeded"
@@ -283,7 +288,7 @@ async def record_result(
         result.message[:500],
         1 if inquiry else 0,
     )
-    await _circuit(conn, attempt["gateway"], ok=outcome != "error", config=config)
+    circuits.note(attempt["gateway"], ok=outcome != "error")
     cause_time: datetime = attempt["at"]
     amount = attempt["amount_minor"]
     event = _event(attempt, result)
@@ -338,6 +343,7 @@ async def record_successes(
     config: PaymentsConfig,
     answers: list[tuple[asyncpg.Record, ChargeResult, bool]],
     touched: dict[books.Touched, datetime],
+    circuits: Circuits,
 ) -> None:
     """A charge the processor made, for one or many open attempts at once (locked; each ``(attempt,
     result, inquiry)``, one per attempt): the attempt, the money in and its entry, the intent, the
@@ -359,8 +365,8 @@ async def record_successes(
         [r.message[:500] for _, r, _ in answers],
         [1 if inquiry else 0 for _, _, inquiry in answers],
     )
-    for gateway in sorted({a["gateway"] for a, _, _ in answers}):
-        await _circuit(conn, gateway, ok=True, config=config)
+    for attempt, _, _ in answers:
+        circuits.note(attempt["gateway"], ok=True)
     inserted = {
         r["source_id"]
         for r in await conn.fetch(
@@ -497,27 +503,45 @@ def _emit(tx: Tx, type: str, fields: dict[str, Any], *, reason: str) -> None:
     )
 
 
-async def _circuit(conn: asyncpg.Connection, gateway: str, *, ok: bool, config: PaymentsConfig) -> None:
-    """Consecutive failures open a gateway's circuit for a while (routing steers around it)."""
-    if ok:
-        # A success on a healthy gateway changes nothing: no write, so no row lock held to the commit
-        # (every result on one gateway would otherwise wait for the one before).
-        failures = await conn.fetchval("select failures from payments.circuits where gateway = $1", gateway)
-        if failures == 0:
-            return
+@dataclass
+class Circuits:
+    """What one transaction's answers said about each gateway's health, in order. Written by
+    :func:`note_circuits` once the answers are committed, in its own short statement: a write inside the
+    answers' transaction would hold the gateway's ``payments.circuits`` row until their commit, and every
+    answer on that gateway, across workers, would wait for the one before. A worker killed between the
+    two loses these notes only; the breaker is routing's advice, never money."""
+
+    seen: dict[str, list[bool]] = field(default_factory=dict)
+
+    def note(self, gateway: str, *, ok: bool) -> None:
+        self.seen.setdefault(gateway, []).append(ok)
+
+
+async def note_circuits(conn: asyncpg.Connection, circuits: Circuits, config: PaymentsConfig) -> None:
+    """Consecutive failures open a gateway's circuit for a while (routing steers around it): per gateway,
+    a success resets the count and each failure after it adds one; reaching ``circuit_failures`` opens
+    the circuit for ``circuit_open_s`` from now (again at every further failure)."""
+    for gateway, oks in sorted(circuits.seen.items()):
+        if all(oks):
+            # A success on a healthy gateway changes nothing: no write at all.
+            failures = await conn.fetchval("select failures from payments.circuits where gateway = $1", gateway)
+            if not failures:  # no row yet, or a count of 0
+                continue
+        reset = True in oks
+        added = oks[::-1].index(True) if reset else len(oks)  # the failures after the last success
         await conn.execute(
-            """insert into payments.circuits (gateway, failures) values ($1, 0)
-               on conflict (gateway) do update set failures = 0, updated_at = now()""",
+            """insert into payments.circuits (gateway, failures, open_until)
+               values ($1, $2::int, case when $2::int >= $4::int then now() + make_interval(secs => $5) end)
+               on conflict (gateway) do update
+                  set failures = case when $3::boolean then 0 else payments.circuits.failures end + $2::int,
+                      open_until = case when $2::int > 0
+                                         and case when $3::boolean then 0 else payments.circuits.failures end
+                                             + $2::int >= $4::int
+                                        then now() + make_interval(secs => $5) else payments.circuits.open_until end,
+                      updated_at = now()""",
             gateway,
+            added,
+            reset,
+            config.circuit_failures,
+            config.circuit_open_s,
         )
-        return
-    await conn.execute(
-        """insert into payments.circuits (gateway, failures) values ($1, 1)
-           on conflict (gateway) do update set failures = payments.circuits.failures + 1,
-               open_until = case when payments.circuits.failures + 1 >= $2
-                                 then now() + make_interval(secs => $3) else payments.circuits.open_until end,
-               updated_at = now()""",
-        gateway,
-        config.circuit_failures,
-        config.circuit_open_s,
-    )

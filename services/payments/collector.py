@@ -64,12 +64,17 @@ async def record(
     inquiry: bool,
     claim: int | None = None,
 ) -> str:
-    async with pool.acquire() as conn, conn.transaction():
-        tx = Tx(conn, "payments")
-        state = await collection.record_result(tx, config, attempt_id, result, inquiry=inquiry, claim=claim)
-        await collection.release_marks(tx, cause=None)
-        await tx.flush()
-        return state
+    circuits = collection.Circuits()
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            tx = Tx(conn, "payments")
+            state = await collection.record_result(
+                tx, config, attempt_id, result, circuits=circuits, inquiry=inquiry, claim=claim
+            )
+            await collection.release_marks(tx, cause=None)
+            await tx.flush()
+        await collection.note_circuits(conn, circuits, config)
+    return state
 
 
 @dataclass
@@ -134,40 +139,61 @@ class Recorder:
 
 
 async def record_many(pool: asyncpg.Pool, config: PaymentsConfig, batch: list[_Answer]) -> list[str]:
-    async with pool.acquire() as conn, conn.transaction():
-        tx = Tx(conn, "payments")
-        touched: dict[books.Touched, datetime] = {}
-        attempts = await collection.lock_attempts(conn, sorted({a.attempt_id for a in batch}))
-        # Charges made on open attempts (almost every answer) are recorded together; any other answer —
-        # a decline, an error, an unknown outcome, a second answer about one attempt — one by one.
-        together: dict[str, _Answer] = {}
-        seen: set[str] = set()
-        for answer in batch:
-            attempt = attempts.get(answer.attempt_id)
-            if (
-                attempt is not None
-                and answer.result.outcome == "succeeded"
-                and attempt["state"] in ("pending", "sending", "unknown")
-                and answer.attempt_id not in seen
-            ):
-                together[answer.attempt_id] = answer
-            seen.add(answer.attempt_id)
-        await collection.record_successes(
-            tx, config, [(attempts[a.attempt_id], a.result, a.inquiry) for a in together.values()], touched
+    circuits = collection.Circuits()
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            states = await _record_many(conn, config, batch, circuits)
+        await collection.note_circuits(conn, circuits, config)
+    return states
+
+
+async def _record_many(
+    conn: asyncpg.Connection, config: PaymentsConfig, batch: list[_Answer], circuits: collection.Circuits
+) -> list[str]:
+    tx = Tx(conn, "payments")
+    touched: dict[books.Touched, datetime] = {}
+    attempts = await collection.lock_attempts(conn, sorted({a.attempt_id for a in batch}))
+    # Charges made on open attempts (almost every answer) are recorded together; any other answer —
+    # a decline, an error, an unknown outcome, a second answer about one attempt — one by one.
+    together: dict[str, _Answer] = {}
+    seen: set[str] = set()
+    for answer in batch:
+        attempt = attempts.get(answer.attempt_id)
+        if (
+            attempt is not None
+            and answer.result.outcome == "succeeded"
+            and attempt["state"] in ("pending", "sending", "unknown")
+            and answer.attempt_id not in seen
+        ):
+            together[answer.attempt_id] = answer
+        seen.add(answer.attempt_id)
+    await collection.record_successes(
+        tx,
+        config,
+        [(attempts[a.attempt_id], a.result, a.inquiry) for a in together.values()],
+        touched,
+        circuits,
+    )
+    states = [
+        "succeeded"
+        if together.get(a.attempt_id) is a
+        else await collection.record_result(
+            tx,
+            config,
+            a.attempt_id,
+            a.result,
+            circuits=circuits,
+            inquiry=a.inquiry,
+            claim=a.claim,
+            touched=touched,
         )
-        states = [
-            "succeeded"
-            if together.get(a.attempt_id) is a
-            else await collection.record_result(
-                tx, config, a.attempt_id, a.result, inquiry=a.inquiry, claim=a.claim, touched=touched
-            )
-            for a in batch
-        ]
-        if touched:
-            await books.recompute_all(tx, touched, cause=None, at=touched)
-        await collection.release_marks(tx, cause=None)
-        await tx.flush()
-        return states
+        for a in batch
+    ]
+    if touched:
+        await books.recompute_all(tx, touched, cause=None, at=touched)
+    await collection.release_marks(tx, cause=None)
+    await tx.flush()
+    return states
 
 
 RESEND_CHECK_AFTER_S = 1.0

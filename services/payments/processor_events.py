@@ -150,7 +150,10 @@ async def _attempt_outcome(tx: Tx, config: PaymentsConfig, event: Envelope[Any],
         result = ChargeResult("succeeded", charge_id=data.charge_id or data.payment_id, message="webhook")
     else:
         result = ChargeResult("declined", code=(data.decline_code or "").split("/")[-1] or None, message="webhook")
-    await collection.record_result(tx, config, data.attempt_id, result, inquiry=False)
+    circuits = collection.Circuits()
+    await collection.record_result(tx, config, data.attempt_id, result, circuits=circuits, inquiry=False)
+    # Rare (a webhook that overtook our own answer): noted in the consumer's transaction.
+    await collection.note_circuits(tx.conn, circuits, config)
 
 
 async def _charge(tx: Tx, data: ProcessorEventReceived) -> Any:
