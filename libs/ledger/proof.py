@@ -16,11 +16,15 @@ and when a row was written, not what the ledger says.
 with the same entries have the same hash whatever the physical row order or the time they were
 written; any amount, account, asset, kind, time, cause or reference that differs changes it.
 
-**Chain.** Every entry belongs to one chain: its assets, sorted and joined by ``+`` (``USD/8``;
-a multi-asset entry ``EUR/8+USD/8``). The chain's n-th entry stores ``prev_hash`` (the (n-1)-th's
-``hash``; 32 zero bytes for the first) and ``hash = SHA-256(prev_hash ‖ chain line)``, where the
-chain line is the canonical line with the entry's ``correlation_id`` (string or null) appended to
-the array (it is covered by the chain, though not by the ledger hash: tracing, not money).
+**Chain.** Every entry belongs to one chain: a *lane* of its assets, sorted and joined by ``+``
+(``USD/8``; a multi-asset entry ``EUR/8+USD/8``). An asset set has :data:`LANES` lanes: the first is
+named by the assets alone (``USD/8``), the others carry ``#1`` … ``#7`` (``USD/8#3``). Each lane is a
+chain of its own: its n-th entry stores ``prev_hash`` (the (n-1)-th's ``hash``; 32 zero bytes for the
+first) and ``hash = SHA-256(prev_hash ‖ chain line)``, where the chain line is the canonical line with
+the entry's ``correlation_id`` (string or null) appended to the array (it is covered by the chain,
+though not by the ledger hash: tracing, not money). Which lane an entry joined says only which
+transactions were writing at the same time (a posting transaction holds its lane's head until it
+commits, so lanes let that many post and commit at once); it is not part of what the ledger says.
 """
 
 from __future__ import annotations
@@ -100,9 +104,23 @@ def chain_line(record: EntryRecord) -> bytes:
     return _dump([*_fields(record), record.correlation_id])
 
 
+LANES = 8
+"""Chains per asset set (see the module's docstring)."""
+
+
 def chain_of(record: EntryRecord) -> str:
-    """The chain an entry belongs to: its sorted assets joined by ``+``."""
+    """The asset set an entry is chained under: its sorted assets joined by ``+`` (any of its lanes)."""
     return "+".join(sorted({asset for _, asset, _ in record.postings}))
+
+
+def lanes_of(assets: str) -> list[str]:
+    """The chains (lanes) of an asset set, first lane first: ``USD/8``, ``USD/8#1`` … ``USD/8#7``."""
+    return [assets] + [f"{assets}#{n}" for n in range(1, LANES)]
+
+
+def assets_of_chain(chain: str) -> str:
+    """The asset set a chain (lane) belongs to: ``USD/8#3`` → ``USD/8``."""
+    return chain.split("#", 1)[0]
 
 
 def link(prev_hash: bytes, record: EntryRecord) -> bytes:

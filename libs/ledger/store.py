@@ -12,7 +12,7 @@ import asyncpg
 
 from libs.ids import derive_id
 from libs.ledger.postings import AccountSpec, Entry, Posting, asset_of
-from libs.ledger.proof import GENESIS, EntryRecord, LedgerHasher, chain_of, link, record_of
+from libs.ledger.proof import GENESIS, EntryRecord, LedgerHasher, assets_of_chain, chain_of, lanes_of, link, record_of
 
 
 async def ensure_accounts(conn: asyncpg.Connection, specs: Iterable[AccountSpec]) -> None:
@@ -45,16 +45,18 @@ async def ensure_accounts(conn: asyncpg.Connection, specs: Iterable[AccountSpec]
 async def post(conn: asyncpg.Connection, entries: Sequence[Entry]) -> None:
     """Insert entries and all their postings, chained (``libs.ledger.proof``), in the caller's transaction.
 
-    Locks the head row of every chain the entries extend, in chain order, until the transaction ends
-    (the chain's serialization point), then writes the entries (one statement), their postings (one
-    statement) and the new heads. Raises (through the caller's error mapping) UnbalancedEntryError,
-    LedgerFloorError, or a unique violation when an entry for the same (cause, kind) exists.
+    For every asset set the entries are in, locks the head of one of its lanes (a free one if any; the
+    lane's serialization point) until the transaction ends, asset sets in a fixed order; then writes the
+    entries (one statement), their postings (one statement) and the new heads. Raises (through the
+    caller's error mapping) UnbalancedEntryError, LedgerFloorError, or a unique violation when an entry
+    for the same (cause, kind) exists.
     """
     if not entries:
         return
     records = [record_of(e) for e in entries]
-    chains = [chain_of(r) for r in records]
-    heads = await _lock_heads(conn, sorted(set(chains)))
+    lanes = {assets: await _lock_lane(conn, assets) for assets in sorted({chain_of(r) for r in records})}
+    heads = {chain: (seq, prev) for chain, seq, prev in lanes.values()}
+    chains = [lanes[chain_of(r)][0] for r in records]
     seqs: list[int] = []
     prevs: list[bytes] = []
     hashes: list[bytes] = []
@@ -119,19 +121,33 @@ async def post(conn: asyncpg.Connection, entries: Sequence[Entry]) -> None:
     )
 
 
-async def _lock_heads(conn: asyncpg.Connection, chains: list[str]) -> dict[str, tuple[int, bytes]]:
-    """(seq, hash) of each chain's head, locked FOR UPDATE in chain order (heads created on first use)."""
-    select = """select chain, seq, hash from ledger.chain_heads where chain = any($1::text[])
-                order by chain collate "C" for update"""
-    rows = await conn.fetch(select, chains)
-    if len(rows) < len(chains):
-        await conn.execute(
-            """insert into ledger.chain_heads (chain) select unnest($1::text[]) order by 1
-               on conflict (chain) do nothing""",
-            chains,
-        )
-        rows = await conn.fetch(select, chains)
-    return {r["chain"]: (int(r["seq"]), bytes(r["hash"])) for r in rows}
+async def _lock_lane(conn: asyncpg.Connection, assets: str) -> tuple[str, int, bytes]:
+    """(chain, seq, hash) of one lane of ``assets``, its head locked FOR UPDATE until the transaction ends:
+    the first lane no other transaction holds, or — all held — one picked by the session (waiting for
+    it). Lane heads are created on first use. Asset sets are locked in one order by every poster and
+    each waits for at most one lane per set, so two posters never deadlock on heads."""
+    lanes = lanes_of(assets)
+    free = """select chain, seq, hash from ledger.chain_heads where chain = any($1::text[])
+               order by chain collate "C" for update skip locked limit 1"""
+    row = await conn.fetchrow(free, lanes)
+    if row is None:
+        if await conn.fetchval("select count(*) from ledger.chain_heads where chain = any($1::text[])", lanes) < len(
+            lanes
+        ):
+            await conn.execute(
+                """insert into ledger.chain_heads (chain) select unnest($1::text[]) order by 1
+                   on conflict (chain) do nothing""",
+                lanes,
+            )
+            row = await conn.fetchrow(free, lanes)
+        if row is None:  # every lane is being written: wait for one
+            row = await conn.fetchrow(
+                """select chain, seq, hash from ledger.chain_heads
+                    where chain = ($1::text[])[1 + pg_backend_pid() % cardinality($1::text[])] for update""",
+                lanes,
+            )
+    assert row is not None, assets
+    return str(row["chain"]), int(row["seq"]), bytes(row["hash"])
 
 
 async def reverse(
@@ -381,7 +397,7 @@ async def verify_chains(conn: asyncpg.Connection, report: VerifyReport) -> None:
             if stored_prev != prev:
                 after = f"entry {prev_id}" if prev_id else "the chain's start"
                 broken(chain, seq, entry_id, f"prev_hash is not the hash of {after} (a link re-hashed or replaced)")
-            if chain_of(record) != chain:
+            if chain_of(record) != assets_of_chain(chain):
                 broken(chain, seq, entry_id, f"its postings are in {chain_of(record) or 'no asset'}, not {chain}")
             if link(stored_prev, record) != stored_hash:
                 broken(chain, seq, entry_id, "its content does not give its hash (the entry or a posting was edited)")
