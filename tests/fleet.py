@@ -4,8 +4,11 @@ services with the real worker runtime, wait for conditions. Nothing here fakes K
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import subprocess
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -109,3 +112,29 @@ async def read_topic(stack: Stack, topic: Topic, *, timeout_s: float = 30) -> li
     return await read_all(
         stack.bootstrap_servers, stack.settings.topic_prefix + topic.name, topic.partitions, timeout_s=timeout_s
     )
+
+
+def settle_in_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``settle ARGS`` in this process with ``env`` on top of the process's environment, as a
+    subprocess would, minus the ~2–3 s of interpreter start and imports: the real Typer app through
+    ``CliRunner``, in its own thread (a command runs its own event loop; the caller's loop waits, as it
+    would on ``subprocess.run``). An exception the CLI lets escape is a non-zero exit with its traceback
+    on stderr, as from a real process."""
+    from typer.testing import CliRunner
+
+    from libs.settings import get_settings
+    from services.cli.main import build_app
+
+    def invoke() -> subprocess.CompletedProcess[str]:
+        get_settings.cache_clear()
+        try:
+            done = CliRunner().invoke(build_app(), list(args), env={**env, "NO_COLOR": "1"})
+        finally:
+            get_settings.cache_clear()
+        stderr = done.stderr
+        if done.exception is not None and not isinstance(done.exception, SystemExit):
+            stderr += "".join(traceback.format_exception(done.exception))
+        return subprocess.CompletedProcess(["settle", *args], done.exit_code, done.stdout, stderr)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(invoke).result(timeout=120)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +37,7 @@ from services.operations import held, quarantine
 from services.rating.handlers import SUBSCRIPTION as RATING
 from tests.conftest import Servers, Stack
 from tests.feed import Feed
-from tests.fleet import event_bytes
+from tests.fleet import event_bytes, settle_in_process
 from tests.integration.test_rating_service import Hour, contract_created, usage, watermark_bytes
 
 pytestmark = pytest.mark.integration
@@ -398,14 +396,7 @@ async def test_quarantined_closes_are_listed_and_retried_with_an_audit(stack: St
 
 
 def settle(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SETTLE_DATABASE_URL": stack.database_url, "USER": "cli-operator"}
-    return subprocess.run(
-        [sys.executable, "-c", "from services.cli.main import main; main()", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return settle_in_process({"SETTLE_DATABASE_URL": stack.database_url, "USER": "cli-operator"}, *args)
 
 
 async def test_cli_lists_drops_and_retries(stack: Stack) -> None:

@@ -13,9 +13,7 @@ breaks older than the window are open, exit 0 on a date when all of them are sti
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,10 +26,10 @@ from libs.ledger import AccountSpec, balances, build_entry, credit, debit, ensur
 from libs.money import minor_to_ledger
 from services.payouts.rails.iso20022 import schema
 from tests.conftest import Stack
+from tests.fleet import settle_in_process
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 CAMT = "urn:iso:std:iso:20022:tech:xsd:camt.053.001.08"
 TRANSIT = AccountSpec("platform:payouts_in_transit:USD", "USD", "liability", "platform")
 
@@ -172,15 +170,9 @@ async def post_ledger(stack: Stack) -> None:
 
 
 def settle(stack: Stack, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        **os.environ,
-        **(env or {}),
-        "SETTLE_DATABASE_URL": stack.database_url,
-        "SETTLE_STATE_DIR": str(stack.settings.state_dir),
-        "PYTHONPATH": str(ROOT),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli.main", *args], env=full_env, capture_output=True, text=True, timeout=120
+    return settle_in_process(
+        {**(env or {}), "SETTLE_DATABASE_URL": stack.database_url, "SETTLE_STATE_DIR": str(stack.settings.state_dir)},
+        *args,
     )
 
 

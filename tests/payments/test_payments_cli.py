@@ -5,24 +5,20 @@ tests/payments/test_refund_dispute_stories.py)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import orjson
 import pytest
 
 from schemas import topics
-from tests.chaos.test_kill_workers import ROOT, _env
+from tests.chaos.test_kill_workers import _env
 from tests.conftest import Stack
-from tests.fleet import read_topic
+from tests.fleet import read_topic, settle_in_process
 
 pytestmark = pytest.mark.integration
 
 
 def settle(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli.main", *args], env=_env(stack), cwd=ROOT,
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    return settle_in_process(_env(stack), *args)
 
 
 async def test_retry_refund_and_apply_publish_audited_commands(stack: Stack) -> None:
