@@ -131,9 +131,8 @@ async def _lock_lane(conn: asyncpg.Connection, assets: str) -> tuple[str, int, b
                order by chain collate "C" for update skip locked limit 1"""
     row = await conn.fetchrow(free, lanes)
     if row is None:
-        if await conn.fetchval("select count(*) from ledger.chain_heads where chain = any($1::text[])", lanes) < len(
-            lanes
-        ):
+        known = await conn.fetchval("select count(*) from ledger.chain_heads where chain = any($1::text[])", lanes)
+        if known < len(lanes):  # first use of this asset set: create its lanes' heads
             await conn.execute(
                 """insert into ledger.chain_heads (chain) select unnest($1::text[]) order by 1
                    on conflict (chain) do nothing""",
