@@ -8,7 +8,6 @@ import concurrent.futures
 import contextlib
 import subprocess
 import time
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -114,12 +113,12 @@ async def read_topic(stack: Stack, topic: Topic, *, timeout_s: float = 30) -> li
     )
 
 
-def settle_in_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``settle ARGS`` in this process with ``env`` on top of the process's environment, as a
-    subprocess would, minus the ~2–3 s of interpreter start and imports: the real Typer app through
-    ``CliRunner``, in its own thread (a command runs its own event loop; the caller's loop waits, as it
-    would on ``subprocess.run``). An exception the CLI lets escape is a non-zero exit with its traceback
-    on stderr, as from a real process."""
+def settle_in_process(env: dict[str, str | None], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``settle ARGS`` in this process with ``env`` on top of the process's environment (a None
+    value unsets), as a subprocess would, minus the ~2–3 s of interpreter start and imports: the real
+    Typer app through ``CliRunner``, in its own thread (a command runs its own event loop; the caller's
+    loop waits, as it would on ``subprocess.run``). An exception the CLI lets escape (a bug, never an
+    exit status) is raised here, so it fails the test instead of passing for an exit code of 1."""
     from typer.testing import CliRunner
 
     from libs.settings import get_settings
@@ -131,10 +130,9 @@ def settle_in_process(env: dict[str, str], *args: str) -> subprocess.CompletedPr
             done = CliRunner().invoke(build_app(), list(args), env={**env, "NO_COLOR": "1"})
         finally:
             get_settings.cache_clear()
-        stderr = done.stderr
         if done.exception is not None and not isinstance(done.exception, SystemExit):
-            stderr += "".join(traceback.format_exception(done.exception))
-        return subprocess.CompletedProcess(["settle", *args], done.exit_code, done.stdout, stderr)
+            raise AssertionError(f"settle {' '.join(args)} raised") from done.exception
+        return subprocess.CompletedProcess(["settle", *args], done.exit_code, done.stdout, done.stderr)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(invoke).result(timeout=120)

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from typer.testing import CliRunner
 
 from libs.ledger import AccountSpec, Entry, credit, debit, ensure_accounts, hash_ledger, post, reverse, verify
 from libs.ledger.proof import GENESIS, assets_of_chain, lanes_of
-from libs.settings import get_settings
-from services.cli.main import build_app
 from tests.conftest import Servers, Stack, fresh_stack
+from tests.fleet import settle_in_process
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -60,14 +58,9 @@ async def cli(stack: Stack, *args: str) -> tuple[int, str]:
 
 def _cli(stack: Stack, *args: str) -> tuple[int, str]:
     env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("SETTLE_")}
-    env.update(SETTLE_DATABASE_URL=stack.database_url, SETTLE_STATE_DIR=str(stack.settings.state_dir), NO_COLOR="1")
-    get_settings.cache_clear()
-    try:
-        done = CliRunner().invoke(build_app(), list(args), env=env)
-    finally:
-        get_settings.cache_clear()
-    assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
-    return done.exit_code, done.stdout + done.stderr
+    env.update(SETTLE_DATABASE_URL=stack.database_url, SETTLE_STATE_DIR=str(stack.settings.state_dir))
+    done = settle_in_process(env, *args)
+    return done.returncode, done.stdout + done.stderr
 
 
 async def _post_each(conn: asyncpg.Connection, entries: list[Entry]) -> None:
