@@ -107,6 +107,57 @@ async def test_concurrent_posters_keep_every_chain_whole(stack: Stack) -> None:
         assert [bytes(r["prev_hash"]) for r in links] == [GENESIS] + [bytes(r["hash"]) for r in links[:-1]]
 
 
+async def test_a_poster_finding_every_lane_held_waits_for_one_and_chains_onto_it(stack: Stack) -> None:
+    """Eight transactions hold the eight USD lanes: a ninth poster waits (no error, no ninth lane) on the
+    lane its session picks, and once that lane's holder ends it chains onto that lane, while the other
+    seven are still held; the ledger verifies."""
+    async with stack.pool.acquire() as conn:
+        await ensure_accounts(conn, _specs())
+        first, later = (e for e in _entries(7) if e.id in ("e-0003", "e-0006"))  # USD only
+        async with conn.transaction():
+            await post(conn, [first])  # creates the lanes
+    lanes = lanes_of("USD/8")
+    holders = [await asyncpg.connect(stack.database_url) for _ in lanes]
+    poster = await asyncpg.connect(stack.database_url)
+    held = []
+    picked = poster.get_server_pid() % len(lanes)  # the lane its session waits on when all are held
+    try:
+        for holder, lane in zip(holders, lanes, strict=True):
+            tx = holder.transaction()
+            await tx.start()
+            assert await holder.fetchval("select seq from ledger.chain_heads where chain = $1 for update", lane) >= 0
+            held.append(tx)
+
+        async def post_later() -> str:
+            async with poster.transaction():
+                await post(poster, [later])
+            return str(await poster.fetchval("select chain from ledger.entries where id = $1", later.id))
+
+        task = asyncio.create_task(post_later())
+        async with stack.pool.acquire() as conn:
+            for _ in range(200):
+                waiting_on = await conn.fetchval("select pg_blocking_pids($1)", poster.get_server_pid())
+                if waiting_on:
+                    break
+                await asyncio.sleep(0.05)
+        assert waiting_on == [holders[picked].get_server_pid()], "the poster waits on one lane, its session's"
+        assert not task.done()
+        await held[picked].rollback()
+        chain = await asyncio.wait_for(task, 30)
+        assert chain == lanes[picked]
+        assert [h.is_in_transaction() for h in holders] == [n != picked for n in range(len(lanes))]
+    finally:
+        for n, tx in enumerate(held):
+            if holders[n].is_in_transaction():
+                await tx.rollback()
+        for conn in (*holders, poster):
+            await conn.close()
+    async with stack.pool.acquire() as conn:
+        report = await verify(conn)
+    assert report.ok, report
+    assert report.chains == Counter([lanes[0], lanes[picked]])
+
+
 async def test_the_hash_is_the_same_whatever_order_the_rows_were_written_in(
     stack: Stack, servers: Servers, template_db: str, tmp_path: Path
 ) -> None:
