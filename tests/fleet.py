@@ -80,9 +80,25 @@ async def running(stack: Stack, services: Sequence[Service], *, relays: int = 1)
     assert ready.is_set(), "worker did not start within 60 s"
     try:
         yield state
+        if relays:
+            await relayed(stack)
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
+
+
+async def relayed(stack: Stack, *, timeout_s: float = 30) -> None:
+    """Until the outbox holds no row that is due and not yet sent: what the workers committed is on the
+    broker, so a story that reads a topic after its workers stop reads all of it (a slow relay on a
+    loaded machine must not read as a missing event)."""
+
+    async def sent() -> bool:
+        unsent = await stack.pool.fetchval(
+            "select count(*) from settle.outbox where sent_at is null and (not_before is null or not_before <= now())"
+        )
+        return unsent == 0
+
+    await wait_until(sent, timeout_s=timeout_s, what="the relay to send every due outbox row")
 
 
 async def members_share(*workers: WorkerState, timeout_s: float = 30) -> None:
