@@ -21,6 +21,7 @@ from libs.messaging.consume import Tx
 from schemas import topics
 from schemas.envelope import Envelope
 from schemas.events import CollectionAnswered, SagaEvent
+from services.payments import store
 from services.payments.money import shown
 
 ASKED = "collection"
@@ -68,11 +69,7 @@ async def _answer(conn: asyncpg.Connection, question: SagaEvent) -> CollectionAn
         number,
     )
     if row is None:
-        return CollectionAnswered(
-            **base,
-            known=False,
-            detail=f"payments has no invoice {number}: not received, or not read yet (a lagging consumer)",
-        )
+        return CollectionAnswered(**base, known=False, detail=await _unknown(conn, number))
     if row["status"] is None:  # stored, not yet allocated (R11 runs in the same batch: not seen in practice)
         return CollectionAnswered(**base, known=True, detail=f"invoice {number} received, not yet allocated")
     currency = row["currency"]
@@ -112,3 +109,16 @@ async def _answer(conn: asyncpg.Connection, question: SagaEvent) -> CollectionAn
         collection=intent["state"] if intent is not None else None,
         detail="; ".join(parts)[:2000],
     )
+
+
+async def _unknown(conn: asyncpg.Connection, number: str) -> str:
+    """Why payments has no such invoice, as far as it can tell: how far it has read invoicing's close
+    announcements (``invoices.watermark`` on every partition of invoices.finalized.v1, read after the
+    invoices before them). An invoice issued at a close up to then was never sent to payments; a later
+    one may not be read yet."""
+    said = f"payments has no invoice {number}: not received, or not read yet (a lagging consumer)"
+    marks = await store.invoice_marks(conn)
+    if len(marks) < topics.INVOICES_FINALIZED.partitions:
+        return f"{said}; it has not read a close announcement of invoicing (invoices.watermark) on every partition"
+    through = min(marks.values()).isoformat()
+    return f"{said}; it has read every invoice of invoicing's closes through {through}: one issued by then never came"
