@@ -23,7 +23,7 @@ from schemas import topics
 from schemas.inputs import ClockTicked
 from tests.chaos.test_kill_workers import _env, _kill, _start
 from tests.conftest import Stack
-from tests.fleet import event_bytes, publish, read_topic, wait_until
+from tests.fleet import event_bytes, publish, read_topic, relayed, wait_until
 from tests.integration.test_payments_service import FEB, invoice
 from tests.payments.processes import admin, fakepsp
 from tests.payments.test_collection_stories import method
@@ -104,12 +104,7 @@ async def test_sigkill_between_send_and_commit_never_charges_twice(stack: Stack,
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{await _state_dump(stack)}\n{log.read_text()[-4000:]}") from None
             stats = await admin(base, "GET", "/_admin/stats")
-
-            async def relayed() -> bool:
-                async with stack.pool.acquire() as c:
-                    return await c.fetchval("select count(*) from settle.outbox where sent_at is null") == 0
-
-            await wait_until(relayed, timeout_s=60, what="the outbox drained")
+            await relayed(stack, timeout_s=60)
         finally:
             _kill(worker)
 
