@@ -141,12 +141,10 @@ async def _answer_ticks(tx: Tx, config: PaymentsConfig, cause: Envelope[Any]) ->
     money (credit balance applied at issue, R11) counts at that tick's planning (R15). Before invoicing
     sent any mark (payments without invoicing upstream), a tick is answered when it is read."""
     marks = await store.invoice_marks(tx.conn)
-    if not marks:
-        ready = None  # no invoicing upstream yet: nothing to wait for
-    elif len(marks) < topics.INVOICES_FINALIZED.partitions:
-        return
-    else:
-        ready = min(marks.values())
+    ready = store.marked_through(marks)
+    if marks and ready is None:
+        return  # some partition has not announced a close yet
+    # no mark at all: no invoicing upstream yet, nothing to wait for (ready None answers every tick)
     for at in await store.ticks_to_answer(tx.conn, ready):
         await _answer_tick(tx, config, cause, at)
 

@@ -117,8 +117,10 @@ async def _unknown(conn: asyncpg.Connection, number: str) -> str:
     invoices before them). An invoice issued at a close up to then was never sent to payments; a later
     one may not be read yet."""
     said = f"payments has no invoice {number}: not received, or not read yet (a lagging consumer)"
-    marks = await store.invoice_marks(conn)
-    if len(marks) < topics.INVOICES_FINALIZED.partitions:
+    through = store.marked_through(await store.invoice_marks(conn))
+    if through is None:
         return f"{said}; it has not read a close announcement of invoicing (invoices.watermark) on every partition"
-    through = min(marks.values()).isoformat()
-    return f"{said}; it has read every invoice of invoicing's closes through {through}: one issued by then never came"
+    return (
+        f"{said}; it has read every invoice of invoicing's closes through {through.isoformat()}: "
+        "one issued by then never came"
+    )

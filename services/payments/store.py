@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from schemas import topics
 from services.payments.domain.routing import Health
 
 
@@ -52,6 +53,14 @@ async def save_invoice_mark(conn: asyncpg.Connection, partition: int, through: d
 async def invoice_marks(conn: asyncpg.Connection) -> dict[int, datetime]:
     rows = await conn.fetch("select partition, through from payments.invoice_marks")
     return {r["partition"]: r["through"] for r in rows}
+
+
+def marked_through(marks: dict[int, datetime]) -> datetime | None:
+    """How far invoicing's closes have been read on every partition of invoices.finalized.v1 (the least
+    mark), or None while some partition has sent no mark yet."""
+    if len(marks) < topics.INVOICES_FINALIZED.partitions:
+        return None
+    return min(marks.values())
 
 
 async def ticks_to_answer(conn: asyncpg.Connection, ready: datetime | None) -> list[datetime]:

@@ -14,9 +14,11 @@ from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration
 MARCH = datetime(2027, 3, 1, tzinfo=UTC)
+ASKED_AT = MARCH + timedelta(days=40)
 
 
-def _question(number: str) -> SagaEvent:
+def collection_question(number: str, at: datetime) -> SagaEvent:
+    """The saga's question to payments about an invoice (``inquiry`` = collection), as a saga asks it."""
     return SagaEvent(
         saga_id=f"saga-{number}",
         invoice_number=number,
@@ -30,27 +32,27 @@ def _question(number: str) -> SagaEvent:
         inquiry=inquiries.ASKED,
         cause_event_id="tick-x",
         cause_type="clock.ticked",
-        at=MARCH + timedelta(days=40),
+        at=at,
     )
 
 
 async def test_an_unknown_invoice_is_answered_with_how_far_payments_has_read_the_closes(stack: Stack) -> None:
     partitions = topics.INVOICES_FINALIZED.partitions
     async with stack.pool.acquire() as conn:
-        before = await inquiries._answer(conn, _question("INV-NOBODY"))
+        before = await inquiries._answer(conn, collection_question("INV-NOBODY", ASKED_AT))
         for partition in range(partitions - 1):
             await conn.execute(
                 "insert into payments.invoice_marks (partition, through) values ($1, $2)",
                 partition,
                 MARCH + timedelta(days=partition),
             )
-        partly = await inquiries._answer(conn, _question("INV-NOBODY"))
+        partly = await inquiries._answer(conn, collection_question("INV-NOBODY", ASKED_AT))
         await conn.execute(
             "insert into payments.invoice_marks (partition, through) values ($1, $2)",
             partitions - 1,
             MARCH - timedelta(days=31),
         )
-        read = await inquiries._answer(conn, _question("INV-NOBODY"))
+        read = await inquiries._answer(conn, collection_question("INV-NOBODY", ASKED_AT))
 
     said = "payments has no invoice INV-NOBODY: not received, or not read yet (a lagging consumer)"
     assert (before.known, before.status, partly.known, read.known) == (False, None, False, False)

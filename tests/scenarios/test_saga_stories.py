@@ -27,7 +27,7 @@ from libs.ledger import verify
 from libs.messaging.worker import Service
 from libs.money import minor_to_ledger
 from schemas import topics
-from schemas.events import InvoicePaymentStatus, PaymentEvent, PayoutEvent, SagaEvent
+from schemas.events import InvoicePaymentStatus, PaymentEvent, PayoutEvent
 from schemas.inputs import ClockTicked
 from services.cli.sagas import retry
 from services.operations import saga_check
@@ -40,6 +40,7 @@ from tests.fleet import event_bytes, publish, read_topic, running, wait_until
 from tests.integration.test_payments_service import FEB, invoice
 from tests.payments.processes import against_fakepsp, fakepsp
 from tests.payments.test_collection_stories import method
+from tests.payments.test_inquiry_answers import collection_question
 from tests.scenarios.test_payouts_stories import settle_cli
 
 pytestmark = pytest.mark.integration
@@ -246,23 +247,9 @@ async def test_payments_answers_the_inquiry_and_the_operator_reads_its_answer(st
             # a question about an invoice payments never received (as a saga would ask it): "known: false"
             async with story.pool.acquire() as conn:
                 checked = await saga_check.check(conn)
-            stranger = SagaEvent(
-                saga_id="saga-stranger",
-                invoice_number="INV-NOBODY",
-                contract_id="ctr-x",
-                renter_id="rnt-x",
-                currency="USD",
-                period_start=None,
-                state="inquiring",
-                reason="no answer from payments",
-                waits_for="an answer to the inquiry (payment status)",
-                inquiry="collection",
-                cause_event_id="tick-x",
-                cause_type="clock.ticked",
-                at=deadline,
-            )
+            stranger = collection_question("INV-NOBODY", deadline)
             await publish(
-                story, [(topics.SAGAS, "saga-stranger", event_bytes("saga.step", stranger, id="ask-x", time=deadline))]
+                story, [(topics.SAGAS, stranger.saga_id, event_bytes("saga.step", stranger, id="ask-x", time=deadline))]
             )
 
             async def both() -> bool:
