@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 
+from libs.db.pool import keeps_session_state
 from libs.errors import ConfigurationError, NotMigratedError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -89,6 +90,7 @@ async def require_migrated(conn: asyncpg.Connection, folder: Path = MIGRATIONS_D
 
 async def migrate(conn: asyncpg.Connection, folder: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations; returns the names applied. Idempotent."""
+    keeps_session_state(conn)
     await conn.execute("select pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(

@@ -35,6 +35,32 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+_SESSION_STATE: set[int] = set()
+"""Backend pids of pooled connections whose *session* holds state (advisory locks, LISTEN)."""
+
+
+def keeps_session_state(conn: asyncpg.Connection | Any) -> None:
+    """Mark a pooled connection whose session takes state beyond its transactions — a session advisory
+    lock, a LISTEN — so that releasing it to the pool clears the session (see :func:`_reset_session`)."""
+    _SESSION_STATE.add(conn.get_server_pid())
+
+
+async def _reset_session(conn: asyncpg.Connection) -> None:
+    """What the pool does to a connection it takes back, besides rolling back an open transaction
+    (which asyncpg always does first).
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every
+    release: one more round trip for every ``pool.acquire()``, a sixth of a payments worker's
+    statements. Settle's transactions leave no session state behind (cursors live inside a transaction,
+    temporary tables drop on commit, settings are ``set local``), so only a connection marked with
+    :func:`keeps_session_state` — the partition leases' advisory locks, the relay's LISTEN, the
+    migration lock — gets that reset."""
+    pid = conn.get_server_pid()
+    if pid in _SESSION_STATE:
+        _SESSION_STATE.discard(pid)
+        await conn.execute(conn.get_reset_query())
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 10.0, read_only: bool = False
 ) -> asyncpg.Pool:
@@ -52,6 +78,7 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            reset=_reset_session,
             timeout=timeout_s,
             command_timeout=120,
             server_settings=server_settings,

@@ -29,6 +29,7 @@ import zlib
 import asyncpg
 
 from libs import limits
+from libs.db.pool import keeps_session_state
 from libs.errors import DatabaseUnavailableError, InfrastructureError
 
 MEMBER_BASE = 1_000_000
@@ -81,6 +82,7 @@ class Leases:
             raise DatabaseUnavailableError(f"cannot hold partition leases: {exc}") from exc
         self._conn = conn
         self._pid = conn.get_server_pid()
+        keeps_session_state(conn)
         for i in range(limits.GROUP_MEMBERS_MAX):
             if await conn.fetchval("select pg_try_advisory_lock($1, $2)", self.key, MEMBER_BASE + i):
                 self._member = i

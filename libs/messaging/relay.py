@@ -27,6 +27,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from libs import limits
+from libs.db.pool import keeps_session_state
 from libs.observability import metrics
 
 log = structlog.get_logger("settle.relay")
@@ -149,6 +150,7 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set. Broker or database faults back off and retry; nothing is lost."""
         listener = await self.pool.acquire()
+        keeps_session_state(listener)
         await listener.add_listener("settle_outbox", self._notified)
         backoff_s = 0.1
         last_housekeeping = 0.0
