@@ -41,14 +41,13 @@ async def release_marks(tx: Tx, *, cause: Envelope[Any] | None) -> list[datetime
     processor's clock): if it turns out charged, it counts at the next planning. Called when a tick is
     answered and after answers are recorded (and now and then by the collector), in the caller's
     transaction; the ``delete … returning`` makes each mark go out once."""
-    conn = tx.conn
-    oldest_open = await conn.fetchval("select min(at) from payments.attempts where state in ('pending', 'sending')")
     released = sorted(
         r["at"]
-        for r in await conn.fetch(
+        for r in await tx.conn.fetch(
             """delete from payments.ticks_collecting
-                where $1::timestamptz is null or at < $1 returning at""",
-            oldest_open,
+                where at < coalesce((select min(at) from payments.attempts where state in ('pending', 'sending')),
+                                    'infinity'::timestamptz)
+            returning at"""
         )
     )
     for at in released:
