@@ -25,14 +25,15 @@ log = structlog.get_logger("settle.held")
 KINDS: dict[str, tuple[str, ...]] = {
     "metering": ("lifecycle_event", "contract_event", "allocation"),
     "rating": ("usage", "usage_released", "contract_event", "topup"),
+    "invoicing": ("contract_event",),
 }
 """Kinds of held items per service (``usage_released``: rating usage an operator released, still held)."""
 GAUGED: dict[str, tuple[str, ...]] = {
     **KINDS,
     "invoicing": ("quarantined_close", "contract_event"),
 }
-"""Kinds the ``settle_held_*`` gauges count. Invoicing's are counted, not operated here: quarantined
-closes with ``settle invoices quarantine``; its held contract events apply when their contract arrives."""
+"""Kinds the ``settle_held_*`` gauges count: the held items, and invoicing's quarantined closes (operated
+with ``settle invoices quarantine``, not ``settle held``)."""
 
 UNKNOWN_CONTRACT = """from metering.allocations a
      where a.contract_id is not null

@@ -19,7 +19,8 @@ clock_app = typer.Typer(help="Time: the fleet's only clock is clock.ticks.v1.", 
 invoices_app = typer.Typer(help="Finalized renter invoices and credit notes.", no_args_is_help=True)
 statements_app = typer.Typer(help="Finalized supplier earnings statements.", no_args_is_help=True)
 held_app = typer.Typer(
-    help="Data metering and rating hold until something else arrives: list, release, drop.", no_args_is_help=True
+    help="Data metering, rating and invoicing hold until something else arrives: list, release, drop.",
+    no_args_is_help=True,
 )
 quarantine_app = typer.Typer(help="Contracts whose invoice close is set aside: list, retry.", no_args_is_help=True)
 gaps_app = typer.Typer(help="Partitions stopped because the broker deleted records a consumer had not read.")

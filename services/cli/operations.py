@@ -35,7 +35,9 @@ def _when(value: object) -> str:
 @held_app.command("list")
 @run_async
 async def held_list(
-    service: Annotated[str | None, typer.Option("--service", help="metering or rating (default: both).")] = None,
+    service: Annotated[
+        str | None, typer.Option("--service", help="metering, rating or invoicing (default: all).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """What is held, why, since when (event time and received time) and its ids."""

@@ -1,4 +1,4 @@
-"""Held data: what metering and rating keep aside until something else arrives, made visible and
+"""Held data: what metering, rating and invoicing keep aside until something else arrives, made visible and
 operable (``settle held list | release | drop``, the ``settle_held_*`` gauges).
 
 Why over 500 lines: one section per held kind (six), each with its list, release and drop and the
@@ -16,7 +16,8 @@ Kinds (item id ``<service>:<kind>:<key>``), why each is held, and what an operat
   (publish the contract).
 * ``rating:usage:<event id>`` — usage of a contract rating does not know. It GATES the watermark of its
   ``usage.metered`` partition: nothing of that partition is invoiced while it waits. Release, drop.
-* ``rating:contract_event:<event id>`` — as for metering. Release: refused. Drop.
+* ``rating:contract_event:<event id>``, ``invoicing:contract_event:<event id>`` — as for metering.
+  Release: refused. Drop.
 * ``rating:topup:<event id>`` — a top-up for a contract rating does not know. Release: refused. Drop.
 
 **drop** removes the item from the hold for good, in one transaction with the audit row
@@ -67,7 +68,7 @@ from services.rating import store as rating_store
 
 log = structlog.get_logger("settle.held")
 
-SERVICES = ("metering", "rating")
+SERVICES = ("metering", "rating", "invoicing")
 SOURCE = "/settle/operator/held"
 _FACT_TYPES = {kind: event_type for event_type, kind in EVENT_KINDS.items()}
 
@@ -224,6 +225,8 @@ async def list_held(conn: asyncpg.Connection, service: str | None = None) -> lis
                     },
                 )
             )
+    if service in (None, "invoicing"):
+        items += await _contract_events(conn, "invoicing", limit)
     return items
 
 

@@ -32,6 +32,7 @@ from libs.settings import Settings
 from libs.stack.database import with_database
 from schemas import topics
 from services import held_gauges
+from services.invoicing.handlers import SUBSCRIPTION as INVOICING
 from services.metering.main import SERVICE as METERING
 from services.operations import held, quarantine
 from services.rating.handlers import SUBSCRIPTION as RATING
@@ -201,6 +202,43 @@ async def test_held_topups_and_contract_events_can_be_dropped_but_not_released(s
         letter = await deadletters.get_dead_letter(conn, dropped.dead_letter_id or -1)
         assert letter is not None and letter["topic"] == topics.CONTRACTS.name
         assert await held.list_held(conn, "rating") == []
+
+
+async def test_invoicing_held_contract_events_are_listed_counted_and_dropped(stack: Stack) -> None:
+    """Invoicing holds an amendment or termination that arrives before its contract, as metering and
+    rating do: an operator sees it in ``settle held list`` and can drop it (dead-lettered for invoicing,
+    redrivable), not release it."""
+    from tests.integration.test_rating_service import contract_terminated
+
+    feed = Feed(stack, INVOICING)
+    await feed.send(*contract_terminated("c-late", T0 + HOUR, event_id="term-inv"))
+    item = "invoicing:contract_event:term-inv"
+    async with stack.pool.acquire() as conn:
+        (listed,) = await held.list_held(conn, "invoicing")
+        assert listed.id == item and listed.service == "invoicing" and listed.event_time == T0 + HOUR
+        assert listed.keys == {"event_id": "term-inv", "event_type": "contract.terminated", "contract_id": "c-late"}
+        assert item in {i.id for i in await held.list_held(conn)}
+        counts = {c.kind: c.count for c in await held_gauges.count_held(conn, "invoicing")}
+        assert counts["contract_event"] == 1
+        with pytest.raises(OperatorRequestError, match="cannot be released"):
+            await held.release(conn, item, reason="x", actor="ops")
+    async with stack.pool.acquire() as conn, conn.transaction():
+        dropped = await held.drop(conn, item, reason="contract c-late was cancelled", actor="ops")
+    async with stack.pool.acquire() as conn:
+        assert await held.list_held(conn, "invoicing") == []
+        letter = await deadletters.get_dead_letter(conn, dropped.dead_letter_id or -1)
+        assert letter is not None and (letter["consumer"], letter["topic"]) == ("invoicing", topics.CONTRACTS.name)
+        assert "dropped from invoicing's hold by ops" in letter["reason"]
+        assert (
+            await conn.fetchval(
+                "select count(*) from settle.inbox where consumer = 'invoicing' and event_id = 'term-inv'"
+            )
+            == 0
+        )
+        assert await deadletters.redrive(conn, ids=[dropped.dead_letter_id or -1]) == [dropped.dead_letter_id]
+    await feed.send(*contract_terminated("c-late", T0 + HOUR, event_id="term-inv"))
+    async with stack.pool.acquire() as conn:
+        assert [i.id for i in await held.list_held(conn, "invoicing")] == [item]  # new input: held again
 
 
 # ====================================================================================================
