@@ -139,6 +139,7 @@ async def fresh_stack(servers: Servers, template_db: str, folder: Path) -> Async
     try:
         yield Stack(url, bootstrap, settings, pool)
     finally:
+        leaked = await _session_locks_in_pool(pool)
         stuck = False
         held = ""
         # A connection still held (a worker task that outlived its stop) must not hang the suite.
@@ -158,10 +159,37 @@ async def fresh_stack(servers: Servers, template_db: str, folder: Path) -> Async
             await admin.execute(f'drop database if exists "{database}" with (force)')
         finally:
             await admin.close()
+        if leaked:  # an error under the suite's filterwarnings, like the warning below
+            warnings.warn(
+                "a pooled connection went back to the pool holding session advisory locks (pid, key): "
+                f"{leaked}; mark a connection that takes session state with libs.db.pool.keeps_session_state",
+                stacklevel=1,
+            )
         if stuck:  # an error under the suite's filterwarnings: the test that leaked a connection is named
             warnings.warn(
                 f"the test's pool did not close within 30 s: connections were still held\n{held}", stacklevel=1
             )
+
+
+async def _session_locks_in_pool(pool: asyncpg.Pool) -> list[tuple[int, int]]:
+    """Advisory locks held by the pool's idle connections. Outside a transaction an advisory lock is a
+    session lock, and the pool resets only connections marked with ``keeps_session_state``: an unmarked
+    one would hand its lock to the next holder (``libs/db/pool.py``)."""
+    idle = [h._con.get_server_pid() for h in pool._holders if h.is_connected() and h.is_idle() and h._con]
+    if not idle:
+        return []
+    try:
+        rows = await asyncio.wait_for(
+            pool.fetch(
+                """select pid, objid::bigint as key from pg_locks
+                    where locktype = 'advisory' and granted and pid = any($1::int[]) order by pid, objid""",
+                idle,
+            ),
+            5,
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return []  # a test that took the database away: nothing to check
+    return [(r["pid"], r["key"]) for r in rows]
 
 
 async def _who_holds(admin_dsn: str, database: str) -> str:
