@@ -22,6 +22,7 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -139,7 +140,7 @@ async def fresh_stack(servers: Servers, template_db: str, folder: Path) -> Async
     try:
         yield Stack(url, bootstrap, settings, pool)
     finally:
-        leaked = await _session_locks_in_pool(pool)
+        leaked = await _session_state_in_pool(pool)
         stuck = False
         held = ""
         # A connection still held (a worker task that outlived its stop) must not hang the suite.
@@ -161,8 +162,9 @@ async def fresh_stack(servers: Servers, template_db: str, folder: Path) -> Async
             await admin.close()
         if leaked:  # an error under the suite's filterwarnings, like the warning below
             warnings.warn(
-                "a pooled connection went back to the pool holding session advisory locks (pid, key): "
-                f"{leaked}; mark a connection that takes session state with libs.db.pool.keeps_session_state",
+                "pooled connections went back to the pool with session state: "
+                f"{'; '.join(leaked)}; mark a connection that takes session state with "
+                "libs.db.pool.keeps_session_state",
                 stacklevel=1,
             )
         if stuck:  # an error under the suite's filterwarnings: the test that leaked a connection is named
@@ -171,25 +173,39 @@ async def fresh_stack(servers: Servers, template_db: str, folder: Path) -> Async
             )
 
 
-async def _session_locks_in_pool(pool: asyncpg.Pool) -> list[tuple[int, int]]:
-    """Advisory locks held by the pool's idle connections. Outside a transaction an advisory lock is a
-    session lock, and the pool resets only connections marked with ``keeps_session_state``: an unmarked
-    one would hand its lock to the next holder (``libs/db/pool.py``)."""
-    idle = [h._con.get_server_pid() for h in pool._holders if h.is_connected() and h.is_idle() and h._con]
-    if not idle:
-        return []
+async def _session_state_in_pool(pool: asyncpg.Pool) -> list[str]:
+    """Session state left on the pool's idle connections: advisory locks (outside a transaction they are
+    session locks), LISTEN channels and settings changed with a plain ``SET``. The pool resets only
+    connections marked with ``keeps_session_state``; an unmarked one would hand that state to its next
+    holder (``libs/db/pool.py``). Each idle connection is asked about its own session. A setting counts
+    only when it differs from what ``RESET`` gives (asyncpg itself sets ``jit`` and puts it back)."""
+    idle = sum(1 for h in pool._holders if h.is_connected() and h.is_idle())
+    found: list[str] = []
+    held: list[Any] = []
     try:
-        rows = await asyncio.wait_for(
-            pool.fetch(
-                """select pid, objid::bigint as key from pg_locks
-                    where locktype = 'advisory' and granted and pid = any($1::int[]) order by pid, objid""",
-                idle,
-            ),
-            5,
-        )
+        async with asyncio.timeout(5):
+            for _ in range(idle):
+                held.append(await pool.acquire())
+            for conn in held:
+                row = await conn.fetchrow(
+                    """select pg_backend_pid() as pid,
+                              array(select objid::bigint from pg_locks where locktype = 'advisory' and granted
+                                       and pid = pg_backend_pid() order by 1) as locks,
+                              array(select pg_listening_channels() order by 1) as channels,
+                              array(select name from pg_settings where source = 'session'
+                                       and setting is distinct from reset_val order by 1) as settings"""
+                )
+                if row["locks"] or row["channels"] or row["settings"]:
+                    found.append(
+                        f"pid {row['pid']}: advisory locks {list(row['locks'])}, LISTEN {list(row['channels'])}, "
+                        f"SET {list(row['settings'])}"
+                    )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        return []  # a test that took the database away: nothing to check
-    return [(r["pid"], r["key"]) for r in rows]
+        pass  # a test that took the database away, or a connection still busy: nothing more to check
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    return found
 
 
 async def _who_holds(admin_dsn: str, database: str) -> str:
