@@ -39,7 +39,7 @@ _SESSION_STATE: set[int] = set()
 """Backend pids of pooled connections whose *session* holds state (advisory locks, LISTEN)."""
 
 
-def keeps_session_state(conn: asyncpg.Connection | Any) -> None:
+def keeps_session_state(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
     """Mark a pooled connection whose session takes state beyond its transactions — a session advisory
     lock, a LISTEN — so that releasing it to the pool clears the session (see :func:`_reset_session`)."""
     _SESSION_STATE.add(conn.get_server_pid())
