@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         le=1000,
         description="A batch smaller than a quarter of the maximum waits this long for more messages.",
     )
+    consume_prefetch: bool = Field(
+        default=False,
+        description="Keep fetching while a batch is processed. Off: a reader pauses its partitions during each "
+        "batch (noida-db answers an empty fetch at once, so prefetching spins); on: for a Kafka that honours "
+        "fetch_max_wait_ms.",
+    )
     fetch_min_bytes: int = Field(
         default=64 * 1024, ge=1, description="Consumer fetch linger: bytes the broker waits for before answering."
     )

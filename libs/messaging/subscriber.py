@@ -419,12 +419,12 @@ class PartitionReader:
         if not records:
             return next_rebalance
         metrics.BATCH_SIZE.labels(self.sub.consumer).observe(len(records))
-        # No fetching while the batch is processed: a broker that answers an empty fetch at once
-        # (noida-db ignores fetch.max.wait.ms) would otherwise have the client's prefetch loop send fetch
-        # after fetch for the whole transaction — an eighth of a payments worker's CPU. What arrives
-        # meanwhile is read by the next round's fetch.
+        # No fetching while the batch is processed (unless SETTLE_CONSUME_PREFETCH): a broker that answers
+        # an empty fetch at once (noida-db ignores fetch.max.wait.ms) would otherwise have the client's
+        # prefetch loop send fetch after fetch for the whole transaction — an eighth of a payments worker's
+        # CPU. What arrives meanwhile is read by the next round's fetch.
         assert self._kafka is not None
-        resting = self._fetchable()
+        resting = set() if self.settings.consume_prefetch else self._fetchable()
         self._kafka.pause(*resting)
         try:
             await self.consumer.process(records, fence=self.leases.check_owned)

@@ -6,8 +6,10 @@ quarantined with its reason and the partition keeps flowing).
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import pytest
@@ -201,3 +203,43 @@ async def test_redrive_republishes_a_dead_letter_to_its_topic(stack: Stack) -> N
         rows = await deadletters.list_dead_letters(conn, include_redriven=True)
     assert [r["redrive_count"] for r in rows] == [1, 0]
     assert rows[0]["offset"] != rows[1]["offset"]
+
+
+@pytest.mark.parametrize("prefetch", [False, True], ids=["paused-during-batch", "prefetching"])
+async def test_a_reader_fetches_during_a_batch_only_when_prefetch_is_on(
+    stack: Stack, prefetch: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SETTLE_CONSUME_PREFETCH: off, a reader's partitions are paused while its batch is processed (noida-db
+    would have the client's prefetch loop spin); on, they keep fetching (a Kafka honouring fetch.max.wait.ms).
+    Either way every event has its effect once."""
+    from libs.messaging.consume import Consumer
+    from libs.messaging.subscriber import PartitionReader
+
+    clients: list[Any] = []
+    paused_during: list[int] = []
+    start_client = PartitionReader._start_client
+    process = Consumer.process
+
+    async def recording_start(self: PartitionReader) -> Any:
+        client = await start_client(self)
+        clients.append(client)
+        return client
+
+    async def recording_process(self: Consumer, records: Any, **kwargs: Any) -> Any:
+        paused_during.append(sum(len(c.paused()) for c in clients))
+        return await process(self, records, **kwargs)
+
+    monkeypatch.setattr(PartitionReader, "_start_client", recording_start)
+    monkeypatch.setattr(Consumer, "process", recording_process)
+    settled = dataclasses.replace(stack, settings=stack.settings.model_copy(update={"consume_prefetch": prefetch}))
+    await publish(stack, [transfer(n) for n in range(120)])
+
+    async with running(settled, [JOURNAL]):
+        await wait_until(lambda: _posted(stack, 120), what="120 posted events relayed")
+
+    assert await count(stack, "select count(*) from ledger.entries where kind = 'journal.transfer'") == 120
+    assert paused_during, "no batch was processed"
+    if prefetch:
+        assert max(paused_during) == 0
+    else:
+        assert min(paused_during) > 0
