@@ -155,6 +155,15 @@ def test_fx_half_even_ties_go_to_the_even_cent() -> None:
         assert plan.payout_amount_minor == want
 
 
+def test_an_amount_converted_to_zero_waits_below_the_minimum_even_when_the_minimum_is_zero() -> None:
+    rates = (Rate("r", "USD", "EUR", Fraction("0.5"), AT),)  # 0.01 USD = 0.005 EUR → 0.00 EUR
+    settings = {"sup-1": payee(payout_currency="EUR", minimum_payout=Fraction(0))}
+    [plan] = plan_payouts(inputs(statements=(statement(net_minor=1),), payees=settings, rates=rates))
+    assert (plan.state, plan.reason, plan.payout_amount_minor) == (None, "below_minimum", 0)
+    [plan] = plan_payouts(inputs(statements=(statement(net_minor=3),), payees=settings, rates=rates))
+    assert (plan.state, plan.payout_amount_minor) == ("planned", 2)
+
+
 def test_no_direct_rate_means_no_payout_and_an_inverse_pair_is_not_used() -> None:
     rates = (Rate("r-inverse", "EUR", "USD", Fraction("1.1"), AT),)
     [plan] = plan_payouts(inputs(payees={"sup-1": payee(payout_currency="EUR")}, rates=rates))

@@ -301,7 +301,8 @@ def plan_pair(inputs: PlanningInputs, supplier_id: str, currency: str) -> Plan |
         base = _with(
             base, payout_amount_minor=payout_minor, rate_id=rate.rate_id, rate=rate.rate, converted_exact=exact
         )
-    minimum_minor = payee.minimum_payout * 10 ** currency_exponent(payee.payout_currency)
+    # A payout is at least one minor unit: a tiny amount converted to zero waits like one below the minimum.
+    minimum_minor = max(payee.minimum_payout * 10 ** currency_exponent(payee.payout_currency), 1)
     if payout_minor < minimum_minor:
         return _with(base, reason="below_minimum")
     if payee.on_hold:
