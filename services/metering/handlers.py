@@ -55,7 +55,7 @@ from libs.messaging.outbox import Emitter, write_outbox
 from libs.messaging.positions import load_positions
 from libs.messaging.worker import Runtime
 from libs.observability import metrics
-from libs.times import HOUR, format_utc
+from libs.times import HOUR, ceil_hour, floor_hour, format_utc
 from schemas import topics
 from schemas.barrier import barrier_offsets, emit_watermark
 from schemas.envelope import Envelope
@@ -265,9 +265,12 @@ def _provision_of(state: AllocationState) -> ProvisionData | None:
 
 
 def _idle(state: AllocationState, closed_through: datetime | None) -> bool:
-    """Nothing more to emit for the future: decommissioned at or before what is already emitted."""
+    """Nothing more to emit for the future: the hour of the decommission is closed (a tick inside that hour
+    has not emitted it yet)."""
     return (
-        state.decommissioned_at is not None and closed_through is not None and state.decommissioned_at <= closed_through
+        state.decommissioned_at is not None
+        and closed_through is not None
+        and ceil_hour(state.decommissioned_at) <= closed_through
     )
 
 
@@ -494,10 +497,12 @@ async def close_chunk(conn: asyncpg.Connection, target: datetime, limit: int) ->
         assert row.contract_id is not None
         state = evaluate_allocation(row.facts)
         terms = terms_by_contract[row.contract_id]
-        start = row.closed_through
-        if start is not None:
+        # From the hour the last close fell in: a tick inside an hour closes only the hours before it, so
+        # that hour is closed now (already emitted hours are compared, not emitted again).
+        start = None
+        if row.closed_through is not None:
             # Hours after a late window's start waited for this close (deferred_from); correct them now.
-            start = min(filter(None, (start, deferred_from(state, start))))
+            start = min(filter(None, (floor_hour(row.closed_through), deferred_from(state, row.closed_through))))
         await reconcile_hours(conn, emitter, row, state, terms, start, None, target, None, correlation)
         provision = state.provision
         if provision is not None:

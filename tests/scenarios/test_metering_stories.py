@@ -420,3 +420,34 @@ async def test_two_ticks_read_in_one_batch_close_one_after_the_other(stack: Stac
     first_mark = in_order.index(("usage.watermark", "2026-12-01T12:00:00Z"))
     assert {h for t, h in in_order[:first_mark]} == {"2026-12-01T10:00:00Z", "2026-12-01T11:00:00Z"}, in_order
     assert {d["data"]["hour_start"] for d in usage} == {f"2026-12-01T{h}:00:00Z" for h in (10, 11, 12, 13)}
+
+
+async def test_ticks_inside_hours_still_close_every_hour_once(stack: Stack) -> None:
+    """A tick need not fall on the hour (`settle clock tick --at`, SETTLE_CLOCK_INTERVAL_S=1800): the hour it
+    falls in is closed by the next tick past its end. Every billable second is emitted, once — including the
+    hour of a decommission that a tick inside it did not close."""
+    half_hourly = [tick(at(h, m)) for h in range(9, 13) for m in (0, 30)] + [tick(at(13))]
+    await publish(
+        stack,
+        [
+            contract(),
+            lifecycle("gpu.allocation.provisioned", at(9, 10), gpu_count=2),
+            lifecycle("gpu.allocation.decommissioned", at(11, 40)),
+            lifecycle("gpu.allocation.provisioned", at(9), "a-2", gpu_count=1),
+            *half_hourly,
+        ],
+    )
+    async with running(stack, [METERING]):
+        await wait_until(lambda: watermarks_through(stack, at(13)), what="watermark at 13:00")
+    records = await usage_records(stack)
+    latest = hours(records)
+    a1 = {h: d["billable_gpu_seconds"] for (a, h), d in latest.items() if a == "a-1"}
+    a2 = {h: d["billable_gpu_seconds"] for (a, h), d in latest.items() if a == "a-2"}
+    assert a1 == {
+        "2026-12-01T09:00:00Z": 2 * 50 * 60,
+        "2026-12-01T10:00:00Z": 2 * 3600,
+        "2026-12-01T11:00:00Z": 2 * 40 * 60,
+    }
+    assert a2 == {f"2026-12-01T{h:02d}:00:00Z": 3600 for h in (9, 10, 11, 12)}
+    emitted = [r for r in records if r["type"] == "usage.metered" and r["data"]["meter"] == "gpu_seconds"]
+    assert all(r["data"]["revision"] == 1 for r in emitted), "an hour was emitted twice"
