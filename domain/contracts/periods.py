@@ -44,6 +44,8 @@ def periods_overlapping(
     period keeps its normal end).
     """
     periods: list[tuple[datetime, datetime]] = []
+    if term_end is not None and term_end <= term_start:
+        return periods  # an empty term (terminated at or before its start) overlaps no period
     start, end = period_containing(anchor_day, term_start)
     while end <= until and (term_end is None or start < term_end):
         periods.append((start, end))

@@ -76,8 +76,8 @@ def _next_period(
         _, end = period_containing(terms.billing_anchor_day, after_start)
         candidate = period_containing(terms.billing_anchor_day, end)
     term_end = terms.term_end
-    if candidate is None or (term_end is not None and candidate[0] >= term_end):
-        return None
+    if candidate is None or (term_end is not None and (candidate[0] >= term_end or term_end <= terms.starts_at)):
+        return None  # past the term, or the term is empty (terminated at or before its start)
     return candidate
 
 

@@ -573,6 +573,8 @@ class Contract:
     def periods(self, until: int) -> list[Span]:
         """R1: every period overlapping the term that ends at or before ``until``."""
         out: list[Span] = []
+        if self.term_end <= self.starts_at:
+            return out  # terminated at or before its start: an empty term overlaps no period
         start, end = period_of(self.anchor_day, self.starts_at)
         while end <= until and start < self.term_end:
             out.append((start, end))

@@ -350,3 +350,32 @@ async def test_statement_splits_a_chargeback_by_largest_remainder_and_carries_a_
     assert await balance_units(stack, chart.payable("sup-2", "USD").code) == -units(Fraction(97, 100))
     assert await balance_units(stack, chart.sla_recovery("USD").code) == -units(Fraction(10, 100))
     await assert_ledger_sound(stack)
+
+
+# --- R1 -----------------------------------------------------------------------------------------------------
+
+
+async def test_a_contract_terminated_before_its_start_gets_no_invoice_and_holds_up_nothing(stack: Stack) -> None:
+    """R1: only periods that overlap the term get an invoice. A termination effective before ``starts_at``
+    (arriving after the contract) empties the term: no invoice, no number used, and the contract does not
+    keep the month's statements waiting."""
+    story = Story()
+    story.contract("ctr-live", renter="rnt-1")
+    story.charge("ctr-live", "alloc-1", "sup-1", JAN[0] + timedelta(hours=3), billable=2 * HOUR_S)
+    story.contract("ctr-void", renter="rnt-2", starts_at=JAN[0] + timedelta(days=10, hours=7))
+    story.terminate("ctr-void", JAN[0] + timedelta(days=4))
+    story.watermark(FEB[1])
+    await story.publish(stack)
+    async with running(stack, [INVOICING], relays=0):
+        await wait_statements(stack, 1)
+        await wait_invoices(stack, 2)
+    assert await invoices_of(stack, "ctr-void") == []
+    live = await invoices_of(stack, "ctr-live")
+    assert [i["number"] for i in live] == ["INV-2026-000001", "INV-2026-000002"]
+    assert live[0]["lines"]["usage"] == "4.00"
+    assert (await statement_of(stack, "sup-1", "2026-01"))["earnings_total"] == "3.00"
+    waiting = await stack.pool.fetchval(
+        "select next_period_start from invoicing.contract_state where contract_id = 'ctr-void'"
+    )
+    assert waiting is None
+    await assert_ledger_sound(stack)

@@ -106,7 +106,7 @@ def test_period_containing_matches_a_calendar_walk(anchor_day: int, instant: dat
 @given(
     anchor_day=st.integers(1, 28),
     starts_at=instants,
-    term_days=st.one_of(st.none(), st.integers(1, 400)),
+    term_days=st.one_of(st.none(), st.integers(0, 400)),
     until_days=st.integers(0, 500),
 )
 @settings(max_examples=150)
@@ -118,12 +118,12 @@ def test_every_period_overlapping_the_term_is_listed_first_one_on_or_before_the_
     periods = periods_overlapping(anchor_day, starts_at, term_end, until)
 
     # Independently: walk the periods from the one containing starts_at and keep those that
-    # overlap [starts_at, term_end) and have ended by `until`.
+    # overlap [starts_at, term_end) (none when the term is empty) and have ended by `until`.
     expected = []
     start, end = brute_force_period(anchor_day, starts_at)
     assert start <= starts_at  # R1: the first period starts on or before starts_at
     while end <= until:
-        if term_end is None or start < term_end:
+        if max(start, starts_at) < min(end, term_end or end):
             expected.append((start, end))
         start, end = brute_force_period(anchor_day, end)
     assert periods == expected
@@ -132,6 +132,11 @@ def test_every_period_overlapping_the_term_is_listed_first_one_on_or_before_the_
     if periods and term_end is not None:
         # The last period keeps its normal end even if the term ends inside it.
         assert periods[-1][1] == brute_force_period(anchor_day, periods[-1][0])[1]
+
+
+def test_a_term_emptied_by_a_termination_before_its_start_has_no_period() -> None:
+    terms = terminate_terms(terms_from_created("e-1", created()), terminated("2026-01-01T00:00:00Z"))
+    assert periods_overlapping(1, terms.starts_at, terms.term_end, at("2027-01-01T00:00:00")) == []
 
 
 def test_a_term_ending_mid_period_still_gets_that_whole_period() -> None:
