@@ -861,10 +861,10 @@ class ExpectedInvoice:
         }
 
 
-def rates_at(contract: Contract, period: Span) -> int:
-    """R7: the instant whose SLA tiers and tax rate apply to the whole period: its last second (the
-    term's last second when the term ended earlier — extension in services/invoicing/domain.py)."""
-    return min(period[1], contract.term_end) - 1
+def rates_at(period: Span) -> int:
+    """R7: the instant whose SLA tiers and tax rate apply to the whole period: its last second, also when
+    the term ended earlier."""
+    return period[1] - 1
 
 
 def prorated_commitment(contract: Contract, period: Span) -> Fraction:
@@ -888,7 +888,7 @@ def sla_credit(contract: Contract, period: Span, totals: Totals) -> tuple[Fracti
     uptime = uptime_of(totals)
     if uptime is None:
         return Fraction(0), Fraction(0)
-    tiers = contract.fields_at(rates_at(contract, period))["sla_tiers"]
+    tiers = contract.fields_at(rates_at(period))["sla_tiers"]
     above = [t for t in tiers if t[0] > uptime]
     if not above:
         return Fraction(0), Fraction(0)
@@ -1054,7 +1054,7 @@ def expected(
             percent, credit_exact = sla_credit(c_now, period, totals)
             credit_minor = round_minor(credit_exact, currency)
             subtotal = usage_minor + true_up_minor + sum(a.amount_minor for a in adjustments) + credit_minor
-            tax_rate = c_now.fields_at(rates_at(c_now, period))["tax_rate"]
+            tax_rate = c_now.fields_at(rates_at(period))["tax_rate"]
             tax = round_minor(minor_exact(subtotal, currency) * tax_rate, currency) if subtotal > 0 else 0
             total = subtotal + tax
 

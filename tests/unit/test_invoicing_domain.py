@@ -294,7 +294,8 @@ def test_tiers_and_tax_in_force_at_the_last_second_apply_to_the_whole_period() -
     assert draft.tax.amount_minor == oracle_minor(Fraction(8000, 100) * Fraction("0.20"), 2) == 1600
 
 
-def test_fields_at_the_last_second_of_the_term_when_it_ended_before_the_period() -> None:
+def test_fields_at_the_period_end_apply_even_when_the_term_ended_before_it() -> None:
+    """R7 as written: the tiers and tax rate in force at the period's end, also after an early end of term."""
     terms = make_terms(
         ends_at=at("2026-01-20T00:00:00Z"),
         tax="0.10",
@@ -304,9 +305,9 @@ def test_fields_at_the_last_second_of_the_term_when_it_ended_before_the_period()
         ),
     )
     draft = close(terms, usage="100")
-    assert draft.rates_at == at("2026-01-19T23:59:59Z")
-    assert draft.tax_rate == Decimal("0.15")
-    assert draft.tax.amount_minor == 1500
+    assert draft.rates_at == at("2026-01-31T23:59:59Z")
+    assert draft.tax_rate == Decimal("0.30")
+    assert draft.tax.amount_minor == 3000
 
 
 # --- R6 rounding -----------------------------------------------------------------------------------------

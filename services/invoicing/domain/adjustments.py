@@ -123,7 +123,7 @@ def assemble_adjustments(
                     )
                 )
 
-        fields = terms.fields_at(rates_instant(terms, c.period_end))
+        fields = terms.fields_at(rates_instant(c.period_end))
         sla = evaluate_sla(fields, c.after, currency)
         sla_change_minor = sla.credit.amount_minor - c.credited_minor
         if sla_change_minor != 0:

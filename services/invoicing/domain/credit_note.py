@@ -31,7 +31,7 @@ def assemble_credit_note(inputs: CreditNoteInputs) -> CreditNoteDraft:
     periods = sorted({(a.period_start, a.period_end) for a in adjustments})
     for period_start, period_end in periods:
         taxable = sum(a.amount.amount_minor for a in adjustments if a.period_start == period_start)
-        rate = terms.fields_at(rates_instant(terms, period_end)).tax_rate
+        rate = terms.fields_at(rates_instant(period_end)).tax_rate
         tax_exact = minor_to_exact(taxable, currency) * Fraction(rate)
         taxes.append(PeriodTax(period_start, period_end, rate, taxable, rounded_amount(tax_exact, currency)))
     subtotal = sum(a.amount.amount_minor for a in adjustments)

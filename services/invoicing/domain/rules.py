@@ -16,14 +16,11 @@ from libs.times import seconds_between
 from services.invoicing.domain.model import AllocationOutage, PeriodTotals, RoundedAmount, SlaEvaluation, rounded_amount
 
 
-def rates_instant(terms: ContractTerms, period_end: datetime) -> datetime:
-    """R7: the instant whose SLA tiers and tax rate apply to the whole period: the period's last
-    second, or the term's last second when the term ended before it."""
-    at = last_second(period_end)
-    term_end = terms.term_end
-    if term_end is not None and last_second(term_end) < at:
-        at = last_second(term_end)
-    return at
+def rates_instant(period_end: datetime) -> datetime:
+    """R7: the instant whose SLA tiers and tax rate apply to the whole period: the period's last second
+    (also when the term ended before it: an amendment effective in between is in force at the period's
+    end, as the rule says)."""
+    return last_second(period_end)
 
 
 def prorate_commitment(terms: ContractTerms, period_start: datetime, period_end: datetime) -> Exact:
