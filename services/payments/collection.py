@@ -246,8 +246,7 @@ async def record_result(
     outcome = result.outcome
     now_sql = "now()"
     if outcome == "unknown":
-        made = attempt["inquiries"] if inquiry else 0
-        delay = dunning.next_inquiry_after(made, config.inquiry_delays)
+        made, delay = dunning.still_unknown(attempt["inquiries"], inquiry, config.inquiry_delays)
         if delay is None:
             await conn.execute(
                 f"""update payments.attempts set state = 'needs_operator', inquiries = $2, resolved_at = {now_sql},
@@ -261,7 +260,7 @@ async def record_result(
             """update payments.attempts set state = 'unknown', inquiries = $2, next_inquiry_at = now() + $3,
                    message = $4 where attempt_id = $1""",
             attempt_id,
-            made + (1 if inquiry else 0),
+            made,
             delay,
             result.message[:500],
         )
@@ -297,6 +296,8 @@ async def record_result(
         await store.update_intent(
             conn, attempt["intent_id"], state="hard_declined", hard_method=attempt["method_id"], reason=reason
         )
+        # The renter may have changed its default method while this attempt was out: then it goes on.
+        await store.resume_on_method_change(conn, attempt["renter_id"], attempt["currency"])
         return "declined"
     if outcome == "error" and not inquiry:
         tried = frozenset(

@@ -224,25 +224,12 @@ async def _method(tx: Tx, event: Envelope[Any], data: PaymentMethodEvent) -> boo
             "event_id": event.id,
         },
     )
-    if won and attached and data.default:
-        # R14: a hard decline stops retries until the method changes; a renter without a method gets one.
-        await tx.conn.execute(
-            """update payments.intents t set state = 'waiting_retry', next_try_at = greatest($3::timestamptz,
-                       coalesce(first_try_at, (select greatest($3::timestamptz, i.due_at) from payments.invoices i
-                                                where i.invoice_id = t.invoice_id))),
-                   first_try_at = coalesce(first_try_at, (select greatest($3::timestamptz, i.due_at)
-                                                            from payments.invoices i
-                                                           where i.invoice_id = t.invoice_id)),
-                   reason = 'payment method changed', updated_at = now()
-             where renter_id = $1 and currency = $2
-               and (state = 'no_method' or (state = 'hard_declined' and hard_method is distinct from $4))""",
-            data.renter_id,
-            data.currency,
-            event.time,
-            data.method_id,
-        )
-        return True
-    return False
+    if not won:
+        return False
+    # R14: a hard decline stops retries until the method changes; a renter without a method gets one. A new
+    # default changes it, and so does detaching the declined default when an older default remains.
+    resumed = await store.resume_on_method_change(tx.conn, data.renter_id, data.currency)
+    return resumed > 0 or (attached and data.default)
 
 
 def subscription(config: PaymentsConfig) -> Subscription:

@@ -94,6 +94,30 @@ async def save_method(conn: asyncpg.Connection, row: dict[str, Any]) -> bool:
     return bool(status.endswith("1"))
 
 
+async def resume_on_method_change(conn: asyncpg.Connection, renter_id: str, currency: str) -> int:
+    """R14: a hard decline stops retries until the method changes, and a renter without a method waits for
+    one. Intents of (renter, currency) stopped so, whose renter now has a default method in the currency
+    (other than the hard-declined one), wait for their next try from the later of that method's time and
+    their first try. Returns how many resumed."""
+    status = await conn.execute(
+        """with d as (select method_id, at from payments.methods
+                       where renter_id = $1 and currency = $2 and attached and is_default
+                       order by at desc, event_id desc limit 1)
+           update payments.intents t
+              set state = 'waiting_retry',
+                  next_try_at = greatest(d.at, coalesce(t.first_try_at, greatest(d.at, i.due_at))),
+                  first_try_at = coalesce(t.first_try_at, greatest(d.at, i.due_at)),
+                  reason = 'payment method changed', updated_at = now()
+             from d, payments.invoices i
+            where i.invoice_id = t.invoice_id and t.renter_id = $1 and t.currency = $2
+              and (t.state = 'no_method'
+                   or (t.state = 'hard_declined' and t.hard_method is distinct from d.method_id))""",
+        renter_id,
+        currency,
+    )
+    return int(status.split()[-1])
+
+
 async def due_without_intent(conn: asyncpg.Connection, through: datetime, limit: int) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(

@@ -342,3 +342,110 @@ async def test_answers_committed_in_batches_are_each_recorded_as_if_alone(stack:
         finally:
             writer.cancel()
         assert isinstance(results[0], AssertionError) and results[1] == "succeeded", results
+
+
+async def test_a_hard_decline_stops_only_until_the_default_method_changes_also_by_detach_or_mid_attempt(
+    stack: Stack,
+) -> None:
+    """R14: "a hard decline stops retries until the method changes". Two ways the method changes that a new
+    attach does not cover: (a) the declined default is detached and an older default remains — it is
+    collected with that one; (b) a new default was attached while the declined attempt was still out, so
+    the decline is recorded after the change — it goes on with the new method instead of stopping."""
+    from services.payments import config as payments_config
+    from services.payments.collector import record
+
+    with fakepsp() as base:
+        story = against_fakepsp(stack, base)
+
+        def attached(renter: str, token: str, method_id: str, at: datetime) -> tuple[Any, str, bytes]:
+            m = method(renter, token, method_id)
+            return (topics.PAYMENT_METHODS, renter, event_bytes("payment_method.attached", m, id=method_id, time=at))
+
+        items = [
+            attached("rnt-a", "tok_visa", "pm-a0", FEB),
+            attached("rnt-a", "tok_stolen", "pm-a1", FEB + timedelta(hours=1)),
+            attached("rnt-b", "tok_stolen", "pm-b1", FEB),
+        ]
+        for n, renter in enumerate(("rnt-a", "rnt-b"), start=1):
+            inv = invoice(
+                f"INV-2026-{n:06d}", f"ctr-{renter}", renter, due="100.00", start=FEB - timedelta(days=31), end=FEB
+            )
+            items.append(
+                (
+                    topics.INVOICES_FINALIZED,
+                    inv.contract_id,
+                    event_bytes("invoice.finalized", inv, id=f"i-{renter}", time=FEB),
+                )
+            )
+        async with running(story, [PAYMENTS]):
+            await publish(story, items)
+
+            async def stored() -> bool:
+                async with stack.pool.acquire() as conn:
+                    return await conn.fetchval("select count(*) from payments.invoices") == 2
+
+            await wait_until(stored, what="invoices stored")
+            await _tick(story, DUE)
+            intents = await _intents(story)
+            assert intents["rnt-a"]["state"] == intents["rnt-b"]["state"] == "hard_declined"
+
+            # (a) The declined default is detached; the older default is the renter's default again.
+            detach = PaymentMethodEvent(
+                renter_id="rnt-a",
+                method_id="pm-a1",
+                kind="card",
+                gateway_token="tok_stolen",
+                currency="USD",
+                default=True,
+            )
+            later = DUE + timedelta(hours=2)
+            await publish(
+                story,
+                [
+                    (
+                        topics.PAYMENT_METHODS,
+                        "rnt-a",
+                        event_bytes("payment_method.detached", detach, id="pm-a1-off", time=later),
+                    )
+                ],
+            )
+
+            async def resumed() -> bool:
+                return (await _intents(story))["rnt-a"]["state"] != "hard_declined"
+
+            await wait_until(resumed, what="the detach to lift the stop")
+
+            # (b) Rebuild the moment of the race: rnt-b's declined attempt is still out (its decline not yet
+            # recorded) when a new default arrives; the attach sees no stopped intent to lift.
+            async with story.pool.acquire() as conn:
+                attempt = await conn.fetchrow(
+                    """update payments.attempts a set state = 'sending', code = null, decline_kind = null,
+                              resolved_at = null
+                         from payments.intents t
+                        where t.intent_id = a.intent_id and t.renter_id = 'rnt-b'
+                    returning a.attempt_id, a.claim"""
+                )
+                await conn.execute(
+                    "update payments.intents set state = 'collecting', hard_method = null where renter_id = 'rnt-b'"
+                )
+            await publish(story, [attached("rnt-b", "tok_visa", "pm-b2", later)])
+
+            async def method_stored() -> bool:
+                async with stack.pool.acquire() as conn:
+                    return bool(await conn.fetchval("select count(*) from payments.methods where method_id = 'pm-b2'"))
+
+            await wait_until(method_stored, what="the new method stored")
+            assert (await _intents(story))["rnt-b"]["state"] == "collecting"
+            answer = ChargeResult("declined", code="card_declined/stolen_card", message="Your card was declined.")
+            config = payments_config.load(story.settings.payments_config)
+            assert (
+                await record(story.pool, config, attempt["attempt_id"], answer, inquiry=False, claim=attempt["claim"])
+                == "declined"
+            )
+            assert (await _intents(story))["rnt-b"]["state"] == "waiting_retry"
+
+            await _tick(story, DUE + timedelta(days=1))  # _tick's event id is per day
+            intents = await _intents(story)
+            assert intents["rnt-a"]["state"] == intents["rnt-b"]["state"] == "succeeded"
+        used = {r: [a["method_id"] for a in await _attempts(story, r)] for r in ("rnt-a", "rnt-b")}
+        assert used == {"rnt-a": ["pm-a1", "pm-a0"], "rnt-b": ["pm-b1", "pm-b2"]}

@@ -188,6 +188,21 @@ def test_retry_schedule_is_day_1_3_5_7_10_14_then_exhausted() -> None:
     assert dunning.next_inquiry_after(8) is None
 
 
+def test_an_outcome_that_stays_unknown_is_asked_8_times_at_1_min_5_min_1_h_then_daily_then_an_operator() -> None:
+    """R14: after the send's timeout, ask after 1 min; each answer still unknown waits the next delay."""
+    made, delay = dunning.still_unknown(0, asked=False)
+    asked_at: list[timedelta] = []
+    elapsed = timedelta(0)
+    while delay is not None:
+        elapsed += delay
+        asked_at.append(elapsed)
+        made, delay = dunning.still_unknown(made, asked=True)
+    minute, hour, day = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+    first = [minute, 6 * minute, hour + 6 * minute]
+    assert asked_at == first + [first[-1] + n * day for n in range(1, 6)]
+    assert made == 8
+
+
 def test_decline_codes_are_configuration() -> None:
     codes = dunning.DeclineCodes({"stripe": frozenset({"stolen_card"})})
     assert codes.kind("stripe", "stolen_card") == "hard"
