@@ -309,6 +309,13 @@ async def record_result(
             )
         )
         method = store.Method(attempt["method_id"], await _kind_of(conn, attempt), attempt["token"])
+        # R14: each attempt is for the amount still due when it starts (a receipt may have come meanwhile).
+        remaining = await conn.fetchval(
+            "select remaining_minor from payments.invoice_status where invoice_id = $1", attempt["invoice_id"]
+        )
+        if remaining is not None and remaining <= 0:
+            await store.update_intent(conn, attempt["intent_id"], state="settled_otherwise", reason="paid otherwise")
+            return "error"
         if await _attempt(
             tx,
             config,
@@ -316,7 +323,7 @@ async def record_result(
             attempt["try_no"],
             attempt["call_no"] + 1,
             cause_time,
-            amount,
+            amount if remaining is None else remaining,
             method,
             tried,
         ):

@@ -449,3 +449,63 @@ async def test_a_hard_decline_stops_only_until_the_default_method_changes_also_b
             assert intents["rnt-a"]["state"] == intents["rnt-b"]["state"] == "succeeded"
         used = {r: [a["method_id"] for a in await _attempts(story, r)] for r in ("rnt-a", "rnt-b")}
         assert used == {"rnt-a": ["pm-a1", "pm-a0"], "rnt-b": ["pm-b1", "pm-b2"]}
+
+
+async def test_a_fail_over_charges_what_is_still_due_when_it_starts(stack: Stack) -> None:
+    """R14: "for the amount still due when each attempt starts" — also for a fail-over within a try. A wire
+    paid 40.00 of a 100.00 invoice while its first attempt was out; that attempt then ends in a definite
+    processor error: the fail-over attempt is for 60.00, not the first attempt's 100.00."""
+    from services.payments import config as payments_config
+    from services.payments.collector import record
+
+    with fakepsp("--hang-ms", "4000") as base:
+        story = against_fakepsp(stack, base, gateway_timeout_s=1.0)
+        m = method("rnt-f", "tok_timeout_after_charge", "pm-f")
+        inv = invoice("INV-2026-000001", "ctr-f", "rnt-f", due="100.00", start=FEB - timedelta(days=31), end=FEB)
+        async with running(story, [PAYMENTS]):
+            await publish(
+                story,
+                [
+                    (topics.PAYMENT_METHODS, "rnt-f", event_bytes("payment_method.attached", m, id="m-f", time=FEB)),
+                    (
+                        topics.INVOICES_FINALIZED,
+                        inv.contract_id,
+                        event_bytes("invoice.finalized", inv, id="i-f", time=FEB),
+                    ),
+                ],
+            )
+
+            async def stored() -> bool:
+                async with stack.pool.acquire() as conn:
+                    return await conn.fetchval("select count(*) from payments.invoices") == 1
+
+            await wait_until(stored, what="invoice stored")
+            await _tick(story, DUE)
+            [first] = await _attempts(story, "rnt-f")
+            assert (first["state"], first["amount_minor"]) == ("unknown", 10_000)
+            wire = receipt("rnt-f", "rcp-1", "40.00", DUE + timedelta(hours=1))
+            await publish(
+                story,
+                [
+                    (
+                        topics.PAYMENTS_RECEIVED,
+                        "rnt-f",
+                        event_bytes("payment.received", wire, id="w-1", time=wire.received_at),
+                    )
+                ],
+            )
+
+            async def applied() -> bool:
+                async with stack.pool.acquire() as conn:
+                    return await conn.fetchval("select remaining_minor from payments.invoice_status") == 6_000
+
+            await wait_until(applied, what="the wire applied")
+            config = payments_config.load(story.settings.payments_config)
+            answer = ChargeResult("error", code="api_error", message="scripted: a definite processor error")
+            assert (
+                await record(story.pool, config, first["attempt_id"], answer, inquiry=False, claim=first["claim"])
+                == "error"
+            )
+            attempts = await _attempts(story, "rnt-f")
+        assert [(a["call_no"], a["amount_minor"]) for a in attempts] == [(1, 10_000), (2, 6_000)]
+        assert attempts[0]["gateway"] != attempts[1]["gateway"]
