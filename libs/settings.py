@@ -131,9 +131,9 @@ class Settings(BaseSettings):
     )
     # saga coordinator (issue 11)
     saga_dispute_lost: Literal["platform_absorbs", "supplier_charged_back"] = Field(
-        default="platform_absorbs",
-        description="A lost dispute: the platform absorbs it (renter revenue reversed), or the supplier's share "
-        "is charged back too (reverse_supplier_share requested).",
+        default="supplier_charged_back",
+        description="A lost dispute: the supplier's share is charged back too (reverse_supplier_share requested; "
+        "R15's clawback, the default), or the platform absorbs it (renter revenue reversed only).",
     )
     saga_follow_payouts: bool = Field(
         default=False,

@@ -59,7 +59,7 @@ DisputePolicy = Literal["platform_absorbs", "supplier_charged_back"]
 class Policy:
     """Configuration of the saga (not code): deadlines in days of event time and the dispute policy."""
 
-    dispute_lost: DisputePolicy = "platform_absorbs"
+    dispute_lost: DisputePolicy = "supplier_charged_back"  # R15: a lost dispute is clawed back
     dunning_days: int = 15
     """R14: retries on day 1..14 after the first try on the due date, so dunning ends by due + 15 days."""
     collection_margin_days: int = 2

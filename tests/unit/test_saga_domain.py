@@ -156,12 +156,12 @@ def test_dispute_lost_per_policy() -> None:
         d.DisputeOpened(dispute_id="dp_1", amount_minor=10_000, at=DUE + timedelta(days=3)),
         d.DisputeClosed(dispute_id="dp_1", won=False, amount_minor=10_000, at=DUE + timedelta(days=30)),
     ]
-    s, _, requested = run(events)
-    assert s.state == "compensated"
-    assert set(requested) == {"reverse_revenue:dp_1"}
-    s, _, requested = run(events, d.Policy(dispute_lost="supplier_charged_back"))
+    s, _, requested = run(events)  # the default is R15's: the supplier's share is clawed back
     assert s.state == "compensated"
     assert set(requested) == {"reverse_revenue:dp_1", "reverse_supplier_share:dp_1"}
+    s, _, requested = run(events, d.Policy(dispute_lost="platform_absorbs"))
+    assert s.state == "compensated"
+    assert set(requested) == {"reverse_revenue:dp_1"}
 
 
 def test_an_open_dispute_keeps_the_saga_open_and_a_won_one_completes() -> None:
