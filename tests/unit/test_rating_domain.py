@@ -496,6 +496,28 @@ def test_a_top_up_never_settles_an_earlier_periods_overage() -> None:
     assert state.balance == 50
 
 
+def test_a_late_top_up_settles_its_own_period_then_the_later_periods_already_in_overage() -> None:
+    """A top-up made in March that arrives after April's first charges ran into overage (they were applied at
+    an earlier watermark): in event time the money was there before April, so April draws min(usage, balance
+    at its start) — the top-up settles March's overage, then April's."""
+    state, signals = run(
+        WalletState(),
+        ("charge", MARCH, 10, at("2026-03-20T00:00:00")),  # no money: 10 overage, exhausted
+        ("charge", APRIL, 12, at("2026-04-01T12:00:00")),  # 12 overage
+        ("topup", MARCH, 100, at("2026-03-31T23:00:00")),  # arrives late
+        ("charge", APRIL, 12, at("2026-04-02T00:00:00")),
+    )
+    assert (state.drawn(MARCH), state.overage(MARCH)) == (10, 0)
+    assert (state.drawn(APRIL), state.overage(APRIL)) == (24, 0) == (min(24, 100 - 10), 0)
+    assert state.balance == 100 - 10 - 24
+    late = at("2026-03-31T23:00:00")
+    assert [s for s in signals if s.at == late] == [
+        Drawn(MARCH, Fraction(10), "topup_settlement", late),
+        Drawn(APRIL, Fraction(12), "topup_settlement", late),
+        Resume(Fraction(78), late),
+    ]
+
+
 def test_a_negative_correction_reduces_overage_first_then_returns_drawn_money() -> None:
     state, _ = run(
         WalletState(),

@@ -211,42 +211,47 @@ def apply_topup(
 
     The balance grows by ``amount``, which becomes the last top-up (the low-balance threshold is
     20 % of it, and the alert is re-armed); then the overage of the top-up's own period is settled
-    first, counting as drawn (:class:`Drawn` with reason ``topup_settlement``). A wallet that was
-    exhausted and is above zero afterwards emits :class:`Resume`.
+    first, counting as drawn (:class:`Drawn` with reason ``topup_settlement``). A top-up that arrives
+    late — after charges of later periods already ran into overage — then settles those periods'
+    overage too, oldest first: in event time the money was there before them, so each later period's
+    drawn is min(its usage, the balance at its start + its top-ups), as R8 says. (On time, no later
+    period has been charged yet.) A wallet that was exhausted and is above zero afterwards emits
+    :class:`Resume`.
     """
     amount = require_exact(amount, "top-up")
     if amount <= 0:
         raise InvalidAmountError(f"a top-up must be positive, got {amount}")
     signals: list[WalletSignal] = []
     threshold = amount * LOW_BALANCE_FRACTION
-    credited = state.balance + amount
-    overage = state.overage(period_start)
-    settled = min(overage, credited)
-    balance = credited - settled
-    armed = True
-    if settled > 0:
-        signals.append(Drawn(period_start, settled, "topup_settlement", at))
+    new_state = replace(state, balance=state.balance + amount, last_topup=amount, low_balance_armed=True)
+    owing = [period_start, *sorted(p for p, owed in state.overage_by_period.items() if p > period_start and owed > 0)]
+    settled = Fraction(0)
+    for period in owing:
+        paid = min(new_state.overage(period), new_state.balance)
+        if paid <= 0:
+            continue
+        signals.append(Drawn(period, paid, "topup_settlement", at))
+        settled += paid
+        new_state = _with_period(
+            new_state,
+            period,
+            balance=new_state.balance - paid,
+            usage=new_state.usage(period),
+            drawn=new_state.drawn(period) + paid,
+            overage=new_state.overage(period) - paid,
+            low_balance_armed=new_state.low_balance_armed,
+            exhausted=new_state.exhausted,
+        )
+    if settled > 0 and new_state.balance < threshold:
         # The credited balance (≥ amount ≥ threshold) was above the threshold: the settlement crossed it.
-        if balance < threshold:
-            signals.append(LowBalance(balance, threshold, at))
-            armed = False
-    exhausted = state.exhausted
-    if exhausted and balance > 0:
-        signals.append(Resume(balance, at))
-        exhausted = False
-    new_state = _with_period(
-        replace(state, last_topup=amount),
-        period_start,
-        balance=balance,
-        usage=state.usage(period_start),
-        drawn=state.drawn(period_start) + settled,
-        overage=overage - settled,
-        low_balance_armed=armed,
-        exhausted=exhausted,
-    )
-    # Paired assertion: what the top-up added is either in the balance or drawn for the period.
+        signals.append(LowBalance(new_state.balance, threshold, at))
+        new_state = replace(new_state, low_balance_armed=False)
+    if new_state.exhausted and new_state.balance > 0:
+        signals.append(Resume(new_state.balance, at))
+        new_state = replace(new_state, exhausted=False)
+    # Paired assertion: what the top-up added is either in the balance or drawn for the periods it settled.
     assert new_state.balance - state.balance + settled == amount
-    assert new_state.drawn(period_start) - state.drawn(period_start) == settled
+    assert sum(new_state.drawn(p) - state.drawn(p) for p in owing) == settled
     return new_state, tuple(signals)
 
 
