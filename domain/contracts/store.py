@@ -2,7 +2,8 @@
 
 Table ``<schema>.contracts``: the current :class:`ContractTerms` as JSON plus the partition its key
 maps to. Amendments or terminations that arrive before their contract are held in
-``<schema>.contract_events_held`` and applied, in arrival order, when the contract arrives.
+``<schema>.contract_events_held`` and applied, in event order (CloudEvents ``time``, then ``id``: the
+same in every service's projection), when the contract arrives.
 
 Both tables are created by each service's own migration (``libs/db/migrations/0010_metering.sql``,
 ``0020_rating.sql``, ``0030_invoicing.sql``); migrations are checksummed and never edited, so the three
