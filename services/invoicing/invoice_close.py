@@ -37,8 +37,6 @@ from services.invoicing.entries import credit_note_amounts, invoice_amounts, per
 PRODUCER = "invoicing"
 """The outbox producer of every document event (invoices, credit notes, statements)."""
 
-"""Late corrections re-evaluate the commitment true-up (R5) once the event schema carries the kind."""
-
 
 @dataclass
 class PendingInvoice:
