@@ -483,9 +483,11 @@ def generate(seed: int = 7, start: datetime | None = None, contracts: int = 30) 
         ),
     ]
     scenario.initial = ordered + duplicates + malformed
-    # The clock: every 4 days, plus both month ends and every period end of anchor day 15.
+    # The clock: every 4 days, plus both month ends and every period end of anchor day 15 — and two ticks
+    # inside an hour (a clock need not tick on the hour: the hour they fall in is closed by the next tick).
     ticks = {start + timedelta(days=4 * k) for k in range(1, 16)}
     ticks |= {middle, end, start.replace(day=15), middle.replace(day=15)}
+    ticks |= {start + timedelta(days=2, hours=9, minutes=30), start + timedelta(days=17, hours=13, minutes=45)}
     scenario.ticks = sorted(t for t in ticks if start < t <= end)
     scenario.late = late_outage
     scenario.late_after_tick = middle + timedelta(days=1) if middle + timedelta(days=1) in scenario.ticks else None
