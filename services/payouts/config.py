@@ -133,8 +133,8 @@ def parse(raw: Any) -> PayoutsConfig:
         "ach": NachaRail(ach),
         "wire": Pain001Rail(usd, scheme="wire"),
         "sepa": Pain001Rail(eur, scheme="sepa"),
-        "rtp": InstantRail(usd, name="rtp", max_per_message=10_000),
-        "fednow": InstantRail(usd, name="fednow", max_per_message=10_000),
+        "rtp": InstantRail(usd, name="rtp"),  # one transaction per message, as both schemes require
+        "fednow": InstantRail(usd, name="fednow"),
         "stablecoin": StablecoinRail(token),
     }
     placeholder = "originator" not in (raw or {})

@@ -266,8 +266,14 @@ async def cut_files(
         by_rail[(routed.rail, instruction.currency)].append((c, instruction))  # one currency a file: its total
     built: list[str] = []
     posted: list[Entry] = []
-    for rail_name, currency in sorted(by_rail):
-        items = by_rail[(rail_name, currency)]
+    # A rail's artefact carries at most max_per_file payouts (RTP and FedNow: one per message): more are cut
+    # into several files of the round, each with its own sequence.
+    chunks = [
+        (rail_name, currency, by_rail[(rail_name, currency)][k : k + rail_impls[rail_name].max_per_file])
+        for rail_name, currency in sorted(by_rail)
+        for k in range(0, len(by_rail[(rail_name, currency)]), rail_impls[rail_name].max_per_file)
+    ]
+    for rail_name, currency, items in chunks:
         # The file's number among this rail's files of the tick's UTC day: NACHA's file id modifier (a second
         # file of a day must never look like a resend of the first). Ticks only move forward: deterministic.
         sequence: int = await conn.fetchval(

@@ -682,3 +682,33 @@ async def test_a_tick_older_than_the_last_planning_changes_nothing(stack: Stack)
         assert await stack.pool.fetchval("select at from payouts.clock") == mar2
     waits = [e for e in await outbox_events(stack, topics.PAYOUTS) if e["type"] == "payout.waiting"]
     assert len(waits) == 2, waits
+
+
+async def test_instant_payouts_go_one_per_message_and_ach_together_in_one_file(stack: Stack, tmp_path: Path) -> None:
+    """RTP and FedNow carry one transaction per pacs.008 message (R16; both schemes require it): three RTP
+    payouts of one round are three files, each its own sequence and one transaction, while the round's two
+    ACH payouts share one NACHA file."""
+    jan1 = datetime(2026, 1, 1, tzinfo=UTC)
+    rtp = [f"sup-rtp-{n}" for n in range(3)]
+    items = [
+        payee(s, "USD", "rtp", {**ACH_1, "account_number": f"00012345678{n}"}, at=jan1, n=1) for n, s in enumerate(rtp)
+    ]
+    items += [payee("sup-ach", "USD", "ach", ACH_1, at=jan1, n=1), payee("sup-two", "USD", "ach", ACH_2, at=jan1, n=1)]
+    for n, supplier in enumerate([*rtp, "sup-ach", "sup-two"], start=1):
+        items.append(statement(supplier, "USD", f"{10 * n}.00", n))
+    await publish(stack, [*items, *statements_closed("2026-01", datetime(2026, 2, 1, tzinfo=UTC)), *ticked(FEB2)])
+    async with running(stack, [PAYOUTS], relays=1):  # no outbox dir: planned, nothing cut
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'planned'", 5, "five planned")
+
+    built, sent = await files.run_round(stack.pool, files.DirectoryTransport(tmp_path / "bank"))
+    assert sorted(built) == sorted(sent) and len(built) == 4
+    rows = await stack.pool.fetch(
+        "select rail, sequence, entry_count, content from payouts.payout_files order by file_id"
+    )
+    by_rail = {r: [(x["sequence"], x["entry_count"]) for x in rows if x["rail"] == r] for r in ("rtp", "ach")}
+    assert by_rail == {"rtp": [(0, 1), (1, 1), (2, 1)], "ach": [(0, 2)]}
+    for row in rows:
+        if row["rail"] == "rtp":
+            assert b"<NbOfTxs>1</NbOfTxs>" in bytes(row["content"])
+    assert await count(stack, "select count(*) from payouts.payouts where state = 'sent'") == 5
+    await assert_ledger_sound(stack)

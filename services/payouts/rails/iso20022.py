@@ -203,6 +203,7 @@ class Pain001Rail:
         self.debtor = debtor
         self.scheme = scheme
         self.name = "sepa" if scheme == "sepa" else "wire"
+        self.max_per_file = MAX_TRANSACTIONS
         self.charge_bearer = charge_bearer or ("SLEV" if scheme == "sepa" else "SHAR")
         assert self.charge_bearer in ("DEBT", "CRED", "SHAR", "SLEV")
         if scheme == "sepa" and not isinstance(debtor.account, IbanAccount):
@@ -312,6 +313,7 @@ class InstantRail:
         self.name: str = name
         self.clearing_system = clearing_system or ("TCH" if name == "rtp" else "FDN")
         self.max_per_message = max_per_message
+        self.max_per_file = max_per_message
 
     def validate(self, payee: Payee) -> list[str]:
         problems = check_payee(payee)

@@ -291,6 +291,7 @@ class NachaRail:
     """ACH credits as a NACHA file (PPD/CCD, one batch per effective date and SEC code)."""
 
     name = "ach"
+    max_per_file = MAX_ENTRIES_PER_FILE
 
     def __init__(self, originator: NachaOriginator, *, line_ending: str = "\n") -> None:
         assert line_ending in ("\n", "\r\n")

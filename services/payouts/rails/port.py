@@ -205,6 +205,8 @@ class Rail(Protocol):
     """The port every payout rail implements."""
 
     name: str
+    max_per_file: int
+    """The most payouts one artefact carries (a round with more is cut into several)."""
 
     def validate(self, payee: Payee) -> list[str]:
         """Problems that stop this rail from paying ``payee`` (empty list: payable). Never raises."""

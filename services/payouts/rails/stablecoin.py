@@ -69,6 +69,7 @@ def transfer_call_data(recipient: str, amount_units: int) -> bytes:
 
 class StablecoinRail:
     name = "stablecoin"
+    max_per_file = MAX_TRANSFERS
 
     def __init__(self, token: TokenConfig) -> None:
         self.token = token
