@@ -297,7 +297,9 @@ async def record_result(
             conn, attempt["intent_id"], state="hard_declined", hard_method=attempt["method_id"], reason=reason
         )
         # The renter may have changed its default method while this attempt was out: then it goes on.
-        await store.resume_on_method_change(conn, attempt["renter_id"], attempt["currency"])
+        await store.resume_on_method_change(
+            conn, attempt["renter_id"], attempt["currency"], attempt["at"], waiting_for_one=False
+        )
         return "declined"
     if outcome == "error" and not inquiry:
         tried = frozenset(

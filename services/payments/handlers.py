@@ -228,8 +228,11 @@ async def _method(tx: Tx, event: Envelope[Any], data: PaymentMethodEvent) -> boo
         return False
     # R14: a hard decline stops retries until the method changes; a renter without a method gets one. A new
     # default changes it, and so does detaching the declined default when an older default remains.
-    resumed = await store.resume_on_method_change(tx.conn, data.renter_id, data.currency)
-    return resumed > 0 or (attached and data.default)
+    new_default = attached and data.default
+    resumed = await store.resume_on_method_change(
+        tx.conn, data.renter_id, data.currency, event.time, waiting_for_one=new_default
+    )
+    return resumed > 0 or new_default
 
 
 def subscription(config: PaymentsConfig) -> Subscription:

@@ -94,26 +94,30 @@ async def save_method(conn: asyncpg.Connection, row: dict[str, Any]) -> bool:
     return bool(status.endswith("1"))
 
 
-async def resume_on_method_change(conn: asyncpg.Connection, renter_id: str, currency: str) -> int:
-    """R14: a hard decline stops retries until the method changes, and a renter without a method waits for
-    one. Intents of (renter, currency) stopped so, whose renter now has a default method in the currency
-    (other than the hard-declined one), wait for their next try from the later of that method's time and
-    their first try. Returns how many resumed."""
+async def resume_on_method_change(
+    conn: asyncpg.Connection, renter_id: str, currency: str, changed_at: datetime, *, waiting_for_one: bool
+) -> int:
+    """R14: a hard decline stops retries until the method changes. Hard-declined intents of (renter,
+    currency) whose renter's default method in the currency is now another one wait for their next try, from
+    the change (the later of ``changed_at`` and that method's time) or their first try if later. With
+    ``waiting_for_one`` (a default was attached), intents that had no method resume too. Returns how many."""
     status = await conn.execute(
-        """with d as (select method_id, at from payments.methods
+        """with d as (select method_id, greatest(at, $3::timestamptz) as changed from payments.methods
                        where renter_id = $1 and currency = $2 and attached and is_default
                        order by at desc, event_id desc limit 1)
            update payments.intents t
               set state = 'waiting_retry',
-                  next_try_at = greatest(d.at, coalesce(t.first_try_at, greatest(d.at, i.due_at))),
-                  first_try_at = coalesce(t.first_try_at, greatest(d.at, i.due_at)),
+                  next_try_at = greatest(d.changed, coalesce(t.first_try_at, greatest(d.changed, i.due_at))),
+                  first_try_at = coalesce(t.first_try_at, greatest(d.changed, i.due_at)),
                   reason = 'payment method changed', updated_at = now()
              from d, payments.invoices i
             where i.invoice_id = t.invoice_id and t.renter_id = $1 and t.currency = $2
-              and (t.state = 'no_method'
+              and ((t.state = 'no_method' and $4)
                    or (t.state = 'hard_declined' and t.hard_method is distinct from d.method_id))""",
         renter_id,
         currency,
+        changed_at,
+        waiting_for_one,
     )
     return int(status.split()[-1])
 

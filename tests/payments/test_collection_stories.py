@@ -423,7 +423,7 @@ async def test_a_hard_decline_stops_only_until_the_default_method_changes_also_b
                               resolved_at = null
                          from payments.intents t
                         where t.intent_id = a.intent_id and t.renter_id = 'rnt-b'
-                    returning a.attempt_id, a.claim"""
+                    returning a.attempt_id, a.claim, a.gateway"""
                 )
                 await conn.execute(
                     "update payments.intents set state = 'collecting', hard_method = null where renter_id = 'rnt-b'"
@@ -436,19 +436,22 @@ async def test_a_hard_decline_stops_only_until_the_default_method_changes_also_b
 
             await wait_until(method_stored, what="the new method stored")
             assert (await _intents(story))["rnt-b"]["state"] == "collecting"
-            answer = ChargeResult("declined", code="card_declined/stolen_card", message="Your card was declined.")
+            stolen = "card_declined/stolen_card" if attempt["gateway"] == "stripe" else "43"  # hard on either gateway
+            answer = ChargeResult("declined", code=stolen, message="Your card was declined.")
             config = payments_config.load(story.settings.payments_config)
             assert (
                 await record(story.pool, config, attempt["attempt_id"], answer, inquiry=False, claim=attempt["claim"])
                 == "declined"
             )
-            assert (await _intents(story))["rnt-b"]["state"] == "waiting_retry"
+            intent = (await _intents(story))["rnt-b"]
+            assert (intent["state"], intent["reason"]) == ("waiting_retry", "payment method changed")
 
             await _tick(story, DUE + timedelta(days=1))  # _tick's event id is per day
             intents = await _intents(story)
             assert intents["rnt-a"]["state"] == intents["rnt-b"]["state"] == "succeeded"
-        used = {r: [a["method_id"] for a in await _attempts(story, r)] for r in ("rnt-a", "rnt-b")}
-        assert used == {"rnt-a": ["pm-a1", "pm-a0"], "rnt-b": ["pm-b1", "pm-b2"]}
+        used = {r: [(a["method_id"], a["at"]) for a in await _attempts(story, r)] for r in ("rnt-a", "rnt-b")}
+        # Each next try is dated at the change (event time): the detach, the new default — never before it.
+        assert used == {"rnt-a": [("pm-a1", DUE), ("pm-a0", later)], "rnt-b": [("pm-b1", DUE), ("pm-b2", later)]}
 
 
 async def test_a_fail_over_charges_what_is_still_due_when_it_starts(stack: Stack) -> None:

@@ -201,6 +201,8 @@ def test_an_outcome_that_stays_unknown_is_asked_8_times_at_1_min_5_min_1_h_then_
     first = [minute, 6 * minute, hour + 6 * minute]
     assert asked_at == first + [first[-1] + n * day for n in range(1, 6)]
     assert made == 8
+    # A re-send (the processor had not seen the attempt) that times out starts the schedule again.
+    assert dunning.still_unknown(3, asked=False) == (0, minute)
 
 
 def test_decline_codes_are_configuration() -> None:

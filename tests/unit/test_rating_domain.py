@@ -518,6 +518,20 @@ def test_a_late_top_up_settles_its_own_period_then_the_later_periods_already_in_
     ]
 
 
+def test_a_late_top_up_settles_only_with_its_own_money_not_with_later_top_ups() -> None:
+    """R8: a period draws min(usage, balance at its start + its top-ups). A 1.00 January top-up that arrives
+    after March's 100.00 was applied pays 1.00 of February's overage — March's money was not there yet."""
+    jan, feb = at("2026-01-01T00:00:00"), at("2026-02-01T00:00:00")
+    state, _ = run(
+        WalletState(),
+        ("charge", feb, 10, at("2026-02-10T00:00:00")),  # no money: 10 overage
+        ("topup", MARCH, 100, at("2026-03-05T00:00:00")),
+        ("topup", jan, 1, at("2026-01-20T00:00:00")),  # arrives late
+    )
+    assert (state.drawn(feb), state.overage(feb)) == (1, 9)
+    assert state.balance == 100
+
+
 def test_a_negative_correction_reduces_overage_first_then_returns_drawn_money() -> None:
     state, _ = run(
         WalletState(),

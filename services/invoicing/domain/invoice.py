@@ -51,7 +51,7 @@ def assemble_invoice(inputs: InvoiceInputs) -> InvoiceDraft:
     prorated = prorate_commitment(terms, inputs.period_start, inputs.period_end)
     true_up_exact = prorated - usage_exact if usage_exact < prorated else Fraction(0)
 
-    # R7: tiers and tax rate in force at the period's (or the term's) last second.
+    # R7: tiers and tax rate in force at the period's last second.
     rates_at = rates_instant(inputs.period_end)
     fields = terms.fields_at(rates_at)
     sla = evaluate_sla(fields, inputs.totals, currency)

@@ -55,7 +55,8 @@ def still_unknown(
     inquiries_before: int, asked: bool, delays: tuple[timedelta, ...] = INQUIRY_DELAYS
 ) -> tuple[int, timedelta | None]:
     """An answer that leaves the outcome unknown: the inquiries made so far (this answer's own question
-    counted when ``asked``) and how long until the next one (None: an operator). The send's own timeout
-    waits the first delay; the k-th inquiry that is still unknown waits the (k+1)-th."""
-    made = inquiries_before + (1 if asked else 0)
+    counted when ``asked``) and how long until the next one (None: an operator). A send's own timeout —
+    also a re-send after the processor had not seen the attempt — starts the schedule: the first delay;
+    the k-th inquiry that is still unknown waits the (k+1)-th."""
+    made = inquiries_before + 1 if asked else 0
     return made, next_inquiry_after(made, delays)

@@ -227,7 +227,8 @@ def apply_topup(
     owing = [period_start, *sorted(p for p, owed in state.overage_by_period.items() if p > period_start and owed > 0)]
     settled = Fraction(0)
     for period in owing:
-        paid = min(new_state.overage(period), new_state.balance)
+        # Only this top-up's money: a balance left by later top-ups (already run) was not there before them.
+        paid = min(new_state.overage(period), amount - settled)
         if paid <= 0:
             continue
         signals.append(Drawn(period, paid, "topup_settlement", at))
