@@ -136,13 +136,23 @@ async def _latest_payee(conn: asyncpg.Connection, supplier_id: str, at: datetime
     return row
 
 
+_DETAILS = "p.rail || ' ' || p.account::text"
+"""A payee version's details as R16 compares them: rail and account (jsonb's text form is canonical)."""
+
+
 async def _failed_attempts(conn: asyncpg.Connection, payout_id: str) -> list[FailedAttempt]:
     rows = await conn.fetch(
-        """select attempt, kind, code, payee_event_id from payouts.payee_flags where payout_id = $1
-            order by attempt""",
+        f"""select f.attempt, f.kind, f.code, coalesce({_DETAILS}, f.payee_event_id) as details
+              from payouts.payee_flags f left join payouts.payees p on p.event_id = f.payee_event_id
+             where f.payout_id = $1 order by f.attempt""",
         payout_id,
     )
-    return [FailedAttempt(r["attempt"], r["kind"], r["code"], r["payee_event_id"]) for r in rows]
+    return [FailedAttempt(r["attempt"], r["kind"], r["code"], r["details"]) for r in rows]
+
+
+async def _payee_details(conn: asyncpg.Connection, event_id: str) -> str | None:
+    details: str | None = await conn.fetchval(f"select {_DETAILS} from payouts.payees p where event_id = $1", event_id)
+    return details
 
 
 # --- 1. cut -------------------------------------------------------------------------------------------------
@@ -179,7 +189,7 @@ async def _candidates(conn: asyncpg.Connection, tick: datetime) -> list[Candidat
             out.append(Candidate(row, max(row["attempt"], 0) + 1, latest, retry=row["attempt"] > 0))
             continue
         if row["state"] in ("returned", "rejected") and (
-            may_retry(await _failed_attempts(conn, row["payout_id"]), latest["event_id"])
+            may_retry(await _failed_attempts(conn, row["payout_id"]), await _payee_details(conn, latest["event_id"]))
             or await _operator_retry(conn, row["payout_id"], row["attempt"])
         ):
             out.append(Candidate(row, row["attempt"] + 1, latest, retry=True))

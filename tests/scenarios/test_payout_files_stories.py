@@ -280,7 +280,10 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
         await wait_rows(stack, "select count(*) from settle.inbox where event_id = 'bank-3'", 1, "the repeat")
         assert await count(stack, "select count(*) from payouts.payee_flags where supplier_id = 'sup-rej'") == 1
 
-        # --- a new tick without a payee change: nothing is sent again ----------------------------------------
+        # --- a new tick without a payee change: nothing is sent again — also when the payee is published again
+        # with the same rail and account (a new version, not new details: R16) ------------------------------
+        await publish(stack, [payee("sup-ach", "USD", "ach", ACH_1, at=datetime(2026, 2, 2, 12, tzinfo=UTC), n=9)])
+        await wait_rows(stack, "select count(*) from payouts.payees where supplier_id = 'sup-ach'", 2, "payee again")
         await publish(stack, ticked(datetime(2026, 2, 3, tzinfo=UTC)))
         await wait_rows(stack, "select count(*) from payouts.clock where at = '2026-02-03T00:00:00Z'", 1, "tick")
         await asyncio.sleep(1.5)  # seven file rounds at 0.2 s: each had the chance to send again
@@ -288,7 +291,7 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
 
         # --- the payee changes its account: attempt 2 in a new file ------------------------------------------
         await publish(stack, [payee("sup-ach", "USD", "ach", ACH_2, at=datetime(2026, 2, 3, 12, tzinfo=UTC), n=2)])
-        await wait_rows(stack, "select count(*) from payouts.payees where supplier_id = 'sup-ach'", 2, "payee v2")
+        await wait_rows(stack, "select count(*) from payouts.payees where supplier_id = 'sup-ach'", 3, "payee v2")
         await publish(stack, ticked(datetime(2026, 2, 4, tzinfo=UTC)))
         await wait_rows(
             stack, "select count(*) from payouts.payout_files where state = 'submitted'", 2, "the retry file"

@@ -135,21 +135,23 @@ class FailedAttempt:
     attempt: int
     kind: str
     code: str
-    payee_event_id: str
+    payee_details: str
+    """Where that attempt sent the money: the payee's rail and account (not the version's event id — a
+    republished payee with the same account, e.g. only a new minimum, is not a change of details)."""
 
 
-def may_retry(failed: Sequence[FailedAttempt], current_payee_event_id: str | None) -> bool:
-    """R16 over the payout's failed attempts (oldest first): the last one decides. Its payee changed when
-    the latest payee version differs from the one that attempt was sent to; ``represented`` counts the
-    earlier attempts that failed with the same R01/R09 representable code to the same payee."""
-    if not failed or current_payee_event_id is None:
+def may_retry(failed: Sequence[FailedAttempt], current_payee_details: str | None) -> bool:
+    """R16 over the payout's failed attempts (oldest first): the last one decides. The payee's details
+    changed when the latest payee's rail and account differ from those that attempt was sent to;
+    ``represented`` counts the earlier attempts that failed with an R01/R09 code to the same details."""
+    if not failed or current_payee_details is None:
         return False
     last = failed[-1]
-    changed = current_payee_event_id != last.payee_event_id
+    changed = current_payee_details != last.payee_details
     represented = sum(
         1
         for f in failed[:-1]
-        if f.payee_event_id == last.payee_event_id and f.kind == "return" and f.code in ("R01", "R09")
+        if f.payee_details == last.payee_details and f.kind == "return" and f.code in ("R01", "R09")
     )
     answer = RailReturn(kind=last.kind, code=last.code, rail_reference="", reason="")  # type: ignore[arg-type]
     return retry_allowed(answer, represented=represented, payee_changed=changed)
