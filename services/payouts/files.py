@@ -68,6 +68,7 @@ from services.payouts.domain.dispatch import (
     route,
 )
 from services.payouts.rails.calendar import DEFAULT_RAILS, RailConfig, effective_date
+from services.payouts.rails.iso20022 import block_end_to_end_ids
 from services.payouts.rails.iso20022 import message_id as iso_message_id
 from services.payouts.rails.port import (
     BankFileError,
@@ -598,7 +599,7 @@ async def _resolve_return(conn: asyncpg.Connection, rail: str, answer: RailRetur
         rail,
     )
     if not rows:
-        return []
+        return await _resolve_block(conn, rail, answer.rail_reference)
     entries_named = [r for r in rows if r["rail_reference"] == answer.rail_reference]
     if not entries_named:
         return list(rows)  # a whole file refused (the answer names its message id)
@@ -611,6 +612,32 @@ async def _resolve_return(conn: asyncpg.Connection, rail: str, answer: RailRetur
         log.error("bank answer matches several payouts: not applied", rail=rail, reference=answer.rail_reference)
         return []
     return entries_named
+
+
+async def _resolve_block(conn: asyncpg.Connection, rail: str, block_id: str) -> list[asyncpg.Record]:
+    """A pain.001 payment-information block rejected as a whole (``OrgnlPmtInfId`` = ``<MsgId>-NNNNNN``):
+    the live attempts whose end-to-end ids the block of our sent file carries."""
+    if rail not in ("wire", "sepa") or "-" not in block_id:
+        return []
+    sent = await conn.fetch(
+        """select file_id, content from payouts.payout_files
+            where rail = $1 and state <> 'built' and left(batch_id, 28) = $2 order by tick desc, sequence desc""",
+        rail,
+        block_id.rsplit("-", 1)[0],
+    )
+    for file in sent:
+        refs = block_end_to_end_ids(bytes(file["content"]), block_id)
+        if refs:
+            return list(
+                await conn.fetch(
+                    """select * from payouts.payout_file_items
+                        where file_id = $1 and ref = any($2::text[]) and (outcome is null or outcome = 'completed')
+                        order by payout_id for update""",
+                    file["file_id"],
+                    refs,
+                )
+            )
+    return []
 
 
 async def apply_returns(tx: Tx, data: PayoutReturnsReceived, event: Envelope[Any]) -> int:

@@ -23,6 +23,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -714,4 +715,52 @@ async def test_instant_payouts_go_one_per_message_and_ach_together_in_one_file(s
         if row["rail"] == "rtp":
             assert b"<NbOfTxs>1</NbOfTxs>" in bytes(row["content"])
     assert await count(stack, "select count(*) from payouts.payouts where state = 'sent'") == 5
+    await assert_ledger_sound(stack)
+
+
+def pain002_block_reject(original_msg: str, block_id: str, code: str) -> bytes:
+    """A pain.002 that accepts the message but rejects one payment-information block as a whole."""
+    ns = "urn:iso:std:iso:20022:tech:xsd:pain.002.001.10"
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><Document xmlns="{ns}"><CstmrPmtStsRpt>'
+        f"<GrpHdr><MsgId>STS-0002</MsgId><CreDtTm>2026-02-03T09:00:00Z</CreDtTm></GrpHdr>"
+        f"<OrgnlGrpInfAndSts><OrgnlMsgId>{original_msg}</OrgnlMsgId><OrgnlMsgNmId>pain.001.001.09</OrgnlMsgNmId>"
+        f"<GrpSts>PART</GrpSts></OrgnlGrpInfAndSts><OrgnlPmtInfAndSts><OrgnlPmtInfId>{block_id}</OrgnlPmtInfId>"
+        f"<PmtInfSts>RJCT</PmtInfSts><StsRsnInf><Rsn><Cd>{code}</Cd></Rsn></StsRsnInf></OrgnlPmtInfAndSts>"
+        f"</CstmrPmtStsRpt></Document>"
+    ).encode()
+
+
+async def test_a_payment_block_rejected_as_a_whole_rejects_every_payout_in_it(stack: Stack, tmp_path: Path) -> None:
+    """A pain.002 rejecting a PmtInf block (OrgnlPmtInfId, no transaction named) rejects each payout the block
+    of our sent file carries — reversed, flagged, `payout.rejected` — instead of being logged as about no
+    payout of ours (R16)."""
+    bank_dir = tmp_path / "bank-outbox"
+    stack.settings = stack.settings.model_copy(update={"payout_outbox_dir": bank_dir, "payout_files_interval_s": 0.2})
+    jan1 = datetime(2026, 1, 1, tzinfo=UTC)
+    await publish(
+        stack,
+        [
+            payee("sup-rej", "EUR", "sepa", SEPA_2, at=jan1, n=1),
+            payee("sup-sepa", "EUR", "sepa", SEPA_1, at=jan1, n=1),
+            statement("sup-rej", "EUR", "45.50", 1),
+            statement("sup-sepa", "EUR", "80.00", 2),
+            *statements_closed("2026-01", datetime(2026, 2, 1, tzinfo=UTC)),
+        ],
+    )
+    async with running(stack, [PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.statements", 2, "two statements at payouts")
+        await wait_rows(stack, "select count(*) from payouts.payees", 2, "two payees")
+        await publish(stack, ticked(FEB2))
+        await wait_rows(stack, "select count(*) from payouts.payout_files where state = 'submitted'", 1, "the file")
+        [sepa_id] = list(await file_docs(stack))
+        shown = json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
+        pain = (bank_dir / (await file_docs(stack))[sepa_id]["name"]).read_text()
+        [block_id] = re.findall(r"<PmtInfId>([^<]+)</PmtInfId>", pain)
+        await publish(stack, [returns_message("sepa", pain002_block_reject(shown["batch_id"], block_id, "AM04"), 1)])
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'rejected'", 2, "both rejected")
+        assert (await file_docs(stack))[sepa_id]["state"] == "rejected"  # every payout of it was
+        flags = await stack.pool.fetch("select supplier_id, kind, code from payouts.payee_flags order by supplier_id")
+        assert [tuple(f) for f in flags] == [("sup-rej", "reject", "AM04"), ("sup-sepa", "reject", "AM04")]
+    assert await balance_units(stack, "platform:payouts_in_transit:EUR") == 0
     await assert_ledger_sound(stack)

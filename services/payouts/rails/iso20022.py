@@ -430,6 +430,21 @@ _REASONS = {
 """Words for common ISO 20022 ExternalStatusReason1Code values (others: "rejected (CODE)")."""
 
 
+def block_end_to_end_ids(document: bytes, pmt_inf_id: str) -> list[str]:
+    """The end-to-end ids (our payout ids) of one payment-information block of a pain.001 we built: what a
+    status report rejecting that block (``OrgnlPmtInfId``) rejects. Empty when the block is not in it."""
+    root = etree.fromstring(document, _SAFE_PARSER)
+    initiation = next((c for c in root if isinstance(c.tag, str)), None)
+    for block in initiation if initiation is not None else ():
+        if isinstance(block.tag, str) and _local(block) == "PmtInf" and _text(block, "PmtInfId") == pmt_inf_id:
+            return [
+                _text(tx, "PmtId", "EndToEndId") or ""
+                for tx in block
+                if isinstance(tx.tag, str) and _local(tx) == "CdtTrfTxInf"
+            ]
+    return []
+
+
 def read_status_report(content: bytes) -> list[RailReturn]:
     """Rejects in a pacs.002 (FIToFIPmtStsRpt) or pain.002 (CstmrPmtStsRpt), any version.
 
