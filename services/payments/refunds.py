@@ -167,15 +167,20 @@ async def ensure_rows(
             continue
         if known is not None and known["state"] not in _NOT_SENT:
             continue  # sent meanwhile (the chain above took it into account)
+        # The invoice's card charge that can take the whole refund: what it paid on the invoice less what
+        # other refunds (not failed or cancelled) already take from it — a processor refuses more.
         charge = await conn.fetchrow(
             """select a.attempt_id, a.gateway, a.charge_id from payments.applications ap
                  join payments.attempts a on ap.source_id = 'attempt:' || a.attempt_id
-                where ap.renter_id = $1 and ap.invoice_number = $2 and ap.amount_minor >= $3
-                  and a.state = 'succeeded' and a.charge_id is not null
+                where ap.renter_id = $1 and ap.invoice_number = $2 and a.state = 'succeeded' and a.charge_id is not null
+                  and ap.amount_minor - coalesce((select sum(r.amount_minor) from payments.refunds r
+                                                   where r.attempt_id = a.attempt_id and r.refund_id <> $4
+                                                     and r.state not in ('failed', 'cancelled')), 0) >= $3
                 order by ap.amount_minor desc, a.attempt_id limit 1""",
             renter_id,
             invoice_number,
             amount,
+            refund_id,
         )
         status = await conn.execute(
             """insert into payments.refunds (refund_id, renter_id, currency, invoice_number, amount_minor, at, reason,

@@ -7,6 +7,7 @@ processor.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -608,3 +609,68 @@ def _issued(note: CreditNoteIssued) -> tuple[Any, str, bytes]:
         note.contract_id,
         event_bytes("credit_note.issued", note, id=note.number, time=FEB),
     )
+
+
+async def test_a_second_credit_note_refund_goes_to_the_bank_when_the_card_charge_has_too_little_left(
+    stack: Stack,
+) -> None:
+    """An invoice of 100.00 paid 40.00 by wire and 60.00 by card. A 50.00 credit note is refunded to the card;
+    a second one of 30.00 cannot be (10.00 left on the charge): it is a bank refund (`manual`), never a
+    refund the processor refuses as more than what is left of the charge."""
+    with fakepsp() as base:
+        story = against_fakepsp(stack, base)
+        inv = invoice("INV-2026-000001", "ctr-mix", "rnt-mix", due="100.00", start=FEB - timedelta(days=31), end=FEB)
+        wire = receipt("rnt-mix", "w-1", "40.00", FEB + timedelta(days=3), reference=inv.number)
+        m = method("rnt-mix", "tok_visa", "pm-mix")
+        items = [
+            _finalized(inv, FEB),
+            (topics.PAYMENT_METHODS, "rnt-mix", event_bytes("payment_method.attached", m, id="m-mix", time=FEB)),
+            (
+                topics.PAYMENTS_RECEIVED,
+                "rnt-mix",
+                event_bytes("payment.received", wire, id="w-1", time=wire.received_at),
+            ),
+        ]
+
+        def note(n: int, amount: str, at: datetime) -> tuple[Any, str, bytes]:
+            data = _credit_note(inv, f"cn-{n}", f"CN-2026-{n:06d}", amount).model_copy(update={"issued_at": at})
+            return (
+                topics.CREDIT_NOTES_ISSUED,
+                inv.contract_id,
+                event_bytes("credit_note.issued", data, id=f"cn-{n}", time=at),
+            )
+
+        async def refunds() -> list[tuple[int, str]]:
+            async with stack.pool.acquire() as conn:
+                rows = await conn.fetch("select amount_minor, state from payments.refunds order by created_at")
+            return [(r["amount_minor"], r["state"]) for r in rows]
+
+        async with running(story, [PAYMENTS]):
+            await publish(story, items)
+
+            async def stored() -> bool:
+                async with stack.pool.acquire() as conn:
+                    left = await conn.fetchval(
+                        "select remaining_minor from payments.invoice_status where number = $1", inv.number
+                    )
+                return bool(left == 6_000)
+
+            await wait_until(stored, what="the wire applied")
+            await _tick(story, DUE)
+            assert (await _status(story, inv.number))["status"] == "paid"
+            await publish(story, [note(1, "50.00", LATER)])
+
+            async def first_refunded() -> bool:
+                return await refunds() == [(5_000, "succeeded")]
+
+            await wait_until(first_refunded, timeout_s=60, what="the first refund paid back to the card")
+            await publish(story, [note(2, "30.00", LATER + timedelta(days=1))])
+
+            async def second_refund() -> bool:
+                return len(await refunds()) == 2
+
+            await wait_until(second_refund, what="the second refund")
+            await asyncio.sleep(1.0)  # a refund sent to the card would have been answered by now
+            stats = await admin(base, "GET", "/_admin/stats")
+        assert await refunds() == [(5_000, "succeeded"), (3_000, "manual")]
+        assert stats["refunds"] == 1
