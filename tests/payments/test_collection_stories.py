@@ -62,6 +62,30 @@ async def _tick(stack: Stack, at: datetime) -> None:
     await wait_until(quiet, timeout_s=60, what=f"the tick {at} and its attempts")
 
 
+async def _lifted_by(stack: Stack, type_: str, data: PaymentMethodEvent, event_id: str, at: datetime) -> None:
+    """Publish a method event of the renter and wait until its hard-declined intent is no longer stopped."""
+    await publish(stack, [(topics.PAYMENT_METHODS, data.renter_id, event_bytes(type_, data, id=event_id, time=at))])
+
+    async def lifted() -> bool:
+        return (await _intents(stack))[data.renter_id]["state"] != "hard_declined"
+
+    await wait_until(lifted, what=f"{type_} {data.method_id} to lift the hard decline's stop")
+
+
+def _finalized(renter: str, n: int) -> tuple[Any, str, bytes]:
+    """INV-2026-00000n: the renter's 100.00 postpaid invoice of January, due on DUE."""
+    inv = invoice(f"INV-2026-{n:06d}", f"ctr-{renter}", renter, due="100.00", start=FEB - timedelta(days=31), end=FEB)
+    return topics.INVOICES_FINALIZED, inv.contract_id, event_bytes("invoice.finalized", inv, id=f"i-{renter}", time=FEB)
+
+
+async def _stored(stack: Stack, n: int) -> None:
+    async def stored() -> bool:
+        async with stack.pool.acquire() as conn:
+            return await conn.fetchval("select count(*) from payments.invoices") == n
+
+    await wait_until(stored, what=f"{n} invoice(s) stored")
+
+
 async def _intents(stack: Stack) -> dict[str, dict[str, Any]]:
     async with stack.pool.acquire() as conn:
         rows = await conn.fetch("select * from payments.intents")
@@ -87,24 +111,10 @@ async def test_r14_collects_each_invoice_once_through_declines_errors_and_unknow
             items.append(
                 (topics.PAYMENT_METHODS, renter, event_bytes("payment_method.attached", m, id=f"m-{renter}", time=FEB))
             )
-            inv = invoice(
-                f"INV-2026-{n:06d}", f"ctr-{renter}", renter, due="100.00", start=FEB - timedelta(days=31), end=FEB
-            )
-            items.append(
-                (
-                    topics.INVOICES_FINALIZED,
-                    inv.contract_id,
-                    event_bytes("invoice.finalized", inv, id=f"i-{renter}", time=FEB),
-                )
-            )
+            items.append(_finalized(renter, n))
         async with running(story, [PAYMENTS]):
             await publish(story, items)
-
-            async def stored() -> bool:
-                async with stack.pool.acquire() as conn:
-                    return await conn.fetchval("select count(*) from payments.invoices") == len(RENTERS)
-
-            await wait_until(stored, what="invoices stored")
+            await _stored(stack, len(RENTERS))
             await _tick(story, DUE)
             intents = await _intents(story)
             assert intents["rnt-ok"]["state"] == "succeeded"
@@ -140,21 +150,7 @@ async def test_r14_collects_each_invoice_once_through_declines_errors_and_unknow
             # A new default method lifts the hard decline's stop; the next tick collects.
             fresh = method("rnt-hard", "tok_visa", "pm-new")
             later = DUE + timedelta(days=20)
-            await publish(
-                story,
-                [
-                    (
-                        topics.PAYMENT_METHODS,
-                        "rnt-hard",
-                        event_bytes("payment_method.attached", fresh, id="m-new", time=later),
-                    )
-                ],
-            )
-
-            async def method_seen() -> bool:
-                return (await _intents(story))["rnt-hard"]["state"] != "hard_declined"
-
-            await wait_until(method_seen, what="the new method to lift the stop")
+            await _lifted_by(story, "payment_method.attached", fresh, "m-new", later)
             await _tick(story, later + timedelta(hours=1))
             assert (await _intents(story))["rnt-hard"]["state"] == "succeeded"
             stats = await admin(base, "GET", "/_admin/stats")
@@ -366,25 +362,10 @@ async def test_a_hard_decline_stops_only_until_the_default_method_changes_also_b
             attached("rnt-a", "tok_stolen", "pm-a1", FEB + timedelta(hours=1)),
             attached("rnt-b", "tok_stolen", "pm-b1", FEB),
         ]
-        for n, renter in enumerate(("rnt-a", "rnt-b"), start=1):
-            inv = invoice(
-                f"INV-2026-{n:06d}", f"ctr-{renter}", renter, due="100.00", start=FEB - timedelta(days=31), end=FEB
-            )
-            items.append(
-                (
-                    topics.INVOICES_FINALIZED,
-                    inv.contract_id,
-                    event_bytes("invoice.finalized", inv, id=f"i-{renter}", time=FEB),
-                )
-            )
+        items += [_finalized(renter, n) for n, renter in enumerate(("rnt-a", "rnt-b"), start=1)]
         async with running(story, [PAYMENTS]):
             await publish(story, items)
-
-            async def stored() -> bool:
-                async with stack.pool.acquire() as conn:
-                    return await conn.fetchval("select count(*) from payments.invoices") == 2
-
-            await wait_until(stored, what="invoices stored")
+            await _stored(stack, 2)
             await _tick(story, DUE)
             intents = await _intents(story)
             assert intents["rnt-a"]["state"] == intents["rnt-b"]["state"] == "hard_declined"
@@ -399,21 +380,7 @@ async def test_a_hard_decline_stops_only_until_the_default_method_changes_also_b
                 default=True,
             )
             later = DUE + timedelta(hours=2)
-            await publish(
-                story,
-                [
-                    (
-                        topics.PAYMENT_METHODS,
-                        "rnt-a",
-                        event_bytes("payment_method.detached", detach, id="pm-a1-off", time=later),
-                    )
-                ],
-            )
-
-            async def resumed() -> bool:
-                return (await _intents(story))["rnt-a"]["state"] != "hard_declined"
-
-            await wait_until(resumed, what="the detach to lift the stop")
+            await _lifted_by(story, "payment_method.detached", detach, "pm-a1-off", later)
 
             # (b) Rebuild the moment of the race: rnt-b's declined attempt is still out (its decline not yet
             # recorded) when a new default arrives; the attach sees no stopped intent to lift.
@@ -478,11 +445,7 @@ async def test_a_fail_over_charges_what_is_still_due_when_it_starts(stack: Stack
                 ],
             )
 
-            async def stored() -> bool:
-                async with stack.pool.acquire() as conn:
-                    return await conn.fetchval("select count(*) from payments.invoices") == 1
-
-            await wait_until(stored, what="invoice stored")
+            await _stored(stack, 1)
             await _tick(story, DUE)
             [first] = await _attempts(story, "rnt-f")
             assert (first["state"], first["amount_minor"]) == ("unknown", 10_000)

@@ -397,9 +397,9 @@ async def test_files_sent_acknowledged_returned_rejected_retried_and_completed(s
     assert all(r["n"] == 1 for r in rows)
 
 
-async def test_an_operator_retries_a_rejected_payout_r16_would_not_send_again(stack: Stack, tmp_path: Path) -> None:
-    """pacs.002 rejects a SEPA payout (AC04, details unchanged): R16 keeps it; `settle payouts retry` sends
-    attempt 2 to the same account in a new file, once; a payout that did not fail cannot be retried."""
+async def two_sepa_payouts(stack: Stack, tmp_path: Path) -> Path:
+    """sup-rej (45.50 EUR) and sup-sepa (80.00 EUR) planned at FEB2, sent in one pain.001 to the returned
+    directory by a payouts worker the caller runs (file rounds every 0.2 s)."""
     bank_dir = tmp_path / "bank-outbox"
     stack.settings = stack.settings.model_copy(update={"payout_outbox_dir": bank_dir, "payout_files_interval_s": 0.2})
     jan1 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -413,13 +413,25 @@ async def test_an_operator_retries_a_rejected_payout_r16_would_not_send_again(st
             *statements_closed("2026-01", datetime(2026, 2, 1, tzinfo=UTC)),
         ],
     )
+    return bank_dir
+
+
+async def sent_sepa_file(stack: Stack) -> tuple[str, dict[str, Any]]:
+    """Once the workers have the statements and payees: tick FEB2, wait for the file; its id and `show`."""
+    await wait_rows(stack, "select count(*) from payouts.statements", 2, "two statements at payouts")
+    await wait_rows(stack, "select count(*) from payouts.payees", 2, "two payees")
+    await publish(stack, ticked(FEB2))
+    await wait_rows(stack, "select count(*) from payouts.payout_files where state = 'submitted'", 1, "the file")
+    [sepa_id] = list(await file_docs(stack))
+    return sepa_id, json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
+
+
+async def test_an_operator_retries_a_rejected_payout_r16_would_not_send_again(stack: Stack, tmp_path: Path) -> None:
+    """pacs.002 rejects a SEPA payout (AC04, details unchanged): R16 keeps it; `settle payouts retry` sends
+    attempt 2 to the same account in a new file, once; a payout that did not fail cannot be retried."""
+    bank_dir = await two_sepa_payouts(stack, tmp_path)
     async with running(stack, [PAYOUTS], relays=1):
-        await wait_rows(stack, "select count(*) from payouts.statements", 2, "two statements at payouts")
-        await wait_rows(stack, "select count(*) from payouts.payees", 2, "two payees")
-        await publish(stack, ticked(FEB2))
-        await wait_rows(stack, "select count(*) from payouts.payout_files where state = 'submitted'", 1, "the file")
-        [sepa_id] = list(await file_docs(stack))
-        shown = json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
+        sepa_id, shown = await sent_sepa_file(stack)
         rej = next(p for p in shown["payouts"] if p["amount"] == "45.50")
         await publish(stack, [returns_message("sepa", pacs002_reject(shown["batch_id"], rej["ref"], "AC04"), 1)])
         await wait_rows(stack, "select count(*) from payouts.payouts where state = 'rejected'", 1, "the reject")
@@ -735,26 +747,9 @@ async def test_a_payment_block_rejected_as_a_whole_rejects_every_payout_in_it(st
     """A pain.002 rejecting a PmtInf block (OrgnlPmtInfId, no transaction named) rejects each payout the block
     of our sent file carries — reversed, flagged, `payout.rejected` — instead of being logged as about no
     payout of ours (R16)."""
-    bank_dir = tmp_path / "bank-outbox"
-    stack.settings = stack.settings.model_copy(update={"payout_outbox_dir": bank_dir, "payout_files_interval_s": 0.2})
-    jan1 = datetime(2026, 1, 1, tzinfo=UTC)
-    await publish(
-        stack,
-        [
-            payee("sup-rej", "EUR", "sepa", SEPA_2, at=jan1, n=1),
-            payee("sup-sepa", "EUR", "sepa", SEPA_1, at=jan1, n=1),
-            statement("sup-rej", "EUR", "45.50", 1),
-            statement("sup-sepa", "EUR", "80.00", 2),
-            *statements_closed("2026-01", datetime(2026, 2, 1, tzinfo=UTC)),
-        ],
-    )
+    bank_dir = await two_sepa_payouts(stack, tmp_path)
     async with running(stack, [PAYOUTS], relays=1):
-        await wait_rows(stack, "select count(*) from payouts.statements", 2, "two statements at payouts")
-        await wait_rows(stack, "select count(*) from payouts.payees", 2, "two payees")
-        await publish(stack, ticked(FEB2))
-        await wait_rows(stack, "select count(*) from payouts.payout_files where state = 'submitted'", 1, "the file")
-        [sepa_id] = list(await file_docs(stack))
-        shown = json.loads((await settle_cli(stack, "payouts", "files", "show", sepa_id))[1])
+        sepa_id, shown = await sent_sepa_file(stack)
         pain = (bank_dir / (await file_docs(stack))[sepa_id]["name"]).read_text()
         [block_id] = re.findall(r"<PmtInfId>([^<]+)</PmtInfId>", pain)
         await publish(stack, [returns_message("sepa", pain002_block_reject(shown["batch_id"], block_id, "AM04"), 1)])
