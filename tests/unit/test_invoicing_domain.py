@@ -593,6 +593,19 @@ def test_credit_note_taxes_each_corrected_period_at_its_own_rate() -> None:
     assert [line.period_start for line in event.adjustment_lines] == [DEC[0], JAN[0]]
 
 
+def test_a_termination_that_cuts_off_an_invoiced_period_gives_a_credit_note_of_it() -> None:
+    """The termination (effective Dec 10) arrives after January was invoiced: January no longer overlaps the
+    term, but its correction (its usage re-rated to zero) is still a correction of an invoiced period — a
+    credit note, not a refusal that would set the contract aside."""
+    terms = make_terms(starts_at=DEC[0]).with_termination(at("2025-12-10T00:00:00Z"))
+    assert needs_credit_note(terms, JAN[1])
+    january = LateCorrection(JAN[0], JAN[1], PeriodTotals(x3600("-40"), 0, 0, 0), PeriodTotals(x3600("40"), 0, 0, 0), 0)
+    draft = assemble_credit_note(CreditNoteInputs(terms, (january,), at("2026-02-03T00:00:00Z")))
+    assert [(a.period_start, a.amount.amount_minor) for a in draft.adjustments] == [(JAN[0], -4000)]
+    emptied = make_terms(starts_at=DEC[0]).with_termination(DEC[0])  # terminated before its start
+    assert needs_credit_note(emptied, DEC[1]) and not needs_credit_note(emptied, None)
+
+
 def test_an_empty_credit_note_is_not_issued() -> None:
     terms = make_terms(starts_at=DEC[0], ends_at=JAN[1])
     nothing = LateCorrection(JAN[0], JAN[1], PeriodTotals(Decimal(0), 0, 0, 0), PeriodTotals(x3600("1"), 0, 0, 0), 0)

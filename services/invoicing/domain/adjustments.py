@@ -21,8 +21,8 @@ from services.invoicing.domain.model import (
     rounded_amount,
 )
 from services.invoicing.domain.rules import (
+    check_billing_period,
     check_drawn,
-    check_period,
     check_totals,
     evaluate_sla,
     outage_shares,
@@ -89,7 +89,7 @@ def assemble_adjustments(
         if c.period_start in seen:
             raise DomainRuleError(f"{what}: one correction per period (the shell sums them)")
         seen.add(c.period_start)
-        check_period(terms, c.period_start, c.period_end)
+        check_billing_period(terms, c.period_start, c.period_end)  # a later termination may have cut it off
         check_totals(c.before, what + " before")
         check_totals(c.after, what + " after")
         check_drawn(terms, c.drawn_delta_x3600, what)

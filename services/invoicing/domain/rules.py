@@ -83,15 +83,23 @@ def needs_credit_note(terms: ContractTerms, last_invoiced_period_end: datetime |
     """Whether late corrections must go on a credit note: the term has ended and the period that
     contains its last second is already invoiced, so no later invoice of the contract exists."""
     term_end = terms.term_end
-    if term_end is None or last_invoiced_period_end is None or term_end <= terms.starts_at:
+    if term_end is None or last_invoiced_period_end is None:
         return False
+    if term_end <= terms.starts_at:
+        return True  # emptied after an invoice went out: no period will be invoiced again
     _, last_period_end = period_containing(terms.billing_anchor_day, last_second(term_end))
     return last_invoiced_period_end >= last_period_end
 
 
-def check_period(terms: ContractTerms, start: datetime, end: datetime) -> None:
+def check_billing_period(terms: ContractTerms, start: datetime, end: datetime) -> None:
+    """``[start, end)`` is one of the contract's billing periods (R1) — whether or not the term still
+    overlaps it: a correction of an invoiced period stays valid after a termination shortened the term."""
     if period_containing(terms.billing_anchor_day, start) != (start, end):
         raise DomainRuleError(f"[{start}, {end}) is not a billing period of contract {terms.contract_id} (R1)")
+
+
+def check_period(terms: ContractTerms, start: datetime, end: datetime) -> None:
+    check_billing_period(terms, start, end)
     term_end = terms.term_end
     if end <= terms.starts_at or (term_end is not None and start >= term_end):
         raise DomainRuleError(f"period [{start}, {end}) does not overlap the term of {terms.contract_id}")
