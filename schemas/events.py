@@ -284,6 +284,9 @@ class CreditNoteIssued(EventModel):
     tax: DecimalStr
     total: DecimalStr
     issued_at: UtcTime
+    prepaid_applied: DecimalStr = Decimal(0)
+    """Prepaid: the wallet draws of the corrected charges, rounded once (R10: applied against the total;
+    negative: returned to the wallet). What the renter owes or is owed is ``total − prepaid_applied``."""
 
 
 class StatementFinalized(EventModel):

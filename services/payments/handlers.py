@@ -97,7 +97,7 @@ async def on_batch(config: PaymentsConfig, tx: Tx, events: Sequence[Envelope[Any
                 data.renter_id,
                 data.currency,
                 data.issued_at,
-                to_minor(data.total, data.currency),
+                to_minor(data.total - data.prepaid_applied, data.currency),  # R10: the wallet's part is paid
                 event.id,
             )
             touched.add(books.Touched(data.renter_id, data.currency))

@@ -243,3 +243,40 @@ async def test_a_tick_left_waiting_by_a_lost_race_is_released_once_by_the_collec
     assert await stack.pool.fetchval("select count(*) from payments.ticks_collecting") == 0
     await release_waiting_marks(stack.pool)
     assert await marks() == sent
+
+
+async def test_a_prepaid_credit_note_settles_net_of_the_wallet(stack: Stack) -> None:
+    """R10 on a credit note: a late −10.00 of prepaid usage went back to the wallet; with 10 % tax the note's
+    total is −11.00, but only the tax (−1.00) is owed to the renter — the wallet already has its 10.00. The
+    open invoice's remaining falls by 1.00, not 11.00."""
+    from decimal import Decimal
+
+    from tests.payments.test_refund_dispute_stories import _credit_note
+
+    inv = invoice("INV-2026-000001", "ctr-p", "rnt-p", due="100.00", start=FEB - timedelta(days=31), end=FEB)
+    note = _credit_note(inv, "cn-p", "CN-2026-000001", "10.00").model_copy(
+        update={"tax": Decimal("-1.00"), "total": Decimal("-11.00"), "prepaid_applied": Decimal("-10.00")}
+    )
+    await publish(
+        stack,
+        [
+            (topics.INVOICES_FINALIZED, inv.contract_id, event_bytes("invoice.finalized", inv, id="i-p", time=FEB)),
+            (topics.CREDIT_NOTES_ISSUED, inv.contract_id, event_bytes("credit_note.issued", note, id="cn-p", time=FEB)),
+        ],
+    )
+
+    async def settled() -> bool:
+        async with stack.pool.acquire() as conn:
+            return bool(await conn.fetchval("select count(*) from payments.credit_notes") == 1)
+
+    async with running(stack, [PAYMENTS]):
+        await wait_until(settled, what="the credit note recorded")
+
+        async def remaining() -> bool:
+            async with stack.pool.acquire() as conn:
+                left = await conn.fetchval(
+                    "select remaining_minor from payments.invoice_status where number = $1", inv.number
+                )
+            return bool(left == 9_900)
+
+        await wait_until(remaining, what="the invoice's remaining after the note")

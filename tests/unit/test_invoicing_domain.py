@@ -606,6 +606,35 @@ def test_a_termination_that_cuts_off_an_invoiced_period_gives_a_credit_note_of_i
     assert needs_credit_note(emptied, DEC[1]) and not needs_credit_note(emptied, None)
 
 
+def test_a_late_wallet_draw_alone_is_a_credit_note_and_a_prepaid_note_settles_net_of_the_wallet() -> None:
+    """R8/R10 after the term: a late top-up settles the last period's 30.00 overage — no line changes, but
+    the wallet paid what the invoice asked, so a credit note carries the draw (owed to the renter: −30.00).
+    And a late +10.00 of usage the wallet pays, taxed 10 %: the note's total is 11.00, the renter owes 1.00."""
+    terms = make_terms(starts_at=DEC[0], ends_at=JAN[1], billing_mode="prepaid", tax="0.10")
+    draw_only = LateCorrection(
+        JAN[0], JAN[1], PeriodTotals(Decimal(0), 0, 0, 0), PeriodTotals(x3600("100"), 0, 0, 0), 0,
+        drawn_delta_x3600=x3600("30"),
+    )  # fmt: skip
+    note = assemble_credit_note(CreditNoteInputs(terms, (draw_only,), at("2026-02-03T00:00:00Z")))
+    assert not note.is_empty and note.adjustments == () and note.total_minor == 0
+    assert note.amount_due_minor == -3000
+    event = credit_note_to_event(note, "CN-2026-000001", "cn-1", "INV-2026-000002")
+    assert (event.total, event.prepaid_applied) == (Decimal("0.00"), Decimal("30.00"))
+    usage = LateCorrection(
+        JAN[0], JAN[1], PeriodTotals(x3600("10"), 0, 0, 0), PeriodTotals(x3600("100"), 0, 0, 0), 0,
+        drawn_delta_x3600=x3600("10"),
+    )  # fmt: skip
+    event = credit_note_to_event(
+        assemble_credit_note(CreditNoteInputs(terms, (usage,), at("2026-02-03T00:00:00Z"))),
+        "CN-2026-000002",
+        "cn-2",
+        "INV-2026-000002",
+    )
+    assert (event.total, event.prepaid_applied, event.total - event.prepaid_applied) == (
+        Decimal("11.00"), Decimal("10.00"), Decimal("1.00"),
+    )  # fmt: skip
+
+
 def test_an_empty_credit_note_is_not_issued() -> None:
     terms = make_terms(starts_at=DEC[0], ends_at=JAN[1])
     nothing = LateCorrection(JAN[0], JAN[1], PeriodTotals(Decimal(0), 0, 0, 0), PeriodTotals(x3600("1"), 0, 0, 0), 0)

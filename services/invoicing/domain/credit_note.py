@@ -75,4 +75,5 @@ def credit_note_to_event(
         tax=decimal_amount(draft.tax_minor, currency),
         total=decimal_amount(draft.total_minor, currency),
         issued_at=draft.issued_at,
+        prepaid_applied=decimal_amount(draft.prepaid_applied.amount_minor, currency),
     )

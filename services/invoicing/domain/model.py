@@ -254,8 +254,10 @@ class CreditNoteDraft:
 
     @property
     def is_empty(self) -> bool:
-        """No line: the corrections change nothing a document shows; no credit note is issued."""
-        return not self.adjustments
+        """No line and no wallet draw: the corrections change nothing a document shows or settles; no
+        credit note is issued. (A late draw alone — a late top-up settling the last period's overage —
+        is a credit note with no line: the wallet paid what the invoice asked.)"""
+        return not self.adjustments and self.prepaid_applied.amount_minor == 0
 
     @property
     def amount_due_minor(self) -> int:
