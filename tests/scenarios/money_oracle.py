@@ -92,7 +92,8 @@ def walk(
         events[(paid.renter_id, paid.currency)].append((_time(doc["period_end"]), 0, paid.order(), paid))
     for note in credit_notes:
         target = invoices[note["invoice_number"]]
-        total = to_minor(note["total"], note["currency"])
+        # R10: a prepaid note's wallet part is settled by the wallet; the renter owes or is owed the rest.
+        total = to_minor(note["total"], note["currency"]) - to_minor(note.get("prepaid_applied", "0"), note["currency"])
         events[(target["renter_id"], target["currency"])].append(
             (_time(note["issued_at"]), 1, (note["invoice_number"],), (note["invoice_number"], total))
         )
