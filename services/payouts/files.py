@@ -180,14 +180,15 @@ async def _candidates(conn: asyncpg.Connection, tick: datetime) -> list[Candidat
     for row in rows:
         if row["state"] == "planned" and row["attempt"] == 0:
             payee = await _payee(conn, row["payee_event_id"])
-            if payee is not None:
+            if payee is not None and not await _held_by_flag(conn, row, payee):
                 out.append(Candidate(row, 1, payee, retry=False))
             continue
         latest = await _latest_payee(conn, row["supplier_id"], tick)
         if latest is None:
             continue
         if row["state"] == "waiting_operator":
-            out.append(Candidate(row, max(row["attempt"], 0) + 1, latest, retry=row["attempt"] > 0))
+            if not await _held_by_flag(conn, row, latest):
+                out.append(Candidate(row, max(row["attempt"], 0) + 1, latest, retry=row["attempt"] > 0))
             continue
         if row["state"] in ("returned", "rejected") and (
             may_retry(await _failed_attempts(conn, row["payout_id"]), await _payee_details(conn, latest["event_id"]))
@@ -195,6 +196,32 @@ async def _candidates(conn: asyncpg.Connection, tick: datetime) -> list[Candidat
         ):
             out.append(Candidate(row, row["attempt"] + 1, latest, retry=True))
     return out
+
+
+async def _held_by_flag(conn: asyncpg.Connection, payout: asyncpg.Record, payee: asyncpg.Record) -> bool:
+    """R16 "flags the payee": an account the bank returned or rejected (other than R01/R09, which may be
+    presented again) gets no new payout until the payee's details change — the payout waits for an
+    operator, with the flag as its reason. True when it was held so."""
+    flag = await conn.fetchrow(
+        f"""select f.kind, f.code, f.payout_id from payouts.payee_flags f
+              join payouts.payees p on p.event_id = f.payee_event_id
+             where f.supplier_id = $1 and f.payout_id <> $3
+               and not (f.kind = 'return' and f.code in ('R01', 'R09'))
+               and {_DETAILS} = (select {_DETAILS} from payouts.payees p where p.event_id = $2)
+             order by f.at desc limit 1""",
+        payout["supplier_id"],
+        payee["event_id"],
+        payout["payout_id"],
+    )
+    if flag is None:
+        return False
+    await _wait_for_operator(
+        conn,
+        payout["payout_id"],
+        f"payee flagged: payout {flag['payout_id']} was {flag['kind']}ed ({flag['code']}) to these account details; "
+        "waiting for new details (supplier.payee_updated)",
+    )
+    return True
 
 
 async def _operator_retry(conn: asyncpg.Connection, payout_id: str, attempt: int) -> bool:

@@ -24,7 +24,7 @@ import base64
 import hashlib
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -80,24 +80,25 @@ def payee(
     return topics.SUPPLIERS, supplier, event_bytes("supplier.payee_updated", data, id=f"payee-{supplier}-{n}", time=at)
 
 
-def statement(supplier: str, currency: str, net: str, n: int) -> tuple:
+def statement(supplier: str, currency: str, net: str, n: int, month: str = "2026-01") -> tuple:
+    stm_id = f"stm-{supplier}" if month == "2026-01" else f"stm-{supplier}-{month}"
     data = StatementFinalized(
-        statement_id=f"stm-{supplier}",
+        statement_id=stm_id,
         number=f"STM-2026-{n:06d}",
         supplier_id=supplier,
         currency=currency,
-        month="2026-01",
+        month=month,
         earnings={},
         earnings_total=net,
         sla_chargebacks="0",
         carried="0",
         net=net,
-        issued_at=datetime(2026, 2, 1, tzinfo=UTC),
+        issued_at=datetime(2026, int(month[5:]) + 1, 1, tzinfo=UTC),
     )
     return (
         topics.STATEMENTS_FINALIZED,
         supplier,
-        event_bytes("statement.finalized", data, id=f"stm-{supplier}", time=FEB2),
+        event_bytes("statement.finalized", data, id=stm_id, time=data.issued_at + timedelta(days=1)),
     )
 
 
@@ -758,4 +759,61 @@ async def test_a_payment_block_rejected_as_a_whole_rejects_every_payout_in_it(st
         flags = await stack.pool.fetch("select supplier_id, kind, code from payouts.payee_flags order by supplier_id")
         assert [tuple(f) for f in flags] == [("sup-rej", "reject", "AM04"), ("sup-sepa", "reject", "AM04")]
     assert await balance_units(stack, "platform:payouts_in_transit:EUR") == 0
+    await assert_ledger_sound(stack)
+
+
+async def test_a_payee_flagged_by_a_return_gets_no_new_payout_until_its_account_changes(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """R16 "flags the payee": January's payout is returned R03 (no account). February's payout is not sent to
+    the same account — it waits for an operator with the flag as its reason — until the supplier's account
+    changes; then both go to the new account."""
+    bank_dir = tmp_path / "bank-outbox"
+    stack.settings = stack.settings.model_copy(update={"payout_outbox_dir": bank_dir, "payout_files_interval_s": 0.2})
+    mar1, mar2 = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)
+    await publish(
+        stack,
+        [
+            payee("sup-gone", "USD", "ach", ACH_1, at=datetime(2026, 1, 1, tzinfo=UTC), n=1),
+            statement("sup-gone", "USD", "64.00", 1),
+            *statements_closed("2026-01", datetime(2026, 2, 1, tzinfo=UTC)),
+            *ticked(FEB2),
+        ],
+    )
+    async with running(stack, [PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'sent'", 1, "January sent")
+        item = await stack.pool.fetchrow(
+            "select i.*, f.name from payouts.payout_file_items i join payouts.payout_files f using (file_id)"
+        )
+        [entry] = [e for b in read_nacha((bank_dir / item["name"]).read_bytes()).batches for e in b.entries]
+        returned = nacha_return(entry.trace_number, "021000021", "000123456789", 64_00, "R03")
+        await publish(stack, [returns_message("ach", returned, 1)])
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'returned'", 1, "January returned")
+
+        await publish(
+            stack, [statement("sup-gone", "USD", "36.00", 2, month="2026-02"), *statements_closed("2026-02", mar1)]
+        )
+        await wait_rows(stack, "select count(*) from payouts.statements", 2, "February's statement")
+        await publish(stack, ticked(mar2))
+        await wait_rows(
+            stack, "select count(*) from payouts.payouts where state = 'waiting_operator'", 1, "February held"
+        )
+        held = await stack.pool.fetchrow("select * from payouts.payouts where state = 'waiting_operator'")
+        assert "payee flagged" in held["rail_reason"] and "R03" in held["rail_reason"], held["rail_reason"]
+        await asyncio.sleep(1.0)  # five file rounds: nothing more goes to the returned account
+        assert await count(stack, "select count(*) from payouts.payout_files") == 1
+
+        await publish(stack, [payee("sup-gone", "USD", "ach", ACH_2, at=datetime(2026, 3, 2, 12, tzinfo=UTC), n=2)])
+        await publish(stack, ticked(datetime(2026, 3, 3, tzinfo=UTC)))
+        await wait_rows(stack, "select count(*) from payouts.payouts where state = 'sent'", 2, "both sent again")
+        accounts = set()
+        for row in await stack.pool.fetch(
+            "select f.name from payouts.payout_files f where f.file_id <> $1", item["file_id"]
+        ):
+            accounts |= {
+                e.account_number.strip()
+                for b in read_nacha((bank_dir / row["name"]).read_bytes()).batches
+                for e in b.entries
+            }
+        assert accounts == {"000555666777"}
     await assert_ledger_sound(stack)
