@@ -245,6 +245,17 @@ async def test_a_tick_left_waiting_by_a_lost_race_is_released_once_by_the_collec
     assert await marks() == sent
 
 
+async def wait_remaining(stack: Stack, number: str, minor: int) -> None:
+    """Until payments shows ``minor`` still due on invoice ``number``."""
+
+    async def reached() -> bool:
+        async with stack.pool.acquire() as conn:
+            left = await conn.fetchval("select remaining_minor from payments.invoice_status where number = $1", number)
+        return bool(left == minor)
+
+    await wait_until(reached, what=f"{number} to have {minor} minor units remaining")
+
+
 async def test_a_prepaid_credit_note_settles_net_of_the_wallet(stack: Stack) -> None:
     """R10 on a credit note: a late −10.00 of prepaid usage went back to the wallet; with 10 % tax the note's
     total is −11.00, but only the tax (−1.00) is owed to the renter — the wallet already has its 10.00. The
@@ -272,11 +283,4 @@ async def test_a_prepaid_credit_note_settles_net_of_the_wallet(stack: Stack) -> 
     async with running(stack, [PAYMENTS]):
         await wait_until(settled, what="the credit note recorded")
 
-        async def remaining() -> bool:
-            async with stack.pool.acquire() as conn:
-                left = await conn.fetchval(
-                    "select remaining_minor from payments.invoice_status where number = $1", inv.number
-                )
-            return bool(left == 9_900)
-
-        await wait_until(remaining, what="the invoice's remaining after the note")
+        await wait_remaining(stack, inv.number, 9_900)

@@ -24,7 +24,7 @@ from services.payments import read_model
 from services.payments.main import SERVICE as PAYMENTS
 from tests.conftest import Stack
 from tests.fleet import event_bytes, publish, read_topic, running, wait_until
-from tests.integration.test_payments_service import FEB, invoice, receipt
+from tests.integration.test_payments_service import FEB, invoice, receipt, wait_remaining
 from tests.payments.processes import admin, against_fakepsp, fakepsp
 from tests.payments.test_collection_stories import _tick, method
 
@@ -648,14 +648,7 @@ async def test_a_second_credit_note_refund_goes_to_the_bank_when_the_card_charge
         async with running(story, [PAYMENTS]):
             await publish(story, items)
 
-            async def stored() -> bool:
-                async with stack.pool.acquire() as conn:
-                    left = await conn.fetchval(
-                        "select remaining_minor from payments.invoice_status where number = $1", inv.number
-                    )
-                return bool(left == 6_000)
-
-            await wait_until(stored, what="the wire applied")
+            await wait_remaining(story, inv.number, 6_000)  # the wire applied
             await _tick(story, DUE)
             assert (await _status(story, inv.number))["status"] == "paid"
             await publish(story, [note(1, "50.00", LATER)])
