@@ -110,6 +110,21 @@ def test_camt053_older_versions_with_plain_status() -> None:
     assert [x.status for x in statement.lines] == ["booked"] * 4 + ["pending"]
 
 
+def test_camt053_a_reversal_books_in_the_direction_it_states() -> None:
+    """ISO 20022: with ``RvslInd`` true, CRDT means the original operation was a debit — the entry is a
+    credit. Reading it the other way round also broke the opening + entries = closing check."""
+    reversal = CAMT053.replace(
+        b'<Amt Ccy="EUR">50.00</Amt><CdtDbtInd>CRDT</CdtDbtInd>',
+        b'<Amt Ccy="EUR">50.00</Amt><CdtDbtInd>CRDT</CdtDbtInd><RvslInd>true</RvslInd>',
+    )
+    assert reversal != CAMT053
+    xsd = schema("camt.053.001.08")
+    assert xsd.validate(etree.fromstring(reversal)), xsd.error_log
+    [statement] = parse_camt053(reversal)
+    assert [(x.end_to_end_id, x.direction) for x in statement.lines][3] == ("po-0009", "credit")
+    assert sum(x.signed_minor for x in statement.lines if x.status == "booked") == -250_02
+
+
 BAI2 = b"""01,021000021,SETTLE,261208,0600,1,,,2/
 02,SETTLE,021000021,1,261207,2400,USD,2/
 03,123456789,USD,010,1000000,,,015,960000,,/

@@ -202,9 +202,8 @@ def parse_camt053(content: bytes) -> list[Statement]:
                 raise BankFileError(f"{what}: no amount")
             entry_minor, entry_currency = parsed
             currency = currency or entry_currency
+            # A reversal (``RvslInd``) already states the direction it books: CRDT undoes a debit (ISO 20022).
             direction = _direction(_text(entry, "CdtDbtInd"), what)
-            if _text(entry, "RvslInd") == "true":  # a reversal books the other way round
-                direction = "credit" if direction == "debit" else "debit"
             status = _status(entry)
             booking_date = _date(_child(entry, "BookgDt"))
             value_date = _date(_child(entry, "ValDt"))
@@ -278,8 +277,6 @@ def _booked_entries_total(stmt: etree._Element, currency: str) -> int:
         parsed = _amount(_child(entry, "Amt"), "entry")
         assert parsed is not None  # checked while reading the lines
         sign = 1 if _text(entry, "CdtDbtInd") == "CRDT" else -1
-        if _text(entry, "RvslInd") == "true":
-            sign = -sign
         total += sign * parsed[0]
     return total
 
