@@ -395,6 +395,10 @@ class PaymentEvent(EventModel):
     outcome: Literal["won", "lost"] | None = None
     """``payment.dispute_closed`` only: how the dispute ended (events before 2026-12-07 said it only at the
     end of ``reason``)."""
+    credit_note_id: Id | None = None
+    """``payment.refunded`` only: the credit note this refund carries back to the renter (R11: a credit note on
+    a paid invoice becomes a refund). None for an operator's or a processor's refund, and on events before
+    2026-12-08."""
 
 
 class CollectionAnswered(EventModel):

@@ -140,7 +140,7 @@ async def ensure_rows(
     for app in result.credit_note_refunds:
         wanted.append(
             (derive_id("refund", app.source_id, app.invoice_number), app.invoice_number, app.amount_minor, app.at,
-             f"credit note {app.source_id} on a paid invoice")
+             f"{_CREDIT_NOTE_REASON}{app.source_id} on a paid invoice")
         )  # fmt: skip
     taken = {a.source_id: a for a in result.applications if a.amount_minor < 0}
     for source_id, amount in result.money_out_taken.items():
@@ -324,6 +324,19 @@ def book(
     emit(tx, "payment.refunded", row, reason=row["reason"])
 
 
+_CREDIT_NOTE_REASON = "credit note "
+"""How a refund row that carries a credit note back to the renter states its reason (and its rests'
+reasons, which start with it): ``credit note <id> on a paid invoice``."""
+
+
+def credit_note_of(reason: str) -> str | None:
+    """The credit note a refund carries back to the renter, read from its reason; None for an operator's or
+    a processor's refund."""
+    if not reason.startswith(_CREDIT_NOTE_REASON):
+        return None
+    return reason[len(_CREDIT_NOTE_REASON) :].split(" ", 1)[0] or None
+
+
 def emit(tx: Tx, type: str, row: dict[str, Any], *, reason: str) -> None:
     tx.emit(
         topics.PAYMENTS,
@@ -341,5 +354,6 @@ def emit(tx: Tx, type: str, row: dict[str, Any], *, reason: str) -> None:
             gateway=row["gateway"],
             at=row["at"],
             reason=reason[:500],
+            credit_note_id=credit_note_of(row["reason"]),
         ),
     )

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -130,6 +130,8 @@ class Refunded(Fact):
     refund_id: str
     amount_minor: int
     at: datetime
+    credit_note_id: str | None = None
+    """The credit note this refund carries back to the renter (None: an operator's or processor's refund)."""
 
 
 class CreditNote(Fact):
@@ -277,6 +279,8 @@ class Facts(BaseModel):
     past_due_at: datetime | None = None
     collected: dict[str, int] = {}
     refunds: dict[str, int] = {}
+    credit_note_refunds: dict[str, str] = {}
+    """refund id → the credit note it carries back (R11: a credit note on a paid invoice becomes a refund)."""
     credit_notes: dict[str, int] = {}
     disputes_open: dict[str, int] = {}
     disputes_closed: dict[str, bool] = {}
@@ -358,7 +362,10 @@ def apply(facts: Facts, event: Input) -> Facts:
         case Collected():
             return facts.model_copy(update={"collected": _add(facts.collected, event.payment_id, event.amount_minor)})
         case Refunded():
-            return facts.model_copy(update={"refunds": _add(facts.refunds, event.refund_id, event.amount_minor)})
+            refunded: dict[str, Any] = {"refunds": _add(facts.refunds, event.refund_id, event.amount_minor)}
+            if event.credit_note_id is not None:
+                refunded["credit_note_refunds"] = {**facts.credit_note_refunds, event.refund_id: event.credit_note_id}
+            return facts.model_copy(update=refunded)
         case CreditNote():
             notes = _add(facts.credit_notes, event.credit_note_id, event.amount_minor)
             return facts.model_copy(update={"credit_notes": notes})
@@ -551,16 +558,21 @@ def evaluate(facts: Facts, policy: Policy) -> Status:
                 steps.append(f"{answered}; not paid after the grace; earnings held")
                 why = f"collection not finished by its deadline; {answered}"
             return _compensations(facts, policy, steps, required, final=("needs_operator", why[:2000]))
-    # after payment: refunds, credit notes and lost disputes
+    # after payment: refunds, credit notes and lost disputes. A credit note carries late corrections (R3), whose
+    # supplier side is already on the supplier's statements — the late earnings and SLA chargebacks (R12) — and
+    # a credit note on a paid invoice is paid back as a refund: neither is clawed back on top (that would take
+    # the supplier's share twice, or three times). Refunds an operator or the processor made are.
     paid_out = bool(facts.payouts_sent) if policy.follow_payouts else post_release
     for refund_id in sorted(facts.refunds):
+        note = facts.credit_note_refunds.get(refund_id)
+        if note is not None:
+            steps.append(f"refund {refund_id} of credit note {note}")
+            continue
         steps.append(f"refund {refund_id}")
         if paid_out:
             required.append(Compensation("clawback", refund_id))
     for note_id in sorted(facts.credit_notes):
-        steps.append(f"credit note {note_id}")
-        if paid_out:
-            required.append(Compensation("clawback", note_id))
+        steps.append(f"credit note {note_id} (its corrections reach the supplier's statements)")
     for dispute_id in sorted(facts.disputes_open):
         won = facts.disputes_closed.get(dispute_id)
         steps.append(f"dispute {dispute_id} " + ("open" if won is None else "won" if won else "lost"))

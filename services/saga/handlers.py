@@ -123,7 +123,9 @@ def to_input(event: Envelope[Any]) -> tuple[str, domain.Input] | None:
             case "invoice.past_due":
                 return data.invoice_number, domain.PastDue(at=data.at, reason=data.reason)
             case "payment.refunded":
-                return data.invoice_number, domain.Refunded(refund_id=data.payment_id, amount_minor=amount, at=data.at)
+                return data.invoice_number, domain.Refunded(
+                    refund_id=data.payment_id, amount_minor=amount, at=data.at, credit_note_id=data.credit_note_id
+                )
             case "payment.disputed":
                 return data.invoice_number, domain.DisputeOpened(
                     dispute_id=data.payment_id, amount_minor=amount, at=data.at

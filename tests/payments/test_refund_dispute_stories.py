@@ -324,6 +324,11 @@ async def test_refunds_disputes_receipts_and_operator_commands(stack: Stack) -> 
     assert hard["status"] == "paid"
     types = [e["type"] for e in events]
     assert types.count("payment.refunded") == 3, "the card refund, the one paid over the bank, the processor's"
+    # The saga claws back an operator's or a processor's refund, not the one paying a credit note back.
+    refund_notes = sorted(
+        (e["data"]["amount"], e["data"]["credit_note_id"]) for e in events if e["type"] == "payment.refunded"
+    )
+    assert refund_notes == [("10.00", None), ("20.00", None), ("30.00", "cn-1")]
     assert types.count("payment.disputed") == 1
     assert types.count("payment.dispute_closed") == 1
     [closed] = [e["data"] for e in events if e["type"] == "payment.dispute_closed"]

@@ -182,6 +182,25 @@ def test_refund_after_release_is_clawed_back_but_not_before_payment() -> None:
     assert "clawback:cn_1" not in requested  # not paid out yet: the supplier's earnings are still ours
 
 
+def test_a_credit_note_and_the_refund_that_pays_it_back_are_not_clawed_back() -> None:
+    """A credit note carries late corrections whose supplier side is already on the supplier's statements (late
+    earnings, chargebacks); on a paid invoice it is paid back as a refund. Neither is a clawback on top —
+    until 2026-12-08 both were, taking the supplier's share two more times. An operator's refund still is."""
+    at = DUE + timedelta(days=40)
+    note = d.CreditNote(credit_note_id="cn_1", amount_minor=-500, at=at)
+    its_refund = d.Refunded(refund_id="rf_cn", amount_minor=500, at=at, credit_note_id="cn_1")
+    operator = d.Refunded(refund_id="rf_op", amount_minor=2_000, at=at)
+    for policy in (POLICY, d.Policy(follow_payouts=True)):
+        paid_out = [d.PayoutSent(payout_id="po_1", at=DUE + timedelta(days=1))] if policy.follow_payouts else []
+        s, facts, requested = run([invoice(), status(2, "paid", 10_000, DUE), *paid_out, note, its_refund], policy)
+        assert requested == {} and facts.credit_note_refunds == {"rf_cn": "cn_1"}
+        assert "refund rf_cn of credit note cn_1" in s.steps
+        _, _, requested = run(
+            [invoice(), status(2, "paid", 10_000, DUE), *paid_out, note, its_refund, operator], policy
+        )
+        assert requested == {"clawback:rf_op": 1}
+
+
 def test_awaiting_acknowledgement_the_saga_is_compensated_only_by_the_answer_and_records_it() -> None:
     policy = d.Policy(await_acknowledgement=True)
     refund = d.Refunded(refund_id="rf_1", amount_minor=2_000, at=DUE + timedelta(days=40))
