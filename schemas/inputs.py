@@ -130,8 +130,6 @@ class ContractCreated(InputModel):
         _check_tax_rate(self.tax_rate)
         if self.ends_at is not None and self.ends_at <= self.starts_at:
             raise ValueError("ends_at must be after starts_at")
-        if self.billing_mode == "prepaid" and self.credit_limit is not None:
-            raise ValueError("credit_limit applies to postpaid contracts only")
         return self
 
 

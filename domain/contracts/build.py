@@ -13,8 +13,9 @@ Decisions (docs/billing-rules.md, the "Settle extensions" of the input contract,
   one priced field each, like every other field), never merged.
 * An amendment with an ``event_id`` the terms already hold is a duplicate and changes nothing
   (the inbox dedups too; this keeps the pure function idempotent on its own).
-* A non-null ``credit_limit`` amendment on a prepaid contract breaks the same rule that
-  ``contract.created`` validates (credit limits are postpaid only, R9): :class:`DomainRuleError`.
+* A credit limit applies to postpaid contracts only (R9): on a prepaid contract, a ``credit_limit`` in
+  ``contract.created`` or in an amendment is ignored (the rest of the event applies). Until 2026-12-08 it
+  refused the whole contract or amendment, so a prepaid contract sent with a limit billed nothing.
 * A termination can only shorten the term (``ContractTerms.with_termination``); one effective
   before ``starts_at`` is clamped to ``starts_at`` (an empty term), so ``term_end >= starts_at``
   always holds.
@@ -64,7 +65,7 @@ def terms_from_created(event_id: str, data: ContractCreated) -> ContractTerms:
         price_per_gpu_hour=data.price_per_gpu_hour,
         supplier_rate_per_gpu_hour=data.supplier_rate_per_gpu_hour,
         commitment_per_period=data.commitment_per_period,
-        credit_limit=data.credit_limit,
+        credit_limit=data.credit_limit if data.billing_mode == "postpaid" else None,  # R9: postpaid only
         sla_tiers=_sla_tiers(data.sla_tiers),
         tax_rate=data.tax_rate,
         meter_prices=_meter_prices(data.meter_prices),
@@ -96,15 +97,14 @@ def amend_terms(terms: ContractTerms, event_id: str, data: ContractAmended) -> C
     instant does not depend on arrival order except between versions with the same
     ``effective_at``, where the later arrival wins (``ContractTerms.fields_at``).
 
-    Raises DomainRuleError for another contract's event or a credit limit on a prepaid contract.
+    Raises DomainRuleError for another contract's event.
     """
     assert event_id, "an amendment needs an id"
     _check_same_contract(terms, data.contract_id)
     if any(v.event_id == event_id for v in terms.amendments):
         return terms
-    credit_limit_set = "credit_limit" in data.model_fields_set
-    if credit_limit_set and data.credit_limit is not None and terms.billing_mode == "prepaid":
-        raise DomainRuleError("credit_limit applies to postpaid contracts only (R9)")
+    # R9: a credit limit applies to postpaid contracts only; on a prepaid one it is ignored.
+    credit_limit_set = "credit_limit" in data.model_fields_set and terms.billing_mode == "postpaid"
     changes = FieldChanges(
         price_per_gpu_hour=data.price_per_gpu_hour,
         supplier_rate_per_gpu_hour=data.supplier_rate_per_gpu_hour,

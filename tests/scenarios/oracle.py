@@ -416,8 +416,8 @@ def parse_data(type_: str, fields: Fields, data: dict[str, Any]) -> dict[str, An
     if type_ == "contract.created":
         if out["ends_at"] is not None and out["ends_at"] <= out["starts_at"]:
             raise Refused("contract.created: ends_at must be after starts_at")
-        if out["billing_mode"] == "prepaid" and out["credit_limit"] is not None:
-            raise Refused("contract.created: a prepaid contract has no credit limit")
+        if out["billing_mode"] == "prepaid":
+            out["credit_limit"] = None  # R9: postpaid only; ignored on a prepaid contract
     if type_ == "contract.amended":
         changed = [n for n in _PRICED_FIELDS if out[n] is not None or (n == "credit_limit" and n in data)]
         if not changed:

@@ -296,10 +296,17 @@ def test_a_duplicate_amendment_changes_nothing() -> None:
     assert amend_terms(once, "e-2", amended("2026-04-01T00:00:00Z", price_per_gpu_hour="3.00")) == once
 
 
-def test_a_credit_limit_on_a_prepaid_contract_is_refused() -> None:
-    terms = terms_from_created("e-1", created(billing_mode="prepaid", credit_limit=None))
-    with pytest.raises(DomainRuleError):
-        amend_terms(terms, "e-2", amended("2026-04-01T00:00:00Z", credit_limit="100"))
+def test_a_credit_limit_on_a_prepaid_contract_is_ignored_and_the_rest_applies() -> None:
+    """R9 applies to postpaid contracts only: a prepaid contract sent with a limit is billed as prepaid with
+    no limit (until 2026-12-08 the whole contract, or the whole amendment, was refused)."""
+    terms = terms_from_created("e-1", created(billing_mode="prepaid", credit_limit="500"))
+    assert terms.billing_mode == "prepaid" and terms.fields_at(terms.starts_at).credit_limit is None
+    at = datetime(2026, 4, 1, tzinfo=UTC)
+    amended_terms = amend_terms(terms, "e-2", amended("2026-04-01T00:00:00Z", credit_limit="100", tax_rate="0.1"))
+    assert amended_terms.fields_at(at).credit_limit is None
+    assert amended_terms.fields_at(at).tax_rate == Decimal("0.1")
+    postpaid = terms_from_created("e-1", created(billing_mode="postpaid", credit_limit="500"))
+    assert postpaid.fields_at(postpaid.starts_at).credit_limit == Decimal("500")
 
 
 def test_events_of_another_contract_are_refused() -> None:

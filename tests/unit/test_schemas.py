@@ -461,11 +461,6 @@ MODEL_ONLY_CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("contract.created", {"sla_tiers": [{"below_uptime": "0.99", "credit_percent": "-1"}]}, "credit_percent"),
     ("contract.created", {"ends_at": "2026-12-01T00:00:00Z"}, "ends_at must be after starts_at"),
-    (
-        "contract.created",
-        {"billing_mode": "prepaid", "credit_limit": "100"},
-        "credit_limit applies to postpaid",
-    ),
     ("contract.created", {"starts_at": "2026-02-30T00:00:00Z"}, "starts_at"),
     ("contract.amended", {"price_per_gpu_hour": _DROP}, "an amendment must change at least one priced field"),
     ("contract.amended", {"price_per_gpu_hour": None, "tax_rate": None}, "at least one priced field"),
