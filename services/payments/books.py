@@ -36,9 +36,11 @@ from services.payments import refunds
 from services.payments.domain.allocation import (
     Allocation,
     CreditNoteFact,
+    InvoiceBalance,
     InvoiceFact,
     MoneyIn,
     MoneyOut,
+    StatusPoint,
     allocate,
 )
 from services.payments.money import shown
@@ -163,7 +165,7 @@ async def _write_status(
         (r["renter_id"], r["currency"], r["number"]): r
         for r in await conn.fetch(
             f"""select renter_id, currency, number, amount_due_minor, paid_minor, remaining_minor, status,
-                       past_due, revision from payments.invoice_status {_KEYS}""",
+                       past_due, revision, as_of from payments.invoice_status {_KEYS}""",
             *_keys(ordered),
         )
     }
@@ -181,13 +183,30 @@ async def _write_status(
                 and (old["amount_due_minor"], old["paid_minor"], old["remaining_minor"], old["status"]) == new
             ):
                 continue
-            revision = 1 if old is None else old["revision"] + 1
+            revision = 0 if old is None else old["revision"]
             inv = balance.invoice
+            # One status per instant that changed the invoice since what was published (as_of: when the facts
+            # changed it, not the batch's time — a batch may also hold later facts), the last one with the
+            # past-due flag: a reader asking "what remained at T" (payouts' planning, R15) finds it.
+            for point in _points_to_publish(balance, old):
+                revision += 1
+                emit_status(
+                    tx,
+                    inv.invoice_id,
+                    number,
+                    inv.contract_id,
+                    t.renter_id,
+                    t.currency,
+                    (point.amount_due_minor, point.paid_minor, point.remaining_minor, _plain_status(point)),
+                    revision,
+                    cause=cause,
+                    at=point.at,
+                )
+            revision += 1
             upserts.append(
                 (inv.invoice_id, number, inv.contract_id, t.renter_id, t.currency, *new, past_due,
-                 balance.paid_at, revision)
+                 balance.paid_at, revision, balance.changed_at)
             )  # fmt: skip
-            # as_of: when the facts changed it (not the batch's time: a batch may also hold later facts)
             emit_status(
                 tx,
                 inv.invoice_id,
@@ -203,16 +222,36 @@ async def _write_status(
     if upserts:
         await conn.execute(
             """insert into payments.invoice_status (invoice_id, number, contract_id, renter_id, currency,
-                   amount_due_minor, paid_minor, remaining_minor, status, past_due, paid_at, revision)
+                   amount_due_minor, paid_minor, remaining_minor, status, past_due, paid_at, revision, as_of)
                select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
                                     $7::bigint[], $8::bigint[], $9::text[], $10::bool[], $11::timestamptz[],
-                                    $12::bigint[])
+                                    $12::bigint[], $13::timestamptz[])
                on conflict (invoice_id) do update set amount_due_minor = excluded.amount_due_minor,
                    paid_minor = excluded.paid_minor, remaining_minor = excluded.remaining_minor,
                    status = excluded.status, past_due = excluded.past_due, paid_at = excluded.paid_at,
-                   revision = excluded.revision, updated_at = now()""",
+                   revision = excluded.revision, as_of = excluded.as_of, updated_at = now()""",
             *(list(column) for column in zip(*upserts, strict=True)),
         )
+
+
+def _plain_status(point: StatusPoint) -> str:
+    if point.remaining_minor == 0:
+        return "paid"
+    return "partially_paid" if point.paid_minor > 0 else "open"
+
+
+def _points_to_publish(balance: InvoiceBalance, old: asyncpg.Record | None) -> list[StatusPoint]:
+    """The instants before the invoice's latest state that a status should say (the latest is published on its
+    own, with the past-due flag): every point of the history when nothing was published or the history up to
+    the last published ``as_of`` changed (a late fact dated before it), else only the points after it."""
+    points = list(balance.history[:-1])
+    if old is None or old["as_of"] is None:
+        return points
+    before = [p for p in balance.history if p.at <= old["as_of"]]
+    said = (old["amount_due_minor"], old["paid_minor"])
+    if before and (before[-1].amount_due_minor, before[-1].paid_minor) == said:
+        return [p for p in points if p.at > old["as_of"]]
+    return points
 
 
 def emit_status(

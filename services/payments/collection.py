@@ -27,6 +27,7 @@ from schemas.events import PaymentEvent, SuspendRequested
 from services.payments import books, store
 from services.payments.config import PaymentsConfig
 from services.payments.domain import dunning, routing
+from services.payments.domain.allocation import remaining_at
 from services.payments.gateways.port import ChargeResult
 from services.payments.money import shown
 
@@ -65,6 +66,25 @@ async def release_marks(tx: Tx, *, cause: Envelope[Any] | None) -> list[datetime
     return released
 
 
+async def remaining_when_started(
+    conn: asyncpg.Connection, starts: list[tuple[str, str, str, datetime]]
+) -> dict[tuple[str, datetime], int]:
+    """R14: each (renter, currency, invoice number, attempt time)'s amount still due when the attempt starts —
+    by (number, time). Money read already but received after that time does not count (``remaining_at``)."""
+    if not starts:
+        return {}
+    facts = await books.load_facts_many(
+        conn, [books.Touched(r, c) for r, c in sorted({(r, c) for r, c, _, _ in starts})]
+    )
+    out: dict[tuple[str, datetime], int] = {}
+    for renter_id, currency, number, at in starts:
+        invoices, notes, money_in, money_out = facts[books.Touched(renter_id, currency)]
+        out[(number, at)] = remaining_at(
+            invoices, money_in, number=number, at=at, credit_notes=notes, money_out=money_out
+        )
+    return out
+
+
 async def start_due(tx: Tx, config: PaymentsConfig, through: datetime, *, cause: Envelope[Any] | None) -> int:
     """Open an intent (first try on the due date) for every postpaid invoice due by ``through``, and
     start every retry that fell due. Returns the attempts created.
@@ -79,10 +99,26 @@ async def start_due(tx: Tx, config: PaymentsConfig, through: datetime, *, cause:
         return 0
     health = await store.health(conn, [g.name for g in config.gateways])
     methods = await store.default_methods(conn, [(r["renter_id"], r["currency"]) for r in [*due, *retries]])
+    remaining = await remaining_when_started(
+        conn,
+        [(r["renter_id"], r["currency"], r["number"], r["due_at"]) for r in due]
+        + [(r["renter_id"], r["currency"], r["invoice_number"], r["next_try_at"]) for r in retries],
+    )
     intents: list[dict[str, Any]] = []
     attempts: list[dict[str, Any]] = []
     for inv in due:
         intent_id = derive_id("payment_intent", inv["invoice_id"])
+        amount = remaining[(inv["number"], inv["due_at"])]
+        if amount <= 0:  # paid by its due date; money read now but received later does not count there
+            intents.append(
+                {
+                    "intent_id": intent_id, "invoice_id": inv["invoice_id"], "invoice_number": inv["number"],
+                    "contract_id": inv["contract_id"], "renter_id": inv["renter_id"], "currency": inv["currency"],
+                    "state": "settled_otherwise", "tries": 0, "first_try_at": None, "next_try_at": None,
+                    "reason": "nothing due at the due date",
+                }
+            )  # fmt: skip
+            continue
         method = methods.get((inv["renter_id"], inv["currency"]))
         intent = {
             "intent_id": intent_id,
@@ -98,16 +134,15 @@ async def start_due(tx: Tx, config: PaymentsConfig, through: datetime, *, cause:
             "reason": "" if method else "no default payment method in this currency at the due date",
         }
         if method is not None:
-            attempt, reason = _plan(
-                config, intent_id, inv["currency"], 1, 1, inv["due_at"], inv["remaining_minor"], method, health
-            )
+            attempt, reason = _plan(config, intent_id, inv["currency"], 1, 1, inv["due_at"], amount, method, health)
             if attempt is None:
                 intent.update(state="no_method", reason=reason)
             else:
                 attempts.append(attempt)
         intents.append(intent)
     for intent in retries:
-        if intent["remaining_minor"] <= 0:
+        amount = remaining[(intent["invoice_number"], intent["next_try_at"])]
+        if amount <= 0:
             await store.update_intent(conn, intent["intent_id"], state="settled_otherwise", reason="paid otherwise")
             continue
         method = methods.get((intent["renter_id"], intent["currency"]))
@@ -124,7 +159,7 @@ async def start_due(tx: Tx, config: PaymentsConfig, through: datetime, *, cause:
             try_no,
             1,
             intent["next_try_at"],
-            intent["remaining_minor"],
+            amount,
             method,
             health,
         )
@@ -311,9 +346,17 @@ async def record_result(
             )
         )
         method = store.Method(attempt["method_id"], await _kind_of(conn, attempt), attempt["token"])
-        # R14: each attempt is for the amount still due when it starts (a receipt may have come meanwhile).
-        remaining = await conn.fetchval(
-            "select remaining_minor from payments.invoice_status where invoice_id = $1", attempt["invoice_id"]
+        # R14: each attempt is for the amount still due when it starts (a receipt may have come meanwhile) —
+        # the fail-over starts at the failed call's time, so money received after it does not count.
+        number = await conn.fetchval(
+            "select invoice_number from payments.intents where intent_id = $1", attempt["intent_id"]
+        )
+        remaining = (
+            (await remaining_when_started(conn, [(attempt["renter_id"], attempt["currency"], number, attempt["at"])]))[
+                (number, attempt["at"])
+            ]
+            if number is not None
+            else None
         )
         if remaining is not None and remaining <= 0:
             await store.update_intent(conn, attempt["intent_id"], state="settled_otherwise", reason="paid otherwise")

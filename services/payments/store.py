@@ -123,12 +123,21 @@ async def resume_on_method_change(
 
 
 async def due_without_intent(conn: asyncpg.Connection, through: datetime, limit: int) -> list[asyncpg.Record]:
+    """Postpaid invoices due by ``through`` with no intent yet that may still ask for money at their due
+    date: something remains now, or money or a credit note dated after the due date changed that (R14
+    charges what was due *at* the due date; the caller computes it)."""
     return list(
         await conn.fetch(
             """select i.invoice_id, i.number, i.contract_id, i.renter_id, i.currency, i.due_at, s.remaining_minor
                  from payments.invoices i join payments.invoice_status s using (invoice_id)
                 where i.billing_mode = 'postpaid' and i.amount_due_minor > 0 and i.due_at <= $1
-                  and s.remaining_minor > 0
+                  and (s.remaining_minor > 0
+                       or exists (select 1 from payments.applications ap
+                                   where ap.invoice_number = i.number and ap.renter_id = i.renter_id
+                                     and ap.currency = i.currency and ap.at > i.due_at and ap.amount_minor > 0)
+                       or exists (select 1 from payments.credit_notes c
+                                   where c.invoice_number = i.number and c.renter_id = i.renter_id
+                                     and c.at > i.due_at))
                   and not exists (select 1 from payments.intents t where t.invoice_id = i.invoice_id)
                 order by i.due_at, i.invoice_id limit $2""",
             through,

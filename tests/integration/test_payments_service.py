@@ -203,6 +203,59 @@ async def test_money_received_pays_invoices_per_r11_whatever_the_arrival_order(s
     assert ledger_ok.ok, ledger_ok
 
 
+async def test_a_status_per_instant_says_what_remained_at_any_time_however_the_facts_were_batched(
+    stack: Stack,
+) -> None:
+    """R15's planning asks "what remained on this invoice at the tick" (the latest status whose ``as_of`` is at
+    or before it). Money received before the invoice existed, at 05:00 on its issue day and ten days later,
+    all read before the invoice: one recomputation sees it all, and still publishes one status per instant
+    that changed the invoice — so a planning at 01:00 sees 140.00 remaining, not the 200.00 due at issue
+    (until 2026-12-08, second session, only the last instant was published, and a pay-when-paid supplier's
+    earnings stayed held)."""
+    inv = invoice("INV-2026-000001", "ctr-a", "rnt-1", due="200.00", start=FEB - timedelta(days=31), end=FEB)
+    receipts = [
+        receipt("rnt-1", "w-early", "60.00", FEB - timedelta(days=3)),
+        receipt("rnt-1", "w-0500", "50.00", FEB + timedelta(hours=5)),
+        receipt("rnt-1", "w-day10", "40.00", FEB + timedelta(days=10)),
+    ]
+    items: list[tuple[Any, str, bytes]] = [
+        (
+            topics.PAYMENTS_RECEIVED,
+            r.renter_id,
+            event_bytes("payment.received", r, id=f"e-{r.receipt_id}", time=r.received_at),
+        )
+        for r in receipts
+    ]
+    items.append(
+        (topics.INVOICES_FINALIZED, inv.contract_id, event_bytes("invoice.finalized", inv, id="e-inv", time=FEB))
+    )
+    async with running(stack, [PAYMENTS]):
+        await publish(stack, items)
+
+        async def final() -> bool:
+            latest = _latest(await read_topic(stack, topics.INVOICE_PAYMENTS, timeout_s=10))
+            return latest.get(inv.number, {}).get("amount_remaining") == "50.00"
+
+        await wait_until(final, timeout_s=60, what="the invoice's final status")
+        statuses = [
+            orjson.loads(r.value)["data"]
+            for r in await read_topic(stack, topics.INVOICE_PAYMENTS, timeout_s=10)
+            if orjson.loads(r.value)["type"] == "invoice.payment_status"
+        ]
+
+    def remaining_at(at: datetime) -> str | None:
+        said = [s for s in statuses if datetime.fromisoformat(s["as_of"].replace("Z", "+00:00")) <= at]
+        return max(said, key=lambda s: s["revision"])["amount_remaining"] if said else None
+
+    assert remaining_at(FEB - timedelta(seconds=1)) is None  # not issued yet: the planning takes the amount due
+    assert remaining_at(FEB) == "140.00"  # the early wire, applied at issue from the credit balance
+    assert remaining_at(FEB + timedelta(hours=1)) == "140.00"
+    assert remaining_at(FEB + timedelta(hours=5)) == "90.00"
+    assert remaining_at(FEB + timedelta(days=9)) == "90.00"
+    assert remaining_at(FEB + timedelta(days=10)) == "50.00"
+    assert len({s["revision"] for s in statuses}) == len(statuses), "one revision per status"
+
+
 def _latest(records: list[Any]) -> dict[str, dict[str, Any]]:
     best: dict[str, dict[str, Any]] = {}
     for record in records:

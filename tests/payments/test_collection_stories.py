@@ -421,10 +421,13 @@ async def test_a_hard_decline_stops_only_until_the_default_method_changes_also_b
         assert used == {"rnt-a": [("pm-a1", DUE), ("pm-a0", later)], "rnt-b": [("pm-b1", DUE), ("pm-b2", later)]}
 
 
-async def test_a_fail_over_charges_what_is_still_due_when_it_starts(stack: Stack) -> None:
-    """R14: "for the amount still due when each attempt starts" — also for a fail-over within a try. A wire
-    paid 40.00 of a 100.00 invoice while its first attempt was out; that attempt then ends in a definite
-    processor error: the fail-over attempt is for 60.00, not the first attempt's 100.00."""
+async def test_a_fail_over_charges_what_was_due_when_its_try_started(stack: Stack) -> None:
+    """R14: "for the amount still due when each attempt starts", in event time — also for a fail-over within
+    a try, which starts when the try did. A wire received an hour after the due date is read while the first
+    attempt is out; that attempt then ends in a definite processor error: the fail-over is for the 100.00 due
+    at the due date. Whether the fleet read the wire before or after the fail-over must not change the
+    charge (R11's order independence): the wire goes where R11 sends it. (Until 2026-12-08, second session,
+    the fail-over charged 60.00 here and 100.00 when the wire was read later.)"""
     from services.payments import config as payments_config
     from services.payments.collector import record
 
@@ -473,5 +476,56 @@ async def test_a_fail_over_charges_what_is_still_due_when_it_starts(stack: Stack
                 == "error"
             )
             attempts = await _attempts(story, "rnt-f")
-        assert [(a["call_no"], a["amount_minor"]) for a in attempts] == [(1, 10_000), (2, 6_000)]
+        assert [(a["call_no"], a["amount_minor"]) for a in attempts] == [(1, 10_000), (2, 10_000)]
         assert attempts[0]["gateway"] != attempts[1]["gateway"]
+
+
+async def test_money_received_after_the_due_date_does_not_lower_the_charge_made_on_it(stack: Stack) -> None:
+    """R14 in event time: the first attempt starts on the due date, for what is due then. A wire received 12 h
+    after the due date — read by payments before the tick that starts the collection — does not lower it:
+    the card is charged the whole 100.00 and the wire goes to the credit balance (R11). One received before
+    the due date does (60.00), and one that paid everything before it leaves nothing to charge. Until
+    2026-12-08 (second session) the first renter was charged 60.00, or 100.00 when the wire was read later:
+    the charge depended on how far behind the worker was."""
+    cases = {"rnt-after": (DUE + timedelta(hours=12), "40.00"), "rnt-before": (DUE - timedelta(hours=1), "40.00")}
+    cases["rnt-paid"] = (DUE - timedelta(hours=1), "100.00")
+    with fakepsp() as base:
+        story = against_fakepsp(stack, base)
+        messages: list[tuple[Any, str, bytes]] = []
+        for n, (renter, (at, amount)) in enumerate(sorted(cases.items()), 1):
+            m = method(renter, "tok_visa", f"pm-{renter}")
+            messages.append(
+                (topics.PAYMENT_METHODS, renter, event_bytes("payment_method.attached", m, id=f"m-{renter}", time=FEB))
+            )
+            messages.append(_finalized(renter, n))
+            wire = receipt(renter, f"rcp-{renter}", amount, at)
+            messages.append(
+                (topics.PAYMENTS_RECEIVED, renter, event_bytes("payment.received", wire, id=f"w-{renter}", time=at))
+            )
+        async with running(story, [PAYMENTS]):
+            await publish(story, messages)
+            await _stored(stack, 3)
+
+            async def wires_applied() -> bool:
+                async with stack.pool.acquire() as conn:
+                    return await conn.fetchval("select count(*) from payments.money_in where kind = 'receipt'") == 3
+
+            await wait_until(wires_applied, what="the three wires recorded")
+            await _tick(story, DUE + timedelta(days=2))
+
+            async def collected() -> bool:
+                intents = await _intents(story)
+                return len(intents) == 2 and all(i["state"] != "collecting" for i in intents.values())
+
+            await wait_until(collected, timeout_s=60, what="the collections")
+            intents = await _intents(story)
+            charged = {r: [a["amount_minor"] for a in await _attempts(story, r)] for r in cases}
+            async with stack.pool.acquire() as conn:
+                credit = {r["renter_id"]: r["credit_minor"] for r in await conn.fetch("select * from payments.books")}
+                status = {
+                    r["renter_id"]: r["status"] for r in await conn.fetch("select * from payments.invoice_status")
+                }
+        assert charged == {"rnt-after": [10_000], "rnt-before": [6_000], "rnt-paid": []}
+        assert {r: i["state"] for r, i in intents.items()} == {"rnt-after": "succeeded", "rnt-before": "succeeded"}
+        assert credit == {"rnt-after": 4_000, "rnt-before": 0, "rnt-paid": 0}
+        assert set(status.values()) == {"paid"}

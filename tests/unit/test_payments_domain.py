@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.payments.domain import dunning, routing
-from services.payments.domain.allocation import CreditNoteFact, InvoiceFact, MoneyIn, MoneyOut, allocate
+from services.payments.domain.allocation import (
+    CreditNoteFact,
+    InvoiceFact,
+    MoneyIn,
+    MoneyOut,
+    allocate,
+    remaining_at,
+)
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -266,3 +273,26 @@ def test_the_pci_scan_finds_luhn_valid_card_numbers_only() -> None:
     assert pans_in("invoice INV-2026-000001, amount 1234567890123") == []  # fails Luhn
     assert pans_in("0000000000000000") == []  # one repeated digit is padding, not a card
     assert pans_in("tok_visa pm_card_visa 2026-02-16T00:00:00Z") == []
+
+
+def test_an_invoices_history_has_one_point_per_instant_that_changed_it() -> None:
+    """What payouts' planning reads (R15: paid as of the tick), whatever one recomputation took in: the state
+    after each instant that moved the invoice, its issue first (with the credit applied then)."""
+    result = allocate(
+        [inv("A", day=0, amount=20_000)],
+        [receipt("r0", 6_000, day=-3), receipt("r1", 5_000, day=0.25), receipt("r2", 1_000, day=0.25)],
+    )
+    points = [(p.at, p.paid_minor, p.remaining_minor) for p in result.invoices["A"].history]
+    assert points == [(T0, 6_000, 14_000), (T0 + timedelta(hours=6), 12_000, 8_000)]
+    assert result.invoices["A"].history[-1].remaining_minor == result.invoices["A"].remaining_minor
+
+
+def test_remaining_at_an_attempt_counts_only_money_received_by_then() -> None:
+    """R14 in event time: an attempt at the due date charges what was due then; a wire received later goes
+    to the credit balance (R11) however early it was read."""
+    invoices = [inv("A", day=0, due_day=14, amount=10_000)]
+    money = [receipt("r-before", 3_000, day=13), receipt("r-after", 4_000, day=14.5)]
+    due = T0 + timedelta(days=14)
+    assert remaining_at(invoices, money, number="A", at=due) == 7_000
+    assert remaining_at(invoices, money, number="A", at=due + timedelta(days=1)) == 3_000
+    assert remaining_at(invoices, money, number="B", at=due) == 0

@@ -95,6 +95,14 @@ class Application:
 
 
 @dataclass(frozen=True)
+class StatusPoint:
+    at: datetime
+    amount_due_minor: int
+    paid_minor: int
+    remaining_minor: int
+
+
+@dataclass(frozen=True)
 class InvoiceBalance:
     invoice: InvoiceFact
     amount_due_minor: int
@@ -107,6 +115,10 @@ class InvoiceBalance:
     """The instant of the last fact that changed what is due, paid or remaining (the invoice's own
     instant when nothing did): a status's ``as_of`` — a function of the facts, never of how they were
     batched."""
+    history: tuple[StatusPoint, ...] = ()
+    """What the invoice asked for and had been paid after each instant that changed it, from its issue on
+    (the last point is this balance): a reader that wants "paid as of T" (R15's planning) gets it whatever
+    facts one recomputation took in."""
 
     @property
     def status(self) -> Literal["open", "partially_paid", "paid"]:
@@ -145,6 +157,18 @@ class _Open:
     paid: int = 0
     paid_at: datetime | None = None
     changed_at: datetime | None = None
+    history: list[StatusPoint] = field(default_factory=list)
+
+    def snapshot(self, at: datetime) -> None:
+        """The state at the end of instant ``at`` (one point per instant; none when nothing moved)."""
+        point = StatusPoint(at, max(self.due, 0), self.paid, self.remaining)
+        if self.history and self.history[-1].at == at:
+            self.history[-1] = point
+        elif not self.history or (self.history[-1].amount_due_minor, self.history[-1].paid_minor) != (
+            point.amount_due_minor,
+            point.paid_minor,
+        ):
+            self.history.append(point)
 
     @property
     def remaining(self) -> int:
@@ -259,6 +283,9 @@ def allocate(
         for _, _, fact in sorted(by_instant[at], key=lambda e: (e[0], e[1])):
             if isinstance(fact, InvoiceFact):
                 walk.invoices[fact.number] = _Open(fact, fact.amount_due_minor, paid_at=None, changed_at=at)
+                walk.invoices[fact.number].history.append(
+                    StatusPoint(at, max(fact.amount_due_minor, 0), 0, max(fact.amount_due_minor, 0))
+                )
                 issued = True
                 if fact.amount_due_minor <= 0:
                     walk.invoices[fact.number].paid_at = at
@@ -277,6 +304,9 @@ def allocate(
                 walk.use_credit(at)  # Settle: a re-opened invoice is paid from credit balance like a new one
         if issued:
             walk.use_credit(at)
+        for o in walk.invoices.values():
+            if o.changed_at == at:
+                o.snapshot(at)
 
     balances = {
         number: InvoiceBalance(
@@ -286,6 +316,7 @@ def allocate(
             o.remaining,
             o.paid_at if o.remaining == 0 else None,
             o.changed_at or o.fact.exists_at,
+            tuple(o.history),
         )
         for number, o in walk.invoices.items()
     }
@@ -300,6 +331,29 @@ def allocate(
     )
     _check(result, sum(walk.taken.values()))
     return result
+
+
+def remaining_at(
+    invoices: list[InvoiceFact],
+    money_in: list[MoneyIn],
+    *,
+    number: str,
+    at: datetime,
+    credit_notes: list[CreditNoteFact] | None = None,
+    money_out: list[MoneyOut] | None = None,
+) -> int:
+    """R14: what invoice ``number`` still asks for when an attempt starts at ``at`` — R11 over the facts
+    dated at or before ``at`` only. The walk is causal (a fact never changes what came before it), so money
+    received after ``at`` never lowers the amount charged, however early the fleet happened to read it: it
+    goes where R11 sends it (other invoices, then the credit balance)."""
+    result = allocate(
+        [i for i in invoices if i.exists_at <= at],
+        [m for m in money_in if m.at <= at],
+        credit_notes=[n for n in credit_notes or [] if n.at <= at],
+        money_out=[o for o in money_out or [] if o.at <= at],
+    )
+    balance = result.invoices.get(number)
+    return 0 if balance is None else balance.remaining_minor
 
 
 def _check(result: Allocation, taken_back: int) -> None:
