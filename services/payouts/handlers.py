@@ -74,6 +74,7 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
     requests: list[Envelope[Any]] = []
     earnings: list[tuple[str, str, str, datetime, str, Decimal]] = []
     charge_marks: list[tuple[int, datetime]] = []
+    invoice_marks: list[tuple[int, datetime]] = []
     for event in events:
         data = event.data
         if isinstance(data, ChargeRated):
@@ -110,6 +111,8 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
             answered = True
         elif isinstance(data, Watermark) and data.source == "rating":
             charge_marks.append((data.partition, data.through))
+        elif isinstance(data, Watermark) and data.source == "invoicing":
+            invoice_marks.append((data.partition, data.through))
         elif isinstance(data, InvoiceFinalized):
             await store.save_invoice(
                 conn,
@@ -169,19 +172,24 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
         await compensations.on_request(tx, request)
         if inquiries.is_question(request):
             await inquiries.answer(tx, request)
-    if not ticks and not marks and not answered and not charge_marks:
+    if not ticks and not marks and not answered and not charge_marks and not invoice_marks:
         return
     await store.lock_planning(conn)
     await store.record_ticks(conn, ticks)
     await store.record_statement_marks(conn, marks)
     await store.save_charge_marks(conn, charge_marks)
+    await store.save_invoice_marks(conn, invoice_marks)
     closed = await store.closed_month(conn, topics.STATEMENTS_FINALIZED.partitions)
     answered_through = await store.payments_answered(conn, topics.INVOICE_PAYMENTS.partitions)
     rated_through = await store.charges_through(conn, topics.CHARGES_RATED.partitions)
-    if closed is None or answered_through is None or rated_through is None:
-        return  # no month's statements are complete yet, payments answered no tick, or no month is rated
+    invoices_through = await store.invoices_read_through(conn, topics.INVOICES_FINALIZED.partitions)
+    if closed is None or answered_through is None or rated_through is None or invoices_through is None:
+        return  # no month's statements are complete yet, payments answered no tick, no month is rated, or
+        # some partition of invoices.finalized.v1 has no close read yet
     closed = min(closed, month_before(rated_through))  # a month is paid once its hours' earnings are read
-    for at in await store.ticks_before(conn, plannable_before(closed), answered_through):
+    # A tick is planned once its invoices are read here too: one not read would count as not issued (R15).
+    ready = min(answered_through, invoices_through)
+    for at in await store.ticks_before(conn, plannable_before(closed), ready):
         if await store.advance_clock(conn, at) == at:
             await planner.plan_at(tx, at, cause=events[-1])
         # else: a tick older than a planning already done (sent again, read late) changes nothing —

@@ -4,7 +4,7 @@ planning reads of them. Every function runs in the caller's transaction."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -91,6 +91,29 @@ async def save_charge_marks(conn: asyncpg.Connection, marks: Sequence[tuple[int,
             where payouts.charge_marks.through < excluded.through""",
         marks,
     )
+
+
+async def save_invoice_marks(conn: asyncpg.Connection, marks: Sequence[tuple[int, datetime]]) -> None:
+    """Invoicing's ``invoices.watermark`` per partition of invoices.finalized.v1 (the latest wins)."""
+    await conn.executemany(
+        """insert into payouts.invoice_marks (partition, through) values ($1, $2)
+           on conflict (partition) do update set through = excluded.through
+            where payouts.invoice_marks.through < excluded.through""",
+        marks,
+    )
+
+
+async def invoices_read_through(conn: asyncpg.Connection, partitions: int) -> datetime | None:
+    """Every invoice finalized by a close at or before this instant has been read here (the least mark over
+    every partition of invoices.finalized.v1); the far future when invoicing sent no mark at all (nothing
+    upstream to wait for); None while some partition has sent none yet."""
+    row = await conn.fetchrow("select count(*) as n, min(through) as through from payouts.invoice_marks")
+    if row is None or row["n"] == 0:
+        return datetime.max.replace(tzinfo=UTC)
+    if row["n"] < partitions:
+        return None
+    through: datetime = row["through"]
+    return through
 
 
 async def charges_through(conn: asyncpg.Connection, partitions: int) -> datetime | None:

@@ -621,3 +621,73 @@ async def test_a_month_is_paid_out_only_once_its_hours_earnings_are_read(stack: 
     )
     assert await count(stack, "select count(*) from payouts.payouts where state <> 'waiting'") == 0
     await assert_ledger_sound(stack)
+
+
+async def test_a_tick_is_planned_only_once_its_invoices_are_read(stack: Stack) -> None:
+    """R15 pay-when-paid: "paid" is the invoice's total minus what remained at planning, and an invoice not
+    issued holds all its hours' earnings. Payouts reads invoices.finalized.v1 itself; a restarted or lagging
+    worker can read the tick, the statements, the charges and the invoice's payment status (paid in full
+    at Feb 1) before the invoice. Planning waits for invoicing's ``invoices.watermark`` past the tick on every
+    partition: here the invoice and its partition's mark come last, and the planning then pays all 150.00
+    — until 2026-12-08 (second session) it planned without the invoice and held everything."""
+    from schemas.events import InvoicePaymentStatus
+    from tests.integration.test_payments_service import invoice
+    from tests.scenarios.test_payout_files_stories import statement
+
+    feb2 = datetime(2026, 2, 2, tzinfo=UTC)
+    story = Story()
+    story.contract("ctr-inv", renter="rnt-inv", price="2", rate="1.5")
+    for n in range(10):  # 150.00 earned on an invoice of 200.00
+        story.charge("ctr-inv", "alloc-inv", "sup-inv", datetime(2026, 1, 12, tzinfo=UTC) + n * HOUR, billable=36_000)
+    inv = invoice("INV-2026-000001", "ctr-inv", "rnt-inv", due="200.00", start=JAN[0], end=FEB[0])
+    paid = InvoicePaymentStatus(
+        invoice_id=inv.invoice_id,
+        number=inv.number,
+        contract_id=inv.contract_id,
+        renter_id=inv.renter_id,
+        currency="USD",
+        amount_due="200.00",
+        amount_paid="200.00",
+        amount_remaining="0.00",
+        status="paid",
+        revision=1,
+        as_of=FEB[0],
+    )
+    topic = topics.INVOICES_FINALIZED
+    own = partition_for(inv.contract_id.encode(), topic.partitions)
+
+    def mark(p: int) -> tuple:
+        data = Watermark(through=feb2, partition=p, source="invoicing")
+        return (
+            topic,
+            _key_on(p, topic, "watermark"),
+            event_bytes("invoices.watermark", data, id=f"inv-mark-{p}", time=feb2),
+        )
+
+    await publish(
+        stack, [payee("sup-inv", at=JAN[0], n=1, pay_when_paid=True), statement("sup-inv", "USD", "150.00", 1)]
+    )
+    await story.publish(stack)
+    status = (
+        topics.INVOICE_PAYMENTS,
+        inv.contract_id,
+        event_bytes("invoice.payment_status", paid, id="st-1", time=FEB[0]),
+    )
+    await publish(stack, [*statements_closed("2026-01", FEB[0]), status, *ticked(feb2)])
+    await publish(stack, [mark(p) for p in range(topic.partitions) if p != own])
+    async with running(stack, [PAYOUTS], relays=1):
+        await wait_rows(stack, "select count(*) from payouts.ticks", 1, "the tick at payouts")
+        await wait_rows(
+            stack, "select count(*) from payouts.statement_marks", topics.STATEMENTS_FINALIZED.partitions, "marks"
+        )
+        await asyncio.sleep(1.5)
+        assert await count(stack, "select count(*) from payouts.ticks where planned") == 0, "planned unread"
+        await publish(
+            stack,
+            [(topic, inv.contract_id, event_bytes("invoice.finalized", inv, id="inv-1", time=FEB[0])), mark(own)],
+        )
+        await wait_rows(stack, "select count(*) from payouts.ticks where planned", 1, "the Feb 2 planning")
+        plans = await payouts_list(stack)
+    assert (plans["sup-inv:2026-01"]["state"], plans["sup-inv:2026-01"]["amount"]) == ("planned", "150.00")
+    assert plans["sup-inv:2026-01"]["held"] == "0.00"
+    await assert_ledger_sound(stack)
