@@ -146,5 +146,6 @@ SUBSCRIPTION = Subscription(
     batch_max=1000,
     # A period closes on a charges watermark only once contracts are read up to its tick's barrier.
     waits=watermark_waits(topics.CHARGES_RATED, "charges.watermark", (topics.CONTRACTS,)),
-    hold_topics=frozenset({topics.CHARGES_RATED.name, topics.CONTRACTS.name}),
+    # Charges of a contract behind a dead-lettered charge wait; a bad contract event holds nothing (event time).
+    hold_topics=frozenset({topics.CHARGES_RATED.name}),
 )

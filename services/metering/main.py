@@ -38,7 +38,8 @@ SERVICE = Service(
             handler=on_lifecycle_events,
             batch_max=500,
             holds=lifecycle_holds,
-            hold_topics=frozenset({topics.INFRA_LIFECYCLE.name, topics.CONTRACTS.name}),
+            # No key holds: R2 computes an allocation's state from event times, never from arrival order, so
+            # a dead-lettered lifecycle or contract event (bad input: no effect) holds nothing behind it.
         ),
         Subscription(
             consumer=SAMPLES_CONSUMER,

@@ -250,7 +250,8 @@ def subscription(config: PaymentsConfig) -> Subscription:
         ),
         handler=partial(on_batch, config),
         batch_max=500,
-        hold_topics=frozenset({topics.PAYMENTS_RECEIVED.name}),
+        # No key holds: R11 applies receipts in event time whatever their arrival order, so a bad receipt (no
+        # effect, dead-lettered) does not stop the renter's later ones.
         # A tick is answered only once money published before it is read (its barrier).
         waits=watermark_waits(topics.CLOCK_TICKS, "clock.ticked", (topics.PAYMENTS_RECEIVED, topics.PAYMENT_METHODS)),
     )

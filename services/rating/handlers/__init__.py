@@ -131,8 +131,10 @@ SUBSCRIPTION = Subscription(
     ),
     handler=on_batch,
     waits=watermark_waits(topics.USAGE_METERED, "usage.watermark", WATERMARK_WAITS_FOR),
-    # Usage, contract events and top-ups of a contract whose earlier message is dead-lettered wait.
-    hold_topics=frozenset({topics.USAGE_METERED.name, topics.CONTRACTS.name, topics.WALLETS.name}),
+    # Usage of a contract whose earlier usage record is dead-lettered waits (revisions of an hour apply in
+    # order). Platform inputs (contracts, top-ups) hold nothing: their effects follow event time (R4, R8), so
+    # a bad one (no effect, dead-lettered) does not stop the contract's later events.
+    hold_topics=frozenset({topics.USAGE_METERED.name}),
 )
 
 
