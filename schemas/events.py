@@ -374,6 +374,11 @@ class InvoicePaymentStatus(EventModel):
     status: PaymentStatus
     revision: int = Field(ge=1)
     as_of: UtcTime
+    latest: bool = True
+    """False for a status payments publishes about an earlier instant (one per instant that changed the
+    invoice, so a reader asking "what remained at T" finds it): readers that follow the invoice's current
+    state (credit exposure, the saga, holds) skip it; the next one with ``latest`` true is the current state.
+    Events before 2026-12-08 (second session) were all latest."""
 
 
 class PaymentEvent(EventModel):

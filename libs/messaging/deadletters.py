@@ -16,7 +16,6 @@ import asyncpg
 import orjson
 
 from libs import limits
-from libs.errors import IdempotencyConflictError
 from libs.ids import derive_id
 from libs.messaging.outbox import OutboxMessage, write_outbox
 from libs.messaging.partitioner import partition_for
@@ -75,16 +74,12 @@ def dead_letter_of(
     )
 
 
-_CONFLICT = IdempotencyConflictError.__name__
-
-
 async def record_dead_letters(
     conn: asyncpg.Connection, letters: Sequence[DeadLetter], *, hold_topics: frozenset[str] = frozenset()
 ) -> int:
     """Insert dead letters (a redelivered one is recorded once) and queue them to ``<topic>.dlq``.
 
-    A letter with a key on one of ``hold_topics`` holds that key for its consumer (``settle.key_holds``),
-    except an id conflict (the event was applied once; its repeat with other data has no effect):
+    A letter with a key on one of ``hold_topics`` holds that key for its consumer (``settle.key_holds``):
     the first becomes the root, later ones (and messages that arrive while the hold stands) are its
     followers (``held_by``). Returns how many were new.
     """
@@ -114,9 +109,7 @@ async def record_dead_letters(
         [d.reason for d in letters],
     )
     new = {(r["consumer"], r["topic"], r["partition"], r["offset"]) for r in rows}
-    # A repeated event id with other data holds nothing: its first delivery was applied and the repeat has no
-    # effect (R2) — there is nothing later messages of the key would wait for.
-    held = [d for d in letters if d.key and d.topic in hold_topics and d.error_class != _CONFLICT]
+    held = [d for d in letters if d.key and d.topic in hold_topics]
     if held:
         await _hold_keys(conn, held)
     outgoing = []

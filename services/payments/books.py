@@ -201,6 +201,7 @@ async def _write_status(
                     revision,
                     cause=cause,
                     at=point.at,
+                    latest=False,
                 )
             revision += 1
             upserts.append(
@@ -266,6 +267,7 @@ def emit_status(
     *,
     cause: Envelope[Any] | None,
     at: datetime,
+    latest: bool = True,
 ) -> None:
     due, paid, remaining, status = amounts
     tx.emit(
@@ -287,6 +289,7 @@ def emit_status(
             status=status,
             revision=revision,
             as_of=at,
+            latest=latest,
         ),
     )
 

@@ -101,7 +101,8 @@ async def on_batch(tx: Tx, events: Sequence[Envelope[Any]]) -> None:
                 data.as_of,
                 paid_marks.get(partition),
             )
-            await compensations.on_payment_status(conn, data.invoice_id)
+            if data.latest:  # a hold is released by the invoice's current state, not by an earlier instant's
+                await compensations.on_payment_status(conn, data.invoice_id)
         elif isinstance(data, Watermark) and data.source == "payments":
             if paid_marks is None:
                 paid_marks = await store.payment_marks(conn)

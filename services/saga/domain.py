@@ -511,9 +511,11 @@ def evaluate(facts: Facts, policy: Policy) -> Status:
     # back: credit or a receipt first applied to this invoice goes to an older one that arrived later
     # (the renter's invoices of one close come on several partitions). Only money going out (a refund, a
     # credit note, a dispute) keeps a once-paid cycle past payment: that is a compensation, not a re-opening.
-    money_out = bool(facts.refunds or facts.credit_notes or facts.disputes_open)
+    # A positive credit note (late charges after the term) asks for more: it re-opens, it gives nothing back.
+    money_out = bool(facts.refunds or any(a < 0 for a in facts.credit_notes.values()) or facts.disputes_open)
     latest_paid = facts.status is not None and facts.status.status == "paid"
-    paid = latest_paid or inv.amount_due_minor == 0 or (facts.paid_at is not None and money_out)
+    nothing_due = inv.amount_due_minor == 0 and facts.status is None  # paid from its issue (R11), unless re-opened
+    paid = latest_paid or nothing_due or (facts.paid_at is not None and money_out)
     now = facts.now
     if facts.collected:
         steps.append(f"collected {sum(facts.collected.values())} minor in {len(facts.collected)} payment(s)")

@@ -87,6 +87,8 @@ def to_input(event: Envelope[Any]) -> tuple[str, domain.Input] | None:
             amount_due_minor=to_minor(data.amount_due, data.currency),
         )
     if isinstance(data, InvoicePaymentStatus):
+        if not data.latest:
+            return None  # about an earlier instant (for planning): the saga follows the current state
         return data.number, domain.PaymentStatus(
             revision=data.revision,
             status=data.status,

@@ -433,6 +433,42 @@ def _settle(stack: Stack, *args: str) -> str:
     return done.stdout
 
 
+async def test_a_top_up_id_sent_again_with_other_data_has_no_effect_and_holds_nothing(stack: Stack) -> None:
+    """R2's "an id already seen has no effect", on a platform input: a top-up id sent again with another
+    amount is dead-lettered as an id conflict with its reason, the first one stands, and the contract's
+    later top-ups apply (platform inputs hold no key; until 2026-12-08, second session, they waited behind
+    the conflict for an operator)."""
+    cid = "fz-c-conflict"
+    first = _topup(cid, 1)
+    items: list[tuple[topics.Topic, str, bytes]] = [
+        (topics.CONTRACTS, cid, event_bytes("contract.created", _contract(cid), id="fz-cc2", time=T0)),
+        (topics.WALLETS, cid, event_bytes("wallet.topped_up", first, id="fz-dup", time=T0)),
+    ]
+    await publish(stack, items)
+
+    async def topups(n: int) -> bool:
+        return await _count(stack, f"select count(*) from rating.wallet_topups where contract_id = '{cid}'") == n
+
+    async with running(stack, [RATING]):
+        await wait_until(lambda: topups(1), what="the first top-up applied")
+        other = first | {"amount": str(Decimal(first["amount"]) + 1)}
+        await publish(stack, [(topics.WALLETS, cid, event_bytes("wallet.topped_up", other, id="fz-dup", time=T0))])
+        await wait_until(
+            lambda: _count(stack, "select count(*) from settle.dead_letters where event_id = 'fz-dup'"),
+            what="the repeat dead-lettered",
+        )
+        later = [
+            (topics.WALLETS, cid, event_bytes("wallet.topped_up", _topup(cid, n), id=f"fz-after-{n}", time=T0))
+            for n in (2, 3)
+        ]
+        await publish(stack, later)
+        await wait_until(lambda: topups(3), what="the later top-ups applied")
+    letter = await stack.pool.fetchrow("select error_class, reason from settle.dead_letters where event_id = 'fz-dup'")
+    assert letter["error_class"] == "IdempotencyConflictError" and "different payload" in letter["reason"]
+    amounts = await stack.pool.fetch(f"select event_id from rating.wallet_topups where contract_id = '{cid}'")
+    assert sorted(r["event_id"] for r in amounts) == ["fz-after-2", "fz-after-3", "fz-dup"]
+
+
 async def test_settle_dlq_redrive_keeps_the_original_event_ids(stack: Stack) -> None:
     """A broken top-up of a contract is dead-lettered and holds nothing: the contract's later top-ups apply
     at once (R8 follows event time, so they need not wait for it; until 2026-12-08, second session, they

@@ -143,35 +143,5 @@ async def test_unreadable_bytes_hold_the_later_messages_of_their_key(stack: Stac
     assert classes == ["InvalidEventError", "KeyHeldError"]
 
 
-async def test_a_repeated_event_id_with_other_data_is_a_dead_letter_that_holds_nothing(stack: Stack) -> None:
-    """R2: an event whose id was already seen has no effect. Sent again with other data it is dead-lettered
-    with its reason, but the key's later messages still apply — the first delivery was applied, so nothing
-    is missing for them to wait behind (until 2026-12-08 they waited for an operator, and a lost outage end
-    or decommission kept an allocation billing)."""
-    await _setup(stack)
-    key = "acct-5"
-    topic, _, first = _message(key, 1)
-    repeat = event_bytes(
-        "journal.transfer_requested",
-        TransferRequested(
-            transfer_id=f"{key}:1", from_account="hold:a", to_account="hold:b", amount="2.00", currency="EUR"
-        ),
-        id=f"{key}-1",
-        time=T0 + timedelta(seconds=1),
-    )
-    async with running(stack, [HOLDING]):
-        await publish(stack, [(topic, key, first)])
-        await wait_until(lambda: _count(stack, "select count(*) from hold_applied", 1), what="the first applied")
-        await publish(stack, [(topic, key, repeat)])
-        await wait_until(lambda: _count(stack, "select count(*) from settle.dead_letters", 1), what="the repeat")
-        await publish(stack, [_message(key, 2), _message(key, 3)])
-        await wait_until(lambda: _count(stack, "select count(*) from hold_applied", 3), what="the later ones applied")
-    assert await _applied(stack, key) == ["acct-5-1", "acct-5-2", "acct-5-3"]
-    letters = await stack.pool.fetch("select event_id, error_class, reason from settle.dead_letters")
-    assert [(r["event_id"], r["error_class"]) for r in letters] == [("acct-5-1", "IdempotencyConflictError")]
-    assert "different payload" in letters[0]["reason"]
-    assert await stack.pool.fetchval("select count(*) from settle.key_holds") == 0
-
-
 async def _count(stack: Stack, sql: str, expected: int) -> bool:
     return int(await stack.pool.fetchval(sql)) >= expected

@@ -254,6 +254,10 @@ async def test_a_status_per_instant_says_what_remained_at_any_time_however_the_f
     assert remaining_at(FEB + timedelta(days=9)) == "90.00"
     assert remaining_at(FEB + timedelta(days=10)) == "50.00"
     assert len({s["revision"] for s in statuses}) == len(statuses), "one revision per status"
+    # Only the current state is "latest": credit exposure, the saga and holds follow it and skip the others.
+    by_revision = sorted(statuses, key=lambda s: s["revision"])
+    assert by_revision[-1]["latest"] and by_revision[-1]["amount_remaining"] == "50.00"
+    assert not any(s["latest"] for s in by_revision[:-1]) and len(by_revision) == 3
 
 
 def _latest(records: list[Any]) -> dict[str, dict[str, Any]]:

@@ -201,6 +201,26 @@ def test_a_credit_note_and_the_refund_that_pays_it_back_are_not_clawed_back() ->
         assert requested == {"clawback:rf_op": 1}
 
 
+def test_a_positive_credit_note_re_opens_a_paid_cycle_it_does_not_complete_it() -> None:
+    """A credit note with a positive total (late charges after the term) asks for more money: the invoice is
+    partially paid again, so the cycle collects again — it is not money out that keeps a paid cycle paid."""
+    at = DUE + timedelta(days=40)
+    more = d.CreditNote(credit_note_id="cn_up", amount_minor=2_000, at=at)
+    reopened = d.PaymentStatus(
+        revision=3, status="partially_paid", amount_paid_minor=10_000, amount_remaining_minor=2_000, at=at
+    )
+    s, _, requested = run([invoice(), status(2, "paid", 10_000, DUE), more, reopened])
+    assert s.state != "completed" and requested == {}
+    zero = invoice(0)
+    s, _, _ = run(
+        [zero, d.PaymentStatus(revision=1, status="paid", amount_paid_minor=0, amount_remaining_minor=0, at=T0)]
+    )
+    assert s.state == "completed"
+    open_again = d.PaymentStatus(revision=2, status="open", amount_paid_minor=0, amount_remaining_minor=500, at=at)
+    s, _, _ = run([zero, d.CreditNote(credit_note_id="cn_z", amount_minor=500, at=at), open_again])
+    assert s.state != "completed"
+
+
 def test_awaiting_acknowledgement_the_saga_is_compensated_only_by_the_answer_and_records_it() -> None:
     policy = d.Policy(await_acknowledgement=True)
     refund = d.Refunded(refund_id="rf_1", amount_minor=2_000, at=DUE + timedelta(days=40))

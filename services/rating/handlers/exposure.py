@@ -117,6 +117,8 @@ async def on_invoice(batch: Batch, event: Envelope[Any]) -> None:
 async def on_payment_status(batch: Batch, event: Envelope[Any]) -> None:
     """R9/R11: exposure falls by every amount applied — an invoice counts what is still owed on it."""
     status: InvoicePaymentStatus = event.data
+    if not status.latest:
+        return  # a status about an earlier instant: the exposure follows the invoice's current state only
     conn = batch.tx.conn
     before = await store.invoice_remaining(conn, status.invoice_id)
     if before is not None and before[0] >= status.revision:
