@@ -137,8 +137,10 @@ class WalletDrawn(EventModel):
     """Type ``wallet.drawn``: prepaid wallet money applied to a period's usage (R8).
 
     ``reason`` is ``charge`` (drawn as usage was rated), ``topup_settlement`` (a top-up settled the
-    period's overage) or ``correction`` (a negative usage correction returned money to the wallet,
-    negative amount). Invoicing sums ``drawn_x3600`` per period and rounds once (R10).
+    period's overage) or ``correction`` (R8's closed form after a late usage correction: negative when the
+    period's draw falls — a negative correction returned money, or a late charge of an older period took
+    the money this period had drawn — positive when returned money pays this period's overage).
+    Invoicing sums ``drawn_x3600`` per period and rounds once (R10).
     """
 
     draw_id: Id

@@ -329,6 +329,94 @@ async def test_a_prepaid_wallet_exhausted_mid_period_then_topped_up_settles_the_
     await assert_ledger_ok(stack)
 
 
+async def test_late_usage_corrections_of_december_draw_only_from_decembers_money(stack: Stack) -> None:
+    """A prepaid contract at 5.00 per GPU-hour. December: a 100.00 top-up, ten hours of 2 GPUs (10.00 each):
+    drawn 100.00. January: its own 50.00 top-up (made at 00:00), then 10.00 of usage: 40.00 left.
+
+    Then metering revises December's last hour from 2 to 6 GPUs: +20.00 for December. R8: December draws
+    min(120, 0 + 100) = 100 — the 20.00 is December overage, January's top-up was not there before
+    December's end — so nothing is drawn and the wallet keeps 40.00.
+    January uses 50.00 more: 50.00 drawn of its 60.00, 10.00 overage, 0 left.
+    Then the same hour is revised down to 1 GPU: −25.00 for December. December's 20.00 overage goes first, the
+    other 5.00 come back: December draws 95.00, so January starts with 5.00 and draws 55.00 (5.00 more, for
+    its overage). The wallet stays at 0; 150.00 drawn in all = the top-ups."""
+    cid = "c-late-wallet"
+    jan_1 = at("2027-01-01T00:00:00")
+    december = [Hour(cid, "alloc-d", DEC_1 + h * HOUR, gpu_count=2) for h in range(10)]
+    last = december[-1]
+    revised = Hour(cid, "alloc-d", last.hour_start, gpu_count=6, revision=2)
+    revised_down = Hour(cid, "alloc-d", last.hour_start, gpu_count=1, revision=3)
+    partition = contract_partition(cid)
+
+    async def drawn_by_period() -> dict[str, tuple[Fraction, Fraction, Fraction]]:
+        rows = await stack.pool.fetch(
+            """select period_start, usage_x3600, drawn_x3600, overage_x3600 from rating.wallet_periods
+                where contract_id = $1""",
+            cid,
+        )
+        return {
+            r["period_start"].strftime("%Y-%m"): tuple(
+                exact_x3600(str(r[c])) for c in ("usage_x3600", "drawn_x3600", "overage_x3600")
+            )
+            for r in rows
+        }
+
+    async def draws() -> list[tuple[str, str, Fraction]]:
+        out = await outputs(stack, topics.CHARGES_RATED)
+        return [
+            (o.data["period_start"][:7], o.data["reason"], exact_x3600(o.data["drawn_x3600"]))
+            for o in out
+            if o.type == "wallet.drawn"
+        ]
+
+    async with running(stack, [SERVICE]):
+        await publish(
+            stack, [contract_created(cid, billing_mode="prepaid", starts_at=DEC_1, price="5.00", rate="3.00")]
+        )
+        await wait_until(lambda: handled(stack, 1), what="contract")
+        items = [
+            topped_up(cid, "100.00", DEC_1, event_id="top-dec"),
+            topped_up(cid, "50.00", jan_1, event_id="top-jan"),
+            *[usage(h) for h in december],
+            usage(Hour(cid, "alloc-j", jan_1, gpu_count=2)),
+        ]
+        await publish(stack, items)
+        await wait_until(lambda: handled(stack, 1 + len(items)), what="usage and top-ups")
+        await publish_watermark(stack, jan_1 + 2 * HOUR, [partition])
+        await wait_sent(stack, topics.CHARGES_RATED, 1, "charges.watermark")
+        assert await drawn_by_period() == {"2026-12": (100, 100, 0), "2027-01": (10, 10, 0)}
+        assert (await account_units(stack))[f"renter:renter-1:wallet:{cid}:USD"] == ledger_units(Fraction(40), "USD")
+        drawn_before = len(await draws())
+
+        # Late: December's last hour revised from 2 to 6 GPUs (+20.00 for December).
+        await publish(stack, [usage(revised, last)])
+        await wait_sent(stack, topics.CHARGES_RATED, len(december) + 2, "charge.rated")
+        await publish_watermark(stack, jan_1 + 3 * HOUR, [partition])
+        await wait_sent(stack, topics.CHARGES_RATED, 2, "charges.watermark")
+        assert await drawn_by_period() == {"2026-12": (120, 100, 20), "2027-01": (10, 10, 0)}
+        assert (await account_units(stack))[f"renter:renter-1:wallet:{cid}:USD"] == ledger_units(Fraction(40), "USD")
+        assert len(await draws()) == drawn_before  # nothing drawn: January's money stays January's
+
+        # On time: 50.00 more in January; then, late, the hour revised down to 1 GPU (−25.00 for December).
+        await publish(stack, [usage(Hour(cid, "alloc-j", jan_1 + 3 * HOUR, gpu_count=10))])
+        await wait_sent(stack, topics.CHARGES_RATED, len(december) + 3, "charge.rated")
+        await publish_watermark(stack, jan_1 + 4 * HOUR, [partition])
+        await wait_sent(stack, topics.CHARGES_RATED, 3, "charges.watermark")
+        assert await drawn_by_period() == {"2026-12": (120, 100, 20), "2027-01": (60, 50, 10)}
+        await publish(stack, [usage(revised_down, revised)])
+        await wait_sent(stack, topics.CHARGES_RATED, len(december) + 4, "charge.rated")
+        await publish_watermark(stack, jan_1 + 5 * HOUR, [partition])
+        await wait_sent(stack, topics.CHARGES_RATED, 4, "charges.watermark")
+
+    assert await drawn_by_period() == {"2026-12": (95, 95, 0), "2027-01": (60, 55, 5)}
+    assert (await draws())[-2:] == [("2026-12", "correction", Fraction(-5)), ("2027-01", "correction", Fraction(5))]
+    assert sum(amount for *_, amount in await draws()) == 95 + 55
+    units = await account_units(stack)
+    assert units[f"renter:renter-1:wallet:{cid}:USD"] == 0
+    assert units[f"renter:renter-1:prepaid_applied:{cid}:USD"] == ledger_units(Fraction(150), "USD")
+    await assert_ledger_ok(stack)
+
+
 # --- R9: credit limits ---------------------------------------------------------------------------------
 
 

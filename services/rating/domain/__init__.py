@@ -25,6 +25,9 @@ Extensions to the billing rules made here (docs/billing-rules.md, "Settle extens
   money returned by a negative correction goes back to the balance but does not lift a suspension.
 * A top-up whose settlement of overage leaves the balance below 20 % of that top-up emits
   :class:`LowBalance` (the top-up armed the alert, the settlement crossed it).
+* A late charge or correction (of a period older than others the wallet already ran) draws only from
+  the money its period had, and what it takes or returns flows on to the later periods, whose drawn is
+  recomputed by R8's closed form (:class:`Drawn` with reason ``correction``, of either sign).
 """
 
 from services.rating.domain.credit import (
@@ -61,6 +64,7 @@ from services.rating.domain.wallet import (
     apply_charge,
     apply_topup,
     ledger_delta,
+    resettle_wallet,
     wallet_order_key,
 )
 
@@ -92,6 +96,7 @@ __all__ = [
     "price_usage",
     "rate_revision",
     "reprice_needed",
+    "resettle_wallet",
     "usage_state_of",
     "wallet_order_key",
     "x3600_from_exact",

@@ -41,6 +41,7 @@ from services.rating.domain import (
     exact_from_x3600,
     ledger_delta,
     period_at,
+    resettle_wallet,
     wallet_order_key,
     x3600_from_exact,
 )
@@ -94,6 +95,11 @@ async def run_wallet(batch: Batch, contract_id: str, through: datetime, cause: E
     state = before = await store.load_wallet(conn, contract_id)
     pending_before = await store.pending_topups_total(conn, contract_id)
     applied_topups = Fraction(0)
+    run_id = derive_id("wallet.run", contract_id, format_utc(through))
+    # A no-op but for a wallet saved before 2026-12-08 that a late correction left off R8's closed form.
+    state, resettled = resettle_wallet(state, through)
+    for n, signal in enumerate(resettled):
+        _emit_wallet_signal(batch, terms, cause, run_id, n, signal)
     for op in ops:
         signals: tuple[WalletSignal, ...]
         if op.charge is not None:
@@ -114,7 +120,6 @@ async def run_wallet(batch: Batch, contract_id: str, through: datetime, cause: E
         chart.wallet(terms.renter_id, contract_id, terms.currency),
         chart.prepaid_applied(terms.renter_id, contract_id, terms.currency),
     )
-    run_id = derive_id("wallet.run", contract_id, format_utc(through))
     batch.tx.post(
         build_entry(
             id=derive_id("entry", "rating.prepaid_applied", run_id),

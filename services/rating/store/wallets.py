@@ -18,7 +18,7 @@ async def load_wallet(conn: asyncpg.Connection, contract_id: str) -> WalletState
     if row is None:
         return WalletState()
     periods = await conn.fetch(
-        """select period_start, usage_x3600, drawn_x3600, overage_x3600 from rating.wallet_periods
+        """select period_start, usage_x3600, drawn_x3600, overage_x3600, topups_x3600 from rating.wallet_periods
             where contract_id = $1""",
         contract_id,
     )
@@ -28,6 +28,7 @@ async def load_wallet(conn: asyncpg.Connection, contract_id: str) -> WalletState
         usage_by_period={p["period_start"]: exact_from_x3600(p["usage_x3600"]) for p in periods},
         drawn_by_period={p["period_start"]: exact_from_x3600(p["drawn_x3600"]) for p in periods},
         overage_by_period={p["period_start"]: exact_from_x3600(p["overage_x3600"]) for p in periods},
+        topups_by_period={p["period_start"]: exact_from_x3600(p["topups_x3600"]) for p in periods},
         low_balance_armed=row["low_balance_armed"],
         exhausted=row["exhausted"],
     )
@@ -47,14 +48,15 @@ async def save_wallet(conn: asyncpg.Connection, contract_id: str, state: WalletS
         state.low_balance_armed,
         state.exhausted,
     )
-    periods = sorted(set(state.usage_by_period) | set(state.drawn_by_period) | set(state.overage_by_period))
+    periods = state.periods
     if periods:
         await conn.executemany(
             """insert into rating.wallet_periods
-                   (contract_id, period_start, usage_x3600, drawn_x3600, overage_x3600)
-               values ($1, $2, $3, $4, $5)
+                   (contract_id, period_start, usage_x3600, drawn_x3600, overage_x3600, topups_x3600)
+               values ($1, $2, $3, $4, $5, $6)
                on conflict (contract_id, period_start) do update set usage_x3600 = excluded.usage_x3600,
-                   drawn_x3600 = excluded.drawn_x3600, overage_x3600 = excluded.overage_x3600""",
+                   drawn_x3600 = excluded.drawn_x3600, overage_x3600 = excluded.overage_x3600,
+                   topups_x3600 = excluded.topups_x3600""",
             [
                 (
                     contract_id,
@@ -62,6 +64,7 @@ async def save_wallet(conn: asyncpg.Connection, contract_id: str, state: WalletS
                     x3600_from_exact(state.usage(p)),
                     x3600_from_exact(state.drawn(p)),
                     x3600_from_exact(state.overage(p)),
+                    x3600_from_exact(state.topups(p)),
                 )
                 for p in periods
             ],
