@@ -188,7 +188,12 @@ async def _write_status(
             # One status per instant that changed the invoice since what was published (as_of: when the facts
             # changed it, not the batch's time — a batch may also hold later facts), the last one with the
             # past-due flag: a reader asking "what remained at T" (payouts' planning, R15) finds it.
-            for point in _points_to_publish(balance, old):
+            statuses = [
+                ((p.amount_due_minor, p.paid_minor, p.remaining_minor, _plain_status(p)), p.at, False)
+                for p in _points_to_publish(balance, old)
+            ]
+            statuses.append((new, balance.changed_at, True))
+            for amounts, at, latest in statuses:
                 revision += 1
                 emit_status(
                     tx,
@@ -197,29 +202,16 @@ async def _write_status(
                     inv.contract_id,
                     t.renter_id,
                     t.currency,
-                    (point.amount_due_minor, point.paid_minor, point.remaining_minor, _plain_status(point)),
+                    amounts,
                     revision,
                     cause=cause,
-                    at=point.at,
-                    latest=False,
+                    at=at,
+                    latest=latest,
                 )
-            revision += 1
             upserts.append(
                 (inv.invoice_id, number, inv.contract_id, t.renter_id, t.currency, *new, past_due,
                  balance.paid_at, revision, balance.changed_at)
             )  # fmt: skip
-            emit_status(
-                tx,
-                inv.invoice_id,
-                number,
-                inv.contract_id,
-                t.renter_id,
-                t.currency,
-                new,
-                revision,
-                cause=cause,
-                at=balance.changed_at,
-            )
     if upserts:
         await conn.execute(
             """insert into payments.invoice_status (invoice_id, number, contract_id, renter_id, currency,
