@@ -767,6 +767,7 @@ async def refresh_gauges(conn: asyncpg.Connection) -> None:
     metrics.WAITING_OPERATOR.set(
         await conn.fetchval("select count(*) from payouts.payouts where state = 'waiting_operator'")
     )
+    metrics.TICKS_UNPLANNED.set(await conn.fetchval("select count(*) from payouts.ticks where not planned"))
 
 
 async def run_round(

@@ -20,6 +20,11 @@ OLDEST_UNACKNOWLEDGED = Gauge(
     "settle_payout_file_oldest_unacknowledged_seconds",
     "Age of the oldest payout file built or submitted and not acknowledged by the bank (0: none)",
 )
+TICKS_UNPLANNED = Gauge(
+    "settle_payout_ticks_unplanned",
+    "Clock ticks payouts has read and not planned yet: planning waits for the statements final by the tick, "
+    "payments' answer (payments.watermark), rating's charges.watermark and invoicing's invoices.watermark",
+)
 WAITING_OPERATOR = Gauge(
     "settle_payouts_waiting_operator",
     "Payouts no rail can carry (over every limit, invalid payee): an operator decides",

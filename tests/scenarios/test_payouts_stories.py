@@ -631,6 +631,7 @@ async def test_a_tick_is_planned_only_once_its_invoices_are_read(stack: Stack) -
     partition: here the invoice and its partition's mark come last, and the planning then pays all 150.00
     — until 2026-12-08 (second session) it planned without the invoice and held everything."""
     from schemas.events import InvoicePaymentStatus
+    from services.payouts.files import refresh_gauges as refresh_payout_gauges
     from tests.integration.test_payments_service import invoice
     from tests.scenarios.test_payout_files_stories import statement
 
@@ -682,6 +683,9 @@ async def test_a_tick_is_planned_only_once_its_invoices_are_read(stack: Stack) -
         )
         await asyncio.sleep(1.5)
         assert await count(stack, "select count(*) from payouts.ticks where planned") == 0, "planned unread"
+        async with stack.pool.acquire() as conn:
+            await refresh_payout_gauges(conn)  # what an SRE sees meanwhile (alert SettlePayoutPlanningBehind)
+        assert REGISTRY.get_sample_value("settle_payout_ticks_unplanned") == 1
         await publish(
             stack,
             [(topic, inv.contract_id, event_bytes("invoice.finalized", inv, id="inv-1", time=FEB[0])), mark(own)],
@@ -690,4 +694,7 @@ async def test_a_tick_is_planned_only_once_its_invoices_are_read(stack: Stack) -
         plans = await payouts_list(stack)
     assert (plans["sup-inv:2026-01"]["state"], plans["sup-inv:2026-01"]["amount"]) == ("planned", "150.00")
     assert plans["sup-inv:2026-01"]["held"] == "0.00"
+    async with stack.pool.acquire() as conn:
+        await refresh_payout_gauges(conn)
+    assert REGISTRY.get_sample_value("settle_payout_ticks_unplanned") == 0
     await assert_ledger_sound(stack)
