@@ -121,16 +121,27 @@ def _line(supplier_id: str, currency: str, action: Action, amount_minor: int) ->
     )
 
 
+async def paid_since(conn: asyncpg.Connection, invoice_id: str) -> datetime | None:
+    """When the invoice last became paid — the earliest ``as_of`` of the statuses with nothing remaining since
+    the last one with something remaining (by revision) — or None while the latest status has something
+    remaining (or there is none). Payments publishes a status per instant that changed the invoice, so this
+    is when the money covered it, not the instant of a later change that left it paid (a refund of a credit
+    note, say)."""
+    value: datetime | None = await conn.fetchval(
+        """with s as (select revision, remaining_minor, as_of from payouts.invoice_status where invoice_id = $1)
+           select min(as_of) from s
+            where revision > coalesce((select max(revision) from s where remaining_minor > 0), 0)""",
+        invoice_id,
+    )
+    return value
+
+
 async def _hold(
     conn: asyncpg.Connection, request_id: str, invoice: asyncpg.Record, at: datetime
 ) -> list[CompensationLine]:
-    latest = await conn.fetchrow(
-        """select remaining_minor, as_of from payouts.invoice_status where invoice_id = $1
-            order by revision desc limit 1""",
-        invoice["invoice_id"],
-    )
+    paid = await paid_since(conn, invoice["invoice_id"])
     # already paid (the status came first): released from the hold's own time — it never holds anything
-    released_at = max(at, latest["as_of"]) if latest is not None and latest["remaining_minor"] <= 0 else None
+    released_at = max(at, paid) if paid is not None else None
     await conn.execute(
         """insert into payouts.earnings_holds (invoice_id, number, contract_id, period_start, held_at, released_at,
                request_id) values ($1, $2, $3, $4, $5, $6, $7) on conflict (invoice_id) do nothing""",
@@ -318,13 +329,16 @@ async def on_payment_status(conn: asyncpg.Connection, invoice_id: str) -> None:
     remaining: from that status's ``as_of``, or from the hold's own time when the money counts from before
     it — whichever order the hold and the status arrived in. (It released only a status dated after the
     hold, so money dated before a hold that payouts learnt of after it left the earnings held for good:
-    found by ``settle sagas verify`` on a second demo run.)"""
+    found by ``settle sagas verify`` on a second demo run.) Released from when the invoice became paid
+    (:func:`paid_since`), not from the latest status's instant."""
+    paid = await paid_since(conn, invoice_id)
+    if paid is None:
+        return
     await conn.execute(
-        """update payouts.earnings_holds h set released_at = greatest(h.held_at, s.as_of)
-             from (select remaining_minor, as_of from payouts.invoice_status where invoice_id = $1
-                    order by revision desc limit 1) s
-            where h.invoice_id = $1 and h.released_at is null and s.remaining_minor <= 0""",
+        """update payouts.earnings_holds set released_at = greatest(held_at, $2::timestamptz)
+            where invoice_id = $1 and released_at is null""",
         invoice_id,
+        paid,
     )
 
 

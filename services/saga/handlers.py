@@ -112,8 +112,10 @@ def to_input(event: Envelope[Any]) -> tuple[str, domain.Input] | None:
             inquiry=data.inquiry, asked_at=data.asked_at, known=data.known, detail=data.detail, by="payouts"
         )
     if isinstance(data, CreditNoteIssued):
+        # What the note asks of the renter, as payments settles it (R10: the wallet's part is not asked again).
+        asked = data.total - data.prepaid_applied
         return data.invoice_number, domain.CreditNote(
-            credit_note_id=data.credit_note_id, amount_minor=to_minor(data.total, data.currency), at=data.issued_at
+            credit_note_id=data.credit_note_id, amount_minor=to_minor(asked, data.currency), at=data.issued_at
         )
     if isinstance(data, PaymentEvent) and data.invoice_number:
         amount = to_minor(data.amount, data.currency)

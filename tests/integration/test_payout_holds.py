@@ -69,3 +69,24 @@ async def test_a_hold_ends_when_the_invoice_is_paid_whichever_arrives_first(stac
     # an older revision arriving late (money due) does not hold again
     await status(stack, 3, 1, 5_000, datetime(2027, 3, 6, tzinfo=UTC))
     assert (await hold_of(stack, 3)).released_at == paid
+
+
+async def test_a_hold_ends_when_the_invoice_became_paid_not_at_a_later_change_that_left_it_paid(
+    stack: Stack,
+) -> None:
+    """Payments publishes a status per instant that changed the invoice (the earlier ones ``latest: false``,
+    payouts keeps them all): paid on Mar 10, then a credit note's refund on Mar 20 that leaves it paid, read
+    in one batch. The hold ends on Mar 10 — when the money covered the invoice — not on Mar 20 (the latest
+    status's instant)."""
+    await hold(stack, 4)
+    paid, refunded = datetime(2027, 3, 10, tzinfo=UTC), datetime(2027, 3, 20, tzinfo=UTC)
+    async with stack.pool.acquire() as conn:
+        await store.save_status(conn, "inv-4", 1, 5_000, datetime(2027, 3, 6, tzinfo=UTC), None)
+        await store.save_status(conn, "inv-4", 2, 0, paid, None)  # latest: false — no release on its own
+        await store.save_status(conn, "inv-4", 3, 0, refunded, None)
+        await compensations.on_payment_status(conn, "inv-4")  # the latest one
+    h = await hold_of(stack, 4)
+    assert h.released_at == paid and not h.active(datetime(2027, 3, 15, tzinfo=UTC))
+    # what a hold requested after all that would be released from (no earlier than its own time)
+    async with stack.pool.acquire() as conn:
+        assert await compensations.paid_since(conn, "inv-4") == paid

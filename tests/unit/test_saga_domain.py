@@ -540,6 +540,60 @@ def test_a_closed_dispute_is_lost_or_won_by_its_outcome_never_by_a_guess() -> No
         closed("dispute dp_1 on INV-2026-000001 closed by the network", None)
 
 
+def test_a_prepaid_credit_note_counts_what_it_asks_of_the_renter_and_intermediate_statuses_are_skipped() -> None:
+    """A prepaid credit note's total is −20.00 but the wallet's part is −30.00: it asks 10.00 more of the
+    renter (payments settles ``total − prepaid_applied``), so for the saga it re-opens, it gives nothing back.
+    A status about an earlier instant (``latest`` false) moves no saga."""
+    from decimal import Decimal
+
+    from libs.messaging.envelope import decode_data, decode_raw
+    from schemas.events import CreditNoteIssued, InvoicePaymentStatus
+    from services.saga.handlers import to_input
+    from tests.fleet import event_bytes
+
+    at = datetime(2026, 3, 20, tzinfo=UTC)
+    note = CreditNoteIssued(
+        credit_note_id="cn-1",
+        number="CN-2026-000001",
+        contract_id="c-1",
+        renter_id="r-1",
+        currency="USD",
+        invoice_number="INV-2026-000001",
+        adjustment_lines=[],
+        subtotal=Decimal("-20.00"),
+        tax=Decimal("0.00"),
+        total=Decimal("-20.00"),
+        issued_at=at,
+        prepaid_applied=Decimal("-30.00"),
+    )
+    moved = to_input(
+        decode_data(decode_raw(event_bytes("credit_note.issued", note, id="cn", time=at)), CreditNoteIssued)
+    )
+    assert moved is not None
+    number, fact = moved
+    assert number == "INV-2026-000001" and isinstance(fact, d.CreditNote) and fact.amount_minor == 1_000
+    earlier = InvoicePaymentStatus(
+        invoice_id="inv-1",
+        number="INV-2026-000001",
+        contract_id="c-1",
+        renter_id="r-1",
+        currency="USD",
+        amount_due=Decimal("100.00"),
+        amount_paid=Decimal("40.00"),
+        amount_remaining=Decimal("60.00"),
+        status="partially_paid",
+        revision=2,
+        as_of=at,
+        latest=False,
+    )
+    raw = decode_raw(event_bytes("invoice.payment_status", earlier, id="st-2", time=at))
+    assert to_input(decode_data(raw, InvoicePaymentStatus)) is None
+    raw = decode_raw(
+        event_bytes("invoice.payment_status", earlier.model_copy(update={"latest": True}), id="st-3", time=at)
+    )
+    assert to_input(decode_data(raw, InvoicePaymentStatus)) is not None
+
+
 def test_payout_plans_name_the_suppliers_each_invoice_waits_for() -> None:
     """``payout.planned|held|waiting`` with the invoices whose earnings they pay become ``PayoutOwed`` for
     each invoice's saga; a waiting plan that owes nothing (``nothing_payable``) and a release do not."""
