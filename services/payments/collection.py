@@ -323,7 +323,6 @@ async def record_result(
     )
     circuits.note(attempt["gateway"], ok=outcome != "error")
     cause_time: datetime = attempt["at"]
-    amount = attempt["amount_minor"]
     event = _event(attempt, result)
     reason = f"{outcome}: {result.code or result.message or 'no code'}"
     _emit(tx, "payment.failed", event, reason=reason)
@@ -348,17 +347,10 @@ async def record_result(
         method = store.Method(attempt["method_id"], await _kind_of(conn, attempt), attempt["token"])
         # R14: each attempt is for the amount still due when it starts (a receipt may have come meanwhile) —
         # the fail-over starts at the failed call's time, so money received after it does not count.
-        number = await conn.fetchval(
-            "select invoice_number from payments.intents where intent_id = $1", attempt["intent_id"]
-        )
-        remaining = (
-            (await remaining_when_started(conn, [(attempt["renter_id"], attempt["currency"], number, attempt["at"])]))[
-                (number, attempt["at"])
-            ]
-            if number is not None
-            else None
-        )
-        if remaining is not None and remaining <= 0:
+        number, at = attempt["invoice_number"], attempt["at"]
+        started = await remaining_when_started(conn, [(attempt["renter_id"], attempt["currency"], number, at)])
+        remaining = started[(number, at)]
+        if remaining <= 0:
             await store.update_intent(conn, attempt["intent_id"], state="settled_otherwise", reason="paid otherwise")
             return "error"
         if await _attempt(
@@ -368,7 +360,7 @@ async def record_result(
             attempt["try_no"],
             attempt["call_no"] + 1,
             cause_time,
-            amount if remaining is None else remaining,
+            remaining,
             method,
             tried,
         ):
